@@ -1,0 +1,44 @@
+"""Pipeline stages as commands: ``python -m skill_distill <stage> --config configs/pipeline/<stage>.yaml``.
+
+Only the chosen stage's module is imported, so ``--help`` of one stage does not load vLLM.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+STAGES = {
+    "make-data": ("skill_distill.synthetic", "run_make_data", "generate a synthetic skill-tagged corpus"),
+    "pool": ("skill_distill.corpus", "run_pool", "build a seeded pool and held-out slice from a teacher corpus"),
+    "attribute": ("skill_distill.attribution", "run_attribution", "attribute examples to skill chains with an LLM"),
+    "merge-attribution": ("skill_distill.attribution", "merge_attribution_shards", "merge attribution shards"),
+    "profile": ("skill_distill.profile", "run_profile", "grade the student on the pool, per skill"),
+    "merge-profile": ("skill_distill.profile", "merge_profile_shards", "merge profile shards into one profile"),
+    "select-report": ("skill_distill.selection", "run_selection_report", "select a budget and report its skills"),
+    "evaluate": ("skill_distill.evaluation", "run_evaluate", "per-skill evaluation of a model on benchmarks"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in STAGES:
+        width = max(map(len, STAGES))
+        lines = [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in STAGES.items()]
+        print("usage: python -m skill_distill <stage> [--config FILE] [--help]\n\nstages:\n" + "\n".join(lines))
+        raise SystemExit(0 if argv and argv[0] in {"-h", "--help"} else 2)
+    module, func, _ = STAGES[argv[0]]
+    from jsonargparse import CLI
+
+    from skill_distill.io import DataError
+
+    fn = getattr(importlib.import_module(module), func)
+    try:
+        CLI(fn, args=argv[1:], as_positional=False)
+    except DataError as e:  # user-fixable input problems: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Teacher corpora: reading any source through a field mapping, and building a seeded pool with a held-out slice.
+
+Every later stage reads the *canonical* pool format written here, one JSON object per line:
+``{"id": str, "problem": str, "trace": str, "answer": str, "pass_rate": float | null}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from skill_distill.io import DataError, read_jsonl, write_jsonl
+
+
+@dataclass
+class CorpusFields:
+    """Which source field holds each part of an example."""
+
+    id: str | None = "id"
+    """Unique id field; None numbers the rows of the source (``"0"``, ``"1"``, ...)."""
+    problem: str = "problem"
+    trace: str | None = "trace"
+    """Teacher reasoning trace (``<think> ... </think>`` then the written solution); None for eval-only sets."""
+    answer: str | None = "answer"
+    """Reference final answer."""
+    pass_rate: str | None = None
+    """Optional reference pass rate in [0, 1] (OpenMathReasoning: ``pass_rate_72b_tir``), used by ``difficulty``."""
+
+
+@dataclass
+class Example:
+    id: str
+    problem: str
+    trace: str = ""
+    answer: str = ""
+    pass_rate: float | None = None
+
+    def to_row(self) -> dict:
+        return asdict(self)
+
+
+CANONICAL = CorpusFields(id="id", problem="problem", trace="trace", answer="answer", pass_rate="pass_rate")
+
+
+def _read_source(source: str, split: str) -> tuple[list[dict], str]:
+    p = Path(source)
+    suffix = p.suffix.lower()
+    if suffix in {".jsonl", ".json", ".parquet"} or p.exists():
+        if not p.is_file():
+            raise DataError(f"corpus file not found: {p}; check the path (relative paths start at the working directory)")
+        if suffix == ".jsonl":
+            return read_jsonl(p, "corpus file"), str(p)
+        if suffix == ".json":
+            data = json.loads(p.read_text(encoding="utf-8"))
+            if not isinstance(data, list):
+                raise DataError(f"{p}: a .json corpus must be a JSON array of objects")
+            return data, str(p)
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(p).to_pylist(), str(p)
+        raise DataError(f"{p}: unsupported corpus format {suffix!r}; use .jsonl, .json or .parquet")
+    # anything else is a dataset name on the HF hub (or in its local cache)
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(source, split=split)
+    except Exception as e:  # noqa: BLE001 - datasets raises many types; the user needs one line
+        raise DataError(f"cannot load corpus {source!r} (split {split!r}) as a file or HF dataset: {type(e).__name__}: {e}") from None
+    return ds.to_list(), f"{source}[{split}]"
+
+
+def load_corpus(source: str | os.PathLike, fields: CorpusFields = CANONICAL, split: str = "train",
+                limit: int | None = None, require_trace: bool = True) -> list[Example]:
+    """Read a corpus into Examples.
+
+    Raises DataError naming the source, the row and the field for a missing field, a duplicate id or an
+    empty corpus.
+    """
+    rows, name = _read_source(str(source), split)
+    if limit is not None:
+        rows = rows[:limit]
+    if not rows:
+        raise DataError(f"{name}: the corpus is empty")
+    out: list[Example] = []
+    seen: dict[str, int] = {}
+    needed = [("problem", fields.problem)]
+    if require_trace and fields.trace:
+        needed.append(("trace", fields.trace))
+    for i, row in enumerate(rows):
+        where = f"{name}: row {i + 1}"
+        for role, key in needed:
+            if key not in row or row[key] is None:
+                raise DataError(f"{where}: missing field {key!r} ({role}); set the corpus field mapping (fields.{role})")
+        if fields.id is None:
+            ex_id = str(i)
+        else:
+            if fields.id not in row:
+                raise DataError(f"{where}: missing id field {fields.id!r}; set fields.id, or null to number rows")
+            ex_id = str(row[fields.id])
+        if ex_id in seen:
+            raise DataError(f"{where}: duplicate id {ex_id!r} (first at row {seen[ex_id] + 1}); ids must be unique")
+        seen[ex_id] = i
+        answer = row.get(fields.answer) if fields.answer else None
+        if isinstance(answer, list):  # some sets store a list of equivalent answers
+            answer = answer[0] if len(answer) == 1 else json.dumps(answer)
+        pass_rate = row.get(fields.pass_rate) if fields.pass_rate else None
+        out.append(Example(
+            id=ex_id,
+            problem=str(row[fields.problem]),
+            trace=str(row.get(fields.trace, "") or "") if fields.trace else "",
+            answer="" if answer is None else str(answer),
+            pass_rate=None if pass_rate in (None, "") else float(pass_rate),
+        ))
+    return out
+
+
+def save_corpus(path: str | os.PathLike, examples: list[Example]) -> None:
+    write_jsonl(path, (e.to_row() for e in examples))
+
+
+@dataclass
+class PoolFilter:
+    require_answer: bool = True
+    """Drop examples without a reference answer (they cannot be graded)."""
+    require_think_close: bool = True
+    """Drop traces without ``</think>`` (no separable final solution)."""
+    max_trace_chars: int | None = None
+    """Drop traces longer than this many characters (None keeps all)."""
+
+
+def build_pool(examples: list[Example], size: int | None, heldout: int, seed: int = 42,
+               filters: PoolFilter | None = None) -> tuple[list[Example], list[Example], dict]:
+    """Filter, then draw a seeded pool of ``size`` examples and a disjoint held-out slice of ``heldout``.
+
+    Returns (pool, heldout, stats). The held-out slice is never seen by selection.
+    """
+    filters = filters or PoolFilter()
+    kept, dropped = [], {"no_answer": 0, "no_think_close": 0, "too_long": 0}
+    for e in examples:
+        if filters.require_answer and not e.answer.strip():
+            dropped["no_answer"] += 1
+        elif filters.require_think_close and "</think>" not in e.trace:
+            dropped["no_think_close"] += 1
+        elif filters.max_trace_chars is not None and len(e.trace) > filters.max_trace_chars:
+            dropped["too_long"] += 1
+        else:
+            kept.append(e)
+    rng = random.Random(seed)
+    order = list(range(len(kept)))
+    rng.shuffle(order)
+    want = len(kept) - heldout if size is None else size
+    if heldout + want > len(kept):
+        raise DataError(f"pool of {want} plus held-out {heldout} needs {heldout + want} examples, "
+                        f"but only {len(kept)} pass the filters; lower pool size or heldout")
+    held = [kept[i] for i in order[:heldout]]
+    pool = [kept[i] for i in order[heldout: heldout + want]]
+    stats = {"source_examples": len(examples), "after_filters": len(kept), "dropped": dropped,
+             "pool": len(pool), "heldout": len(held), "seed": seed}
+    return pool, held, stats

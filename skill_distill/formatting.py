@@ -1,0 +1,120 @@
+"""Prompts and responses: the one place that decides what the student sees and what it is trained to write.
+
+User turn (METHOD.md §5): the standard Qwen math instruction, a blank line, then ``Question: {problem}``.
+The assistant target is appended *verbatim* after the chat template's generation prompt: Qwen3's template
+rebuilds assistant messages from their ``<think>`` part and would drop a skill block standing before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from skill_distill.skill_tree import Chain, SkillTree, format_chain
+
+DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+USER_TEMPLATE = "{instruction}\n\nQuestion: {problem}"
+
+SkillLabelMode = Literal["off", "full", "topic", "leaf", "window"]
+
+
+@dataclass
+class SkillFormat:
+    """How the skill block is written before the teacher trace (METHOD.md §5 and its ablations)."""
+
+    mode: SkillLabelMode = "full"
+    """off: plain SFT; full: whole chain ``A->b``; topic: first node only; leaf: last node only;
+    window: nodes ``depth_start..depth_end`` (0-based, inclusive) of each chain."""
+    depth_start: int = 0
+    depth_end: int | None = None
+    use_display_names: bool = False
+    """Map long node names through the tree's display-name map (EvalTree's short names)."""
+    tree_in_prompt: bool = False
+    """Put the whole skill tree (as indented names) in the user turn (an ablation of the paper)."""
+    header: str = "Skills:"
+
+
+def user_message(problem: str, instruction: str = DEFAULT_INSTRUCTION, tree_text: str | None = None) -> str:
+    text = USER_TEMPLATE.format(instruction=instruction, problem=problem)
+    if tree_text:
+        text = f"Skill tree:\n{tree_text}\n\n{text}"
+    return text
+
+
+def render_prompt(tokenizer, user_text: str, enable_thinking: bool = True, system: str | None = None) -> str:
+    """The chat-templated prompt text ending with the assistant generation prompt.
+
+    ``enable_thinking`` is passed to templates that know it (Qwen3) and ignored by the others.
+    """
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user_text}]
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking
+    )
+
+
+def end_of_turn_token(tokenizer) -> str:
+    """The token that closes an assistant turn: ``<|im_end|>`` for ChatML models (Qwen3, SmolLM2), else EOS."""
+    vocab = tokenizer.get_vocab()
+    if "<|im_end|>" in vocab:
+        return "<|im_end|>"
+    if tokenizer.eos_token is None:
+        raise ValueError("tokenizer has neither <|im_end|> nor an eos_token; set end_of_turn explicitly")
+    return tokenizer.eos_token
+
+
+def label_chain(chain: Sequence[str], fmt: SkillFormat, tree: SkillTree | None = None) -> Chain:
+    chain = tuple(chain)
+    if fmt.mode == "topic":
+        chain = chain[:1]
+    elif fmt.mode == "leaf":
+        chain = chain[-1:]
+    elif fmt.mode == "window":
+        end = None if fmt.depth_end is None else fmt.depth_end + 1
+        chain = chain[fmt.depth_start : end]
+    if fmt.use_display_names and tree is not None:
+        chain = tuple(tree.display(n) for n in chain)
+    return chain
+
+
+def skill_block(chains: Sequence[Sequence[str]], fmt: SkillFormat, tree: SkillTree | None = None) -> str:
+    """``Skills:`` then one label per line, ending with a newline; empty when the mode is off or no chains.
+
+    Labels that become identical after shortening (two leaves of one topic in ``topic`` mode) are written once.
+    """
+    if fmt.mode == "off" or not chains:
+        return ""
+    labels: list[str] = []
+    for c in chains:
+        text = format_chain(label_chain(c, fmt, tree))
+        if text and text not in labels:
+            labels.append(text)
+    if not labels:
+        return ""
+    return fmt.header + "\n" + "\n".join(labels) + "\n"
+
+
+def assistant_target(trace: str, chains: Sequence[Sequence[str]] = (), fmt: SkillFormat | None = None,
+                     tree: SkillTree | None = None) -> str:
+    """The trained response: the optional skill block, then the full teacher trace unchanged."""
+    fmt = fmt or SkillFormat(mode="off")
+    return skill_block(chains, fmt, tree) + trace
+
+
+def tree_as_text(tree: SkillTree, fmt: SkillFormat | None = None) -> str:
+    lines: list[str] = []
+
+    def rec(node, depth):
+        for c in node.children:
+            name = tree.display(c.name) if fmt and fmt.use_display_names else c.name
+            lines.append("  " * depth + "- " + name)
+            rec(c, depth + 1)
+
+    rec(tree.root, 0)
+    return "\n".join(lines)
+
+
+def final_solution(trace: str) -> str:
+    """The written solution of a reasoning trace: the text after the last ``</think>`` (the whole text if none)."""
+    idx = trace.rfind("</think>")
+    return trace[idx + len("</think>"):].strip() if idx >= 0 else trace.strip()

@@ -1,0 +1,66 @@
+"""The interface every generation backend implements (vLLM offline engine, OpenAI-compatible HTTP, HF generate).
+
+Prompts are already-rendered prompt strings (``formatting.render_prompt``), so every backend sees exactly the
+text the student was trained on. A backend returns ``n`` completions per prompt, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class GenerationError(RuntimeError):
+    """A backend failed (engine crash, endpoint unreachable after retries): one line saying which and why."""
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling for one request batch (METHOD.md §3 and §7 defaults: temperature 0.6, top-p 1.0)."""
+
+    temperature: float = 0.6
+    top_p: float = 1.0
+    max_new_tokens: int = 8192
+    n: int = 1
+    """Completions per prompt (avg@n)."""
+    seed: int = 0
+    """Base seed; request i uses ``seed + i`` (or the caller's per-prompt seeds), so results do not depend on
+    how prompts are split across ranks or batches."""
+
+
+@dataclass
+class Completion:
+    text: str
+    num_tokens: int
+    finished: bool
+    """False when the completion hit ``max_new_tokens`` (truncated)."""
+
+
+class GenerationBackend:
+    """Base class: subclasses implement ``generate``."""
+
+    supports_guided_choice: bool = False
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        sampling: SamplingConfig,
+        seeds: Sequence[int] | None = None,
+        allowed_lists: Sequence[Sequence[str]] | None = None,
+    ) -> list[list[Completion]]:
+        """Return ``sampling.n`` completions for each prompt.
+
+        ``seeds``: one seed per prompt (defaults to ``sampling.seed + index``).
+        ``allowed_lists``: per prompt, constrain the reply to a JSON list of these strings (guided decoding);
+        backends without ``supports_guided_choice`` ignore it.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
