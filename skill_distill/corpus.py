@@ -26,6 +26,9 @@ class CorpusFields:
     """Teacher reasoning trace (``<think> ... </think>`` then the written solution); None for eval-only sets."""
     answer: str | None = "answer"
     """Reference final answer."""
+    reasoning: str | None = None
+    """Optional separate reasoning field: the trace becomes ``<think>\n{reasoning}\n</think>\n\n{trace}``
+    (for corpora that store the thinking and the written solution apart)."""
     pass_rate: str | None = None
     """Optional reference pass rate in [0, 1] (OpenMathReasoning: ``pass_rate_72b_tir``), used by ``difficulty``."""
 
@@ -108,10 +111,15 @@ def load_corpus(source: str | os.PathLike, fields: CorpusFields = CANONICAL, spl
         if isinstance(answer, list):  # some sets store a list of equivalent answers
             answer = answer[0] if len(answer) == 1 else json.dumps(answer)
         pass_rate = row.get(fields.pass_rate) if fields.pass_rate else None
+        trace = str(row.get(fields.trace, "") or "") if fields.trace else ""
+        if fields.reasoning:
+            if row.get(fields.reasoning) is None:
+                raise DataError(f"{where}: missing field {fields.reasoning!r} (reasoning); set fields.reasoning")
+            trace = f"<think>\n{str(row[fields.reasoning]).strip()}\n</think>\n\n{trace.strip()}"
         out.append(Example(
             id=ex_id,
             problem=str(row[fields.problem]),
-            trace=str(row.get(fields.trace, "") or "") if fields.trace else "",
+            trace=trace,
             answer="" if answer is None else str(answer),
             pass_rate=None if pass_rate in (None, "") else float(pass_rate),
         ))

@@ -1,0 +1,3 @@
+from callbacks.hf_export import HFExportCallback
+
+__all__ = ["HFExportCallback"]

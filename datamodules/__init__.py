@@ -1,0 +1,3 @@
+from datamodules.skill_datamodule import SkillDataModule
+
+__all__ = ["SkillDataModule"]

@@ -1,0 +1,185 @@
+"""Tokenised SFT examples and the global batch plan.
+
+A training step is a fixed number of *examples* (the paper's effective batch is 8), never a token budget. The plan
+for an epoch is made globally, identically on every rank: shuffle, cut into steps, give each rank the same number of
+examples per step (balanced by length), split each rank's share into the same number of micro-batches. Every rank
+therefore runs the same number of micro-batches (unequal counts would hang collectives), and each micro-batch
+carries the step's global count of supervised tokens so that the loss can be normalised exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TokenizedExample:
+    example_id: str
+    input_ids: list[int]
+    labels: list[int]
+    """Already shifted: ``labels[t]`` is the token to predict at position ``t`` (IGNORE_INDEX where unsupervised).
+    Pre-shifting per example keeps packed sequences from predicting across a boundary."""
+    truncated: bool = False
+
+    @property
+    def num_supervised(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+def encode_example(tokenizer, example_id: str, prompt_text: str, target_text: str, max_length: int) -> TokenizedExample | None:
+    """Tokenise prompt and target separately (as at inference, where the prompt is tokenised alone) and build
+    shifted labels that supervise exactly the target tokens. Returns None if the prompt alone fills max_length."""
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(target_text, add_special_tokens=False)["input_ids"]
+    return build_example(example_id, prompt_ids, target_ids, max_length)
+
+
+def build_example(example_id: str, prompt_ids: Sequence[int], target_ids: Sequence[int], max_length: int) -> TokenizedExample | None:
+    if len(prompt_ids) >= max_length:
+        return None
+    ids = list(prompt_ids) + list(target_ids)
+    truncated = len(ids) > max_length
+    ids = ids[:max_length]
+    unshifted = [IGNORE_INDEX] * len(prompt_ids) + list(target_ids)
+    unshifted = unshifted[: len(ids)]
+    labels = unshifted[1:] + [IGNORE_INDEX]
+    return TokenizedExample(example_id, ids, labels, truncated)
+
+
+def _balanced_split(indices: Sequence[int], lengths: Sequence[int], parts: int) -> list[list[int]]:
+    """Split ``indices`` into ``parts`` groups of equal size, balancing total length (longest first, greedy)."""
+    size = len(indices) // parts
+    order = sorted(indices, key=lambda i: (-lengths[i], i))
+    groups: list[list[int]] = [[] for _ in range(parts)]
+    loads = [0] * parts
+    for i in order:
+        g = min((p for p in range(parts) if len(groups[p]) < size), key=lambda p: (loads[p], p))
+        groups[g].append(i)
+        loads[g] += lengths[i]
+    return groups
+
+
+def plan_epoch(lengths: Sequence[int], examples_per_step: int, world_size: int, micro_batches_per_step: int,
+               seed: int, epoch: int, shuffle: bool = True) -> list[list[list[list[int]]]]:
+    """The global plan of one epoch: ``plan[step][rank][micro_batch] -> example indices``.
+
+    The last incomplete step is dropped (a different remainder each epoch when shuffling).
+    """
+    per_rank, rem = divmod(examples_per_step, world_size)
+    if rem or per_rank % micro_batches_per_step:
+        raise ValueError(
+            f"examples_per_step={examples_per_step} must be divisible by world_size ({world_size}) x "
+            f"accumulate_grad_batches ({micro_batches_per_step}); change data.examples_per_step or "
+            "trainer.accumulate_grad_batches")
+    n = len(lengths)
+    order = np.arange(n)
+    if shuffle:
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+    plan = []
+    for s in range(n // examples_per_step):
+        step = [int(i) for i in order[s * examples_per_step:(s + 1) * examples_per_step]]
+        ranks = _balanced_split(step, lengths, world_size)
+        plan.append([_balanced_split(r, lengths, micro_batches_per_step) for r in ranks])
+    return plan
+
+
+class StepBatchSampler:
+    """Yields this rank's micro-batches (lists of example indices) of the epoch plan, in order.
+
+    Deterministic given (seed, epoch), so torchdata's StatefulDataLoader resumes mid-epoch exactly by
+    fast-forwarding the number of micro-batches already yielded. Lightning calls ``set_epoch``.
+    """
+
+    def __init__(self, lengths: Sequence[int], supervised: Sequence[int], examples_per_step: int, world_size: int,
+                 rank: int, micro_batches_per_step: int, seed: int = 42, shuffle: bool = True):
+        self.lengths = list(lengths)
+        self.supervised = list(supervised)
+        self.examples_per_step = examples_per_step
+        self.world_size = world_size
+        self.rank = rank
+        self.micro_batches_per_step = micro_batches_per_step
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        plan_epoch(self.lengths, examples_per_step, world_size, micro_batches_per_step, seed, 0, shuffle)  # validate
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def steps_per_epoch(self) -> int:
+        return len(self.lengths) // self.examples_per_step
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch() * self.micro_batches_per_step
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        """Items are (example index, global supervised tokens of the step), so each micro-batch can normalise its
+        loss by the whole step's token count without a collective."""
+        plan = plan_epoch(self.lengths, self.examples_per_step, self.world_size, self.micro_batches_per_step,
+                          self.seed, self.epoch, self.shuffle)
+        for step in plan:
+            step_tokens = sum(self.supervised[i] for rank in step for mb in rank for i in mb)
+            for mb in step[self.rank]:
+                yield [(i, step_tokens) for i in mb]
+
+
+class ExampleDataset(torch.utils.data.Dataset):
+    """Map-style view of tokenised examples, indexed by the (index, step tokens) items of StepBatchSampler."""
+
+    def __init__(self, examples: Sequence[TokenizedExample]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, key):
+        i, step_tokens = key if isinstance(key, tuple) else (key, None)
+        return self.examples[i], step_tokens
+
+
+class SFTCollator:
+    """Turns a micro-batch of TokenizedExamples into model inputs.
+
+    packed: one row, sequences concatenated, ``position_ids`` restarting at 0 per sequence, no attention mask
+    (HF models derive the block-diagonal causal mask from ``position_ids``; ``use_cache`` must be False).
+    padded: right-padded rows with an attention mask. Both give the same loss.
+    """
+
+    def __init__(self, pad_token_id: int, packing: bool = True):
+        self.pad_token_id = pad_token_id
+        self.packing = packing
+
+    def __call__(self, items: list[tuple[TokenizedExample, int | None]]) -> dict:
+        exs = [e for e, _ in items]
+        batch = self.collate(exs)
+        step_tokens = items[0][1]
+        # without a step plan (validation) a micro-batch is normalised by its own tokens
+        batch["step_num_tokens"] = torch.tensor(batch["num_tokens"].item() if step_tokens is None else step_tokens)
+        return batch
+
+    def collate(self, exs: Sequence[TokenizedExample]) -> dict:
+        if self.packing:
+            input_ids = torch.tensor([t for e in exs for t in e.input_ids]).unsqueeze(0)
+            labels = torch.tensor([t for e in exs for t in e.labels]).unsqueeze(0)
+            position_ids = torch.tensor([p for e in exs for p in range(len(e.input_ids))]).unsqueeze(0)
+            batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+        else:
+            width = max(len(e.input_ids) for e in exs)
+            input_ids = torch.full((len(exs), width), self.pad_token_id)
+            labels = torch.full((len(exs), width), IGNORE_INDEX)
+            attention_mask = torch.zeros((len(exs), width), dtype=torch.long)
+            for r, e in enumerate(exs):
+                n = len(e.input_ids)
+                input_ids[r, :n] = torch.tensor(e.input_ids)
+                labels[r, :n] = torch.tensor(e.labels)
+                attention_mask[r, :n] = 1
+            batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        batch["example_ids"] = [e.example_id for e in exs]
+        batch["num_tokens"] = torch.tensor(sum(e.num_supervised for e in exs))
+        return batch

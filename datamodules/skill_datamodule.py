@@ -1,0 +1,287 @@
+"""SkillDataModule: corpus -> (selection) -> (skill-aware formatting) -> tokenised examples -> planned batches.
+
+Data flows one way: the corpus and, for skill-based strategies, the attribution and the student profile go in;
+a selection manifest (kept in the run directory, reused on resume) and tokenised, step-planned micro-batches
+come out. Selection and formatting are plain functions in ``skill_distill.selection`` / ``skill_distill.formatting``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from datamodules.batching import (
+    ExampleDataset,
+    SFTCollator,
+    StepBatchSampler,
+    TokenizedExample,
+    encode_example,
+)
+from skill_distill import assets
+from skill_distill.corpus import CorpusFields, Example, load_corpus
+from skill_distill.formatting import (
+    DEFAULT_INSTRUCTION,
+    SkillFormat,
+    assistant_target,
+    end_of_turn_token,
+    render_prompt,
+    tree_as_text,
+    user_message,
+)
+from skill_distill.io import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SelectionSpec:
+    """Which examples of the corpus are trained on (METHOD.md §4). Mirrors ``skill_distill.selection.SelectionConfig``."""
+
+    strategy: str = "all"
+    """skill | random | difficulty | all."""
+    budget: int = 1000
+    seed: int = 42
+    w_max: float = 1000.0
+    temperature: float = 1.0
+    """The exponent T of w(s) = min(1/acc(s), w_max) ** T."""
+    correctness: str = "any"
+    """any | wrong | right: keep only examples the student got wrong (or right)."""
+    wrong_share: float | None = None
+    forced_distribution: bool = False
+    max_depth: int | None = None
+    only_skill: str | None = None
+    difficulty_band: tuple[float, float] = (0.25, 0.625)
+    extra: dict = field(default_factory=dict)
+
+
+class SkillDataModule(L.LightningDataModule):
+    """Supervised fine-tuning data for skill-aware distillation.
+
+    Args:
+        corpus: teacher corpus (.jsonl/.json/.parquet path or HF dataset name).
+        tokenizer: tokenizer name or path (``asset:qwen3-tokenizer`` for the offline Qwen3 files).
+        fields: which corpus fields hold id, problem, trace, answer, pass rate.
+        split: dataset split when ``corpus`` is an HF dataset name.
+        tree: skill tree JSON (needed for skill strategies and skill-aware formatting).
+        attribution: attribution JSONL ({"id", "chains"}) of the corpus.
+        profile: student profile JSON (per-node accuracy) for the ``skill`` strategy.
+        verdicts: the profile's per-example verdicts JSONL, for correctness filters.
+        display_names: optional long-name -> short-name map for the tree.
+        selection: which examples to train on.
+        skill_format: how the skill block is written before the trace (``mode: off`` is plain SFT).
+        instruction: the instruction line of the user turn.
+        enable_thinking: passed to chat templates that know it (Qwen3); thinking on is the paper's setting.
+        max_length: maximum tokens per example (prompt + response); longer responses are truncated and counted.
+        examples_per_step: examples per optimizer step across all ranks (the effective batch; paper: 8). Each rank
+            gets ``examples_per_step / world_size`` per step, in ``accumulate_grad_batches`` micro-batches.
+        packing: lay a micro-batch out padding-free (concatenated, ``position_ids`` reset). False pads instead;
+            the loss is the same, padding only costs time.
+        shuffle: reshuffle the examples every epoch (seeded by ``seed`` and the epoch).
+        seed: data order seed.
+        val_corpus: optional held-out corpus (same fields) for a validation loss.
+        val_micro_batch_size: examples per validation micro-batch.
+        run_dir: where the selection manifest is kept (default: the trainer's ``default_root_dir``).
+        num_workers: dataloader workers (0: collation is cheap, tokenisation happens once in ``setup``).
+    """
+
+    def __init__(
+        self,
+        corpus: str,
+        tokenizer: str,
+        fields: CorpusFields = CorpusFields(),
+        split: str = "train",
+        tree: str | None = None,
+        attribution: str | None = None,
+        profile: str | None = None,
+        verdicts: str | None = None,
+        display_names: str | None = None,
+        selection: SelectionSpec = SelectionSpec(),
+        skill_format: SkillFormat = SkillFormat(mode="off"),
+        instruction: str = DEFAULT_INSTRUCTION,
+        enable_thinking: bool = True,
+        max_length: int = 8192,
+        examples_per_step: int = 8,
+        packing: bool = True,
+        shuffle: bool = True,
+        seed: int = 42,
+        val_corpus: str | None = None,
+        val_micro_batch_size: int = 4,
+        run_dir: str | None = None,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if max_length < 16:
+            raise ValueError(f"data.max_length must be >= 16, got {max_length}")
+        if examples_per_step < 1:
+            raise ValueError(f"data.examples_per_step must be >= 1, got {examples_per_step}")
+        needs_tree = selection.strategy == "skill" or skill_format.mode != "off" or skill_format.tree_in_prompt
+        if needs_tree and not (tree and attribution) and not skill_format.tree_in_prompt:
+            raise ValueError("data.tree and data.attribution are required for selection.strategy=skill "
+                             "or a skill_format.mode other than off")
+        self.save_hyperparameters()
+        self.corpus, self.tokenizer_name, self.fields, self.split = corpus, tokenizer, fields, split
+        self.tree_path, self.attribution_path, self.profile_path = tree, attribution, profile
+        self.verdicts_path, self.display_names = verdicts, display_names
+        self.selection, self.skill_format = selection, skill_format
+        self.instruction, self.enable_thinking = instruction, enable_thinking
+        self.max_length, self.examples_per_step, self.packing = max_length, examples_per_step, packing
+        self.shuffle, self.seed = shuffle, seed
+        self.val_corpus, self.val_micro_batch_size = val_corpus, val_micro_batch_size
+        self.run_dir, self.num_workers = run_dir, num_workers
+        self.train_examples: list[TokenizedExample] = []
+        self.val_examples: list[TokenizedExample] = []
+        self.stats: dict = {}
+        self._tokenizer = None
+        self._tree = None
+        self._chains: dict = {}
+
+    # ---- pieces ---------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(assets.resolve(self.tokenizer_name))
+        return self._tokenizer
+
+    def _load_tree_and_chains(self) -> None:
+        if self._tree is not None or not self.tree_path:
+            return
+        from skill_distill.skill_tree import SkillTree
+
+        self._tree = SkillTree.load(self.tree_path, self.display_names)
+        if self.attribution_path:
+            from skill_distill.skill_stats import load_attribution
+
+            self._chains = load_attribution(self.attribution_path, self._tree)
+
+    def select(self, examples: list[Example]) -> list[Example]:
+        """Apply the selection strategy; with a run directory, reuse (and verify) a saved manifest."""
+        spec = self.selection
+        if spec.strategy == "all":
+            return examples
+        from skill_distill import selection as sel
+
+        config = sel.SelectionConfig(
+            strategy=spec.strategy, budget=spec.budget, seed=spec.seed, w_max=spec.w_max,
+            temperature=spec.temperature, correctness=spec.correctness, wrong_share=spec.wrong_share,
+            forced_distribution=spec.forced_distribution, max_depth=spec.max_depth, only_skill=spec.only_skill,
+            difficulty_band=tuple(spec.difficulty_band), **spec.extra)
+        inputs = {"corpus": self.corpus, "attribution": self.attribution_path, "profile": self.profile_path,
+                  "verdicts": self.verdicts_path, "tree": self.tree_path}
+        fingerprints = {k: sel.fingerprint_file(v) for k, v in inputs.items() if v and Path(v).is_file()}
+        manifest = self._manifest_path()
+        if manifest is not None and manifest.exists():
+            ids = sel.load_manifest(manifest, fingerprints, config)
+            log.info("reusing selection manifest %s (%d examples)", manifest, len(ids))
+        else:
+            result = sel.select(config, [e.id for e in examples], self._chains, self._tree,
+                                node_accuracy=self._node_accuracy(), correct_by_id=self._correct_by_id(),
+                                pass_rate_by_id={e.id: e.pass_rate for e in examples})
+            ids = list(result.ids)
+            if manifest is not None and self._is_global_zero():
+                sel.write_manifest(manifest, result, config, fingerprints)
+        by_id = {e.id: e for e in examples}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise DataError(f"selection manifest names {len(missing)} ids absent from {self.corpus} (e.g. {missing[:3]}); "
+                            "the corpus changed: delete the manifest or use a new run directory")
+        return [by_id[i] for i in ids]
+
+    def _node_accuracy(self):
+        if not self.profile_path:
+            return None
+        from skill_distill.profile import load_profile
+
+        return load_profile(self.profile_path, self._tree)
+
+    def _correct_by_id(self):
+        if not self.verdicts_path:
+            return None
+        from skill_distill.io import read_jsonl
+
+        totals: dict[str, list[float]] = {}
+        for row in read_jsonl(self.verdicts_path, "verdicts file"):
+            totals.setdefault(str(row["id"]), []).append(float(bool(row["correct"])))
+        return {k: sum(v) / len(v) for k, v in totals.items()}
+
+    def _manifest_path(self) -> Path | None:
+        root = self.run_dir or (self.trainer.default_root_dir if self.trainer is not None else None)
+        return None if root is None else Path(root) / "selection_manifest.json"
+
+    def _is_global_zero(self) -> bool:
+        return self.trainer is None or self.trainer.is_global_zero
+
+    def format_and_tokenize(self, examples: list[Example]) -> tuple[list[TokenizedExample], dict]:
+        tok = self.tokenizer
+        eot = end_of_turn_token(tok)
+        tree_text = tree_as_text(self._tree, self.skill_format) if self.skill_format.tree_in_prompt and self._tree else None
+        out, dropped, truncated = [], 0, 0
+        for e in examples:
+            prompt = render_prompt(tok, user_message(e.problem, self.instruction, tree_text), self.enable_thinking)
+            chains = self._chains.get(e.id, []) if self.skill_format.mode != "off" else []
+            target = assistant_target(e.trace, chains, self.skill_format, self._tree) + eot
+            t = encode_example(tok, e.id, prompt, target, self.max_length)
+            if t is None:
+                dropped += 1
+                continue
+            truncated += t.truncated
+            out.append(t)
+        stats = {"examples": len(out), "prompt_too_long_dropped": dropped, "truncated": truncated,
+                 "supervised_tokens": sum(t.num_supervised for t in out), "tokens": sum(len(t.input_ids) for t in out)}
+        return out, stats
+
+    # ---- Lightning hooks ------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_examples and (self.val_examples or not self.val_corpus):
+            return
+        self._load_tree_and_chains()
+        if stage in (None, "fit"):
+            examples = self.select(load_corpus(self.corpus, self.fields, self.split))
+            self.train_examples, self.stats["train"] = self.format_and_tokenize(examples)
+            if not self.train_examples:
+                raise DataError(f"{self.corpus}: no training example left after selection and length filtering")
+            if self.stats["train"]["truncated"]:
+                log.warning("%d of %d training examples truncated to max_length=%d",
+                            self.stats["train"]["truncated"], len(self.train_examples), self.max_length)
+        if self.val_corpus and stage in (None, "fit", "validate"):
+            val = load_corpus(self.val_corpus, self.fields, self.split)
+            self.val_examples, self.stats["val"] = self.format_and_tokenize(val)
+
+    def _world(self) -> tuple[int, int, int]:
+        t = self.trainer
+        if t is None:
+            return 1, 0, 1
+        return t.world_size, t.global_rank, t.accumulate_grad_batches
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        world_size, rank, accumulation = self._world()
+        sampler = StepBatchSampler(
+            [len(e.input_ids) for e in self.train_examples], [e.num_supervised for e in self.train_examples],
+            self.examples_per_step, world_size, rank, accumulation, self.seed, self.shuffle)
+        if sampler.steps_per_epoch() == 0:
+            raise DataError(f"{len(self.train_examples)} training examples make no full step of "
+                            f"examples_per_step={self.examples_per_step}; lower examples_per_step or add data")
+        return StatefulDataLoader(ExampleDataset(self.train_examples), batch_sampler=sampler,
+                                  collate_fn=SFTCollator(self._pad_id(), self.packing), num_workers=self.num_workers)
+
+    def val_dataloader(self):
+        if not self.val_examples:
+            return []
+        world_size, rank, _ = self._world()
+        mine = list(range(rank, len(self.val_examples), world_size))
+        m = self.val_micro_batch_size
+        batches = [[(i, None) for i in mine[k:k + m]] for k in range(0, len(mine), m)]
+        return StatefulDataLoader(ExampleDataset(self.val_examples), batch_sampler=batches,
+                                  collate_fn=SFTCollator(self._pad_id(), self.packing), num_workers=0)
+
+    def _pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def state_dict(self) -> dict:
+        return {"stats": self.stats}

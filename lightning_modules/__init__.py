@@ -1,0 +1,3 @@
+from lightning_modules.causal_lm import CausalLMModule
+
+__all__ = ["CausalLMModule"]

@@ -1,0 +1,231 @@
+"""CausalLMModule: full fine-tuning of any HF causal LM (Qwen3 first) on planned SFT batches.
+
+Features:
+- the model comes from a hub name, a local path or ``asset:<name>``, or from a model config (tiny test models);
+  weights are built in ``configure_model()`` so that FSDP2 sharding applies there;
+- ``attn_implementation="auto"``: FlashAttention-2 where ``flash_attn`` imports and CUDA is present, else SDPA;
+- loss = cross-entropy over supervised tokens, normalised by the supervised tokens of the whole optimizer step
+  across all ranks and micro-batches, so the gradient equals that of one big batch of the same tokens;
+- logits are computed only at supervised positions (``logits_to_keep``), not over the prompt;
+- AdamW + cosine schedule with linear warmup stepped per optimizer step; gradient clipping by global norm;
+- logs loss, learning rate, gradient norm and global supervised tokens/s;
+- FSDP2 (``fully_shard`` per decoder layer, then the root) with a bf16/fp32 mixed-precision policy and per-layer
+  activation checkpointing under Lightning's ``ModelParallelStrategy``;
+- ``export_hf()``: the one exporter to an HF directory (safetensors, config, tokenizer, generation config).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+
+from datamodules.batching import IGNORE_INDEX
+from skill_distill import assets
+
+AttnImpl = Literal["auto", "flash_attention_2", "sdpa", "eager"]
+
+
+def pick_attn_implementation(requested: str) -> str:
+    """Resolve ``auto``; reject an explicit choice that cannot work here with one clear line."""
+    flash_ok = torch.cuda.is_available()
+    if flash_ok:
+        try:
+            import flash_attn  # noqa: F401
+        except Exception:  # noqa: BLE001 - a broken build raises anything
+            flash_ok = False
+    if requested == "auto":
+        return "flash_attention_2" if flash_ok else "sdpa"
+    if requested == "flash_attention_2" and not flash_ok:
+        raise ValueError("model.attn_implementation=flash_attention_2 needs CUDA and an importable flash_attn "
+                         "(pip install '.[gpu]'); use auto or sdpa on this machine")
+    if requested not in {"sdpa", "eager", "flash_attention_2"}:
+        raise ValueError(f"model.attn_implementation={requested!r} is unknown; use auto, flash_attention_2, sdpa or eager")
+    return requested
+
+
+class CausalLMModule(L.LightningModule):
+    """Args:
+        model: HF hub name, local directory, or ``asset:<name>``; ignored when ``model_config`` is given.
+        model_config: keyword arguments of a model config (``model_type`` selects the class), for randomly
+            initialised models such as the tiny test Qwen3.
+        tokenizer: tokenizer for export (defaults to ``model``; linked from ``data.tokenizer`` by train.py).
+        attn_implementation: auto | flash_attention_2 | sdpa | eager.
+        model_dtype: dtype of the weights held by the optimizer. float32 keeps fp32 master weights (use
+            ``trainer.precision: bf16-mixed`` or the FSDP2 mixed-precision policy for bf16 compute).
+        gradient_checkpointing: recompute activations per decoder layer in backward.
+        learning_rate: peak learning rate (paper: 1e-5).
+        weight_decay: AdamW weight decay (reference: 0).
+        betas: AdamW betas (reference: 0.9, 0.999).
+        eps: AdamW epsilon.
+        warmup_ratio: share of optimizer steps with linear warmup (paper: 0.1).
+        min_lr_ratio: floor of the cosine schedule as a share of the peak (paper: 0).
+        max_grad_norm: clip the global gradient norm to this (paper: 1.0); None disables clipping.
+        fsdp_mixed_precision: under ModelParallelStrategy, bf16 parameters for compute, fp32 gradient reduction.
+        fsdp_reshard_after_forward: free each layer's gathered parameters after forward (less memory, one more
+            all-gather in backward).
+        compile: ``torch.compile`` each decoder layer.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        model_config: dict[str, Any] | None = None,
+        tokenizer: str | None = None,
+        attn_implementation: AttnImpl = "auto",
+        model_dtype: Literal["float32", "bfloat16"] = "float32",
+        gradient_checkpointing: bool = False,
+        learning_rate: float = 1e-5,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        warmup_ratio: float = 0.1,
+        min_lr_ratio: float = 0.0,
+        max_grad_norm: float | None = 1.0,
+        fsdp_mixed_precision: bool = True,
+        fsdp_reshard_after_forward: bool = True,
+        compile: bool = False,
+    ):
+        super().__init__()
+        if model is None and model_config is None:
+            raise ValueError("set model.model (hub name, path or asset:...) or model.model_config")
+        if not 0 <= warmup_ratio < 1:
+            raise ValueError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        if learning_rate <= 0:
+            raise ValueError(f"model.learning_rate must be > 0, got {learning_rate}")
+        self.attn_implementation = pick_attn_implementation(attn_implementation)
+        self.save_hyperparameters()
+        self.model_name = model
+        self.model_config = model_config
+        self.tokenizer_name = tokenizer or model
+        self.model = None
+        self.val_loss = torchmetrics.MeanMetric()
+        self._step_ce = 0.0
+        self._step_tokens = 0
+        self._step_start: float | None = None
+
+    # ---- model --------------------------------------------------------------------------------------
+    def build_hf_model(self):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        dtype = getattr(torch, self.hparams.model_dtype)
+        if self.model_config is not None:
+            cfg = dict(self.model_config)
+            config = AutoConfig.for_model(cfg.pop("model_type", "qwen3"), **cfg)
+            config._attn_implementation = self.attn_implementation
+            model = AutoModelForCausalLM.from_config(config, attn_implementation=self.attn_implementation, dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                assets.resolve(self.model_name), attn_implementation=self.attn_implementation, dtype=dtype)
+        # a cache makes padding-free (packed) batches silently wrong, and training never needs it
+        model.config.use_cache = False
+        model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as they are
+        if self.hparams.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.model = self.build_hf_model()
+        mesh = getattr(self, "device_mesh", None)
+        if mesh is not None:
+            from lightning_modules.sharding import apply_fsdp2
+
+            apply_fsdp2(self.model, mesh, mixed_precision=self.hparams.fsdp_mixed_precision,
+                        reshard_after_forward=self.hparams.fsdp_reshard_after_forward,
+                        compile_layers=self.hparams.compile)
+        elif self.hparams.compile:
+            for layer in self.model.model.layers:
+                layer.compile()
+
+    # ---- loss ---------------------------------------------------------------------------------------
+    def forward_ce(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum of token cross-entropies over supervised positions, and the number of such positions."""
+        labels = batch["labels"]
+        keep = (labels != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+        kwargs = {k: batch[k] for k in ("position_ids", "attention_mask") if k in batch}
+        out = self.model(input_ids=batch["input_ids"], logits_to_keep=keep, use_cache=False, **kwargs)
+        logits = out.logits.float()
+        target = labels[:, keep]
+        ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                             ignore_index=IGNORE_INDEX, reduction="sum")
+        return ce, (target != IGNORE_INDEX).sum()
+
+    def _data_parallel_size(self) -> int:
+        mesh = getattr(self, "device_mesh", None)
+        if mesh is not None and "data_parallel" in (mesh.mesh_dim_names or ()):
+            return mesh["data_parallel"].size()
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self._step_start is None:
+            self._step_start = time.perf_counter()
+        ce, n = self.forward_ce(batch)
+        step_tokens = batch["step_num_tokens"].clamp(min=1).to(ce.dtype)
+        self._step_ce += ce.detach().item()
+        self._step_tokens += int(n)
+        # Lightning divides by the accumulation count and DDP/FSDP average over ranks; undo both so the
+        # step's gradient is the gradient of (sum of CE over all the step's tokens) / (their number).
+        scale = self.trainer.accumulate_grad_batches * self._data_parallel_size()
+        return ce * scale / step_tokens
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grad_norm = None
+        if self.hparams.max_grad_norm is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.hparams.max_grad_norm)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
+                grad_norm = grad_norm.full_tensor()
+        totals = torch.tensor([self._step_ce, float(self._step_tokens)], dtype=torch.float64, device=self.device)
+        if self.trainer.world_size > 1:
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        ce_sum, tokens = totals.tolist()
+        elapsed = time.perf_counter() - (self._step_start or time.perf_counter())
+        metrics = {"train/loss": ce_sum / max(tokens, 1.0), "train/lr": optimizer.param_groups[0]["lr"],
+                   "train/supervised_tokens": tokens, "train/tokens_per_s": tokens / max(elapsed, 1e-9)}
+        if grad_norm is not None:
+            metrics["train/grad_norm"] = float(grad_norm)
+        self.log_dict(metrics, prog_bar=False, on_step=True, on_epoch=False, rank_zero_only=True)
+        self.log("loss", metrics["train/loss"], prog_bar=True, on_step=True, on_epoch=False, logger=False, rank_zero_only=True)
+        self._step_ce, self._step_tokens, self._step_start = 0.0, 0, None
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        ce, n = self.forward_ce(batch)
+        if n > 0:
+            self.val_loss.update(ce / n, weight=n)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_loss.update_count:
+            self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=False)
+        self.val_loss.reset()
+
+    # ---- optimisation -------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=hp.learning_rate, betas=tuple(hp.betas),
+                                      eps=hp.eps, weight_decay=hp.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = math.ceil(total * hp.warmup_ratio)
+
+        def lr_lambda(step: int) -> float:  # the HF cosine-with-warmup formula the reference scripts use
+            if step < warmup:
+                return step / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # ---- export -------------------------------------------------------------------------------------
+    def export_hf(self, out_dir: str) -> str:
+        """Write the current weights as an HF directory (a collective: call on every rank)."""
+        from skill_distill.export import export_hf_model
+
+        return export_hf_model(self.model, assets.resolve(self.tokenizer_name) if self.tokenizer_name else None,
+                               out_dir, is_global_zero=self.trainer.is_global_zero if self._trainer else True,
+                               barrier=self.trainer.strategy.barrier if self._trainer else None)

@@ -1,0 +1,76 @@
+"""Skill-aware formatting with the real Qwen3 tokenizer: exactly the assistant tokens are supervised."""
+
+from __future__ import annotations
+
+from datamodules.batching import IGNORE_INDEX, encode_example
+from skill_distill.formatting import (
+    SkillFormat,
+    assistant_target,
+    end_of_turn_token,
+    final_solution,
+    render_prompt,
+    skill_block,
+    user_message,
+)
+from skill_distill.skill_tree import SkillTree
+
+TRACE = "<think>\nWe need 3 choose 2, which is 3.\n</think>\n\nThere are $\\binom{3}{2} = 3$ ways, so \\boxed{3}."
+CHAINS = [("Probability", "counting principles"), ("Pre-Algebra", "basic arithmetic operations")]
+
+
+def test_user_turn_is_the_standard_qwen_math_prompt():
+    assert user_message("What is 2+2?") == (
+        "Please reason step by step, and put your final answer within \\boxed{}.\n\nQuestion: What is 2+2?")
+
+
+def test_skill_block_modes(shared_dir):
+    tree = SkillTree.load(shared_dir / "skill_trees" / "skill_mix.json")
+    assert skill_block(CHAINS, SkillFormat("full")) == (
+        "Skills:\nProbability->counting principles\nPre-Algebra->basic arithmetic operations\n")
+    assert skill_block(CHAINS, SkillFormat("topic")) == "Skills:\nProbability\nPre-Algebra\n"
+    assert skill_block(CHAINS, SkillFormat("leaf")) == "Skills:\ncounting principles\nbasic arithmetic operations\n"
+    assert skill_block(CHAINS, SkillFormat("window", depth_start=1, depth_end=1)) == (
+        "Skills:\ncounting principles\nbasic arithmetic operations\n")
+    assert skill_block(CHAINS, SkillFormat("off")) == ""
+    # duplicates after shortening are written once
+    assert skill_block([("Probability", "a"), ("Probability", "b")], SkillFormat("topic")) == "Skills:\nProbability\n"
+    for c in CHAINS:
+        tree.validate_chain(c, "test")
+    assert assistant_target(TRACE, CHAINS, SkillFormat("full")).endswith(TRACE)
+    assert final_solution(TRACE).startswith("There are")
+
+
+def test_exactly_the_assistant_tokens_are_supervised(qwen_tokenizer):
+    tok = qwen_tokenizer
+    prompt = render_prompt(tok, user_message("How many ways to choose 2 of 3?"), enable_thinking=True)
+    eot = end_of_turn_token(tok)
+    assert eot == "<|im_end|>"
+    target = assistant_target(TRACE, CHAINS, SkillFormat("full")) + eot
+    ex = encode_example(tok, "x", prompt, target, max_length=4096)
+    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    # labels are pre-shifted: position t predicts token t+1
+    supervised = [ex.input_ids[t + 1] for t, lab in enumerate(ex.labels) if lab != IGNORE_INDEX]
+    assert supervised == ex.input_ids[len(prompt_ids):]
+    assert all(lab == IGNORE_INDEX for lab in ex.labels[: len(prompt_ids) - 1])
+    text = tok.decode(supervised)
+    assert text == target  # the skill block before <think>, the think block, the solution, the end of turn
+    assert text.startswith("Skills:\nProbability->counting principles\n") and "<think>" in text
+    assert supervised[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+    assert ex.labels[-1] == IGNORE_INDEX and not ex.truncated
+
+
+def test_qwen3_template_would_drop_the_skill_block(qwen_tokenizer):
+    """Why the target is appended verbatim: the template rebuilds assistant turns from their <think> part."""
+    target = assistant_target(TRACE, CHAINS, SkillFormat("full"))
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": target}]
+    rendered = qwen_tokenizer.apply_chat_template(msgs, tokenize=False)
+    assert "Skills:" not in rendered
+
+
+def test_truncation_keeps_prompt_and_counts(qwen_tokenizer):
+    tok = qwen_tokenizer
+    prompt = render_prompt(tok, user_message("q"))
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    ex = encode_example(tok, "x", prompt, TRACE * 20 + "<|im_end|>", max_length=n_prompt + 10)
+    assert ex.truncated and len(ex.input_ids) == n_prompt + 10 and ex.num_supervised == 10
+    assert encode_example(tok, "x", prompt, TRACE, max_length=n_prompt) is None

@@ -1,0 +1,58 @@
+"""The loss is normalised by the supervised tokens of the whole optimizer step: the gradient does not depend on
+how the step's examples are laid out (packed or padded), split into micro-batches, or spread over ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "tests" / "scripts" / "one_step_grads.py"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shared_dir):
+    """16 real MATH-500 rows (problem + reference solution as the trace): varied lengths."""
+    rows = [json.loads(line) for line in (shared_dir / "data/benchmarks/math500/test.jsonl").open()][:16]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
+    with path.open("w") as f:
+        for i, r in enumerate(rows):
+            f.write(json.dumps({"id": f"m{i}", "problem": r["problem"], "trace": r["solution"], "answer": r["answer"]}) + "\n")
+    return path
+
+
+def run_step(tmp_path, corpus, tokenizer_dir, name, **kw) -> tuple[dict, float]:
+    out = tmp_path / f"{name}.pt"
+    cmd = [sys.executable, str(SCRIPT), "--corpus", str(corpus), "--tokenizer", str(tokenizer_dir), "--out", str(out)]
+    for k, v in kw.items():
+        cmd += [f"--{k}", str(v)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), MASTER_PORT=str(29500 + (abs(hash(name)) % 1000)))
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(out), json.loads(Path(str(out) + ".json").read_text())["loss"]
+
+
+def assert_same_grads(a: dict, b: dict, tol: float = 1e-5) -> None:
+    assert a.keys() == b.keys() and a
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=tol, atol=tol, msg=lambda m: f"{k}: {m}")
+
+
+def test_layouts_and_accumulation_and_ranks_give_the_same_gradient(tmp_path, corpus, qwen_tokenizer_dir):
+    base, base_loss = run_step(tmp_path, corpus, qwen_tokenizer_dir, "packed_a1", accumulate=1, packing=1)
+    padded, padded_loss = run_step(tmp_path, corpus, qwen_tokenizer_dir, "padded_a1", accumulate=1, packing=0)
+    accum, accum_loss = run_step(tmp_path, corpus, qwen_tokenizer_dir, "packed_a4", accumulate=4, packing=1)
+    ddp, ddp_loss = run_step(tmp_path, corpus, qwen_tokenizer_dir, "ddp2", accumulate=2, packing=1, devices=2)
+    assert_same_grads(base, padded)  # packed == padded
+    assert_same_grads(base, accum)  # 4 micro-batches == one batch of the same tokens
+    assert_same_grads(base, ddp)  # 2 ranks x 2 micro-batches == one process
+    assert base_loss == pytest.approx(padded_loss, rel=1e-5)
+    assert base_loss == pytest.approx(accum_loss, rel=1e-5)
+    assert base_loss == pytest.approx(ddp_loss, rel=1e-5)
+    assert 5 < base_loss < 20  # a random tiny model over a 152k vocabulary: about ln(151936) = 11.9

@@ -1,0 +1,40 @@
+"""Fine-tune a causal LM on skill-selected, skill-formatted teacher traces.
+
+    python train.py fit --config configs/quickstart.yaml
+    python train.py fit --config configs/qwen3_4b/skill_sft.yaml --trainer.num_nodes 2
+    python train.py fit --config configs/quickstart.yaml --ckpt_path last
+
+``--ckpt_path last`` resumes from the newest checkpoint of the run directory (model, optimizer, scheduler, data
+position, selection manifest). ``validate`` runs the held-out loss.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from lightning.pytorch.cli import LightningCLI
+
+from datamodules import SkillDataModule
+from lightning_modules import CausalLMModule
+
+
+class SkillCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # one tokenizer for data and export
+        parser.link_arguments("data.tokenizer", "model.tokenizer")
+
+
+def main(args: list[str] | None = None) -> SkillCLI:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return SkillCLI(
+        CausalLMModule,
+        SkillDataModule,
+        trainer_defaults={"use_distributed_sampler": False},  # the data module plans batches per rank itself
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or None)
