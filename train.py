@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from datamodules import SkillDataModule
 from lightning_modules import CausalLMModule
+from skill_distill.io import ConfigError, DataError
 
 
 class SkillCLI(LightningCLI):
@@ -25,7 +26,7 @@ class SkillCLI(LightningCLI):
         parser.link_arguments("data.tokenizer", "model.tokenizer")
 
 
-def main(args: list[str] | None = None) -> SkillCLI:
+def main(args: list[str] | None = None, run: bool = True) -> SkillCLI:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return SkillCLI(
         CausalLMModule,
@@ -33,8 +34,13 @@ def main(args: list[str] | None = None) -> SkillCLI:
         trainer_defaults={"use_distributed_sampler": False},  # the data module plans batches per rank itself
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or None)
+    try:
+        main(sys.argv[1:] or None)
+    except (DataError, ConfigError) as e:  # user-fixable: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

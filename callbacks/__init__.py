@@ -1,3 +1,4 @@
 from callbacks.hf_export import HFExportCallback
+from callbacks.step_trace import StepTraceCallback
 
-__all__ = ["HFExportCallback"]
+__all__ = ["HFExportCallback", "StepTraceCallback"]

@@ -27,6 +27,7 @@ import torchmetrics
 
 from datamodules.batching import IGNORE_INDEX
 from skill_distill import assets
+from skill_distill.io import ConfigError
 
 AttnImpl = Literal["auto", "flash_attention_2", "sdpa", "eager"]
 
@@ -42,10 +43,10 @@ def pick_attn_implementation(requested: str) -> str:
     if requested == "auto":
         return "flash_attention_2" if flash_ok else "sdpa"
     if requested == "flash_attention_2" and not flash_ok:
-        raise ValueError("model.attn_implementation=flash_attention_2 needs CUDA and an importable flash_attn "
+        raise ConfigError("model.attn_implementation=flash_attention_2 needs CUDA and an importable flash_attn "
                          "(pip install '.[gpu]'); use auto or sdpa on this machine")
     if requested not in {"sdpa", "eager", "flash_attention_2"}:
-        raise ValueError(f"model.attn_implementation={requested!r} is unknown; use auto, flash_attention_2, sdpa or eager")
+        raise ConfigError(f"model.attn_implementation={requested!r} is unknown; use auto, flash_attention_2, sdpa or eager")
     return requested
 
 
@@ -93,11 +94,11 @@ class CausalLMModule(L.LightningModule):
     ):
         super().__init__()
         if model is None and model_config is None:
-            raise ValueError("set model.model (hub name, path or asset:...) or model.model_config")
+            raise ConfigError("set model.model (hub name, path or asset:...) or model.model_config")
         if not 0 <= warmup_ratio < 1:
-            raise ValueError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
+            raise ConfigError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
         if learning_rate <= 0:
-            raise ValueError(f"model.learning_rate must be > 0, got {learning_rate}")
+            raise ConfigError(f"model.learning_rate must be > 0, got {learning_rate}")
         self.attn_implementation = pick_attn_implementation(attn_implementation)
         self.save_hyperparameters()
         self.model_name = model
@@ -222,10 +223,11 @@ class CausalLMModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     # ---- export -------------------------------------------------------------------------------------
-    def export_hf(self, out_dir: str) -> str:
-        """Write the current weights as an HF directory (a collective: call on every rank)."""
+    def export_hf(self, out_dir: str, dtype: str | None = None) -> str:
+        """Write the current weights as an HF directory (a collective: call on every rank); ``dtype`` casts
+        floating weights on the way out (e.g. "bfloat16")."""
         from skill_distill.export import export_hf_model
 
         return export_hf_model(self.model, assets.resolve(self.tokenizer_name) if self.tokenizer_name else None,
                                out_dir, is_global_zero=self.trainer.is_global_zero if self._trainer else True,
-                               barrier=self.trainer.strategy.barrier if self._trainer else None)
+                               barrier=self.trainer.strategy.barrier if self._trainer else None, dtype=dtype)

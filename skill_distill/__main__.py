@@ -30,12 +30,12 @@ def main(argv: list[str] | None = None) -> None:
     module, func, _ = STAGES[argv[0]]
     from jsonargparse import CLI
 
-    from skill_distill.io import DataError
+    from skill_distill.io import ConfigError, DataError
 
     fn = getattr(importlib.import_module(module), func)
     try:
         CLI(fn, args=argv[1:], as_positional=False)
-    except DataError as e:  # user-fixable input problems: one line, no traceback
+    except (DataError, ConfigError) as e:  # user-fixable input problems: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -27,6 +27,17 @@ def full_state_dict(model) -> dict:
     return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
 
 
+def tied_output_key(model) -> str | None:
+    """State-dict key of the output embedding when it is tied to the input embedding (Qwen3-4B), else None."""
+    if not getattr(model.config, "tie_word_embeddings", False) or model.get_output_embeddings() is None:
+        return None
+    out_emb = model.get_output_embeddings()
+    for name, module in model.named_modules():
+        if module is out_emb:
+            return f"{name}.weight"
+    return None
+
+
 def export_hf_model(model, tokenizer: str | None, out_dir: str | os.PathLike, is_global_zero: bool = True,
                     barrier: Callable[[], None] | None = None, dtype: str | None = None) -> str:
     """Export ``model`` (an HF PreTrainedModel) to ``out_dir``; returns the directory.
@@ -38,6 +49,9 @@ def export_hf_model(model, tokenizer: str | None, out_dir: str | os.PathLike, is
     import torch
 
     state = full_state_dict(model)
+    tied = tied_output_key(model)
+    if tied is not None:
+        state.pop(tied, None)  # tied to the input embeddings: written once, re-tied on load
     out = Path(out_dir)
     if is_global_zero:
         if dtype is not None:

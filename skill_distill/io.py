@@ -15,6 +15,10 @@ class DataError(ValueError):
     """A user-fixable problem with an input: the message is one line naming the file, the row and the fix."""
 
 
+class ConfigError(ValueError):
+    """A bad configuration value: the message names the option and the accepted values."""
+
+
 def require_file(path: str | os.PathLike, what: str, fix: str = "") -> Path:
     """Return ``path`` as a Path, or raise DataError if it is not an existing file."""
     p = Path(path)
@@ -73,6 +77,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             yield f
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; published files get the usual permissions
         os.replace(tmp, p)
     except BaseException:
         try:
