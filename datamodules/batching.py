@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from skill_distill.io import ConfigError
+
 IGNORE_INDEX = -100
 
 
@@ -73,7 +75,7 @@ def plan_epoch(lengths: Sequence[int], examples_per_step: int, world_size: int, 
     """
     per_rank, rem = divmod(examples_per_step, world_size)
     if rem or per_rank % micro_batches_per_step:
-        raise ValueError(
+        raise ConfigError(
             f"examples_per_step={examples_per_step} must be divisible by world_size ({world_size}) x "
             f"accumulate_grad_batches ({micro_batches_per_step}); change data.examples_per_step or "
             "trainer.accumulate_grad_batches")

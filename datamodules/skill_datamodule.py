@@ -8,7 +8,6 @@ come out. Selection and formatting are plain functions in ``skill_distill.select
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -32,30 +31,10 @@ from skill_distill.formatting import (
     tree_as_text,
     user_message,
 )
-from skill_distill.io import DataError
+from skill_distill.io import ConfigError, DataError
+from skill_distill.selection import SelectionConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SelectionSpec:
-    """Which examples of the corpus are trained on (METHOD.md §4). Mirrors ``skill_distill.selection.SelectionConfig``."""
-
-    strategy: str = "all"
-    """skill | random | difficulty | all."""
-    budget: int = 1000
-    seed: int = 42
-    w_max: float = 1000.0
-    temperature: float = 1.0
-    """The exponent T of w(s) = min(1/acc(s), w_max) ** T."""
-    correctness: str = "any"
-    """any | wrong | right: keep only examples the student got wrong (or right)."""
-    wrong_share: float | None = None
-    forced_distribution: bool = False
-    max_depth: int | None = None
-    only_skill: str | None = None
-    difficulty_band: tuple[float, float] = (0.25, 0.625)
-    extra: dict = field(default_factory=dict)
 
 
 class SkillDataModule(L.LightningDataModule):
@@ -71,7 +50,8 @@ class SkillDataModule(L.LightningDataModule):
         profile: student profile JSON (per-node accuracy) for the ``skill`` strategy.
         verdicts: the profile's per-example verdicts JSONL, for correctness filters.
         display_names: optional long-name -> short-name map for the tree.
-        selection: which examples to train on.
+        selection: which examples to train on (``skill_distill.selection.SelectionConfig``; ``all`` trains on
+            the whole corpus).
         skill_format: how the skill block is written before the trace (``mode: off`` is plain SFT).
         instruction: the instruction line of the user turn.
         enable_thinking: passed to chat templates that know it (Qwen3); thinking on is the paper's setting.
@@ -99,7 +79,7 @@ class SkillDataModule(L.LightningDataModule):
         profile: str | None = None,
         verdicts: str | None = None,
         display_names: str | None = None,
-        selection: SelectionSpec = SelectionSpec(),
+        selection: SelectionConfig = SelectionConfig(strategy="all"),
         skill_format: SkillFormat = SkillFormat(mode="off"),
         instruction: str = DEFAULT_INSTRUCTION,
         enable_thinking: bool = True,
@@ -115,12 +95,12 @@ class SkillDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if max_length < 16:
-            raise ValueError(f"data.max_length must be >= 16, got {max_length}")
+            raise ConfigError(f"data.max_length must be >= 16, got {max_length}")
         if examples_per_step < 1:
-            raise ValueError(f"data.examples_per_step must be >= 1, got {examples_per_step}")
+            raise ConfigError(f"data.examples_per_step must be >= 1, got {examples_per_step}")
         needs_tree = selection.strategy == "skill" or skill_format.mode != "off" or skill_format.tree_in_prompt
         if needs_tree and not (tree and attribution) and not skill_format.tree_in_prompt:
-            raise ValueError("data.tree and data.attribution are required for selection.strategy=skill "
+            raise ConfigError("data.tree and data.attribution are required for selection.strategy=skill "
                              "or a skill_format.mode other than off")
         self.save_hyperparameters()
         self.corpus, self.tokenizer_name, self.fields, self.split = corpus, tokenizer, fields, split
@@ -161,27 +141,27 @@ class SkillDataModule(L.LightningDataModule):
 
     def select(self, examples: list[Example]) -> list[Example]:
         """Apply the selection strategy; with a run directory, reuse (and verify) a saved manifest."""
-        spec = self.selection
-        if spec.strategy == "all":
+        config = self.selection
+        if config.strategy == "all":
             return examples
         from skill_distill import selection as sel
 
-        config = sel.SelectionConfig(
-            strategy=spec.strategy, budget=spec.budget, seed=spec.seed, w_max=spec.w_max,
-            temperature=spec.temperature, correctness=spec.correctness, wrong_share=spec.wrong_share,
-            forced_distribution=spec.forced_distribution, max_depth=spec.max_depth, only_skill=spec.only_skill,
-            difficulty_band=tuple(spec.difficulty_band), **spec.extra)
-        inputs = {"corpus": self.corpus, "attribution": self.attribution_path, "profile": self.profile_path,
-                  "verdicts": self.verdicts_path, "tree": self.tree_path}
+        inputs = {"corpus": self.corpus, "tree": self.tree_path, "attribution": self.attribution_path,
+                  "profile": self.profile_path, "verdicts": self.verdicts_path}
         fingerprints = {k: sel.fingerprint_file(v) for k, v in inputs.items() if v and Path(v).is_file()}
         manifest = self._manifest_path()
         if manifest is not None and manifest.exists():
             ids = sel.load_manifest(manifest, fingerprints, config)
             log.info("reusing selection manifest %s (%d examples)", manifest, len(ids))
         else:
-            result = sel.select(config, [e.id for e in examples], self._chains, self._tree,
-                                node_accuracy=self._node_accuracy(), correct_by_id=self._correct_by_id(),
-                                pass_rate_by_id={e.id: e.pass_rate for e in examples})
+            node_accuracy = judged = None
+            if self.profile_path:
+                node_accuracy, judged = sel.read_profile_nodes(self.profile_path, self._tree)
+            result = sel.select(
+                config, [e.id for e in examples], self._chains, self._tree, node_accuracy=node_accuracy,
+                judged_by_node=judged,
+                correct_by_id=sel.read_mean_correctness(self.verdicts_path) if self.verdicts_path else None,
+                pass_rate_by_id={e.id: e.pass_rate for e in examples}, source=self.attribution_path)
             ids = list(result.ids)
             if manifest is not None and self._is_global_zero():
                 sel.write_manifest(manifest, result, config, fingerprints)
@@ -191,23 +171,6 @@ class SkillDataModule(L.LightningDataModule):
             raise DataError(f"selection manifest names {len(missing)} ids absent from {self.corpus} (e.g. {missing[:3]}); "
                             "the corpus changed: delete the manifest or use a new run directory")
         return [by_id[i] for i in ids]
-
-    def _node_accuracy(self):
-        if not self.profile_path:
-            return None
-        from skill_distill.profile import load_profile
-
-        return load_profile(self.profile_path, self._tree)
-
-    def _correct_by_id(self):
-        if not self.verdicts_path:
-            return None
-        from skill_distill.io import read_jsonl
-
-        totals: dict[str, list[float]] = {}
-        for row in read_jsonl(self.verdicts_path, "verdicts file"):
-            totals.setdefault(str(row["id"]), []).append(float(bool(row["correct"])))
-        return {k: sum(v) / len(v) for k, v in totals.items()}
 
     def _manifest_path(self) -> Path | None:
         root = self.run_dir or (self.trainer.default_root_dir if self.trainer is not None else None)

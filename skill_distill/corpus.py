@@ -121,9 +121,17 @@ def load_corpus(source: str | os.PathLike, fields: CorpusFields = CANONICAL, spl
             problem=str(row[fields.problem]),
             trace=trace,
             answer="" if answer is None else str(answer),
-            pass_rate=None if pass_rate in (None, "") else float(pass_rate),
+            pass_rate=_as_rate(pass_rate),
         ))
     return out
+
+
+def _as_rate(value) -> float | None:
+    """Pass rates arrive as numbers or strings; non-numeric markers (OpenMathReasoning's "n/a") mean unknown."""
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def save_corpus(path: str | os.PathLike, examples: list[Example]) -> None:
@@ -169,3 +177,32 @@ def build_pool(examples: list[Example], size: int | None, heldout: int, seed: in
     stats = {"source_examples": len(examples), "after_filters": len(kept), "dropped": dropped,
              "pool": len(pool), "heldout": len(held), "seed": seed}
     return pool, held, stats
+
+
+def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields(), split: str = "train",
+             size: int | None = None, heldout: int = 0, seed: int = 42, filters: PoolFilter = PoolFilter(),
+             limit: int | None = None) -> dict:
+    """Build the training pool and its held-out slice from a teacher corpus (the ``pool`` stage).
+
+    Args:
+        corpus: .jsonl/.json/.parquet file or HF dataset name (the paper: ``nvidia/OpenMathReasoning``).
+        output_dir: writes ``pool.jsonl``, ``heldout.jsonl`` (canonical rows) and ``pool_stats.json``.
+        fields: which source fields hold id, problem, trace (and reasoning), answer and pass rate.
+        split: dataset split for HF datasets.
+        size: pool size after filtering (the paper: 100,000); None keeps everything not held out.
+        heldout: examples set aside for per-epoch monitoring; selection never sees them.
+        seed: seed of the draw.
+        filters: reference answer present, trace contains ``</think>``, length cap.
+        limit: read only the first rows of the source (quick runs).
+    """
+    from skill_distill.io import write_json
+
+    examples = load_corpus(corpus, fields, split, limit=limit)
+    pool, held, stats = build_pool(examples, size, heldout, seed, filters)
+    out = Path(output_dir)
+    save_corpus(out / "pool.jsonl", pool)
+    save_corpus(out / "heldout.jsonl", held)
+    stats.update({"corpus": str(corpus), "split": split, "fields": asdict(fields), "filters": asdict(filters)})
+    write_json(out / "pool_stats.json", stats)
+    print(json.dumps({k: stats[k] for k in ("source_examples", "after_filters", "pool", "heldout")}))
+    return stats
