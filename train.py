@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
+from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 
 from datamodules import SkillDataModule
@@ -28,6 +29,8 @@ class SkillCLI(LightningCLI):
 
 def main(args: list[str] | None = None, run: bool = True) -> SkillCLI:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # dataclass fields document themselves in --help and --print_config through their attribute docstrings
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
     return SkillCLI(
         CausalLMModule,
         SkillDataModule,

@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> None:
         print("usage: python -m skill_distill <stage> [--config FILE] [--help]\n\nstages:\n" + "\n".join(lines))
         raise SystemExit(0 if argv and argv[0] in {"-h", "--help"} else 2)
     module, func, _ = STAGES[argv[0]]
-    from jsonargparse import CLI
+    from jsonargparse import CLI, set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
     from skill_distill.io import ConfigError, DataError
 
