@@ -114,6 +114,11 @@ class StepBatchSampler:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def sampler(self) -> StepBatchSampler:
+        # Lightning reshuffles through ``loader.batch_sampler.sampler.set_epoch``; this sampler is its own
+        return self
+
     def steps_per_epoch(self) -> int:
         return len(self.lengths) // self.examples_per_step
 

@@ -10,7 +10,8 @@ Features:
 - AdamW + cosine schedule with linear warmup stepped per optimizer step; gradient clipping by global norm;
 - logs loss, learning rate, gradient norm and global supervised tokens/s;
 - FSDP2 (``fully_shard`` per decoder layer, then the root) with a bf16/fp32 mixed-precision policy and per-layer
-  activation checkpointing under Lightning's ``ModelParallelStrategy``;
+  activation checkpointing under Lightning's ``ModelParallelStrategy``; a pretrained model is then built on the meta
+  device and each rank reads only its shards of the safetensors (``lightning_modules/sharding.py``);
 - ``export_hf()``: the one exporter to an HF directory (safetensors, config, tokenizer, generation config).
 """
 
@@ -131,10 +132,22 @@ class CausalLMModule(L.LightningModule):
         return model
 
     def configure_model(self) -> None:
+        """Build the model. Under ModelParallelStrategy (a device mesh) it is FSDP2-sharded; a pretrained checkpoint
+        is then loaded shard by shard without ever materialising the full model on a rank."""
         if self.model is not None:
             return
+        mesh = self.device_mesh  # set by ModelParallelStrategy before this hook
+        if mesh is not None and self.model_config is None:
+            from lightning_modules.sharding import build_sharded_pretrained
+
+            self.model = build_sharded_pretrained(
+                self.model_name, mesh, self._init_device(), getattr(torch, self.hparams.model_dtype),
+                self.attn_implementation, mixed_precision=self.hparams.fsdp_mixed_precision,
+                reshard_after_forward=self.hparams.fsdp_reshard_after_forward, compile_layers=self.hparams.compile,
+                gradient_checkpointing=self.hparams.gradient_checkpointing)
+            return
+        # randomly initialised (tiny test) models, or no mesh (single device / DDP): build in full
         self.model = self.build_hf_model()
-        mesh = getattr(self, "device_mesh", None)
         if mesh is not None:
             from lightning_modules.sharding import apply_fsdp2
 
@@ -144,6 +157,12 @@ class CausalLMModule(L.LightningModule):
         elif self.hparams.compile:
             for layer in self.model.model.layers:
                 layer.compile()
+
+    def _init_device(self) -> torch.device:
+        """Where this rank's shards are allocated: the strategy's device (cuda:<local rank> on GPUs)."""
+        if self._trainer is not None:
+            return self.trainer.strategy.root_device
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
     # ---- loss ---------------------------------------------------------------------------------------
     def forward_ce(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,10 +229,18 @@ class CausalLMModule(L.LightningModule):
         hp = self.hparams
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=hp.learning_rate, betas=tuple(hp.betas),
                                       eps=hp.eps, weight_decay=hp.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = math.ceil(total * hp.warmup_ratio)
+        # The schedule's length is read lazily, at the first real step: asking the trainer for it here
+        # (estimated_stepping_batches) would build the train dataloader before a checkpoint's data position is
+        # restored, and Lightning then never restores it (a resumed run would restart the epoch at sample 0).
+        length: dict[str, int] = {}
 
         def lr_lambda(step: int) -> float:  # the HF cosine-with-warmup formula the reference scripts use
+            if step == 0:  # (the formula's value for any length; LambdaLR evaluates it at construction)
+                return 0.0 if hp.warmup_ratio > 0 else 1.0
+            if not length:
+                length["total"] = max(int(self.trainer.estimated_stepping_batches), 1)
+                length["warmup"] = math.ceil(length["total"] * hp.warmup_ratio)
+            total, warmup = length["total"], length["warmup"]
             if step < warmup:
                 return step / warmup
             progress = min((step - warmup) / max(total - warmup, 1), 1.0)

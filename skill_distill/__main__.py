@@ -17,6 +17,7 @@ STAGES = {
     "merge-profile": ("skill_distill.profile", "merge_profile_shards", "merge profile shards into one profile"),
     "select-report": ("skill_distill.selection", "run_selection_report", "select a budget and report its skills"),
     "evaluate": ("skill_distill.evaluation", "run_evaluate", "per-skill evaluation of a model on benchmarks"),
+    "export": ("skill_distill.export", "run_export", "consolidate a (sharded) training checkpoint into an HF directory"),
 }
 
 

@@ -14,7 +14,9 @@ import train
 from skill_distill.__main__ import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "pipeline" not in p.parts)
+EXPERIMENT_DRIVERS = {REPO / "configs" / "experiments" / "skill_selection_cpu.yaml": "experiments/skill_selection_cpu.py"}
+TRAIN_CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml")
+                       if "pipeline" not in p.parts and p not in EXPERIMENT_DRIVERS)
 PIPELINE_CONFIGS = sorted((REPO / "configs" / "pipeline").glob("*.yaml"))
 PRODUCTION = [p for p in TRAIN_CONFIGS if p.parent.name.startswith("qwen3_")]
 
@@ -69,7 +71,6 @@ def test_production_configs_follow_the_paper(path):
 
 @pytest.mark.parametrize("path", PIPELINE_CONFIGS, ids=lambda p: p.name)
 def test_pipeline_config_parses_against_its_stage(path):
-    stage = path.stem.rsplit("_", 1)[0] if False else None
     cfg = yaml.safe_load(path.read_text())
     # the stage is named by the file prefix: <stage>_<name>.yaml with '-' written as '_'
     matches = [name for name in STAGES if path.stem.startswith(name.replace("-", "_") + "_")]
@@ -84,3 +85,16 @@ def test_pipeline_config_parses_against_its_stage(path):
     ns = parser.parse_object(cfg)
     init = parser.instantiate_classes(ns)
     assert init is not None and set(cfg) <= set(vars(ns))
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENT_DRIVERS), ids=lambda p: p.name)
+def test_experiment_config_parses_against_its_driver(path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("driver", REPO / EXPERIMENT_DRIVERS[path])
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    parser = ArgumentParser()
+    parser.add_function_arguments(driver.main)
+    init = parser.instantiate_classes(parser.parse_object(yaml.safe_load(path.read_text())))
+    assert isinstance(init.experiment, driver.ExperimentConfig) and init.experiment.budget > 0 and init.seeds

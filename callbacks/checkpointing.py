@@ -1,0 +1,284 @@
+"""Checkpoints that make a run restartable at any moment: atomic publish, a ``last`` alias, rotation.
+
+Under ``ModelParallelStrategy`` (FSDP2) a checkpoint is a directory written by every rank through
+torch.distributed.checkpoint (one shard file per rank + ``.metadata`` + Lightning's ``meta.pt`` with loops, data
+position, callbacks, schedulers); under other strategies it is one file. Either way it is complete before it counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from skill_distill.io import ConfigError
+
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+STEP_NAME = re.compile(r"^step=(\d+)\.ckpt$")
+
+
+def remove_path(path: Path) -> None:
+    """Delete a checkpoint (file, directory or symlink) so that a crash never leaves a half-deleted one that looks
+    valid: rename it to a hidden trash name first, then delete."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+        return
+    trash = path.with_name(f"{TRASH_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Move a fully written checkpoint ``tmp`` to ``final`` (replacing an older one of the same name)."""
+    if final.exists() or final.is_symlink():
+        remove_path(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def point_link(link: Path, target: Path) -> None:
+    """Make ``link`` a relative symlink to ``target``, switched atomically (readers see the old or the new one)."""
+    tmp = link.with_name(f"{TMP_PREFIX}{link.name}-{uuid.uuid4().hex[:8]}")
+    os.symlink(os.path.relpath(target, link.parent), tmp)
+    if link.is_dir() and not link.is_symlink():  # a real directory (e.g. written by stock ModelCheckpoint)
+        remove_path(link)
+    os.replace(tmp, link)
+    _fsync_dir(link.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def project_classes(*objects) -> set[type]:
+    """The project's own config classes (dataclasses, enums) found inside ``objects`` (hyperparameters)."""
+    import dataclasses
+    import enum
+
+    from skill_distill.export import PROJECT_PACKAGES
+
+    found: set[type] = set()
+    stack = list(objects)
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set)):
+            stack.extend(obj)
+        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type) or isinstance(obj, enum.Enum):
+            cls = type(obj)
+            if cls.__module__.split(".")[0] in PROJECT_PACKAGES and cls not in found:
+                found.add(cls)
+                if dataclasses.is_dataclass(obj):
+                    stack.extend(getattr(obj, f.name) for f in dataclasses.fields(obj))
+    return found
+
+
+def allow_project_classes(trainer, pl_module, checkpoints: list[Path]) -> None:
+    """Let Lightning's ``torch.load(weights_only=True)`` of a checkpoint accept the project's own classes (and only
+    those): the ones in this run's hyperparameters, and the ones recorded in ``checkpoints`` (e.g. in callback
+    states). Foreign classes stay refused."""
+    from skill_distill.export import LIGHTNING_META, checkpoint_globals
+
+    classes = project_classes(dict(pl_module.hparams), dict(trainer.datamodule.hparams) if trainer.datamodule else {})
+    for ckpt in checkpoints:
+        pickled = ckpt / LIGHTNING_META if ckpt.is_dir() else ckpt
+        if pickled.is_file():
+            try:
+                classes.update(checkpoint_globals(pickled)[0])
+            except Exception:  # noqa: BLE001 - unreadable: Lightning reports it when loading
+                pass
+    if classes:
+        torch.serialization.add_safe_globals(sorted(classes, key=lambda c: f"{c.__module__}.{c.__qualname__}"))
+
+
+def step_seed(base: int, step: int, rank: int) -> int:
+    """A seed that depends only on (base seed, optimizer step, global rank)."""
+    return int(np.random.SeedSequence([base, step, rank]).generate_state(1)[0])
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """Periodic checkpoints from which a run resumes exactly (``python train.py fit ... --ckpt_path last``).
+
+    - Saved every ``every_n_train_steps`` optimizer steps, at the end of every training epoch, and when training
+      ends, as ``<dirpath>/step=<global step>.ckpt``. The step checkpoint of an epoch's last batch is skipped when
+      the epoch-end one follows, so a resume never skips that epoch's validation.
+    - Atomic: every rank writes into ``.tmp-step=....ckpt``; after a barrier rank 0 renames it into place. A crash
+      mid-save leaves only the hidden temporary (removed at the next start) and the previous checkpoint stays valid.
+    - ``last.ckpt`` is a relative symlink to the newest complete checkpoint, switched atomically after publishing.
+    - Rotation: after publishing, step checkpoints older than the newest ``keep_last`` are deleted (never the new
+      one, never one with a higher step than the current, e.g. from an abandoned branch).
+    - Randomness: with ``reseed_every_step`` the Python, NumPy and torch (CPU and CUDA) generators are re-seeded at
+      the start of every optimizer step from (seed, step, global rank), so a resumed run draws the same random
+      numbers as an uninterrupted one without storing generator states (also at epoch boundaries, where the data
+      loader draws a seed of its own when its iterator is created).
+    - Everything else that resumes (model, optimizer, LR scheduler, loop counters and the data loader position,
+      callback states such as evaluation history) is in the checkpoint through Lightning.
+
+    Args:
+        dirpath: where checkpoints go (default: ``<default_root_dir>/checkpoints``; a shared filesystem on
+            multi-node runs: every rank writes its shard there).
+        every_n_train_steps: save every N optimizer steps (0: only at epoch ends and at the end).
+        keep_last: number of step checkpoints kept (at least 1).
+        save_on_epoch_end: also save at the end of every training epoch.
+        reseed_every_step: re-seed the random generators at every optimizer step (see above).
+        seed: base seed of that re-seeding (default: the ``seed_everything`` value, else 0).
+    """
+
+    def __init__(self, dirpath: str | None = None, every_n_train_steps: int = 50, keep_last: int = 2,
+                 save_on_epoch_end: bool = True, reseed_every_step: bool = True, seed: int | None = None):
+        if keep_last < 1:
+            raise ConfigError(f"ResumableCheckpoint.keep_last must be >= 1, got {keep_last}")
+        if every_n_train_steps < 0:
+            raise ConfigError(f"ResumableCheckpoint.every_n_train_steps must be >= 0, got {every_n_train_steps}")
+        super().__init__(dirpath=dirpath, filename="step={step:07d}", auto_insert_metric_name=False,
+                         monitor="step", mode="max", save_top_k=keep_last, save_last="link",
+                         every_n_train_steps=every_n_train_steps or None,
+                         every_n_epochs=0, save_on_train_epoch_end=True,  # epoch ends: our own hook
+                         enable_version_counter=False)
+        self.keep_last = keep_last
+        self.save_on_epoch_end = save_on_epoch_end
+        self.reseed_every_step = reseed_every_step
+        self.seed = seed
+
+    # ---- hooks ----------------------------------------------------------------------------------------
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        # checkpoints load with torch.load(weights_only=True); hyperparameters and callback states hold the
+        # project's dataclasses (CorpusFields, SkillFormat, ...), which are allow-listed, nothing else
+        candidates = [Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"] if self.dirpath else []
+        if trainer.ckpt_path:
+            candidates.append(Path(trainer.ckpt_path))
+        allow_project_classes(trainer, pl_module, candidates)
+        if trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
+            for leftover in Path(self.dirpath).iterdir():  # an interrupted save or delete of an earlier run
+                if leftover.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
+                    log.info("removing incomplete checkpoint %s", leftover)
+                    if leftover.is_dir() and not leftover.is_symlink():
+                        shutil.rmtree(leftover, ignore_errors=True)
+                    else:
+                        leftover.unlink(missing_ok=True)
+        trainer.strategy.barrier()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        if trainer.ckpt_path:  # the checkpoint we resumed from is this step's: do not write it again
+            self._last_global_step_saved = trainer.global_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.reseed_every_step and batch_idx % trainer.accumulate_grad_batches == 0:
+            base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+            s = step_seed(base, trainer.global_step, trainer.global_rank)
+            random.seed(s)
+            np.random.seed(s % 2**32)
+            torch.manual_seed(s)  # seeds every CUDA device too
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # runs after every non-checkpoint callback's hook (Lightning orders checkpoint callbacks last), so a
+        # checkpoint here includes whatever they recorded for this step
+        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        step_closed = (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or last_batch
+        if not step_closed:
+            return
+        n = self._every_n_train_steps
+        if (n >= 1 and trainer.global_step % n == 0 and not (last_batch and self.save_on_epoch_end)
+                and not self._should_skip_saving_checkpoint(trainer)):
+            self.save(trainer)
+        from callbacks.preemption import PreemptionCallback
+
+        for cb in trainer.callbacks:
+            if isinstance(cb, PreemptionCallback) and cb.stop_agreed(trainer):
+                self.save(trainer)
+                cb.exit(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.save_on_epoch_end and not self._should_skip_saving_checkpoint(trainer):
+            self.save(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        pass  # saving is driven by steps and epochs only
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        pass  # a failing run's state is suspect; the last published checkpoint stays the resume point
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self.save(trainer)
+
+    # ---- saving ---------------------------------------------------------------------------------------
+    def save(self, trainer) -> str | None:
+        """Save the current step now (a collective: every rank calls), publish it, point ``last`` at it, rotate.
+        Returns the checkpoint path (None if this step is already saved)."""
+        if self._last_global_step_saved == trainer.global_step:
+            return None
+        filepath = self.format_checkpoint_name(self._monitor_candidates(trainer))
+        last = self.format_checkpoint_name(self._monitor_candidates(trainer), self.CHECKPOINT_NAME_LAST)
+        # part of the saved state: set before saving
+        self.best_model_path = filepath  # "best" under monitor=step, mode=max: the newest
+        self.last_model_path = last
+        self._save_checkpoint(trainer, filepath)
+        self._link_checkpoint(trainer, filepath, last)
+        self._rotate(trainer, Path(filepath))
+        return filepath
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        final = Path(filepath)
+        tmp = final.with_name(TMP_PREFIX + final.name)
+        if trainer.is_global_zero:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if tmp.exists() or tmp.is_symlink():
+                remove_path(tmp)
+        trainer.strategy.barrier()
+        trainer.save_checkpoint(str(tmp), self.save_weights_only)  # ends with a barrier: every shard is written
+        if trainer.is_global_zero:
+            publish(tmp, final)
+            log.info("saved checkpoint %s", final)
+        trainer.strategy.barrier()
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            from weakref import proxy
+
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    @staticmethod
+    def _link_checkpoint(trainer, filepath: str, linkpath: str) -> None:
+        if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
+            point_link(Path(linkpath), Path(filepath))
+        trainer.strategy.barrier()
+
+    def _rotate(self, trainer, current: Path) -> None:
+        if trainer.is_global_zero:
+            current_step = int(STEP_NAME.match(current.name).group(1))
+            older = sorted((int(m.group(1)), p) for p in current.parent.iterdir()
+                           if (m := STEP_NAME.match(p.name)) and int(m.group(1)) < current_step)
+            for _, path in older[: max(len(older) - (self.keep_last - 1), 0)]:
+                remove_path(path)
+        trainer.strategy.barrier()
+
+    def _remove_checkpoint(self, trainer, filepath: str) -> None:
+        if trainer.is_global_zero:
+            remove_path(Path(filepath))

@@ -1,0 +1,89 @@
+#!/bin/bash
+# The whole method on a SLURM cluster: every stage a job, chained with afterok dependencies.
+#
+#   pool ──> attribute (ATTR_SHARDS array tasks) ──> merge-attribution ──> profile (PROFILE_SHARDS tasks)
+#        │                                        │                       ──> merge-profile ──> train skill_sft ──> evaluate
+#        │                                        └──> train random_sft (baseline) ──────────────────────────────> evaluate
+#        └──> evaluate the untrained student (the baseline report the trained runs are compared with)
+#
+#   scripts/slurm/pipeline.sh              # submit (prints the job ids)
+#   scripts/slurm/pipeline.sh --dry-run    # print the sbatch commands only
+#   SIZE=4b TRAIN_NODES=2 ATTR_SHARDS=16 scripts/slurm/pipeline.sh
+#
+# Every job is requeue-safe: stages resume their outputs, training resumes from its newest complete checkpoint.
+# A failed job cancels nothing by itself; its dependents stay pending (DependencyNeverSatisfied): fix, then
+# resubmit the failed stage and `scontrol update job=<id> dependency=afterok:<new id>` the next one (or rerun this
+# script: finished stages redo nothing). Partition/account: export SBATCH_PARTITION / SBATCH_ACCOUNT.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DRY=0
+[[ "${1:-}" == "--dry-run" ]] && DRY=1
+
+SIZE=${SIZE:-8b}                   # the student: 4b | 8b
+TRAIN_NODES=${TRAIN_NODES:-1}      # 1: the paper's effective batch 8; 2: batch 16 (see configs/*_2node.yaml)
+ATTR_SHARDS=${ATTR_SHARDS:-8}      # attribution: one Qwen2.5-32B engine (TP 4) per task
+PROFILE_SHARDS=${PROFILE_SHARDS:-16}  # profiling: one student engine per GPU
+DATA=${DATA:-data/omr}
+TREE=${TREE:-../shared/skill_trees/skill_mix.json}
+POOL_CONFIG=${POOL_CONFIG:-configs/pipeline/pool_omr.yaml}
+ATTRIBUTE_CONFIG=${ATTRIBUTE_CONFIG:-configs/pipeline/attribute_omr_skill_mix.yaml}
+PROFILE_CONFIG=${PROFILE_CONFIG:-configs/pipeline/profile_qwen3_${SIZE}_omr.yaml}
+PROFILE_DIR=${PROFILE_DIR:-$DATA/profile_qwen3_$SIZE}
+EVAL_CONFIG=${EVAL_CONFIG:-configs/pipeline/evaluate_qwen3_${SIZE}_paper.yaml}
+SUFFIX=$([[ "$TRAIN_NODES" == 2 ]] && echo _2node || true)
+SKILL_CONFIG=configs/qwen3_$SIZE/skill_sft$SUFFIX.yaml
+RANDOM_CONFIG=configs/qwen3_$SIZE/random_sft$SUFFIX.yaml
+SKILL_RUN=runs/qwen3_$SIZE/skill_sft$SUFFIX
+RANDOM_RUN=runs/qwen3_$SIZE/random_sft$SUFFIX
+BASE_EVAL=runs/eval/qwen3_${SIZE}_base
+
+missing=()
+for f in "$POOL_CONFIG" "$ATTRIBUTE_CONFIG" "$PROFILE_CONFIG" "$EVAL_CONFIG" "$SKILL_CONFIG" "$RANDOM_CONFIG"; do
+  [[ -f "$f" ]] || missing+=("$f")
+done
+if (( ${#missing[@]} )); then
+  echo "missing config(s): ${missing[*]} (copy the qwen3_4b ones and change the model)" >&2
+  (( DRY )) || exit 2
+fi
+mkdir -p logs
+
+n=0
+submit() {  # submit NAME DEPENDENCY SBATCH_ARGS... -> prints the job id
+  local name=$1 dep=$2
+  shift 2
+  local args=(--parsable --job-name "sd-$name")
+  [[ -n "$dep" ]] && args+=(--dependency "afterok:$dep" --kill-on-invalid-dep=no)
+  if (( DRY )); then
+    n=$((n + 1))
+    echo "sbatch ${args[*]} $*" >&2
+    echo "<$name>"
+  else
+    sbatch "${args[@]}" "$@"
+  fi
+}
+
+STAGE=scripts/slurm/stage.sbatch
+TRAIN=scripts/slurm/train.sbatch
+pool=$(submit pool "" --cpus-per-task 16 --mem 128G --time 4:00:00 \
+  $STAGE pool --config "$POOL_CONFIG")
+attr=$(submit attribute "$pool" --array "0-$((ATTR_SHARDS - 1))" --gpus-per-node 4 --cpus-per-task 32 --time 24:00:00 \
+  $STAGE attribute --config "$ATTRIBUTE_CONFIG")
+merge_attr=$(submit merge-attribution "$attr" --cpus-per-task 4 --mem 64G --time 1:00:00 \
+  $STAGE merge-attribution --output_dir "$DATA" --num_shards "$ATTR_SHARDS" --pool "$DATA/pool.jsonl" --tree "$TREE")
+profile=$(submit profile "$merge_attr" --array "0-$((PROFILE_SHARDS - 1))" --gpus-per-node 1 --cpus-per-task 16 --time 24:00:00 \
+  $STAGE profile --config "$PROFILE_CONFIG")
+merge_prof=$(submit merge-profile "$profile" --cpus-per-task 4 --mem 64G --time 1:00:00 \
+  $STAGE merge-profile --output_dir "$PROFILE_DIR" --num_shards "$PROFILE_SHARDS")
+base_eval=$(submit eval-base "$pool" --gpus-per-node 1 --cpus-per-task 16 --time 24:00:00 \
+  $STAGE evaluate --config "$EVAL_CONFIG" --output_dir "$BASE_EVAL")
+train_skill=$(submit train-skill "$merge_prof" --nodes "$TRAIN_NODES" $TRAIN "$SKILL_CONFIG")
+train_random=$(submit train-random "$merge_attr" --nodes "$TRAIN_NODES" $TRAIN "$RANDOM_CONFIG")
+for run in skill random; do
+  if [[ $run == skill ]]; then dir=$SKILL_RUN; dep=$train_skill; else dir=$RANDOM_RUN; dep=$train_random; fi
+  submit "eval-$run" "$dep:$base_eval" --gpus-per-node 1 --cpus-per-task 16 --time 24:00:00 \
+    $STAGE evaluate --config "$EVAL_CONFIG" --model "$dir/hf_export/final" --output_dir "$dir/eval/final" \
+    --baseline_report "$BASE_EVAL/report.json" --selection_manifest "$dir/selection_manifest.json" >/dev/null
+done
+echo "submitted: pool=$pool attribute=$attr merge-attribution=$merge_attr profile=$profile merge-profile=$merge_prof" \
+     "eval-base=$base_eval train-skill=$train_skill train-random=$train_random (+ 2 evaluations)"

@@ -1,0 +1,104 @@
+"""Interrupted-then-resumed training equals uninterrupted training: same samples per rank in the same order, same
+losses (fp32, to 1e-6), same learning rates, same random draws. Single process (resumed mid-epoch) and 2-rank DDP
+(padded batches). The FSDP2 cases (sharded and full checkpoints, crash mid-save, 2 -> 1 ranks, 2-node SIGTERM) are
+in tests/test_fsdp2.py. Plus the checkpoint file mechanics (atomic publish, ``last`` link, rotation)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
+import launch  # noqa: E402
+
+STEPS = 8  # 16 examples, 4 per step, 2 epochs
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, shared_dir, qwen_tokenizer_dir):
+    root = tmp_path_factory.mktemp("resume")
+    common = {"corpus": launch.write_short_corpus(shared_dir, root / "corpus.jsonl"), "tokenizer": qwen_tokenizer_dir,
+              "model": launch.tiny_model_dir()}
+    return root, common
+
+
+def test_single_process_mid_epoch_resume_equals_uninterrupted(setup):
+    root, common = setup
+    ref, run = root / "single_ref", root / "single_run"
+    # the reference and the first (crashing) half run side by side: one core each
+    procs = [(launch.start("resume_run.py", log=root / "single_ref.log", run_dir=ref, **common),
+              root / "single_ref.log", 0),
+             (launch.start("resume_run.py", log=root / "single_a.log", run_dir=run, crash_after_step=3, **common),
+              root / "single_a.log", 17)]
+    for proc, log, rc in procs:
+        launch.finish(proc, log, expect=rc)
+    assert (run / "checkpoints" / "last.ckpt").resolve().name == "step=0000002.ckpt"  # the last before the crash
+    launch.run("resume_run.py", log=root / "single_b.log", run_dir=run, resume=True, **common)
+    assert "Restored all states" in (root / "single_b.log").read_text()
+    launch.assert_same_training(ref, run, ranks=1, steps=STEPS)
+    assert launch.redone_steps_match(run, 0) == [3]  # step 3 ran before the crash and again after resuming
+    # rotation kept the newest two step checkpoints; last points at the final one; nothing half-written is left
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step=0000006.ckpt", "step=0000008.ckpt"], names
+    assert (run / "checkpoints" / "last.ckpt").is_symlink()
+    assert (run / "checkpoints" / "last.ckpt").resolve().name == "step=0000008.ckpt"
+
+
+def test_ddp_two_ranks_padded_resume_equals_uninterrupted(setup):
+    root, common = setup
+    ddp = {"strategy": "ddp", "devices": 2, "packing": 0, **common}
+    ref, run = root / "ddp_ref", root / "ddp_run"
+    launch.run("resume_run.py", log=root / "ddp_ref.log", run_dir=ref, **ddp)
+    launch.run("resume_run.py", log=root / "ddp_a.log", run_dir=run, crash_after_step=3, expect=17, **ddp)
+    launch.run("resume_run.py", log=root / "ddp_b.log", run_dir=run, resume=True, **ddp)
+    launch.assert_same_training(ref, run, ranks=2, steps=STEPS)
+    for rank in (0, 1):
+        assert launch.redone_steps_match(run, rank) == [3]
+    # the two ranks trained on disjoint halves of every step
+    a, b = launch.trace_by_step(run, 0), launch.trace_by_step(run, 1)
+    assert all(not set(a[s]["ids"]) & set(b[s]["ids"]) and len(a[s]["ids"]) == 2 for s in a)
+
+
+# ---- checkpoint file mechanics (no training) ------------------------------------------------------------------
+def test_publish_replaces_and_last_link_switches_atomically(tmp_path):
+    from callbacks.checkpointing import TMP_PREFIX, point_link, publish, remove_path
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    for step in (2, 4):
+        tmp = ckpts / f"{TMP_PREFIX}step={step}.ckpt"
+        tmp.mkdir()
+        (tmp / "shard").write_text(str(step))
+        publish(tmp, ckpts / f"step={step}.ckpt")
+        point_link(ckpts / "last.ckpt", ckpts / f"step={step}.ckpt")
+        assert (ckpts / "last.ckpt" / "shard").read_text() == str(step)
+    assert (ckpts / "last.ckpt").readlink() == Path("step=4.ckpt")  # relative: the run directory can move
+    # re-publishing a step replaces it whole
+    tmp = ckpts / f"{TMP_PREFIX}step=4.ckpt"
+    tmp.mkdir()
+    (tmp / "shard").write_text("again")
+    publish(tmp, ckpts / "step=4.ckpt")
+    assert (ckpts / "last.ckpt" / "shard").read_text() == "again"
+    remove_path(ckpts / "step=2.ckpt")
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step=4.ckpt"]
+
+
+def test_config_classes_are_allow_listed_for_weights_only_loading():
+    from callbacks.checkpointing import project_classes
+    from skill_distill.corpus import CorpusFields
+    from skill_distill.formatting import SkillFormat
+
+    found = project_classes({"fields": CorpusFields(), "nested": [{"fmt": SkillFormat(mode="full")}], "n": 3})
+    assert found == {CorpusFields, SkillFormat}
+
+
+def test_preemption_rejects_unknown_signal_names():
+    from callbacks.preemption import PreemptionCallback
+    from skill_distill.io import ConfigError
+
+    cb = PreemptionCallback(signals=("SIGTERM", "USR1"))
+    assert [s.name for s in cb.signals] == ["SIGTERM", "SIGUSR1"]
+    with pytest.raises(ConfigError, match="unknown signal"):
+        PreemptionCallback(signals=("SIGNOPE",))
