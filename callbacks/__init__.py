@@ -1,4 +1,5 @@
 from callbacks.hf_export import HFExportCallback
+from callbacks.skill_eval import SkillEvalCallback
 from callbacks.step_trace import StepTraceCallback
 
-__all__ = ["HFExportCallback", "StepTraceCallback"]
+__all__ = ["HFExportCallback", "SkillEvalCallback", "StepTraceCallback"]

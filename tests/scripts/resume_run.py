@@ -26,17 +26,6 @@ from callbacks.preemption import PreemptionCallback  # noqa: E402
 from datamodules import SkillDataModule  # noqa: E402
 from lightning_modules import CausalLMModule  # noqa: E402
 
-class EpochShuffledDataModule(SkillDataModule):
-    """Lightning calls ``set_epoch`` on ``loader.sampler`` and ``loader.batch_sampler.sampler`` only, never on the
-    batch sampler itself: expose StepBatchSampler there so every epoch is reshuffled (as the paper's runs are)."""
-
-    def train_dataloader(self):
-        loader = super().train_dataloader()
-        if getattr(loader.batch_sampler, "sampler", None) is None:
-            loader.batch_sampler.sampler = loader.batch_sampler
-        return loader
-
-
 PROMPT_IDS = [151644, 872, 198, 3838, 374, 220, 17, 10, 17, 30, 151645, 198, 151644, 77091, 198]
 
 
@@ -69,7 +58,7 @@ def main() -> None:
     L.seed_everything(42, verbose=False)
     model = CausalLMModule(model=args.model, attn_implementation="sdpa", fsdp_mixed_precision=False,
                            learning_rate=1e-3, warmup_ratio=0.25, max_grad_norm=1.0)
-    data = EpochShuffledDataModule(corpus=args.corpus, tokenizer=args.tokenizer, max_length=96,
+    data = SkillDataModule(corpus=args.corpus, tokenizer=args.tokenizer, max_length=96,
                            examples_per_step=args.examples_per_step, packing=bool(args.packing), seed=42,
                            run_dir=args.run_dir)
     if args.strategy == "fsdp2":
