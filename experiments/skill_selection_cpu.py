@@ -131,7 +131,7 @@ def evaluate(cfg: ExperimentConfig, model: str, data: Path, out: Path, log: Path
     if not (out / "report.json").exists():
         spec = {"name": "heldout", "path": str(data / "heldout.jsonl"), "id_field": "id",
                 "skills": {"attribution": str(data / "attribution.jsonl")}, "k": 1}
-        return [sys.executable, "-m", "skill_distill", "evaluate", "--model", model, "--output_dir", str(out),
+        cmd = [sys.executable, "-m", "skill_distill", "evaluate", "--model", model, "--output_dir", str(out),
                "--benchmarks", json.dumps([spec]), "--tree", str(data / "tree.json"),
                "--sampling", json.dumps({"temperature": 0.0, "top_p": 1.0, "max_new_tokens": cfg.max_new_tokens,
                                          "n": 1, "seed": 0}),

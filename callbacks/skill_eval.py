@@ -1,0 +1,344 @@
+"""Per-skill evaluation inside training: every N epochs (and optionally before training) the current weights are
+exported, each rank generates its share of the evaluation requests with vLLM in a child process, and accuracy per
+set and per skill is logged and reported (METHOD.md §7).
+
+The reported result of a run is its final evaluation (the final weights, as in the paper): nothing here picks a
+"best" epoch. The final epoch is always evaluated, whatever ``every_n_epochs`` says.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import shutil
+import time
+import traceback
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+
+from skill_distill.benchmarks import HELDOUT, PAPER_SUITE, BenchmarkSpec, SkillSource, resolve_specs
+from skill_distill.generation.base import GenerationError, SamplingConfig
+from skill_distill.generation.factory import BackendConfig
+from skill_distill.io import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class SkillEvalCallback(L.Callback):
+    """Evaluate the model being trained on benchmarks, per set and per skill, with vLLM on the training machines.
+
+    Per evaluation (tag ``baseline`` before training, ``epoch=<k>`` after epoch k):
+
+    - the current weights are exported with ``pl_module.export_hf`` (a collective on every rank) to
+      ``<dirpath>/_export`` (removed afterwards unless ``keep_exports``); cached allocator memory is freed;
+    - every rank runs its own engine on its disjoint share of the (set, problem, sample) requests in a spawned child
+      process (``generate_in_subprocess``) whose environment has no RANK/WORLD_SIZE/MASTER_*/LOCAL_RANK and
+      either ``CUDA_VISIBLE_DEVICES`` = the rank's GPU or, on CPU, ``VLLM_CPU_OMP_THREADS_BIND`` = the rank's own
+      slice of this machine's cores; all of the engine's memory is returned when the child exits;
+    - records are gathered (``all_gather_object``) and metrics are synced (torchmetrics, summed over ranks);
+      rank 0 writes ``<dirpath>/<tag>/report.json`` (every sample, extracted answer, verdict, and the metrics),
+      ``summary.png`` and ``skills_<set>.png`` (with the change since ``baseline`` and the skills the run's
+      ``selection_manifest.json`` emphasised), and logs ``eval/<set>/acc``, ``eval/<set>/skill/<topic>/<leaf>``,
+      ... to the Lightning loggers at the current global step;
+    - every rank leaves together (a final all-gather of the status, then a barrier).
+
+    Ranks wait for each other inside collectives while the slowest rank generates, so the process-group timeout
+    must exceed ``timeout_s``: set it on the strategy, e.g. ``trainer.strategy.init_args.timeout: "3:00:00"``
+    (DDPStrategy / ModelParallelStrategy). With more than one rank a shorter timeout is a ConfigError at setup.
+    On GPUs the engine shares the device with the training state: set ``backend.gpu_memory_utilization`` to the
+    share the engine may take (e.g. 0.3), not vLLM's default.
+
+    Args:
+        benchmarks: evaluation sets: registered names (see ``skill_distill.benchmarks``), specs, and ``heldout``
+            = the run's held-out slice (``data.val_corpus`` with ``data.attribution`` and ``data.tree``).
+        every_n_epochs: evaluate after every N-th epoch (0: only after the last); the last epoch always.
+        baseline: also evaluate once before training (skipped when resuming past step 0).
+        backend: generation backend (``model`` is set to the export); tensor parallel > 1 is not implemented.
+        sampling: temperature, top-p, max new tokens, base seed (paper: 0.6, 1.0, 16384).
+        tree: skill tree for the sets' skills (default: ``data.tree``).
+        data_root: root of the registered benchmark files (default ../shared/data/benchmarks).
+        enable_thinking: chat-template thinking mode (default: ``data.enable_thinking``).
+        instruction: the user-turn instruction (default: ``data.instruction``, i.e. the training prompt).
+        export_dtype: dtype of the exported weights (bfloat16 halves the export; None keeps the training dtype).
+        keep_exports: keep each evaluated export as ``<dirpath>/<tag>/model``.
+        dirpath: where evaluations go (default ``<default_root_dir>/eval``).
+        on_error: an evaluation failure (engine crash, timeout) on any rank either stops training (raise) or is
+            logged and skipped (skip); every rank takes the same decision.
+        timeout_s: time limit of one rank's generation.
+        grader_workers: grading processes per rank (0: grade in the training process).
+        grade_timeout_s: per-answer time limit of the equivalence check.
+        confidence: interval level.
+        bootstrap_resamples: resamples of the bootstrap intervals.
+        emphasis_ratio: a skill counts as emphasised by the selection when its share of the selected examples is at
+            least this many times its pool share.
+    """
+
+    def __init__(
+        self,
+        benchmarks: list[str | BenchmarkSpec] | None = None,
+        every_n_epochs: int = 1,
+        baseline: bool = False,
+        backend: BackendConfig = BackendConfig(kind="vllm"),  # noqa: B008
+        sampling: SamplingConfig = SamplingConfig(temperature=0.6, top_p=1.0, max_new_tokens=16384),  # noqa: B008
+        tree: str | None = None,
+        data_root: str | None = None,
+        enable_thinking: bool | None = None,
+        instruction: str | None = None,
+        export_dtype: str | None = "bfloat16",
+        keep_exports: bool = False,
+        dirpath: str | None = None,
+        on_error: Literal["raise", "skip"] = "raise",
+        timeout_s: float = 3 * 3600,
+        grader_workers: int = 0,
+        grade_timeout_s: float = 5.0,
+        confidence: float = 0.95,
+        bootstrap_resamples: int = 1000,
+        emphasis_ratio: float = 1.2,
+    ):
+        if on_error not in ("raise", "skip"):
+            raise ConfigError(f"SkillEvalCallback.on_error must be 'raise' or 'skip', got {on_error!r}")
+        if every_n_epochs < 0:
+            raise ConfigError(f"SkillEvalCallback.every_n_epochs must be >= 0, got {every_n_epochs}")
+        if backend.tensor_parallel_size != 1:
+            raise ConfigError("SkillEvalCallback: backend.tensor_parallel_size > 1 (one engine over several ranks' "
+                              "GPUs) is not implemented; use 1 (one engine per rank)")
+        if backend.kind == "openai":
+            raise ConfigError("SkillEvalCallback evaluates the weights being trained: use backend.kind vllm or hf")
+        self.benchmarks = list(benchmarks) if benchmarks is not None else [HELDOUT, *PAPER_SUITE]
+        self.every_n_epochs = every_n_epochs
+        self.baseline = baseline
+        self.backend, self.sampling = backend, sampling
+        self.tree, self.data_root = tree, data_root
+        self.enable_thinking, self.instruction = enable_thinking, instruction
+        self.export_dtype, self.keep_exports, self.dirpath = export_dtype, keep_exports, dirpath
+        self.on_error, self.timeout_s = on_error, timeout_s
+        self.grader_workers, self.grade_timeout_s = grader_workers, grade_timeout_s
+        self.confidence, self.bootstrap_resamples, self.emphasis_ratio = confidence, bootstrap_resamples, emphasis_ratio
+        self.loaded: list = []
+        self.last_report: dict | None = None
+        self.reports: dict[str, str] = {}
+        """tag -> report.json path of every evaluation of this run (rank 0)."""
+        self._tree_obj = None
+        self._prompt_settings: dict[str, Any] = {}
+
+    # ---- set-up ----------------------------------------------------------------------------------------------
+    def _root(self, trainer) -> Path:
+        return Path(self.dirpath or Path(trainer.default_root_dir) / "eval")
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._check_timeout(trainer)
+        dm = getattr(trainer, "datamodule", None)
+        specs = [self._resolve_heldout(s, dm) if s.name == HELDOUT else s for s in resolve_specs(self.benchmarks)]
+        tree_path = self.tree or getattr(dm, "tree_path", None)
+        from skill_distill.evaluation import load_benchmarks
+        from skill_distill.skill_tree import SkillTree
+
+        if tree_path:
+            self._tree_obj = SkillTree.load(tree_path, getattr(dm, "display_names", None))
+        self.loaded = load_benchmarks(specs, self._tree_obj, self.data_root)  # bad inputs fail before training
+        self._prompt_settings = {
+            "enable_thinking": self.enable_thinking if self.enable_thinking is not None
+            else getattr(dm, "enable_thinking", True),
+            "instruction": self.instruction or getattr(dm, "instruction", None),
+        }
+
+    def _resolve_heldout(self, spec: BenchmarkSpec, dm) -> BenchmarkSpec:
+        if spec.path or spec.hf_name:
+            return spec
+        corpus = getattr(dm, "val_corpus", None)
+        if not corpus:
+            raise ConfigError("SkillEvalCallback: benchmark 'heldout' is the run's held-out slice but data.val_corpus "
+                              "is not set; set it or remove 'heldout' from the callback's benchmarks")
+        fields = dm.fields
+        attribution = getattr(dm, "attribution_path", None)
+        skills = spec.skills if spec.skills is not None else (SkillSource(attribution=attribution) if attribution else None)
+        return replace(spec, path=corpus, id_field=fields.id, problem_field=fields.problem,
+                       answer_field=fields.answer or "answer", skills=skills)
+
+    def _check_timeout(self, trainer) -> None:
+        if trainer.world_size <= 1:
+            return
+        timeout = getattr(trainer.strategy, "_timeout", None)
+        if timeout is not None and timeout.total_seconds() < self.timeout_s:
+            raise ConfigError(
+                f"SkillEvalCallback: the process-group timeout ({timeout}) is shorter than the evaluation's time limit "
+                f"timeout_s={self.timeout_s:.0f} s, so ranks waiting for the slowest one would be killed; set "
+                f"trainer.strategy.init_args.timeout to e.g. \"{_hms(self.timeout_s * 1.2)}\", or lower timeout_s")
+
+    # ---- hooks ------------------------------------------------------------------------------------------------
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not self.baseline or trainer.fast_dev_run:
+            return
+        if trainer.global_step > 0 or (self._root(trainer) / "baseline" / "report.json").exists():
+            return  # resumed: the baseline was taken by the first attempt
+        self.evaluate(trainer, pl_module, "baseline")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.fast_dev_run:
+            return
+        epoch = trainer.current_epoch
+        last = (trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs) or trainer.should_stop or (
+            trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps)
+        due = self.every_n_epochs > 0 and (epoch + 1) % self.every_n_epochs == 0
+        if last or due:
+            self.evaluate(trainer, pl_module, f"epoch={epoch}")
+
+    # ---- one evaluation -----------------------------------------------------------------------------------------
+    def _child_env(self, trainer, pl_module) -> dict[str, str]:
+        from skill_distill.generation.vllm_backend import clean_child_env
+
+        device = pl_module.device
+        if device.type == "cuda":
+            env = clean_child_env(os.environ)
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+            env["CUDA_VISIBLE_DEVICES"] = visible[index] if index < len(visible) else str(index)
+            return env
+        env = clean_child_env(os.environ, cpu_cores=rank_cores(trainer.local_rank, max(1, trainer.num_devices)))
+        # the child is already a dedicated process: on CPU an extra vLLM engine-core process only adds start-up time
+        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        return env
+
+    def _all_gather(self, trainer, obj: Any) -> list:
+        import torch.distributed as dist
+
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            out: list = [None] * dist.get_world_size()
+            dist.all_gather_object(out, obj)
+            return out
+        return [obj]
+
+    def evaluate(self, trainer, pl_module, tag: str) -> dict | None:
+        """Run one evaluation on every rank (see the class docstring); returns the report on rank 0, else None.
+
+        Raises GenerationError (every rank) when it failed on any rank and ``on_error`` is raise.
+        """
+        from skill_distill.evaluation import compute_summaries, evaluate_model
+        from skill_distill.formatting import DEFAULT_INSTRUCTION
+
+        root = self._root(trainer)
+        out_dir = root / tag
+        export_dir = out_dir / "model" if self.keep_exports else root / "_export"
+        rank = trainer.global_rank
+        t0 = time.time()
+        pl_module.export_hf(str(export_dir), self.export_dtype)  # collective: every rank, never rank 0 alone
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        t_export = time.time() - t0
+        records, error = None, None
+        try:
+            records = evaluate_model(
+                str(export_dir), str(export_dir), self.loaded, self.backend, self.sampling,
+                enable_thinking=self._prompt_settings["enable_thinking"], rank=rank, world_size=trainer.world_size,
+                instruction=self._prompt_settings["instruction"] or DEFAULT_INSTRUCTION,
+                in_subprocess=True, child_env=self._child_env(trainer, pl_module), timeout_s=self.timeout_s,
+                grader_workers=self.grader_workers, grade_timeout_s=self.grade_timeout_s)
+        except Exception as e:  # noqa: BLE001 - every rank must learn of it, or the others would hang
+            log.error("skill evaluation %s failed on rank %d:\n%s", tag, rank, traceback.format_exc())
+            error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+        t_generate = time.time() - t0 - t_export
+        gathered = self._all_gather(trainer, (rank, error, records))
+        failures = [(r, e) for r, e, _ in gathered if e]
+        if failures:
+            return self._fail(trainer, tag, failures)
+
+        summaries = compute_summaries(self.loaded, records, device=pl_module.device, confidence=self.confidence,
+                                      resamples=self.bootstrap_resamples)
+        report, status = None, None
+        if trainer.is_global_zero:
+            try:
+                all_records = [rec for _, _, recs in gathered for rec in recs]
+                report = self._write(trainer, tag, all_records, summaries,
+                                     {"export_s": round(t_export, 1), "generate_and_grade_s": round(t_generate, 1)},
+                                     t0, out_dir)
+            except Exception as e:  # noqa: BLE001 - reported to every rank below
+                log.error("writing the evaluation report %s failed:\n%s", tag, traceback.format_exc())
+                status = f"report: {type(e).__name__}: {e}"
+        statuses = self._all_gather(trainer, status)
+        if trainer.is_global_zero and not self.keep_exports:
+            shutil.rmtree(export_dir, ignore_errors=True)
+        trainer.strategy.barrier("skill_eval_done")
+        bad = [s for s in statuses if s]
+        if bad:
+            return self._fail(trainer, tag, [(0, bad[0])])
+        return report
+
+    def _write(self, trainer, tag: str, records: list[dict], summaries: dict, timings: dict, t0: float,
+               out_dir: Path) -> dict:
+        from skill_distill.eval_report import emphasised_skills, load_report
+        from skill_distill.evaluation import build_report, flat_metrics, write_report
+
+        for b in self.loaded:  # the synced totals must equal the gathered samples
+            got = sum(1 for r in records if r["benchmark"] == b.name)
+            if summaries[b.name]["samples"] != got or got != len(b.problems) * b.k:
+                raise RuntimeError(f"{b.name}: {summaries[b.name]['samples']} synced samples, {got} gathered, "
+                                   f"{len(b.problems) * b.k} expected")
+        root = self._root(trainer)
+        baseline_path = root / "baseline" / "report.json"
+        baseline = load_report(baseline_path) if tag != "baseline" and baseline_path.exists() else None
+        emphasised = emphasised_skills(Path(trainer.default_root_dir) / "selection_manifest.json", self.emphasis_ratio)
+        meta = {"tag": tag, "epoch": trainer.current_epoch if tag != "baseline" else None,
+                "global_step": trainer.global_step, "world_size": trainer.world_size,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "sampling": asdict(self.sampling),
+                "enable_thinking": self._prompt_settings["enable_thinking"],
+                "backend": {k: v for k, v in asdict(self.backend).items() if k in ("kind", "dtype", "max_model_len")},
+                "tree": None if self._tree_obj is None else self._tree_obj.source,
+                "baseline": str(baseline_path) if baseline else None, "emphasised_skills": emphasised,
+                "timings": timings}
+        report = build_report(self.loaded, records, summaries, meta)
+        write_report(out_dir, report, baseline=baseline, emphasised=emphasised)
+        total = round(time.time() - t0, 1)
+        metrics = flat_metrics(summaries)
+        metrics["eval/time_s"] = total  # the whole evaluation: export, generation, grading, report and charts
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.save()
+        self.last_report = report
+        self.reports[tag] = str(out_dir / "report.json")
+        parts = [f"{n} {100 * s['accuracy']:.1f}%" for n, s in summaries.items() if s["accuracy"] is not None]
+        log.info("skill evaluation %s (%.0f s): %s", tag, total, ", ".join(parts))
+        return report
+
+    def _fail(self, trainer, tag: str, failures: list[tuple[int, str]]) -> None:
+        rank, error = failures[0]
+        more = f" (and {len(failures) - 1} more ranks)" if len(failures) > 1 else ""
+        message = (f"skill evaluation {tag} failed on rank {rank}{more}: {error}; set on_error: skip on "
+                   "SkillEvalCallback to keep training when evaluation fails")
+        if self.on_error == "raise":
+            trainer.strategy.barrier("skill_eval_failed")
+            raise GenerationError(message)
+        if trainer.is_global_zero:
+            log.warning("%s -- skipped (on_error: skip)", message)
+            for logger in trainer.loggers:
+                logger.log_metrics({"eval/failed": 1.0}, step=trainer.global_step)
+        trainer.strategy.barrier("skill_eval_skipped")
+        return None
+
+
+def rank_cores(local_rank: int, local_world_size: int, cores: list[int] | None = None) -> list[int]:
+    """This rank's slice of the machine's cores (contiguous, as even as possible), so engines of different ranks
+    never share a core; with fewer cores than ranks, one core (shared) per rank."""
+    if cores is None:
+        try:
+            cores = sorted(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = list(range(os.cpu_count() or 1))
+    if len(cores) < local_world_size:
+        return [cores[local_rank % len(cores)]]
+    per, extra = divmod(len(cores), local_world_size)
+    start = local_rank * per + min(local_rank, extra)
+    return cores[start: start + per + (1 if local_rank < extra else 0)]
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+

