@@ -1,14 +1,16 @@
 """Grading throughput: 2 worker processes vs 1 (in-process) on real benchmark answers.
 
-    .venv/bin/python benchmarks/bench_grading.py [--workers 2] [--repeat 1]
+    .venv/bin/python benchmarks/bench_grading.py [--workers 2] [--repeat 1] [--trials 3]
 
 Checks: for every MATH-500 and OlympiadBench row, two answers graded against the row's gold, each written as
 ``\\boxed{...}`` after a short reasoning block: the gold itself and a perturbed gold (an integer plus one, else the
 first digit bumped), so half the checks are wrong. The two checks of a row are adjacent, so they land in the same
 worker chunk and both modes parse each gold once (gold parses are cached per process). ``--repeat`` replays the
 set. Prints checks/s of each mode and the ratio (target >= 1.7x), and checks that both modes return identical
-verdicts. Worker start-up is not timed (a Grader is started once per stage). Timings on shared machines are noisy;
-the ratio is measured side by side in one run.
+verdicts. As in a stage, each mode's Grader lives across the run: start-up and a first warm-up pass are not timed,
+and gold-parse caches are cleared before every timed pass. Timings on shared machines are noisy: the two modes
+alternate for ``--trials`` rounds, the best time of each is reported, and the machine's own 2-process speed-up for
+a plain CPU loop is printed next to the ratio.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from skill_distill.grading import Grader  # noqa: E402
+from skill_distill.grading import Grader, _parse_gold  # noqa: E402
 
 SHARED = Path(os.environ.get("SKILL_DISTILL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
@@ -52,29 +54,70 @@ def checks(repeat: int) -> tuple[list[str], list[str | list[str]]]:
     return outputs * repeat, golds * repeat
 
 
-def run(workers: int, outputs, golds) -> tuple[float, list]:
-    with Grader(workers=workers, timeout_s=5.0) as grader:  # worker start-up is outside the timing
+def _burn(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def machine_parallelism(workers: int, n: int = 10_000_000) -> float:
+    """Speed-up of a pure-Python loop split over ``workers`` processes: what the machine offers right now (about
+    ``workers`` on an idle machine, near 1 when other jobs hold the cores). Read the grading ratio against it."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        list(pool.map(_burn, [1] * workers))
         t0 = time.perf_counter()
-        verdicts = grader.grade(outputs, golds)
-        elapsed = time.perf_counter() - t0
-    return elapsed, verdicts
+        _burn(n * workers)
+        serial = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        list(pool.map(_burn, [n] * workers))
+        parallel = time.perf_counter() - t0
+    return serial / parallel
+
+
+def _clear_gold_cache(_=None) -> None:
+    _parse_gold.cache_clear()
+    time.sleep(0.2)  # keeps this worker busy so the next clear request goes to another worker
+
+
+def timed_grade(grader: Grader, outputs, golds) -> tuple[float, list]:
+    """One timed pass with warm parsers (ANTLR builds its caches over the first parses) and cold gold caches."""
+    if grader.workers:
+        list(grader._pool.map(_clear_gold_cache, range(grader.workers)))
+    else:
+        _parse_gold.cache_clear()
+    t0 = time.perf_counter()
+    verdicts = grader.grade(outputs, golds)
+    return time.perf_counter() - t0, verdicts
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args()
     outputs, golds = checks(args.repeat)
     print(f"{len(outputs)} checks (MATH-500 + OlympiadBench golds, half perturbed, x{args.repeat})")
-    t1, v1 = run(0, outputs, golds)
-    tn, vn = run(args.workers, outputs, golds)
+    t1 = tn = float("inf")
+    with Grader(workers=0) as single, Grader(workers=args.workers) as pool:  # start-up is not timed
+        single.grade(outputs, golds)  # warm-up pass of each mode, untimed
+        pool.grade(outputs, golds)
+        for _ in range(max(1, args.trials)):  # alternate, keep the best of each: load bursts hit both modes alike
+            t, v1 = timed_grade(single, outputs, golds)
+            t1 = min(t1, t)
+            t, vn = timed_grade(pool, outputs, golds)
+            tn = min(tn, t)
     assert [v.correct for v in v1] == [v.correct for v in vn], "worker and in-process verdicts differ"
     correct = sum(v.correct for v in v1)
     print(f"verdicts: {correct} correct, {len(v1) - correct} wrong, {sum(v.timed_out for v in v1)} timeouts")
-    print(f"1 process:             {len(outputs) / t1:8.0f} checks/s ({t1:.2f} s)")
-    print(f"{args.workers} worker processes:    {len(outputs) / tn:8.0f} checks/s ({tn:.2f} s)")
-    print(f"speed-up: {t1 / tn:.2f}x (target >= 1.7x)")
+    print(f"1 process:             {len(outputs) / t1:8.0f} checks/s (best {t1:.2f} s of {args.trials})")
+    print(f"{args.workers} worker processes:    {len(outputs) / tn:8.0f} checks/s (best {tn:.2f} s of {args.trials})")
+    print(f"speed-up: {t1 / tn:.2f}x (target >= 1.7x); the machine's own speed-up for a plain CPU loop right now: "
+          f"{machine_parallelism(args.workers):.2f}x")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ def fit_args(corpus: Path, tiny: Path, tok: Path, *extra: str) -> list[str]:
     return ["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), f"--model.model={tiny}",
             f"--data.tokenizer={tok}", f"--data.corpus={corpus}", "--data.val_corpus=null",
             "--data.selection.strategy=all", "--data.skill_format.mode=off", "--data.profile=null",
-            "--data.tree=null", "--data.attribution=null", "--trainer.max_steps=1", *extra]
+            "--data.tree=null", "--data.attribution=null", "--trainer.max_steps=1", "--trainer.callbacks=[]", *extra]
 
 
 def test_missing_corpus_file(tmp_path):
