@@ -91,8 +91,11 @@ def test_pipeline_config_parses_against_its_stage(path):
 def test_experiment_config_parses_against_its_driver(path):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("driver", REPO / EXPERIMENT_DRIVERS[path])
+    import sys
+
+    spec = importlib.util.spec_from_file_location("experiment_driver", REPO / EXPERIMENT_DRIVERS[path])
     driver = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = driver  # dataclasses resolve their module through sys.modules
     spec.loader.exec_module(driver)
     parser = ArgumentParser()
     parser.add_function_arguments(driver.main)
