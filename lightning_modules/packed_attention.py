@@ -1,0 +1,59 @@
+"""``sdpa_packed``: SDPA attention for packed rows without a dense block-causal mask.
+
+A packed batch is one row of several sequences whose ``position_ids`` restart at 0 (``datamodules/batching.py``).
+FlashAttention-2 reads the boundaries from ``position_ids`` directly. Plain ``sdpa`` in transformers instead builds a
+(T x T) boolean block-causal mask and runs the masked kernel over the whole row, which on CPU spends most of the
+step on masked-out pairs. Here the row is split at the boundaries and each sequence runs the causal kernel alone:
+the same result (the masked pairs contribute nothing), with work proportional to the sum of squared lengths.
+
+Padded batches (a 2-D ``attention_mask``) and generation with a cache take the ordinary SDPA path unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+PACKED_SDPA = "sdpa_packed"
+
+
+def packed_sdpa_mask(*args, attention_mask: torch.Tensor | None = None, **kwargs):
+    """No mask for unpadded rows (the attention function splits packed ones); the usual SDPA mask otherwise."""
+    if attention_mask is None:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+def sequence_lengths(position_ids: torch.Tensor) -> list[int]:
+    """Lengths of the sequences packed in one row, read from where ``position_ids`` restart at 0."""
+    starts = torch.nonzero(position_ids == 0).flatten().tolist()
+    if not starts or starts[0] != 0:
+        starts = [0, *starts]
+    return [b - a for a, b in zip(starts, [*starts[1:], position_ids.numel()])]
+
+
+def packed_sdpa_attention(module, query, key, value, attention_mask, position_ids=None, **kwargs):
+    """Causal SDPA per packed sequence; falls back to ``sdpa`` for masks, caches and batches of several rows."""
+    packed = (attention_mask is None and position_ids is not None and query.shape[0] == 1
+              and query.shape[2] == key.shape[2] == position_ids.shape[-1] > 1)
+    if not packed:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if kwargs.get("sliding_window") is not None:
+        raise NotImplementedError(f"{PACKED_SDPA} does not implement sliding-window attention; use sdpa")
+    lengths = sequence_lengths(position_ids[0])
+    if len(lengths) == 1:
+        return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+    # with no mask, sdpa_attention_forward runs the causal kernel (module.is_causal); outputs come back as
+    # (batch, seq, heads, dim), so the pieces join along the sequence axis
+    pieces = [sdpa_attention_forward(module, q, k, v, None, **kwargs)[0]
+              for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))]
+    return torch.cat(pieces, dim=1), None
+
+
+def register() -> str:
+    """Make ``attn_implementation="sdpa_packed"`` available to every HF model (idempotent)."""
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_SDPA, packed_sdpa_mask)
+    return PACKED_SDPA

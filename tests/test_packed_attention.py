@@ -1,0 +1,84 @@
+"""``sdpa_packed`` computes what the dense block-causal SDPA computes, for packed rows and padded batches, with
+gradients; and packing does not let one sequence see another."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from lightning_modules import packed_attention
+from lightning_modules.causal_lm import pick_attn_implementation
+
+LENGTHS = [5, 17, 1, 9]
+
+
+def load(model_dir, attn: str):
+    if attn == packed_attention.PACKED_SDPA:
+        packed_attention.register()
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
+
+
+def packed_batch(seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 1000, (1, sum(LENGTHS)), generator=g)
+    pos = torch.cat([torch.arange(n) for n in LENGTHS]).unsqueeze(0)
+    return {"input_ids": ids, "position_ids": pos}
+
+
+def logits_and_grads(model, batch):
+    model.zero_grad()
+    out = model(**batch, use_cache=False)
+    out.logits.float().pow(2).mean().backward()  # any scalar that reaches every position
+    return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_sequence_lengths_from_position_ids():
+    assert packed_attention.sequence_lengths(packed_batch()["position_ids"][0]) == LENGTHS
+    assert packed_attention.sequence_lengths(torch.arange(7)) == [7]
+    assert packed_attention.sequence_lengths(torch.tensor([3, 4, 0, 1])) == [2, 2]  # a row starting mid-sequence
+
+
+def test_packed_row_matches_dense_block_mask_and_separate_sequences(tiny_qwen3_dir):
+    batch = packed_batch()
+    dense_logits, dense_grads = logits_and_grads(load(tiny_qwen3_dir, "sdpa"), batch)
+    packed_model = load(tiny_qwen3_dir, packed_attention.PACKED_SDPA)
+    packed_logits, packed_grads = logits_and_grads(packed_model, batch)
+    torch.testing.assert_close(packed_logits, dense_logits, rtol=1e-5, atol=1e-5)
+    assert dense_grads.keys() == packed_grads.keys() and len(dense_grads) > 0
+    for name, g in dense_grads.items():
+        torch.testing.assert_close(packed_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+    # each sequence alone gives the logits it has inside the packed row: nothing crosses a boundary
+    with torch.no_grad():
+        alone = [packed_model(input_ids=ids, use_cache=False).logits
+                 for ids in batch["input_ids"].split(LENGTHS, dim=1)]
+    torch.testing.assert_close(torch.cat(alone, dim=1), packed_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_padded_batch_takes_the_masked_path(tiny_qwen3_dir):
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask}
+    dense_logits, dense_grads = logits_and_grads(load(tiny_qwen3_dir, "sdpa"), batch)
+    packed_logits, packed_grads = logits_and_grads(load(tiny_qwen3_dir, packed_attention.PACKED_SDPA), batch)
+    torch.testing.assert_close(packed_logits[mask.bool()], dense_logits[mask.bool()], rtol=1e-5, atol=1e-5)
+    for name, g in dense_grads.items():
+        torch.testing.assert_close(packed_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_generation_with_a_cache_is_unchanged(tiny_qwen3_dir):
+    ids = torch.randint(0, 1000, (1, 6), generator=torch.Generator().manual_seed(2))
+    kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        dense = load(tiny_qwen3_dir, "sdpa").generate(ids, **kwargs)
+        packed = load(tiny_qwen3_dir, packed_attention.PACKED_SDPA).generate(ids, **kwargs)
+    assert torch.equal(dense, packed) and dense.shape[1] == 11
+
+
+def test_auto_picks_packed_sdpa_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: auto picks flash_attention_2 where flash_attn imports")
+    assert pick_attn_implementation("auto") == packed_attention.PACKED_SDPA
