@@ -53,16 +53,16 @@ class ExperimentConfig:
     results_dir: str = "results/evidence"
     """Where results.json/.md/.png go (committed)."""
     student: str = "asset:smollm2-135m-instruct"
-    pool_per_leaf: int = 100
+    pool_per_leaf: int = 200
     """Pool problems per leaf skill (14 leaves)."""
-    heldout_per_leaf: int = 30
+    heldout_per_leaf: int = 40
     """Held-out evaluation problems per leaf skill."""
     data_seed: int = 0
     warmup_per_leaf: int = 4
     """Problems per leaf taken out of the pool for the shared format warm-up."""
     warmup_epochs: int = 2
     budget: int = 160
-    """Examples selected per arm (about 12% of the pool)."""
+    """Examples selected per arm (about 6% of the pool)."""
     epochs: int = 3
     learning_rate: float = 5.0e-5
     examples_per_step: int = 8
