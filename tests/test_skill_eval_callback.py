@@ -1,0 +1,168 @@
+"""SkillEvalCallback inside real fits of the quickstart config: reports and charts per evaluation, logged metrics,
+engine failures (raise / skip), and two DDP ranks on CPU generating disjoint shares that equal one rank's run."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+import train
+from callbacks.skill_eval import SkillEvalCallback, rank_cores
+from skill_distill.generation.base import GenerationError
+from skill_distill.io import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+QS = REPO / "data" / "quickstart"
+SCRIPT = REPO / "tests" / "scripts" / "eval_two_ranks.py"
+
+
+def quickstart_config(tmp_path: Path, **callback_args) -> Path:
+    """configs/quickstart.yaml with absolute data paths, a CSV logger only, and the shipped SkillEvalCallback
+    entry updated with ``callback_args``."""
+    cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    for key in ("corpus", "tree", "attribution", "val_corpus"):
+        cfg["data"][key] = str(REPO / cfg["data"][key])
+    cfg["trainer"]["logger"] = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                 "init_args": {"save_dir": "runs/quickstart", "name": "logs", "version": ""}}]
+    callbacks = [c for c in cfg["trainer"]["callbacks"] if "RichProgressBar" not in c["class_path"]]
+    entry = next(c for c in callbacks if c["class_path"] == "callbacks.SkillEvalCallback")
+    entry["init_args"].update(callback_args)
+    cfg["trainer"]["callbacks"] = callbacks
+    path = tmp_path / "quickstart.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def fit(config: Path, model: Path, *extra: str):
+    return train.main(["fit", "--config", str(config), f"--model.model={model}", f"--data.tokenizer={model}",
+                       "--data.selection.strategy=random", "--data.selection.budget=16", "--data.profile=null",
+                       "--trainer.precision=32-true", "--trainer.limit_val_batches=1",
+                       "--trainer.enable_progress_bar=false", *extra])
+
+
+def metric_rows(run: Path) -> list[dict]:
+    with (run / "logs" / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_callback_reports_each_evaluation_and_the_run_continues(tmp_path, monkeypatch, tiny_qwen3_dir):
+    monkeypatch.chdir(tmp_path)
+    config = quickstart_config(
+        tmp_path, every_n_epochs=2, export_dtype=None, sampling={"temperature": 0.6, "max_new_tokens": 12},
+        benchmarks=[{"name": "heldout", "limit_per_skill": 2, "k": 2}, {"name": "aime24", "limit": 2, "k": 1}],
+        data_root=str(REPO.parent / "shared" / "data" / "benchmarks"))
+    cli = fit(config, tiny_qwen3_dir, "--trainer.max_epochs=2")
+    run = tmp_path / "runs" / "quickstart"
+    assert cli.trainer.global_step == 4 and (run / "hf_export" / "final" / "config.json").is_file()  # ran to the end
+    evals = run / "eval"
+    # baseline before training; every_n_epochs=2 skips epoch 0; the last epoch is always evaluated
+    assert sorted(p.name for p in evals.iterdir()) == ["baseline", "epoch=1"]
+    reports = {}
+    for tag in ("baseline", "epoch=1"):
+        assert {p.name for p in (evals / tag).iterdir()} == {"report.json", "summary.png", "skills_heldout.png"}
+        reports[tag] = json.loads((evals / tag / "report.json").read_text())
+    for tag, report in reports.items():
+        assert report["tag"] == tag and report["world_size"] == 1
+        heldout = report["benchmarks"]["heldout"]
+        m = heldout["metrics"]
+        assert m["problems"] == 28 and m["samples"] == 56 and m["k"] == 2  # 2 problems per leaf, 2 samples each
+        assert sum(len(p["samples"]) for p in heldout["problems"]) == 56
+        assert all(len(p["chains"]) == 1 for p in heldout["problems"])  # the run's attribution labels every problem
+        rows = {r["chain"]: r for r in m["skills"]}
+        leaves = [r for r in rows.values() if r["is_leaf"]]
+        assert len(leaves) == 14 and sum(r["judged"] for r in leaves) == 28
+        for topic in ("Arithmetic", "Number Theory", "Algebra", "Fractions and Percentages"):
+            assert rows[topic]["judged"] == sum(r["judged"] for r in leaves if r["chain"].startswith(topic + "->"))
+            assert rows[topic]["samples"] == 2 * rows[topic]["judged"]
+        assert report["summary"]["aime24"]["problems"] == 2 and report["summary"]["aime24"]["samples"] == 2
+        assert m["mean_tokens"] == 12.0 and m["truncation_rate"] == 1.0  # a random model never stops early
+    assert reports["epoch=1"]["baseline"].endswith("baseline/report.json") and reports["baseline"]["baseline"] is None
+    assert reports["epoch=1"]["global_step"] == 4 and reports["baseline"]["global_step"] == 0
+    assert not (evals / "_export").exists()  # the evaluated export is removed
+    logged = [r for r in metric_rows(run) if r.get("eval/heldout/acc")]
+    assert [int(r["step"]) for r in logged] == [0, 4]
+    assert all(r["eval/heldout/skill/Arithmetic/subtraction"] != "" and float(r["eval/time_s"]) > 0 for r in logged)
+
+
+def test_engine_failure_raises_one_error_or_is_skipped(tmp_path, monkeypatch, tiny_qwen3_dir):
+    monkeypatch.chdir(tmp_path)
+    # a generation time limit no engine can meet: the child is killed, which is an engine failure
+    args = dict(baseline=False, timeout_s=0.05, benchmarks=[{"name": "heldout", "limit": 2}])
+    with pytest.raises(GenerationError) as e:
+        fit(quickstart_config(tmp_path, **args), tiny_qwen3_dir, "--trainer.max_steps=1")
+    message = str(e.value)
+    assert "\n" not in message and "skill evaluation epoch=0 failed on rank 0" in message
+    assert "exceeded" in message and "on_error: skip" in message
+
+    monkeypatch.chdir(tmp_path / "runs")  # a fresh run directory
+    cli = fit(quickstart_config(tmp_path, on_error="skip", **args), tiny_qwen3_dir, "--trainer.max_steps=1")
+    run = tmp_path / "runs" / "runs" / "quickstart"
+    assert cli.trainer.global_step == 1 and (run / "hf_export" / "final" / "config.json").is_file()
+    assert not (run / "eval" / "epoch=0").exists()
+    assert any(r.get("eval/failed") == "1.0" for r in metric_rows(run))
+
+
+def test_timeout_check_and_core_split():
+    callback = SkillEvalCallback(timeout_s=3600)
+    short = SimpleNamespace(world_size=2, strategy=SimpleNamespace(_timeout=timedelta(minutes=30)))
+    with pytest.raises(ConfigError) as e:
+        callback._check_timeout(short)
+    assert "trainer.strategy.init_args.timeout" in str(e.value) and '"1:12:00"' in str(e.value)
+    callback._check_timeout(SimpleNamespace(world_size=2, strategy=SimpleNamespace(_timeout=timedelta(hours=2))))
+    callback._check_timeout(SimpleNamespace(world_size=1, strategy=None))  # one process: no collective waits
+    assert [rank_cores(r, 2, [0, 1]) for r in range(2)] == [[0], [1]]
+    assert [rank_cores(r, 3, list(range(8))) for r in range(3)] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert rank_cores(0, 1, [0, 1]) == [0, 1] and rank_cores(3, 4, [0, 1]) == [1]
+    with pytest.raises(ConfigError):
+        SkillEvalCallback(backend=SimpleNamespace(tensor_parallel_size=2, kind="vllm"))
+
+
+def test_two_ranks_generate_disjoint_shares_equal_to_one_rank(tmp_path, tiny_qwen3_dir, shared_dir):
+    out = tmp_path / "two"
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    env.update(PYTHONPATH=str(REPO), MASTER_PORT="29731")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--model", str(tiny_qwen3_dir), "--out", str(out),
+                           "--devices", "2", "--port", "29731"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((out / "eval" / "baseline" / "report.json").read_text())
+    assert report["world_size"] == 2 and (out / "eval" / "epoch=0" / "report.json").is_file()
+    samples = {(name, p["id"], s["sample"]): s for name, b in report["benchmarks"].items()
+               for p in b["problems"] for s in p["samples"]}
+    ranks = [s["rank"] for s in samples.values()]
+    assert sorted(set(ranks)) == [0, 1] and abs(ranks.count(0) - ranks.count(1)) <= 1
+
+    # the same sets on one rank, from the same exported weights (kept by the script)
+    spec = importlib.util.spec_from_file_location("eval_two_ranks", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    from skill_distill.benchmarks import BenchmarkSpec, SkillSource
+    from skill_distill.evaluation import compute_summaries, evaluate_model, load_benchmarks
+    from skill_distill.generation.base import SamplingConfig
+    from skill_distill.generation.factory import BackendConfig
+
+    heldout, aime = script.BENCHMARKS
+    loaded = load_benchmarks([
+        BenchmarkSpec(**heldout, path=str(QS / "heldout.jsonl"), skills=SkillSource(attribution=str(QS / "attribution.jsonl"))),
+        BenchmarkSpec(**aime)], str(QS / "tree.json"), str(shared_dir / "data" / "benchmarks"))
+    model = out / "eval" / "baseline" / "model"
+    records = evaluate_model(str(model), str(model), loaded, BackendConfig(kind="vllm"),
+                             SamplingConfig(**script.SAMPLING))
+    single = {(r["benchmark"], r["id"], r["sample"]): r for r in records}
+    assert len(records) == len(single) == 14 * 2 + 2 * 3
+    assert set(single) == set(samples)  # every (problem, sample) generated exactly once across the two ranks
+    for key, r in single.items():  # per-request seeds: the split does not change a single completion
+        assert (samples[key]["seed"], samples[key]["text"]) == (r["seed"], r["text"]), key
+    summaries = compute_summaries(loaded, records)
+    for name, s in summaries.items():
+        assert report["benchmarks"][name]["metrics"] == json.loads(json.dumps(s))
