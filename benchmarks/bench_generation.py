@@ -1,7 +1,7 @@
 """Generation throughput: the vLLM backend vs the HF backend on SmolLM2-135M-Instruct (real weights).
 
     .venv/bin/python benchmarks/bench_generation.py [--prompts 32] [--max-new-tokens 128] [--batch-size 16]
-        [--threads 1] [--vllm-dtype auto]
+        [--threads 1] [--vllm-dtype auto] [--vllm-compile]
 
 Same prompts (the first MATH-500 problems in the METHOD.md §5 user turn, chat-templated), same maximum of new
 tokens, greedy decoding, 16 sequences at a time for both (HF ``batch_size``; vLLM ``max_num_seqs``). HF runs in
@@ -47,7 +47,8 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     if args.child == "vllm":
         cfg = BackendConfig(kind="vllm", model="asset:smollm2-135m-instruct", dtype=args.vllm_dtype,
-                            max_model_len=2048, extra_engine_args={"max_num_seqs": args.batch_size})
+                            max_model_len=2048, enforce_eager=not args.vllm_compile,
+                            extra_engine_args={"max_num_seqs": args.batch_size})
     else:
         cfg = BackendConfig(kind="hf", model="asset:smollm2-135m-instruct", dtype="float32",
                             batch_size=args.batch_size)
@@ -68,7 +69,7 @@ def run_child(kind: str, args) -> dict:
                VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"), TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, __file__, "--child", kind] + [f"--{k.replace('_', '-')}={v}" for k, v in (
         ("prompts", args.prompts), ("max_new_tokens", args.max_new_tokens), ("batch_size", args.batch_size),
-        ("threads", args.threads), ("vllm_dtype", args.vllm_dtype))]
+        ("threads", args.threads), ("vllm_dtype", args.vllm_dtype))] + (["--vllm-compile"] if args.vllm_compile else [])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
@@ -83,13 +84,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--vllm-dtype", default="auto")
+    parser.add_argument("--vllm-compile", action="store_true",
+                        help="let vLLM compile the model (torch.compile) instead of running eagerly, the CPU default")
     parser.add_argument("--child", choices=["vllm", "hf"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
     print(f"SmolLM2-135M-Instruct, {args.prompts} prompts, greedy, max {args.max_new_tokens} new tokens, "
-          f"batch {args.batch_size}, {args.threads} thread(s) each")
+          f"batch {args.batch_size}, {args.threads} thread(s) each, vLLM {'compiled' if args.vllm_compile else 'eager'}")
     results = {kind: run_child(kind, args) for kind in ("vllm", "hf")}
     for kind, r in results.items():
         dtype = "float32" if kind == "hf" else args.vllm_dtype

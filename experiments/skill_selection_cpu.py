@@ -234,13 +234,25 @@ def write_results(cfg: ExperimentConfig, results: dict, results_dir: Path) -> st
     p = results["pooled_skill_minus_random"]
     lines += ["", f"Pooled over seeds, skill - random: {100 * p['accuracy']:+.1f} points "
                   f"[{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}] (accuracy in %, 95% bootstrap over problems)."]
+    # per leaf, mean over seeds: what the profile said, where each arm's data went, what each arm reached
+    mean = lambda f: np.mean([f(results["seeds"][s]) for s in seeds], axis=0)  # noqa: E731
+    share = {arm: mean(lambda r, a=arm: r["selection_share"][a]) for arm in ("random", "skill")}
+    acc = {arm: mean(lambda r, a=arm: r["arms"][a]["per_leaf"]) for arm in ARMS}
+    lines += ["", f"Per leaf (mean over seeds {', '.join(seeds)}): the warm-up student's pool accuracy (the profile), "
+                  "each arm's share of the selected examples, and held-out accuracy.", "",
+              "| leaf | profile acc | share random | share skill | warm-up | random | skill | skill+format |",
+              "|---|---|---|---|---|---|---|---|"]
+    for k, leaf in enumerate(results["leaves"]):
+        lines.append(f"| {leaf.split('->')[-1]} | {results['profile_leaf_accuracy'][leaf]:.3f} | "
+                     f"{100 * share['random'][k]:.0f}% | {100 * share['skill'][k]:.0f}% | "
+                     f"{100 * results['start']['warm']['per_leaf'][k]:.1f} | "
+                     + " | ".join(f"{100 * acc[arm][k]:.1f}" for arm in ARMS) + " |")
     table = "\n".join(lines)
 
     leaves = results["leaves"]
     x = np.arange(len(leaves))
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(13, 8.5), sharex=True)
     width = 0.2
-    s0 = results["seeds"][seeds[0]]
     series = [("warm-up student", results["start"]["warm"]["per_leaf"], "#999999")] + [
         (arm, np.mean([results["seeds"][s]["arms"][arm]["per_leaf"] for s in seeds], axis=0),
          c) for arm, c in zip(ARMS, ("#4c72b0", "#dd8452", "#55a868"))]
@@ -258,8 +270,8 @@ def write_results(cfg: ExperimentConfig, results: dict, results_dir: Path) -> st
     ax2.axhline(0, color="black", linewidth=0.8)
     ax2.legend(fontsize=9)
     ax2.set_xticks(x, [lf.split("->")[-1] for lf in leaves], rotation=40, ha="right")
-    rho = s0["spearman_share_vs_gain"]["rho"]
-    ax2.set_title(f"Where selection put more data vs where accuracy moved (Spearman rho, seed {seeds[0]}: {rho:.2f})")
+    rhos = ", ".join(f"{results['seeds'][s]['spearman_share_vs_gain']['rho']:.2f}" for s in seeds)
+    ax2.set_title(f"Where selection put more data vs where accuracy moved (mean over seeds; Spearman rho per seed: {rhos})")
     fig.tight_layout()
     results_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(results_dir / "results.png", dpi=110)
