@@ -6,8 +6,9 @@ Three runs of the same Qwen3-architecture model (20k vocabulary, hidden 256, 4 l
 printed) with the same initialisation, optimizer (torch AdamW), LR schedule (cosine, 10% warmup), gradient clipping,
 8 examples per optimizer step, and precision: bf16-mixed autocast with fp32 master weights (on this AVX-512-bf16 CPU
 about 1.6x faster than fp32; ``--precision 32-true`` for fp32).
-- ours: CausalLMModule(attn_implementation="auto", which is ``sdpa_packed`` without CUDA) + StepBatchSampler / SFTCollator(packing=True) /
-  StatefulDataLoader through a Lightning Trainer: one packed micro-batch of the step's 8 examples;
+- ours: CausalLMModule(attn_implementation="auto", which is ``sdpa_packed`` without CUDA) + StepBatchSampler /
+  SFTCollator(packing=True) / StatefulDataLoader through a Lightning Trainer: one packed micro-batch of the step's
+  8 examples;
 - HF padded: transformers.Trainer, one right-padded batch of 8 (labels -100 on padding), sdpa;
 - HF flattening: transformers.Trainer with DataCollatorWithFlattening: one padding-free row of 8, sdpa (which
   turns the row's position_ids into a dense block-causal mask; flash_attention_2 would not, but needs CUDA).

@@ -254,17 +254,13 @@ def write_results(cfg: ExperimentConfig, results: dict, results_dir: Path) -> st
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(13, 8.5), sharex=True)
     width = 0.2
     series = [("warm-up student", results["start"]["warm"]["per_leaf"], "#999999")] + [
-        (arm, np.mean([results["seeds"][s]["arms"][arm]["per_leaf"] for s in seeds], axis=0),
-         c) for arm, c in zip(ARMS, ("#4c72b0", "#dd8452", "#55a868"))]
+        (arm, acc[arm], c) for arm, c in zip(ARMS, ("#4c72b0", "#dd8452", "#55a868"))]
     for k, (label, vals, color) in enumerate(series):
         ax1.bar(x + (k - 1.5) * width, 100 * np.asarray(vals), width, label=label, color=color)
     ax1.set_ylabel("held-out accuracy (%)")
     ax1.set_title(f"Per-skill held-out accuracy (mean over seeds {', '.join(seeds)})")
     ax1.legend(ncol=4, fontsize=9)
-    d_share = np.mean([np.subtract(results["seeds"][s]["selection_share"]["skill"],
-                                   results["seeds"][s]["selection_share"]["random"]) for s in seeds], axis=0)
-    gain = np.mean([np.subtract(results["seeds"][s]["arms"]["skill"]["per_leaf"],
-                                results["seeds"][s]["arms"]["random"]["per_leaf"]) for s in seeds], axis=0)
+    d_share, gain = share["skill"] - share["random"], acc["skill"] - acc["random"]  # means over seeds
     ax2.bar(x - 0.2, 100 * d_share, 0.4, label="selection share: skill - random (points)", color="#8172b3")
     ax2.bar(x + 0.2, 100 * gain, 0.4, label="accuracy: skill - random (points)", color="#dd8452")
     ax2.axhline(0, color="black", linewidth=0.8)
