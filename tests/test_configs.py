@@ -12,6 +12,7 @@ from jsonargparse import ArgumentParser
 
 import train
 from skill_distill.__main__ import STAGES
+from skill_distill.benchmarks import PAPER_SUITE
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT_DRIVERS = {REPO / "configs" / "experiments" / "skill_selection_cpu.yaml": "experiments/skill_selection_cpu.py"}
@@ -67,6 +68,19 @@ def test_production_configs_follow_the_paper(path):
         assert d["skill_format"]["mode"] == "full" and d["profile"]
     strategy = t["strategy"]["init_args"]
     assert strategy["data_parallel_size"] * strategy["tensor_parallel_size"] == ranks // t.get("num_nodes", 1) * t.get("num_nodes", 1)
+
+    # METHOD.md §7 evaluation inside the run: the held-out slice every epoch, the five benchmarks on the final weights
+    evals = [c["init_args"] for c in t["callbacks"] if c["class_path"] == "callbacks.SkillEvalCallback"]
+    assert len(evals) == 2 and len({e["dirpath"] for e in evals}) == 2  # separate report directories
+    per_epoch, final = evals
+    assert per_epoch["every_n_epochs"] == 1 and per_epoch["baseline"] is True
+    assert [b["name"] for b in per_epoch["benchmarks"]] == ["heldout"] and d["val_corpus"]
+    assert final["every_n_epochs"] == 0 and final["benchmarks"] == PAPER_SUITE
+    hours, minutes, seconds = (int(x) for x in strategy["timeout"].split(":"))
+    for e in evals:
+        assert e["sampling"] == {"temperature": 0.6, "top_p": 1.0, "max_new_tokens": 16384, "seed": 0}
+        assert e["backend"]["kind"] == "vllm" and e["backend"]["max_model_len"] > 16384
+        assert hours * 3600 + minutes * 60 + seconds > e["timeout_s"]  # ranks outwait the slowest evaluation
 
 
 @pytest.mark.parametrize("path", PIPELINE_CONFIGS, ids=lambda p: p.name)

@@ -1,5 +1,6 @@
 """SkillEvalCallback inside real fits of the quickstart config: reports and charts per evaluation, logged metrics,
-engine failures (raise / skip), and two DDP ranks on CPU generating disjoint shares that equal one rank's run."""
+engine failures (raise / skip), and two CPU ranks (DDP, and FSDP2 as in the production configs) generating
+disjoint shares that equal one rank's run."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 
 import train
@@ -127,16 +129,28 @@ def test_timeout_check_and_core_split():
         SkillEvalCallback(backend=SimpleNamespace(tensor_parallel_size=2, kind="vllm"))
 
 
-def test_two_ranks_generate_disjoint_shares_equal_to_one_rank(tmp_path, tiny_qwen3_dir, shared_dir):
+@pytest.mark.parametrize("strategy,port", [("ddp", 29731), ("fsdp2", 29733)])
+def test_two_ranks_generate_disjoint_shares_equal_to_one_rank(strategy, port, tmp_path, tiny_qwen3_dir, shared_dir):
     out = tmp_path / "two"
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
-    env.update(PYTHONPATH=str(REPO), MASTER_PORT="29731")
+    env.update(PYTHONPATH=str(REPO), MASTER_PORT=str(port))
     proc = subprocess.run([sys.executable, str(SCRIPT), "--model", str(tiny_qwen3_dir), "--out", str(out),
-                           "--devices", "2", "--port", "29731"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=900)
+                           "--devices", "2", "--port", str(port), "--strategy", strategy], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((out / "eval" / "baseline" / "report.json").read_text())
     assert report["world_size"] == 2 and (out / "eval" / "epoch=0" / "report.json").is_file()
+
+    # the collective export (FSDP2: gathered from both ranks' shards) holds the full weights: before training they
+    # are the initial model's, after the step they moved
+    from safetensors.torch import load_file
+
+    initial = load_file(tiny_qwen3_dir / "model.safetensors")
+    baseline = load_file(out / "eval" / "baseline" / "model" / "model.safetensors")
+    trained = load_file(out / "eval" / "epoch=0" / "model" / "model.safetensors")
+    assert set(baseline) == set(trained) and set(baseline) <= set(initial)
+    assert all(torch.equal(baseline[k], initial[k].to(baseline[k].dtype)) for k in baseline)
+    assert any(not torch.equal(trained[k], baseline[k]) for k in baseline)
     samples = {(name, p["id"], s["sample"]): s for name, b in report["benchmarks"].items()
                for p in b["problems"] for s in p["samples"]}
     ranks = [s["rank"] for s in samples.values()]

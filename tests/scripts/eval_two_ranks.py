@@ -1,6 +1,7 @@
-"""A short quickstart fit with SkillEvalCallback on 1 or 2 CPU ranks (DDP, gloo), for tests/test_skill_eval_callback.py.
+"""A short quickstart fit with SkillEvalCallback on 1 or 2 CPU ranks (DDP or FSDP2, gloo), for
+tests/test_skill_eval_callback.py.
 
-    python tests/scripts/eval_two_ranks.py --model DIR --out RUN_DIR --devices 2 --port 29731
+    python tests/scripts/eval_two_ranks.py --model DIR --out RUN_DIR --devices 2 --port 29731 [--strategy fsdp2]
 
 The callback takes a baseline evaluation (kept with its exported model) and one after the single training step;
 each rank's engine runs in its own child process bound to its own core. The test reads RUN_DIR/eval/*/report.json.
@@ -23,19 +24,24 @@ BENCHMARKS = [{"name": "heldout", "limit_per_skill": 1, "k": 2}, {"name": "aime2
 SAMPLING = {"temperature": 0.6, "top_p": 1.0, "max_new_tokens": 24, "seed": 7}
 
 
-def config(out: Path, devices: int) -> dict:
+def config(out: Path, devices: int, strategy: str = "ddp") -> dict:
     cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
     for key in ("corpus", "tree", "attribution", "val_corpus"):
         cfg["data"][key] = str(REPO / cfg["data"][key])
     cfg["data"].update(profile=None, selection={"strategy": "random", "budget": 16, "seed": 42})
+    cfg["model"]["warmup_ratio"] = 0.0  # the single step has a non-zero learning rate, so the weights move
     trainer = cfg["trainer"]
     trainer.update(default_root_dir=str(out), devices=devices, max_steps=1, precision="32-true", limit_val_batches=0,
                    enable_progress_bar=False, logger=[{"class_path": "lightning.pytorch.loggers.CSVLogger",
                                                        "init_args": {"save_dir": str(out), "name": "logs",
                                                                      "version": ""}}])
-    if devices > 1:  # the process-group timeout must exceed the evaluation's time limit
+    if devices > 1 and strategy == "ddp":  # the process-group timeout must exceed the evaluation's time limit
         trainer["strategy"] = {"class_path": "lightning.pytorch.strategies.DDPStrategy",
                                "init_args": {"timeout": "0:20:00"}}
+    elif devices > 1:  # FSDP2 as in configs/qwen3_*: the export gathers the sharded weights on every rank
+        trainer["strategy"] = {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+                               "init_args": {"data_parallel_size": devices, "tensor_parallel_size": 1,
+                                             "timeout": "0:20:00"}}
     trainer["callbacks"] = [{"class_path": "callbacks.SkillEvalCallback", "init_args": {
         "benchmarks": BENCHMARKS, "sampling": SAMPLING, "baseline": True, "keep_exports": True, "export_dtype": None,
         "timeout_s": 600, "data_root": str(REPO.parent / "shared" / "data" / "benchmarks")}}]
@@ -48,6 +54,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--devices", type=int, default=2)
     ap.add_argument("--port", type=int, default=29731)
+    ap.add_argument("--strategy", choices=["ddp", "fsdp2"], default="ddp")
     args = ap.parse_args()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(args.port))
@@ -57,7 +64,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / f"config.rank{os.environ.get('LOCAL_RANK', '0')}.yaml"
-    cfg_path.write_text(yaml.safe_dump(config(out, args.devices)))
+    cfg_path.write_text(yaml.safe_dump(config(out, args.devices, args.strategy)))
     import train
 
     train.main(["fit", "--config", str(cfg_path), f"--model.model={args.model}", f"--data.tokenizer={args.model}"])
