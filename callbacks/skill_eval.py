@@ -39,7 +39,10 @@ class SkillEvalCallback(L.Callback):
     - every rank runs its own engine on its disjoint share of the (set, problem, sample) requests in a spawned child
       process (``generate_in_subprocess``) whose environment has no RANK/WORLD_SIZE/MASTER_*/LOCAL_RANK and
       either ``CUDA_VISIBLE_DEVICES`` = the rank's GPU or, on CPU, ``VLLM_CPU_OMP_THREADS_BIND`` = the rank's own
-      slice of this machine's cores; all of the engine's memory is returned when the child exits;
+      slice of this machine's cores; all of the engine's memory is returned when the child exits. With
+      ``backend.tensor_parallel_size = tp > 1``, each group of ``tp`` consecutive ranks of one node shares one
+      engine: the group's first rank starts it over the group's GPUs (or one core slice per tensor-parallel
+      worker) and generates the group's share, the others wait;
     - records are gathered (``all_gather_object``) and metrics are synced (torchmetrics, summed over ranks);
       rank 0 writes ``<dirpath>/<tag>/report.json`` (every sample, extracted answer, verdict, and the metrics),
       ``summary.png`` and ``skills_<set>.png`` (with the change since ``baseline`` and the skills the run's
@@ -58,7 +61,8 @@ class SkillEvalCallback(L.Callback):
             = the run's held-out slice (``data.val_corpus`` with ``data.attribution`` and ``data.tree``).
         every_n_epochs: evaluate after every N-th epoch (0: only after the last); the last epoch always.
         baseline: also evaluate once before training (skipped when resuming past step 0).
-        backend: generation backend (``model`` is set to the export); tensor parallel > 1 is not implemented.
+        backend: generation backend (``model`` is set to the export); ``tensor_parallel_size`` ranks (of one node,
+            dividing its device count) share one engine.
         sampling: temperature, top-p, max new tokens, base seed (paper: 0.6, 1.0, 16384).
         tree: skill tree for the sets' skills (default: ``data.tree``).
         data_root: root of the registered benchmark files (default ../shared/data/benchmarks).
@@ -104,9 +108,9 @@ class SkillEvalCallback(L.Callback):
             raise ConfigError(f"SkillEvalCallback.on_error must be 'raise' or 'skip', got {on_error!r}")
         if every_n_epochs < 0:
             raise ConfigError(f"SkillEvalCallback.every_n_epochs must be >= 0, got {every_n_epochs}")
-        if backend.tensor_parallel_size != 1:
-            raise ConfigError("SkillEvalCallback: backend.tensor_parallel_size > 1 (one engine over several ranks' "
-                              "GPUs) is not implemented; use 1 (one engine per rank)")
+        if backend.tensor_parallel_size < 1:
+            raise ConfigError(f"SkillEvalCallback: backend.tensor_parallel_size must be >= 1, got "
+                              f"{backend.tensor_parallel_size}")
         if backend.kind == "openai":
             raise ConfigError("SkillEvalCallback evaluates the weights being trained: use backend.kind vllm or hf")
         self.benchmarks = list(benchmarks) if benchmarks is not None else [HELDOUT, *PAPER_SUITE]
@@ -134,6 +138,10 @@ class SkillEvalCallback(L.Callback):
         if stage != "fit":
             return
         self._check_timeout(trainer)
+        tp = self.backend.tensor_parallel_size
+        if tp > 1 and max(1, trainer.num_devices) % tp:
+            raise ConfigError(f"SkillEvalCallback: backend.tensor_parallel_size={tp} must divide the devices per node "
+                              f"({trainer.num_devices}): an engine's ranks must share one node")
         dm = getattr(trainer, "datamodule", None)
         specs = [self._resolve_heldout(s, dm) if s.name == HELDOUT else s for s in resolve_specs(self.benchmarks)]
         tree_path = self.tree or getattr(dm, "tree_path", None)
@@ -191,17 +199,28 @@ class SkillEvalCallback(L.Callback):
             self.evaluate(trainer, pl_module, f"epoch={epoch}")
 
     # ---- one evaluation -----------------------------------------------------------------------------------------
+    def _engine_slot(self, trainer) -> tuple[int, int, bool]:
+        """(this rank's engine, number of engines, whether this rank runs it): tensor-parallel groups are
+        consecutive global ranks, which lie on one node because ``tp`` divides the devices per node."""
+        tp = self.backend.tensor_parallel_size
+        return trainer.global_rank // tp, max(1, trainer.world_size // tp), trainer.global_rank % tp == 0
+
     def _child_env(self, trainer, pl_module) -> dict[str, str]:
+        """The engine's environment: the rank's GPU, or its group's GPUs; on CPU one core slice per engine worker."""
         from skill_distill.generation.vllm_backend import clean_child_env
 
+        tp = self.backend.tensor_parallel_size
         device = pl_module.device
         if device.type == "cuda":
             env = clean_child_env(os.environ)
             index = device.index if device.index is not None else torch.cuda.current_device()
             visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-            env["CUDA_VISIBLE_DEVICES"] = visible[index] if index < len(visible) else str(index)
+            group = range(index, index + tp)  # this rank leads its group: the next tp - 1 devices are its peers'
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[i] if i < len(visible) else str(i) for i in group)
             return env
-        env = clean_child_env(os.environ, cpu_cores=rank_cores(trainer.local_rank, max(1, trainer.num_devices)))
+        local_ranks = range(trainer.local_rank, trainer.local_rank + tp)
+        env = clean_child_env(os.environ, cpu_cores=[rank_cores(r, max(1, trainer.num_devices)) for r in local_ranks]
+                              if tp > 1 else rank_cores(trainer.local_rank, max(1, trainer.num_devices)))
         # the child is already a dedicated process: on CPU an extra vLLM engine-core process only adds start-up time
         env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         return env
@@ -233,11 +252,12 @@ class SkillEvalCallback(L.Callback):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         t_export = time.time() - t0
-        records, error = None, None
+        engine, engines, leads = self._engine_slot(trainer)
+        records, error = [], None  # a tensor-parallel peer generates nothing itself: its leader's engine uses its GPU
         try:
-            records = evaluate_model(
+            records = [] if not leads else evaluate_model(
                 str(export_dir), str(export_dir), self.loaded, self.backend, self.sampling,
-                enable_thinking=self._prompt_settings["enable_thinking"], rank=rank, world_size=trainer.world_size,
+                enable_thinking=self._prompt_settings["enable_thinking"], rank=engine, world_size=engines,
                 instruction=self._prompt_settings["instruction"] or DEFAULT_INSTRUCTION,
                 in_subprocess=True, child_env=self._child_env(trainer, pl_module), timeout_s=self.timeout_s,
                 grader_workers=self.grader_workers, grade_timeout_s=self.grade_timeout_s)
@@ -289,7 +309,8 @@ class SkillEvalCallback(L.Callback):
                 "global_step": trainer.global_step, "world_size": trainer.world_size,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "sampling": asdict(self.sampling),
                 "enable_thinking": self._prompt_settings["enable_thinking"],
-                "backend": {k: v for k, v in asdict(self.backend).items() if k in ("kind", "dtype", "max_model_len")},
+                "backend": {k: v for k, v in asdict(self.backend).items()
+                            if k in ("kind", "dtype", "max_model_len", "tensor_parallel_size")},
                 "tree": None if self._tree_obj is None else self._tree_obj.source,
                 "baseline": str(baseline_path) if baseline else None, "emphasised_skills": emphasised,
                 "timings": timings}

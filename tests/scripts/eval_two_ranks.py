@@ -1,7 +1,9 @@
 """A short quickstart fit with SkillEvalCallback on 1 or 2 CPU ranks (DDP or FSDP2, gloo), for
 tests/test_skill_eval_callback.py.
 
-    python tests/scripts/eval_two_ranks.py --model DIR --out RUN_DIR --devices 2 --port 29731 [--strategy fsdp2]
+    python tests/scripts/eval_two_ranks.py --model DIR --out RUN_DIR --devices 2 --port 29731 [--strategy fsdp2] [--tp 2]
+
+``--tp 2``: the two ranks share one tensor-parallel vLLM engine (one worker per core) instead of one engine each.
 
 The callback takes a baseline evaluation (kept with its exported model) and one after the single training step;
 each rank's engine runs in its own child process bound to its own core. The test reads RUN_DIR/eval/*/report.json.
@@ -24,7 +26,7 @@ BENCHMARKS = [{"name": "heldout", "limit_per_skill": 1, "k": 2}, {"name": "aime2
 SAMPLING = {"temperature": 0.6, "top_p": 1.0, "max_new_tokens": 24, "seed": 7}
 
 
-def config(out: Path, devices: int, strategy: str = "ddp") -> dict:
+def config(out: Path, devices: int, strategy: str = "ddp", tp: int = 1) -> dict:
     cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
     for key in ("corpus", "tree", "attribution", "val_corpus"):
         cfg["data"][key] = str(REPO / cfg["data"][key])
@@ -44,7 +46,8 @@ def config(out: Path, devices: int, strategy: str = "ddp") -> dict:
                                              "timeout": "0:20:00"}}
     trainer["callbacks"] = [{"class_path": "callbacks.SkillEvalCallback", "init_args": {
         "benchmarks": BENCHMARKS, "sampling": SAMPLING, "baseline": True, "keep_exports": True, "export_dtype": None,
-        "timeout_s": 600, "data_root": str(REPO.parent / "shared" / "data" / "benchmarks")}}]
+        "timeout_s": 600, "data_root": str(REPO.parent / "shared" / "data" / "benchmarks"),
+        "backend": {"kind": "vllm", "tensor_parallel_size": tp}}}]
     return cfg
 
 
@@ -55,6 +58,7 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=2)
     ap.add_argument("--port", type=int, default=29731)
     ap.add_argument("--strategy", choices=["ddp", "fsdp2"], default="ddp")
+    ap.add_argument("--tp", type=int, default=1)
     args = ap.parse_args()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(args.port))
@@ -64,7 +68,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / f"config.rank{os.environ.get('LOCAL_RANK', '0')}.yaml"
-    cfg_path.write_text(yaml.safe_dump(config(out, args.devices, args.strategy)))
+    cfg_path.write_text(yaml.safe_dump(config(out, args.devices, args.strategy, args.tp)))
     import train
 
     train.main(["fit", "--config", str(cfg_path), f"--model.model={args.model}", f"--data.tokenizer={args.model}"])
