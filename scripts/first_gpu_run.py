@@ -11,7 +11,8 @@ Checks (docs/SCALING.md, "First run on GPUs"):
   nccl           sharded loading (logits, gradients with activation checkpointing, tied embeddings, RoPE buffers)
                  over NCCL on 2 GPUs; an FSDP2 run interrupted after step 3 and resumed equals an uninterrupted one
   eval_engine    a short FSDP2 fit on 2 GPUs with SkillEvalCallback (vLLM engines in CUDA child processes next to
-                 the training state) writes its evaluation report
+                 the training state) writes its evaluation report: one engine per rank, then one tensor-parallel
+                 engine shared by both ranks
   throughput     N optimizer steps of a production config at ~8,192-token examples: supervised tokens/s, s/step,
                  peak GPU memory per rank (against the plan of benchmarks/bench_memory.py), model FLOPs utilisation
 Work files go to --workdir (default: a temporary directory, kept on failure).
@@ -170,27 +171,37 @@ def check_eval_engine(args, work: Path) -> None:
     if torch.cuda.device_count() < 2:
         report("eval_engine", "SKIP", "needs 2 GPUs")
         return
-    cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
-    for key in ("corpus", "tree", "attribution", "val_corpus"):
-        if cfg["data"].get(key):
-            cfg["data"][key] = str(REPO / cfg["data"][key])
-    cfg["data"].update(profile=None, selection={"strategy": "random", "budget": 32, "seed": 42})
-    t = cfg["trainer"]
-    t.update(accelerator="gpu", devices=2, precision="32-true", max_steps=2, default_root_dir=str(work / "eval_run"),
-             logger=False, enable_progress_bar=False,
-             strategy={"class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
-                       "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1, "timeout": "1:00:00"}})
-    t["callbacks"] = [{"class_path": "callbacks.SkillEvalCallback", "init_args": {
-        "benchmarks": [{"name": "heldout", "limit_per_skill": 1, "k": 1}], "baseline": False,
-        "sampling": {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 64, "seed": 0},
-        "backend": {"kind": "vllm", "max_model_len": 1024, "gpu_memory_utilization": 0.3}, "timeout_s": 1800}}]
-    path = work / "eval_config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    rc = run([sys.executable, "train.py", "fit", "--config", str(path)], work / "eval_run.log", env_for())
-    reports = sorted((work / "eval_run" / "eval").glob("*/report.json"))
-    ok = rc == 0 and bool(reports)
-    report("eval_engine", "PASS" if ok else "FAIL",
-           f"exit {rc}, reports: {[str(r.relative_to(work)) for r in reports]} (log {work / 'eval_run.log'})")
+    # tp 1: one engine per rank (SmolLM2, the quickstart model); tp 2: both ranks share one engine over their two
+    # GPUs (the tiny Qwen3: SmolLM2's 9 attention heads do not split in two)
+    from skill_distill.assets import tiny_qwen3_dir
+
+    for tp in (1, 2):
+        cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+        for key in ("corpus", "tree", "attribution", "val_corpus"):
+            if cfg["data"].get(key):
+                cfg["data"][key] = str(REPO / cfg["data"][key])
+        cfg["data"].update(profile=None, selection={"strategy": "random", "budget": 32, "seed": 42})
+        if tp > 1:
+            cfg["model"]["model"] = cfg["data"]["tokenizer"] = str(tiny_qwen3_dir())
+        run_dir = work / f"eval_run_tp{tp}"
+        t = cfg["trainer"]
+        t.update(accelerator="gpu", devices=2, precision="32-true", max_steps=2, default_root_dir=str(run_dir),
+                 logger=False, enable_progress_bar=False,
+                 strategy={"class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+                           "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1, "timeout": "1:00:00"}})
+        t["callbacks"] = [{"class_path": "callbacks.SkillEvalCallback", "init_args": {
+            "benchmarks": [{"name": "heldout", "limit_per_skill": 1, "k": 1}], "baseline": False,
+            "sampling": {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 64, "seed": 0},
+            "backend": {"kind": "vllm", "max_model_len": 1024, "gpu_memory_utilization": 0.3,
+                        "tensor_parallel_size": tp}, "timeout_s": 1800}}]
+        path = work / f"eval_config_tp{tp}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        log = work / f"eval_run_tp{tp}.log"
+        rc = run([sys.executable, "train.py", "fit", "--config", str(path)], log, env_for())
+        reports = sorted((run_dir / "eval").glob("*/report.json"))
+        ok = rc == 0 and bool(reports)
+        report(f"eval_engine (tensor parallel {tp})", "PASS" if ok else "FAIL",
+               f"exit {rc}, reports: {[str(r.relative_to(work)) for r in reports]} (log {log})")
 
 
 class GPUMemoryLog(L.Callback):
