@@ -206,16 +206,26 @@ class ResumableCheckpoint(ModelCheckpoint):
         if (n >= 1 and trainer.global_step % n == 0 and not (last_batch and self.save_on_epoch_end)
                 and not self._should_skip_saving_checkpoint(trainer)):
             self.save(trainer)
+        self._stop_if_requested(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.save_on_epoch_end and not self._should_skip_saving_checkpoint(trainer):
+            self.save(trainer)
+        # a signal that came during this epoch's end (an evaluation) stops here, on the weights it recorded as
+        # pending; after the last epoch the run finishes instead (final checkpoint and export in on_train_end)
+        from callbacks.preemption import is_final_epoch
+
+        if not is_final_epoch(trainer):
+            self._stop_if_requested(trainer)
+
+    def _stop_if_requested(self, trainer) -> None:
+        """A collective at a step or epoch boundary: if any rank got a stop signal, save and exit on every rank."""
         from callbacks.preemption import PreemptionCallback
 
         for cb in trainer.callbacks:
             if isinstance(cb, PreemptionCallback) and cb.stop_agreed(trainer):
                 self.save(trainer)
                 cb.exit(trainer)
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self.save_on_epoch_end and not self._should_skip_saving_checkpoint(trainer):
-            self.save(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         pass  # saving is driven by steps and epochs only

@@ -1,8 +1,9 @@
 """Stop cleanly on SIGTERM / SLURM pre-emption: every rank agrees at a step boundary, saves together, exits.
 
 A signal handler only records the request (nothing else is safe inside a handler). At every optimizer-step
-boundary the ranks all-reduce the flag (MAX), so a signal that reached only some ranks stops all of them after the
-same step. ``ResumableCheckpoint`` (which runs after every other callback's hook of that step) then saves a
+boundary, and at the end of every epoch but the last, the ranks all-reduce the flag (MAX), so a signal that reached
+only some ranks stops all of them after the same step. (``SkillEvalCallback`` also reads the flag: it stops an
+epoch's evaluation early and leaves it pending for the resumed run.) ``ResumableCheckpoint`` (which runs after every other callback's hook of that step) then saves a
 checkpoint with every rank, publishes it and points ``last`` at it; rank 0 asks SLURM to requeue the job when the
 stop came from a requeue signal; and every rank exits with ``exit_code`` without running train-end hooks (so no
 "final" export of an unfinished run). The requeued job runs the same command with ``--ckpt_path last``.
@@ -27,6 +28,13 @@ import torch
 from skill_distill.io import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+def is_final_epoch(trainer) -> bool:
+    """Whether the epoch that is ending is the run's last (max_epochs, max_steps or a requested stop): after it the
+    run finishes through its train-end hooks rather than stopping for resumption."""
+    return (trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs) or trainer.should_stop \
+        or (trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps)
 
 
 class PreemptedExit(SystemExit):

@@ -21,8 +21,9 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
+from callbacks.preemption import PreemptionCallback, is_final_epoch
 from skill_distill.benchmarks import HELDOUT, PAPER_SUITE, BenchmarkSpec, SkillSource, resolve_specs
-from skill_distill.generation.base import GenerationError, SamplingConfig
+from skill_distill.generation.base import GenerationError, GenerationInterrupted, SamplingConfig
 from skill_distill.generation.factory import BackendConfig
 from skill_distill.io import ConfigError
 
@@ -49,6 +50,11 @@ class SkillEvalCallback(L.Callback):
       ``selection_manifest.json`` emphasised), and logs ``eval/<set>/acc``, ``eval/<set>/skill/<topic>/<leaf>``,
       ... to the Lightning loggers at the current global step;
     - every rank leaves together (a final all-gather of the status, then a barrier).
+
+    A stop signal (``PreemptionCallback``) that arrives during an epoch's evaluation, other than the last epoch's,
+    kills the engines: the epoch-end checkpoint records the evaluation as pending, the run stops there, and the
+    resumed run evaluates those same weights first. The baseline and the last epoch's evaluation run to the end
+    (their results could not be redone on the same weights after resumption).
 
     Ranks wait for each other inside collectives while the slowest rank generates, so the process-group timeout
     must exceed ``timeout_s``: set it on the strategy, e.g. ``trainer.strategy.init_args.timeout: "3:00:00"``
@@ -129,6 +135,19 @@ class SkillEvalCallback(L.Callback):
         """tag -> report.json path of every evaluation of this run (rank 0)."""
         self._tree_obj = None
         self._prompt_settings: dict[str, Any] = {}
+        self._pending: str | None = None
+        """Tag of an evaluation a stop signal interrupted; saved in the checkpoint, run first after resumption."""
+
+    # ---- checkpointed state -----------------------------------------------------------------------------------
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(dirpath=self.dirpath, benchmarks=repr(self.benchmarks))  # several may run
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pending": self._pending}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict.get("pending")
 
     # ---- set-up ----------------------------------------------------------------------------------------------
     def _root(self, trainer) -> Path:
@@ -182,6 +201,10 @@ class SkillEvalCallback(L.Callback):
 
     # ---- hooks ------------------------------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
+        if self._pending and not trainer.fast_dev_run:  # interrupted before the checkpoint we resumed from was saved
+            tag, self._pending = self._pending, None
+            log.info("skill evaluation %s was interrupted by a stop signal: running it now, on the same weights", tag)
+            self.evaluate(trainer, pl_module, tag)
         if not self.baseline or trainer.fast_dev_run:
             return
         if trainer.global_step > 0 or (self._root(trainer) / "baseline" / "report.json").exists():
@@ -192,11 +215,10 @@ class SkillEvalCallback(L.Callback):
         if trainer.fast_dev_run:
             return
         epoch = trainer.current_epoch
-        last = (trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs) or trainer.should_stop or (
-            trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps)
+        last = is_final_epoch(trainer)
         due = self.every_n_epochs > 0 and (epoch + 1) % self.every_n_epochs == 0
         if last or due:
-            self.evaluate(trainer, pl_module, f"epoch={epoch}")
+            self.evaluate(trainer, pl_module, f"epoch={epoch}", interruptible=not last)
 
     # ---- one evaluation -----------------------------------------------------------------------------------------
     def _engine_slot(self, trainer) -> tuple[int, int, bool]:
@@ -234,10 +256,15 @@ class SkillEvalCallback(L.Callback):
             return out
         return [obj]
 
-    def evaluate(self, trainer, pl_module, tag: str) -> dict | None:
+    def _stop_requested(self, trainer) -> bool:
+        return any(isinstance(cb, PreemptionCallback) and cb.received for cb in trainer.callbacks)
+
+    def evaluate(self, trainer, pl_module, tag: str, interruptible: bool = False) -> dict | None:
         """Run one evaluation on every rank (see the class docstring); returns the report on rank 0, else None.
 
-        Raises GenerationError (every rank) when it failed on any rank and ``on_error`` is raise.
+        ``interruptible``: a stop signal on this rank kills its engine; the evaluation is then recorded as pending
+        on every rank and None returned. Raises GenerationError (every rank) when it failed on any rank and
+        ``on_error`` is raise.
         """
         from skill_distill.evaluation import compute_summaries, evaluate_model
         from skill_distill.formatting import DEFAULT_INSTRUCTION
@@ -253,29 +280,34 @@ class SkillEvalCallback(L.Callback):
             torch.cuda.empty_cache()
         t_export = time.time() - t0
         engine, engines, leads = self._engine_slot(trainer)
-        records, error = [], None  # a tensor-parallel peer generates nothing itself: its leader's engine uses its GPU
+        records, error, interrupted = [], None, False  # a tensor-parallel peer generates nothing itself
         try:
             records = [] if not leads else evaluate_model(
                 str(export_dir), str(export_dir), self.loaded, self.backend, self.sampling,
                 enable_thinking=self._prompt_settings["enable_thinking"], rank=engine, world_size=engines,
                 instruction=self._prompt_settings["instruction"] or DEFAULT_INSTRUCTION,
                 in_subprocess=True, child_env=self._child_env(trainer, pl_module), timeout_s=self.timeout_s,
-                grader_workers=self.grader_workers, grade_timeout_s=self.grade_timeout_s)
+                grader_workers=self.grader_workers, grade_timeout_s=self.grade_timeout_s,
+                should_stop=(lambda: self._stop_requested(trainer)) if interruptible else None)
+        except GenerationInterrupted:
+            interrupted = True
         except Exception as e:  # noqa: BLE001 - every rank must learn of it, or the others would hang
             log.error("skill evaluation %s failed on rank %d:\n%s", tag, rank, traceback.format_exc())
             error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
         t_generate = time.time() - t0 - t_export
-        gathered = self._all_gather(trainer, (rank, error, records))
-        failures = [(r, e) for r, e, _ in gathered if e]
+        gathered = self._all_gather(trainer, (rank, error, records, interrupted))
+        failures = [(r, e) for r, e, _, _ in gathered if e]
         if failures:
             return self._fail(trainer, tag, failures)
+        if any(i for *_, i in gathered):
+            return self._interrupt(trainer, tag, export_dir)
 
         summaries = compute_summaries(self.loaded, records, device=pl_module.device, confidence=self.confidence,
                                       resamples=self.bootstrap_resamples)
         report, status = None, None
         if trainer.is_global_zero:
             try:
-                all_records = [rec for _, _, recs in gathered for rec in recs]
+                all_records = [rec for _, _, recs, _ in gathered for rec in recs]
                 report = self._write(trainer, tag, all_records, summaries,
                                      {"export_s": round(t_export, 1), "generate_and_grade_s": round(t_generate, 1)},
                                      t0, out_dir)
@@ -327,6 +359,16 @@ class SkillEvalCallback(L.Callback):
         parts = [f"{n} {100 * s['accuracy']:.1f}%" for n, s in summaries.items() if s["accuracy"] is not None]
         log.info("skill evaluation %s (%.0f s): %s", tag, total, ", ".join(parts))
         return report
+
+    def _interrupt(self, trainer, tag: str, export_dir: Path) -> None:
+        self._pending = tag
+        if trainer.is_global_zero:
+            log.warning("skill evaluation %s interrupted by a stop signal: it is saved as pending and runs first "
+                        "when the run resumes", tag)
+            if not self.keep_exports:
+                shutil.rmtree(export_dir, ignore_errors=True)
+        trainer.strategy.barrier("skill_eval_interrupted")
+        return None
 
     def _fail(self, trainer, tag: str, failures: list[tuple[int, str]]) -> None:
         rank, error = failures[0]

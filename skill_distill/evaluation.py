@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -166,7 +166,8 @@ def evaluate_model(model_dir: str, tokenizer: Any, benchmarks: Sequence[str | Be
                    instruction: str = DEFAULT_INSTRUCTION, engine: GenerationBackend | None = None,
                    in_subprocess: bool = False, child_env: Mapping[str, str] | None = None,
                    timeout_s: float | None = None, grader_workers: int = 0, grade_timeout_s: float = 5.0,
-                   records_path: str | os.PathLike | None = None, chunk_size: int = 4096) -> list[dict]:
+                   records_path: str | os.PathLike | None = None, chunk_size: int = 4096,
+                   should_stop: Callable[[], bool] | None = None) -> list[dict]:
     """Generate and grade this rank's share of every (set, problem, sample) request; return its records.
 
     ``model_dir`` (any HF model directory) replaces ``backend.model``; ``tokenizer`` (object or path; None: the
@@ -176,7 +177,8 @@ def evaluate_model(model_dir: str, tokenizer: Any, benchmarks: Sequence[str | Be
     Generation runs in ``engine`` if given, else in a child process (``in_subprocess``: one engine run for the whole
     share, its memory returned at exit; ``child_env`` is its environment), else in an engine built here. With
     ``records_path`` the records are appended there chunk by chunk (``chunk_size`` requests per engine call) and a
-    rerun skips the requests already recorded (not with ``in_subprocess``).
+    rerun skips the requests already recorded (not with ``in_subprocess``). ``should_stop`` (with ``in_subprocess``)
+    is polled while the child generates: when it turns true the child is killed and GenerationInterrupted raised.
 
     A record: ``{"key", "benchmark", "index", "id", "sample", "seed", "rank", "text", "num_tokens", "finished",
     "extracted", "correct", "timed_out", "skills_written"}`` (``skills_written``: the ``Skills:`` block's chains
@@ -219,7 +221,8 @@ def evaluate_model(model_dir: str, tokenizer: Any, benchmarks: Sequence[str | Be
                 if engine is not None:
                     outs = engine.generate(prompts, one, seeds)
                 elif in_subprocess:
-                    outs = generate_in_subprocess(cfg, prompts, one, seeds, env=child_env, timeout_s=timeout_s)
+                    outs = generate_in_subprocess(cfg, prompts, one, seeds, env=child_env, timeout_s=timeout_s,
+                                                  should_stop=should_stop)
                 else:
                     if own_engine is None:
                         from skill_distill.generation.factory import make_backend

@@ -8,6 +8,7 @@ import csv
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 from datetime import timedelta
@@ -112,6 +113,44 @@ def test_engine_failure_raises_one_error_or_is_skipped(tmp_path, monkeypatch, ti
     assert cli.trainer.global_step == 1 and (run / "hf_export" / "final" / "config.json").is_file()
     assert not (run / "eval" / "epoch=0").exists()
     assert any(r.get("eval/failed") == "1.0" for r in metric_rows(run))
+
+
+def test_stop_signal_during_an_epoch_evaluation_reruns_it_after_resumption(tmp_path, monkeypatch, tiny_qwen3_dir):
+    """SIGTERM while epoch 0's engine generates: the engine is killed, the epoch-end checkpoint records the evaluation
+    as pending and the run exits 143; resumed, the run evaluates epoch 0 first (on the epoch-end weights), then
+    trains and evaluates epoch 1."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(REPO / "tests" / "scripts"))  # faults.SignalDuringEpochEnd
+    ckpt = tmp_path / "checkpoints"
+
+    def config(send_signal: bool) -> Path:
+        path = quickstart_config(tmp_path, baseline=False, benchmarks=[{"name": "heldout", "limit": 2}])
+        cfg = yaml.safe_load(path.read_text())
+        first = [{"class_path": "callbacks.checkpointing.ResumableCheckpoint",
+                  "init_args": {"dirpath": str(ckpt), "every_n_train_steps": 100}},
+                 {"class_path": "callbacks.preemption.PreemptionCallback"}]
+        if send_signal:  # before SkillEvalCallback: its timer fires while the evaluation runs
+            first.append({"class_path": "faults.SignalDuringEpochEnd",
+                          "init_args": {"epoch": 0, "signum": int(signal.SIGTERM)}})
+        cfg["trainer"]["callbacks"] = first + [c for c in cfg["trainer"]["callbacks"]
+                                               if "ModelCheckpoint" not in c["class_path"]]
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    run = tmp_path / "runs" / "quickstart"
+    with pytest.raises(SystemExit) as e:
+        fit(config(True), tiny_qwen3_dir, "--trainer.max_epochs=2")
+    assert e.value.code == 143
+    assert not (run / "eval" / "epoch=0").exists() and (ckpt / "last.ckpt").exists()
+    steps_per_epoch = torch.load(ckpt / "last.ckpt", weights_only=False)["global_step"]
+    assert steps_per_epoch == 2  # 16 examples, 8 per step: the checkpoint is the epoch's end, not a step later
+
+    cli = fit(config(False), tiny_qwen3_dir, "--trainer.max_epochs=2", f"--ckpt_path={ckpt / 'last.ckpt'}")
+    first_eval = json.loads((run / "eval" / "epoch=0" / "report.json").read_text())
+    final_eval = json.loads((run / "eval" / "epoch=1" / "report.json").read_text())
+    assert first_eval["global_step"] == steps_per_epoch and final_eval["global_step"] == 2 * steps_per_epoch
+    assert cli.trainer.global_step == 2 * steps_per_epoch
+    assert sum(len(p["samples"]) for p in first_eval["benchmarks"]["heldout"]["problems"]) == 2
 
 
 def test_timeout_check_and_core_split():

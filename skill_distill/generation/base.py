@@ -14,6 +14,10 @@ class GenerationError(RuntimeError):
     """A backend failed (engine crash, endpoint unreachable after retries): one line saying which and why."""
 
 
+class GenerationInterrupted(GenerationError):
+    """Generation was stopped on request (a pre-emption signal) before it finished; nothing is wrong with it."""
+
+
 @dataclass
 class SamplingConfig:
     """Sampling for one request batch (METHOD.md §3 and §7 defaults: temperature 0.6, top-p 1.0)."""

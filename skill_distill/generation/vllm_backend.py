@@ -35,11 +35,12 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from skill_distill.generation.base import Completion, GenerationBackend, GenerationError, SamplingConfig
+from skill_distill.generation.base import (Completion, GenerationBackend, GenerationError, GenerationInterrupted,
+                                           SamplingConfig)
 
 CPU_DEFAULT_KV_CACHE_GIB = 2
 
@@ -212,14 +213,17 @@ def _child_generate(backend_cfg, prompts, sampling, seeds, env, result_path) -> 
 
 def generate_in_subprocess(backend_cfg, prompts: Sequence[str], sampling: SamplingConfig,
                            seeds: Sequence[int] | None = None, env: Mapping[str, str] | None = None,
-                           timeout_s: float | None = None) -> list[list[Completion]]:
+                           timeout_s: float | None = None,
+                           should_stop: Callable[[], bool] | None = None) -> list[list[Completion]]:
     """Run ``make_backend(backend_cfg).generate(prompts, sampling, seeds)`` in a spawned child process.
 
     ``env`` is the child's whole environment (default: ``clean_child_env(os.environ)``). Every byte the engine
     took is returned when the child exits. Raises GenerationError when the child fails, crashes or exceeds
-    ``timeout_s``.
+    ``timeout_s``; GenerationInterrupted when ``should_stop()`` (polled every second) turns true first, after
+    killing the child.
     """
     import multiprocessing as mp
+    import time
 
     env = dict(env) if env is not None else clean_child_env(os.environ)
     ctx = mp.get_context("spawn")
@@ -229,7 +233,13 @@ def generate_in_subprocess(backend_cfg, prompts: Sequence[str], sampling: Sampli
                            args=(backend_cfg, list(prompts), sampling, None if seeds is None else list(seeds), env,
                                  str(result_path)))
         proc.start()
-        proc.join(timeout_s)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while proc.is_alive() and (deadline is None or time.monotonic() < deadline):
+            if should_stop is not None and should_stop():
+                proc.kill()
+                proc.join()
+                raise GenerationInterrupted("generation subprocess stopped on request (a stop signal) and was killed")
+            proc.join(1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic())))
         if proc.is_alive():
             proc.kill()
             proc.join()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import lightning as L
 
@@ -30,6 +31,20 @@ class SignalAtStep(L.Callback):
         if trainer.global_step == self.step and trainer.global_rank == self.rank and not getattr(self, "_sent", False):
             self._sent = True
             os.kill(os.getpid(), self.signum)
+
+
+class SignalDuringEpochEnd(L.Callback):
+    """Send ``signum`` to this process ``delay_s`` seconds after epoch ``epoch``'s end hooks start, once: placed
+    before SkillEvalCallback, the signal arrives while that epoch's evaluation engine is generating."""
+
+    def __init__(self, epoch: int, signum: int, delay_s: float = 2.0):
+        self.epoch, self.signum, self.delay_s = epoch, signum, delay_s
+        self._sent = False
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch and not self._sent:
+            self._sent = True
+            threading.Timer(self.delay_s, os.kill, (os.getpid(), self.signum)).start()
 
 
 class KillDuringSave(L.Callback):
