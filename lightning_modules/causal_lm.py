@@ -126,6 +126,10 @@ class CausalLMModule(L.LightningModule):
             cfg = dict(self.model_config)
             config = AutoConfig.for_model(cfg.pop("model_type", "qwen3"), **cfg)
             config._attn_implementation = self.attn_implementation
+        else:
+            config = AutoConfig.from_pretrained(assets.resolve(self.model_name))
+        packed_attention.check_model_config(config, self.attn_implementation)
+        if self.model_config is not None:
             model = AutoModelForCausalLM.from_config(config, attn_implementation=self.attn_implementation, dtype=dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(

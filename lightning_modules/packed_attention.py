@@ -16,6 +16,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from skill_distill.io import ConfigError
+
 PACKED_SDPA = "sdpa_packed"
 
 
@@ -40,7 +42,7 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, position_id
               and query.shape[2] == key.shape[2] == position_ids.shape[-1] > 1)
     if not packed:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    if kwargs.get("sliding_window") is not None:
+    if kwargs.get("sliding_window") is not None:  # check_model_config refuses such models before training
         raise NotImplementedError(f"{PACKED_SDPA} does not implement sliding-window attention; use sdpa")
     lengths = sequence_lengths(position_ids[0])
     if len(lengths) == 1:
@@ -50,6 +52,22 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, position_id
     pieces = [sdpa_attention_forward(module, q, k, v, None, **kwargs)[0]
               for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))]
     return torch.cat(pieces, dim=1), None
+
+
+def uses_sliding_window(config) -> bool:
+    """Whether any layer of an HF model config attends through a sliding window."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return "sliding_attention" in layer_types
+    return getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
+
+
+def check_model_config(config, attn_implementation: str) -> None:
+    """Refuse, before training, a model whose attention ``sdpa_packed`` does not implement (sliding windows)."""
+    if attn_implementation == PACKED_SDPA and uses_sliding_window(config):
+        raise ConfigError(f"model.attn_implementation resolved to {PACKED_SDPA}, which does not implement the "
+                          f"sliding-window attention of this {config.model_type} model; set "
+                          "model.attn_implementation: sdpa (or flash_attention_2 on GPUs)")
 
 
 def register() -> str:

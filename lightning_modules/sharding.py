@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from lightning_modules.packed_attention import check_model_config
 from skill_distill.io import ConfigError
 
 
@@ -135,6 +136,7 @@ def build_sharded_pretrained(name_or_path: str, device_mesh, device: torch.devic
 
     directory = resolve_pretrained_dir(name_or_path)
     config = AutoConfig.from_pretrained(directory)
+    check_model_config(config, attn_implementation)
     with parameters_on_meta():
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
     if (directory / "generation_config.json").is_file():

@@ -82,3 +82,25 @@ def test_auto_picks_packed_sdpa_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: auto picks flash_attention_2 where flash_attn imports")
     assert pick_attn_implementation("auto") == packed_attention.PACKED_SDPA
+
+
+def test_sliding_window_models_are_refused_before_training(tiny_qwen3_dir, smollm2_dir):
+    from transformers import AutoConfig
+
+    from lightning_modules import CausalLMModule
+    from skill_distill.io import ConfigError
+
+    tiny = AutoConfig.from_pretrained(tiny_qwen3_dir).to_dict()
+    keep = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim")
+    windowed = {"model_type": "qwen3", **{k: tiny[k] for k in keep}, "use_sliding_window": True, "sliding_window": 16,
+                "max_window_layers": 1}  # layer 2 of 2 attends through a 16-token window
+    module = CausalLMModule(model_config=windowed, attn_implementation="auto")
+    assert module.attn_implementation == packed_attention.PACKED_SDPA
+    with pytest.raises(ConfigError, match="sliding-window attention of this qwen3 model; set model.attn_implementation: sdpa"):
+        module.configure_model()
+    plain = CausalLMModule(model_config=windowed, attn_implementation="sdpa")
+    plain.configure_model()
+    assert plain.model.config.layer_types == ["full_attention", "sliding_attention"]
+    for directory in (tiny_qwen3_dir, smollm2_dir):  # the project's models have no sliding window
+        packed_attention.check_model_config(AutoConfig.from_pretrained(directory), packed_attention.PACKED_SDPA)
