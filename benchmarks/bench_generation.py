@@ -125,5 +125,6 @@ def main() -> None:
         same = sum(a == b for a, b in zip(v["texts"], h["texts"]))
         print(f"identical greedy outputs: {same}/{len(v['texts'])}")
 
+
 if __name__ == "__main__":
     main()

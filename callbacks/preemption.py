@@ -3,10 +3,11 @@
 A signal handler only records the request (nothing else is safe inside a handler). At every optimizer-step
 boundary, and at the end of every epoch but the last, the ranks all-reduce the flag (MAX), so a signal that reached
 only some ranks stops all of them after the same step. (``SkillEvalCallback`` also reads the flag: it stops an
-epoch's evaluation early and leaves it pending for the resumed run.) ``ResumableCheckpoint`` (which runs after every other callback's hook of that step) then saves a
-checkpoint with every rank, publishes it and points ``last`` at it; rank 0 asks SLURM to requeue the job when the
-stop came from a requeue signal; and every rank exits with ``exit_code`` without running train-end hooks (so no
-"final" export of an unfinished run). The requeued job runs the same command with ``--ckpt_path last``.
+epoch's evaluation early and leaves it pending for the resumed run.) ``ResumableCheckpoint`` (which runs after
+every other callback's hook of that step) then saves a checkpoint with every rank, publishes it and points
+``last`` at it; rank 0 asks SLURM to requeue the job when the stop came from a requeue signal; and every rank exits
+with ``exit_code`` without running train-end hooks (so no "final" export of an unfinished run). The requeued job
+runs the same command with ``--ckpt_path last``.
 
 SLURM: ``#SBATCH --signal=USR1@300`` sends SIGUSR1 five minutes before the time limit -> save, requeue, exit.
 Pre-emption and ``scancel`` send SIGTERM -> save and exit, no self-requeue (a pre-empting partition with

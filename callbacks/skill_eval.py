@@ -240,9 +240,8 @@ class SkillEvalCallback(L.Callback):
             group = range(index, index + tp)  # this rank leads its group: the next tp - 1 devices are its peers'
             env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[i] if i < len(visible) else str(i) for i in group)
             return env
-        local_ranks = range(trainer.local_rank, trainer.local_rank + tp)
-        env = clean_child_env(os.environ, cpu_cores=[rank_cores(r, max(1, trainer.num_devices)) for r in local_ranks]
-                              if tp > 1 else rank_cores(trainer.local_rank, max(1, trainer.num_devices)))
+        group = range(trainer.local_rank, trainer.local_rank + tp)  # one core slice per engine worker
+        env = clean_child_env(os.environ, cpu_cores=[rank_cores(r, max(1, trainer.num_devices)) for r in group])
         # the child is already a dedicated process: on CPU an extra vLLM engine-core process only adds start-up time
         env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         return env
@@ -282,13 +281,14 @@ class SkillEvalCallback(L.Callback):
         engine, engines, leads = self._engine_slot(trainer)
         records, error, interrupted = [], None, False  # a tensor-parallel peer generates nothing itself
         try:
-            records = [] if not leads else evaluate_model(
-                str(export_dir), str(export_dir), self.loaded, self.backend, self.sampling,
-                enable_thinking=self._prompt_settings["enable_thinking"], rank=engine, world_size=engines,
-                instruction=self._prompt_settings["instruction"] or DEFAULT_INSTRUCTION,
-                in_subprocess=True, child_env=self._child_env(trainer, pl_module), timeout_s=self.timeout_s,
-                grader_workers=self.grader_workers, grade_timeout_s=self.grade_timeout_s,
-                should_stop=(lambda: self._stop_requested(trainer)) if interruptible else None)
+            if leads:
+                records = evaluate_model(
+                    str(export_dir), str(export_dir), self.loaded, self.backend, self.sampling,
+                    enable_thinking=self._prompt_settings["enable_thinking"], rank=engine, world_size=engines,
+                    instruction=self._prompt_settings["instruction"] or DEFAULT_INSTRUCTION,
+                    in_subprocess=True, child_env=self._child_env(trainer, pl_module), timeout_s=self.timeout_s,
+                    grader_workers=self.grader_workers, grade_timeout_s=self.grade_timeout_s,
+                    should_stop=(lambda: self._stop_requested(trainer)) if interruptible else None)
         except GenerationInterrupted:
             interrupted = True
         except Exception as e:  # noqa: BLE001 - every rank must learn of it, or the others would hang

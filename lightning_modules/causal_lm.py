@@ -131,9 +131,10 @@ class CausalLMModule(L.LightningModule):
         packed_attention.check_model_config(config, self.attn_implementation)
         if self.model_config is not None:
             model = AutoModelForCausalLM.from_config(config, attn_implementation=self.attn_implementation, dtype=dtype)
-        else:
+        else:  # the config read above is reused, not parsed again
             model = AutoModelForCausalLM.from_pretrained(
-                assets.resolve(self.model_name), attn_implementation=self.attn_implementation, dtype=dtype)
+                assets.resolve(self.model_name), config=config, attn_implementation=self.attn_implementation,
+                dtype=dtype)
         # a cache makes padding-free (packed) batches silently wrong, and training never needs it
         model.config.use_cache = False
         model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as they are
