@@ -1,4 +1,4 @@
-"""Benchmark of skill-based selection (METHOD.md §4) at the paper's scale.
+"""Benchmark of skill-based selection (docs/METHOD.md §4) at the paper's scale.
 
     .venv/bin/python benchmarks/bench_selection.py [--pool 100000] [--budget 1000] [--naive-pool 5000]
 

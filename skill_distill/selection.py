@@ -1,4 +1,4 @@
-"""Skill-based data selection (METHOD.md §4): spend a training budget on the skills the student is weak at.
+"""Skill-based data selection (docs/METHOD.md §4): spend a training budget on the skills the student is weak at.
 
 Weight of a leaf skill ``s``: ``w(s) = min(1/acc(s), w_max) ** T`` (``w_max ** T`` when ``acc(s) == 0``); leaves
 without a judged example are never sampled. The method's sampler repeats { pick a leaf with probability
@@ -49,7 +49,7 @@ TIE_TOLERANCE = 1e-12
 
 @dataclass
 class SelectionConfig:
-    """Which examples of the pool are trained on (METHOD.md §4)."""
+    """Which examples of the pool are trained on (docs/METHOD.md §4)."""
 
     strategy: Strategy = "skill"
     """skill: sample toward weak skills; random: uniform; difficulty: uniform among examples whose reference
@@ -569,8 +569,10 @@ def _result(config: SelectionConfig, pool: _Pool, drawn: list[tuple[int, int | N
 
 # ---- manifest -----------------------------------------------------------------------------------------------
 def fingerprint_file(path: str | os.PathLike) -> str:
-    """sha256 hex digest of the file's content (raises DataError if it does not exist)."""
-    p = require_file(path, "input file")
+    """sha256 hex digest of the file's content, a pinned asset's included (raises DataError if it does not exist)."""
+    from skill_distill.assets import resolve
+
+    p = require_file(resolve(str(path)), "input file")
     digest = hashlib.sha256()
     with p.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
