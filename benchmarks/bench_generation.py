@@ -30,17 +30,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SHARED = Path(os.environ.get("SKILL_DISTILL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-
 
 def prompts(k: int) -> list[str]:
     from transformers import AutoTokenizer
 
-    from skill_distill.assets import smollm2_dir
+    from skill_distill.assets import resolve, smollm2_dir
     from skill_distill.formatting import render_prompt, user_message
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir())
-    rows = [json.loads(line) for line in (SHARED / "data/benchmarks/math500/test.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in Path(resolve("asset:bench/math500")).read_text().splitlines()]
     return [render_prompt(tok, user_message(r["problem"])) for r in rows[:k]]
 
 
