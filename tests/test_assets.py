@@ -196,3 +196,31 @@ def test_unknown_asset_is_one_line():
         assets.data_file("bench/aime2024")
     with pytest.raises(DataError, match=r"unknown asset 'asset:bench/aime2024'; known: .*asset:bench/aime24"):
         resolve("asset:bench/aime2024")
+
+
+def test_every_asset_name_in_configs_scripts_and_benchmarks_is_registered():
+    repo = Path(__file__).resolve().parents[1]
+    known = {f"asset:{n}" for n in [*assets.ASSETS, *DATA_ASSETS]}
+    used = set()
+    for folder in ("configs", "scripts", "benchmarks", "experiments"):
+        for path in (repo / folder).rglob("*"):
+            if path.suffix in {".yaml", ".py", ".sh"}:
+                # a name, not an f-string's prefix (asset:bench/{name})
+                used |= set(re.findall(r"asset:[\w-]+(?:/[\w-]+)?(?![\w/{-])", path.read_text()))
+    assert "asset:tree/skill_mix" in used and used <= known, sorted(used - known)
+
+
+def test_the_shipped_r1_sample_pool_config_reads_its_asset(tmp_path, shared_dir, monkeypatch):
+    import yaml
+
+    from skill_distill.__main__ import main
+
+    repo = Path(__file__).resolve().parents[1]
+    config = repo / "configs" / "pipeline" / "pool_r1_sample.yaml"
+    assert yaml.safe_load(config.read_text())["corpus"] == "asset:corpus/r1_sample5"
+    monkeypatch.chdir(tmp_path)
+    main(["pool", "--config", str(config), f"--output_dir={tmp_path / 'pool'}"])
+    pool = [line for line in (tmp_path / "pool" / "pool.jsonl").read_text().splitlines() if line]
+    held = [line for line in (tmp_path / "pool" / "heldout.jsonl").read_text().splitlines() if line]
+    assert len(pool) + len(held) <= 5 and len(held) == 1 and "<think>" in pool[0]
+
