@@ -241,7 +241,11 @@ def _download(name: str, asset: DataAsset, target: Path) -> None:
                                     f"The source changed or the reply was cut: retry, or set {DATA_ENV} to a verified "
                                     "mirror")
     except httpx.HTTPError as e:
-        raise DataError(f"asset:{name}: download of {url} failed ({type(e).__name__}: {e}); {fix}") from None
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise DataError(f"asset:{name}: download of {url} failed ({type(e).__name__}: {detail}); {fix}") from None
+    except OSError as e:
+        raise DataError(f"asset:{name}: cannot write the cache file {target} ({e.strerror or e}); set "
+                        "SKILL_DISTILL_CACHE to a writable folder") from None
 
 
 def data_file(name: str) -> Path:
@@ -255,6 +259,9 @@ def data_file(name: str) -> Path:
         raise DataError(f"unknown data asset 'asset:{name}'; known: {', '.join('asset:' + a for a in DATA_ASSETS)}")
     mirror = os.environ.get(DATA_ENV)
     if mirror:
+        if not Path(mirror).is_dir():
+            raise DataError(f"asset:{name}: {DATA_ENV}={mirror} is not a folder; point it at a data mirror, or unset "
+                            f"it to download {asset.url(DEFAULT_URL)}")
         path = Path(mirror) / asset.mirror
         if not path.is_file():
             raise DataError(f"asset:{name}: {path} is missing from the mirror {DATA_ENV}={mirror}; copy it there from "

@@ -124,6 +124,16 @@ def test_a_damaged_cache_file_is_fetched_again(tmp_path, shared_dir, no_mirror, 
         assert len(server.requests) == 2
 
 
+def test_an_unwritable_cache_is_one_line(tmp_path, shared_dir, no_mirror, monkeypatch):
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("SKILL_DISTILL_CACHE", str(tmp_path / "not-a-folder"))
+    with _Server(_github_layout(shared_dir, tmp_path / "served", ["bench/amc23"])) as server:
+        monkeypatch.setenv(URL_ENV, server.url)
+        with pytest.raises(DataError, match=r"^asset:bench/amc23: cannot write the cache file .*not-a-folder/data/"
+                                            r"data/benchmarks/amc23/test\.jsonl .*; set SKILL_DISTILL_CACHE"):
+            resolve("asset:bench/amc23")
+
+
 def test_checksum_mismatch_is_one_line_and_leaves_nothing_in_the_cache(tmp_path, shared_dir, no_mirror, monkeypatch):
     served = _github_layout(shared_dir, tmp_path / "served", ["bench/amc23", "bench/aime24"])
     a = DATA_ASSETS["bench/amc23"]
@@ -185,6 +195,10 @@ def test_mirror_missing_file_or_wrong_file_is_one_line(tmp_path, shared_dir, mon
     assert "\n" not in message and message.startswith("asset:bench/olympiadbench: ")
     assert str(mirror / "data/benchmarks/olympiadbench/test.jsonl") in message and "missing from the mirror" in message
     assert DATA_ASSETS["bench/olympiadbench"].url(assets.DEFAULT_URL) in message
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match=r"^asset:tree/skill_mix: SKILL_DISTILL_DATA=.*nowhere is not a folder; "):
+        resolve("asset:tree/skill_mix")
+    monkeypatch.setenv(DATA_ENV, str(mirror))
     (mirror / "skill_trees" / "skill_mix.json").write_text("{}")
     with pytest.raises(DataError, match=r"^asset:tree/skill_mix: .*skill_mix\.json \(mirror SKILL_DISTILL_DATA\) does "
                                         r"not match its pinned sha256 5315c80092a0"):
