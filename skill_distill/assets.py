@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from skill_distill.io import DataError, atomic_write
+from skill_distill.io import DataError, atomic_write, sha256_file
 
 ASSETS = {"qwen3-tokenizer", "smollm2-135m-instruct", "tiny-qwen3"}
 
@@ -202,11 +202,7 @@ def tiny_qwen3_dir(path: str | os.PathLike | None = None, seed: int = 0, **overr
 @lru_cache(maxsize=64)
 def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     """sha256 of a file, memoised per (path, size, mtime) so that a run reading a tree many times hashes it once."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def _matches(asset: DataAsset, path: Path) -> bool:

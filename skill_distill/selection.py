@@ -24,7 +24,6 @@ so that a resumed training run reuses it and refuses to continue if an input cha
 from __future__ import annotations
 
 import difflib
-import hashlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -33,7 +32,7 @@ from typing import Literal
 
 import numpy as np
 
-from skill_distill.io import ConfigError, DataError, read_json, read_jsonl, require_file, write_json
+from skill_distill.io import ConfigError, DataError, read_json, read_jsonl, require_file, sha256_file, write_json
 from skill_distill.skill_tree import Chain, SkillTree, format_chain, parse_chain
 
 Strategy = Literal["skill", "random", "difficulty", "all"]
@@ -572,12 +571,7 @@ def fingerprint_file(path: str | os.PathLike) -> str:
     """sha256 hex digest of the file's content, a pinned asset's included (raises DataError if it does not exist)."""
     from skill_distill.assets import resolve
 
-    p = require_file(resolve(str(path)), "input file")
-    digest = hashlib.sha256()
-    with p.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(require_file(resolve(str(path)), "input file"))
 
 
 def _config_dict(config: SelectionConfig) -> dict:
