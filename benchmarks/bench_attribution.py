@@ -15,10 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SKILL_DISTILL_SHARED", REPO.parent / "shared"))
 
 
 def main() -> None:
@@ -36,9 +32,9 @@ def main() -> None:
     from skill_distill.generation.factory import BackendConfig, make_backend
     from skill_distill.skill_tree import SkillTree
 
-    examples = load_corpus(SHARED / "data/benchmarks/math500/test.jsonl",
+    examples = load_corpus("asset:bench/math500",
                            CorpusFields(id="unique_id", trace="solution"), limit=args.examples, require_trace=False)
-    tree = SkillTree.load(SHARED / "skill_trees/skill_mix.json")
+    tree = SkillTree.load("asset:tree/skill_mix")
     model = str(smollm2_dir())
     backend = make_backend(BackendConfig(kind="vllm", model=model, tokenizer=model, enforce_eager=True,
                                          max_model_len=2048))

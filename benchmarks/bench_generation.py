@@ -3,10 +3,10 @@
     .venv/bin/python benchmarks/bench_generation.py [--prompts 32] [--max-new-tokens 512] [--batch-size 16]
         [--threads 2] [--temperature 0.6] [--top-p 1.0] [--vllm-dtype float32] [--vllm-compile]
 
-Same prompts (the first MATH-500 problems in the METHOD.md §5 user turn, chat-templated), same maximum of new
+Same prompts (the first MATH-500 problems in the docs/METHOD.md §5 user turn, chat-templated), same maximum of new
 tokens, at most 16 sequences in flight for both (HF ``batch_size``; vLLM ``max_num_seqs``). The default decoding is
-the evaluation protocol's (METHOD.md §7: temperature 0.6, top-p 1.0, one seed per prompt) with a CPU-sized 512-token
-cap instead of 16,384; ``--temperature 0 --max-new-tokens 128`` is the earlier setting, where nearly every
+the evaluation protocol's (docs/METHOD.md §7: temperature 0.6, top-p 1.0, one seed per prompt) with a CPU-sized
+512-token cap instead of 16,384; ``--temperature 0 --max-new-tokens 128`` is the earlier setting, where nearly every
 completion runs to the cap, so only the per-step speed of the two differs. HF always runs in float32 (bf16
 generate is pathologically slow on this CPU); vLLM in float32 unless ``--vllm-dtype auto`` (the model's bf16,
 what evaluation runs).
@@ -30,17 +30,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SHARED = Path(os.environ.get("SKILL_DISTILL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-
 
 def prompts(k: int) -> list[str]:
     from transformers import AutoTokenizer
 
-    from skill_distill.assets import smollm2_dir
+    from skill_distill.assets import resolve, smollm2_dir
     from skill_distill.formatting import render_prompt, user_message
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir())
-    rows = [json.loads(line) for line in (SHARED / "data/benchmarks/math500/test.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in Path(resolve("asset:bench/math500")).read_text().splitlines()]
     return [render_prompt(tok, user_message(r["problem"])) for r in rows[:k]]
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -25,9 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from skill_distill.assets import resolve  # noqa: E402
 from skill_distill.grading import Grader, _parse_gold  # noqa: E402
-
-SHARED = Path(os.environ.get("SKILL_DISTILL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 def _perturb(gold: str) -> str:
@@ -43,7 +41,7 @@ def _perturb(gold: str) -> str:
 def checks(repeat: int) -> tuple[list[str], list[str | list[str]]]:
     outputs, golds = [], []
     for name, field in (("math500", "answer"), ("olympiadbench", "final_answer")):
-        path = SHARED / "data" / "benchmarks" / name / "test.jsonl"
+        path = Path(resolve(f"asset:bench/{name}"))
         for line in path.read_text().splitlines():
             row = json.loads(line)
             gold = row[field]

@@ -1,4 +1,4 @@
-"""Benchmark of skill-based selection (METHOD.md §4) at the paper's scale.
+"""Benchmark of skill-based selection (docs/METHOD.md §4) at the paper's scale.
 
     .venv/bin/python benchmarks/bench_selection.py [--pool 100000] [--budget 1000] [--naive-pool 5000]
 
@@ -16,7 +16,6 @@ Timings on shared machines are noisy; the ratio is measured side by side in one 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,8 +29,6 @@ from skill_distill.selection import (  # noqa: E402
     SelectionConfig, _forced_distribution, _forced_distribution_naive, _Pool, _sample_by_skill_literal,
     distribution_divergence, leaf_weight, select)
 from skill_distill.skill_tree import SkillTree  # noqa: E402
-
-SHARED = Path(os.environ.get("SKILL_DISTILL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 def synthetic_pool(tree: SkillTree, n: int, seed: int = 0):
@@ -58,7 +55,7 @@ def main() -> None:
     parser.add_argument("--naive-pool", type=int, default=5000)
     parser.add_argument("--naive-budget", type=int, default=100,
                         help="picks of the naive-vs-vectorised comparison (naive: ~pool x leaves work per pick)")
-    parser.add_argument("--tree", default=str(SHARED / "skill_trees" / "skill_mix.json"))
+    parser.add_argument("--tree", default="asset:tree/skill_mix", help="a tree file or a pinned asset")
     args = parser.parse_args()
 
     tree = SkillTree.load(args.tree)

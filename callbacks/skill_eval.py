@@ -1,6 +1,6 @@
 """Per-skill evaluation inside training: every N epochs (and optionally before training) the current weights are
 exported, each rank generates its share of the evaluation requests with vLLM in a child process, and accuracy per
-set and per skill is logged and reported (METHOD.md §7).
+set and per skill is logged and reported (docs/METHOD.md §7).
 
 The reported result of a run is its final evaluation (the final weights, as in the paper): nothing here picks a
 "best" epoch. The final epoch is always evaluated, whatever ``every_n_epochs`` says.
@@ -71,7 +71,8 @@ class SkillEvalCallback(L.Callback):
             dividing its device count) share one engine.
         sampling: temperature, top-p, max new tokens, base seed (paper: 0.6, 1.0, 16384).
         tree: skill tree for the sets' skills (default: ``data.tree``).
-        data_root: root of the registered benchmark files (default ../shared/data/benchmarks).
+        data_root: folder that relative benchmark paths are also looked up under (registered sets read their
+            pinned files, ``asset:bench/<name>``, and ignore it).
         enable_thinking: chat-template thinking mode (default: ``data.enable_thinking``).
         instruction: the user-turn instruction (default: ``data.instruction``, i.e. the training prompt).
         export_dtype: dtype of the exported weights (bfloat16 halves the export; None keeps the training dtype).

@@ -148,7 +148,8 @@ class SkillDataModule(L.LightningDataModule):
 
         inputs = {"corpus": self.corpus, "tree": self.tree_path, "attribution": self.attribution_path,
                   "profile": self.profile_path, "verdicts": self.verdicts_path}
-        fingerprints = {k: sel.fingerprint_file(v) for k, v in inputs.items() if v and Path(v).is_file()}
+        fingerprints = {k: sel.fingerprint_file(v) for k, v in inputs.items()
+                        if v and Path(assets.resolve(v)).is_file()}  # an HF dataset name has no file
         manifest = self._manifest_path()
         if manifest is not None and manifest.exists():
             ids = sel.load_manifest(manifest, fingerprints, config)

@@ -9,8 +9,8 @@ starting-point evaluations are shared by all seeds and arms.
 
 1. data      ``make-data`` (synthetic skill tree, verified worked traces); a small per-skill warm-up split is
              taken out of the pool.
-2. warm-up   SmolLM2-135M-Instruct never writes ``\\boxed{}`` as released (MACHINES.md), which would make every
-             skill weight w_max. A short format-only SFT on the warm-up split, shared by all arms, gives the
+2. warm-up   SmolLM2-135M-Instruct never writes ``\\boxed{}`` as released (0-1 of 40 greedy answers), which would make
+             every skill weight w_max. A short format-only SFT on the warm-up split, shared by all arms, gives the
              student the answer format; it is the starting point of every arm and the "untrained" arm.
 3. profile   ``profile``: the warmed-up student answers every pool problem (greedy), graded per skill.
              Pre-check: the per-leaf accuracies must show a spread.

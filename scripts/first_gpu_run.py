@@ -139,11 +139,17 @@ def check_nccl(args, work: Path) -> None:
     ok = (res["tied"] and res["inv_freq_diff"] == 0 and res["logits_diff_fp32"] <= 1e-4 * max(res["logits_scale"], 1)
           and res["grad_diff_fp32"] <= 1e-4)
     report("nccl", "PASS" if ok else "FAIL", f"sharded loading: {res}")
-    corpus = launch.write_short_corpus(REPO.parent / "shared", work / "corpus.jsonl") \
-        if (REPO.parent / "shared").is_dir() else None
-    if corpus is None:
-        report("nccl", "SKIP", "resume check needs ../shared (MATH-500 rows)")
+    from skill_distill.assets import DATA_ASSETS, data_file
+    from skill_distill.io import DataError
+
+    try:  # MATH-500 rows from the mirror ($SKILL_DISTILL_DATA), the cache or the pinned download
+        math500 = str(data_file("bench/math500"))
+    except DataError as e:
+        report("nccl", "SKIP", f"resume check needs the MATH-500 rows: {e}")
         return
+    # the resolved file sits in the mirror layout (a mirror, or the cache's data/ folder): its root
+    corpus = launch.write_short_corpus(Path(math500[: -len(DATA_ASSETS["bench/math500"].mirror)]),
+                                       work / "corpus.jsonl")
     from skill_distill.assets import qwen3_tokenizer_dir
 
     common = ["--corpus", str(corpus), "--tokenizer", str(qwen3_tokenizer_dir()), "--model", str(model),

@@ -1,4 +1,4 @@
-"""Skill attribution (METHOD.md §2): an LLM walks the skill tree top-down for every example.
+"""Skill attribution (docs/METHOD.md §2): an LLM walks the skill tree top-down for every example.
 
 At each internal node the attributor sees the problem, the teacher's written solution and the node's children,
 and answers with the children the solution uses (several may apply). Every chosen child is expanded in turn;
@@ -532,7 +532,7 @@ def run_attribution(
     label_map: dict[str, list[str]] | None = None,
     on_unknown_label: Literal["error", "drop"] = "error",
 ) -> dict:
-    """Attribute every example of a corpus to skill chains (METHOD.md §2) and write them to ``output_dir``.
+    """Attribute every example of a corpus to skill chains (docs/METHOD.md §2) and write them to ``output_dir``.
 
     Writes ``attribution.jsonl`` (or ``attribution.shard-{i}-of-{n}.jsonl`` when sharded; merge with
     ``merge-attribution``), ``attribution_stats.json`` (``attribution_stats.shard-{i}-of-{n}.json``) and a

@@ -5,20 +5,22 @@ holds the problem, how the reference answer is read (a field, a list of equivale
 or the last ``\\boxed{}`` of a solution field), which rows to keep, how many samples to draw per problem (avg@k)
 and where the per-problem skill chains come from. A new benchmark in a new format is a config entry, not code.
 
-Registered sets (METHOD.md §7), files under ``data_root`` (default ``../shared/data/benchmarks``, or the
-``SKILL_DISTILL_BENCHMARKS`` environment variable):
+Registered sets (docs/METHOD.md §7), each read from its pinned public file (``asset:bench/<file>``, see
+``skill_distill.assets.DATA_ASSETS``: a ``$SKILL_DISTILL_DATA`` mirror, the cache, or a verified download):
 
 ========== ============================ ====================================================== ===
 name       file                         rows kept                                              k
 ========== ============================ ====================================================== ===
-aime24     aime24/test.jsonl            all (30)                                               8
-aime25     aime25/test.jsonl            all (30)                                               8
-amc23      amc23/test.jsonl             all (40)                                               8
-math500    math500/test.jsonl           all (500), ``subject`` field for per-skill analysis     1
-math-l5    math500/test.jsonl           ``level == 5`` (134)                                   8
-olympiad…  olympiadbench/test.jsonl     text-only, ``is_multiple_answer == false`` (581)       1
+aime24     asset:bench/aime24           all (30)                                               8
+aime25     asset:bench/aime25           all (30)                                               8
+amc23      asset:bench/amc23            all (40)                                               8
+math500    asset:bench/math500          all (500), ``subject`` field for per-skill analysis     1
+math-l5    asset:bench/math500          ``level == 5`` (134)                                   8
+olympiad…  asset:bench/olympiadbench    text-only, ``is_multiple_answer == false`` (581)       1
 ========== ============================ ====================================================== ===
 
+A spec that names a registered set and sets ``hf_name`` (or its own ``path``) reads that source instead of the
+pinned file and keeps the registered filters and k (a hub copy of the same set).
 ``PAPER_SUITE`` is the five benchmarks the paper averages over (all of the above but math500).
 
 In a config a benchmark is either a registered name (``aime24``) or a spec; a spec whose ``name`` is registered
@@ -41,8 +43,6 @@ from skill_distill.skill_tree import Chain, SkillTree
 
 AnswerRule = Literal["field", "list", "after_hashes", "last_boxed"]
 
-DEFAULT_DATA_ROOT = "../shared/data/benchmarks"
-DATA_ROOT_ENV = "SKILL_DISTILL_BENCHMARKS"
 HELDOUT = "heldout"
 """Reserved name: the training run's held-out slice (``data.val_corpus``), resolved by ``SkillEvalCallback``."""
 
@@ -74,7 +74,8 @@ class BenchmarkSpec:
     name: str
     """Set name, used in metric names (``eval/<name>/acc``) and report files."""
     path: str | None = None
-    """Local file (.jsonl, .json array, .parquet): as given if it exists, else under ``data_root``."""
+    """Local file (.jsonl, .json array, .parquet) or a pinned data asset (``asset:bench/aime24``): a relative path
+    is taken as given if it exists, else under ``data_root``."""
     hf_name: str | None = None
     """HF dataset name instead of ``path`` (``datasets.load_dataset(hf_name, hf_config, split=split)``)."""
     hf_config: str | None = None
@@ -112,17 +113,17 @@ _GENERIC = {"split": "test", "problem_field": "problem", "answer_field": "answer
             "text_only": False, "k": 1}
 
 REGISTRY: dict[str, BenchmarkSpec] = {
-    "aime24": BenchmarkSpec("aime24", path="aime24/test.jsonl", k=8),
-    "aime25": BenchmarkSpec("aime25", path="aime25/test.jsonl", k=8),
-    "amc23": BenchmarkSpec("amc23", path="amc23/test.jsonl", k=8),
-    "math500": BenchmarkSpec("math500", path="math500/test.jsonl", id_field="unique_id", k=1),
-    "math-l5": BenchmarkSpec("math-l5", path="math500/test.jsonl", id_field="unique_id", where={"level": 5}, k=8),
-    "olympiadbench": BenchmarkSpec("olympiadbench", path="olympiadbench/test.jsonl", problem_field="question",
+    "aime24": BenchmarkSpec("aime24", path="asset:bench/aime24", k=8),
+    "aime25": BenchmarkSpec("aime25", path="asset:bench/aime25", k=8),
+    "amc23": BenchmarkSpec("amc23", path="asset:bench/amc23", k=8),
+    "math500": BenchmarkSpec("math500", path="asset:bench/math500", id_field="unique_id", k=1),
+    "math-l5": BenchmarkSpec("math-l5", path="asset:bench/math500", id_field="unique_id", where={"level": 5}, k=8),
+    "olympiadbench": BenchmarkSpec("olympiadbench", path="asset:bench/olympiadbench", problem_field="question",
                                    context_field="context", answer_field="final_answer", answer_rule="list",
                                    where={"is_multiple_answer": False}, text_only=True, k=1),
 }
 PAPER_SUITE = ["aime24", "aime25", "amc23", "math-l5", "olympiadbench"]
-"""The five benchmarks whose mean the paper reports (METHOD.md §7)."""
+"""The five benchmarks whose mean the paper reports (docs/METHOD.md §7)."""
 
 MATH_SUBJECT_TO_SKILL_MIX = {
     "Prealgebra": "Pre-Algebra", "Algebra": "Algebra", "Intermediate Algebra": "Inter-Algebra",
@@ -166,9 +167,9 @@ class LoadedBenchmark:
 
 
 # ---- resolving specs ---------------------------------------------------------------------------------------
-def data_root(root: str | os.PathLike | None = None) -> Path:
-    """The benchmark data root: ``root``, else ``$SKILL_DISTILL_BENCHMARKS``, else ``../shared/data/benchmarks``."""
-    return Path(root or os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT)
+def data_root(root: str | os.PathLike | None = None) -> Path | None:
+    """The folder relative benchmark paths are also looked up under (None: only the working directory)."""
+    return Path(root) if root else None
 
 
 def resolve_spec(item: str | BenchmarkSpec | dict) -> BenchmarkSpec:
@@ -188,10 +189,12 @@ def resolve_spec(item: str | BenchmarkSpec | dict) -> BenchmarkSpec:
                             "a path or hf_name)")
         item = BenchmarkSpec(item)
     base = REGISTRY.get(item.name)
+    # a spec giving its own source (a hub copy or another file) does not inherit the registered one
+    own_source = item.path is not None or item.hf_name is not None
     merged = {}
     for f in fields(BenchmarkSpec):
         value = getattr(item, f.name)
-        if value is None and base is not None:
+        if value is None and base is not None and not (own_source and f.name in ("path", "hf_name")):
             value = getattr(base, f.name)
         if value is None:
             value = _GENERIC.get(f.name)
@@ -221,7 +224,7 @@ def resolve_specs(items: Sequence[str | BenchmarkSpec | dict]) -> list[Benchmark
 
 
 # ---- reading -------------------------------------------------------------------------------------------------
-def _read_rows(spec: BenchmarkSpec, root: Path) -> tuple[list[dict], str]:
+def _read_rows(spec: BenchmarkSpec, root: Path | None) -> tuple[list[dict], str]:
     if spec.hf_name:
         import datasets
 
@@ -231,12 +234,15 @@ def _read_rows(spec: BenchmarkSpec, root: Path) -> tuple[list[dict], str]:
             raise DataError(f"benchmark {spec.name!r}: cannot load HF dataset {spec.hf_name!r} (split {spec.split!r}): "
                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         return ds.to_list(), f"{spec.hf_name}[{spec.split}]"
-    p = Path(spec.path)
-    if not p.is_file() and not p.is_absolute() and (root / p).is_file():
+    from skill_distill.assets import resolve
+
+    p = Path(resolve(spec.path))  # a pinned asset -> its verified local copy
+    if not p.is_file() and not p.is_absolute() and root is not None and (root / p).is_file():
         p = root / p
     if not p.is_file():
-        raise DataError(f"benchmark {spec.name!r}: file not found: {spec.path} (also looked under data root {root}); "
-                        f"set data_root or the benchmark's path")
+        looked = f" (also looked under data root {root})" if root is not None else ""
+        raise DataError(f"benchmark {spec.name!r}: file not found: {spec.path}{looked}; set the benchmark's path "
+                        "(relative to the working directory or data_root) or use a registered set")
     suffix = p.suffix.lower()
     if suffix == ".jsonl":
         return read_jsonl(p, f"benchmark {spec.name!r} file"), str(p)
@@ -400,7 +406,7 @@ def _attach_skills(loaded: LoadedBenchmark, raw_by_id: dict[str, dict], tree: Sk
     spec, src = loaded.spec, loaded.spec.skills
     if tree is None:
         raise DataError(f"benchmark {spec.name!r} declares skills but no skill tree is set; set tree (e.g. "
-                        "../shared/skill_trees/skill_mix.json) or remove the benchmark's skills entry")
+                        "asset:tree/skill_mix) or remove the benchmark's skills entry")
     if bool(src.attribution) == bool(src.label_field):
         raise DataError(f"benchmark {spec.name!r}: skills needs exactly one of attribution or label_field")
     if src.attribution:

@@ -49,7 +49,9 @@ CANONICAL = CorpusFields(id="id", problem="problem", trace="trace", answer="answ
 
 
 def _read_source(source: str, split: str) -> tuple[list[dict], str]:
-    p = Path(source)
+    from skill_distill.assets import resolve
+
+    p = Path(resolve(source))  # a pinned asset (asset:corpus/r1_sample5) -> its verified local copy
     suffix = p.suffix.lower()
     if suffix in {".jsonl", ".json", ".parquet"} or p.exists():
         if not p.is_file():

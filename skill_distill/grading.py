@@ -1,9 +1,10 @@
 """Grading: the last ``\\boxed{...}`` of an output against a reference answer, decided by math-verify.
 
 A prediction is the content of the LAST ``\\boxed{}`` (or ``\\boxed x`` / ``\\fbox{}``) of the whole output
-(METHOD.md §3 and §7); an output without one (e.g. truncated mid-reasoning) is wrong. Equivalence is math-verify's
-``verify(parse(gold), parse(prediction))`` with both sides given to ``parse`` as ``\\boxed{...}`` (this parses every
-gold of the five benchmarks in ../shared/data; plain ``$gold$`` fails on e.g. ``$221,$8$``, bare text on tuples).
+(docs/METHOD.md §3 and §7); an output without one (e.g. truncated mid-reasoning) is wrong. Equivalence is
+math-verify's ``verify(parse(gold), parse(prediction))`` with both sides given to ``parse`` as ``\\boxed{...}`` (this
+parses every gold of the five pinned benchmark files, ``asset:bench/*``; plain ``$gold$`` fails on e.g. ``$221,$8$``,
+bare text on tuples).
 A list of golds is correct if any of them matches.
 
 Beyond the paper, ``Grader(fallback="last_number")`` grades the last number of an output that has no box (for

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -26,6 +27,15 @@ def require_file(path: str | os.PathLike, what: str, fix: str = "") -> Path:
         hint = f"; {fix}" if fix else ""
         raise DataError(f"{what} not found: {p}{hint}")
     return p
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 hex digest of a file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_jsonl(path: str | os.PathLike, what: str = "JSONL file", allow_torn_tail: bool = False) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Student profile (METHOD.md §3): the student answers every pool problem, each answer is graded against the
+"""Student profile (docs/METHOD.md §3): the student answers every pool problem, each answer is graded against the
 pool's reference answer, and accuracy is aggregated per node of the skill tree.
 
 Run: ``python -m skill_distill profile --config configs/pipeline/profile_quickstart.yaml``; several machines can
@@ -150,7 +150,7 @@ def run_profile(
             as examples without chains (judged under the root only).
         output_dir: Where verdicts, run settings and ``profile.json`` go.
         backend: The student and how to run it (vllm, hf, or an OpenAI-compatible server).
-        sampling: Student sampling (METHOD.md §3: temperature 0.6, top-p 1.0, 8,192 new tokens, one sample;
+        sampling: Student sampling (docs/METHOD.md §3: temperature 0.6, top-p 1.0, 8,192 new tokens, one sample;
             with ``n > 1`` a problem contributes its mean correctness). Problem ``k`` uses seed ``seed + k``.
         enable_thinking: Passed to chat templates that know it (Qwen3 thinking mode).
         instruction: The instruction line of the user turn.
@@ -213,8 +213,10 @@ def run_profile(
 
 def _run_info(pool, tree, attribution, backend: BackendConfig, sampling: SamplingConfig, enable_thinking: bool,
               instruction: str, num_shards: int, limit: int | None) -> dict:
-    return {"pool": str(Path(pool).resolve()), "tree": str(Path(tree).resolve()),
-            "attribution": str(Path(attribution).resolve()), "student": backend.model,
+    def where(path: str) -> str:  # an asset name is pinned by its checksum: kept as the name, not this machine's copy
+        return str(path) if str(path).startswith("asset:") else str(Path(path).resolve())
+
+    return {"pool": where(pool), "tree": where(tree), "attribution": where(attribution), "student": backend.model,
             "tokenizer": backend.tokenizer or backend.model, "backend_kind": backend.kind,
             "backend": asdict(backend), "sampling": asdict(sampling), "enable_thinking": enable_thinking,
             "instruction": instruction, "num_shards": num_shards, "limit": limit}

@@ -1,4 +1,4 @@
-"""Skill-based data selection (METHOD.md §4): spend a training budget on the skills the student is weak at.
+"""Skill-based data selection (docs/METHOD.md §4): spend a training budget on the skills the student is weak at.
 
 Weight of a leaf skill ``s``: ``w(s) = min(1/acc(s), w_max) ** T`` (``w_max ** T`` when ``acc(s) == 0``); leaves
 without a judged example are never sampled. The method's sampler repeats { pick a leaf with probability
@@ -24,7 +24,6 @@ so that a resumed training run reuses it and refuses to continue if an input cha
 from __future__ import annotations
 
 import difflib
-import hashlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -33,7 +32,7 @@ from typing import Literal
 
 import numpy as np
 
-from skill_distill.io import ConfigError, DataError, read_json, read_jsonl, require_file, write_json
+from skill_distill.io import ConfigError, DataError, read_json, read_jsonl, require_file, sha256_file, write_json
 from skill_distill.skill_tree import Chain, SkillTree, format_chain, parse_chain
 
 Strategy = Literal["skill", "random", "difficulty", "all"]
@@ -49,7 +48,7 @@ TIE_TOLERANCE = 1e-12
 
 @dataclass
 class SelectionConfig:
-    """Which examples of the pool are trained on (METHOD.md §4)."""
+    """Which examples of the pool are trained on (docs/METHOD.md §4)."""
 
     strategy: Strategy = "skill"
     """skill: sample toward weak skills; random: uniform; difficulty: uniform among examples whose reference
@@ -569,13 +568,10 @@ def _result(config: SelectionConfig, pool: _Pool, drawn: list[tuple[int, int | N
 
 # ---- manifest -----------------------------------------------------------------------------------------------
 def fingerprint_file(path: str | os.PathLike) -> str:
-    """sha256 hex digest of the file's content (raises DataError if it does not exist)."""
-    p = require_file(path, "input file")
-    digest = hashlib.sha256()
-    with p.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 hex digest of the file's content, a pinned asset's included (raises DataError if it does not exist)."""
+    from skill_distill.assets import resolve
+
+    return sha256_file(require_file(resolve(str(path)), "input file"))
 
 
 def _config_dict(config: SelectionConfig) -> dict:

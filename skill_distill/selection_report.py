@@ -1,7 +1,7 @@
 """What a selection looks like per skill: markdown tables, a bar chart, and the ``select-report`` stage.
 
 ``python -m skill_distill select-report --config configs/pipeline/select_report_quickstart.yaml`` selects a
-budget from the pool (METHOD.md §4) and writes ``manifest.json`` (the selection, reusable by training),
+budget from the pool (docs/METHOD.md §4) and writes ``manifest.json`` (the selection, reusable by training),
 ``selection_report.md`` (per-leaf and per-topic tables) and ``selection_report.png`` (pool vs target vs selection
 shares per leaf, grouped by topic).
 """

@@ -58,9 +58,13 @@ class SkillTree:
     @classmethod
     def load(cls, path: str | os.PathLike, display_names: str | os.PathLike | None = None) -> SkillTree:
         """Load a tree file, optionally with a display-name map (EvalTree's ``capability_to_distinction.json``:
-        long name -> short name or list of short names)."""
+        long name -> short name or list of short names). Either may be a pinned asset (``asset:tree/skill_mix``)."""
+        from skill_distill.assets import resolve
+
+        path = resolve(str(path))
         names = None
         if display_names is not None:
+            display_names = resolve(str(display_names))
             raw = read_json(display_names, "skill display-name map")
             if not isinstance(raw, dict):
                 raise DataError(f"{display_names}: expected a JSON object mapping skill names to display names")

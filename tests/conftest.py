@@ -1,5 +1,6 @@
 """Shared fixtures: real offline assets (Qwen3 tokenizer files, SmolLM2-135M weights), a tiny random Qwen3,
-and the real benchmark/corpus files under ../shared."""
+and the real benchmark/corpus files of the local data mirror named by ``SKILL_DISTILL_DATA`` (the Makefile's test
+target and .ci/run set it to ../shared; the pinned assets resolve through it, see skill_distill/assets.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SKILL_DISTILL_SHARED", REPO.parent / "shared"))
 
-# in-process vLLM on CPU: no engine subprocess, tiny KV cache (MACHINES.md)
+# in-process vLLM on CPU: no engine subprocess (no spawn guard needed in tests), a 1 GiB KV cache
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -19,9 +19,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"../shared not found at {SHARED}; set SKILL_DISTILL_SHARED")
-    return SHARED
+    """The data mirror root (layout: skill_trees/, data/benchmarks/, data/corpus/), checked against the pins."""
+    from skill_distill.assets import DATA_ENV, DATA_ASSETS
+
+    root = os.environ.get(DATA_ENV)
+    if not root:
+        pytest.fail(f"{DATA_ENV} is not set; point it at the data mirror (make test sets it to ../shared when that "
+                    "folder exists beside the checkout)")
+    missing = [a.mirror for a in DATA_ASSETS.values() if not (Path(root) / a.mirror).is_file()]
+    if missing:
+        pytest.fail(f"{DATA_ENV}={root} is not a data mirror: missing {', '.join(missing)}")
+    return Path(root)
 
 
 @pytest.fixture(scope="session")

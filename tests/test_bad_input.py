@@ -76,8 +76,9 @@ def test_step_not_divisible_by_ranks_and_accumulation(tmp_path, shared_dir, tiny
 def test_cli_prints_one_line(tmp_path, tiny_qwen3_dir, qwen_tokenizer_dir):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"id": "a", "problem": "1+1", "trace": "t"}\nnot json\n')
-    proc = subprocess.run([sys.executable, "train.py", *fit_args(corpus, tiny_qwen3_dir, qwen_tokenizer_dir),
-                           f"--trainer.default_root_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
+    # run from tmp_path: the quickstart config's relative outputs (loggers, checkpoints) land there, not in the tree
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *fit_args(corpus, tiny_qwen3_dir, qwen_tokenizer_dir),
+                           f"--trainer.default_root_dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]

@@ -1,5 +1,5 @@
 """Every shipped YAML parses against the code and instantiates (models swapped for the tiny Qwen3, hardware for
-this CPU); production configs carry METHOD.md §6's values."""
+this CPU); production configs carry docs/METHOD.md §6's values."""
 
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ def test_production_configs_follow_the_paper(path):
     strategy = t["strategy"]["init_args"]
     assert strategy["data_parallel_size"] * strategy["tensor_parallel_size"] == ranks // t.get("num_nodes", 1) * t.get("num_nodes", 1)
 
-    # METHOD.md §7 evaluation inside the run: the held-out slice every epoch, the five benchmarks on the final weights
+    # docs/METHOD.md §7 evaluation inside the run: the held-out slice every epoch, the five benchmarks on the final
+    # weights
     evals = [c["init_args"] for c in t["callbacks"] if c["class_path"] == "callbacks.SkillEvalCallback"]
     assert len(evals) == 2 and len({e["dirpath"] for e in evals}) == 2  # separate report directories
     per_epoch, final = evals

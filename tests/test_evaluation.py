@@ -38,9 +38,8 @@ def tree() -> SkillTree:
 
 
 @pytest.fixture(scope="module")
-def loaded(tree, shared_dir):
-    return load_benchmarks([heldout_spec(), BenchmarkSpec("aime24", limit=3, k=2)], tree,
-                           str(shared_dir / "data" / "benchmarks"))
+def loaded(tree):
+    return load_benchmarks([heldout_spec(), BenchmarkSpec("aime24", limit=3, k=2)], tree)
 
 
 def test_rank_shares_are_disjoint_complete_and_keep_their_seeds(loaded):

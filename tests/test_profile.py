@@ -353,7 +353,7 @@ def test_shipped_profile_configs_parse(name):
     cfg = parser.instantiate_classes(parser.parse_args(["--config", str(REPO / "configs" / "pipeline" / name)]))
     assert isinstance(cfg.backend, BackendConfig) and cfg.backend.kind == "vllm" and cfg.backend.model
     assert isinstance(cfg.sampling, SamplingConfig)
-    if name == "profile_qwen3_4b_omr.yaml":  # METHOD.md §3
+    if name == "profile_qwen3_4b_omr.yaml":  # docs/METHOD.md §3
         assert (cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens, cfg.sampling.n) == (
             0.6, 1.0, 8192, 1)
         assert cfg.enable_thinking is True and cfg.backend.tensor_parallel_size == 1

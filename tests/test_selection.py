@@ -1,4 +1,4 @@
-"""Skill-based selection (METHOD.md §4): weights, the sampler's distribution, variants, manifest and report."""
+"""Skill-based selection (docs/METHOD.md §4): weights, the sampler's distribution, variants, manifest and report."""
 
 from __future__ import annotations
 

@@ -62,8 +62,7 @@ def test_callback_reports_each_evaluation_and_the_run_continues(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     config = quickstart_config(
         tmp_path, every_n_epochs=2, export_dtype=None, sampling={"temperature": 0.6, "max_new_tokens": 12},
-        benchmarks=[{"name": "heldout", "limit_per_skill": 2, "k": 2}, {"name": "aime24", "limit": 2, "k": 1}],
-        data_root=str(REPO.parent / "shared" / "data" / "benchmarks"))
+        benchmarks=[{"name": "heldout", "limit_per_skill": 2, "k": 2}, {"name": "aime24", "limit": 2, "k": 1}])
     cli = fit(config, tiny_qwen3_dir, "--trainer.max_epochs=2")
     run = tmp_path / "runs" / "quickstart"
     assert cli.trainer.global_step == 4 and (run / "hf_export" / "final" / "config.json").is_file()  # ran to the end
@@ -224,7 +223,7 @@ def test_two_ranks_generate_disjoint_shares_equal_to_one_rank(strategy, tp, port
     heldout, aime = script.BENCHMARKS
     loaded = load_benchmarks([
         BenchmarkSpec(**heldout, path=str(QS / "heldout.jsonl"), skills=SkillSource(attribution=str(QS / "attribution.jsonl"))),
-        BenchmarkSpec(**aime)], str(QS / "tree.json"), str(shared_dir / "data" / "benchmarks"))
+        BenchmarkSpec(**aime)], str(QS / "tree.json"))
     model = out / "eval" / "baseline" / "model"
     records = evaluate_model(str(model), str(model), loaded, BackendConfig(kind="vllm"),
                              SamplingConfig(**script.SAMPLING))

@@ -20,7 +20,7 @@ class GenerationInterrupted(GenerationError):
 
 @dataclass
 class SamplingConfig:
-    """Sampling for one request batch (METHOD.md §3 and §7 defaults: temperature 0.6, top-p 1.0)."""
+    """Sampling for one request batch (docs/METHOD.md §3 and §7 defaults: temperature 0.6, top-p 1.0)."""
 
     temperature: float = 0.6
     top_p: float = 1.0

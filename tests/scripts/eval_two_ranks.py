@@ -46,7 +46,7 @@ def config(out: Path, devices: int, strategy: str = "ddp", tp: int = 1) -> dict:
                                              "timeout": "0:20:00"}}
     trainer["callbacks"] = [{"class_path": "callbacks.SkillEvalCallback", "init_args": {
         "benchmarks": BENCHMARKS, "sampling": SAMPLING, "baseline": True, "keep_exports": True, "export_dtype": None,
-        "timeout_s": 600, "data_root": str(REPO.parent / "shared" / "data" / "benchmarks"),
+        "timeout_s": 600,
         "backend": {"kind": "vllm", "tensor_parallel_size": tp}}}]
     return cfg
 
