@@ -6,11 +6,14 @@ root-excluded path of node names to a node, e.g. ``("Probability", "counting pri
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from skill_distill.io import DataError, read_json
+
+log = logging.getLogger(__name__)
 
 Chain = tuple[str, ...]
 CHAIN_SEPARATOR = "->"
@@ -35,14 +38,17 @@ class SkillNode:
 class SkillTree:
     """An immutable, validated skill tree.
 
-    Raises DataError (with the source and the path of the offending node) for empty names, duplicate
-    sibling names, or nodes that are not ``{"name", "children"}`` objects.
+    Raises DataError (with the source and the path of the offending node) for empty names or nodes that are not
+    ``{"name", "children"}`` objects. Siblings that share a name are merged into one node (their children joined,
+    recursively) unless ``duplicate_siblings="error"``: a walk that picks children by name cannot tell them apart,
+    and the published EvalTree MATH tree has 13 such pairs (docs/METHOD.md §1). ``merged_siblings`` counts them.
     """
 
     def __init__(self, root: SkillNode, source: str = "<tree>", display_names: dict[str, str] | None = None):
         self.root = root
         self.source = source
         self.display_names = dict(display_names or {})
+        self.merged_siblings = 0
         self._nodes: dict[Chain, SkillNode] = {}
         self._index(root, ())
         self.leaf_chains: list[Chain] = [c for c, n in self._nodes.items() if c and n.is_leaf]
@@ -52,11 +58,22 @@ class SkillTree:
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, obj: dict, source: str = "<tree>", display_names: dict[str, str] | None = None) -> SkillTree:
-        return cls(_parse_node(obj, source, ()), source, display_names)
+    def from_dict(cls, obj: dict, source: str = "<tree>", display_names: dict[str, str] | None = None,
+                  duplicate_siblings: str = "merge") -> SkillTree:
+        if duplicate_siblings not in {"merge", "error"}:
+            raise ValueError(f"duplicate_siblings must be 'merge' or 'error', not {duplicate_siblings!r}")
+        merged: list[str] = []
+        root = _parse_node(obj, source, (), merged if duplicate_siblings == "merge" else None)
+        tree = cls(root, source, display_names)
+        tree.merged_siblings = len(merged)
+        if merged:
+            log.warning("%s: merged %d sibling nodes that repeat a name (first: %r)", source, len(merged),
+                        merged[0].rsplit(CHAIN_SEPARATOR, 1)[-1][:80])
+        return tree
 
     @classmethod
-    def load(cls, path: str | os.PathLike, display_names: str | os.PathLike | None = None) -> SkillTree:
+    def load(cls, path: str | os.PathLike, display_names: str | os.PathLike | None = None,
+             duplicate_siblings: str = "merge") -> SkillTree:
         """Load a tree file, optionally with a display-name map (EvalTree's ``capability_to_distinction.json``:
         long name -> short name or list of short names). Either may be a pinned asset (``asset:tree/skill_mix``)."""
         from skill_distill.assets import resolve
@@ -69,7 +86,7 @@ class SkillTree:
             if not isinstance(raw, dict):
                 raise DataError(f"{display_names}: expected a JSON object mapping skill names to display names")
             names = {k: (v[0] if isinstance(v, list) and v else str(v)) for k, v in raw.items()}
-        return cls.from_dict(read_json(path, "skill tree"), str(path), names)
+        return cls.from_dict(read_json(path, "skill tree"), str(path), names, duplicate_siblings)
 
     def _index(self, node: SkillNode, chain: Chain) -> None:
         self._nodes[chain] = node
@@ -152,7 +169,9 @@ class SkillTree:
         return f"SkillTree({self.name!r}, leaves={len(self.leaf_chains)}, depth={self.depth}, source={self.source!r})"
 
 
-def _parse_node(obj: object, source: str, path: Chain) -> SkillNode:
+def _parse_node(obj: object, source: str, path: Chain, merged: list[str] | None = None) -> SkillNode:
+    """Parse and validate one node; siblings repeating a name are merged (and listed in ``merged``), or refused
+    when ``merged`` is None."""
     where = f"{source}: node {format_chain(path) or '<root>'}"
     if not isinstance(obj, dict) or "name" not in obj:
         raise DataError(f"{where}: expected an object with a 'name' (and optional 'children')")
@@ -162,13 +181,27 @@ def _parse_node(obj: object, source: str, path: Chain) -> SkillNode:
     children_raw = obj.get("children") or []
     if not isinstance(children_raw, list):
         raise DataError(f"{where}: 'children' must be a list")
-    children = [_parse_node(c, source, path + (str(c.get('name', '?')) if isinstance(c, dict) else "?",)) for c in children_raw]
-    seen: set[str] = set()
-    for c in children:
-        if c.name in seen:
-            raise DataError(f"{source}: duplicate child name {c.name!r} under {format_chain(path) or name!r}")
-        seen.add(c.name)
-    return SkillNode(name, children)
+    children: dict[str, SkillNode] = {}
+    for raw in children_raw:
+        child_name = str(raw.get("name", "?")) if isinstance(raw, dict) else "?"
+        child = _parse_node(raw, source, path + (child_name,), merged)
+        if child.name not in children:
+            children[child.name] = child
+            continue
+        if merged is None:
+            raise DataError(f"{source}: duplicate child name {child.name!r} under {format_chain(path) or name!r}; "
+                            "rename one of them")
+        merged.append(format_chain(path + (child.name,)))
+        children[child.name] = _merge_nodes(children[child.name], child)
+    return SkillNode(name, list(children.values()))
+
+
+def _merge_nodes(a: SkillNode, b: SkillNode) -> SkillNode:
+    """One node for two same-named siblings: children joined in order, same-named children merged recursively."""
+    children = {c.name: c for c in a.children}
+    for c in b.children:
+        children[c.name] = _merge_nodes(children[c.name], c) if c.name in children else c
+    return SkillNode(a.name, list(children.values()))
 
 
 def format_chain(chain: Iterable[str], sep: str = CHAIN_SEPARATOR) -> str:
