@@ -15,9 +15,9 @@ STAGES = {
     "merge-attribution": ("skill_distill.attribution", "merge_attribution_shards", "merge attribution shards"),
     "profile": ("skill_distill.profile", "run_profile", "grade the student on the pool, per skill"),
     "merge-profile": ("skill_distill.profile", "merge_profile_shards", "merge profile shards into one profile"),
-    "select-report": ("skill_distill.selection", "run_selection_report", "select a budget and report its skills"),
+    "select-report": ("skill_distill.selection_report", "run_selection_report", "select a budget and report its skills"),
     "evaluate": ("skill_distill.evaluation", "run_evaluate", "per-skill evaluation of a model on benchmarks"),
-    "export": ("skill_distill.export", "run_export", "consolidate a (sharded) training checkpoint into an HF directory"),
+    "export": ("lightning_modules.checkpoint_export", "run_export", "consolidate a (sharded) training checkpoint into an HF directory"),
 }
 
 

@@ -718,12 +718,3 @@ def read_mean_correctness(path: str | os.PathLike) -> dict[str, float]:
         totals.setdefault(str(row["id"]), []).append(float(bool(row["correct"])))
     return {k: sum(v) / len(v) for k, v in totals.items()}
 
-
-def __getattr__(name: str):
-    # the CLI table names ``skill_distill.selection:run_selection_report``; the stage lives with the report code
-    # (matplotlib), imported only when asked for
-    if name == "run_selection_report":
-        from skill_distill.selection_report import run_selection_report
-
-        return run_selection_report
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -142,7 +142,7 @@ def test_export_of_sharded_checkpoint_reloads_with_identical_logits(setup, refer
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from skill_distill.export import run_export
+    from lightning_modules.checkpoint_export import run_export
 
     out = run_export(str(reference / "checkpoints" / "last.ckpt"), str(tmp_path / "hf"),
                      tokenizer=str(qwen_tokenizer_dir))

@@ -18,6 +18,12 @@ class GenerationInterrupted(GenerationError):
     """Generation was stopped on request (a pre-emption signal) before it finished; nothing is wrong with it."""
 
 
+def one_line(e: BaseException) -> str:
+    """``Type: last line of the message`` (at most 400 characters), for one-line error reports."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}"[:400]
+
+
 @dataclass
 class SamplingConfig:
     """Sampling for one request batch (METHOD.md §3 and §7 defaults: temperature 0.6, top-p 1.0)."""
