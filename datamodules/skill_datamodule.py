@@ -143,9 +143,7 @@ class SkillDataModule(L.LightningDataModule):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(assets.resolve(self.tokenizer_name))
+            self._tokenizer = assets.load_tokenizer(self.tokenizer_name)
         return self._tokenizer
 
     def _load_tree_and_chains(self) -> None:

@@ -36,9 +36,10 @@ from typing import Any, Literal
 
 from skill_distill.corpus import CorpusFields, Example, load_corpus
 from skill_distill.formatting import final_solution, render_prompt
-from skill_distill.generation.base import GenerationBackend, SamplingConfig
+from skill_distill.generation.base import GenerationBackend, SamplingConfig, request_seed
 from skill_distill.generation.factory import BackendConfig, make_backend  # light: backends load when built
 from skill_distill.io import DataError, JsonlAppender, read_json, read_jsonl, write_json, write_jsonl
+from skill_distill.skill_stats import load_attribution
 from skill_distill.skill_tree import Chain, SkillTree, format_chain, parse_chain
 
 log = logging.getLogger(__name__)
@@ -196,12 +197,6 @@ def interpret_reply(text: str, options: dict[str, str]) -> tuple[list[str], int,
     return chosen, unknown, True
 
 
-def request_seed(seed: int, example_id: str, path: Sequence[str]) -> int:
-    """A stable 31-bit seed for one request (SHA-256, not Python's per-process ``hash``)."""
-    key = "\x1f".join([str(seed), example_id, *path]).encode("utf-8")
-    return int.from_bytes(hashlib.sha256(key).digest()[:4], "big") & 0x7FFFFFFF
-
-
 # ---- the level-batched walk -------------------------------------------------------------------------------------
 def _new_counters() -> dict:
     return {"backend_calls": 0, "prompts": 0, "prompt_tokens": 0, "completion_tokens": 0,
@@ -292,7 +287,7 @@ class SkillAttributor:
         for s, path in items:
             text, shown = self.prompt(examples[s["id"]], path)
             prompts.append(text)
-            seeds.append(request_seed(self.seed, s["id"], path))
+            seeds.append(request_seed(self.seed, s["id"], *path))
             allowed.append(shown)
         usage_before = self._reported_prompt_tokens()
         outputs = self.backend.generate(prompts, self.sampling, seeds=seeds,
@@ -476,15 +471,13 @@ def _fingerprint(tree: SkillTree, template: str, settings: dict) -> str:
 
 
 def _load_tokenizer(backend_obj: Any, cfg: BackendConfig) -> Any:
+    """The backend's own tokenizer object when it has one, else the configured tokenizer (or the model's)."""
+    from skill_distill.assets import load_tokenizer
+
     tok = getattr(backend_obj, "tokenizer", None)
     if tok is not None and not isinstance(tok, (str, Path)):
         return tok
-    from transformers import AutoTokenizer
-
-    from skill_distill.assets import resolve
-
-    name = getattr(cfg, "tokenizer", None) or cfg.model
-    return AutoTokenizer.from_pretrained(resolve(str(name)))
+    return load_tokenizer(getattr(cfg, "tokenizer", None) or cfg.model)
 
 
 def _write_stats(path: Path, rows: list[dict], counters: dict, extra: dict) -> dict:
@@ -668,32 +661,6 @@ def _run_labelled(pool: str, fields: CorpusFields, limit: int | None, shard_inde
     return _write_stats(out_dir / _stats_name(stem), out, counters,
                         {**extra, "level": info["level"], "label_field": label_field, "tree_cut_depth":
                          info["depth"] if info["cut"] else None, "unknown_labels": info["unknown_labels"]})
-
-
-def load_attribution(path: str | Path, tree: SkillTree | None = None, ids: Iterable[str] | None = None,
-                     allow_torn_tail: bool = False) -> dict[str, list[Chain]]:
-    """Read an attribution JSONL into id -> chains.
-
-    Raises DataError (file, line, fix) for a row without ``id``/``chains``, a duplicate id, a chain that is
-    not a leaf chain of ``tree`` (when given), or ids missing from / extra to ``ids`` (when given).
-    """
-    out: dict[str, list[Chain]] = {}
-    for line, row in enumerate(read_jsonl(path, "attribution file", allow_torn_tail), start=1):
-        where = f"{path}:{line}"
-        if "id" not in row or not isinstance(row.get("chains"), list):
-            raise DataError(f"{where}: expected {{\"id\": ..., \"chains\": [[...], ...]}}; rerun attribution")
-        ex_id = str(row["id"])
-        if ex_id in out:
-            raise DataError(f"{where}: duplicate id {ex_id!r}; merge shards with merge-attribution")
-        chains = []
-        for c in row["chains"]:
-            if not isinstance(c, list) or not all(isinstance(x, str) for x in c):
-                raise DataError(f"{where}: chain {c!r} is not a list of names")
-            chains.append(tree.validate_chain(c, where) if tree is not None else tuple(c))
-        out[ex_id] = chains
-    if ids is not None:
-        _check_coverage(set(out), list(ids), str(path))
-    return out
 
 
 def _check_coverage(have: set[str], want: list[str], where: str) -> None:

@@ -22,7 +22,6 @@ generation -> grading -> per-sample records -> metrics (torchmetrics, synced acr
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -35,9 +34,10 @@ from typing import Any
 import torch
 import torchmetrics
 
+from skill_distill.assets import load_tokenizer
 from skill_distill.benchmarks import (PAPER_SUITE, BenchmarkSpec, LoadedBenchmark, load_benchmark, resolve_spec)
 from skill_distill.formatting import DEFAULT_INSTRUCTION, SkillFormat, parse_skill_block, render_prompt, user_turn
-from skill_distill.generation.base import GenerationBackend, SamplingConfig
+from skill_distill.generation.base import GenerationBackend, SamplingConfig, request_seed
 from skill_distill.generation.factory import BackendConfig
 from skill_distill.io import DataError, JsonlAppender, write_json
 from skill_distill.skill_tree import Chain, SkillTree, format_chain, parse_chain
@@ -66,12 +66,6 @@ class EvalRequest:
     @property
     def key(self) -> str:
         return f"{self.benchmark}|{self.problem_id}|{self.sample}"
-
-
-def request_seed(base_seed: int, benchmark: str, problem_id: str, sample: int) -> int:
-    """A 31-bit seed from (base seed, set, problem id, sample index): stable across runs, ranks and batches."""
-    digest = hashlib.sha256(f"{base_seed}\x1f{benchmark}\x1f{problem_id}\x1f{sample}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % (2**31 - 1)
 
 
 def plan_requests(benchmarks: Sequence[LoadedBenchmark], base_seed: int = 0) -> list[EvalRequest]:
@@ -105,16 +99,6 @@ def skill_block_counts(written: Sequence[Chain] | None, gold: Sequence[Chain]) -
 
 
 # ---- generation + grading -------------------------------------------------------------------------------------
-def _load_tokenizer(tokenizer: Any):
-    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-        from transformers import AutoTokenizer
-
-        from skill_distill.assets import resolve
-
-        return AutoTokenizer.from_pretrained(resolve(str(tokenizer)))
-    return tokenizer
-
-
 def _load_tree(tree: SkillTree | str | None, display_names: str | None = None) -> SkillTree | None:
     if tree is None or isinstance(tree, SkillTree):
         return tree
@@ -169,7 +153,7 @@ def evaluate_model(model_dir: str, tokenizer: Any, benchmarks: Sequence[str | Be
     loaded = load_benchmarks(benchmarks, skill_tree, data_root)
     by_name = {b.name: b for b in loaded}
     requests = rank_share(plan_requests(loaded, sampling.seed), rank, world_size)
-    tok = _load_tokenizer(tokenizer if tokenizer is not None else model_dir)
+    tok = load_tokenizer(tokenizer if tokenizer is not None else model_dir)
     cfg = replace(backend, model=str(model_dir))
     one = replace(sampling, n=1)
 

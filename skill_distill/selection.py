@@ -34,6 +34,7 @@ from typing import Literal
 import numpy as np
 
 from skill_distill.io import ConfigError, DataError, read_json, read_jsonl, require_file, write_json
+from skill_distill.profile import read_profile_nodes
 from skill_distill.skill_tree import Chain, SkillTree, format_chain, parse_chain
 
 Strategy = Literal["skill", "random", "difficulty", "all"]
@@ -682,31 +683,6 @@ def load_selection_inputs(pool: str, tree: str, attribution: str, profile: str |
         inputs.correct_by_id = read_mean_correctness(verdicts)
         inputs.fingerprints["verdicts"] = fingerprint_file(verdicts)
     return inputs
-
-
-def read_profile_nodes(path: str | os.PathLike, tree: SkillTree) -> tuple[dict[Chain, float], dict[Chain, int]]:
-    """profile.json ``{"nodes": [{"chain": "A->b", "judged", "accuracy", ...}]}`` -> accuracy and judged count of
-    every node (leaves and internal nodes) with a judged example. Nodes outside the tree raise DataError."""
-    data = read_json(path, "student profile")
-    nodes = data.get("nodes") if isinstance(data, dict) else None
-    if not isinstance(nodes, list):
-        raise DataError(f"{path}: a profile needs a 'nodes' list (profile.json of the profile stage)")
-    accuracy: dict[Chain, float] = {}
-    judged: dict[Chain, int] = {}
-    for i, node in enumerate(nodes):
-        if not isinstance(node, dict) or "chain" not in node:
-            raise DataError(f"{path}: nodes[{i}] needs a 'chain' field")
-        chain = parse_chain(str(node["chain"]))
-        if not chain:
-            continue  # the root
-        if chain not in tree:
-            raise DataError(f"{path}: nodes[{i}] names {node['chain']!r}, which is not in the tree {tree.source}; "
-                            "was the profile made with another tree?")
-        count = int(node.get("judged") or 0)
-        judged[chain] = count
-        if count > 0 and node.get("accuracy") is not None:
-            accuracy[chain] = float(node["accuracy"])
-    return accuracy, judged
 
 
 def read_mean_correctness(path: str | os.PathLike) -> dict[str, float]:

@@ -48,11 +48,12 @@ class Attribution(dict):
         return sum(1 for chains in self.values() if chains)
 
 
-def load_attribution(path: str | os.PathLike, tree: SkillTree, on_unknown: Literal["error", "drop"] = "error",
+def load_attribution(path: str | os.PathLike, tree: SkillTree | None, on_unknown: Literal["error", "drop"] = "error",
                      max_depth: int | None = None) -> Attribution:
     """Read an attribution JSONL file into ``{id: [chain, ...]}`` (an ``Attribution``, a dict with counts).
 
-    Chains are validated with ``tree.validate_chain``: with ``on_unknown="error"`` an unknown skill or a chain
+    Chains are validated with ``tree.validate_chain`` (``tree=None``: rows are checked, chains taken as written):
+    with ``on_unknown="error"`` an unknown skill or a chain
     stopping at an internal node raises DataError naming the file and line; with ``"drop"`` such chains are
     counted and left out. ``max_depth`` first cuts every chain to that many nodes (pass the matching
     ``tree.cut(max_depth)``). Repeated chains of one example are kept once, in first-seen order.
@@ -80,7 +81,7 @@ def load_attribution(path: str | os.PathLike, tree: SkillTree, on_unknown: Liter
             if max_depth is not None:
                 chain = chain[:max_depth]
             try:
-                c = tree.validate_chain(chain, f"{where} (id {ex_id!r})")
+                c = tree.validate_chain(chain, f"{where} (id {ex_id!r})") if tree is not None else tuple(chain)
             except DataError:
                 if on_unknown == "error":
                     raise

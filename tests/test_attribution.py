@@ -17,16 +17,15 @@ from skill_distill.attribution import (
     chains_from_labels,
     check_template,
     interpret_reply,
-    load_attribution,
     merge_attribution_shards,
     parse_reply,
-    request_seed,
     run_attribution,
 )
 from skill_distill.corpus import Example
-from skill_distill.generation.base import GenerationError, SamplingConfig
+from skill_distill.generation.base import GenerationError, SamplingConfig, request_seed
 from skill_distill.generation.openai_backend import OpenAIBackend
 from skill_distill.io import DataError, read_jsonl, write_jsonl
+from skill_distill.skill_stats import load_attribution
 from skill_distill.skill_tree import SkillTree
 
 TREE = {"name": "Math", "children": [
@@ -130,7 +129,7 @@ def test_reply_parsing_formats():
     assert interpret_reply("The solution mostly uses algebraic reasoning.", options) == ([], 0, False)
     assert interpret_reply("[[[", options) == ([], 0, False)
     assert parse_reply("1) a\n2) b") == (["a", "b"], True)
-    assert request_seed(42, "x", ("A", "b")) == request_seed(42, "x", ("A", "b")) != request_seed(42, "x", ("A",))
+    assert request_seed(42, "x", "A", "b") == request_seed(42, "x", "A", "b") != request_seed(42, "x", "A")
 
 
 def test_template_checks():
@@ -175,7 +174,7 @@ def test_guided_requests_carry_the_children_schema(tree, qwen_tokenizer):
     root, algebra = endpoint.calls
     assert root["structured_outputs"]["json"]["items"]["enum"] == ["Algebra", "Geometry", "Counting"]
     assert algebra["structured_outputs"]["json"]["items"]["enum"] == ["linear equations", "quadratics"]
-    assert root["seed"] == request_seed(7, "p1", ()) and algebra["seed"] == request_seed(7, "p1", ("Algebra",))
+    assert root["seed"] == request_seed(7, "p1") and algebra["seed"] == request_seed(7, "p1", "Algebra")
     # problem (34 characters) + solution cut to 40 characters in total
     assert "### Problem\nPROBLEM-p1: compute something {x}.\n\n### Solution\nSoluti\n" in root["prompt"]
 
@@ -273,7 +272,7 @@ def test_bad_inputs(tmp_path, tree, pool_file, tree_file, qwen_tokenizer_dir):
     bad = tmp_path / "attribution.jsonl"
     write_jsonl(bad, [{"id": "a", "chains": [["Algebra", "quadratics"]]},
                       {"id": "b", "chains": [["Algebra", "cubics"]]}])
-    with pytest.raises(DataError, match=r"attribution.jsonl:2: unknown skill 'cubics'"):
+    with pytest.raises(DataError, match=r"attribution.jsonl:2 \(id 'b'\): unknown skill 'cubics'"):
         load_attribution(bad, tree)
     write_jsonl(bad, [{"id": "a", "chains": [["Geometry", "Circles"]]}])
     with pytest.raises(DataError, match="stops at an internal node"):

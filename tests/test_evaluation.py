@@ -16,7 +16,7 @@ from skill_distill.evaluation import (BenchmarkMetric, build_report, compute_sum
                                       load_benchmarks, parse_skill_block, plan_requests, rank_share,
                                       skill_block_counts, summarize, write_report)
 from skill_distill.formatting import SkillFormat, skill_block, tree_as_text
-from skill_distill.generation.base import SamplingConfig
+from skill_distill.generation.base import SamplingConfig, request_seed
 from skill_distill.generation.factory import BackendConfig
 from skill_distill.grading import extract_last_boxed
 from skill_distill.skill_tree import SkillTree
@@ -57,6 +57,9 @@ def test_rank_shares_are_disjoint_complete_and_keep_their_seeds(loaded):
         seeds = {r.key: r.seed for share in shares for r in share}
         assert seeds == {r.key: r.seed for r in everything}  # seeds do not depend on the split
     assert plan_requests(loaded, base_seed=6)[0].seed != everything[0].seed
+    # the one request_seed (attribution uses it too) keeps the evaluation's values: recorded runs stay reproducible
+    assert request_seed(3, "aime24", "2024-I-1", 5) == 460538427
+    assert everything[0].seed == request_seed(5, everything[0].benchmark, everything[0].problem_id, 0)
 
 
 def test_skill_block_is_parsed_and_scored_at_three_levels():

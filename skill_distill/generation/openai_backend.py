@@ -91,11 +91,9 @@ class OpenAIBackend(GenerationBackend):
     def tokenizer(self):
         """The tokenizer given at construction (loaded on first use when it was a path or name), or None."""
         if isinstance(self._tokenizer, (str, os.PathLike)):
-            from transformers import AutoTokenizer
+            from skill_distill.assets import load_tokenizer
 
-            from skill_distill.assets import resolve
-
-            self._tokenizer = AutoTokenizer.from_pretrained(resolve(str(self._tokenizer)))
+            self._tokenizer = load_tokenizer(self._tokenizer)
         return self._tokenizer
 
     # ---- one request ----------------------------------------------------------------------------------
