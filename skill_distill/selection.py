@@ -11,7 +11,8 @@ sampling without replacement with weights ``q``. That is done in one vectorised 
 (Efraimidis-Spirakis: ``key(e) = Exp(1) / q(e)``, take the smallest keys). Given that ``e`` was drawn, the leaf it
 was drawn through has probability proportional to ``w(l) / n(l)`` over its leaves. Leaves whose examples are all
 chosen drop out by themselves, and the loop cannot spin: a pool smaller than the budget is simply taken whole.
-``_sample_by_skill_literal`` keeps the literal loop as the reference the tests compare against.
+The literal loop, kept as the reference the tests and ``benchmarks/bench_selection.py`` compare against, lives in
+``benchmarks/reference_impl.py``.
 
 Variants (all in ``SelectionConfig``): keep only wrong / right examples or a fixed share of each; forced
 distribution (greedy L2 matching of the selected leaf histogram to the target); a maximum tree depth; one skill
@@ -438,23 +439,6 @@ def _sample_by_skill(pool: _Pool, members: np.ndarray, weights: np.ndarray, quot
     return picks
 
 
-def _sample_by_skill_literal(members_by_leaf: Mapping[int, Sequence[int]], weights: Mapping[int, float], quota: int,
-                             rng: np.random.Generator) -> list[tuple[int, int]]:
-    """Reference: the literal loop of the method (pick a leaf by weight, then one of its examples uniformly,
-    repeat draws of already-chosen examples; exhausted leaves drop out). Reference for the tests and the benchmark."""
-    leaves = [leaf for leaf in members_by_leaf if weights.get(leaf, 0) > 0 and members_by_leaf[leaf]]
-    chosen: dict[int, int] = {}
-    while len(chosen) < quota and leaves:
-        w = np.array([weights[leaf] for leaf in leaves])
-        leaf = leaves[int(rng.choice(len(leaves), p=w / w.sum()))]
-        examples = members_by_leaf[leaf]
-        e = int(examples[int(rng.integers(len(examples)))])
-        if e not in chosen:
-            chosen[e] = leaf
-        leaves = [leaf for leaf in leaves if any(x not in chosen for x in members_by_leaf[leaf])]
-    return list(chosen.items())
-
-
 # ---- forced distribution --------------------------------------------------------------------------------------
 def _select_forced(pool: _Pool, groups: list[tuple[str, np.ndarray, int]], active: np.ndarray,
                    target_vec: np.ndarray, rng: np.random.Generator) -> list[tuple[int, int]]:
@@ -510,37 +494,6 @@ def _forced_distribution(X, target: np.ndarray, counts: np.ndarray, quota: int, 
         picks.append(j)
         available[j] = False
         counts[X.indices[X.indptr[j]: X.indptr[j + 1]]] += 1
-    return picks
-
-
-def _forced_distribution_naive(X, target: np.ndarray, counts: np.ndarray, quota: int,
-                               priority: np.ndarray) -> list[int]:
-    """Reference for ``_forced_distribution``: scores every candidate by building its normalised histogram
-    (O(quota x rows x leaves) in Python). Same contract and tie rule."""
-    X = X.tocsr()
-    rows = [list(X.indices[X.indptr[j]: X.indptr[j + 1]]) for j in range(X.shape[0])]
-    taken = [not r for r in rows]
-    picks: list[int] = []
-    for _ in range(quota):
-        scores = []
-        for j, row in enumerate(rows):
-            if taken[j]:
-                scores.append(math.inf)
-                continue
-            hist = [float(c) for c in counts]
-            for leaf in row:
-                hist[leaf] += 1
-            total = sum(hist)
-            scores.append(sum((h / total - t) ** 2 for h, t in zip(hist, target)))
-        best = min(scores)
-        if best == math.inf:
-            break
-        tied = [j for j, sc in enumerate(scores) if sc <= best + TIE_TOLERANCE]
-        j = min(tied, key=lambda k: priority[k])
-        picks.append(j)
-        taken[j] = True
-        for leaf in rows[j]:
-            counts[leaf] += 1
     return picks
 
 

@@ -11,9 +11,10 @@ import pytest
 from scipy import stats
 from scipy.sparse import csr_matrix
 
+from benchmarks.reference_impl import forced_distribution_naive, sample_by_skill_literal
 from skill_distill.io import ConfigError, DataError, write_json, write_jsonl
 from skill_distill.selection import (
-    SelectionConfig, _forced_distribution, _forced_distribution_naive, _sample_by_skill_literal, fingerprint_file,
+    SelectionConfig, _forced_distribution, fingerprint_file,
     leaf_weight, load_manifest, read_mean_correctness, read_profile_nodes, select, write_manifest)
 from skill_distill.skill_tree import SkillTree, format_chain
 
@@ -125,7 +126,7 @@ def test_fast_sampler_has_the_literal_loops_distribution(tree):
         r = select(SelectionConfig(budget=2, seed=seed), list(chains), chains, tree,
                    node_accuracy={A: 1.0, B: 1 / 3})
         fast[(r.ids[0], r.drawn_leaf[r.ids[0]], r.ids[1], r.drawn_leaf[r.ids[1]])] += 1
-        picks = _sample_by_skill_literal({0: [0, 1], 1: [1, 2, 3]}, {0: 1.0, 1: 3.0}, 2, np.random.default_rng(seed))
+        picks = sample_by_skill_literal({0: [0, 1], 1: [1, 2, 3]}, {0: 1.0, 1: 3.0}, 2, np.random.default_rng(seed))
         (x, lx), (y, ly) = picks
         literal[(names[x], (A, B)[lx], names[y], (A, B)[ly])] += 1
     expected = np.array([law[o] for o in outcomes]) * runs
@@ -267,7 +268,7 @@ def test_forced_distribution_vectorised_equals_naive():
         quota = int(rng.integers(5, rows + 5))  # sometimes more than the candidates
         fast_counts, naive_counts = start.copy(), start.copy()
         fast = _forced_distribution(X, target, fast_counts, quota, priority)
-        naive = _forced_distribution_naive(X, target, naive_counts, quota, priority)
+        naive = forced_distribution_naive(X, target, naive_counts, quota, priority)
         assert fast == naive and len(fast) == min(quota, int((dense.sum(1) > 0).sum()))
         assert np.array_equal(fast_counts, naive_counts)
         assert np.array_equal(fast_counts - start, dense[fast].sum(0))
