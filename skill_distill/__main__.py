@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     from skill_distill.io import ConfigError, DataError
 
     fn = getattr(importlib.import_module(module), func)
-    try:
-        CLI(fn, args=argv[1:], as_positional=False)
+    try:  # jsonargparse's CLI over a dict of functions: only the chosen stage's function (and module) is loaded
+        CLI({argv[0]: fn}, args=argv, as_positional=False)
     except (DataError, ConfigError) as e:  # user-fixable input problems: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
