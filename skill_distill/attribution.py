@@ -66,6 +66,28 @@ Reply with a JSON list of names and nothing else, for example: ["<sub-skill>", "
 """The project's attribution prompt. Placeholders: {problem}, {solution}, {path} (root-to-node names joined by
 " -> "), {node} (the current node), {children} ("- name" lines) or {numbered_children} ("1. name" lines)."""
 
+PAPER_PROMPT_TEMPLATE = """\
+Given the following Math problem:
+
+Q&A: {problem}
+{solution}
+
+Which of the following skills are involved to understanding or solving the problem? Even the most basic skills \
+such as simple addition and subtraction must be taken into account. You can select multiple options if needed. \
+Just return a list of skill names.
+
+Skills:
+{children}
+
+Answer as a Python list of strings."""
+"""The reference scripts' prompt (docs/METHOD.md, appendix): ``Q&A: {qa_input}`` with ``qa_input = problem + "\n" +
+solution``; no path, no system prompt. The default template of ``preset: paper``."""
+
+AttributionPreset = Literal["project", "paper"]
+"""``project`` (default): the project's prompt (with the current path), lenient parsing, a shared input budget,
+chains in tree order. ``paper``: the reference scripts' exact behaviour (docs/METHOD.md, appendix): their prompt,
+only the solution truncated, only exact child names from the bracketed list, chains in reply order."""
+
 TEMPLATE_FIELDS = {"problem", "solution", "path", "node", "children", "numbered_children"}
 NO_SOLUTION = "(no written solution is available; judge from the problem)"
 
@@ -102,11 +124,11 @@ def check_template(template: str) -> str:
     return template
 
 
-def load_template(template: str | None) -> str:
-    """The default template, an inline template, or the contents of a template file (a value without braces
-    naming an existing file)."""
+def load_template(template: str | None, preset: AttributionPreset = "project") -> str:
+    """The preset's default template, an inline template, or the contents of a template file (a value without
+    braces naming an existing file)."""
     if template is None:
-        return DEFAULT_PROMPT_TEMPLATE
+        return PAPER_PROMPT_TEMPLATE if preset == "paper" else DEFAULT_PROMPT_TEMPLATE
     if "{" not in template and Path(template).is_file():
         template = Path(template).read_text(encoding="utf-8")
     return check_template(template)
@@ -197,6 +219,29 @@ def interpret_reply(text: str, options: dict[str, str]) -> tuple[list[str], int,
     return chosen, unknown, True
 
 
+def parse_reply_exact(text: str) -> list | None:
+    """The reference's parsing: the text from the first ``[`` to the last ``]`` read as a Python literal; None
+    when there is no such span or it is not a list literal (the branch is then dropped)."""
+    start, end = text.find("["), text.rfind("]")
+    if start < 0 or end <= start:
+        return None
+    try:
+        value = ast.literal_eval(text[start:end + 1])
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+    return list(value) if isinstance(value, (list, tuple)) else None
+
+
+def interpret_reply_exact(text: str, shown_to_child: dict[str, str]) -> tuple[list[str], int, bool]:
+    """``preset: paper``: (children whose shown name a reply string equals exactly, in reply order and with
+    repeats, which the walk expands once each; count of other items; parsable)."""
+    items = parse_reply_exact(text)
+    if items is None:
+        return [], 0, False
+    chosen = [shown_to_child[x] for x in items if isinstance(x, str) and x in shown_to_child]
+    return chosen, len(items) - len(chosen), True
+
+
 # ---- the level-batched walk -------------------------------------------------------------------------------------
 def _new_counters() -> dict:
     return {"backend_calls": 0, "prompts": 0, "prompt_tokens": 0, "completion_tokens": 0,
@@ -214,13 +259,16 @@ class SkillAttributor:
 
     def __init__(self, tree: SkillTree, backend: GenerationBackend, tokenizer: Any, temperature: float = 0.3,
                  max_new_tokens: int = 2048, max_input_chars: int = 20000, guided: bool = False,
-                 prompt_template: str | None = None, seed: int = 42):
+                 prompt_template: str | None = None, seed: int = 42, preset: AttributionPreset = "project"):
         if tree.depth == 0:
             raise DataError(f"{tree.source}: the skill tree has no children under its root; nothing to attribute")
         self.tree = tree
         self.backend = backend
         self.tokenizer = tokenizer
-        self.template = load_template(prompt_template)
+        if preset not in ("project", "paper"):
+            raise DataError(f"attribution preset must be 'project' or 'paper', got {preset!r}")
+        self.preset = preset
+        self.template = load_template(prompt_template, preset)
         self.max_input_chars = max_input_chars
         self.seed = seed
         self.sampling = SamplingConfig(temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens, n=1,
@@ -249,7 +297,10 @@ class SkillAttributor:
         return self._menus[path]
 
     def input_text(self, example: Example) -> tuple[str, str]:
-        """(problem, solution) cut to ``max_input_chars`` in total, the solution shortened first."""
+        """(problem, solution) cut to ``max_input_chars`` in total, the solution shortened first. ``paper``: the
+        reference's rule, the problem whole and ``trace.split("</think>")[-1][:max_input_chars]`` (unstripped)."""
+        if self.preset == "paper":
+            return example.problem, (example.trace or "").split("</think>")[-1][: self.max_input_chars]
         problem = example.problem[: self.max_input_chars]
         solution = final_solution(example.trace or "")[: max(0, self.max_input_chars - len(problem))]
         return problem, solution or NO_SOLUTION
@@ -268,11 +319,17 @@ class SkillAttributor:
     # ---- walk state (JSON-serialisable, saved after every level) ----
     @staticmethod
     def new_state(example: Example) -> dict:
+        # *_keys: each pending path's / chain's positions in the replies that chose it (the depth-first reply order)
         return {"id": example.id, "pending": [[]], "chains": [], "num_calls": 0,
-                "dropped": {k: 0 for k in DROP_KEYS}}
+                "dropped": {k: 0 for k in DROP_KEYS}, "pending_keys": [[]], "chain_keys": []}
 
     def result(self, state: dict) -> dict:
-        """The output row of a finished example: its chains in tree order."""
+        """The output row of a finished example: its chains in tree order, each once (``paper``: in the order a
+        depth-first walk of the replies meets them, as the reference writes them, repeats included)."""
+        if self.preset == "paper":
+            keyed = sorted(zip(state["chain_keys"], state["chains"]), key=lambda kc: kc[0])
+            return {"id": state["id"], "chains": [list(c) for _, c in keyed], "num_calls": state["num_calls"],
+                    "dropped": dict(state["dropped"])}
         last = len(self._leaf_order)
         chains = sorted({tuple(c) for c in state["chains"]}, key=lambda c: self._leaf_order.get(c, last))
         return {"id": state["id"], "chains": [list(c) for c in chains], "num_calls": state["num_calls"],
@@ -283,6 +340,7 @@ class SkillAttributor:
         items = [(s, tuple(p)) for s in states for p in s["pending"]]
         if not items:
             return 0
+        keys = [k for s in states for k in s.get("pending_keys") or [[]] * len(s["pending"])]
         prompts, seeds, allowed = [], [], []
         for s, path in items:
             text, shown = self.prompt(examples[s["id"]], path)
@@ -300,22 +358,30 @@ class SkillAttributor:
         self.counters["backend_calls"] += 1
         self.counters["prompts"] += len(prompts)
         for s in states:
-            s["pending"] = []
-        for (s, path), completions in zip(items, outputs):
+            s["pending"], s["pending_keys"] = [], []
+            s.setdefault("chain_keys", [[]] * len(s["chains"]))
+        for (s, path), key, completions in zip(items, keys, outputs):
             reply = completions[0]
             self.counters["completion_tokens"] += reply.num_tokens
             self.counters["truncated_replies"] += int(not reply.finished)
             s["num_calls"] += 1
-            chosen, unknown, parsable = interpret_reply(reply.text, self.menu(path)[1])
+            if self.preset == "paper":
+                shown, _ = self.menu(path)
+                real = [c.name for c in self.tree.node(path).children]
+                chosen, unknown, parsable = interpret_reply_exact(reply.text, dict(zip(shown, real)))
+            else:
+                chosen, unknown, parsable = interpret_reply(reply.text, self.menu(path)[1])
             s["dropped"]["unknown_names"] += unknown
             s["dropped"]["unparsable_replies"] += int(not parsable)
             s["dropped"]["dead_ends"] += int(not chosen)
-            for child in chosen:
+            for position, child in enumerate(chosen):
                 child_path = path + (child,)
                 if self.tree.is_leaf_chain(child_path):
                     s["chains"].append(list(child_path))
+                    s["chain_keys"].append([*key, position])
                 else:
                     s["pending"].append(list(child_path))
+                    s["pending_keys"].append([*key, position])
         return len(prompts)
 
     def _reported_prompt_tokens(self) -> int | None:
@@ -524,6 +590,7 @@ def run_attribution(
     label_field: str | None = None,
     label_map: dict[str, list[str]] | None = None,
     on_unknown_label: Literal["error", "drop"] = "error",
+    preset: AttributionPreset = "project",
 ) -> dict:
     """Attribute every example of a corpus to skill chains (METHOD.md §2) and write them to ``output_dir``.
 
@@ -553,6 +620,8 @@ def run_attribution(
         label_field: Use this corpus field as the label instead of an LLM (see ``chains_from_labels``).
         label_map: Label value -> chain of the tree, for ``label_field``.
         on_unknown_label: ``error`` (DataError) or ``drop`` (counted) for a label value missing from label_map.
+        preset: ``project`` (default: the project's prompt and lenient parsing) or ``paper`` (the reference
+            scripts' prompt, input rule, exact parsing and reply order; docs/METHOD.md, appendix).
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -573,10 +642,10 @@ def run_attribution(
 
     if backend is None:
         raise DataError("attribute: no backend configured; set backend (kind, model, ...) or use label_field")
-    template = load_template(prompt_template)
+    template = load_template(prompt_template, preset)
     settings = {"temperature": temperature, "max_new_tokens": max_new_tokens, "max_input_chars": max_input_chars,
                 "guided": guided, "seed": seed, "model": backend.model, "fields": asdict(fields),
-                "display_names": display_names}
+                "display_names": display_names, **({"preset": preset} if preset != "project" else {})}
     fingerprint = _fingerprint(skill_tree, template, settings)
     state_path = out_dir / f"{stem}.state.json"
     state = read_json(state_path, "attribution state") if state_path.exists() else None
@@ -597,7 +666,7 @@ def run_attribution(
             engine = make_backend(backend)
             try:
                 walker = SkillAttributor(skill_tree, engine, _load_tokenizer(engine, backend), temperature,
-                                         max_new_tokens, max_input_chars, guided, template, seed)
+                                         max_new_tokens, max_input_chars, guided, template, seed, preset)
                 walker.counters = counters
 
                 def save(chunk_ids: list[str] | None, states: list[dict] | None, level: int) -> None:

@@ -33,6 +33,10 @@ class SkillFormat:
     tree_in_prompt: bool = False
     """Put the whole skill tree (as indented names) in the user turn (an ablation of the paper)."""
     header: str = "Skills:"
+    preset: Literal["project", "paper"] = "project"
+    """project: an example without chains gets no block; paper: the reference scripts' empty block
+    (``header`` + ``"\n"`` + ``"\n"``, docs/METHOD.md, appendix). Chains are written in the order given (the
+    attribution's: tree order, or reply order with the attribution's ``preset: paper``)."""
 
 
 def user_message(problem: str, instruction: str = DEFAULT_INSTRUCTION, tree_text: str | None = None) -> str:
@@ -91,19 +95,22 @@ def label_chain(chain: Sequence[str], fmt: SkillFormat, tree: SkillTree | None =
 
 
 def skill_block(chains: Sequence[Sequence[str]], fmt: SkillFormat, tree: SkillTree | None = None) -> str:
-    """``Skills:`` then one label per line, ending with a newline; empty when the mode is off or no chains.
+    """``Skills:`` then one label per line, ending with a newline; empty when the mode is off or, with the
+    project preset, without chains (the paper preset writes an empty block then).
 
     Labels that become identical after shortening (two leaves of one topic in ``topic`` mode) are written once.
     """
-    if fmt.mode == "off" or not chains:
+    if fmt.mode == "off":
         return ""
+    if not chains:
+        return fmt.header + "\n\n" if fmt.preset == "paper" else ""
     labels: list[str] = []
     for c in chains:
         text = format_chain(label_chain(c, fmt, tree))
         if text and text not in labels:
             labels.append(text)
     if not labels:
-        return ""
+        return fmt.header + "\n\n" if fmt.preset == "paper" else ""
     return fmt.header + "\n" + "\n".join(labels) + "\n"
 
 

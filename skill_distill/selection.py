@@ -71,6 +71,11 @@ class SelectionConfig:
     wrong_share: float | None = None
     """A fixed share in [0, 1] of wrong examples, the rest right (needs verdicts; excludes ``correctness``).
     If one side runs out, the other fills the budget and a note says so."""
+    correct_portion: float | None = None
+    """skill only: the reference scripts' ``--correct_portion p`` (docs/METHOD.md, appendix): per leaf, before
+    sampling, its candidates are cut to the largest subset with right : wrong = p : (1 - p), drawn at random; the
+    leaf's weight is unchanged and the usual sampler runs over these lists (needs verdicts). Unlike the global
+    ``wrong_share`` it balances within each leaf; the two exclude each other, and ``correctness``."""
     forced_distribution: bool = False
     """skill only: instead of sampling, greedily add the example that brings the selected leaf histogram closest
     (L2) to the target distribution (the normalised weights)."""
@@ -101,6 +106,13 @@ class SelectionConfig:
                 raise bad("wrong_share", "must lie in [0, 1] (or null)")
             if self.correctness != "any":
                 raise bad("wrong_share", "set either wrong_share or correctness, not both")
+        if self.correct_portion is not None:
+            if not 0.0 <= self.correct_portion <= 1.0:
+                raise bad("correct_portion", "must lie in [0, 1] (or null)")
+            if self.wrong_share is not None or self.correctness != "any":
+                raise bad("correct_portion", "set one of correct_portion, wrong_share, correctness")
+            if self.strategy != "skill" or self.forced_distribution:
+                raise bad("correct_portion", "only applies to strategy 'skill' without forced_distribution")
         if self.max_depth is not None and self.max_depth < 1:
             raise bad("max_depth", "must be >= 1 (or null for the full tree)")
         lo, hi = self.difficulty_band
@@ -306,7 +318,13 @@ def select(config: SelectionConfig, ids: Sequence[str], chains_by_id: Mapping[st
         target_vec = np.where(active, weights, 0.0)
         target_vec /= target_vec.sum()
         target = {pool.leaves[i]: float(target_vec[i]) for i in np.flatnonzero(active)}
-        if config.forced_distribution:
+        if config.correct_portion is not None:
+            lists = _per_leaf_portion_lists(config.correct_portion, pool, candidates, np.flatnonzero(active),
+                                            correct_by_id, rng)
+            drawn = _sample_over_leaf_lists(lists, weights, config.budget, rng)
+            notes.append(f"correct_portion {config.correct_portion}: {sum(map(len, lists.values()))} (leaf, example) "
+                         "candidates after the per-leaf cut")
+        elif config.forced_distribution:
             drawn = _select_forced(pool, groups, np.flatnonzero(active), target_vec, rng)
         else:
             drawn = []
@@ -385,10 +403,12 @@ def _difficulty_candidates(config: SelectionConfig, pool: _Pool, pass_rate_by_id
 def _correctness_groups(config: SelectionConfig, pool: _Pool, members: np.ndarray,
                         correct_by_id: Mapping[str, float] | None,
                         notes: list[str]) -> list[tuple[str, np.ndarray, int]]:
-    """Split eligible examples into (name, members, quota) groups following ``correctness`` / ``wrong_share``."""
-    if config.correctness == "any" and config.wrong_share is None:
+    """Split eligible examples into (name, members, quota) groups following ``correctness`` / ``wrong_share``
+    (``correct_portion``: one group of the examples with a verdict; the per-leaf cut comes later)."""
+    if config.correctness == "any" and config.wrong_share is None and config.correct_portion is None:
         return [("any", members, config.budget)]
-    field_name = "correctness" if config.wrong_share is None else "wrong_share"
+    field_name = ("correct_portion" if config.correct_portion is not None
+                  else "correctness" if config.wrong_share is None else "wrong_share")
     if correct_by_id is None:
         raise DataError(f"selection.{field_name} needs the student's verdicts (verdicts.jsonl of the profile stage); "
                         "pass verdicts=..., or set correctness: any")
@@ -398,6 +418,8 @@ def _correctness_groups(config: SelectionConfig, pool: _Pool, members: np.ndarra
         notes.append(f"{unjudged} eligible examples have no verdict and are left out")
     wrong = np.asarray([e for e, s in zip(members, score) if s is not None and s < WRONG_BELOW], dtype=int)
     right = np.asarray([e for e, s in zip(members, score) if s is not None and s >= WRONG_BELOW], dtype=int)
+    if config.correct_portion is not None:
+        return [("judged", np.sort(np.concatenate([wrong, right])).astype(int), config.budget)]
     if config.wrong_share is None:
         return [("wrong", wrong, config.budget)] if config.correctness == "wrong" else [("right", right, config.budget)]
     want_wrong = int(round(config.budget * config.wrong_share))
@@ -412,6 +434,56 @@ def _correctness_groups(config: SelectionConfig, pool: _Pool, members: np.ndarra
                      "are eligible; wrong examples fill the rest")
         want_right, want_wrong = len(right), config.budget - len(right)
     return [("wrong", wrong, want_wrong), ("right", right, want_right)]
+
+
+def _per_leaf_portion_lists(portion: float, pool: _Pool, members: np.ndarray, leaves: np.ndarray,
+                            correct_by_id: Mapping[str, float], rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """The reference's ``--correct_portion`` cut (``collect_leaf_node_with_wrong_items``): per leaf, the largest
+    subset with right : wrong = p : (1 - p), ``n = min(#right / p, #wrong / (1 - p))`` (the infinite term dropped
+    when p is 0 or 1), then ``int(n * p)`` right and ``int(n * (1 - p))`` wrong examples drawn at random."""
+    by_leaf: dict[int, tuple[list[int], list[int]]] = {int(c): ([], []) for c in leaves}
+    for e in members:
+        right = correct_by_id[pool.ids[e]] >= WRONG_BELOW
+        for c in pool.leaf_rows[e]:
+            if c in by_leaf:
+                by_leaf[c][0 if right else 1].append(int(e))
+    out: dict[int, np.ndarray] = {}
+    for c, (right, wrong) in by_leaf.items():
+        terms = ([len(right) / portion] if portion > 0 else []) + ([len(wrong) / (1 - portion)] if portion < 1 else [])
+        n = min(terms)
+        keep_right, keep_wrong = int(n * portion), int(n * (1 - portion))
+        kept = [*rng.permutation(right)[:keep_right], *rng.permutation(wrong)[:keep_wrong]]
+        if kept:
+            out[c] = np.asarray(sorted(int(e) for e in kept), dtype=int)
+    return out
+
+
+def _sample_over_leaf_lists(lists: Mapping[int, np.ndarray], weights: np.ndarray, quota: int,
+                            rng: np.random.Generator) -> list[tuple[int, int]]:
+    """The method's sampler (pick a leaf by weight, then one of *its list's* examples uniformly, until ``quota``
+    unique examples) over per-leaf candidate lists, in one pass like ``_sample_by_skill``: example ``e`` is drawn
+    in a round with probability ``sum over lists holding e of w(l) / len(list l)``."""
+    mass: dict[int, float] = {}
+    leaves_of: dict[int, list[tuple[int, float]]] = {}
+    for c, members in lists.items():
+        if weights[c] <= 0 or not len(members):
+            continue
+        share = float(weights[c]) / len(members)
+        for e in members:
+            mass[int(e)] = mass.get(int(e), 0.0) + share
+            leaves_of.setdefault(int(e), []).append((c, share))
+    examples = np.asarray(sorted(mass), dtype=int)
+    if quota <= 0 or not len(examples):
+        return []
+    q = np.asarray([mass[e] for e in examples])
+    keys = rng.exponential(size=len(examples)) / q
+    order = np.argsort(keys, kind="stable")[:quota]
+    picks: list[tuple[int, int]] = []
+    for u, local in zip(rng.random(len(order)), order):
+        e = int(examples[local])
+        cum = np.cumsum([m for _, m in leaves_of[e]])
+        picks.append((e, leaves_of[e][int(np.searchsorted(cum, u * cum[-1], side="right"))][0]))
+    return picks
 
 
 def _sample_by_skill(pool: _Pool, members: np.ndarray, weights: np.ndarray, quota: int,

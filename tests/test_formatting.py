@@ -112,3 +112,13 @@ def test_tree_in_prompt_is_part_of_the_user_turn():
     assert user_turn("What is 2+2?", fmt=SkillFormat("full"), tree=tree) == user_message("What is 2+2?")
     with pytest.raises(ValueError, match="tree_in_prompt"):
         user_turn("What is 2+2?", fmt=fmt, tree=None)
+
+
+def test_paper_preset_writes_an_empty_block_for_an_example_without_chains():
+    """docs/METHOD.md, appendix: the reference writes "Skills:\n" + "" + "\n" before the trace."""
+    paper = SkillFormat("full", preset="paper")
+    assert assistant_target(TRACE, [], paper) == "Skills:\n" + "" + "\n" + TRACE
+    assert assistant_target(TRACE, [], SkillFormat("full")) == TRACE  # the project's default: no block
+    assert assistant_target(TRACE, CHAINS[::-1], paper) == (  # chains in the order given (the reply's)
+        "Skills:\nPre-Algebra->basic arithmetic operations\nProbability->counting principles\n" + TRACE)
+    assert parse_skill_block(assistant_target(TRACE, [], paper), paper) == []
