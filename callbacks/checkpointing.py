@@ -120,6 +120,14 @@ def step_seed(base: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([base, step, rank]).generate_state(1)[0])
 
 
+# ModelCheckpoint's private members this class overrides (_save_checkpoint, _link_checkpoint, _remove_checkpoint) or
+# reads (_should_skip_saving_checkpoint, _monitor_candidates, _every_n_train_steps, _last_global_step_saved,
+# _last_checkpoint_saved): checked with Lightning 2.6.6; tests/test_lightning_private_members.py fails when one goes.
+MODEL_CHECKPOINT_PRIVATE_MEMBERS = ("_save_checkpoint", "_link_checkpoint", "_remove_checkpoint",
+                                    "_should_skip_saving_checkpoint", "_monitor_candidates", "_every_n_train_steps",
+                                    "_last_global_step_saved", "_last_checkpoint_saved")
+
+
 class ResumableCheckpoint(ModelCheckpoint, StopSaver):
     """Periodic checkpoints from which a run resumes exactly (``python train.py fit ... --ckpt_path last``).
 

@@ -201,6 +201,8 @@ class SkillEvalCallback(L.Callback):
     def _check_timeout(self, trainer) -> None:
         if trainer.world_size <= 1:
             return
+        # a private member of DDPStrategy / ModelParallelStrategy (checked with Lightning 2.6.6;
+        # tests/test_lightning_private_members.py fails when it goes)
         timeout = getattr(trainer.strategy, "_timeout", None)
         if timeout is not None and timeout.total_seconds() < self.timeout_s:
             raise ConfigError(
