@@ -195,6 +195,7 @@ def test_openai_backend_errors_and_order():
         assert all(len(o) == 2 and o[1].num_tokens == 3 and o[0].finished for o in out)
         with pytest.raises(GenerationError, match=r"127\.0\.0\.1.*HTTP 400.*model not found"):
             backend.generate(["bad"], SamplingConfig())
+        assert sum("bad" in c["prompt"] for c in endpoint.calls) == 1  # a wrong request is not retried
     with ScriptedEndpoint(echo, fail_after=0) as down:
         backend = OpenAIBackend(down.base_url, "scripted", max_retries=2, backoff_s=0.01)
         with pytest.raises(GenerationError, match=r"after 3 attempts; last error: HTTP 500"):
