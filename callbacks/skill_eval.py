@@ -354,6 +354,7 @@ class SkillEvalCallback(L.Callback):
                 "global_step": trainer.global_step, "world_size": trainer.world_size,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "sampling": asdict(self.sampling),
                 "enable_thinking": self._prompt_settings["enable_thinking"],
+                "skill_format": asdict(self._context.skill_format) if self._context else None,
                 "backend": {k: v for k, v in asdict(self.backend).items()
                             if k in ("kind", "dtype", "max_model_len", "tensor_parallel_size")},
                 "tree": None if self._tree_obj is None else self._tree_obj.source,

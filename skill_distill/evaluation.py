@@ -500,7 +500,8 @@ def run_evaluate(
             "elapsed_s": round(elapsed, 1), "sampling": asdict(sampling), "enable_thinking": enable_thinking,
             "backend": {k: v for k, v in asdict(backend).items() if k in ("kind", "dtype", "tensor_parallel_size",
                                                                          "max_model_len")},
-            "tree": tree, "baseline": baseline_report, "selection_manifest": selection_manifest}
+            "tree": tree, "baseline": baseline_report, "selection_manifest": selection_manifest,
+            "skill_format": asdict(skill_format) if skill_format is not None else None}
     report = build_report(loaded, records, summaries, meta)
     paths = write_report(out, report, baseline=baseline, emphasised=emphasised)
     for name, s in summaries.items():
