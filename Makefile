@@ -43,6 +43,10 @@ lint: install
 	@out="$$($(PIP) check 2>&1)"; left="$$(printf '%s\n' "$$out" | grep -v -E '$(PIP_CHECK_EXPECTED)' || true)"; \
 	  if [ -n "$$left" ]; then printf 'pip check:\n%s\n' "$$left"; exit 1; else echo "pip check: ok"; fi
 
+# everything but the tests marked slow, distributed or vllm (markers in pyproject.toml)
+test-fast: install
+	SKILL_DISTILL_DATA=$(TEST_DATA) $(PY) -m pytest tests -q -m "not slow and not distributed and not vllm"
+
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 

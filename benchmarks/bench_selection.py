@@ -25,8 +25,9 @@ import scipy.sparse  # noqa: F401  (imported before timing: selection uses it)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.reference_impl import forced_distribution_naive, sample_by_skill_literal  # noqa: E402
 from skill_distill.selection import (  # noqa: E402
-    SelectionConfig, _forced_distribution, _forced_distribution_naive, _Pool, _sample_by_skill_literal,
+    SelectionConfig, _forced_distribution, _Pool,
     distribution_divergence, leaf_weight, select)
 from skill_distill.skill_tree import SkillTree  # noqa: E402
 
@@ -82,7 +83,7 @@ def main() -> None:
             members.setdefault(leaf_index[c], []).append(e)
     weights = {leaf_index[leaf]: leaf_weight(accuracy[leaf]) for leaf in tree.leaf_chains}
     t0 = time.perf_counter()
-    literal = _sample_by_skill_literal(members, weights, args.budget, np.random.default_rng(42))
+    literal = sample_by_skill_literal(members, weights, args.budget, np.random.default_rng(42))
     t_literal = time.perf_counter() - t0
     literal_hist = np.bincount([leaf for _, leaf in literal], minlength=len(tree.leaf_chains))
     literal_dist = {tree.leaf_chains[i]: c / literal_hist.sum() for i, c in enumerate(literal_hist) if c}
@@ -111,7 +112,7 @@ def main() -> None:
     fast = _forced_distribution(X, target, np.zeros(len(target)), args.naive_budget, priority)
     t_fast = time.perf_counter() - t0
     t0 = time.perf_counter()
-    naive = _forced_distribution_naive(X, target, np.zeros(len(target)), args.naive_budget, priority)
+    naive = forced_distribution_naive(X, target, np.zeros(len(target)), args.naive_budget, priority)
     t_naive = time.perf_counter() - t0
     print(f"\n== forced distribution: vectorised vs naive, pool {args.naive_pool:,}, {args.naive_budget} picks ==")
     print(f"vectorised  {t_fast:8.3f} s  ({1000 * t_fast / args.naive_budget:.2f} ms/pick)")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from callbacks.preemption import PreemptionCallback, StopSaver, is_final_epoch
 from skill_distill.io import ConfigError
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def project_classes(*objects) -> set[type]:
     import dataclasses
     import enum
 
-    from skill_distill.export import PROJECT_PACKAGES
+    from lightning_modules.checkpoint_export import PROJECT_PACKAGES
 
     found: set[type] = set()
     stack = list(objects)
@@ -100,7 +101,7 @@ def allow_project_classes(trainer, pl_module, checkpoints: list[Path]) -> None:
     """Let Lightning's ``torch.load(weights_only=True)`` of a checkpoint accept the project's own classes (and only
     those): the ones in this run's hyperparameters, and the ones recorded in ``checkpoints`` (e.g. in callback
     states). Foreign classes stay refused."""
-    from skill_distill.export import LIGHTNING_META, checkpoint_globals
+    from lightning_modules.checkpoint_export import LIGHTNING_META, checkpoint_globals
 
     classes = project_classes(dict(pl_module.hparams), dict(trainer.datamodule.hparams) if trainer.datamodule else {})
     for ckpt in checkpoints:
@@ -119,7 +120,15 @@ def step_seed(base: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([base, step, rank]).generate_state(1)[0])
 
 
-class ResumableCheckpoint(ModelCheckpoint):
+# ModelCheckpoint's private members this class overrides (_save_checkpoint, _link_checkpoint, _remove_checkpoint) or
+# reads (_should_skip_saving_checkpoint, _monitor_candidates, _every_n_train_steps, _last_global_step_saved,
+# _last_checkpoint_saved): checked with Lightning 2.6.6; tests/test_lightning_private_members.py fails when one goes.
+MODEL_CHECKPOINT_PRIVATE_MEMBERS = ("_save_checkpoint", "_link_checkpoint", "_remove_checkpoint",
+                                    "_should_skip_saving_checkpoint", "_monitor_candidates", "_every_n_train_steps",
+                                    "_last_global_step_saved", "_last_checkpoint_saved")
+
+
+class ResumableCheckpoint(ModelCheckpoint, StopSaver):
     """Periodic checkpoints from which a run resumes exactly (``python train.py fit ... --ckpt_path last``).
 
     - Saved every ``every_n_train_steps`` optimizer steps, at the end of every training epoch, and when training
@@ -213,15 +222,11 @@ class ResumableCheckpoint(ModelCheckpoint):
             self.save(trainer)
         # a signal that came during this epoch's end (an evaluation) stops here, on the weights it recorded as
         # pending; after the last epoch the run finishes instead (final checkpoint and export in on_train_end)
-        from callbacks.preemption import is_final_epoch
-
         if not is_final_epoch(trainer):
             self._stop_if_requested(trainer)
 
     def _stop_if_requested(self, trainer) -> None:
         """A collective at a step or epoch boundary: if any rank got a stop signal, save and exit on every rank."""
-        from callbacks.preemption import PreemptionCallback
-
         for cb in trainer.callbacks:
             if isinstance(cb, PreemptionCallback) and cb.stop_agreed(trainer):
                 self.save(trainer)

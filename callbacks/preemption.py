@@ -38,6 +38,11 @@ def is_final_epoch(trainer) -> bool:
         or (trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps)
 
 
+class StopSaver:
+    """Marks the checkpoint callback that saves when a stop is agreed (``callbacks.checkpointing.ResumableCheckpoint``),
+    so ``PreemptionCallback`` can require one without importing the checkpoint module (which imports this one)."""
+
+
 class PreemptedExit(SystemExit):
     """Raised on every rank after the pre-emption checkpoint is saved; ends the process with its code."""
 
@@ -73,9 +78,7 @@ class PreemptionCallback(L.Callback):
         self.received.add(signum)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        from callbacks.checkpointing import ResumableCheckpoint
-
-        if stage == "fit" and not any(isinstance(cb, ResumableCheckpoint) for cb in trainer.callbacks):
+        if stage == "fit" and not any(isinstance(cb, StopSaver) for cb in trainer.callbacks):
             raise ConfigError("PreemptionCallback needs a callbacks.checkpointing.ResumableCheckpoint in "
                               "trainer.callbacks (it saves the pre-emption checkpoint)")
 

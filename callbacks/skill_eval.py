@@ -22,6 +22,7 @@ import lightning as L
 import torch
 
 from callbacks.preemption import PreemptionCallback, is_final_epoch
+from datamodules.skill_datamodule import EvalContext, SkillDataModule
 from skill_distill.benchmarks import HELDOUT, PAPER_SUITE, BenchmarkSpec, SkillSource, resolve_specs
 from skill_distill.generation.base import GenerationError, GenerationInterrupted, SamplingConfig
 from skill_distill.generation.factory import BackendConfig
@@ -136,6 +137,7 @@ class SkillEvalCallback(L.Callback):
         """tag -> report.json path of every evaluation of this run (rank 0)."""
         self._tree_obj = None
         self._prompt_settings: dict[str, Any] = {}
+        self._context: EvalContext | None = None
         self._pending: str | None = None
         """Tag of an evaluation a stop signal interrupted; saved in the checkpoint, run first after resumption."""
 
@@ -162,37 +164,46 @@ class SkillEvalCallback(L.Callback):
         if tp > 1 and max(1, trainer.num_devices) % tp:
             raise ConfigError(f"SkillEvalCallback: backend.tensor_parallel_size={tp} must divide the devices per node "
                               f"({trainer.num_devices}): an engine's ranks must share one node")
-        dm = getattr(trainer, "datamodule", None)
-        specs = [self._resolve_heldout(s, dm) if s.name == HELDOUT else s for s in resolve_specs(self.benchmarks)]
-        tree_path = self.tree or getattr(dm, "tree_path", None)
+        context = self._eval_context(trainer)
+        specs = [self._resolve_heldout(s, context) if s.name == HELDOUT else s for s in resolve_specs(self.benchmarks)]
+        tree_path = self.tree or (context.tree if context else None)
         from skill_distill.evaluation import load_benchmarks
         from skill_distill.skill_tree import SkillTree
 
         if tree_path:
-            self._tree_obj = SkillTree.load(tree_path, getattr(dm, "display_names", None))
+            self._tree_obj = SkillTree.load(tree_path, context.display_names if context else None)
         self.loaded = load_benchmarks(specs, self._tree_obj, self.data_root)  # bad inputs fail before training
+        self._context = context
         self._prompt_settings = {
             "enable_thinking": self.enable_thinking if self.enable_thinking is not None
-            else getattr(dm, "enable_thinking", True),
-            "instruction": self.instruction or getattr(dm, "instruction", None),
+            else (context.enable_thinking if context else True),
+            "instruction": self.instruction or (context.instruction if context else None),
         }
+        if context and context.skill_format.tree_in_prompt and self._tree_obj is None:
+            raise ConfigError("SkillEvalCallback: data.skill_format.tree_in_prompt shows the tree in the prompt, "
+                              "but no tree is set (data.tree or the callback's tree)")
 
-    def _resolve_heldout(self, spec: BenchmarkSpec, dm) -> BenchmarkSpec:
+    @staticmethod
+    def _eval_context(trainer) -> EvalContext | None:
+        dm = getattr(trainer, "datamodule", None)
+        return dm.eval_context() if isinstance(dm, SkillDataModule) else None
+
+    def _resolve_heldout(self, spec: BenchmarkSpec, context: EvalContext | None) -> BenchmarkSpec:
         if spec.path or spec.hf_name:
             return spec
-        corpus = getattr(dm, "val_corpus", None)
-        if not corpus:
+        if context is None or not context.val_corpus:
             raise ConfigError("SkillEvalCallback: benchmark 'heldout' is the run's held-out slice but data.val_corpus "
                               "is not set; set it or remove 'heldout' from the callback's benchmarks")
-        fields = dm.fields
-        attribution = getattr(dm, "attribution_path", None)
+        fields, attribution = context.fields, context.attribution
         skills = spec.skills if spec.skills is not None else (SkillSource(attribution=attribution) if attribution else None)
-        return replace(spec, path=corpus, id_field=fields.id, problem_field=fields.problem,
+        return replace(spec, path=context.val_corpus, id_field=fields.id, problem_field=fields.problem,
                        answer_field=fields.answer or "answer", skills=skills)
 
     def _check_timeout(self, trainer) -> None:
         if trainer.world_size <= 1:
             return
+        # a private member of DDPStrategy / ModelParallelStrategy (checked with Lightning 2.6.6;
+        # tests/test_lightning_private_members.py fails when it goes)
         timeout = getattr(trainer.strategy, "_timeout", None)
         if timeout is not None and timeout.total_seconds() < self.timeout_s:
             raise ConfigError(
@@ -289,7 +300,8 @@ class SkillEvalCallback(L.Callback):
                     instruction=self._prompt_settings["instruction"] or DEFAULT_INSTRUCTION,
                     in_subprocess=True, child_env=self._child_env(trainer, pl_module), timeout_s=self.timeout_s,
                     grader_workers=self.grader_workers, grade_timeout_s=self.grade_timeout_s,
-                    should_stop=(lambda: self._stop_requested(trainer)) if interruptible else None)
+                    should_stop=(lambda: self._stop_requested(trainer)) if interruptible else None,
+                    tree=self._tree_obj, skill_format=self._context.skill_format if self._context else None)
         except GenerationInterrupted:
             interrupted = True
         except Exception as e:  # noqa: BLE001 - every rank must learn of it, or the others would hang
@@ -337,11 +349,13 @@ class SkillEvalCallback(L.Callback):
         root = self._root(trainer)
         baseline_path = root / "baseline" / "report.json"
         baseline = load_report(baseline_path) if tag != "baseline" and baseline_path.exists() else None
-        emphasised = emphasised_skills(Path(trainer.default_root_dir) / "selection_manifest.json", self.emphasis_ratio)
+        manifest = self._context.manifest_path if self._context else None
+        emphasised = emphasised_skills(manifest, self.emphasis_ratio) if manifest else {}
         meta = {"tag": tag, "epoch": trainer.current_epoch if tag != "baseline" else None,
                 "global_step": trainer.global_step, "world_size": trainer.world_size,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "sampling": asdict(self.sampling),
                 "enable_thinking": self._prompt_settings["enable_thinking"],
+                "skill_format": asdict(self._context.skill_format) if self._context else None,
                 "backend": {k: v for k, v in asdict(self.backend).items()
                             if k in ("kind", "dtype", "max_model_len", "tensor_parallel_size")},
                 "tree": None if self._tree_obj is None else self._tree_obj.source,

@@ -8,6 +8,7 @@ come out. Selection and formatting are plain functions in ``skill_distill.select
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -28,13 +29,30 @@ from skill_distill.formatting import (
     assistant_target,
     end_of_turn_token,
     render_prompt,
-    tree_as_text,
-    user_message,
+    user_turn,
 )
 from skill_distill.io import ConfigError, DataError
 from skill_distill.selection import SelectionConfig
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """What an in-training evaluation needs to know of the run's data, so it prompts and reads the model exactly as
+    the training data was written (``SkillDataModule.eval_context``)."""
+
+    val_corpus: str | None
+    """The held-out corpus (same fields as the training corpus), or None."""
+    fields: CorpusFields
+    tree: str | None
+    display_names: str | None
+    attribution: str | None
+    instruction: str
+    enable_thinking: bool
+    manifest_path: Path | None
+    """Where this run's selection manifest is written (None before a trainer is attached without ``run_dir``)."""
+    skill_format: SkillFormat
 
 
 class SkillDataModule(L.LightningDataModule):
@@ -98,10 +116,12 @@ class SkillDataModule(L.LightningDataModule):
             raise ConfigError(f"data.max_length must be >= 16, got {max_length}")
         if examples_per_step < 1:
             raise ConfigError(f"data.examples_per_step must be >= 1, got {examples_per_step}")
-        needs_tree = selection.strategy == "skill" or skill_format.mode != "off" or skill_format.tree_in_prompt
-        if needs_tree and not (tree and attribution) and not skill_format.tree_in_prompt:
+        needs_chains = selection.strategy == "skill" or skill_format.mode != "off"
+        if needs_chains and not (tree and attribution):
             raise ConfigError("data.tree and data.attribution are required for selection.strategy=skill "
                              "or a skill_format.mode other than off")
+        if skill_format.tree_in_prompt and not tree:
+            raise ConfigError("data.skill_format.tree_in_prompt: true shows the skill tree in the prompt: set data.tree")
         self.save_hyperparameters()
         self.corpus, self.tokenizer_name, self.fields, self.split = corpus, tokenizer, fields, split
         self.tree_path, self.attribution_path, self.profile_path = tree, attribution, profile
@@ -123,9 +143,7 @@ class SkillDataModule(L.LightningDataModule):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(assets.resolve(self.tokenizer_name))
+            self._tokenizer = assets.load_tokenizer(self.tokenizer_name)
         return self._tokenizer
 
     def _load_tree_and_chains(self) -> None:
@@ -177,16 +195,23 @@ class SkillDataModule(L.LightningDataModule):
         root = self.run_dir or (self.trainer.default_root_dir if self.trainer is not None else None)
         return None if root is None else Path(root) / "selection_manifest.json"
 
+    def eval_context(self) -> EvalContext:
+        """The typed view an evaluation callback reads (held-out set, tree, prompt settings, skill format)."""
+        return EvalContext(val_corpus=self.val_corpus, fields=self.fields, tree=self.tree_path,
+                           display_names=self.display_names, attribution=self.attribution_path,
+                           instruction=self.instruction, enable_thinking=self.enable_thinking,
+                           manifest_path=self._manifest_path(), skill_format=self.skill_format)
+
     def _is_global_zero(self) -> bool:
         return self.trainer is None or self.trainer.is_global_zero
 
     def format_and_tokenize(self, examples: list[Example]) -> tuple[list[TokenizedExample], dict]:
         tok = self.tokenizer
         eot = end_of_turn_token(tok)
-        tree_text = tree_as_text(self._tree, self.skill_format) if self.skill_format.tree_in_prompt and self._tree else None
         out, dropped, truncated = [], 0, 0
         for e in examples:
-            prompt = render_prompt(tok, user_message(e.problem, self.instruction, tree_text), self.enable_thinking)
+            user = user_turn(e.problem, self.instruction, self.skill_format, self._tree)
+            prompt = render_prompt(tok, user, self.enable_thinking)
             chains = self._chains.get(e.id, []) if self.skill_format.mode != "off" else []
             target = assistant_target(e.trace, chains, self.skill_format, self._tree) + eot
             t = encode_example(tok, e.id, prompt, target, self.max_length)

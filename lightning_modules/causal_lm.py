@@ -35,6 +35,32 @@ from skill_distill.io import ConfigError
 AttnImpl = Literal["auto", "flash_attention_2", "sdpa_packed", "sdpa", "eager"]
 
 
+class LazyWarmupCosine:
+    """LR factor of step ``t``: transformers' ``get_cosine_with_min_lr_schedule_with_warmup`` (linear warmup over
+    ``ceil(total * warmup_ratio)`` steps, then a half cosine down to ``min_lr_ratio``; the reference scripts' HF
+    schedule), built at the first step after 0 because ``total_steps()`` may only be asked then (transformers'
+    schedules take the length at construction, which LambdaLR does at once). Steps past the end stay at the floor."""
+
+    def __init__(self, warmup_ratio: float, min_lr_ratio: float, total_steps):
+        self.warmup_ratio, self.min_lr_ratio, self.total_steps = warmup_ratio, min_lr_ratio, total_steps
+        self._factor = None
+        self._end = 0
+
+    def __call__(self, step: int) -> float:
+        if step == 0 and self._factor is None:  # LambdaLR evaluates step 0 at construction: the value for any length
+            return 0.0 if self.warmup_ratio > 0 else 1.0
+        if self._factor is None:
+            from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+            total = max(self.total_steps(), 1)
+            warmup = math.ceil(total * self.warmup_ratio)
+            self._end = warmup + max(total - warmup, 1)  # the step the cosine reaches its floor (transformers' max(1,.))
+            probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)  # only its factor function is used
+            self._factor = get_cosine_with_min_lr_schedule_with_warmup(
+                probe, warmup, total, min_lr_rate=self.min_lr_ratio).lr_lambdas[0]
+        return float(self._factor(min(step, self._end)))
+
+
 def pick_attn_implementation(requested: str) -> str:
     """Resolve ``auto``; reject an explicit choice that cannot work here with one clear line."""
     flash_ok = torch.cuda.is_available()
@@ -243,19 +269,10 @@ class CausalLMModule(L.LightningModule):
         # The schedule's length is read lazily, at the first real step: asking the trainer for it here
         # (estimated_stepping_batches) would build the train dataloader before a checkpoint's data position is
         # restored, and Lightning then never restores it (a resumed run would restart the epoch at sample 0).
-        length: dict[str, int] = {}
+        schedule = LazyWarmupCosine(hp.warmup_ratio, hp.min_lr_ratio, lambda: int(self.trainer.estimated_stepping_batches))
 
-        def lr_lambda(step: int) -> float:  # the HF cosine-with-warmup formula the reference scripts use
-            if step == 0:  # (the formula's value for any length; LambdaLR evaluates it at construction)
-                return 0.0 if hp.warmup_ratio > 0 else 1.0
-            if not length:
-                length["total"] = max(int(self.trainer.estimated_stepping_batches), 1)
-                length["warmup"] = math.ceil(length["total"] * hp.warmup_ratio)
-            total, warmup = length["total"], length["warmup"]
-            if step < warmup:
-                return step / warmup
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        def lr_lambda(step: int) -> float:  # a plain function: LambdaLR would pickle a callable object's __dict__
+            return schedule(step)
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

@@ -13,14 +13,13 @@ mesh and calls ``configure_model()`` where this is applied.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from lightning_modules.packed_attention import check_model_config
+from skill_distill.export import parameters_on_meta
 from skill_distill.io import ConfigError
 
 
@@ -51,29 +50,6 @@ def apply_fsdp2(model, device_mesh, mixed_precision: bool = True, reshard_after_
         fully_shard(layer, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
     # the root group holds embeddings, final norm and lm_head; tied embeddings stay one parameter
     fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
-
-
-@contextlib.contextmanager
-def parameters_on_meta() -> Iterator[None]:
-    """Create every ``nn.Parameter`` on the meta device while buffers are computed for real.
-
-    Parameters cost nothing (and their random initialisation is skipped, since it runs on meta tensors); buffers
-    that are not in checkpoints, like RoPE ``inv_freq``, keep correct values.
-    """
-    original = torch.nn.Module.register_parameter
-
-    def register_on_meta(module, name, param):
-        original(module, name, param)
-        if param is not None and param.device.type != "meta":
-            kwargs = dict(param.__dict__)
-            module._parameters[name] = type(param)(param.to("meta"), requires_grad=param.requires_grad)
-            module._parameters[name].__dict__.update(kwargs)
-
-    torch.nn.Module.register_parameter = register_on_meta
-    try:
-        yield
-    finally:
-        torch.nn.Module.register_parameter = original
 
 
 def resolve_pretrained_dir(name_or_path: str) -> Path:

@@ -15,9 +15,9 @@ STAGES = {
     "merge-attribution": ("skill_distill.attribution", "merge_attribution_shards", "merge attribution shards"),
     "profile": ("skill_distill.profile", "run_profile", "grade the student on the pool, per skill"),
     "merge-profile": ("skill_distill.profile", "merge_profile_shards", "merge profile shards into one profile"),
-    "select-report": ("skill_distill.selection", "run_selection_report", "select a budget and report its skills"),
+    "select-report": ("skill_distill.selection_report", "run_selection_report", "select a budget and report its skills"),
     "evaluate": ("skill_distill.evaluation", "run_evaluate", "per-skill evaluation of a model on benchmarks"),
-    "export": ("skill_distill.export", "run_export", "consolidate a (sharded) training checkpoint into an HF directory"),
+    "export": ("lightning_modules.checkpoint_export", "run_export", "consolidate a (sharded) training checkpoint into an HF directory"),
 }
 
 
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     from skill_distill.io import ConfigError, DataError
 
     fn = getattr(importlib.import_module(module), func)
-    try:
-        CLI(fn, args=argv[1:], as_positional=False)
+    try:  # jsonargparse's CLI over a dict of functions: only the chosen stage's function (and module) is loaded
+        CLI({argv[0]: fn}, args=argv, as_positional=False)
     except (DataError, ConfigError) as e:  # user-fixable input problems: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

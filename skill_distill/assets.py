@@ -291,3 +291,13 @@ def resolve(name_or_path: str) -> str:
         return str(tiny_qwen3_dir())
     known = [*sorted(ASSETS), *DATA_ASSETS]
     raise DataError(f"unknown asset {name_or_path!r}; known: {', '.join('asset:' + a for a in known)}")
+
+
+def load_tokenizer(tokenizer):
+    """The project's one tokenizer loader: a tokenizer object passes through; a hub name, local path or
+    ``asset:<name>`` is loaded with transformers' ``AutoTokenizer``."""
+    if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve(str(tokenizer)))

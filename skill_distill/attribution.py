@@ -36,9 +36,10 @@ from typing import Any, Literal
 
 from skill_distill.corpus import CorpusFields, Example, load_corpus
 from skill_distill.formatting import final_solution, render_prompt
-from skill_distill.generation.base import GenerationBackend, SamplingConfig
+from skill_distill.generation.base import GenerationBackend, SamplingConfig, request_seed
 from skill_distill.generation.factory import BackendConfig, make_backend  # light: backends load when built
 from skill_distill.io import DataError, JsonlAppender, read_json, read_jsonl, write_json, write_jsonl
+from skill_distill.skill_stats import load_attribution
 from skill_distill.skill_tree import Chain, SkillTree, format_chain, parse_chain
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,28 @@ such as routine arithmetic; several may apply. Copy each name exactly as it is w
 Reply with a JSON list of names and nothing else, for example: ["<sub-skill>", "<another sub-skill>"]"""
 """The project's attribution prompt. Placeholders: {problem}, {solution}, {path} (root-to-node names joined by
 " -> "), {node} (the current node), {children} ("- name" lines) or {numbered_children} ("1. name" lines)."""
+
+PAPER_PROMPT_TEMPLATE = """\
+Given the following Math problem:
+
+Q&A: {problem}
+{solution}
+
+Which of the following skills are involved to understanding or solving the problem? Even the most basic skills \
+such as simple addition and subtraction must be taken into account. You can select multiple options if needed. \
+Just return a list of skill names.
+
+Skills:
+{children}
+
+Answer as a Python list of strings."""
+"""The reference scripts' prompt (docs/METHOD.md, appendix): ``Q&A: {qa_input}`` with ``qa_input = problem + "\n" +
+solution``; no path, no system prompt. The default template of ``preset: paper``."""
+
+AttributionPreset = Literal["project", "paper"]
+"""``project`` (default): the project's prompt (with the current path), lenient parsing, a shared input budget,
+chains in tree order. ``paper``: the reference scripts' exact behaviour (docs/METHOD.md, appendix): their prompt,
+only the solution truncated, only exact child names from the bracketed list, chains in reply order."""
 
 TEMPLATE_FIELDS = {"problem", "solution", "path", "node", "children", "numbered_children"}
 NO_SOLUTION = "(no written solution is available; judge from the problem)"
@@ -101,11 +124,11 @@ def check_template(template: str) -> str:
     return template
 
 
-def load_template(template: str | None) -> str:
-    """The default template, an inline template, or the contents of a template file (a value without braces
-    naming an existing file)."""
+def load_template(template: str | None, preset: AttributionPreset = "project") -> str:
+    """The preset's default template, an inline template, or the contents of a template file (a value without
+    braces naming an existing file)."""
     if template is None:
-        return DEFAULT_PROMPT_TEMPLATE
+        return PAPER_PROMPT_TEMPLATE if preset == "paper" else DEFAULT_PROMPT_TEMPLATE
     if "{" not in template and Path(template).is_file():
         template = Path(template).read_text(encoding="utf-8")
     return check_template(template)
@@ -196,10 +219,27 @@ def interpret_reply(text: str, options: dict[str, str]) -> tuple[list[str], int,
     return chosen, unknown, True
 
 
-def request_seed(seed: int, example_id: str, path: Sequence[str]) -> int:
-    """A stable 31-bit seed for one request (SHA-256, not Python's per-process ``hash``)."""
-    key = "\x1f".join([str(seed), example_id, *path]).encode("utf-8")
-    return int.from_bytes(hashlib.sha256(key).digest()[:4], "big") & 0x7FFFFFFF
+def parse_reply_exact(text: str) -> list | None:
+    """The reference's parsing: the text from the first ``[`` to the last ``]`` read as a Python literal; None
+    when there is no such span or it is not a list literal (the branch is then dropped)."""
+    start, end = text.find("["), text.rfind("]")
+    if start < 0 or end <= start:
+        return None
+    try:
+        value = ast.literal_eval(text[start:end + 1])
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+    return list(value) if isinstance(value, (list, tuple)) else None
+
+
+def interpret_reply_exact(text: str, shown_to_child: dict[str, str]) -> tuple[list[str], int, bool]:
+    """``preset: paper``: (children whose shown name a reply string equals exactly, in reply order and with
+    repeats, which the walk expands once each; count of other items; parsable)."""
+    items = parse_reply_exact(text)
+    if items is None:
+        return [], 0, False
+    chosen = [shown_to_child[x] for x in items if isinstance(x, str) and x in shown_to_child]
+    return chosen, len(items) - len(chosen), True
 
 
 # ---- the level-batched walk -------------------------------------------------------------------------------------
@@ -219,13 +259,16 @@ class SkillAttributor:
 
     def __init__(self, tree: SkillTree, backend: GenerationBackend, tokenizer: Any, temperature: float = 0.3,
                  max_new_tokens: int = 2048, max_input_chars: int = 20000, guided: bool = False,
-                 prompt_template: str | None = None, seed: int = 42):
+                 prompt_template: str | None = None, seed: int = 42, preset: AttributionPreset = "project"):
         if tree.depth == 0:
             raise DataError(f"{tree.source}: the skill tree has no children under its root; nothing to attribute")
         self.tree = tree
         self.backend = backend
         self.tokenizer = tokenizer
-        self.template = load_template(prompt_template)
+        if preset not in ("project", "paper"):
+            raise DataError(f"attribution preset must be 'project' or 'paper', got {preset!r}")
+        self.preset = preset
+        self.template = load_template(prompt_template, preset)
         self.max_input_chars = max_input_chars
         self.seed = seed
         self.sampling = SamplingConfig(temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens, n=1,
@@ -254,7 +297,10 @@ class SkillAttributor:
         return self._menus[path]
 
     def input_text(self, example: Example) -> tuple[str, str]:
-        """(problem, solution) cut to ``max_input_chars`` in total, the solution shortened first."""
+        """(problem, solution) cut to ``max_input_chars`` in total, the solution shortened first. ``paper``: the
+        reference's rule, the problem whole and ``trace.split("</think>")[-1][:max_input_chars]`` (unstripped)."""
+        if self.preset == "paper":
+            return example.problem, (example.trace or "").split("</think>")[-1][: self.max_input_chars]
         problem = example.problem[: self.max_input_chars]
         solution = final_solution(example.trace or "")[: max(0, self.max_input_chars - len(problem))]
         return problem, solution or NO_SOLUTION
@@ -273,11 +319,17 @@ class SkillAttributor:
     # ---- walk state (JSON-serialisable, saved after every level) ----
     @staticmethod
     def new_state(example: Example) -> dict:
+        # *_keys: each pending path's / chain's positions in the replies that chose it (the depth-first reply order)
         return {"id": example.id, "pending": [[]], "chains": [], "num_calls": 0,
-                "dropped": {k: 0 for k in DROP_KEYS}}
+                "dropped": {k: 0 for k in DROP_KEYS}, "pending_keys": [[]], "chain_keys": []}
 
     def result(self, state: dict) -> dict:
-        """The output row of a finished example: its chains in tree order."""
+        """The output row of a finished example: its chains in tree order, each once (``paper``: in the order a
+        depth-first walk of the replies meets them, as the reference writes them, repeats included)."""
+        if self.preset == "paper":
+            keyed = sorted(zip(state["chain_keys"], state["chains"]), key=lambda kc: kc[0])
+            return {"id": state["id"], "chains": [list(c) for _, c in keyed], "num_calls": state["num_calls"],
+                    "dropped": dict(state["dropped"])}
         last = len(self._leaf_order)
         chains = sorted({tuple(c) for c in state["chains"]}, key=lambda c: self._leaf_order.get(c, last))
         return {"id": state["id"], "chains": [list(c) for c in chains], "num_calls": state["num_calls"],
@@ -288,11 +340,12 @@ class SkillAttributor:
         items = [(s, tuple(p)) for s in states for p in s["pending"]]
         if not items:
             return 0
+        keys = [k for s in states for k in s.get("pending_keys") or [[]] * len(s["pending"])]
         prompts, seeds, allowed = [], [], []
         for s, path in items:
             text, shown = self.prompt(examples[s["id"]], path)
             prompts.append(text)
-            seeds.append(request_seed(self.seed, s["id"], path))
+            seeds.append(request_seed(self.seed, s["id"], *path))
             allowed.append(shown)
         usage_before = self._reported_prompt_tokens()
         outputs = self.backend.generate(prompts, self.sampling, seeds=seeds,
@@ -305,22 +358,30 @@ class SkillAttributor:
         self.counters["backend_calls"] += 1
         self.counters["prompts"] += len(prompts)
         for s in states:
-            s["pending"] = []
-        for (s, path), completions in zip(items, outputs):
+            s["pending"], s["pending_keys"] = [], []
+            s.setdefault("chain_keys", [[]] * len(s["chains"]))
+        for (s, path), key, completions in zip(items, keys, outputs):
             reply = completions[0]
             self.counters["completion_tokens"] += reply.num_tokens
             self.counters["truncated_replies"] += int(not reply.finished)
             s["num_calls"] += 1
-            chosen, unknown, parsable = interpret_reply(reply.text, self.menu(path)[1])
+            if self.preset == "paper":
+                shown, _ = self.menu(path)
+                real = [c.name for c in self.tree.node(path).children]
+                chosen, unknown, parsable = interpret_reply_exact(reply.text, dict(zip(shown, real)))
+            else:
+                chosen, unknown, parsable = interpret_reply(reply.text, self.menu(path)[1])
             s["dropped"]["unknown_names"] += unknown
             s["dropped"]["unparsable_replies"] += int(not parsable)
             s["dropped"]["dead_ends"] += int(not chosen)
-            for child in chosen:
+            for position, child in enumerate(chosen):
                 child_path = path + (child,)
                 if self.tree.is_leaf_chain(child_path):
                     s["chains"].append(list(child_path))
+                    s["chain_keys"].append([*key, position])
                 else:
                     s["pending"].append(list(child_path))
+                    s["pending_keys"].append([*key, position])
         return len(prompts)
 
     def _reported_prompt_tokens(self) -> int | None:
@@ -476,15 +537,13 @@ def _fingerprint(tree: SkillTree, template: str, settings: dict) -> str:
 
 
 def _load_tokenizer(backend_obj: Any, cfg: BackendConfig) -> Any:
+    """The backend's own tokenizer object when it has one, else the configured tokenizer (or the model's)."""
+    from skill_distill.assets import load_tokenizer
+
     tok = getattr(backend_obj, "tokenizer", None)
     if tok is not None and not isinstance(tok, (str, Path)):
         return tok
-    from transformers import AutoTokenizer
-
-    from skill_distill.assets import resolve
-
-    name = getattr(cfg, "tokenizer", None) or cfg.model
-    return AutoTokenizer.from_pretrained(resolve(str(name)))
+    return load_tokenizer(getattr(cfg, "tokenizer", None) or cfg.model)
 
 
 def _write_stats(path: Path, rows: list[dict], counters: dict, extra: dict) -> dict:
@@ -531,6 +590,7 @@ def run_attribution(
     label_field: str | None = None,
     label_map: dict[str, list[str]] | None = None,
     on_unknown_label: Literal["error", "drop"] = "error",
+    preset: AttributionPreset = "project",
 ) -> dict:
     """Attribute every example of a corpus to skill chains (docs/METHOD.md §2) and write them to ``output_dir``.
 
@@ -560,6 +620,8 @@ def run_attribution(
         label_field: Use this corpus field as the label instead of an LLM (see ``chains_from_labels``).
         label_map: Label value -> chain of the tree, for ``label_field``.
         on_unknown_label: ``error`` (DataError) or ``drop`` (counted) for a label value missing from label_map.
+        preset: ``project`` (default: the project's prompt and lenient parsing) or ``paper`` (the reference
+            scripts' prompt, input rule, exact parsing and reply order; docs/METHOD.md, appendix).
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -580,10 +642,10 @@ def run_attribution(
 
     if backend is None:
         raise DataError("attribute: no backend configured; set backend (kind, model, ...) or use label_field")
-    template = load_template(prompt_template)
+    template = load_template(prompt_template, preset)
     settings = {"temperature": temperature, "max_new_tokens": max_new_tokens, "max_input_chars": max_input_chars,
                 "guided": guided, "seed": seed, "model": backend.model, "fields": asdict(fields),
-                "display_names": display_names}
+                "display_names": display_names, **({"preset": preset} if preset != "project" else {})}
     fingerprint = _fingerprint(skill_tree, template, settings)
     state_path = out_dir / f"{stem}.state.json"
     state = read_json(state_path, "attribution state") if state_path.exists() else None
@@ -604,7 +666,7 @@ def run_attribution(
             engine = make_backend(backend)
             try:
                 walker = SkillAttributor(skill_tree, engine, _load_tokenizer(engine, backend), temperature,
-                                         max_new_tokens, max_input_chars, guided, template, seed)
+                                         max_new_tokens, max_input_chars, guided, template, seed, preset)
                 walker.counters = counters
 
                 def save(chunk_ids: list[str] | None, states: list[dict] | None, level: int) -> None:
@@ -668,32 +730,6 @@ def _run_labelled(pool: str, fields: CorpusFields, limit: int | None, shard_inde
     return _write_stats(out_dir / _stats_name(stem), out, counters,
                         {**extra, "level": info["level"], "label_field": label_field, "tree_cut_depth":
                          info["depth"] if info["cut"] else None, "unknown_labels": info["unknown_labels"]})
-
-
-def load_attribution(path: str | Path, tree: SkillTree | None = None, ids: Iterable[str] | None = None,
-                     allow_torn_tail: bool = False) -> dict[str, list[Chain]]:
-    """Read an attribution JSONL into id -> chains.
-
-    Raises DataError (file, line, fix) for a row without ``id``/``chains``, a duplicate id, a chain that is
-    not a leaf chain of ``tree`` (when given), or ids missing from / extra to ``ids`` (when given).
-    """
-    out: dict[str, list[Chain]] = {}
-    for line, row in enumerate(read_jsonl(path, "attribution file", allow_torn_tail), start=1):
-        where = f"{path}:{line}"
-        if "id" not in row or not isinstance(row.get("chains"), list):
-            raise DataError(f"{where}: expected {{\"id\": ..., \"chains\": [[...], ...]}}; rerun attribution")
-        ex_id = str(row["id"])
-        if ex_id in out:
-            raise DataError(f"{where}: duplicate id {ex_id!r}; merge shards with merge-attribution")
-        chains = []
-        for c in row["chains"]:
-            if not isinstance(c, list) or not all(isinstance(x, str) for x in c):
-                raise DataError(f"{where}: chain {c!r} is not a list of names")
-            chains.append(tree.validate_chain(c, where) if tree is not None else tuple(c))
-        out[ex_id] = chains
-    if ids is not None:
-        _check_coverage(set(out), list(ids), str(path))
-    return out
 
 
 def _check_coverage(have: set[str], want: list[str], where: str) -> None:

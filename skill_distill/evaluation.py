@@ -4,8 +4,9 @@ per skill.
 Flow: benchmarks (``skill_distill.benchmarks``) -> one request per (set, problem, sample) -> this rank's share ->
 generation -> grading -> per-sample records -> metrics (torchmetrics, synced across ranks) -> report + charts.
 
-- Prompts are the training prompts: ``formatting.render_prompt(tok, formatting.user_message(problem),
-  enable_thinking)``.
+- Prompts are the training prompts: ``formatting.render_prompt(tok, formatting.user_turn(problem, instruction,
+  skill_format, tree), enable_thinking)``; a written skill block is read with ``formatting.parse_skill_block`` under
+  the same ``SkillFormat`` (header, display names) the training data was written with.
 - Every request has its own seed, derived from (base seed, set, problem id, sample index) with SHA-256, so the
   completions do not depend on how the requests are split across ranks or batches.
 - Rank r of w takes every w-th request of the global request order: shares are disjoint, cover every request
@@ -22,7 +23,6 @@ generation -> grading -> per-sample records -> metrics (torchmetrics, synced acr
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -35,9 +35,10 @@ from typing import Any
 import torch
 import torchmetrics
 
+from skill_distill.assets import load_tokenizer
 from skill_distill.benchmarks import (PAPER_SUITE, BenchmarkSpec, LoadedBenchmark, load_benchmark, resolve_spec)
-from skill_distill.formatting import DEFAULT_INSTRUCTION, render_prompt, user_message
-from skill_distill.generation.base import GenerationBackend, SamplingConfig
+from skill_distill.formatting import DEFAULT_INSTRUCTION, SkillFormat, parse_skill_block, render_prompt, user_turn
+from skill_distill.generation.base import GenerationBackend, SamplingConfig, request_seed
 from skill_distill.generation.factory import BackendConfig
 from skill_distill.io import DataError, JsonlAppender, write_json
 from skill_distill.skill_tree import Chain, SkillTree, format_chain, parse_chain
@@ -45,7 +46,6 @@ from skill_distill.skill_tree import Chain, SkillTree, format_chain, parse_chain
 log = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
-SKILL_HEADER = "Skills:"
 SKILL_BLOCK_FIELDS = ("samples_with_gold", "samples_with_block", "written_chains", "gold_chains", "matched_chains",
                       "written_topics", "gold_topics", "matched_topics", "written_leaves", "gold_leaves",
                       "matched_leaves")
@@ -69,12 +69,6 @@ class EvalRequest:
         return f"{self.benchmark}|{self.problem_id}|{self.sample}"
 
 
-def request_seed(base_seed: int, benchmark: str, problem_id: str, sample: int) -> int:
-    """A 31-bit seed from (base seed, set, problem id, sample index): stable across runs, ranks and batches."""
-    digest = hashlib.sha256(f"{base_seed}\x1f{benchmark}\x1f{problem_id}\x1f{sample}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % (2**31 - 1)
-
-
 def plan_requests(benchmarks: Sequence[LoadedBenchmark], base_seed: int = 0) -> list[EvalRequest]:
     """Every (set, problem, sample) request, in a fixed global order."""
     return [EvalRequest(b.name, p.index, p.id, s, request_seed(base_seed, b.name, p.id, s))
@@ -88,32 +82,7 @@ def rank_share(requests: Sequence[EvalRequest], rank: int, world_size: int) -> l
     return list(requests[rank::world_size])
 
 
-# ---- skill block -----------------------------------------------------------------------------------------------
-def parse_skill_block(text: str, header: str = SKILL_HEADER) -> list[Chain] | None:
-    """Chains of the ``Skills:`` block an output starts with (one ``A->b`` per line, before ``<think>``), or None
-    when the output does not start with one."""
-    stripped = text.lstrip()
-    if not stripped.startswith(header):
-        return None
-    body = stripped[len(header):]
-    end = body.find("<think>")
-    if end >= 0:
-        body = body[:end]
-    chains: list[Chain] = []
-    for line in body.splitlines():
-        line = line.strip()
-        if not line:
-            if chains:
-                break
-            continue
-        if len(line) > 300:  # prose, not a label: the block has ended
-            break
-        chain = parse_chain(line)
-        if chain and chain not in chains:
-            chains.append(chain)
-    return chains
-
-
+# ---- skill block ----------------------------------------------------------------------------------------------
 def skill_block_counts(written: Sequence[Chain] | None, gold: Sequence[Chain]) -> list[float]:
     """One sample's counters (``SKILL_BLOCK_FIELDS`` order); all zero when the problem has no attributed chains.
 
@@ -131,16 +100,6 @@ def skill_block_counts(written: Sequence[Chain] | None, gold: Sequence[Chain]) -
 
 
 # ---- generation + grading -------------------------------------------------------------------------------------
-def _load_tokenizer(tokenizer: Any):
-    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-        from transformers import AutoTokenizer
-
-        from skill_distill.assets import resolve
-
-        return AutoTokenizer.from_pretrained(resolve(str(tokenizer)))
-    return tokenizer
-
-
 def _load_tree(tree: SkillTree | str | None, display_names: str | None = None) -> SkillTree | None:
     if tree is None or isinstance(tree, SkillTree):
         return tree
@@ -168,7 +127,8 @@ def evaluate_model(model_dir: str, tokenizer: Any, benchmarks: Sequence[str | Be
                    in_subprocess: bool = False, child_env: Mapping[str, str] | None = None,
                    timeout_s: float | None = None, grader_workers: int = 0, grade_timeout_s: float = 5.0,
                    records_path: str | os.PathLike | None = None, chunk_size: int = 4096,
-                   should_stop: Callable[[], bool] | None = None) -> list[dict]:
+                   should_stop: Callable[[], bool] | None = None,
+                   skill_format: SkillFormat | None = None) -> list[dict]:
     """Generate and grade this rank's share of every (set, problem, sample) request; return its records.
 
     ``model_dir`` (any HF model directory) replaces ``backend.model``; ``tokenizer`` (object or path; None: the
@@ -180,18 +140,21 @@ def evaluate_model(model_dir: str, tokenizer: Any, benchmarks: Sequence[str | Be
     ``records_path`` the records are appended there chunk by chunk (``chunk_size`` requests per engine call) and a
     rerun skips the requests already recorded (not with ``in_subprocess``). ``should_stop`` (with ``in_subprocess``)
     is polled while the child generates: when it turns true the child is killed and GenerationInterrupted raised.
+    ``skill_format`` is the training run's (None: the default ``Skills:`` block, no tree in the prompt): its
+    ``tree_in_prompt`` puts ``tree`` in the user turn, its header and display names decide how a block is read.
 
     A record: ``{"key", "benchmark", "index", "id", "sample", "seed", "rank", "text", "num_tokens", "finished",
     "extracted", "correct", "timed_out", "skills_written"}`` (``skills_written``: the ``Skills:`` block's chains
     as ``A->b`` strings, or None). Raises DataError for bad sets, GenerationError when the engine fails.
     """
-    from skill_distill.generation.vllm_backend import generate_in_subprocess
+    from skill_distill.generation.child_process import generate_in_subprocess
     from skill_distill.grading import Grader
 
-    loaded = load_benchmarks(benchmarks, tree, data_root)
+    skill_tree = _load_tree(tree)
+    loaded = load_benchmarks(benchmarks, skill_tree, data_root)
     by_name = {b.name: b for b in loaded}
     requests = rank_share(plan_requests(loaded, sampling.seed), rank, world_size)
-    tok = _load_tokenizer(tokenizer if tokenizer is not None else model_dir)
+    tok = load_tokenizer(tokenizer if tokenizer is not None else model_dir)
     cfg = replace(backend, model=str(model_dir))
     one = replace(sampling, n=1)
 
@@ -207,7 +170,8 @@ def evaluate_model(model_dir: str, tokenizer: Any, benchmarks: Sequence[str | Be
     def prompt(r: EvalRequest) -> str:
         if (r.benchmark, r.index) not in prompt_cache:
             problem = by_name[r.benchmark].problems[r.index].problem
-            prompt_cache[(r.benchmark, r.index)] = render_prompt(tok, user_message(problem, instruction), enable_thinking)
+            user = user_turn(problem, instruction, skill_format, skill_tree)
+            prompt_cache[(r.benchmark, r.index)] = render_prompt(tok, user, enable_thinking)
         return prompt_cache[(r.benchmark, r.index)]
 
     own_engine = None
@@ -236,7 +200,7 @@ def evaluate_model(model_dir: str, tokenizer: Any, benchmarks: Sequence[str | Be
                 verdicts = grader.grade([c.text for c in comps], golds)
                 rows = []
                 for r, c, v in zip(chunk, comps, verdicts):
-                    written = parse_skill_block(c.text)
+                    written = parse_skill_block(c.text, skill_format, skill_tree)
                     rows.append({"key": r.key, "benchmark": r.benchmark, "index": r.index, "id": r.problem_id,
                                  "sample": r.sample, "seed": r.seed, "rank": rank, "text": c.text, "num_tokens": c.num_tokens,
                                  "finished": c.finished, "extracted": v.extracted, "correct": v.correct,
@@ -469,6 +433,7 @@ def run_evaluate(
     data_root: str | None = None,
     enable_thinking: bool = True,
     instruction: str = DEFAULT_INSTRUCTION,
+    skill_format: SkillFormat | None = None,
     baseline_report: str | None = None,
     selection_manifest: str | None = None,
     emphasis_ratio: float = 1.2,
@@ -496,6 +461,8 @@ def run_evaluate(
             pinned files, ``asset:bench/<name>``, and ignore it).
         enable_thinking: Qwen3 thinking mode in the chat template (paper: on).
         instruction: the user-turn instruction (the training one).
+        skill_format: the training run's ``data.skill_format`` (header, display names, ``tree_in_prompt``), so
+            the prompt and the reading of the written skill block are the training ones (None: ``Skills:``).
         baseline_report: an earlier ``report.json`` (e.g. the base model's) to chart the change against.
         selection_manifest: a training run's ``selection_manifest.json``: skills it emphasised are marked.
         emphasis_ratio: a skill is "emphasised" when its share of the selected examples is at least this many
@@ -528,14 +495,15 @@ def run_evaluate(
     records = evaluate_model(model_path, resolve(tokenizer) if tokenizer else None, loaded, backend, sampling,
                              skill_tree, enable_thinking, instruction=instruction, grader_workers=grader_workers,
                              grade_timeout_s=grade_timeout_s, records_path=out / "records.jsonl",
-                             chunk_size=chunk_size)
+                             chunk_size=chunk_size, skill_format=skill_format)
     elapsed = time.time() - t0
     summaries = compute_summaries(loaded, records, confidence=confidence, resamples=bootstrap_resamples)
     meta = {"tag": "evaluate", "model": model, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "elapsed_s": round(elapsed, 1), "sampling": asdict(sampling), "enable_thinking": enable_thinking,
             "backend": {k: v for k, v in asdict(backend).items() if k in ("kind", "dtype", "tensor_parallel_size",
                                                                          "max_model_len")},
-            "tree": tree, "baseline": baseline_report, "selection_manifest": selection_manifest}
+            "tree": tree, "baseline": baseline_report, "selection_manifest": selection_manifest,
+            "skill_format": asdict(skill_format) if skill_format is not None else None}
     report = build_report(loaded, records, summaries, meta)
     paths = write_report(out, report, baseline=baseline, emphasised=emphasised)
     for name, s in summaries.items():

@@ -5,20 +5,17 @@ Works for plain and FSDP2-sharded models: the full state dict is gathered with t
 state-dict API (a collective: every rank must call), then rank 0 writes into a temporary directory that is renamed
 into place, so a crash never leaves a half-written export.
 
-``run_export`` (the ``export`` stage) consolidates a training checkpoint, sharded (torch.distributed.checkpoint,
-any number of ranks) or single-file, into the same kind of directory, on one process without a GPU:
-
-    python -m skill_distill export --checkpoint runs/qwen3_8b/skill_sft/checkpoints/last.ckpt \
-        --output_dir runs/qwen3_8b/skill_sft/hf_export/last --dtype bfloat16
+Model-generic only (torch, transformers): reading Lightning's checkpoint layout and the ``export`` stage live on the
+Lightning side, in ``lightning_modules.checkpoint_export``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -116,103 +113,38 @@ def _readable(directory: Path) -> None:
             os.chmod(f, 0o666 & ~umask)
 
 
-# ---- consolidating training checkpoints ---------------------------------------------------------------------
-PROJECT_PACKAGES = ("skill_distill", "datamodules", "lightning_modules", "callbacks")
-LIGHTNING_META = "meta.pt"  # Lightning's non-tensor part of a distributed checkpoint
-MODULE_PREFIX = "model."  # CausalLMModule keeps the HF model as ``self.model``
+# ---- a model skeleton for recorded weights ------------------------------------------------------------------
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Create every ``nn.Parameter`` on the meta device while buffers are computed for real.
 
-
-def checkpoint_globals(path: str | os.PathLike) -> tuple[list, list[str]]:
-    """Classes a torch checkpoint file needs beyond ``weights_only`` defaults: (the project's own, importable
-    ones; the names of any others)."""
-    import importlib
-
-    import torch
-
-    names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    ours, foreign = [], []
-    for name in names:
-        module, _, attr = name.rpartition(".")
-        if name.split(".")[0] not in PROJECT_PACKAGES:
-            foreign.append(name)
-            continue
-        try:
-            ours.append(getattr(importlib.import_module(module), attr))
-        except (ImportError, AttributeError):
-            foreign.append(name)
-    return ours, foreign
-
-
-def load_trusted(path: str | os.PathLike, **kwargs):
-    """``torch.load(weights_only=True)`` of a training checkpoint file, allowing the project's own config classes
-    (hyperparameters hold dataclasses such as CorpusFields) and nothing else. Raises DataError otherwise."""
-    import torch
-
-    from skill_distill.io import DataError
-
-    try:
-        classes, foreign = checkpoint_globals(path)
-    except Exception as e:  # noqa: BLE001 - not a torch zip file
-        raise DataError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
-    if foreign:
-        raise DataError(f"{path}: holds objects of other code ({', '.join(foreign[:3])}); load it yourself with "
-                        "torch.load(weights_only=False) if you trust it")
-    with torch.serialization.safe_globals(classes):
-        return torch.load(path, weights_only=True, **kwargs)
-
-
-def read_training_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
-    """The HF model weights and the Lightning checkpoint's other contents (hyperparameters, ...) of a checkpoint
-    written by train.py: a distributed checkpoint directory (FSDP2, any number of ranks) or a single file.
-
-    Only model weights are read (never optimizer state); a distributed checkpoint is read shard by shard into full
-    CPU tensors without a process group. Raises DataError for a missing or foreign checkpoint.
+    Parameters cost nothing (and their random initialisation is skipped, since it runs on meta tensors); buffers
+    that are not in checkpoints, like RoPE ``inv_freq``, keep correct values.
     """
     import torch
 
-    from skill_distill.io import DataError
+    original = torch.nn.Module.register_parameter
 
-    ckpt = Path(path)
-    if ckpt.is_dir():
-        if not (ckpt / LIGHTNING_META).is_file() or not (ckpt / ".metadata").is_file():
-            raise DataError(f"{ckpt}: not a complete distributed checkpoint (needs .metadata and {LIGHTNING_META}); "
-                            "an interrupted save leaves only a hidden .tmp-* directory: use the previous checkpoint")
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint import FileSystemReader
-        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+    def register_on_meta(module, name, param):
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            kwargs = dict(param.__dict__)
+            module._parameters[name] = type(param)(param.to("meta"), requires_grad=param.requires_grad)
+            module._parameters[name].__dict__.update(kwargs)
 
-        meta = load_trusted(ckpt / LIGHTNING_META, map_location="cpu")
-        reader = FileSystemReader(str(ckpt))
-        entries = reader.read_metadata().state_dict_metadata
-        prefix = "state_dict." + MODULE_PREFIX
-        target = {k[len("state_dict."):]: torch.empty(md.size, dtype=md.properties.dtype)
-                  for k, md in entries.items() if k.startswith(prefix) and isinstance(md, TensorStorageMetadata)}
-        if not target:
-            raise DataError(f"{ckpt}: no model weights under 'state_dict.{MODULE_PREFIX}*'; not written by train.py?")
-        loaded = {"state_dict": target}
-        with warnings.catch_warnings():  # "no process group: loading in a single process" is the intent here
-            warnings.simplefilter("ignore", UserWarning)
-            dcp.load(loaded, storage_reader=reader, no_dist=True)
-        weights = loaded["state_dict"]
-    elif ckpt.is_file():
-        meta = load_trusted(ckpt, map_location="cpu", mmap=True)
-        weights = meta.pop("state_dict", None)
-        if not weights:
-            raise DataError(f"{ckpt}: no 'state_dict' in this checkpoint; not written by train.py?")
-    else:
-        raise DataError(f"checkpoint not found: {ckpt}")
-    state = {k[len(MODULE_PREFIX):]: v for k, v in weights.items() if k.startswith(MODULE_PREFIX)}
-    if not state:
-        raise DataError(f"{ckpt}: no weights named '{MODULE_PREFIX}*' (the CausalLMModule's model)")
-    return state, meta
+    torch.nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = original
 
 
 def model_skeleton(hparams: dict, model: str | None = None):
-    """The HF model of a CausalLMModule's hyperparameters (``model`` overrides the recorded name/path), with its
-    parameters on the meta device: class, config and generation config only."""
+    """The HF model of recorded hyperparameters (``model``: a name or path, or ``model_config``: a config dict;
+    the ``model`` argument overrides the recorded one), with its parameters on the meta device: class, config and
+    generation config only."""
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-    from lightning_modules.sharding import parameters_on_meta
     from skill_distill import assets
 
     source = model or hparams.get("model")
@@ -232,37 +164,3 @@ def model_skeleton(hparams: dict, model: str | None = None):
     if source and Path(source, "generation_config.json").is_file():
         skeleton.generation_config = GenerationConfig.from_pretrained(source)
     return skeleton
-
-
-def run_export(checkpoint: str, output_dir: str, dtype: str | None = None, model: str | None = None,
-               tokenizer: str | None = None) -> str:
-    """Consolidate a training checkpoint into an HF directory (safetensors, config, generation config, tokenizer)
-    that transformers and vLLM load (the ``export`` stage).
-
-    Args:
-        checkpoint: a checkpoint of ``train.py``: a distributed (FSDP2, any number of ranks) checkpoint directory
-            such as ``runs/x/checkpoints/last.ckpt``, or a single-file checkpoint.
-        output_dir: the HF directory to write (replaced atomically if it exists).
-        dtype: cast floating weights (e.g. bfloat16 for serving); None keeps the training dtype.
-        model: the base model's HF directory or hub name when the recorded one is not reachable here (its config
-            and generation config are used, never its weights).
-        tokenizer: tokenizer to save alongside (default: the one recorded in the checkpoint).
-
-    Returns the output directory. Raises DataError for a missing, incomplete or foreign checkpoint.
-    """
-    from skill_distill import assets
-
-    state, meta = read_training_checkpoint(checkpoint)
-    hparams = dict(meta.get("hyper_parameters") or {})
-    skeleton = model_skeleton(hparams, model)
-    missing = sorted(set(k for k in skeleton.state_dict() if k != tied_output_key(skeleton)) - set(state))
-    if missing:
-        from skill_distill.io import DataError
-
-        raise DataError(f"{checkpoint}: {len(missing)} weights of {type(skeleton).__name__} missing "
-                        f"(e.g. {missing[:3]}); does --model match the trained architecture?")
-    tok = tokenizer or hparams.get("tokenizer") or (meta.get("datamodule_hyper_parameters") or {}).get("tokenizer") \
-        or hparams.get("model") or model
-    out = write_hf_dir(skeleton, state, assets.resolve(tok) if tok else None, output_dir, dtype)
-    print(f"exported {checkpoint} -> {out}")
-    return str(out)

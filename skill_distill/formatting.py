@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from skill_distill.skill_tree import Chain, SkillTree, format_chain
+from skill_distill.skill_tree import Chain, SkillTree, format_chain, parse_chain
 
 DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 USER_TEMPLATE = "{instruction}\n\nQuestion: {problem}"
@@ -33,6 +33,10 @@ class SkillFormat:
     tree_in_prompt: bool = False
     """Put the whole skill tree (as indented names) in the user turn (an ablation of the paper)."""
     header: str = "Skills:"
+    preset: Literal["project", "paper"] = "project"
+    """project: an example without chains gets no block; paper: the reference scripts' empty block
+    (``header`` + ``"\n"`` + ``"\n"``, docs/METHOD.md, appendix). Chains are written in the order given (the
+    attribution's: tree order, or reply order with the attribution's ``preset: paper``)."""
 
 
 def user_message(problem: str, instruction: str = DEFAULT_INSTRUCTION, tree_text: str | None = None) -> str:
@@ -40,6 +44,19 @@ def user_message(problem: str, instruction: str = DEFAULT_INSTRUCTION, tree_text
     if tree_text:
         text = f"Skill tree:\n{tree_text}\n\n{text}"
     return text
+
+
+def user_turn(problem: str, instruction: str = DEFAULT_INSTRUCTION, fmt: SkillFormat | None = None,
+              tree: SkillTree | None = None) -> str:
+    """The user turn of training and evaluation alike: with ``fmt.tree_in_prompt`` the tree is shown before the
+    question (so the ablation is evaluated on the prompt it trained on). Raises ValueError when the format asks
+    for the tree and none is given."""
+    tree_text = None
+    if fmt is not None and fmt.tree_in_prompt:
+        if tree is None:
+            raise ValueError("skill_format.tree_in_prompt needs a skill tree")
+        tree_text = tree_as_text(tree, fmt)
+    return user_message(problem, instruction, tree_text)
 
 
 def render_prompt(tokenizer, user_text: str, enable_thinking: bool = True, system: str | None = None) -> str:
@@ -78,20 +95,72 @@ def label_chain(chain: Sequence[str], fmt: SkillFormat, tree: SkillTree | None =
 
 
 def skill_block(chains: Sequence[Sequence[str]], fmt: SkillFormat, tree: SkillTree | None = None) -> str:
-    """``Skills:`` then one label per line, ending with a newline; empty when the mode is off or no chains.
+    """``Skills:`` then one label per line, ending with a newline; empty when the mode is off or, with the
+    project preset, without chains (the paper preset writes an empty block then).
 
     Labels that become identical after shortening (two leaves of one topic in ``topic`` mode) are written once.
     """
-    if fmt.mode == "off" or not chains:
+    if fmt.mode == "off":
         return ""
+    if not chains:
+        return fmt.header + "\n\n" if fmt.preset == "paper" else ""
     labels: list[str] = []
     for c in chains:
         text = format_chain(label_chain(c, fmt, tree))
         if text and text not in labels:
             labels.append(text)
     if not labels:
-        return ""
+        return fmt.header + "\n\n" if fmt.preset == "paper" else ""
     return fmt.header + "\n" + "\n".join(labels) + "\n"
+
+
+def parse_skill_block(text: str, fmt: SkillFormat | None = None, tree: SkillTree | None = None) -> list[Chain] | None:
+    """The inverse of ``skill_block``: the chains of the block an output starts with (one label per line after
+    ``fmt.header``, before ``<think>``), in tree names, or None when the output does not start with the header.
+
+    With ``fmt.use_display_names`` (and a tree) display names are mapped back to tree names: a label is first
+    walked down from the root (exact for chains that start at a topic), else each name is looked up among the
+    display names that belong to one tree name only; a name that is not a display name stays as written.
+    """
+    fmt = fmt or SkillFormat()
+    stripped = text.lstrip()
+    if not stripped.startswith(fmt.header):
+        return None
+    body = stripped[len(fmt.header):]
+    end = body.find("<think>")
+    if end >= 0:
+        body = body[:end]
+    chains: list[Chain] = []
+    for line in body.splitlines():
+        line = line.strip()
+        if not line:
+            if chains:
+                break
+            continue
+        if len(line) > 300:  # prose, not a label: the block has ended
+            break
+        chain = parse_chain(line)
+        if chain and fmt.use_display_names and tree is not None:
+            chain = _tree_names(chain, tree)
+        if chain and chain not in chains:
+            chains.append(chain)
+    return chains
+
+
+def _tree_names(chain: Chain, tree: SkillTree) -> Chain:
+    node, walked = tree.root, []
+    for label in chain:  # a chain from the root: match each level among the children's display names
+        match = [c for c in node.children if tree.display(c.name) == label or c.name == label]
+        if len(match) != 1:
+            break
+        node = match[0]
+        walked.append(node.name)
+    else:
+        return tuple(walked)
+    owners: dict[str, set[str]] = {}
+    for name, shown in tree.display_names.items():
+        owners.setdefault(shown, set()).add(name)
+    return tuple(next(iter(owners[n])) if len(owners.get(n, ())) == 1 else n for n in chain)
 
 
 def assistant_target(trace: str, chains: Sequence[Sequence[str]] = (), fmt: SkillFormat | None = None,

@@ -225,12 +225,10 @@ def _run_info(pool, tree, attribution, backend: BackendConfig, sampling: Samplin
 def _answer_and_grade(todo: list[Example], index: dict[str, int], path: Path, backend_cfg: BackendConfig,
                       sampling: SamplingConfig, enable_thinking: bool, instruction: str, chunk_size: int,
                       grader_workers: int, grade_timeout_s: float, answer_fallback: str) -> None:
-    from transformers import AutoTokenizer
-
-    from skill_distill.assets import resolve
+    from skill_distill.assets import load_tokenizer
     from skill_distill.grading import Grader
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve(backend_cfg.tokenizer or backend_cfg.model))
+    tokenizer = load_tokenizer(backend_cfg.tokenizer or backend_cfg.model)
     chunk_size = max(1, chunk_size)
     grader = Grader(workers=grader_workers, timeout_s=grade_timeout_s, fallback=answer_fallback)
     with grader, make_backend(backend_cfg) as student, JsonlAppender(path) as out:
@@ -348,6 +346,18 @@ def merge_profile_shards(output_dir: str, num_shards: int, shrinkage: float = 0.
 ProfileValue = Literal["accuracy", "accuracy_shrunk", "judged", "correct", "samples", "ci_low", "ci_high"]
 
 
+def _profile_nodes(path: str | os.PathLike) -> list[dict]:
+    """The ``nodes`` rows of a profile.json, each with a ``chain`` (the one place that reads the file)."""
+    data = read_json(path, "student profile")
+    nodes = data.get("nodes") if isinstance(data, dict) else None
+    if not isinstance(nodes, list):
+        raise DataError(f"{path}: not a student profile (no 'nodes' list); run the profile stage first")
+    for i, node in enumerate(nodes):
+        if not isinstance(node, dict) or "chain" not in node:
+            raise DataError(f"{path}: nodes[{i}] needs a 'chain' field")
+    return nodes
+
+
 def load_profile(path: str | os.PathLike, tree: SkillTree, value: ProfileValue = "accuracy") -> dict[Chain, float]:
     """``{leaf chain: value}`` for every leaf of ``tree`` the profile judged (default: its accuracy).
 
@@ -358,10 +368,7 @@ def load_profile(path: str | os.PathLike, tree: SkillTree, value: ProfileValue =
     Raises DataError when the file is not a profile, lacks ``value`` (``accuracy_shrunk`` needs shrinkage > 0),
     or shares no node with ``tree``.
     """
-    data = read_json(path, "student profile")
-    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
-        raise DataError(f"{path}: not a student profile (no 'nodes' list); run the profile stage first")
-    by_chain: dict[Chain, dict] = {parse_chain(row["chain"]): row for row in data["nodes"]}
+    by_chain: dict[Chain, dict] = {parse_chain(str(row["chain"])): row for row in _profile_nodes(path)}
     out: dict[Chain, float] = {}
     for leaf in tree.leaf_chains:
         row = by_chain.get(leaf)
@@ -374,3 +381,22 @@ def load_profile(path: str | os.PathLike, tree: SkillTree, value: ProfileValue =
     if not out and len(by_chain) > 1:
         raise DataError(f"{path}: none of its skills is a leaf of {tree.source}; profile and tree do not match")
     return out
+
+
+def read_profile_nodes(path: str | os.PathLike, tree: SkillTree) -> tuple[dict[Chain, float], dict[Chain, int]]:
+    """profile.json ``{"nodes": [{"chain": "A->b", "judged", "accuracy", ...}]}`` -> accuracy and judged count of
+    every node (leaves and internal nodes) with a judged example. Nodes outside the tree raise DataError."""
+    accuracy: dict[Chain, float] = {}
+    judged: dict[Chain, int] = {}
+    for i, node in enumerate(_profile_nodes(path)):
+        chain = parse_chain(str(node["chain"]))
+        if not chain:
+            continue  # the root
+        if chain not in tree:
+            raise DataError(f"{path}: nodes[{i}] names {node['chain']!r}, which is not in the tree {tree.source}; "
+                            "was the profile made with another tree?")
+        count = int(node.get("judged") or 0)
+        judged[chain] = count
+        if count > 0 and node.get("accuracy") is not None:
+            accuracy[chain] = float(node["accuracy"])
+    return accuracy, judged

@@ -11,7 +11,8 @@ sampling without replacement with weights ``q``. That is done in one vectorised 
 (Efraimidis-Spirakis: ``key(e) = Exp(1) / q(e)``, take the smallest keys). Given that ``e`` was drawn, the leaf it
 was drawn through has probability proportional to ``w(l) / n(l)`` over its leaves. Leaves whose examples are all
 chosen drop out by themselves, and the loop cannot spin: a pool smaller than the budget is simply taken whole.
-``_sample_by_skill_literal`` keeps the literal loop as the reference the tests compare against.
+The literal loop, kept as the reference the tests and ``benchmarks/bench_selection.py`` compare against, lives in
+``benchmarks/reference_impl.py``.
 
 Variants (all in ``SelectionConfig``): keep only wrong / right examples or a fixed share of each; forced
 distribution (greedy L2 matching of the selected leaf histogram to the target); a maximum tree depth; one skill
@@ -33,6 +34,7 @@ from typing import Literal
 import numpy as np
 
 from skill_distill.io import ConfigError, DataError, read_json, read_jsonl, require_file, sha256_file, write_json
+from skill_distill.profile import read_profile_nodes
 from skill_distill.skill_tree import Chain, SkillTree, format_chain, parse_chain
 
 Strategy = Literal["skill", "random", "difficulty", "all"]
@@ -68,6 +70,11 @@ class SelectionConfig:
     wrong_share: float | None = None
     """A fixed share in [0, 1] of wrong examples, the rest right (needs verdicts; excludes ``correctness``).
     If one side runs out, the other fills the budget and a note says so."""
+    correct_portion: float | None = None
+    """skill only: the reference scripts' ``--correct_portion p`` (docs/METHOD.md, appendix): per leaf, before
+    sampling, its candidates are cut to the largest subset with right : wrong = p : (1 - p), drawn at random; the
+    leaf's weight is unchanged and the usual sampler runs over these lists (needs verdicts). Unlike the global
+    ``wrong_share`` it balances within each leaf; the two exclude each other, and ``correctness``."""
     forced_distribution: bool = False
     """skill only: instead of sampling, greedily add the example that brings the selected leaf histogram closest
     (L2) to the target distribution (the normalised weights)."""
@@ -98,6 +105,13 @@ class SelectionConfig:
                 raise bad("wrong_share", "must lie in [0, 1] (or null)")
             if self.correctness != "any":
                 raise bad("wrong_share", "set either wrong_share or correctness, not both")
+        if self.correct_portion is not None:
+            if not 0.0 <= self.correct_portion <= 1.0:
+                raise bad("correct_portion", "must lie in [0, 1] (or null)")
+            if self.wrong_share is not None or self.correctness != "any":
+                raise bad("correct_portion", "set one of correct_portion, wrong_share, correctness")
+            if self.strategy != "skill" or self.forced_distribution:
+                raise bad("correct_portion", "only applies to strategy 'skill' without forced_distribution")
         if self.max_depth is not None and self.max_depth < 1:
             raise bad("max_depth", "must be >= 1 (or null for the full tree)")
         lo, hi = self.difficulty_band
@@ -303,7 +317,13 @@ def select(config: SelectionConfig, ids: Sequence[str], chains_by_id: Mapping[st
         target_vec = np.where(active, weights, 0.0)
         target_vec /= target_vec.sum()
         target = {pool.leaves[i]: float(target_vec[i]) for i in np.flatnonzero(active)}
-        if config.forced_distribution:
+        if config.correct_portion is not None:
+            lists = _per_leaf_portion_lists(config.correct_portion, pool, candidates, np.flatnonzero(active),
+                                            correct_by_id, rng)
+            drawn = _sample_over_leaf_lists(lists, weights, config.budget, rng)
+            notes.append(f"correct_portion {config.correct_portion}: {sum(map(len, lists.values()))} (leaf, example) "
+                         "candidates after the per-leaf cut")
+        elif config.forced_distribution:
             drawn = _select_forced(pool, groups, np.flatnonzero(active), target_vec, rng)
         else:
             drawn = []
@@ -382,10 +402,12 @@ def _difficulty_candidates(config: SelectionConfig, pool: _Pool, pass_rate_by_id
 def _correctness_groups(config: SelectionConfig, pool: _Pool, members: np.ndarray,
                         correct_by_id: Mapping[str, float] | None,
                         notes: list[str]) -> list[tuple[str, np.ndarray, int]]:
-    """Split eligible examples into (name, members, quota) groups following ``correctness`` / ``wrong_share``."""
-    if config.correctness == "any" and config.wrong_share is None:
+    """Split eligible examples into (name, members, quota) groups following ``correctness`` / ``wrong_share``
+    (``correct_portion``: one group of the examples with a verdict; the per-leaf cut comes later)."""
+    if config.correctness == "any" and config.wrong_share is None and config.correct_portion is None:
         return [("any", members, config.budget)]
-    field_name = "correctness" if config.wrong_share is None else "wrong_share"
+    field_name = ("correct_portion" if config.correct_portion is not None
+                  else "correctness" if config.wrong_share is None else "wrong_share")
     if correct_by_id is None:
         raise DataError(f"selection.{field_name} needs the student's verdicts (verdicts.jsonl of the profile stage); "
                         "pass verdicts=..., or set correctness: any")
@@ -395,6 +417,8 @@ def _correctness_groups(config: SelectionConfig, pool: _Pool, members: np.ndarra
         notes.append(f"{unjudged} eligible examples have no verdict and are left out")
     wrong = np.asarray([e for e, s in zip(members, score) if s is not None and s < WRONG_BELOW], dtype=int)
     right = np.asarray([e for e, s in zip(members, score) if s is not None and s >= WRONG_BELOW], dtype=int)
+    if config.correct_portion is not None:
+        return [("judged", np.sort(np.concatenate([wrong, right])).astype(int), config.budget)]
     if config.wrong_share is None:
         return [("wrong", wrong, config.budget)] if config.correctness == "wrong" else [("right", right, config.budget)]
     want_wrong = int(round(config.budget * config.wrong_share))
@@ -409,6 +433,56 @@ def _correctness_groups(config: SelectionConfig, pool: _Pool, members: np.ndarra
                      "are eligible; wrong examples fill the rest")
         want_right, want_wrong = len(right), config.budget - len(right)
     return [("wrong", wrong, want_wrong), ("right", right, want_right)]
+
+
+def _per_leaf_portion_lists(portion: float, pool: _Pool, members: np.ndarray, leaves: np.ndarray,
+                            correct_by_id: Mapping[str, float], rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """The reference's ``--correct_portion`` cut (``collect_leaf_node_with_wrong_items``): per leaf, the largest
+    subset with right : wrong = p : (1 - p), ``n = min(#right / p, #wrong / (1 - p))`` (the infinite term dropped
+    when p is 0 or 1), then ``int(n * p)`` right and ``int(n * (1 - p))`` wrong examples drawn at random."""
+    by_leaf: dict[int, tuple[list[int], list[int]]] = {int(c): ([], []) for c in leaves}
+    for e in members:
+        right = correct_by_id[pool.ids[e]] >= WRONG_BELOW
+        for c in pool.leaf_rows[e]:
+            if c in by_leaf:
+                by_leaf[c][0 if right else 1].append(int(e))
+    out: dict[int, np.ndarray] = {}
+    for c, (right, wrong) in by_leaf.items():
+        terms = ([len(right) / portion] if portion > 0 else []) + ([len(wrong) / (1 - portion)] if portion < 1 else [])
+        n = min(terms)
+        keep_right, keep_wrong = int(n * portion), int(n * (1 - portion))
+        kept = [*rng.permutation(right)[:keep_right], *rng.permutation(wrong)[:keep_wrong]]
+        if kept:
+            out[c] = np.asarray(sorted(int(e) for e in kept), dtype=int)
+    return out
+
+
+def _sample_over_leaf_lists(lists: Mapping[int, np.ndarray], weights: np.ndarray, quota: int,
+                            rng: np.random.Generator) -> list[tuple[int, int]]:
+    """The method's sampler (pick a leaf by weight, then one of *its list's* examples uniformly, until ``quota``
+    unique examples) over per-leaf candidate lists, in one pass like ``_sample_by_skill``: example ``e`` is drawn
+    in a round with probability ``sum over lists holding e of w(l) / len(list l)``."""
+    mass: dict[int, float] = {}
+    leaves_of: dict[int, list[tuple[int, float]]] = {}
+    for c, members in lists.items():
+        if weights[c] <= 0 or not len(members):
+            continue
+        share = float(weights[c]) / len(members)
+        for e in members:
+            mass[int(e)] = mass.get(int(e), 0.0) + share
+            leaves_of.setdefault(int(e), []).append((c, share))
+    examples = np.asarray(sorted(mass), dtype=int)
+    if quota <= 0 or not len(examples):
+        return []
+    q = np.asarray([mass[e] for e in examples])
+    keys = rng.exponential(size=len(examples)) / q
+    order = np.argsort(keys, kind="stable")[:quota]
+    picks: list[tuple[int, int]] = []
+    for u, local in zip(rng.random(len(order)), order):
+        e = int(examples[local])
+        cum = np.cumsum([m for _, m in leaves_of[e]])
+        picks.append((e, leaves_of[e][int(np.searchsorted(cum, u * cum[-1], side="right"))][0]))
+    return picks
 
 
 def _sample_by_skill(pool: _Pool, members: np.ndarray, weights: np.ndarray, quota: int,
@@ -434,23 +508,6 @@ def _sample_by_skill(pool: _Pool, members: np.ndarray, weights: np.ndarray, quot
         mass = np.cumsum([leaf_mass[c] for c in leaves])
         picks.append((e, leaves[int(np.searchsorted(mass, u * mass[-1], side="right"))]))
     return picks
-
-
-def _sample_by_skill_literal(members_by_leaf: Mapping[int, Sequence[int]], weights: Mapping[int, float], quota: int,
-                             rng: np.random.Generator) -> list[tuple[int, int]]:
-    """Reference: the literal loop of the method (pick a leaf by weight, then one of its examples uniformly,
-    repeat draws of already-chosen examples; exhausted leaves drop out). Reference for the tests and the benchmark."""
-    leaves = [leaf for leaf in members_by_leaf if weights.get(leaf, 0) > 0 and members_by_leaf[leaf]]
-    chosen: dict[int, int] = {}
-    while len(chosen) < quota and leaves:
-        w = np.array([weights[leaf] for leaf in leaves])
-        leaf = leaves[int(rng.choice(len(leaves), p=w / w.sum()))]
-        examples = members_by_leaf[leaf]
-        e = int(examples[int(rng.integers(len(examples)))])
-        if e not in chosen:
-            chosen[e] = leaf
-        leaves = [leaf for leaf in leaves if any(x not in chosen for x in members_by_leaf[leaf])]
-    return list(chosen.items())
 
 
 # ---- forced distribution --------------------------------------------------------------------------------------
@@ -508,37 +565,6 @@ def _forced_distribution(X, target: np.ndarray, counts: np.ndarray, quota: int, 
         picks.append(j)
         available[j] = False
         counts[X.indices[X.indptr[j]: X.indptr[j + 1]]] += 1
-    return picks
-
-
-def _forced_distribution_naive(X, target: np.ndarray, counts: np.ndarray, quota: int,
-                               priority: np.ndarray) -> list[int]:
-    """Reference for ``_forced_distribution``: scores every candidate by building its normalised histogram
-    (O(quota x rows x leaves) in Python). Same contract and tie rule."""
-    X = X.tocsr()
-    rows = [list(X.indices[X.indptr[j]: X.indptr[j + 1]]) for j in range(X.shape[0])]
-    taken = [not r for r in rows]
-    picks: list[int] = []
-    for _ in range(quota):
-        scores = []
-        for j, row in enumerate(rows):
-            if taken[j]:
-                scores.append(math.inf)
-                continue
-            hist = [float(c) for c in counts]
-            for leaf in row:
-                hist[leaf] += 1
-            total = sum(hist)
-            scores.append(sum((h / total - t) ** 2 for h, t in zip(hist, target)))
-        best = min(scores)
-        if best == math.inf:
-            break
-        tied = [j for j, sc in enumerate(scores) if sc <= best + TIE_TOLERANCE]
-        j = min(tied, key=lambda k: priority[k])
-        picks.append(j)
-        taken[j] = True
-        for leaf in rows[j]:
-            counts[leaf] += 1
     return picks
 
 
@@ -680,31 +706,6 @@ def load_selection_inputs(pool: str, tree: str, attribution: str, profile: str |
     return inputs
 
 
-def read_profile_nodes(path: str | os.PathLike, tree: SkillTree) -> tuple[dict[Chain, float], dict[Chain, int]]:
-    """profile.json ``{"nodes": [{"chain": "A->b", "judged", "accuracy", ...}]}`` -> accuracy and judged count of
-    every node (leaves and internal nodes) with a judged example. Nodes outside the tree raise DataError."""
-    data = read_json(path, "student profile")
-    nodes = data.get("nodes") if isinstance(data, dict) else None
-    if not isinstance(nodes, list):
-        raise DataError(f"{path}: a profile needs a 'nodes' list (profile.json of the profile stage)")
-    accuracy: dict[Chain, float] = {}
-    judged: dict[Chain, int] = {}
-    for i, node in enumerate(nodes):
-        if not isinstance(node, dict) or "chain" not in node:
-            raise DataError(f"{path}: nodes[{i}] needs a 'chain' field")
-        chain = parse_chain(str(node["chain"]))
-        if not chain:
-            continue  # the root
-        if chain not in tree:
-            raise DataError(f"{path}: nodes[{i}] names {node['chain']!r}, which is not in the tree {tree.source}; "
-                            "was the profile made with another tree?")
-        count = int(node.get("judged") or 0)
-        judged[chain] = count
-        if count > 0 and node.get("accuracy") is not None:
-            accuracy[chain] = float(node["accuracy"])
-    return accuracy, judged
-
-
 def read_mean_correctness(path: str | os.PathLike) -> dict[str, float]:
     """verdicts.jsonl rows ``{"id", "sample", "correct", ...}`` -> the mean correctness of each id."""
     totals: dict[str, list[float]] = {}
@@ -714,12 +715,3 @@ def read_mean_correctness(path: str | os.PathLike) -> dict[str, float]:
         totals.setdefault(str(row["id"]), []).append(float(bool(row["correct"])))
     return {k: sum(v) / len(v) for k, v in totals.items()}
 
-
-def __getattr__(name: str):
-    # the CLI table names ``skill_distill.selection:run_selection_report``; the stage lives with the report code
-    # (matplotlib), imported only when asked for
-    if name == "run_selection_report":
-        from skill_distill.selection_report import run_selection_report
-
-        return run_selection_report
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

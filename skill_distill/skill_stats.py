@@ -14,11 +14,9 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Literal
 
 from skill_distill.io import DataError, iter_jsonl
@@ -48,11 +46,12 @@ class Attribution(dict):
         return sum(1 for chains in self.values() if chains)
 
 
-def load_attribution(path: str | os.PathLike, tree: SkillTree, on_unknown: Literal["error", "drop"] = "error",
+def load_attribution(path: str | os.PathLike, tree: SkillTree | None, on_unknown: Literal["error", "drop"] = "error",
                      max_depth: int | None = None) -> Attribution:
     """Read an attribution JSONL file into ``{id: [chain, ...]}`` (an ``Attribution``, a dict with counts).
 
-    Chains are validated with ``tree.validate_chain``: with ``on_unknown="error"`` an unknown skill or a chain
+    Chains are validated with ``tree.validate_chain`` (``tree=None``: rows are checked, chains taken as written):
+    with ``on_unknown="error"`` an unknown skill or a chain
     stopping at an internal node raises DataError naming the file and line; with ``"drop"`` such chains are
     counted and left out. ``max_depth`` first cuts every chain to that many nodes (pass the matching
     ``tree.cut(max_depth)``). Repeated chains of one example are kept once, in first-seen order.
@@ -80,7 +79,7 @@ def load_attribution(path: str | os.PathLike, tree: SkillTree, on_unknown: Liter
             if max_depth is not None:
                 chain = chain[:max_depth]
             try:
-                c = tree.validate_chain(chain, f"{where} (id {ex_id!r})")
+                c = tree.validate_chain(chain, f"{where} (id {ex_id!r})") if tree is not None else tuple(chain)
             except DataError:
                 if on_unknown == "error":
                     raise
@@ -107,36 +106,33 @@ def nodes_of(chains: Iterable[Sequence[str]]) -> set[Chain]:
 
 
 def wilson_interval(correct: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for ``correct`` successes out of ``n`` trials; (0, 1) when ``n == 0``."""
+    """Wilson score interval for ``correct`` successes out of ``n`` trials (scipy.stats); (0, 1) when ``n == 0``."""
     if n <= 0:
         return 0.0, 1.0
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = correct / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(round(correct)), n).proportion_ci(confidence_level=confidence, method="wilson")
+    return max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
 
 def bootstrap_interval(values: Sequence[float], confidence: float = 0.95, resamples: int = 1000,
                        seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (one value per problem), seeded and vectorised."""
+    """Percentile bootstrap interval of the mean of ``values`` (one value per problem): scipy.stats.bootstrap,
+    seeded, vectorised, in blocks of at most ~4M indices (bounded memory even for a root with 100K problems).
+    A single value, or identical values, give that value twice (scipy would return NaN for a degenerate sample)."""
     import numpy as np
+    from scipy.stats import bootstrap
 
     v = np.asarray(values, dtype=np.float64)
     m = len(v)
     if m == 0:
         return 0.0, 1.0
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    # bounded memory: at most ~4M indices per block, even for a root node with 100K problems
+    if np.all(v == v[0]):
+        return float(v[0]), float(v[0])
     block = max(1, min(resamples, 4_000_000 // m))
-    for start in range(0, resamples, block):
-        k = min(block, resamples - start)
-        means[start: start + k] = v[rng.integers(0, m, size=(k, m))].mean(axis=1)
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(means, [alpha, 1 - alpha])
-    return float(lo), float(hi)
+    res = bootstrap((v,), np.mean, n_resamples=resamples, batch=block, vectorized=True, confidence_level=confidence,
+                    method="percentile", rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 @dataclass

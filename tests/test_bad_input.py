@@ -63,6 +63,7 @@ def test_attention_implementation_choices():
         pick_attn_implementation("flash")
 
 
+@pytest.mark.slow
 def test_step_not_divisible_by_ranks_and_accumulation(tmp_path, shared_dir, tiny_qwen3_dir, qwen_tokenizer_dir,
                                                       monkeypatch):
     monkeypatch.chdir(tmp_path)

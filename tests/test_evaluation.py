@@ -15,7 +15,8 @@ from skill_distill.eval_report import emphasised_skills, load_report
 from skill_distill.evaluation import (BenchmarkMetric, build_report, compute_summaries, evaluate_model, flat_metrics,
                                       load_benchmarks, parse_skill_block, plan_requests, rank_share,
                                       skill_block_counts, summarize, write_report)
-from skill_distill.generation.base import SamplingConfig
+from skill_distill.formatting import SkillFormat, skill_block, tree_as_text
+from skill_distill.generation.base import SamplingConfig, request_seed
 from skill_distill.generation.factory import BackendConfig
 from skill_distill.grading import extract_last_boxed
 from skill_distill.skill_tree import SkillTree
@@ -55,6 +56,9 @@ def test_rank_shares_are_disjoint_complete_and_keep_their_seeds(loaded):
         seeds = {r.key: r.seed for share in shares for r in share}
         assert seeds == {r.key: r.seed for r in everything}  # seeds do not depend on the split
     assert plan_requests(loaded, base_seed=6)[0].seed != everything[0].seed
+    # the one request_seed (attribution uses it too) keeps the evaluation's values: recorded runs stay reproducible
+    assert request_seed(3, "aime24", "2024-I-1", 5) == 460538427
+    assert everything[0].seed == request_seed(5, everything[0].benchmark, everything[0].problem_id, 0)
 
 
 def test_skill_block_is_parsed_and_scored_at_three_levels():
@@ -148,6 +152,35 @@ def test_records_are_graded_and_summarised_per_skill(scripted, loaded):
     assert m["eval/heldout/skill/Number Theory"] == 0.0 and "eval/paper_suite/acc" not in m
 
 
+def test_evaluation_prompts_and_reads_the_block_as_the_training_format_wrote_it(tree, qwen_tokenizer_dir):
+    """A run trained with its own header, display names and the tree in the prompt is evaluated on that prompt,
+    and its written block is scored in tree names."""
+    short = {"Arithmetic": "Arith", "Number Theory": "NT", "Algebra": "Alg", "Fractions and Percentages": "Frac"}
+    named = SkillTree(tree.root, tree.source, short)
+    fmt = SkillFormat("full", header="Skills used:", use_display_names=True, tree_in_prompt=True)
+    heldout = load_benchmarks([heldout_spec(per_skill=1, k=1)], named)
+    by_problem = {p.problem: heldout[0].chains[p.id] for p in heldout[0].problems}
+    tree_text = tree_as_text(named, fmt)
+
+    def script(prompt: str, body: dict) -> str:
+        assert "Skill tree:\n" + tree_text in prompt
+        chains = by_problem[prompt.split("Question: ", 1)[1].split("<|im_end|>", 1)[0]]
+        return skill_block(chains, fmt, named) + "<think>\nworking\n</think>\n\\boxed{0}"
+
+    with ScriptedEndpoint(script) as endpoint:
+        backend = BackendConfig(kind="openai", base_url=endpoint.base_url, tokenizer=str(qwen_tokenizer_dir),
+                                max_retries=0, max_concurrency=4)
+        records = evaluate_model("scripted", str(qwen_tokenizer_dir), heldout, backend,
+                                 SamplingConfig(max_new_tokens=16, seed=1), tree=named, skill_format=fmt)
+    assert len(endpoint.calls) == len(heldout[0].problems) == 14
+    assert all(r["text"].startswith("Skills used:\n") for r in records)
+    assert any(r["text"].startswith("Skills used:\nArith->") for r in records)  # written in display names
+    for r in records:
+        assert [tuple(c.split("->")) for c in r["skills_written"]] == heldout[0].chains[r["id"]]
+    block = compute_summaries(heldout, records)["heldout"]["skill_block"]
+    assert block["rate"] == 1.0 and block["chain_precision"] == 1.0 and block["chain_recall"] == 1.0
+
+
 def test_two_rank_shares_give_the_single_rank_records_and_metrics(scripted, loaded):
     records, (rank0, rank1), _ = scripted
     assert {r["rank"] for r in rank0} == {0} and {r["rank"] for r in rank1} == {1}
@@ -206,6 +239,7 @@ def test_emphasised_skills_come_from_the_selection_manifest(tmp_path, tree):
 
 
 # ---- the `evaluate` stage with vLLM ---------------------------------------------------------------------------------
+@pytest.mark.vllm
 def test_evaluate_stage_with_vllm_writes_a_report_and_resumes(tmp_path, tiny_qwen3_dir, monkeypatch):
     from skill_distill.__main__ import main
 

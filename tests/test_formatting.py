@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from datamodules.batching import IGNORE_INDEX, encode_example
 from skill_distill.formatting import (
     SkillFormat,
     assistant_target,
     end_of_turn_token,
     final_solution,
+    parse_skill_block,
     render_prompt,
     skill_block,
     user_message,
+    user_turn,
 )
 from skill_distill.skill_tree import SkillTree
+
+REPO = Path(__file__).resolve().parents[1]
+QS_TREE = REPO / "data" / "quickstart" / "tree.json"
+SHORT = {"Arithmetic": "Arith", "subtraction": "minus", "Number Theory": "NT", "greatest common divisor": "gcd"}
 
 TRACE = "<think>\nWe need 3 choose 2, which is 3.\n</think>\n\nThere are $\\binom{3}{2} = 3$ ways, so \\boxed{3}."
 CHAINS = [("Probability", "counting principles"), ("Pre-Algebra", "basic arithmetic operations")]
@@ -74,3 +84,41 @@ def test_truncation_keeps_prompt_and_counts(qwen_tokenizer):
     ex = encode_example(tok, "x", prompt, TRACE * 20 + "<|im_end|>", max_length=n_prompt + 10)
     assert ex.truncated and len(ex.input_ids) == n_prompt + 10 and ex.num_supervised == 10
     assert encode_example(tok, "x", prompt, TRACE, max_length=n_prompt) is None
+
+
+def test_the_block_training_writes_is_read_back_in_tree_names():
+    """Evaluation reads exactly what training wrote: the configured header, and display names mapped back."""
+    base = SkillTree.load(QS_TREE)
+    tree = SkillTree(base.root, base.source, SHORT)
+    chains = [("Arithmetic", "subtraction"), ("Number Theory", "greatest common divisor")]
+    fmt = SkillFormat("full", header="Skills used:", use_display_names=True)
+    block = skill_block(chains, fmt, tree)
+    assert block == "Skills used:\nArith->minus\nNT->gcd\n"
+    assert parse_skill_block(block + TRACE, fmt, tree) == chains
+    assert parse_skill_block(block + TRACE) is None  # another header is no block
+    topic = SkillFormat("topic", header="Skills used:", use_display_names=True)
+    assert parse_skill_block(skill_block(chains, topic, tree) + TRACE, topic, tree) == [("Arithmetic",), ("Number Theory",)]
+    leaf = SkillFormat("leaf", use_display_names=True)
+    assert parse_skill_block(skill_block(chains, leaf, tree) + TRACE, leaf, tree) == [("subtraction",),
+                                                                                    ("greatest common divisor",)]
+
+
+def test_tree_in_prompt_is_part_of_the_user_turn():
+    tree = SkillTree.load(QS_TREE)
+    fmt = SkillFormat("off", tree_in_prompt=True)
+    text = user_turn("What is 2+2?", fmt=fmt, tree=tree)
+    assert text.startswith("Skill tree:\n- Arithmetic\n  - single-digit addition\n")
+    assert text.endswith(user_message("What is 2+2?"))
+    assert user_turn("What is 2+2?", fmt=SkillFormat("full"), tree=tree) == user_message("What is 2+2?")
+    with pytest.raises(ValueError, match="tree_in_prompt"):
+        user_turn("What is 2+2?", fmt=fmt, tree=None)
+
+
+def test_paper_preset_writes_an_empty_block_for_an_example_without_chains():
+    """docs/METHOD.md, appendix: the reference writes "Skills:\n" + "" + "\n" before the trace."""
+    paper = SkillFormat("full", preset="paper")
+    assert assistant_target(TRACE, [], paper) == "Skills:\n" + "" + "\n" + TRACE
+    assert assistant_target(TRACE, [], SkillFormat("full")) == TRACE  # the project's default: no block
+    assert assistant_target(TRACE, CHAINS[::-1], paper) == (  # chains in the order given (the reply's)
+        "Skills:\nPre-Algebra->basic arithmetic operations\nProbability->counting principles\n" + TRACE)
+    assert parse_skill_block(assistant_target(TRACE, [], paper), paper) == []

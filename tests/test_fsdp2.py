@@ -23,6 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
 import launch  # noqa: E402
 
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # every test here runs 2-rank FSDP2 jobs
+
 STEPS = 8  # 16 examples, 4 per step, 2 epochs
 PROMPT = torch.tensor([[151644, 872, 198, 3838, 374, 220, 17, 10, 17, 30, 151645, 198, 151644, 77091, 198]])
 
@@ -142,7 +144,7 @@ def test_export_of_sharded_checkpoint_reloads_with_identical_logits(setup, refer
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from skill_distill.export import run_export
+    from lightning_modules.checkpoint_export import run_export
 
     out = run_export(str(reference / "checkpoints" / "last.ckpt"), str(tmp_path / "hf"),
                      tokenizer=str(qwen_tokenizer_dir))

@@ -10,7 +10,8 @@ import pytest
 from skill_distill.formatting import render_prompt, user_message
 from skill_distill.generation.base import Completion, GenerationError, SamplingConfig
 from skill_distill.generation.factory import BackendConfig, make_backend
-from skill_distill.generation.vllm_backend import clean_child_env, generate_in_subprocess
+from skill_distill.generation.child_process import generate_in_subprocess
+from skill_distill.generation.vllm_backend import clean_child_env
 from skill_distill.io import DataError
 
 QUESTIONS = ["What is 2 + 3?", "What is 7 times 8?", "Compute 12 - 5, then double it.", "Is 91 a prime number?"]
@@ -38,6 +39,7 @@ def _texts(result: list[list[Completion]]) -> list[list[str]]:
 
 
 # ---- vLLM -----------------------------------------------------------------------------------------------------
+@pytest.mark.vllm
 def test_vllm_greedy_shapes_and_truncation(vllm_smollm, prompts):
     out = vllm_smollm.generate(prompts, SamplingConfig(temperature=0.0, max_new_tokens=8, n=2))
     assert len(out) == len(prompts) and all(len(c) == 2 for c in out)
@@ -48,6 +50,7 @@ def test_vllm_greedy_shapes_and_truncation(vllm_smollm, prompts):
     assert not any(c[0].finished for c in out)  # 8 tokens is too short for these answers to end
 
 
+@pytest.mark.vllm
 def test_vllm_seeds_are_per_prompt(vllm_smollm, prompts):
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=8, n=2)
     full = vllm_smollm.generate(prompts, sampling, seeds=[11, 12, 13, 14])
@@ -57,6 +60,7 @@ def test_vllm_seeds_are_per_prompt(vllm_smollm, prompts):
     assert _texts(part) == _texts(full[:2])
 
 
+@pytest.mark.vllm
 def test_vllm_guided_lists(vllm_smollm, prompts):
     allowed = [["Algebra", "Geometry", "Number \"theory\""], None, ["x y", "z"]]
     out = vllm_smollm.generate(prompts[:3], SamplingConfig(temperature=1.0, max_new_tokens=24, n=2),
@@ -71,6 +75,7 @@ def test_vllm_guided_lists(vllm_smollm, prompts):
             assert isinstance(reply, list) and reply and set(reply) <= set(names)
 
 
+@pytest.mark.vllm
 def test_vllm_engine_failure_is_one_line(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(GenerationError, match="vLLM engine failed to start") as e:
@@ -86,6 +91,7 @@ def hf_smollm(smollm2_dir):
     backend.close()
 
 
+@pytest.mark.slow
 def test_hf_greedy_matches_across_batch_sizes(hf_smollm, prompts):
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=4, n=2)
     batched = hf_smollm.generate(prompts[:2], sampling)
@@ -99,6 +105,7 @@ def test_hf_greedy_matches_across_batch_sizes(hf_smollm, prompts):
     assert single == batched
 
 
+@pytest.mark.slow
 def test_hf_sampling_seeds_follow_the_prompt(hf_smollm, prompts):
     sampling = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=4, n=2)
     full = hf_smollm.generate(prompts[:2], sampling, seeds=[5, 6])  # one batch of 4 sequences
@@ -119,6 +126,7 @@ def test_clean_child_env():
     assert parent["RANK"] == "1"  # the parent's mapping is not touched
 
 
+@pytest.mark.vllm
 def test_generate_in_subprocess_tiny_qwen3(tiny_qwen3_dir, qwen_tokenizer):
     import os
 

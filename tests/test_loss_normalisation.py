@@ -13,6 +13,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "scripts"))
+import launch  # noqa: E402
 SCRIPT = REPO / "tests" / "scripts" / "one_step_grads.py"
 
 
@@ -32,7 +34,7 @@ def run_step(tmp_path, corpus, tokenizer_dir, name, **kw) -> tuple[dict, float]:
     cmd = [sys.executable, str(SCRIPT), "--corpus", str(corpus), "--tokenizer", str(tokenizer_dir), "--out", str(out)]
     for k, v in kw.items():
         cmd += [f"--{k}", str(v)]
-    env = dict(os.environ, PYTHONPATH=str(REPO), MASTER_PORT=str(29500 + (abs(hash(name)) % 1000)))
+    env = dict(os.environ, PYTHONPATH=str(REPO), MASTER_PORT=str(launch.free_port()))  # a port the OS chose
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(out), json.loads(Path(str(out) + ".json").read_text())["loss"]
@@ -44,6 +46,8 @@ def assert_same_grads(a: dict, b: dict, tol: float = 1e-5) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=tol, atol=tol, msg=lambda m: f"{k}: {m}")
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_layouts_and_accumulation_and_ranks_give_the_same_gradient(tmp_path, corpus, qwen_tokenizer_dir):
     base, base_loss = run_step(tmp_path, corpus, qwen_tokenizer_dir, "packed_a1", accumulate=1, packing=1)
     padded, padded_loss = run_step(tmp_path, corpus, qwen_tokenizer_dir, "padded_a1", accumulate=1, packing=0)

@@ -93,6 +93,29 @@ def test_interval_choice_and_bootstrap_determinism():
         [0.0, 1.0] * 3000, seed=1, resamples=2000)
 
 
+def former_bootstrap(values, confidence=0.95, resamples=1000, seed=0):
+    """The hand-written percentile bootstrap the project used before scipy.stats.bootstrap (the reference)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    block = max(1, min(resamples, 4_000_000 // len(v)))
+    for start in range(0, resamples, block):
+        k = min(block, resamples - start)
+        means[start: start + k] = v[rng.integers(0, len(v), size=(k, len(v)))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    return tuple(float(x) for x in np.quantile(means, [alpha, 1 - alpha]))
+
+
+@pytest.mark.parametrize("values,seed,resamples", [([0.0, 0.25, 0.5, 1.0, 1.0, 0.75, 0.0, 0.5] * 5, 7, 1000),
+                                                   ([0.0, 1.0, 1.0] * 40, 0, 2000), ([0.0, 1.0] * 3000, 1, 700)])
+def test_scipy_bootstrap_keeps_the_former_intervals(values, seed, resamples):
+    assert bootstrap_interval(values, seed=seed, resamples=resamples) == pytest.approx(
+        former_bootstrap(values, seed=seed, resamples=resamples), abs=1e-3)
+    assert bootstrap_interval([0.5] * 4) == (0.5, 0.5) and bootstrap_interval([1.0]) == (1.0, 1.0)
+
+
 def test_shrinkage_zero_is_raw_and_positive_is_hand_computed():
     counts = SkillCounts.from_results({"a": [ADD], "b": [ADD], "c": [MUL], "d": [LIN]},
                                       {"a": [True], "b": [True], "c": [False], "d": [False]})
@@ -244,6 +267,7 @@ def full_run(tmp_path_factory, student, backend_cfg, inputs):
     return out, summary
 
 
+@pytest.mark.vllm
 def test_profile_files_and_counts(full_run, tree, backend_cfg):
     out, summary = full_run
     assert summary["problems"] == 8 and summary["answered_this_run"] == 8
@@ -286,6 +310,7 @@ def test_profile_files_and_counts(full_run, tree, backend_cfg):
     assert topics == {("Arithmetic",): 4, ("Algebra",): 3}
 
 
+@pytest.mark.vllm
 def test_resume_after_deleting_half_and_a_torn_line(full_run, profile_run, tmp_path, student, inputs, backend_cfg):
     out, _ = full_run
     resumed = tmp_path / "resumed"
@@ -306,6 +331,7 @@ def test_resume_after_deleting_half_and_a_torn_line(full_run, profile_run, tmp_p
         run_profile(**inputs, output_dir=str(resumed), backend=backend_cfg, sampling=SamplingConfig(n=1))
 
 
+@pytest.mark.vllm
 def test_shards_then_merge_equal_one_run(full_run, profile_run, tmp_path):
     out, _ = full_run
     sharded = tmp_path / "sharded"

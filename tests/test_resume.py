@@ -24,6 +24,7 @@ def setup(tmp_path_factory, shared_dir, qwen_tokenizer_dir):
     return root, common
 
 
+@pytest.mark.slow
 def test_single_process_mid_epoch_resume_equals_uninterrupted(setup):
     root, common = setup
     ref, run = root / "single_ref", root / "single_run"
@@ -46,6 +47,8 @@ def test_single_process_mid_epoch_resume_equals_uninterrupted(setup):
     assert (run / "checkpoints" / "last.ckpt").resolve().name == "step=0000008.ckpt"
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_ddp_two_ranks_padded_resume_equals_uninterrupted(setup):
     root, common = setup
     ddp = {"strategy": "ddp", "devices": 2, "packing": 0, **common}

@@ -11,9 +11,10 @@ import pytest
 from scipy import stats
 from scipy.sparse import csr_matrix
 
+from benchmarks.reference_impl import forced_distribution_naive, sample_by_skill_literal
 from skill_distill.io import ConfigError, DataError, write_json, write_jsonl
 from skill_distill.selection import (
-    SelectionConfig, _forced_distribution, _forced_distribution_naive, _sample_by_skill_literal, fingerprint_file,
+    SelectionConfig, _forced_distribution, fingerprint_file,
     leaf_weight, load_manifest, read_mean_correctness, read_profile_nodes, select, write_manifest)
 from skill_distill.skill_tree import SkillTree, format_chain
 
@@ -125,7 +126,7 @@ def test_fast_sampler_has_the_literal_loops_distribution(tree):
         r = select(SelectionConfig(budget=2, seed=seed), list(chains), chains, tree,
                    node_accuracy={A: 1.0, B: 1 / 3})
         fast[(r.ids[0], r.drawn_leaf[r.ids[0]], r.ids[1], r.drawn_leaf[r.ids[1]])] += 1
-        picks = _sample_by_skill_literal({0: [0, 1], 1: [1, 2, 3]}, {0: 1.0, 1: 3.0}, 2, np.random.default_rng(seed))
+        picks = sample_by_skill_literal({0: [0, 1], 1: [1, 2, 3]}, {0: 1.0, 1: 3.0}, 2, np.random.default_rng(seed))
         (x, lx), (y, ly) = picks
         literal[(names[x], (A, B)[lx], names[y], (A, B)[ly])] += 1
     expected = np.array([law[o] for o in outcomes]) * runs
@@ -267,7 +268,7 @@ def test_forced_distribution_vectorised_equals_naive():
         quota = int(rng.integers(5, rows + 5))  # sometimes more than the candidates
         fast_counts, naive_counts = start.copy(), start.copy()
         fast = _forced_distribution(X, target, fast_counts, quota, priority)
-        naive = _forced_distribution_naive(X, target, naive_counts, quota, priority)
+        naive = forced_distribution_naive(X, target, naive_counts, quota, priority)
         assert fast == naive and len(fast) == min(quota, int((dense.sum(1) > 0).sum()))
         assert np.array_equal(fast_counts, naive_counts)
         assert np.array_equal(fast_counts - start, dense[fast].sum(0))
@@ -407,3 +408,51 @@ def test_shipped_quickstart_config_runs_on_the_quickstart_data(tmp_path, monkeyp
     # the weak leaf has weight 20 against 1.1 for each other leaf: about half the draws, far above its pool share
     assert manifest["target"][format_chain(weak)] == pytest.approx(20 / (20 + (len(quick.leaf_chains) - 1) / 0.9))
     assert drawn[format_chain(weak)] > 0.3 * 96 > 3 * manifest["pool"][format_chain(weak)] * 96
+
+
+def _portion_pool(tree):
+    """Leaf A: 6 right, 2 wrong; leaf B: 1 right, 5 wrong (one chain per example)."""
+    A, B = tree.leaf_chains[0], tree.leaf_chains[1]
+    chains, correct = {}, {}
+    for leaf, name, right, wrong in ((A, "a", 6, 2), (B, "b", 1, 5)):
+        for i in range(right + wrong):
+            chains[f"{name}{i}"] = [leaf]
+            correct[f"{name}{i}"] = 1.0 if i < right else 0.0
+    return A, B, chains, correct
+
+
+@pytest.mark.parametrize("portion,kept", [(0.5, {"A": (2, 2), "B": (1, 1)}), (1.0, {"A": (6, 0), "B": (1, 0)}),
+                                          (0.0, {"A": (0, 2), "B": (0, 5)}), (0.75, {"A": (6, 2), "B": (1, 0)})])
+def test_correct_portion_cuts_each_leaf_as_the_reference(tree, portion, kept):
+    """docs/METHOD.md, appendix: per leaf n = min(#right / p, #wrong / (1 - p)), int(n p) right, int(n (1 - p))
+    wrong; with a budget above the cut lists every kept example is selected."""
+    A, B, chains, correct = _portion_pool(tree)
+    r = select(SelectionConfig(budget=100, correct_portion=portion), list(chains), chains, tree,
+               node_accuracy={A: 0.5, B: 0.25}, correct_by_id=correct)
+    got = {name: (sum(1 for i in r.ids if i.startswith(p) and correct[i] == 1.0),
+                  sum(1 for i in r.ids if i.startswith(p) and correct[i] == 0.0)) for name, p in (("A", "a"), ("B", "b"))}
+    assert got == kept
+    # the global wrong_share is a different rule: half of the budget wrong over the whole pool, not per leaf
+    g = select(SelectionConfig(budget=8, wrong_share=0.5), list(chains), chains, tree,
+               node_accuracy={A: 0.5, B: 0.25}, correct_by_id=correct)
+    assert sum(correct[i] == 0.0 for i in g.ids) == 4
+
+
+def test_correct_portion_sampler_has_the_literal_loops_distribution(tree):
+    """Over the cut lists, the one-pass sampler draws like the literal leaf-then-example loop."""
+    A, B, chains, correct = _portion_pool(tree)
+    ids = list(chains)
+    runs = 2000
+    fast, literal = Counter(), Counter()
+    for seed in range(runs):
+        r = select(SelectionConfig(budget=1, seed=seed, correct_portion=0.5), ids, chains, tree,
+                   node_accuracy={A: 0.5, B: 0.25}, correct_by_id=correct)
+        fast[r.drawn_leaf[r.ids[0]]] += 1
+        (_, leaf), = sample_by_skill_literal({0: [0, 1, 2, 3], 1: [4, 5]}, {0: 2.0, 1: 4.0}, 1,
+                                             np.random.default_rng(seed))
+        literal[(A, B)[leaf]] += 1
+    expected = np.array([2 / 6, 4 / 6]) * runs  # the leaf is picked by weight: w(A) = 2, w(B) = 4
+    for counts in (fast, literal):
+        assert stats.chisquare(np.array([counts[A], counts[B]]), expected).pvalue > 0.001
+    with pytest.raises(ConfigError, match="correct_portion"):
+        SelectionConfig(correct_portion=0.5, wrong_share=0.5).validate()

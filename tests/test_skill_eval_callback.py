@@ -25,6 +25,8 @@ from skill_distill.generation.base import GenerationError
 from skill_distill.io import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "scripts"))
+import launch  # noqa: E402
 QS = REPO / "data" / "quickstart"
 SCRIPT = REPO / "tests" / "scripts" / "eval_two_ranks.py"
 
@@ -58,6 +60,8 @@ def metric_rows(run: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_callback_reports_each_evaluation_and_the_run_continues(tmp_path, monkeypatch, tiny_qwen3_dir):
     monkeypatch.chdir(tmp_path)
     config = quickstart_config(
@@ -96,6 +100,8 @@ def test_callback_reports_each_evaluation_and_the_run_continues(tmp_path, monkey
     assert all(r["eval/heldout/skill/Arithmetic/subtraction"] != "" and float(r["eval/time_s"]) > 0 for r in logged)
 
 
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_engine_failure_raises_one_error_or_is_skipped(tmp_path, monkeypatch, tiny_qwen3_dir):
     monkeypatch.chdir(tmp_path)
     # a generation time limit no engine can meet: the child is killed, which is an engine failure
@@ -114,6 +120,8 @@ def test_engine_failure_raises_one_error_or_is_skipped(tmp_path, monkeypatch, ti
     assert any(r.get("eval/failed") == "1.0" for r in metric_rows(run))
 
 
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_stop_signal_during_an_epoch_evaluation_reruns_it_after_resumption(tmp_path, monkeypatch, tiny_qwen3_dir):
     """SIGTERM while epoch 0's engine generates: the engine is killed, the epoch-end checkpoint records the evaluation
     as pending and the run exits 143; resumed, the run evaluates epoch 0 first (on the epoch-end weights), then
@@ -180,9 +188,12 @@ def test_timeout_check_and_core_split():
 
 
 # ddp: one engine per rank; fsdp2 (the production strategy) with the two ranks sharing one tensor-parallel engine
-@pytest.mark.parametrize("strategy,tp,port", [("ddp", 1, 29731), ("fsdp2", 2, 29733)], ids=["ddp", "fsdp2-tp2"])
-def test_two_ranks_generate_disjoint_shares_equal_to_one_rank(strategy, tp, port, tmp_path, tiny_qwen3_dir,
-                                                              shared_dir):
+@pytest.mark.vllm
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy,tp", [("ddp", 1), ("fsdp2", 2)], ids=["ddp", "fsdp2-tp2"])
+def test_two_ranks_generate_disjoint_shares_equal_to_one_rank(strategy, tp, tmp_path, tiny_qwen3_dir, shared_dir):
+    port = launch.free_port()  # chosen by the OS, never a fixed number
     out = tmp_path / "two"
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
     env.update(PYTHONPATH=str(REPO), MASTER_PORT=str(port))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -22,6 +23,7 @@ def write_corpus(shared_dir: Path, path: Path, n: int = 24) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_fit_writes_checkpoint_and_export_with_identical_logits(tmp_path, monkeypatch, shared_dir, tiny_qwen3_dir,
                                                                qwen_tokenizer_dir):
     monkeypatch.chdir(tmp_path)

@@ -6,6 +6,7 @@ text the student was trained on. A backend returns ``n`` completions per prompt,
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,20 @@ class GenerationError(RuntimeError):
 
 class GenerationInterrupted(GenerationError):
     """Generation was stopped on request (a pre-emption signal) before it finished; nothing is wrong with it."""
+
+
+def request_seed(*parts: object) -> int:
+    """A 31-bit seed for one request from its parts (base seed, set or example id, sample index or tree path):
+    SHA-256 of the parts joined by ``\x1f`` (not Python's per-process ``hash``), stable across runs, ranks and
+    batches. The evaluation's seeds (first 8 bytes mod 2**31 - 1) are the ones recorded results depend on."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % (2**31 - 1)
+
+
+def one_line(e: BaseException) -> str:
+    """``Type: last line of the message`` (at most 400 characters), for one-line error reports."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}"[:400]
 
 
 @dataclass

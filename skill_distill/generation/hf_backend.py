@@ -60,9 +60,9 @@ class HFBackend(GenerationBackend):
     def __init__(self, model: str, tokenizer: str | None = None, dtype: str = "float32", batch_size: int = 16,
                  device: str | None = None):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        from skill_distill.assets import resolve
+        from skill_distill.assets import load_tokenizer, resolve
 
         self.model_path = resolve(model)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -70,7 +70,7 @@ class HFBackend(GenerationBackend):
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
         self.batch_size = max(1, int(batch_size))
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(resolve(tokenizer) if tokenizer else self.model_path)
+            self.tokenizer = load_tokenizer(tokenizer or self.model_path)
             self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, dtype))
         except Exception as e:  # noqa: BLE001
             raise GenerationError(f"cannot load {self.model_path} with transformers: {type(e).__name__}: {e}") from e

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Literal
@@ -45,6 +44,10 @@ def choice_list_schema(names: Sequence[str]) -> dict:
 
 class _Retryable(Exception):
     pass
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt (the message is the last error reported)."""
 
 
 class OpenAIBackend(GenerationBackend):
@@ -91,11 +94,9 @@ class OpenAIBackend(GenerationBackend):
     def tokenizer(self):
         """The tokenizer given at construction (loaded on first use when it was a path or name), or None."""
         if isinstance(self._tokenizer, (str, os.PathLike)):
-            from transformers import AutoTokenizer
+            from skill_distill.assets import load_tokenizer
 
-            from skill_distill.assets import resolve
-
-            self._tokenizer = AutoTokenizer.from_pretrained(resolve(str(self._tokenizer)))
+            self._tokenizer = load_tokenizer(self._tokenizer)
         return self._tokenizer
 
     # ---- one request ----------------------------------------------------------------------------------
@@ -113,33 +114,39 @@ class OpenAIBackend(GenerationBackend):
         return body
 
     def _post(self, body: dict, stop: threading.Event) -> dict:
+        """One request with tenacity's retries: connection errors, timeouts, HTTP 429 / 5xx and unreadable JSON
+        are retried ``max_retries`` times with exponential backoff; other HTTP errors fail at once."""
         import httpx
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-        last = "no attempt made"
-        for attempt in range(self.max_retries + 1):
+        def attempt() -> dict:
             if stop.is_set():
                 raise GenerationError(f"{self.url}: cancelled after another request failed")
-            if attempt:
-                time.sleep(min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
             with self._lock:
                 self.usage["requests"] += 1
             try:
                 resp = self._client.post(self.url, json=body)
             except httpx.TransportError as e:  # connection refused/reset, timeouts
-                last = f"{type(e).__name__}: {e}"
-                log.warning("%s: attempt %d failed (%s)", self.url, attempt + 1, last)
-                continue
+                raise _Retryable(f"{type(e).__name__}: {e}") from e
             if resp.status_code == 429 or resp.status_code >= 500:
-                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                log.warning("%s: attempt %d failed (%s)", self.url, attempt + 1, last)
-                continue
+                raise _Retryable(f"HTTP {resp.status_code}: {resp.text[:200]}")
             if resp.status_code != 200:  # the request itself is wrong: retrying cannot help
                 raise GenerationError(f"{self.url}: HTTP {resp.status_code}: {resp.text[:300]}")
             try:
                 return resp.json()
             except ValueError:
-                last = f"invalid JSON in response: {resp.text[:200]!r}"
-        raise GenerationError(f"{self.url}: request failed after {self.max_retries + 1} attempts; last error: {last}")
+                raise _Retryable(f"invalid JSON in response: {resp.text[:200]!r}") from None
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.max_retries + 1), retry=retry_if_exception_type(_Retryable), reraise=True,
+            wait=wait_exponential(multiplier=self.backoff_s, max=self.max_backoff_s),
+            before_sleep=lambda state: log.warning("%s: attempt %d failed (%s)", self.url, state.attempt_number,
+                                                   state.outcome.exception()))
+        try:
+            return retrying(attempt)
+        except _Retryable as e:
+            raise GenerationError(f"{self.url}: request failed after {self.max_retries + 1} attempts; "
+                                  f"last error: {e}") from None
 
     def _completions(self, data: dict, n: int) -> list[Completion]:
         choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))

@@ -1,7 +1,7 @@
 """A short quickstart fit with SkillEvalCallback on 1 or 2 CPU ranks (DDP or FSDP2, gloo), for
 tests/test_skill_eval_callback.py.
 
-    python tests/scripts/eval_two_ranks.py --model DIR --out RUN_DIR --devices 2 --port 29731 [--strategy fsdp2] [--tp 2]
+    python tests/scripts/eval_two_ranks.py --model DIR --out RUN_DIR --devices 2 --port PORT [--strategy fsdp2] [--tp 2]
 
 ``--tp 2``: the two ranks share one tensor-parallel vLLM engine (one worker per core) instead of one engine each.
 
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--devices", type=int, default=2)
-    ap.add_argument("--port", type=int, default=29731)
+    ap.add_argument("--port", type=int, required=True, help="MASTER_PORT (tests pass one the OS chose)")
     ap.add_argument("--strategy", choices=["ddp", "fsdp2"], default="ddp")
     ap.add_argument("--tp", type=int, default=1)
     args = ap.parse_args()

@@ -1,0 +1,124 @@
+"""The project's module graph, read statically with ``ast`` (every import, module-level or inside a function):
+Lightning stays out of ``skill_distill``, and no two project modules import each other, even lazily."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("skill_distill", "lightning_modules", "datamodules", "callbacks", "experiments")
+LIGHTNING_SIDE = ("lightning_modules", "datamodules", "callbacks", "experiments", "train")
+LIGHTNING = ("lightning", "pytorch_lightning", "lightning_fabric")
+
+
+def project_modules() -> dict[str, Path]:
+    mods = {"train": REPO / "train.py"}
+    for pkg in PACKAGES:
+        for f in sorted((REPO / pkg).rglob("*.py")):
+            parts = f.relative_to(REPO).with_suffix("").parts
+            mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    return mods
+
+
+def import_graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(project module -> project modules it imports, project module -> outside top-level packages it imports)."""
+    mods = project_modules()
+
+    def project(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    outside: dict[str, set[str]] = {}
+    for mod, path in mods.items():
+        deps, ext = set(), set()
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package
+                    for _ in range(node.level - 1):
+                        anchor = anchor.rpartition(".")[0]
+                    base = f"{anchor}.{base}" if base else anchor
+                # ``from pkg import sub`` imports the submodule; ``from pkg import name`` the package itself
+                names = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            else:
+                continue
+            for name in names:
+                target = project(name)
+                if target is None:
+                    ext.add(name.split(".")[0])
+                elif target != mod:
+                    deps.add(target)
+        graph[mod], outside[mod] = deps, ext
+    return graph, outside
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> dict[str, list[str]]:
+    """Every module ``start`` imports, directly or not, with one import path to it."""
+    paths, todo = {start: [start]}, [start]
+    while todo:
+        mod = todo.pop()
+        for dep in sorted(graph[mod]):
+            if dep not in paths:
+                paths[dep] = paths[mod] + [dep]
+                todo.append(dep)
+    return paths
+
+
+def test_the_graph_is_read():  # the checks below would pass vacuously on an empty or unresolved graph
+    graph, outside = import_graph()
+    assert "skill_distill.evaluation" in graph["callbacks.skill_eval"]
+    assert "datamodules.batching" in graph["lightning_modules.causal_lm"]  # a module-level import
+    assert "skill_distill.generation.factory" in graph["skill_distill.generation.child_process"]  # a lazy one
+    assert "lightning" in outside["callbacks.checkpointing"]
+
+
+def with_parent_packages(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Importing ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__`` too (``lightning_modules/__init__`` imports
+    Lightning): those edges count for what a module drags in, not for circles."""
+    out = {}
+    for mod, deps in graph.items():
+        out[mod] = set(deps)
+        for dep in deps:
+            parts = dep.split(".")
+            out[mod].update(p for p in (".".join(parts[:i]) for i in range(1, len(parts))) if p in graph and p != mod)
+    return out
+
+
+def test_no_skill_distill_module_reaches_lightning():
+    graph, outside = import_graph()
+    graph = with_parent_packages(graph)
+    bad = []
+    for mod in graph:
+        if not mod.startswith("skill_distill"):
+            continue
+        for dep, path in reachable(graph, mod).items():
+            if dep.split(".")[0] in LIGHTNING_SIDE or outside[dep] & set(LIGHTNING):
+                bad.append(" -> ".join(path) + (f" -> {sorted(outside[dep] & set(LIGHTNING))[0]}"
+                                                 if outside[dep] & set(LIGHTNING) else ""))
+    assert not bad, "skill_distill must not import Lightning, directly or through the Lightning side:\n" + "\n".join(bad)
+
+
+def test_no_import_circles():
+    graph, _ = import_graph()
+    circles = sorted({" <-> ".join(sorted(set(path[path.index(mod):] if mod in path else path)))
+                      for mod in graph for dep, path in reachable(graph, mod).items() if mod in graph[dep]})
+    assert not circles, "import circles among the project's modules:\n" + "\n".join(circles)
+
+
+def test_cli_help_does_not_import_vllm():
+    code = ("import sys\nfrom skill_distill.__main__ import main\n"
+            "for argv in (['--help'], ['evaluate', '--help'], ['attribute', '--help'], ['profile', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('vllm', 'lightning')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
