@@ -124,10 +124,10 @@ def test_pool_stage_drops_benchmark_problems_before_the_draw(tmp_path, benchmark
 def test_decontaminate_cli_bad_input_exits_2(tmp_path, benchmark_mirror):
     env_cmd = [sys.executable, "-m", "skill_distill", "decontaminate", "--pool", str(tmp_path / "missing.jsonl"),
                "--output", str(tmp_path / "out.jsonl")]
-    done = subprocess.run(env_cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done = subprocess.run(env_cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
     assert done.returncode == 2 and "missing.jsonl" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     (tmp_path / "pool.jsonl").write_text(json.dumps({"id": "1", "problem": "x"}) + "\n")
     done = subprocess.run([sys.executable, "-m", "skill_distill", "decontaminate", "--pool", "pool.jsonl",
                            "--output", "clean.jsonl", "--decontamination.benchmarks", '["nope"]'],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
     assert done.returncode == 2 and "unknown benchmark 'nope'" in done.stderr
