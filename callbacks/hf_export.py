@@ -32,6 +32,10 @@ class HFExportCallback(L.Callback):
         self.last_export = pl_module.export_hf(str(self._root(trainer) / "final"), self.dtype)
         self._write_card(trainer, pl_module)
 
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.last_export:  # again, with the evaluations that ran after the export (final-weights benchmarks)
+            self._write_card(trainer, pl_module)
+
     def _write_card(self, trainer, pl_module) -> None:
         """README.md model card in the export (skill_distill.model_card), from the run's hyperparameters, manifest,
         pool decontamination counts and latest evaluation."""
@@ -45,6 +49,7 @@ class HFExportCallback(L.Callback):
                     "accumulate_grad_batches": trainer.accumulate_grad_batches}
         dm = getattr(trainer, "datamodule", None)
         data = dict(dm.hparams) if dm is not None and hasattr(dm, "hparams") else {}
-        evaluation = next((cb.last_report for cb in trainer.callbacks if getattr(cb, "last_report", None)), None)
+        reports = [cb.last_report for cb in trainer.callbacks if getattr(cb, "last_report", None)]
+        evaluation = max(reports, key=lambda r: len(r.get("summary") or {}), default=None)  # the widest evaluation
         card = card_for_run(hp.get("model"), training, data, trainer.default_root_dir, evaluation)
         write_model_card(self.last_export, card)

@@ -31,20 +31,28 @@ _DATA_KEYS = ("corpus", "tree", "attribution", "profile", "max_length", "example
 
 
 def run_facts(run_dir: str | os.PathLike | None) -> dict[str, Any]:
-    """The selection manifest and the newest evaluation report of a training run directory (None when absent):
-    ``{"manifest": dict | None, "evaluation": dict | None, "baseline": dict | None}``."""
+    """The selection manifest and evaluation reports of a training run directory (None when absent):
+    ``{"manifest", "evaluation", "baseline"}``. The evaluation is the report under ``<run>/eval*/<tag>/`` that covers
+    the most benchmarks (the newest among those), the baseline the ``baseline`` report beside it."""
     out: dict[str, Any] = {"manifest": None, "evaluation": None, "baseline": None}
     if run_dir is None:
         return out
     root = Path(run_dir)
     if (root / MANIFEST).is_file():
         out["manifest"] = read_json(root / MANIFEST, "selection manifest")
-    reports = sorted(root.glob("eval/*/report.json"), key=lambda p: p.stat().st_mtime)
-    trained = [p for p in reports if p.parent.name != "baseline"]
-    if trained:
-        out["evaluation"] = read_json(trained[-1], "evaluation report")
-    if (root / "eval" / "baseline" / "report.json").is_file():
-        out["baseline"] = read_json(root / "eval" / "baseline" / "report.json", "evaluation report")
+    best, best_key = None, None
+    for path in root.glob("eval*/*/report.json"):
+        if path.parent.name == "baseline":
+            continue
+        report = read_json(path, "evaluation report")
+        key = (len(report.get("summary") or {}), path.stat().st_mtime)
+        if best_key is None or key > best_key:
+            best, best_key = (path, report), key
+    if best is not None:
+        out["evaluation"] = best[1]
+        baseline = best[0].parent.parent / "baseline" / "report.json"
+        if baseline.is_file():
+            out["baseline"] = read_json(baseline, "evaluation report")
     return out
 
 
@@ -77,17 +85,17 @@ def build_model_card(base_model: str | None, training: Mapping[str, Any], data: 
     if base_model and _HUB_ID.match(base_model) and not Path(base_model).exists():
         front.append(f"base_model: {base_model}")
     front.append("---")
-    lines = front + ["", f"# {title or 'Skill-aware reasoning distillation'}", "",
-                     f"Fully fine-tuned from `{base_model}` with skill-distill: skill-based data selection and "
-                     "skill-aware fine-tuning on teacher reasoning traces (docs/METHOD.md).", ""]
+    intro = (f"Fully fine-tuned from `{base_model}` with skill-distill: skill-based data selection and skill-aware "
+             "fine-tuning on teacher reasoning traces (docs/METHOD.md).")
+    lines = [*front, "", f"# {title or 'Skill-aware reasoning distillation'}", "", intro, ""]
 
     lines += ["## Selection", ""]
     sel = dict(data.get("selection") or {})
     if manifest:
         cfg = manifest.get("config") or sel
-        lines += [f"- strategy: `{manifest.get('strategy')}`, budget {manifest.get('budget')}, seed "
-                  f"{cfg.get('seed')}; {manifest.get('num_selected')} examples selected of a pool of "
-                  f"{manifest.get('pool_size')} ({manifest.get('eligible')} eligible)"]
+        lines.append(f"- strategy: `{manifest.get('strategy')}`, budget {manifest.get('budget')}, seed "
+                     f"{cfg.get('seed')}; {manifest.get('num_selected')} examples selected of a pool of "
+                     f"{manifest.get('pool_size')} ({manifest.get('eligible')} eligible)")
         knobs = {k: cfg[k] for k in ("w_max", "temperature", "wrong_share", "max_depth") if k in cfg}
         if knobs:
             lines.append("- knobs: " + ", ".join(f"{k} = {_value(v)}" for k, v in knobs.items()))

@@ -1,7 +1,7 @@
 """The one reader of source rows (corpora and benchmarks): JSONL, JSON arrays, Parquet, HF datasets.
 
 Rows come out in batches of plain dicts, in source order, so that a stage can hold one batch at a time
-(``docs/METHOD.md §Idea``: the paper's pool is drawn from OpenMathReasoning, 3.2M traces, about 72 GB of text):
+(docs/METHOD.md "Idea": the paper's pool is drawn from OpenMathReasoning, 3.2M traces, about 72 GB of text):
 
 - Parquet: a file, a directory (every ``*.parquet`` below it, in sorted path order) or a glob pattern; read with
   ``pyarrow.parquet.ParquetFile.iter_batches(columns=...)``, so only the projected columns of one batch are in

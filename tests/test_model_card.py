@@ -10,7 +10,7 @@ import yaml
 import train
 from skill_distill.decontamination import run_decontaminate
 from skill_distill.export import run_export
-from skill_distill.io import read_json, read_jsonl
+from skill_distill.io import read_json
 from skill_distill.selection import fingerprint_file
 
 REPO = Path(__file__).resolve().parents[1]

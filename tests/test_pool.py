@@ -236,3 +236,29 @@ def test_pool_bad_input_is_one_clear_line(tmp_path):
     with pytest.raises(DataError, match=r"bad.parquet: not a readable Parquet file"):
         run_pool(str(bad), str(tmp_path / "o"), OMR_FIELDS, decontamination=NO_DECONTAMINATION)
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.jsonl"))
+
+
+def test_one_reader_for_jsonl_json_and_parquet(tmp_path):
+    from skill_distill.io import iter_jsonl
+    from skill_distill.rows import iter_row_batches
+
+    rows = [{"problem": f"p{i}", "trace": "<think>t</think>", "answer": str(i), "extra": i} for i in range(23)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "c.json").write_text(json.dumps(rows))
+    write_parquet(tmp_path / "c.parquet", rows, row_group_size=4)
+    for name in ("c.jsonl", "c.json", "c.parquet"):
+        batches = list(iter_row_batches(tmp_path / name, batch_size=5))
+        assert [len(b) for b in batches] == [5, 5, 5, 5, 3], name
+        assert [r for b in batches for r in b] == rows, name
+    projected = [r for b in iter_row_batches(tmp_path / "c.parquet", 5, columns=["problem", "missing"]) for r in b]
+    assert projected == [{"problem": r["problem"]} for r in rows]  # a missing column is left for the field check
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text(json.dumps(rows[0]) + "\n" + '{"problem": "cut')
+    assert list(iter_jsonl(torn, allow_torn_tail=True)) == [rows[0]]
+    with pytest.raises(DataError, match=r"torn.jsonl:2: malformed JSON"):
+        list(iter_jsonl(torn))
+    torn.write_text('{"problem": "cut\n' + json.dumps(rows[0]) + "\n")  # malformed in the middle: never a torn tail
+    with pytest.raises(DataError, match=r"torn.jsonl:1: malformed JSON"):
+        list(iter_jsonl(torn, allow_torn_tail=True))
+    with pytest.raises(DataError, match=r"corpus file not found: .*nope.jsonl"):
+        list(iter_row_batches(tmp_path / "nope.jsonl"))
