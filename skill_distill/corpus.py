@@ -13,8 +13,20 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from skill_distill.decontamination import DecontaminationConfig
-from skill_distill.io import DataError, write_jsonl
+from skill_distill.decontamination import (
+    COUNTS_FILE,
+    HITS_FILE,
+    BenchmarkIndex,
+    DecontaminationConfig,
+    HitCounter,
+)
+from skill_distill.io import (
+    ConfigError,
+    DataError,
+    atomic_write,
+    write_json,
+    write_jsonl,
+)
 from skill_distill.rows import iter_row_batches, read_rows, source_name
 
 
@@ -274,18 +286,10 @@ def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields()
 
     Returns the stats. Raises DataError for a missing field, an unreadable source, or too few problems.
     """
-    from skill_distill.decontamination import (
-        COUNTS_FILE,
-        HITS_FILE,
-        BenchmarkIndex,
-        HitCounter,
-    )
-    from skill_distill.io import atomic_write, write_json
-
     if max_traces_per_problem < 1:
-        raise DataError(f"max_traces_per_problem must be >= 1, got {max_traces_per_problem}")
+        raise ConfigError(f"max_traces_per_problem must be >= 1, got {max_traces_per_problem}")
     if (filters.max_tokens or token_lengths) and not tokenizer:
-        raise DataError("filters.max_tokens and token_lengths count tokens of the student: set tokenizer")
+        raise ConfigError("filters.max_tokens and token_lengths count tokens of the student: set tokenizer")
     name = source_name(corpus, split)
     meter = TokenMeter(tokenizer) if tokenizer else None
     counter = (HitCounter(BenchmarkIndex.from_benchmarks(decontamination.benchmarks, decontamination.n),

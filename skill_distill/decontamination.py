@@ -28,7 +28,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from skill_distill.benchmarks import REGISTRY, BenchmarkSpec
-from skill_distill.io import DataError, atomic_write, iter_jsonl, read_json, write_json
+from skill_distill.io import (
+    ConfigError,
+    DataError,
+    atomic_write,
+    iter_jsonl,
+    read_json,
+    write_json,
+)
 
 WORD = re.compile(r"\w+")
 COUNTS_FILE = "decontamination.json"
@@ -59,7 +66,7 @@ class DecontaminationConfig:
 
     def __post_init__(self):
         if self.n < 1:
-            raise DataError(f"decontamination n must be >= 1, got {self.n}")
+            raise ConfigError(f"decontamination.n must be >= 1, got {self.n}")
 
 
 def _ngrams(words: list[str], n: int):

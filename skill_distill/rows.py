@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from skill_distill.io import DataError, iter_jsonl, read_json
+from skill_distill.io import ConfigError, DataError, iter_jsonl, read_json
 
 FILE_SUFFIXES = {".jsonl", ".json", ".parquet"}
 _GLOB_CHARS = set("*?[")
@@ -64,7 +64,7 @@ def iter_row_batches(source: str | os.PathLike, batch_size: int = 1000, columns:
     that is not an array of objects, a malformed JSONL line, or an HF dataset that cannot be loaded.
     """
     if batch_size < 1:
-        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     s = str(source)
     if not is_local(s):
         yield from _hf_batches(s, batch_size, columns, split, hf_config)
