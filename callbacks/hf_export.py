@@ -26,6 +26,30 @@ class HFExportCallback(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self.last_export = pl_module.export_hf(str(self._root(trainer) / f"epoch={trainer.current_epoch}"), self.dtype)
+            self._write_card(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.last_export = pl_module.export_hf(str(self._root(trainer) / "final"), self.dtype)
+        self._write_card(trainer, pl_module)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.last_export:  # again, with the evaluations that ran after the export (final-weights benchmarks)
+            self._write_card(trainer, pl_module)
+
+    def _write_card(self, trainer, pl_module) -> None:
+        """README.md model card in the export (skill_distill.model_card), from the run's hyperparameters, manifest,
+        pool decontamination counts and latest evaluation."""
+        if not trainer.is_global_zero:
+            return
+        from skill_distill.model_card import card_for_run, write_model_card
+
+        hp = dict(pl_module.hparams)
+        training = {**hp, "max_epochs": trainer.max_epochs, "precision": str(trainer.precision),
+                    "global_step": trainer.global_step, "world_size": trainer.world_size,
+                    "accumulate_grad_batches": trainer.accumulate_grad_batches}
+        dm = getattr(trainer, "datamodule", None)
+        data = dict(dm.hparams) if dm is not None and hasattr(dm, "hparams") else {}
+        reports = [cb.last_report for cb in trainer.callbacks if getattr(cb, "last_report", None)]
+        evaluation = max(reports, key=lambda r: len(r.get("summary") or {}), default=None)  # the widest evaluation
+        card = card_for_run(hp.get("model"), training, data, trainer.default_root_dir, evaluation)
+        write_model_card(self.last_export, card)

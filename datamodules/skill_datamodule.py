@@ -183,7 +183,9 @@ class SkillDataModule(L.LightningDataModule):
                 pass_rate_by_id={e.id: e.pass_rate for e in examples}, source=self.attribution_path)
             ids = list(result.ids)
             if manifest is not None and self._is_global_zero():
-                sel.write_manifest(manifest, result, config, fingerprints)
+                from skill_distill.decontamination import read_counts
+
+                sel.write_manifest(manifest, result, config, fingerprints, decontamination=read_counts(self.corpus))
         by_id = {e.id: e for e in examples}
         missing = [i for i in ids if i not in by_id]
         if missing:

@@ -109,7 +109,7 @@ def read_training_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
 
 
 def run_export(checkpoint: str, output_dir: str, dtype: str | None = None, model: str | None = None,
-               tokenizer: str | None = None) -> str:
+               tokenizer: str | None = None, run_dir: str | None = None) -> str:
     """Consolidate a training checkpoint into an HF directory (safetensors, config, generation config, tokenizer)
     that transformers and vLLM load (the ``export`` stage).
 
@@ -121,6 +121,8 @@ def run_export(checkpoint: str, output_dir: str, dtype: str | None = None, model
         model: the base model's HF directory or hub name when the recorded one is not reachable here (its config
             and generation config are used, never its weights).
         tokenizer: tokenizer to save alongside (default: the one recorded in the checkpoint).
+        run_dir: the training run's directory, whose selection manifest and evaluation reports go into the
+            model card ``README.md`` (default: the datamodule's run_dir, else the checkpoint folder's parent).
 
     Returns the output directory. Raises DataError for a missing, incomplete or foreign checkpoint.
     """
@@ -138,5 +140,11 @@ def run_export(checkpoint: str, output_dir: str, dtype: str | None = None, model
     tok = tokenizer or hparams.get("tokenizer") or (meta.get("datamodule_hyper_parameters") or {}).get("tokenizer") \
         or hparams.get("model") or model
     out = write_hf_dir(skeleton, state, assets.resolve(tok) if tok else None, output_dir, dtype)
+    from skill_distill.model_card import card_for_run, write_model_card
+
+    data = dict(meta.get("datamodule_hyper_parameters") or {})
+    if run_dir is None:  # <run dir>/checkpoints/<name>.ckpt, unless the datamodule recorded one
+        run_dir = data.get("run_dir") or str(Path(checkpoint).resolve().parent.parent)
+    write_model_card(out, card_for_run(model or hparams.get("model"), hparams, data, run_dir))
     print(f"exported {checkpoint} -> {out}")
     return str(out)

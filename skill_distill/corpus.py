@@ -6,13 +6,28 @@ Every later stage reads the *canonical* pool format written here, one JSON objec
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import json
 import os
-import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from skill_distill.io import DataError, read_jsonl, write_jsonl
+from skill_distill.decontamination import (
+    COUNTS_FILE,
+    HITS_FILE,
+    BenchmarkIndex,
+    DecontaminationConfig,
+    HitCounter,
+)
+from skill_distill.io import (
+    ConfigError,
+    DataError,
+    atomic_write,
+    write_json,
+    write_jsonl,
+)
+from skill_distill.rows import iter_row_batches, read_rows, source_name
 
 
 @dataclass
@@ -31,6 +46,11 @@ class CorpusFields:
     (for corpora that store the thinking and the written solution apart)."""
     pass_rate: str | None = None
     """Optional reference pass rate in [0, 1] (OpenMathReasoning: ``pass_rate_72b_tir``), used by ``difficulty``."""
+    generation_model: str | None = None
+    """Optional field naming the model that wrote the trace (OpenMathReasoning: ``generation_model``), for the
+    pool's ``filters.generation_model``."""
+    problem_type: str | None = None
+    """Optional problem-type field (OpenMathReasoning: ``problem_type``), for ``filters.problem_type``."""
 
 
 @dataclass
@@ -49,33 +69,26 @@ CANONICAL = CorpusFields(id="id", problem="problem", trace="trace", answer="answ
 
 
 def _read_source(source: str, split: str) -> tuple[list[dict], str]:
-    from skill_distill.assets import resolve
+    """Every row of a corpus and its name for messages (``skill_distill.rows`` reads it)."""
+    return read_rows(source, split)
 
-    p = Path(resolve(source))  # a pinned asset (asset:corpus/r1_sample5) -> its verified local copy
-    suffix = p.suffix.lower()
-    if suffix in {".jsonl", ".json", ".parquet"} or p.exists():
-        if not p.is_file():
-            raise DataError(f"corpus file not found: {p}; check the path (relative paths start at the working directory)")
-        if suffix == ".jsonl":
-            return read_jsonl(p, "corpus file"), str(p)
-        if suffix == ".json":
-            data = json.loads(p.read_text(encoding="utf-8"))
-            if not isinstance(data, list):
-                raise DataError(f"{p}: a .json corpus must be a JSON array of objects")
-            return data, str(p)
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
 
-            return pq.read_table(p).to_pylist(), str(p)
-        raise DataError(f"{p}: unsupported corpus format {suffix!r}; use .jsonl, .json or .parquet")
-    # anything else is a dataset name on the HF hub (or in its local cache)
-    import datasets
+def _trace_of(row: dict, fields: CorpusFields, where: str) -> str:
+    """The full teacher trace of a row: the trace field, behind ``<think>\n{reasoning}\n</think>\n\n`` when the
+    corpus keeps the reasoning apart."""
+    trace = str(row.get(fields.trace, "") or "") if fields.trace else ""
+    if fields.reasoning:
+        if row.get(fields.reasoning) is None:
+            raise DataError(f"{where}: missing field {fields.reasoning!r} (reasoning); set fields.reasoning")
+        trace = f"<think>\n{str(row[fields.reasoning]).strip()}\n</think>\n\n{trace.strip()}"
+    return trace
 
-    try:
-        ds = datasets.load_dataset(source, split=split)
-    except Exception as e:  # noqa: BLE001 - datasets raises many types; the user needs one line
-        raise DataError(f"cannot load corpus {source!r} (split {split!r}) as a file or HF dataset: {type(e).__name__}: {e}") from None
-    return ds.to_list(), f"{source}[{split}]"
+
+def _answer_of(row: dict, fields: CorpusFields) -> str:
+    answer = row.get(fields.answer) if fields.answer else None
+    if isinstance(answer, list):  # some sets store a list of equivalent answers
+        answer = answer[0] if len(answer) == 1 else json.dumps(answer)
+    return "" if answer is None else str(answer)
 
 
 def load_corpus(source: str | os.PathLike, fields: CorpusFields = CANONICAL, split: str = "train",
@@ -85,7 +98,12 @@ def load_corpus(source: str | os.PathLike, fields: CorpusFields = CANONICAL, spl
     Raises DataError naming the source, the row and the field for a missing field, a duplicate id or an
     empty corpus.
     """
-    rows, name = _read_source(str(source), split)
+    name = source_name(source, split)
+    rows: list[dict] = []
+    for batch in iter_row_batches(source, 10_000, split=split):
+        rows.extend(batch)
+        if limit is not None and len(rows) >= limit:
+            break  # limit stops reading
     if limit is not None:
         rows = rows[:limit]
     if not rows:
@@ -109,21 +127,12 @@ def load_corpus(source: str | os.PathLike, fields: CorpusFields = CANONICAL, spl
         if ex_id in seen:
             raise DataError(f"{where}: duplicate id {ex_id!r} (first at row {seen[ex_id] + 1}); ids must be unique")
         seen[ex_id] = i
-        answer = row.get(fields.answer) if fields.answer else None
-        if isinstance(answer, list):  # some sets store a list of equivalent answers
-            answer = answer[0] if len(answer) == 1 else json.dumps(answer)
-        pass_rate = row.get(fields.pass_rate) if fields.pass_rate else None
-        trace = str(row.get(fields.trace, "") or "") if fields.trace else ""
-        if fields.reasoning:
-            if row.get(fields.reasoning) is None:
-                raise DataError(f"{where}: missing field {fields.reasoning!r} (reasoning); set fields.reasoning")
-            trace = f"<think>\n{str(row[fields.reasoning]).strip()}\n</think>\n\n{trace.strip()}"
         out.append(Example(
             id=ex_id,
             problem=str(row[fields.problem]),
-            trace=trace,
-            answer="" if answer is None else str(answer),
-            pass_rate=_as_rate(pass_rate),
+            trace=_trace_of(row, fields, where),
+            answer=_answer_of(row, fields),
+            pass_rate=_as_rate(row.get(fields.pass_rate) if fields.pass_rate else None),
         ))
     return out
 
@@ -140,71 +149,288 @@ def save_corpus(path: str | os.PathLike, examples: list[Example]) -> None:
     write_jsonl(path, (e.to_row() for e in examples))
 
 
+# ---- the pool stage -----------------------------------------------------------------------------------------
 @dataclass
 class PoolFilter:
+    """Row filters of the pool stage, applied in this order; each drop is counted under its name in the stats."""
+
+    generation_model: list[str] | None = None
+    """Keep rows whose ``fields.generation_model`` value is one of these (OpenMathReasoning: ``[DeepSeek-R1]``,
+    the paper's teacher); None keeps every generator."""
+    problem_type: list[str] | None = None
+    """Keep rows whose ``fields.problem_type`` value is one of these (OpenMathReasoning:
+    ``[has_answer_extracted]``); None keeps all."""
     require_answer: bool = True
     """Drop examples without a reference answer (they cannot be graded)."""
     require_think_close: bool = True
     """Drop traces without ``</think>`` (no separable final solution)."""
+    max_problem_chars: int | None = None
+    """Drop problems longer than this many characters (None keeps all)."""
     max_trace_chars: int | None = None
     """Drop traces longer than this many characters (None keeps all)."""
+    max_tokens: int | None = None
+    """Drop rows whose prompt (the chat-templated user turn, docs/METHOD.md §5) plus trace exceed this many tokens
+    of the pool stage's ``tokenizer`` (None keeps all). Only rows that pass every other filter and rank among the
+    sampled problems when they are read are tokenised."""
 
 
-def build_pool(examples: list[Example], size: int | None, heldout: int, seed: int = 42,
-               filters: PoolFilter | None = None) -> tuple[list[Example], list[Example], dict]:
-    """Filter, then draw a seeded pool of ``size`` examples and a disjoint held-out slice of ``heldout``.
-
-    Returns (pool, heldout, stats). The held-out slice is never seen by selection.
-    """
-    filters = filters or PoolFilter()
-    kept, dropped = [], {"no_answer": 0, "no_think_close": 0, "too_long": 0}
-    for e in examples:
-        if filters.require_answer and not e.answer.strip():
-            dropped["no_answer"] += 1
-        elif filters.require_think_close and "</think>" not in e.trace:
-            dropped["no_think_close"] += 1
-        elif filters.max_trace_chars is not None and len(e.trace) > filters.max_trace_chars:
-            dropped["too_long"] += 1
-        else:
-            kept.append(e)
-    rng = random.Random(seed)
-    order = list(range(len(kept)))
-    rng.shuffle(order)
-    want = len(kept) - heldout if size is None else size
-    if heldout + want > len(kept):
-        raise DataError(f"pool of {want} plus held-out {heldout} needs {heldout + want} examples, "
-                        f"but only {len(kept)} pass the filters; lower pool size or heldout")
-    held = [kept[i] for i in order[:heldout]]
-    pool = [kept[i] for i in order[heldout: heldout + want]]
-    stats = {"source_examples": len(examples), "after_filters": len(kept), "dropped": dropped,
-             "pool": len(pool), "heldout": len(held), "seed": seed}
-    return pool, held, stats
+DROP_REASONS = ("generation_model", "problem_type", "no_answer", "no_think_close", "problem_chars", "trace_chars",
+                "benchmark_overlap", "tokens")
 
 
-def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields(), split: str = "train",
-             size: int | None = None, heldout: int = 0, seed: int = 42, filters: PoolFilter = PoolFilter(),
-             limit: int | None = None) -> dict:
+def problem_key(seed: int, problem: str) -> int:
+    """The rank of a problem in the seeded draw: sha256 of the seed and the normalised problem text (which is also
+    the problem's identity: two rows with the same normalised text are traces of one problem)."""
+    from skill_distill.decontamination import normalise
+
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{normalise(problem)}".encode()).digest()[:16], "big")
+
+
+def trace_key(seed: int, problem: str, trace: str) -> int:
+    """The rank of a trace among its problem's traces: sha256 of the seed and the row's text."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{problem}\0{trace}".encode()).digest()[:16], "big")
+
+
+class TokenMeter:
+    """Token counts in the student's tokenizer: prompt (docs/METHOD.md §5 user turn), trace, and the position in the
+    trace of the token where its last ``\\boxed{`` starts."""
+
+    def __init__(self, tokenizer: str):
+        from transformers import AutoTokenizer
+
+        from skill_distill import assets
+
+        self.name = tokenizer
+        self.tok = AutoTokenizer.from_pretrained(assets.resolve(tokenizer))
+
+    def measure(self, problem: str, trace: str) -> tuple[int, int, int | None]:
+        import bisect
+
+        from skill_distill.formatting import render_prompt, user_message
+
+        prompt = render_prompt(self.tok, user_message(problem))
+        n_prompt = len(self.tok(prompt, add_special_tokens=False)["input_ids"])
+        enc = self.tok(trace, add_special_tokens=False, return_offsets_mapping=True)
+        at = trace.rfind("\\boxed{")
+        boxed = None
+        if at >= 0:  # the first token ending after the box starts is the one that holds its first character
+            boxed = bisect.bisect_right([end for _, end in enc["offset_mapping"]], at)
+        return n_prompt, len(enc["input_ids"]), boxed
+
+
+def _truncation_stats(measures: list[tuple[int, int, int | None]], lengths: list[int]) -> dict:
+    out = {"rows": len(measures), "no_boxed": sum(1 for m in measures if m[2] is None), "over": {}, "answer_lost": {}}
+    for length in lengths:
+        out["over"][str(length)] = sum(1 for p, t, _ in measures if p + t > length)
+        out["answer_lost"][str(length)] = sum(1 for p, _, b in measures if b is not None and b >= length - p)
+    return out
+
+
+def _indexed_batches(source: str, split: str, batch_size: int, columns: list[str], limit: int | None):
+    """(index of the first row, rows) in source order; ``limit`` stops reading. The caller drops each batch before
+    asking for the next, so one batch of source rows is alive at a time."""
+    index = 0
+    for batch in iter_row_batches(source, batch_size, columns, split):
+        if limit is not None and index + len(batch) > limit:
+            del batch[limit - index:]
+        n = len(batch)
+        if n:
+            yield index, batch
+        del batch
+        index += n
+        if limit is not None and index >= limit:
+            return
+
+
+def _columns(fields: CorpusFields, *names: str) -> list[str]:
+    return [c for c in (getattr(fields, n) for n in names) if c]
+
+
+def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields(), split: str = "train",  # noqa: B008
+             size: int | None = None, heldout: int = 0, seed: int = 42,
+             filters: PoolFilter = PoolFilter(),  # noqa: B008 - jsonargparse shows the default
+             max_traces_per_problem: int = 1, tokenizer: str | None = None, token_lengths: list[int] | None = None,
+             decontamination: DecontaminationConfig = DecontaminationConfig(),  # noqa: B008
+             limit: int | None = None, batch_size: int = 1000) -> dict:
     """Build the training pool and its held-out slice from a teacher corpus (the ``pool`` stage).
 
-    Args:
-        corpus: .jsonl/.json/.parquet file or HF dataset name (the paper: ``nvidia/OpenMathReasoning``).
-        output_dir: writes ``pool.jsonl``, ``heldout.jsonl`` (canonical rows) and ``pool_stats.json``.
-        fields: which source fields hold id, problem, trace (and reasoning), answer and pass rate.
-        split: dataset split for HF datasets.
-        size: pool size after filtering (the paper: 100,000); None keeps everything not held out.
-        heldout: examples set aside for per-epoch monitoring; selection never sees them.
-        seed: seed of the draw.
-        filters: reference answer present, trace contains ``</think>``, length cap.
-        limit: read only the first rows of the source (quick runs).
-    """
-    from skill_distill.io import write_json
+    The pool is a seeded uniform sample of *problems* (docs/METHOD.md "Idea": 100K problems with DeepSeek-R1
+    traces): rows that pass the filters are grouped by normalised problem text; problems are ranked by
+    sha256(seed, normalised text) (``problem_key``), the first ``heldout`` form the held-out slice and the next
+    ``size`` the pool, so the two share no problem; each problem keeps its ``max_traces_per_problem`` traces with
+    the lowest sha256(seed, row) (``trace_key``). The source is read twice in batches (one batch of rows in memory:
+    pass 1 keeps only keys of the problems still in the sample, pass 2 writes their rows in source order), so
+    the output does not depend on ``batch_size``. Problems that overlap an evaluation set are dropped before the
+    draw (``skill_distill.decontamination``).
 
-    examples = load_corpus(corpus, fields, split, limit=limit)
-    pool, held, stats = build_pool(examples, size, heldout, seed, filters)
+    Args:
+        corpus: .jsonl/.json/.parquet file, a directory or glob of Parquet files, or an HF dataset name (streamed;
+            the paper: ``nvidia/OpenMathReasoning``, split ``cot``).
+        output_dir: writes ``pool.jsonl``, ``heldout.jsonl`` (canonical rows), ``pool_stats.json``,
+            ``decontamination.json`` and ``decontamination_hits.jsonl``.
+        fields: which source fields hold id, problem, trace (and reasoning), answer, pass rate, generator and type.
+        split: dataset split for HF datasets.
+        size: pool size in problems (the paper: 100,000); None keeps every problem not held out.
+        heldout: problems set aside for per-epoch monitoring; selection never sees them.
+        seed: seed of the draw.
+        filters: generator, problem type, answer present, ``</think>`` present, length caps (characters, tokens).
+        max_traces_per_problem: traces kept per problem (each becomes a pool row; ids stay unique).
+        tokenizer: the student's tokenizer (HF directory, hub name or ``asset:`` name): needed by
+            ``filters.max_tokens`` and ``token_lengths``.
+        token_lengths: training lengths (e.g. the paper's 8192) for which the stats count the pool traces that
+            exceed them and those whose final answer would be cut off (the last ``\\boxed{`` at or after the length
+            minus the prompt's tokens). Needs ``tokenizer``.
+        decontamination: evaluation sets the pool is checked against (default: every registered set, n = 8).
+        limit: read only the first rows of the source (quick runs).
+        batch_size: source rows per read (memory bound; the output is the same for any value).
+
+    Returns the stats. Raises DataError for a missing field, an unreadable source, or too few problems.
+    """
+    if max_traces_per_problem < 1:
+        raise ConfigError(f"max_traces_per_problem must be >= 1, got {max_traces_per_problem}")
+    if (filters.max_tokens or token_lengths) and not tokenizer:
+        raise ConfigError("filters.max_tokens and token_lengths count tokens of the student: set tokenizer")
+    name = source_name(corpus, split)
+    meter = TokenMeter(tokenizer) if tokenizer else None
+    counter = (HitCounter(BenchmarkIndex.from_benchmarks(decontamination.benchmarks, decontamination.n),
+                          decontamination) if decontamination.enabled else None)
+    want = None if size is None else size + heldout
+
+    # pass 1: filter, decontaminate, and keep the keys of the lowest-ranked problems and traces
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    passing: dict[int, int] = {}  # problem key -> rows passing the filters; -1: overlaps a benchmark
+    chosen: dict[int, list[tuple[int, int, tuple | None]]] = {}  # problem key -> sorted (trace key, row, tokens)
+    heap: list[int] = []  # negated problem keys of ``chosen``: the worst ranked on top
+    hits: list[dict] = []
+    read = 0
+    cols = _columns(fields, "id", "problem", "trace", "reasoning", "answer", "generation_model", "problem_type")
+    for start, batch in _indexed_batches(corpus, split, batch_size, cols, limit):
+        for i, row in enumerate(batch, start):
+            read += 1
+            where = f"{name}: row {i + 1}"
+            for role in ("problem", "trace", "generation_model", "problem_type"):
+                key = getattr(fields, role)
+                needed = role in ("problem", "trace") or getattr(filters, role) is not None
+                if key and needed and key not in row:
+                    raise DataError(f"{where}: missing field {key!r} ({role}); set the corpus field mapping (fields.{role})")
+            if filters.generation_model is not None and row.get(fields.generation_model) not in filters.generation_model:
+                dropped["generation_model"] += 1
+                continue
+            if filters.problem_type is not None and row.get(fields.problem_type) not in filters.problem_type:
+                dropped["problem_type"] += 1
+                continue
+            if row[fields.problem] is None:
+                raise DataError(f"{where}: field {fields.problem!r} (problem) is empty; fix the row or the mapping")
+            problem = str(row[fields.problem])
+            if filters.require_answer and not _answer_of(row, fields).strip():
+                dropped["no_answer"] += 1
+                continue
+            trace = _trace_of(row, fields, where)
+            if filters.require_think_close and "</think>" not in trace:
+                dropped["no_think_close"] += 1
+                continue
+            if filters.max_problem_chars is not None and len(problem) > filters.max_problem_chars:
+                dropped["problem_chars"] += 1
+                continue
+            if filters.max_trace_chars is not None and len(trace) > filters.max_trace_chars:
+                dropped["trace_chars"] += 1
+                continue
+            pkey = problem_key(seed, problem)
+            count = passing.get(pkey)
+            if count is None and counter is not None:
+                found = counter.check(str(row[fields.id]) if fields.id else str(i), problem)
+                if found:
+                    hits.extend(found)
+                    count = passing[pkey] = -1
+            if count == -1:
+                dropped["benchmark_overlap"] += 1
+                continue
+            passing[pkey] = (count or 0) + 1
+            traces = chosen.get(pkey)
+            if traces is None and want is not None and len(chosen) >= want and pkey > -heap[0]:
+                continue  # ranks after every problem in the sample: it cannot enter any more
+            tkey = trace_key(seed, problem, trace)
+            if traces is not None and len(traces) >= max_traces_per_problem and (tkey, i) >= traces[-1][:2]:
+                continue
+            measure = meter.measure(problem, trace) if meter is not None else None
+            if filters.max_tokens is not None and measure[0] + measure[1] > filters.max_tokens:
+                dropped["tokens"] += 1
+                passing[pkey] -= 1
+                continue
+            if traces is None:
+                if want is not None and len(chosen) >= want:
+                    del chosen[-heapq.heappushpop(heap, -pkey)]
+                elif want is not None:
+                    heapq.heappush(heap, -pkey)
+                traces = chosen[pkey] = []
+            traces.append((tkey, i, measure))
+            traces.sort()
+            del traces[max_traces_per_problem:]
+        del batch, row  # one batch of source rows alive at a time
+
+    ranked = sorted(chosen)
+    if not ranked:
+        raise DataError(f"{name}: no row of the {read} read passes the filters (dropped: "
+                        f"{ {k: v for k, v in dropped.items() if v} }); check fields and filters")
+    if want is not None and len(ranked) < want:
+        raise DataError(f"{name}: pool of {size} plus held-out {heldout} needs {want} problems, but only "
+                        f"{len(ranked)} distinct problems pass the filters (of {read} rows read"
+                        f"{f', limit {limit}' if limit is not None else ''}); lower size or heldout, or relax filters")
+    if heldout > len(ranked):
+        raise DataError(f"{name}: held-out {heldout} needs {heldout} problems, but only {len(ranked)} pass the filters")
+    part = {}
+    for rank, pkey in enumerate(ranked):
+        for _, i, _ in chosen[pkey]:
+            part[i] = "heldout" if rank < heldout else "pool"
+
+    # pass 2: write the chosen rows in source order
     out = Path(output_dir)
-    save_corpus(out / "pool.jsonl", pool)
-    save_corpus(out / "heldout.jsonl", held)
-    stats.update({"corpus": str(corpus), "split": split, "fields": asdict(fields), "filters": asdict(filters)})
+    written = {"pool": 0, "heldout": 0}
+    ids: dict[str, int] = {}
+    last = max(part, default=-1)
+    cols = _columns(fields, "id", "problem", "trace", "reasoning", "answer", "pass_rate")
+    with atomic_write(out / "pool.jsonl") as fp, atomic_write(out / "heldout.jsonl") as fh:
+        sinks = {"pool": fp, "heldout": fh}
+        for start, batch in _indexed_batches(corpus, split, batch_size, cols, last + 1):
+            for i, row in enumerate(batch, start):
+                which = part.get(i)
+                if which is None:
+                    continue
+                where = f"{name}: row {i + 1}"
+                ex_id = str(i) if fields.id is None else str(row.get(fields.id))
+                if fields.id is not None and fields.id not in row:
+                    raise DataError(f"{where}: missing id field {fields.id!r}; set fields.id, or null to number rows")
+                if ex_id in ids:
+                    raise DataError(f"{where}: duplicate id {ex_id!r} (first at row {ids[ex_id] + 1}); ids must be unique")
+                ids[ex_id] = i
+                ex = Example(id=ex_id, problem=str(row[fields.problem]), trace=_trace_of(row, fields, where),
+                             answer=_answer_of(row, fields),
+                             pass_rate=_as_rate(row.get(fields.pass_rate) if fields.pass_rate else None))
+                sinks[which].write(json.dumps(ex.to_row(), ensure_ascii=False) + "\n")
+                written[which] += 1
+            del batch, row
+
+    passed = sum(c for c in passing.values() if c > 0)
+    stats = {
+        "corpus": str(corpus), "split": split, "rows_read": read, "dropped": dropped, "passed_filters": passed,
+        "problems": sum(1 for c in passing.values() if c > 0),
+        "duplicates_merged": sum(c - max_traces_per_problem for c in passing.values() if c > max_traces_per_problem),
+        "kept": written, "pool": written["pool"], "heldout": written["heldout"],
+        "pool_problems": max(0, len(ranked) - heldout), "heldout_problems": min(heldout, len(ranked)),
+        "seed": seed, "size": size, "max_traces_per_problem": max_traces_per_problem, "limit": limit,
+        "fields": asdict(fields), "filters": asdict(filters),
+    }
+    if meter is not None:
+        pool_rows = [m for pkey in ranked[heldout:] for _, _, m in chosen[pkey]]
+        stats["tokens"] = {"tokenizer": meter.name, **_truncation_stats(pool_rows, list(token_lengths or []))}
+    if counter is not None:
+        summary = counter.summary()
+        summary.update({"hits_file": HITS_FILE, "config": asdict(decontamination)})
+        stats["decontamination"] = summary
+        with atomic_write(out / HITS_FILE) as f:
+            for h in hits:
+                f.write(json.dumps(h, ensure_ascii=False) + "\n")
+        write_json(out / COUNTS_FILE, summary)
     write_json(out / "pool_stats.json", stats)
-    print(json.dumps({k: stats[k] for k in ("source_examples", "after_filters", "pool", "heldout")}))
+    print(json.dumps({k: stats[k] for k in ("rows_read", "passed_filters", "problems", "pool", "heldout")}))
     return stats

@@ -48,21 +48,25 @@ def read_jsonl(path: str | os.PathLike, what: str = "JSONL file", allow_torn_tai
 
 
 def iter_jsonl(path: str | os.PathLike, what: str = "JSONL file", allow_torn_tail: bool = False) -> Iterator[dict]:
+    """Stream the rows of a JSONL file (one line in memory at a time); errors as for ``read_jsonl``."""
     p = require_file(path, what)
+    torn: DataError | None = None  # a malformed line is a torn tail only if nothing follows it
     with p.open("r", encoding="utf-8") as f:
-        lines = f.readlines()
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if allow_torn_tail and i == len(lines):
-                return
-            raise DataError(f"{p}:{i}: malformed JSON ({e.msg}); fix or delete this line") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{p}:{i}: expected a JSON object per line, got {type(row).__name__}")
-        yield row
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            if torn is not None:
+                raise torn
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                torn = DataError(f"{p}:{i}: malformed JSON ({e.msg}); fix or delete this line")
+                if allow_torn_tail:
+                    continue
+                raise torn from None
+            if not isinstance(row, dict):
+                raise DataError(f"{p}:{i}: expected a JSON object per line, got {type(row).__name__}")
+            yield row
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

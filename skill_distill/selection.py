@@ -611,9 +611,10 @@ def _chain_map(d: Mapping[Chain, float | int]) -> dict[str, float | int]:
 
 
 def write_manifest(path: str | os.PathLike, result: SelectionResult, config: SelectionConfig,
-                   fingerprints: Mapping[str, str]) -> None:
+                   fingerprints: Mapping[str, str], decontamination: Mapping | None = None) -> None:
     """Atomically write the selection manifest: selected ids (in order), drawn leaf per id, weights, target vs
-    achieved leaf distributions, the config and the fingerprints of the inputs (``{"corpus": sha256, ...}``)."""
+    achieved leaf distributions, the config, the fingerprints of the inputs (``{"corpus": sha256, ...}``) and the
+    pool's decontamination counts (``skill_distill.decontamination.read_counts``; None when the pool has none)."""
     write_json(path, {
         "version": MANIFEST_VERSION,
         "strategy": result.strategy,
@@ -632,6 +633,7 @@ def write_manifest(path: str | os.PathLike, result: SelectionResult, config: Sel
         "notes": list(result.notes),
         "config": _config_dict(config),
         "fingerprints": dict(fingerprints),
+        "decontamination": None if decontamination is None else dict(decontamination),
     })
 
 

@@ -14,8 +14,14 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
+from skill_distill.decontamination import read_counts
 from skill_distill.io import atomic_write
-from skill_distill.selection import (SelectionConfig, SelectionResult, load_selection_inputs, write_manifest)
+from skill_distill.selection import (
+    SelectionConfig,
+    SelectionResult,
+    load_selection_inputs,
+    write_manifest,
+)
 from skill_distill.skill_tree import Chain, SkillTree, format_chain
 
 MAX_PLOTTED_LEAVES = 150
@@ -198,7 +204,7 @@ def run_selection_report(pool: str, tree: str, attribution: str, profile: str | 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest, report, png = out / "manifest.json", out / "selection_report.md", out / "selection_report.png"
-    write_manifest(manifest, result, selection, inputs.fingerprints)
+    write_manifest(manifest, result, selection, inputs.fingerprints, decontamination=read_counts(pool))
     names = {"pool": pool, "tree": tree, "attribution": attribution, "profile": profile, "verdicts": verdicts}
     with atomic_write(report) as f:
         f.write(report_markdown(result, inputs.tree, selection, names))

@@ -359,11 +359,15 @@ def _write_stage_inputs(tree: SkillTree, tree_path: Path, out: Path, n: int = 60
             "profile": str(out / "profile.json"), "verdicts": str(out / "verdicts.jsonl")}
 
 
-def test_select_report_stage_writes_manifest_table_and_plot(tree, shared_dir, tmp_path):
+def test_select_report_stage_writes_manifest_table_and_plot(tree, shared_dir, tmp_path, monkeypatch):
     from skill_distill.__main__ import main
+    from skill_distill.decontamination import run_decontaminate
 
     tree_path = shared_dir / "skill_trees" / "skill_mix.json"
     files = _write_stage_inputs(tree, tree_path, tmp_path)
+    assert shared_dir.is_dir()  # the registered sets resolve through the SKILL_DISTILL_DATA mirror
+    counts = run_decontaminate(files["pool"], str(tmp_path / "clean" / "pool.jsonl"))  # its counts go to the manifest
+    files["pool"] = str(tmp_path / "clean" / "pool.jsonl")
     config = tmp_path / "select.yaml"
     config.write_text("\n".join([f"pool: {files['pool']}", f"tree: {tree_path}", f"attribution: {files['attribution']}",
                                  f"profile: {files['profile']}", f"verdicts: {files['verdicts']}",
@@ -375,6 +379,7 @@ def test_select_report_stage_writes_manifest_table_and_plot(tree, shared_dir, tm
     assert len(manifest["ids"]) == len(set(manifest["ids"])) == 120
     assert set(manifest["fingerprints"]) == {"corpus", "tree", "attribution", "profile", "verdicts"}
     assert manifest["fingerprints"]["profile"] == fingerprint_file(files["profile"])
+    assert manifest["decontamination"]["checked"] == counts["checked"] > 0 and manifest["decontamination"]["removed"] == 0
     verdicts = {json.loads(line)["id"]: json.loads(line)["correct"] for line in open(files["verdicts"])}
     assert sum(not verdicts[ex] for ex in manifest["ids"]) == 60
     assert load_manifest(tmp_path / "out" / "manifest.json", manifest["fingerprints"],

@@ -1,0 +1,200 @@
+"""The model card (``README.md``) written into every HF export directory.
+
+Pure functions over plain dicts and files, used by the export callback and the ``export`` stage: what the model
+was fine-tuned from, on which selection (strategy, budget, seed, leaf shares, input fingerprints; docs/METHOD.md
+§4), in which format (docs/METHOD.md §5), with which training configuration (§6), how the pool was
+decontaminated against the evaluation sets, and the run's evaluation results per benchmark and per skill (§7).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from skill_distill.formatting import DEFAULT_INSTRUCTION
+from skill_distill.io import atomic_write, read_json
+
+CARD = "README.md"
+MANIFEST = "selection_manifest.json"
+"""Where a training run keeps its selection manifest (``<run dir>/selection_manifest.json``)."""
+TOP_LEAVES = 20
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_TRAINING_KEYS = ("learning_rate", "warmup_ratio", "min_lr_ratio", "weight_decay", "max_grad_norm", "model_dtype",
+                  "attn_implementation", "gradient_checkpointing", "max_epochs", "precision", "global_step",
+                  "world_size", "accumulate_grad_batches")
+_DATA_KEYS = ("corpus", "tree", "attribution", "profile", "max_length", "examples_per_step", "packing", "seed",
+              "enable_thinking", "val_corpus")
+
+
+def run_facts(run_dir: str | os.PathLike | None) -> dict[str, Any]:
+    """The selection manifest and evaluation reports of a training run directory (None when absent):
+    ``{"manifest", "evaluation", "baseline"}``. The evaluation is the report under ``<run>/eval*/<tag>/`` that covers
+    the most benchmarks (the newest among those), the baseline the ``baseline`` report beside it."""
+    out: dict[str, Any] = {"manifest": None, "evaluation": None, "baseline": None}
+    if run_dir is None:
+        return out
+    root = Path(run_dir)
+    if (root / MANIFEST).is_file():
+        out["manifest"] = read_json(root / MANIFEST, "selection manifest")
+    best, best_key = None, None
+    for path in root.glob("eval*/*/report.json"):
+        if path.parent.name == "baseline":
+            continue
+        report = read_json(path, "evaluation report")
+        key = (len(report.get("summary") or {}), path.stat().st_mtime)
+        if best_key is None or key > best_key:
+            best, best_key = (path, report), key
+    if best is not None:
+        out["evaluation"] = best[1]
+        baseline = best[0].parent.parent / "baseline" / "report.json"
+        if baseline.is_file():
+            out["baseline"] = read_json(baseline, "evaluation report")
+    return out
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (dict, list, tuple)):
+        return f"`{json.dumps(v, default=str)}`"
+    return f"`{v}`" if isinstance(v, str) else str(v)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return lines
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{100 * float(x):.1f}"
+
+
+def build_model_card(base_model: str | None, training: Mapping[str, Any], data: Mapping[str, Any],
+                     manifest: Mapping | None = None, decontamination: Mapping | None = None,
+                     evaluation: Mapping | None = None, baseline: Mapping | None = None, title: str | None = None) -> str:
+    """The card's Markdown (HF front matter first). ``training``: the LightningModule's hyperparameters plus trainer
+    facts (epochs, precision, steps); ``data``: the datamodule's hyperparameters (selection, skill format, lengths);
+    ``manifest``: the selection manifest; ``decontamination``: the pool's counts; ``evaluation``/``baseline``: the
+    final and the before-training evaluation reports (``skill_distill.evaluation.build_report``)."""
+    front = ["---", "library_name: transformers", "tags: [skill-distill, reasoning-distillation, math]"]
+    if base_model and _HUB_ID.match(base_model) and not Path(base_model).exists():
+        front.append(f"base_model: {base_model}")
+    front.append("---")
+    intro = (f"Fully fine-tuned from `{base_model}` with skill-distill: skill-based data selection and skill-aware "
+             "fine-tuning on teacher reasoning traces (docs/METHOD.md).")
+    lines = [*front, "", f"# {title or 'Skill-aware reasoning distillation'}", "", intro, ""]
+
+    lines += ["## Selection", ""]
+    sel = dict(data.get("selection") or {})
+    if manifest:
+        cfg = manifest.get("config") or sel
+        lines.append(f"- strategy: `{manifest.get('strategy')}`, budget {manifest.get('budget')}, seed "
+                     f"{cfg.get('seed')}; {manifest.get('num_selected')} examples selected of a pool of "
+                     f"{manifest.get('pool_size')} ({manifest.get('eligible')} eligible)")
+        knobs = {k: cfg[k] for k in ("w_max", "temperature", "wrong_share", "max_depth") if k in cfg}
+        if knobs:
+            lines.append("- knobs: " + ", ".join(f"{k} = {_value(v)}" for k, v in knobs.items()))
+        prints = manifest.get("fingerprints") or {}
+        if prints:
+            lines += ["- input fingerprints (sha256):"] + [f"  - {k}: `{v}`" for k, v in sorted(prints.items())]
+        achieved, target, pool = (manifest.get(k) or {} for k in ("achieved", "target", "pool"))
+        if achieved:
+            top = sorted(achieved.items(), key=lambda kv: -kv[1])[:TOP_LEAVES]
+            lines += ["", f"Leaf shares of the selection (top {len(top)} of {len(achieved)}, %):", ""]
+            lines += _table(["leaf skill", "selected", "target", "pool"],
+                            [[c, _pct(a), _pct(target.get(c)), _pct(pool.get(c))] for c, a in top])
+    elif sel:
+        lines.append(f"- strategy: `{sel.get('strategy')}` (no selection manifest in the run directory)"
+                     + (f", budget {sel['budget']}, seed {sel.get('seed')}" if sel.get("strategy") != "all" else ""))
+    else:
+        lines.append("- no selection recorded")
+    lines.append("")
+
+    fmt = dict(data.get("skill_format") or {})
+    lines += ["## Format", ""]
+    mode = fmt.get("mode", "off")
+    if mode == "off":
+        lines.append("Plain SFT: the assistant turn is the teacher trace (`<think> ... </think>` then the solution).")
+    else:
+        lines.append(f"Skill-aware SFT (mode `{mode}`): the model first writes a `{fmt.get('header', 'Skills:')}` "
+                     "block, one skill chain per line (`Topic->leaf`), then its reasoning. Nothing about skills is "
+                     "given at test time (docs/METHOD.md §5).")
+    instruction = data.get("instruction") or DEFAULT_INSTRUCTION
+    thinking = "on" if data.get("enable_thinking", True) else "off"
+    lines.append(f"Prompt: `{instruction}` + blank line + `Question: {{problem}}`; thinking {thinking}.")
+    if fmt:
+        lines.append("- skill_format: " + ", ".join(f"{k} = {_value(v)}" for k, v in fmt.items()))
+    lines.append("")
+
+    lines += ["## Training", ""]
+    rows = [[k, _value(training[k])] for k in _TRAINING_KEYS if training.get(k) is not None]
+    rows += [[f"data.{k}", _value(data[k])] for k in _DATA_KEYS if data.get(k) is not None]
+    lines += _table(["setting", "value"], rows) + [""]
+
+    lines += ["## Decontamination", ""]
+    if decontamination:
+        d = decontamination
+        by_bench = d.get("hits_by_benchmark") or {}
+        lines.append(f"The pool was checked against {', '.join(d.get('benchmarks') or {})} with normalised exact "
+                     f"match and word {d.get('n')}-gram overlap: {d.get('removed')} of {d.get('checked')} problems "
+                     f"removed ({d.get('short_exact_only')} problems shorter than {d.get('n')} words were checked by "
+                     "exact match only).")
+        if by_bench:
+            lines += [""] + _table(["benchmark", "hits"], [[k, v] for k, v in by_bench.items()])
+    else:
+        lines.append("No decontamination record for this pool (`decontamination.json` beside it).")
+    lines.append("")
+
+    lines += ["## Evaluation", ""]
+    if evaluation:
+        summary = evaluation.get("summary") or {}
+        base = (baseline or {}).get("summary") or {}
+        header = ["benchmark", "k", "problems", "accuracy %", "95% CI"] + (["before training %"] if base else [])
+        rows = []
+        for name, s in summary.items():
+            row = [name, s.get("k"), s.get("problems"), _pct(s.get("accuracy")),
+                   f"{_pct(s.get('ci_low'))}-{_pct(s.get('ci_high'))}"]
+            if base:
+                row.append(_pct((base.get(name) or {}).get("accuracy")))
+            rows.append(row)
+        lines += _table(header, rows)
+        suite = (evaluation.get("metrics") or {}).get("eval/paper_suite/acc")
+        if suite is not None:
+            lines += ["", f"Mean over the paper's five benchmarks: {_pct(suite)}."]
+        for name, b in (evaluation.get("benchmarks") or {}).items():
+            skills = [r for r in ((b.get("metrics") or {}).get("skills") or []) if r.get("accuracy") is not None]
+            if skills:
+                lines += ["", f"Per skill on `{name}` ({b.get('skill_level') or 'skill'} level):", ""]
+                lines += _table(["skill", "judged", "accuracy %"],
+                                [[r["chain"], r.get("judged"), _pct(r["accuracy"])] for r in skills])
+    else:
+        lines.append("This run has no evaluation report (`python -m skill_distill evaluate` writes one).")
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(out_dir: str | os.PathLike, card: str) -> Path:
+    """Write ``card`` as ``<out_dir>/README.md`` (atomically)."""
+    path = Path(out_dir) / CARD
+    with atomic_write(path) as f:
+        f.write(card)
+    return path
+
+
+def card_for_run(base_model: str | None, training: Mapping[str, Any], data: Mapping[str, Any],
+                 run_dir: str | os.PathLike | None, evaluation: Mapping | None = None, title: str | None = None) -> str:
+    """``build_model_card`` with the manifest, evaluation reports and decontamination counts found from the run
+    directory and the training corpus (``evaluation`` overrides the newest report on disk)."""
+    from skill_distill.decontamination import read_counts
+
+    facts = run_facts(run_dir)
+    manifest = facts["manifest"]
+    decontamination = (manifest or {}).get("decontamination")
+    if decontamination is None and data.get("corpus"):
+        decontamination = read_counts(data["corpus"])
+    return build_model_card(base_model, training, data, manifest, decontamination,
+                            evaluation or facts["evaluation"], facts["baseline"], title)

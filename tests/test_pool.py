@@ -1,0 +1,264 @@
+"""The pool stage at OpenMathReasoning's shape: a synthetic Parquet with OMR's columns (two generators, repeated
+problems, missing answers, traces without ``</think>``, ``pass_rate_72b_tir`` of "n/a"), read in batches."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import weakref
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from skill_distill import corpus as corpus_mod
+from skill_distill.corpus import CorpusFields, PoolFilter, TokenMeter, run_pool
+from skill_distill.decontamination import DecontaminationConfig, normalise
+from skill_distill.io import DataError, read_json, read_jsonl
+
+OMR_FIELDS = CorpusFields(id=None, problem="problem", trace="generated_solution", answer="expected_answer",
+                          pass_rate="pass_rate_72b_tir", generation_model="generation_model",
+                          problem_type="problem_type")
+R1_ONLY = PoolFilter(generation_model=["DeepSeek-R1"], problem_type=["has_answer_extracted"])
+NO_DECONTAMINATION = DecontaminationConfig(enabled=False)
+
+
+def omr_rows(problems: int = 40) -> list[dict]:
+    """Rows in OMR's schema: 1-5 traces per problem from two generators; some problems repeat with other spacing and
+    case (the same problem after normalisation); some rows lack an answer, a ``</think>``, or have type proof."""
+    rows = []
+    for k in range(problems):
+        text = f"Let x = {k}. Compute the value of 3x + {k % 7} and give the result as an integer."
+        for t in range(1 + (k * 7) % 5):
+            shown = text if t % 2 == 0 else "  " + text.upper().replace(" ", "   ")
+            answer = str(3 * k + k % 7)
+            think = "</think>" if (k + 2 * t) % 5 else ""
+            rows.append({
+                "expected_answer": None if (k * 3 + t) % 9 == 0 else answer,
+                "problem_type": "converted_proof" if k % 11 == 5 else "has_answer_extracted",
+                "problem_source": "synthetic",
+                "generation_model": "DeepSeek-R1" if (k + t) % 3 else "QwQ-32B",
+                "pass_rate_72b_tir": "n/a" if t % 2 else str(round((k % 8) / 8, 3)),
+                "problem": shown,
+                "generated_solution": f"<think>\nTrace {t} of problem {k}: 3*{k} + {k % 7}.\n{think}\n\n"
+                                      f"So the value is \\boxed{{{answer}}}.",
+                "inference_mode": "cot",
+                "used_in_kaggle": bool(k % 2),
+            })
+    return rows
+
+
+def write_parquet(path: Path, rows: list[dict], row_group_size: int = 16) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
+    return path
+
+
+def sha_int(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:16], "big")
+
+
+def expected_selection(rows: list[dict], seed: int, size: int, heldout: int) -> tuple[set[int], set[int]]:
+    """Reference draw straight from the spec: filter every row, group by normalised problem, take the lowest
+    sha256(seed, problem) problems and per problem the row with the lowest sha256(seed, row text)."""
+    by_problem: dict[int, list[tuple[int, int]]] = {}
+    for i, r in enumerate(rows):
+        if (r["generation_model"] != "DeepSeek-R1" or r["problem_type"] != "has_answer_extracted"
+                or not r["expected_answer"] or "</think>" not in r["generated_solution"]):
+            continue
+        p = sha_int(f"{seed}\0{normalise(r['problem'])}")
+        by_problem.setdefault(p, []).append((sha_int(f"{seed}\0{r['problem']}\0{r['generated_solution']}"), i))
+    ranked = sorted(by_problem)
+    best = {p: min(by_problem[p])[1] for p in ranked}
+    return {best[p] for p in ranked[heldout: heldout + size]}, {best[p] for p in ranked[:heldout]}
+
+
+def test_pool_filters_dedups_and_draws_problems(tmp_path):
+    rows = omr_rows()
+    src = write_parquet(tmp_path / "omr" / "cot.parquet", rows)
+    stats = run_pool(str(src), str(tmp_path / "out"), OMR_FIELDS, size=10, heldout=4, seed=42, filters=R1_ONLY,
+                     decontamination=NO_DECONTAMINATION, batch_size=7)
+    pool = read_jsonl(tmp_path / "out" / "pool.jsonl")
+    held = read_jsonl(tmp_path / "out" / "heldout.jsonl")
+    want_pool, want_held = expected_selection(rows, 42, 10, 4)
+    assert {int(r["id"]) for r in pool} == want_pool and {int(r["id"]) for r in held} == want_held
+    for r in pool + held:  # the canonical row is the source row
+        src_row = rows[int(r["id"])]
+        assert src_row["generation_model"] == "DeepSeek-R1" and r["trace"] == src_row["generated_solution"]
+        assert r["answer"] == src_row["expected_answer"] and r["problem"] == src_row["problem"]
+        assert r["pass_rate"] == (None if src_row["pass_rate_72b_tir"] == "n/a" else float(src_row["pass_rate_72b_tir"]))
+    pool_problems, held_problems = ({normalise(r["problem"]) for r in rs} for rs in (pool, held))
+    assert len(pool_problems) == len(pool) == 10 and len(held_problems) == len(held) == 4  # one trace per problem
+    assert not pool_problems & held_problems  # held-out is disjoint by problem
+    # every drop counted under its filter, in filter order
+    d = stats["dropped"]
+    assert stats["rows_read"] == len(rows)
+    assert d["generation_model"] == sum(r["generation_model"] != "DeepSeek-R1" for r in rows)
+    r1 = [r for r in rows if r["generation_model"] == "DeepSeek-R1"]
+    assert d["problem_type"] == sum(r["problem_type"] != "has_answer_extracted" for r in r1)
+    typed = [r for r in r1 if r["problem_type"] == "has_answer_extracted"]
+    assert d["no_answer"] == sum(not r["expected_answer"] for r in typed) > 0
+    answered = [r for r in typed if r["expected_answer"]]
+    assert d["no_think_close"] == sum("</think>" not in r["generated_solution"] for r in answered) > 0
+    passed = [r for r in answered if "</think>" in r["generated_solution"]]
+    assert stats["passed_filters"] == len(passed)
+    assert stats["problems"] == len({normalise(r["problem"]) for r in passed})
+    assert stats["duplicates_merged"] == len(passed) - stats["problems"] > 0
+    assert stats["kept"] == {"pool": 10, "heldout": 4}
+    assert read_json(tmp_path / "out" / "pool_stats.json") == json.loads(json.dumps(stats))
+
+
+def test_pool_keeps_several_traces_per_problem_with_unique_ids(tmp_path):
+    rows = omr_rows()
+    src = write_parquet(tmp_path / "cot.parquet", rows)
+    run_pool(str(src), str(tmp_path / "out"), OMR_FIELDS, size=8, heldout=2, filters=R1_ONLY,
+             max_traces_per_problem=3, decontamination=NO_DECONTAMINATION)
+    pool = read_jsonl(tmp_path / "out" / "pool.jsonl")
+    held = read_jsonl(tmp_path / "out" / "heldout.jsonl")
+    per_problem: dict[str, int] = {}
+    for r in pool:
+        per_problem[normalise(r["problem"])] = per_problem.get(normalise(r["problem"]), 0) + 1
+    assert len(per_problem) == 8 and max(per_problem.values()) > 1 and max(per_problem.values()) <= 3
+    assert len({r["id"] for r in pool + held}) == len(pool) + len(held)
+    assert not set(per_problem) & {normalise(r["problem"]) for r in held}
+
+
+def test_pool_output_does_not_depend_on_batch_size_or_file_split(tmp_path):
+    rows = omr_rows()
+    one = write_parquet(tmp_path / "one" / "cot.parquet", rows)
+    write_parquet(tmp_path / "parts" / "part-0.parquet", rows[:57])
+    write_parquet(tmp_path / "parts" / "part-1.parquet", rows[57:])
+    outs = []
+    for name, source, batch in [("b7", one, 7), ("b1000", one, 1000), ("dir", tmp_path / "parts", 5),
+                                ("glob", tmp_path / "parts" / "part-*.parquet", 13)]:
+        run_pool(str(source), str(tmp_path / name), OMR_FIELDS, size=12, heldout=3, filters=R1_ONLY,
+                 decontamination=NO_DECONTAMINATION, batch_size=batch)
+        outs.append({f: (tmp_path / name / f).read_bytes() for f in ("pool.jsonl", "heldout.jsonl")})
+        stats = read_json(tmp_path / name / "pool_stats.json")
+        stats.pop("corpus")
+        outs[-1]["stats"] = stats
+    assert all(o == outs[0] for o in outs[1:])
+    assert outs[0]["pool.jsonl"].count(b"\n") == 12
+
+
+def test_pool_holds_one_batch_of_source_rows_and_limit_stops_reading(tmp_path, monkeypatch):
+    rows = omr_rows(60)
+    src = write_parquet(tmp_path / "cot.parquet", rows)
+
+    class Row(dict):  # a dict that can be weakly referenced: the spy sees whether anyone still holds it
+        pass
+
+    real = corpus_mod.iter_row_batches
+    alive_at_next: list[int] = []
+    handed_out = [0]
+
+    def spy(*args, **kwargs):
+        earlier: list[weakref.ref] = []
+        for raw in real(*args, **kwargs):
+            gc.collect()
+            alive_at_next.append(sum(ref() is not None for ref in earlier))
+            batch = [Row(r) for r in raw]
+            del raw
+            earlier.extend(weakref.ref(r) for r in batch)
+            handed_out[0] += len(batch)
+            yield batch
+            del batch
+
+    monkeypatch.setattr(corpus_mod, "iter_row_batches", spy)
+    stats = run_pool(str(src), str(tmp_path / "out"), OMR_FIELDS, size=5, heldout=1, filters=R1_ONLY,
+                     decontamination=NO_DECONTAMINATION, batch_size=9)
+    assert len(alive_at_next) > len(rows) // 9  # pass 1 reads 20 batches, pass 2 more
+    assert max(alive_at_next) == 0  # no row of an earlier batch survives into the next one
+    assert stats["rows_read"] == len(rows)
+
+    handed_out[0] = 0
+    stats = run_pool(str(src), str(tmp_path / "limited"), OMR_FIELDS, size=3, heldout=0, filters=R1_ONLY,
+                     decontamination=NO_DECONTAMINATION, batch_size=10, limit=50)
+    assert stats["rows_read"] == 50
+    assert handed_out[0] <= 2 * 50  # pass 1 stops at the limit, pass 2 at the last chosen row
+    assert max(int(r["id"]) for r in read_jsonl(tmp_path / "limited" / "pool.jsonl")) < 50
+
+
+def test_pool_token_stats_count_traces_that_lose_their_answer(tmp_path, qwen_tokenizer_dir):
+    rows = [r for r in omr_rows(6) if r["expected_answer"] and "</think>" in r["generated_solution"]
+            and r["generation_model"] == "DeepSeek-R1" and r["problem_type"] == "has_answer_extracted"]
+    src = write_parquet(tmp_path / "cot.parquet", rows)
+    meter = TokenMeter(str(qwen_tokenizer_dir))
+    run_pool(str(src), str(tmp_path / "probe"), OMR_FIELDS, size=1, heldout=0, filters=R1_ONLY,
+             decontamination=NO_DECONTAMINATION)
+    first = read_jsonl(tmp_path / "probe" / "pool.jsonl")[0]
+    prompt, trace_len, boxed = meter.measure(first["problem"], first["trace"])
+    enc = meter.tok(first["trace"], add_special_tokens=False, return_offsets_mapping=True)
+    at = first["trace"].rfind("\\boxed{")
+    start, end = enc["offset_mapping"][boxed]
+    assert start <= at < end  # the counted position is the token holding the box's first character
+    cut = prompt + boxed  # a length that cuts exactly at the box's first token: the answer is lost
+    stats = run_pool(str(src), str(tmp_path / "out"), OMR_FIELDS, size=1, heldout=0, filters=R1_ONLY,
+                     tokenizer=str(qwen_tokenizer_dir), token_lengths=[cut, cut + 1, prompt + trace_len],
+                     decontamination=NO_DECONTAMINATION)
+    tokens = stats["tokens"]
+    assert tokens["rows"] == 1 and tokens["no_boxed"] == 0
+    assert tokens["answer_lost"] == {str(cut): 1, str(cut + 1): 0, str(prompt + trace_len): 0}
+    assert tokens["over"] == {str(cut): 1, str(cut + 1): 1, str(prompt + trace_len): 0}
+
+
+def test_pool_token_cap_drops_long_rows(tmp_path, qwen_tokenizer_dir):
+    rows = omr_rows(12)
+    for k, r in enumerate(rows):  # every third row gets a long think section
+        if k % 3 == 0:
+            r["generated_solution"] = r["generated_solution"].replace("<think>\n", "<think>\n" + "step " * 300)
+    src = write_parquet(tmp_path / "cot.parquet", rows)
+    meter = TokenMeter(str(qwen_tokenizer_dir))
+    cap = 200
+    stats = run_pool(str(src), str(tmp_path / "out"), OMR_FIELDS, size=None, heldout=0, filters=PoolFilter(
+        generation_model=["DeepSeek-R1"], problem_type=["has_answer_extracted"], max_tokens=cap),
+        tokenizer=str(qwen_tokenizer_dir), decontamination=NO_DECONTAMINATION)
+    pool = read_jsonl(tmp_path / "out" / "pool.jsonl")
+    assert stats["dropped"]["tokens"] > 0 and pool
+    for r in pool:
+        p, t, _ = meter.measure(r["problem"], r["trace"])
+        assert p + t <= cap
+
+
+def test_pool_bad_input_is_one_clear_line(tmp_path):
+    rows = omr_rows(5)
+    src = write_parquet(tmp_path / "cot.parquet", rows)
+    with pytest.raises(DataError, match=r"row 1: missing field 'solution' \(trace\)"):
+        run_pool(str(src), str(tmp_path / "o"), CorpusFields(id=None, trace="solution", answer="expected_answer"),
+                 decontamination=NO_DECONTAMINATION)
+    with pytest.raises(DataError, match=r"needs 60 problems, but only \d+ distinct problems pass"):
+        run_pool(str(src), str(tmp_path / "o"), OMR_FIELDS, size=50, heldout=10, filters=R1_ONLY,
+                 decontamination=NO_DECONTAMINATION)
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match=r"bad.parquet: not a readable Parquet file"):
+        run_pool(str(bad), str(tmp_path / "o"), OMR_FIELDS, decontamination=NO_DECONTAMINATION)
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.jsonl"))
+
+
+def test_one_reader_for_jsonl_json_and_parquet(tmp_path):
+    from skill_distill.io import iter_jsonl
+    from skill_distill.rows import iter_row_batches
+
+    rows = [{"problem": f"p{i}", "trace": "<think>t</think>", "answer": str(i), "extra": i} for i in range(23)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "c.json").write_text(json.dumps(rows))
+    write_parquet(tmp_path / "c.parquet", rows, row_group_size=4)
+    for name in ("c.jsonl", "c.json", "c.parquet"):
+        batches = list(iter_row_batches(tmp_path / name, batch_size=5))
+        assert [len(b) for b in batches] == [5, 5, 5, 5, 3], name
+        assert [r for b in batches for r in b] == rows, name
+    projected = [r for b in iter_row_batches(tmp_path / "c.parquet", 5, columns=["problem", "missing"]) for r in b]
+    assert projected == [{"problem": r["problem"]} for r in rows]  # a missing column is left for the field check
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text(json.dumps(rows[0]) + "\n" + '{"problem": "cut')
+    assert list(iter_jsonl(torn, allow_torn_tail=True)) == [rows[0]]
+    with pytest.raises(DataError, match=r"torn.jsonl:2: malformed JSON"):
+        list(iter_jsonl(torn))
+    torn.write_text('{"problem": "cut\n' + json.dumps(rows[0]) + "\n")  # malformed in the middle: never a torn tail
+    with pytest.raises(DataError, match=r"torn.jsonl:1: malformed JSON"):
+        list(iter_jsonl(torn, allow_torn_tail=True))
+    with pytest.raises(DataError, match=r"corpus file not found: .*nope.jsonl"):
+        list(iter_row_batches(tmp_path / "nope.jsonl"))
