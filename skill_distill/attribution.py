@@ -38,7 +38,7 @@ from skill_distill.corpus import CorpusFields, Example, load_corpus
 from skill_distill.formatting import final_solution, render_prompt
 from skill_distill.generation.base import GenerationBackend, SamplingConfig
 from skill_distill.generation.factory import BackendConfig, make_backend  # light: backends load when built
-from skill_distill.io import DataError, JsonlAppender, read_json, read_jsonl, write_json, write_jsonl
+from skill_distill.io import DataError, JsonlAppender, read_json, read_jsonl, read_text, write_json, write_jsonl
 from skill_distill.skill_tree import Chain, SkillTree, format_chain, parse_chain
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def load_template(template: str | None) -> str:
     if template is None:
         return DEFAULT_PROMPT_TEMPLATE
     if "{" not in template and Path(template).is_file():
-        template = Path(template).read_text(encoding="utf-8")
+        template = read_text(template, "prompt template file")
     return check_template(template)
 
 

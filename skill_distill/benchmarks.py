@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from skill_distill.io import DataError, read_jsonl
+from skill_distill.io import DataError, read_json, read_jsonl, read_parquet_rows
 from skill_distill.skill_tree import Chain, SkillTree
 
 AnswerRule = Literal["field", "list", "after_hashes", "last_boxed"]
@@ -241,17 +241,12 @@ def _read_rows(spec: BenchmarkSpec, root: Path) -> tuple[list[dict], str]:
     if suffix == ".jsonl":
         return read_jsonl(p, f"benchmark {spec.name!r} file"), str(p)
     if suffix == ".json":
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}:{e.lineno}: malformed JSON ({e.msg})") from None
+        data = read_json(p, f"benchmark {spec.name!r} file")
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise DataError(f"{p}: a .json benchmark must be a JSON array of objects")
         return data, str(p)
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(p).to_pylist(), str(p)
+        return read_parquet_rows(p, f"benchmark {spec.name!r} file"), str(p)
     raise DataError(f"{p}: unsupported benchmark file type {suffix!r}; use .jsonl, .json or .parquet")
 
 

@@ -12,7 +12,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from skill_distill.io import DataError, read_jsonl, write_jsonl
+from skill_distill.io import DataError, read_json, read_jsonl, read_parquet_rows, write_jsonl
 
 
 @dataclass
@@ -57,14 +57,12 @@ def _read_source(source: str, split: str) -> tuple[list[dict], str]:
         if suffix == ".jsonl":
             return read_jsonl(p, "corpus file"), str(p)
         if suffix == ".json":
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = read_json(p, "corpus file")
             if not isinstance(data, list):
                 raise DataError(f"{p}: a .json corpus must be a JSON array of objects")
             return data, str(p)
         if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return pq.read_table(p).to_pylist(), str(p)
+            return read_parquet_rows(p, "corpus file"), str(p)
         raise DataError(f"{p}: unsupported corpus format {suffix!r}; use .jsonl, .json or .parquet")
     # anything else is a dataset name on the HF hub (or in its local cache)
     import datasets

