@@ -639,8 +639,11 @@ def run_attribution(
                          {**extra, "level": "leaf" if max_depth is None else f"depth<={max_depth}",
                           "chunk_size": chunk_size, "guided": guided, "model": backend.model,
                           "backend": getattr(backend, "kind", None)})
-    log.info("attribution: %d examples, %d without a chain, %d backend calls -> %s", stats["examples"],
-             stats["examples_without_chain"], stats["backend_calls"], out_path)
+    from skill_distill.console import summary
+
+    summary("attribute", [f"{stats['examples']} examples, {stats['examples_without_chain']} without a chain, "
+                          f"{stats['backend_calls']} backend calls", f"attribution: {out_path}",
+                          f"stats: {out_dir / _stats_name(stem)}"])
     return stats
 
 
@@ -665,9 +668,16 @@ def _run_labelled(pool: str, fields: CorpusFields, limit: int | None, shard_inde
         log.info("labelled attribution is %s-level (tree cut at depth %d, written to %s)", info["level"],
                  info["depth"], out_dir / "skill_tree_used.json")
     counters = {**_new_counters(), "examples_walked": len(out), "wall_time_s": time.perf_counter() - start}
-    return _write_stats(out_dir / _stats_name(stem), out, counters,
-                        {**extra, "level": info["level"], "label_field": label_field, "tree_cut_depth":
-                         info["depth"] if info["cut"] else None, "unknown_labels": info["unknown_labels"]})
+    stats = _write_stats(out_dir / _stats_name(stem), out, counters,
+                         {**extra, "level": info["level"], "label_field": label_field, "tree_cut_depth":
+                          info["depth"] if info["cut"] else None, "unknown_labels": info["unknown_labels"]})
+    from skill_distill.console import summary
+
+    summary("attribute", [f"{len(out)} examples labelled from {label_field!r} ({info['level']}-level), "
+                          f"{stats['examples_without_chain']} without a chain",
+                          f"attribution: {out_dir / f'{stem}.jsonl'}",
+                          f"stats: {out_dir / _stats_name(stem)}"])
+    return stats
 
 
 def load_attribution(path: str | Path, tree: SkillTree | None = None, ids: Iterable[str] | None = None,

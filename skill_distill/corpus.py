@@ -202,5 +202,11 @@ def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields()
     save_corpus(out / "heldout.jsonl", held)
     stats.update({"corpus": str(corpus), "split": split, "fields": asdict(fields), "filters": asdict(filters)})
     write_json(out / "pool_stats.json", stats)
-    print(json.dumps({k: stats[k] for k in ("source_examples", "after_filters", "pool", "heldout")}))
+    from skill_distill.console import summary
+
+    dropped = ", ".join(f"{n} {why}" for why, n in stats["dropped"].items() if n) or "none"
+    summary("pool", [f"{stats['source_examples']} source examples, {stats['after_filters']} pass the filters "
+                     f"(dropped: {dropped})", f"pool: {stats['pool']} examples -> {out / 'pool.jsonl'}",
+                     f"held-out: {stats['heldout']} examples -> {out / 'heldout.jsonl'}",
+                     f"stats: {out / 'pool_stats.json'}"])
     return stats

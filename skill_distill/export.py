@@ -264,5 +264,7 @@ def run_export(checkpoint: str, output_dir: str, dtype: str | None = None, model
     tok = tokenizer or hparams.get("tokenizer") or (meta.get("datamodule_hyper_parameters") or {}).get("tokenizer") \
         or hparams.get("model") or model
     out = write_hf_dir(skeleton, state, assets.resolve(tok) if tok else None, output_dir, dtype)
-    print(f"exported {checkpoint} -> {out}")
+    from skill_distill.console import summary
+
+    summary("export", [f"checkpoint: {checkpoint}", f"HF model directory: {out}"])
     return str(out)

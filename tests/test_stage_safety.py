@@ -27,7 +27,8 @@ from skill_distill.skill_stats import load_attribution
 from skill_distill.skill_tree import SkillTree
 
 REPO = Path(__file__).resolve().parents[1]
-TREE = {"name": "Math", "children": [{"name": "Arithmetic", "children": [{"name": "addition"}, {"name": "multiplication"}]}]}
+TREE = {"name": "Math", "children": [
+    {"name": "Arithmetic", "children": [{"name": "addition"}, {"name": "multiplication"}]}]}
 BAD = b"\xff\xfe"  # never valid UTF-8
 
 
@@ -72,12 +73,12 @@ def test_corpus_jsonl_json_and_parquet(tmp_path):
         load_corpus(tmp_path / "c.json")
 
     # a Parquet string column holding bytes that are not UTF-8, and a file that is not Parquet at all
-    table = pa.table({"id": ["a", "b"], "problem": pa.array([b"1+1", b"2\xff+2"], pa.binary()).cast(pa.string(),
-                                                                                                  safe=False),
+    problems = pa.array([b"1+1", b"2\xff+2"], pa.binary()).cast(pa.string(), safe=False)
+    table = pa.table({"id": ["a", "b"], "problem": problems,
                       "trace": ["<think>2</think>", "<think>4</think>"]})
     pq.write_table(table, tmp_path / "c.parquet")
-    with pytest.raises(DataError, match=rf"{tmp_path / 'c.parquet'}: column 'problem' of this corpus file holds bytes that are "
-                                        r"not UTF-8 \(.*Invalid UTF8 sequence at string index 1"):
+    with pytest.raises(DataError, match=rf"{tmp_path / 'c.parquet'}: column 'problem' of this corpus file holds "
+                                        r"bytes that are not UTF-8 \(.*Invalid UTF8 sequence at string index 1"):
         load_corpus(tmp_path / "c.parquet")
     (tmp_path / "d.parquet").write_bytes(BAD + b"not parquet")
     with pytest.raises(DataError, match=rf"{tmp_path / 'd.parquet'}: not a readable Parquet corpus file"):
@@ -290,3 +291,47 @@ def test_kill_9_of_the_profile_stage_leaves_no_child_alive(tmp_path, tiny_qwen3_
         if proc.poll() is None:
             proc.kill()
         log.close()
+
+
+_GENERATING_PARENT = """
+import sys
+from skill_distill.generation.base import SamplingConfig
+from skill_distill.generation.factory import BackendConfig
+from skill_distill.generation.vllm_backend import generate_in_subprocess
+
+if __name__ == "__main__":
+    cfg = BackendConfig(kind="vllm", model=sys.argv[1], max_model_len=1024)
+    generate_in_subprocess(cfg, ["Count to one thousand."] * 64, SamplingConfig(temperature=1.0, max_new_tokens=900))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_kill_9_during_generate_in_subprocess_leaves_no_child_alive(tmp_path, tiny_qwen3_dir):
+    """The evaluation inside training: its generation child, vLLM's engine core and worker die with the parent."""
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    # INFO on purpose: the engine core's "init engine ... took" line says generation starts now
+    env.update(PYTHONPATH=str(REPO), VLLM_CPU_KVCACHE_SPACE="1", VLLM_LOGGING_LEVEL="INFO")
+    log_path = tmp_path / "parent.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-c", _GENERATING_PARENT, str(tiny_qwen3_dir)], cwd=tmp_path, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while "init engine (profile, create kv cache, warmup model) took" not in log_path.read_text():
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, "the engine did not start in time"
+                time.sleep(0.5)
+            time.sleep(2)
+            children = _descendants(proc.pid)
+            names = " | ".join(_cmdline(c) for c in children)
+            assert any("EngineCore" in _cmdline(c) for c in children), names
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            t0 = time.monotonic()
+            while any(_alive(c) for c in children) and time.monotonic() - t0 < 10:
+                time.sleep(0.2)
+            left = {c: _cmdline(c) for c in children if _alive(c)}
+            assert not left, f"still alive 10 s after kill -9 of the parent: {left}"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
