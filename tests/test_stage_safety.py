@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -153,6 +154,18 @@ def test_pool_and_profile_stages_print_one_line_and_exit_2(tmp_path, tree_file):
         "fix or delete this line"]
     assert not (tmp_path / "out").exists()
 
+    # the same stage on good bytes ends with a summary of what it wrote where (plain lines: stdout is a pipe)
+    corpus.write_bytes(_jsonl_bytes([_row(i) for i in range(5)]))
+    proc = _stage("pool", f"--corpus={corpus}", f"--output_dir={tmp_path / 'out'}", "--heldout=2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "[pool] 5 source examples, 5 pass the filters (dropped: none)",
+        f"[pool] pool: 3 examples -> {tmp_path / 'out' / 'pool.jsonl'}",
+        f"[pool] held-out: 2 examples -> {tmp_path / 'out' / 'heldout.jsonl'}",
+        f"[pool] stats: {tmp_path / 'out' / 'pool_stats.json'}"]
+    assert len(read_jsonl(tmp_path / "out" / "pool.jsonl")) == 3
+    corpus.write_bytes(data)
+
     # the profile stage's pool and tree
     (tmp_path / "attr.jsonl").write_text("")
     bad_tree = tmp_path / "bad_tree.json"
@@ -287,6 +300,10 @@ def test_kill_9_of_the_profile_stage_leaves_no_child_alive(tmp_path, tiny_qwen3_
             time.sleep(0.2)
         left = {c: _cmdline(c) for c in children if _alive(c)}
         assert not left, f"still alive 10 s after kill -9 of the stage: {left}"
+        # a readable log: plain progress lines, and none of vLLM's INFO lines ("INFO 12-01 09:30:00 [file.py:1]")
+        shown = (tmp_path / "stage.log").read_text()
+        assert "[profile] shard 0/1: 120 problems, 0 already graded, 120 to go\n" in shown
+        assert not re.search(r"INFO \d\d-\d\d \d\d:\d\d:\d\d", shown), shown[:3000]
     finally:
         if proc.poll() is None:
             proc.kill()
