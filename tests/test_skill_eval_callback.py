@@ -100,7 +100,9 @@ def test_callback_reports_each_evaluation_and_the_run_continues(tmp_path, monkey
     for tag, report in reports.items():
         acc = report["summary"]["heldout"]["accuracy"]
         assert f"[skill evaluation {tag}] heldout: {100 * acc:.1f}% over 28 problems; weakest skill: " in shown.out
-        assert f"[skill evaluation {tag}] report: {evals / tag / 'report.json'} (" in shown.out
+        prefix = f"[skill evaluation {tag}] report: "
+        printed = [line[len(prefix):].rsplit(" (", 1)[0] for line in shown.out.splitlines() if line.startswith(prefix)]
+        assert [Path(tmp_path, p).resolve() for p in printed] == [(evals / tag / "report.json").resolve()]
     assert "requests generated and graded" in shown.err  # the progress line of the evaluation's generation
 
 

@@ -312,6 +312,8 @@ def generate_in_subprocess(backend_cfg, prompts: Sequence[str], sampling: Sampli
                     payload = receiver.recv()
                 except EOFError:
                     proc.join()
+                    if should_stop is not None and should_stop():  # e.g. SLURM signalled the child too
+                        raise GenerationInterrupted("generation subprocess ended by a stop signal") from None
                     raise GenerationError(f"generation subprocess died (exit code {proc.exitcode}) before returning "
                                           "results") from None
         proc.join()
