@@ -371,8 +371,13 @@ class SkillEvalCallback(L.Callback):
             logger.save()
         self.last_report = report
         self.reports[tag] = str(out_dir / "report.json")
-        parts = [f"{n} {100 * s['accuracy']:.1f}%" for n, s in summaries.items() if s["accuracy"] is not None]
-        log.info("skill evaluation %s (%.0f s): %s", tag, total, ", ".join(parts))
+        from skill_distill import console
+
+        # printed, not logged: training leaves the root logger unconfigured, so INFO records never showed
+        console.summary(f"skill evaluation {tag}", [
+            *(f"{n}: {console.accuracy_text(s['accuracy'])} over {s['problems']} problems"
+              + (f"; {console.weakest_text(s['skills'])}" if s.get("skills") else "") for n, s in summaries.items()),
+            f"report: {out_dir / 'report.json'} ({total:.0f} s)"])
         return report
 
     def _interrupt(self, trainer, tag: str, export_dir: Path) -> None:

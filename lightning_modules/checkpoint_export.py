@@ -146,5 +146,7 @@ def run_export(checkpoint: str, output_dir: str, dtype: str | None = None, model
     if run_dir is None:  # <run dir>/checkpoints/<name>.ckpt, unless the datamodule recorded one
         run_dir = data.get("run_dir") or str(Path(checkpoint).resolve().parent.parent)
     write_model_card(out, card_for_run(model or hparams.get("model"), hparams, data, run_dir))
-    print(f"exported {checkpoint} -> {out}")
+    from skill_distill.console import summary
+
+    summary("export", [f"checkpoint: {checkpoint}", f"HF model directory (with its model card README.md): {out}"])
     return str(out)

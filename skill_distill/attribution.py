@@ -38,7 +38,8 @@ from skill_distill.corpus import CorpusFields, Example, load_corpus
 from skill_distill.formatting import final_solution, render_prompt
 from skill_distill.generation.base import GenerationBackend, SamplingConfig, request_seed
 from skill_distill.generation.factory import BackendConfig, make_backend  # light: backends load when built
-from skill_distill.io import DataError, JsonlAppender, read_json, read_jsonl, write_json, write_jsonl
+from skill_distill.io import DataError, JsonlAppender, read_json, read_jsonl, read_text, write_json, write_jsonl
+from skill_distill.labels import chains_from_labels
 from skill_distill.skill_stats import load_attribution
 from skill_distill.skill_tree import Chain, SkillTree, format_chain, parse_chain
 
@@ -91,17 +92,6 @@ only the solution truncated, only exact child names from the bracketed list, cha
 TEMPLATE_FIELDS = {"problem", "solution", "path", "node", "children", "numbered_children"}
 NO_SOLUTION = "(no written solution is available; judge from the problem)"
 
-MATH_SUBJECT_TO_SKILL_MIX: dict[str, list[str]] = {
-    "Prealgebra": ["Pre-Algebra"],
-    "Algebra": ["Algebra"],
-    "Intermediate Algebra": ["Inter-Algebra"],
-    "Geometry": ["Geometry understanding"],
-    "Number Theory": ["Number Theory"],
-    "Precalculus": ["Precalculus"],
-    "Counting & Probability": ["Probability"],
-}
-"""MATH ``subject`` -> topic of ``skill_mix.json`` (the 7 MATH subjects are its 7 topics)."""
-
 DROP_KEYS = ("unknown_names", "unparsable_replies", "dead_ends")
 """Per-example drop counters: names matching no child; replies with no recognisable list; expansions of an
 internal node that chose no valid child (the branch ends there and yields no chain)."""
@@ -130,7 +120,7 @@ def load_template(template: str | None, preset: AttributionPreset = "project") -
     if template is None:
         return PAPER_PROMPT_TEMPLATE if preset == "paper" else DEFAULT_PROMPT_TEMPLATE
     if "{" not in template and Path(template).is_file():
-        template = Path(template).read_text(encoding="utf-8")
+        template = read_text(template, "prompt template file")
     return check_template(template)
 
 
@@ -444,75 +434,6 @@ def attribute_examples(examples: Iterable[Example], tree: SkillTree, backend: Ge
 
 
 # ---- labelled corpora ---------------------------------------------------------------------------------------------
-def chains_from_labels(rows: Sequence[dict], field: str, label_map: dict[str, Any], tree: SkillTree,
-                       on_unknown: Literal["error", "drop"] = "error", id_field: str | None = "id",
-                       source: str = "<rows>") -> tuple[dict[str, list[Chain]], SkillTree, dict]:
-    """Chains from a label field instead of an LLM (MATH ``subject``, OlympiadBench ``subfield``).
-
-    ``label_map`` maps each field value to one chain (a list of names or an ``"A->b"`` string); a row whose
-    value is a list gets one chain per value. If every mapped chain ends at a leaf the labels are leaf-level and
-    ``tree`` is used as is; otherwise every mapped chain must have the same length d (ending at internal nodes,
-    or at leaves of that depth) and the tree is cut at depth d, so the labels are leaves of the cut tree
-    ("topic" level when d == 1). Rows are keyed by ``id_field`` (None: the row index as a string).
-
-    Returns (id -> chains, tree used, info with ``level``, ``depth``, ``cut``, counts and unknown labels).
-    Raises DataError for a mapped chain missing from the tree, mixed depths, a missing field, a duplicate id,
-    and (with ``on_unknown="error"``) a value absent from ``label_map``; ``"drop"`` counts such rows instead.
-    """
-    if not label_map:
-        raise DataError(f"{source}: label_map is empty; map each {field!r} value to a chain of {tree.source}")
-    mapped: dict[str, Chain] = {}
-    for value, raw in label_map.items():
-        chain = parse_chain(raw) if isinstance(raw, str) else tuple(str(x) for x in raw)
-        if not chain or chain not in tree:
-            raise DataError(f"label_map[{value!r}]: chain {format_chain(chain)!r} is not a node of {tree.source}; "
-                            f"topics are {tree.topics()[:8]}")
-        mapped[str(value)] = chain
-    if all(tree.is_leaf_chain(c) for c in mapped.values()):
-        tree_used, level, depth, cut = tree, "leaf", None, False
-    else:
-        depths = {len(c) for c in mapped.values()}
-        if len(depths) > 1:
-            by_depth = {d: next(v for v, c in mapped.items() if len(c) == d) for d in sorted(depths)}
-            raise DataError(f"label_map: chains end at different depths {sorted(depths)} (e.g. "
-                            f"{', '.join(f'{v!r}: depth {d}' for d, v in by_depth.items())}); map every label to "
-                            "a leaf, or every label to a node of one depth")
-        depth = depths.pop()
-        tree_used, level, cut = tree.cut(depth), ("topic" if depth == 1 else f"depth-{depth}"), True
-        log.info("labels from %r end at depth %d: the tree is cut there and attribution is %s-level, not leaf-level",
-                 field, depth, level)
-    chains: dict[str, list[Chain]] = {}
-    unknown: dict[str, int] = {}
-    for i, row in enumerate(rows):
-        where = f"{source}: row {i + 1}"
-        if field not in row or row[field] is None:
-            raise DataError(f"{where}: missing label field {field!r}; set label_field to a field of the corpus")
-        if id_field is None:
-            ex_id = str(i)
-        elif id_field not in row:
-            raise DataError(f"{where}: missing id field {id_field!r}; set the id field (or null to number rows)")
-        else:
-            ex_id = str(row[id_field])
-        if ex_id in chains:
-            raise DataError(f"{where}: duplicate id {ex_id!r}; ids must be unique")
-        values = row[field] if isinstance(row[field], list) else [row[field]]
-        found: list[Chain] = []
-        for v in map(str, values):
-            if v in mapped:
-                if mapped[v] not in found:
-                    found.append(mapped[v])
-            elif on_unknown == "error":
-                raise DataError(f"{where}: {field} value {v!r} is not in label_map (known: "
-                                f"{', '.join(sorted(mapped)[:8])}); add it, or set on_unknown_label: drop")
-            else:
-                unknown[v] = unknown.get(v, 0) + 1
-        if found:
-            chains[ex_id] = found
-    info = {"level": level, "depth": depth if cut else tree_used.depth, "cut": cut, "field": field,
-            "examples": len(rows), "labelled": len(chains), "unknown_labels": unknown}
-    return chains, tree_used, info
-
-
 # ---- files: one run, shards, merging ---------------------------------------------------------------------------
 def shard_stem(shard_index: int, num_shards: int) -> str:
     """``attribution`` for a single shard, else ``attribution.shard-{i}-of-{n}``."""
@@ -701,8 +622,11 @@ def run_attribution(
                          {**extra, "level": "leaf" if max_depth is None else f"depth<={max_depth}",
                           "chunk_size": chunk_size, "guided": guided, "model": backend.model,
                           "backend": getattr(backend, "kind", None)})
-    log.info("attribution: %d examples, %d without a chain, %d backend calls -> %s", stats["examples"],
-             stats["examples_without_chain"], stats["backend_calls"], out_path)
+    from skill_distill.console import summary
+
+    summary("attribute", [f"{stats['examples']} examples, {stats['examples_without_chain']} without a chain, "
+                          f"{stats['backend_calls']} backend calls", f"attribution: {out_path}",
+                          f"stats: {out_dir / _stats_name(stem)}"])
     return stats
 
 
@@ -727,9 +651,16 @@ def _run_labelled(pool: str, fields: CorpusFields, limit: int | None, shard_inde
         log.info("labelled attribution is %s-level (tree cut at depth %d, written to %s)", info["level"],
                  info["depth"], out_dir / "skill_tree_used.json")
     counters = {**_new_counters(), "examples_walked": len(out), "wall_time_s": time.perf_counter() - start}
-    return _write_stats(out_dir / _stats_name(stem), out, counters,
-                        {**extra, "level": info["level"], "label_field": label_field, "tree_cut_depth":
-                         info["depth"] if info["cut"] else None, "unknown_labels": info["unknown_labels"]})
+    stats = _write_stats(out_dir / _stats_name(stem), out, counters,
+                         {**extra, "level": info["level"], "label_field": label_field, "tree_cut_depth":
+                          info["depth"] if info["cut"] else None, "unknown_labels": info["unknown_labels"]})
+    from skill_distill.console import summary
+
+    summary("attribute", [f"{len(out)} examples labelled from {label_field!r} ({info['level']}-level), "
+                          f"{stats['examples_without_chain']} without a chain",
+                          f"attribution: {out_dir / f'{stem}.jsonl'}",
+                          f"stats: {out_dir / _stats_name(stem)}"])
+    return stats
 
 
 def _check_coverage(have: set[str], want: list[str], where: str) -> None:

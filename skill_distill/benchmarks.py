@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from skill_distill.io import DataError, read_jsonl
+from skill_distill.io import DataError
 from skill_distill.skill_tree import Chain, SkillTree
 
 AnswerRule = Literal["field", "list", "after_hashes", "last_boxed"]
@@ -124,14 +124,6 @@ REGISTRY: dict[str, BenchmarkSpec] = {
 }
 PAPER_SUITE = ["aime24", "aime25", "amc23", "math-l5", "olympiadbench"]
 """The five benchmarks whose mean the paper reports (docs/METHOD.md §7)."""
-
-MATH_SUBJECT_TO_SKILL_MIX = {
-    "Prealgebra": "Pre-Algebra", "Algebra": "Algebra", "Intermediate Algebra": "Inter-Algebra",
-    "Geometry": "Geometry understanding", "Number Theory": "Number Theory", "Precalculus": "Precalculus",
-    "Counting & Probability": "Probability",
-}
-"""MATH ``subject`` -> topic of ``skill_mix.json`` (topic-level skills; a finer analysis needs an attribution file)."""
-
 
 @dataclass
 class Problem:
@@ -225,15 +217,14 @@ def resolve_specs(items: Sequence[str | BenchmarkSpec | dict]) -> list[Benchmark
 
 # ---- reading -------------------------------------------------------------------------------------------------
 def _read_rows(spec: BenchmarkSpec, root: Path | None) -> tuple[list[dict], str]:
-    if spec.hf_name:
-        import datasets
+    """The set's rows through the project's one row reader (``skill_distill.rows``)."""
+    from skill_distill.rows import read_rows
 
+    if spec.hf_name:
         try:
-            ds = datasets.load_dataset(spec.hf_name, spec.hf_config, split=spec.split)
-        except Exception as e:  # noqa: BLE001 - datasets raises many types; the user needs one line
-            raise DataError(f"benchmark {spec.name!r}: cannot load HF dataset {spec.hf_name!r} (split {spec.split!r}): "
-                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-        return ds.to_list(), f"{spec.hf_name}[{spec.split}]"
+            return read_rows(spec.hf_name, spec.split, hf_config=spec.hf_config)
+        except DataError as e:
+            raise DataError(f"benchmark {spec.name!r}: {e}") from None
     from skill_distill.assets import resolve
 
     p = Path(resolve(spec.path))  # a pinned asset -> its verified local copy
@@ -243,22 +234,9 @@ def _read_rows(spec: BenchmarkSpec, root: Path | None) -> tuple[list[dict], str]
         looked = f" (also looked under data root {root})" if root is not None else ""
         raise DataError(f"benchmark {spec.name!r}: file not found: {spec.path}{looked}; set the benchmark's path "
                         "(relative to the working directory or data_root) or use a registered set")
-    suffix = p.suffix.lower()
-    if suffix == ".jsonl":
-        return read_jsonl(p, f"benchmark {spec.name!r} file"), str(p)
-    if suffix == ".json":
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}:{e.lineno}: malformed JSON ({e.msg})") from None
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise DataError(f"{p}: a .json benchmark must be a JSON array of objects")
-        return data, str(p)
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(p).to_pylist(), str(p)
-    raise DataError(f"{p}: unsupported benchmark file type {suffix!r}; use .jsonl, .json or .parquet")
+    if p.suffix.lower() not in {".jsonl", ".json", ".parquet"}:
+        raise DataError(f"{p}: unsupported benchmark file type {p.suffix.lower()!r}; use .jsonl, .json or .parquet")
+    return read_rows(p)
 
 
 def _as_text(value: Any) -> str:
@@ -418,7 +396,7 @@ def _attach_skills(loaded: LoadedBenchmark, raw_by_id: dict[str, dict], tree: Sk
         if attribution.dropped_chains:
             loaded.notes.append(f"{attribution.dropped_chains} attributed chains not in the tree were dropped")
     else:
-        from skill_distill.attribution import chains_from_labels
+        from skill_distill.labels import chains_from_labels
 
         rows = [{"id": p.id, src.label_field: raw_by_id[p.id].get(src.label_field)} for p in loaded.problems]
         chains, tree_used, info = chains_from_labels(rows, src.label_field, src.label_map or {}, tree,

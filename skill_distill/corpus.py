@@ -432,5 +432,15 @@ def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields()
                 f.write(json.dumps(h, ensure_ascii=False) + "\n")
         write_json(out / COUNTS_FILE, summary)
     write_json(out / "pool_stats.json", stats)
-    print(json.dumps({k: stats[k] for k in ("rows_read", "passed_filters", "problems", "pool", "heldout")}))
+    from skill_distill.console import summary as print_summary
+
+    dropped = ", ".join(f"{n} {why}" for why, n in stats["dropped"].items() if n) or "none"
+    lines = [f"{read} source rows, {passed} pass the filters (dropped: {dropped}), "
+             f"{stats['duplicates_merged']} duplicate traces of a problem merged",
+             f"pool: {stats['pool']} examples -> {out / 'pool.jsonl'}",
+             f"held-out: {stats['heldout']} examples -> {out / 'heldout.jsonl'}"]
+    if counter is not None:
+        overlap = stats["dropped"].get("benchmark_overlap", 0)
+        lines.append(f"decontamination: {overlap} problems overlap an evaluation set -> {out / HITS_FILE}")
+    print_summary("pool", [*lines, f"stats: {out / 'pool_stats.json'}"])
     return stats

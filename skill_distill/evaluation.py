@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torchmetrics
 
+from skill_distill import console
 from skill_distill.assets import load_tokenizer
 from skill_distill.benchmarks import (PAPER_SUITE, BenchmarkSpec, LoadedBenchmark, load_benchmark, resolve_spec)
 from skill_distill.formatting import DEFAULT_INSTRUCTION, SkillFormat, parse_skill_block, render_prompt, user_turn
@@ -206,8 +207,11 @@ def evaluate_model(model_dir: str, tokenizer: Any, benchmarks: Sequence[str | Be
                                  "finished": c.finished, "extracted": v.extracted, "correct": v.correct,
                                  "timed_out": v.timed_out,
                                  "skills_written": None if written is None else [format_chain(x) for x in written]})
-                log.info("rank %d: %d requests generated in %.1f s (%d tokens)", rank, len(chunk), gen_s,
-                         sum(c.num_tokens for c in comps))
+                # a plain line per chunk: a redirected log shows the evaluation advancing
+                who = "" if world_size == 1 else f"rank {rank}: "
+                console.progress("evaluate", f"{who}{start + len(chunk)}/{len(todo)} requests generated and graded "
+                                 f"({len(chunk)} in {gen_s:.1f} s, {sum(c.num_tokens for c in comps)} tokens, "
+                                 f"{sum(v.correct for v in verdicts)} correct)")
                 if appender is not None:
                     appender.append(rows)
                 new_records.extend(rows)
@@ -506,9 +510,12 @@ def run_evaluate(
             "skill_format": asdict(skill_format) if skill_format is not None else None}
     report = build_report(loaded, records, summaries, meta)
     paths = write_report(out, report, baseline=baseline, emphasised=emphasised)
+    lines = []
     for name, s in summaries.items():
         acc = s["accuracy"]
-        print(f"{name:>16}: avg@{s['k']} = {100 * acc:5.1f}% [{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}] "
-              f"over {s['problems']} problems" if acc is not None and not math.isnan(acc) else f"{name}: no samples")
-    print(f"report: {paths['report']}")
+        line = (f"{name}: avg@{s['k']} = {100 * acc:.1f}% [{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}] over "
+                f"{s['problems']} problems" if acc is not None and not math.isnan(acc) else f"{name}: no samples")
+        lines.append(line + (f"; {console.weakest_text(s['skills'])}" if s.get("skills") else ""))
+    lines += [f"report: {paths['report']}", f"records: {out / 'records.jsonl'}"]
+    console.summary("evaluate", lines)
     return report

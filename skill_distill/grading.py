@@ -167,6 +167,9 @@ def _grade_items(items: list[tuple[str | None, tuple[str, ...]]], timeout_s: flo
 
 
 def _worker_init() -> None:
+    from skill_distill.process_lifetime import die_with_parent
+
+    die_with_parent()  # a worker must not outlive a stage killed with kill -9
     _quiet_math_verify()
     import math_verify  # noqa: F401  - pay the sympy/antlr import once per worker, not in the first chunk
 

@@ -38,41 +38,86 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _utf8_error(p: Path, data: bytes, e: UnicodeDecodeError) -> DataError:
+    line = data.count(b"\n", 0, e.start) + 1
+    return DataError(f"{p}:{line}: bytes that are not UTF-8 at byte offset {e.start} ({e.reason}); "
+                     "re-encode the file as UTF-8")
+
+
+def read_text(path: str | os.PathLike, what: str = "text file") -> str:
+    """The UTF-8 text of an input file; raises DataError naming the file, line and byte offset of bad bytes."""
+    p = require_file(path, what)
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _utf8_error(p, data, e) from None
+
+
 def read_jsonl(path: str | os.PathLike, what: str = "JSONL file", allow_torn_tail: bool = False) -> list[dict]:
     """Read every row of a JSONL file.
 
-    Raises DataError naming the file and the 1-based line of the first malformed row. With
-    ``allow_torn_tail`` a malformed *last* line (an interrupted append) is ignored instead.
+    Raises DataError naming the file and the 1-based line of the first malformed row (bad JSON, bytes that are
+    not UTF-8, or not an object). With ``allow_torn_tail`` a malformed *last* line (an interrupted append) is
+    ignored instead; a malformed line anywhere else is still an error.
     """
-    return list(iter_jsonl(path, what, allow_torn_tail))
+    return _scan_jsonl(require_file(path, what), allow_torn_tail)[0]
 
 
 def iter_jsonl(path: str | os.PathLike, what: str = "JSONL file", allow_torn_tail: bool = False) -> Iterator[dict]:
     """Stream the rows of a JSONL file (one line in memory at a time); errors as for ``read_jsonl``."""
-    p = require_file(path, what)
-    torn: DataError | None = None  # a malformed line is a torn tail only if nothing follows it
-    with p.open("r", encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            if torn is not None:
-                raise torn
+    for row, _ in _jsonl_rows(require_file(path, what), allow_torn_tail):
+        yield row
+
+
+def _jsonl_rows(p: Path, allow_torn_tail: bool) -> Iterator[tuple[dict, int]]:
+    """Stream ``(row, end byte offset)`` of every row of ``p``, one line in memory at a time. A malformed line is
+    tolerated only as the file's last line with ``allow_torn_tail`` (an interrupted append): its error is held
+    back and raised as soon as another line follows it."""
+    offset = 0
+    held: DataError | None = None
+    with p.open("rb") as f:
+        for i, raw in enumerate(f, start=1):
+            if held is not None:
+                raise held
+            start, offset = offset, offset + len(raw)
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                torn = DataError(f"{p}:{i}: malformed JSON ({e.msg}); fix or delete this line")
-                if allow_torn_tail:
-                    continue
-                raise torn from None
-            if not isinstance(row, dict):
+                text = raw.decode("utf-8")
+                row = json.loads(text) if text.strip() else None
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                if isinstance(e, UnicodeDecodeError):
+                    error = DataError(f"{p}:{i}: bytes that are not UTF-8 at byte offset {start + e.start} "
+                                      f"({e.reason}); fix or delete this line")
+                else:
+                    error = DataError(f"{p}:{i}: malformed JSON ({e.msg}); fix or delete this line")
+                if not allow_torn_tail:
+                    raise error from None
+                held = error
+                continue
+            if row is not None and not isinstance(row, dict):
                 raise DataError(f"{p}:{i}: expected a JSON object per line, got {type(row).__name__}")
-            yield row
+            if row is not None:
+                yield row, offset
+
+
+def _scan_jsonl(p: Path, allow_torn_tail: bool) -> tuple[list[dict], int]:
+    """The rows of ``p`` and the byte length of its valid part (shorter than the file only for a torn tail)."""
+    rows: list[dict] = []
+    good = 0
+    for row, end in _jsonl_rows(p, allow_torn_tail):
+        rows.append(row)
+        good = end
+    if not allow_torn_tail:
+        good = p.stat().st_size
+    return rows, good
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    p = require_file(path, what)
+    """Parse a JSON input file; DataError (file, line, fix) for bad bytes or bad JSON."""
+    p = Path(path)
+    text = read_text(p, what)
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{p}:{e.lineno}: malformed JSON ({e.msg})") from None
 
@@ -119,7 +164,8 @@ class JsonlAppender:
     """Append-only JSONL output for resumable stages.
 
     Opening an existing file drops a torn last line (an interrupted write) so that appends stay valid,
-    and exposes the rows already there so that a rerun can skip finished work.
+    and exposes the rows already there so that a rerun can skip finished work. Any other bad line raises
+    DataError naming the file and line (the file is left untouched).
     """
 
     def __init__(self, path: str | os.PathLike, key: str = "id"):
@@ -127,20 +173,16 @@ class JsonlAppender:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict] = []
         if self.path.exists():
-            good_bytes = 0
-            with self.path.open("rb") as f:
-                for raw in f:
-                    try:
-                        row = json.loads(raw)
-                    except json.JSONDecodeError:
-                        break  # torn tail: everything from here is rewritten
-                    if not raw.endswith(b"\n"):
-                        break
-                    self.rows.append(row)
-                    good_bytes += len(raw)
-            if good_bytes != self.path.stat().st_size:
-                with self.path.open("r+b") as f:
+            # only a torn LAST line is dropped; a bad line before it raises DataError and the file stays as it is,
+            # so no valid row after it is ever discarded
+            self.rows, good_bytes = _scan_jsonl(self.path, allow_torn_tail=True)
+            with self.path.open("r+b") as f:
+                if good_bytes != self.path.stat().st_size:
                     f.truncate(good_bytes)
+                elif good_bytes:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":  # a complete last row without its newline: appends start a line
+                        f.write(b"\n")
         self.done = {str(r[key]) for r in self.rows if key in r}
         self._f = self.path.open("a", encoding="utf-8")
 

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
+from skill_distill.console import accuracy_text, progress, summary, weakest_text
 from skill_distill.corpus import Example, load_corpus
 from skill_distill.formatting import DEFAULT_INSTRUCTION, render_prompt, user_message
 from skill_distill.generation.base import SamplingConfig
@@ -71,7 +71,7 @@ def reference_answers(answer: str) -> str | list[str]:
 
 
 def _progress(msg: str) -> None:
-    print(f"[profile] {msg}", file=sys.stderr, flush=True)
+    progress("profile", msg)
 
 
 def _load_inputs(pool: str, tree: str, attribution: str, on_unknown: str, limit: int | None
@@ -200,15 +200,22 @@ def run_profile(
     if todo:
         _answer_and_grade(todo, index, path, backend, sampling, enable_thinking, instruction, chunk_size,
                           grader_workers, grade_timeout_s, answer_fallback)
-    summary = {"shard_index": shard_index, "num_shards": num_shards, "problems": len(shard),
-               "answered_this_run": len(todo), "verdicts": str(path)}
+    result = {"shard_index": shard_index, "num_shards": num_shards, "problems": len(shard),
+              "answered_this_run": len(todo), "verdicts": str(path)}
     if num_shards == 1:
         verdicts, _ = _read_verdicts(path, sampling.n, {ex.id for ex in shard})
         profile = build_profile(info, examples, skill_tree, chains, verdicts, shrinkage)
         write_json(out_dir / PROFILE_FILE, profile)
-        summary.update(profile=str(out_dir / PROFILE_FILE), overall_accuracy=profile["overall_accuracy"])
-        _progress(f"wrote {out_dir / PROFILE_FILE}: overall accuracy {profile['overall_accuracy']:.4f}")
-    return summary
+        result.update(profile=str(out_dir / PROFILE_FILE), overall_accuracy=profile["overall_accuracy"])
+        summary("profile", [f"{len(shard)} problems ({len(todo)} answered this run), overall accuracy "
+                            f"{accuracy_text(profile['overall_accuracy'])}", weakest_text(profile["nodes"]),
+                            f"profile: {out_dir / PROFILE_FILE}", f"verdicts: {path}"])
+    else:
+        summary("profile", [f"shard {shard_index} of {num_shards}: {len(shard)} problems ({len(todo)} answered this "
+                            f"run)", f"verdicts: {path}",
+                            f"when every shard is done: python -m skill_distill merge-profile --output_dir {out_dir} "
+                            f"--num_shards {num_shards}"])
+    return result
 
 
 def _run_info(pool, tree, attribution, backend: BackendConfig, sampling: SamplingConfig, enable_thinking: bool,
@@ -337,8 +344,9 @@ def merge_profile_shards(output_dir: str, num_shards: int, shrinkage: float = 0.
         owner.update({k: i for k in shard_rows})
     profile = build_profile(info, examples, skill_tree, chains, verdicts, shrinkage)
     write_json(out_dir / PROFILE_FILE, profile)
-    _progress(f"merged {num_shards} shards into {out_dir / PROFILE_FILE}: overall accuracy "
-              f"{profile['overall_accuracy']:.4f}")
+    summary("merge-profile", [f"merged {num_shards} shards ({len(examples)} problems), overall accuracy "
+                              f"{accuracy_text(profile['overall_accuracy'])}", weakest_text(profile["nodes"]),
+                              f"profile: {out_dir / PROFILE_FILE}"])
     return {"profile": str(out_dir / PROFILE_FILE), "examples": len(examples),
             "overall_accuracy": profile["overall_accuracy"]}
 

@@ -123,8 +123,17 @@ def _parquet_batches(path: Path, batch_size: int, columns: Sequence[str] | None)
             from None
     present = set(f.schema_arrow.names)
     cols = None if columns is None else [c for c in dict.fromkeys(columns) if c in present]
+    first_row = 0
     with f:
         for batch in f.iter_batches(batch_size=batch_size, columns=cols):
+            for name, column in zip(batch.schema.names, batch.columns):
+                try:  # Parquet does not enforce UTF-8 in string columns; a full validation finds bad bytes
+                    column.validate(full=True)
+                except pa.ArrowInvalid as e:
+                    raise DataError(f"{path}: column {name!r} holds bytes that are not UTF-8 in rows {first_row}-"
+                                    f"{first_row + batch.num_rows - 1} (counting from 0; "
+                                    f"{str(e).strip().splitlines()[0]}); re-encode the file as UTF-8") from None
+            first_row += batch.num_rows
             yield batch.to_pylist()
 
 

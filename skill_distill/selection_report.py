@@ -212,6 +212,10 @@ def run_selection_report(pool: str, tree: str, attribution: str, profile: str | 
     summary = {"manifest": str(manifest), "report": str(report), "plot": str(png), "selected": len(result.ids),
                "pool_size": result.pool_size, "eligible": result.eligible, "divergence": result.divergence(),
                "notes": result.notes}
-    print(f"selected {len(result.ids)} of {result.pool_size} examples ({selection.strategy}); wrote {manifest}, "
-          f"{report}, {png}")
+    from skill_distill.console import summary as print_summary
+
+    print_summary("select-report", [f"selected {len(result.ids)} of {result.pool_size} examples "
+                                    f"({selection.strategy}, {result.eligible} eligible)",
+                                    *(f"note: {n}" for n in result.notes),
+                                    f"manifest: {manifest}", f"report: {report}", f"chart: {png}"])
     return summary

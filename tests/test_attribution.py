@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 
 from scripted_endpoint import ScriptedEndpoint
+from skill_distill.labels import MATH_SUBJECT_TO_SKILL_MIX, chains_from_labels
 from skill_distill.attribution import (
-    MATH_SUBJECT_TO_SKILL_MIX,
     PAPER_PROMPT_TEMPLATE,
     attribute_examples,
-    chains_from_labels,
     check_template,
     interpret_reply,
     merge_attribution_shards,

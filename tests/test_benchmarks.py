@@ -11,9 +11,10 @@ import pytest
 import yaml
 from jsonargparse import ArgumentParser
 
-from skill_distill.benchmarks import (MATH_SUBJECT_TO_SKILL_MIX, PAPER_SUITE, REGISTRY, BenchmarkSpec, SkillSource,
+from skill_distill.benchmarks import (PAPER_SUITE, REGISTRY, BenchmarkSpec, SkillSource,
                                       extract_answers, load_benchmark, resolve_spec)
 from skill_distill.io import DataError
+from skill_distill.labels import MATH_SUBJECT_TO_SKILL_MIX
 from skill_distill.skill_tree import SkillTree
 
 EXPECTED = {"aime24": (30, 8), "aime25": (30, 8), "amc23": (40, 8), "math500": (500, 1), "math-l5": (134, 8),
@@ -142,7 +143,7 @@ def test_math500_subject_maps_onto_skill_mix_topics(root, skill_mix):
     assert any("topic-level" in n for n in b.notes)
     subjects = Counter(r["subject"] for r in raw_rows(root, "math500"))
     topics = Counter(c[0] for chains in b.chains.values() for c in chains)
-    assert topics == Counter({MATH_SUBJECT_TO_SKILL_MIX[s]: n for s, n in subjects.items()})
+    assert topics == Counter({MATH_SUBJECT_TO_SKILL_MIX[s][0]: n for s, n in subjects.items()})
     assert all(len(chains) == 1 for chains in b.chains.values()) and len(b.chains) == 500
 
 

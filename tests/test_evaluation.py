@@ -240,7 +240,7 @@ def test_emphasised_skills_come_from_the_selection_manifest(tmp_path, tree):
 
 # ---- the `evaluate` stage with vLLM ---------------------------------------------------------------------------------
 @pytest.mark.vllm
-def test_evaluate_stage_with_vllm_writes_a_report_and_resumes(tmp_path, tiny_qwen3_dir, monkeypatch):
+def test_evaluate_stage_with_vllm_writes_a_report_and_resumes(tmp_path, tiny_qwen3_dir, monkeypatch, capsys):
     from skill_distill.__main__ import main
 
     monkeypatch.chdir(REPO)
@@ -257,6 +257,14 @@ def test_evaluate_stage_with_vllm_writes_a_report_and_resumes(tmp_path, tiny_qwe
     assert (out / "summary.png").is_file() and (out / "skills_heldout.png").is_file()
     records = (out / "records.jsonl").read_text()
     assert len(records.splitlines()) == 56
+    # what the person sees: a progress line per chunk, then where the outputs went and the weakest skill
+    shown = capsys.readouterr()
+    assert "[evaluate] 56/56 requests generated and graded (56 in " in shown.err
+    weakest = min((r for r in skills if r["is_leaf"] and r["judged"]), key=lambda r: (r["accuracy"], r["chain"]))
+    assert (f"[evaluate] heldout: avg@1 = {100 * s['accuracy']:.1f}% [" in shown.out
+            and f"; weakest skill: {weakest['chain']} {100 * weakest['accuracy']:.1f}% ({weakest['judged']} problems)"
+            in shown.out)
+    assert f"[evaluate] report: {out / 'report.json'}\n" in shown.out
 
     # a rerun finds every request recorded: no engine is started (the model path is not even read)
     main(args[:3] + ["--model=/nonexistent/model", f"--tokenizer={tiny_qwen3_dir}"] + args[4:])

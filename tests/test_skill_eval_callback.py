@@ -62,7 +62,7 @@ def metric_rows(run: Path) -> list[dict]:
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_callback_reports_each_evaluation_and_the_run_continues(tmp_path, monkeypatch, tiny_qwen3_dir):
+def test_callback_reports_each_evaluation_and_the_run_continues(tmp_path, monkeypatch, tiny_qwen3_dir, capsys):
     monkeypatch.chdir(tmp_path)
     config = quickstart_config(
         tmp_path, every_n_epochs=2, export_dtype=None, sampling={"temperature": 0.6, "max_new_tokens": 12},
@@ -98,6 +98,15 @@ def test_callback_reports_each_evaluation_and_the_run_continues(tmp_path, monkey
     logged = [r for r in metric_rows(run) if r.get("eval/heldout/acc")]
     assert [int(r["step"]) for r in logged] == [0, 4]
     assert all(r["eval/heldout/skill/Arithmetic/subtraction"] != "" and float(r["eval/time_s"]) > 0 for r in logged)
+    # each evaluation says what it found and where its report went, on stdout (captured here: plain lines)
+    shown = capsys.readouterr()
+    for tag, report in reports.items():
+        acc = report["summary"]["heldout"]["accuracy"]
+        assert f"[skill evaluation {tag}] heldout: {100 * acc:.1f}% over 28 problems; weakest skill: " in shown.out
+        prefix = f"[skill evaluation {tag}] report: "
+        printed = [line[len(prefix):].rsplit(" (", 1)[0] for line in shown.out.splitlines() if line.startswith(prefix)]
+        assert [Path(tmp_path, p).resolve() for p in printed] == [(evals / tag / "report.json").resolve()]
+    assert "requests generated and graded" in shown.err  # the progress line of the evaluation's generation
 
 
 @pytest.mark.vllm

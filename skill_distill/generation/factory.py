@@ -48,6 +48,8 @@ class BackendConfig:
     """hf: sequences per generate call."""
     extra_engine_args: dict | None = None
     """vllm: extra keyword arguments for ``vllm.LLM`` (e.g. ``{max_num_seqs: 256}``)."""
+    verbose: bool = False
+    """vllm: show the engine's INFO log lines (off: warnings and errors only; a set ``VLLM_LOGGING_LEVEL`` wins)."""
 
 
 def make_backend(cfg: BackendConfig) -> GenerationBackend:
@@ -61,7 +63,7 @@ def make_backend(cfg: BackendConfig) -> GenerationBackend:
         return VLLMBackend(cfg.model, tokenizer=cfg.tokenizer, dtype=cfg.dtype,
                            tensor_parallel_size=cfg.tensor_parallel_size, max_model_len=cfg.max_model_len,
                            gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager,
-                           extra_engine_args=cfg.extra_engine_args)
+                           extra_engine_args=cfg.extra_engine_args, verbose=cfg.verbose)
     if cfg.kind == "hf":
         from skill_distill.generation.hf_backend import HFBackend
 

