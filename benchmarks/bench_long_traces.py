@@ -1,0 +1,327 @@
+"""Long teacher traces: the chunked loss (``linear_ce``) against today's dense loss, and our step's overhead.
+
+    nice .venv/bin/python benchmarks/bench_long_traces.py                     # everything below
+    nice .venv/bin/python benchmarks/bench_long_traces.py --only memory       # or speed, overhead
+
+Model: Qwen3 architecture at Qwen3-0.6B's width (hidden 1,024, 16 q / 8 kv heads x 128, intermediate 3,072), 4
+layers, tied embeddings, the real 151,936-token vocabulary, random init, fp32 weights and fp32 AdamW; attention
+``sdpa_packed``; one packed row of sequences of 1,024 tokens, every position supervised; random token ids.
+
+1. memory: one training step (forward, backward, AdamW step) in a fresh process per measurement, so every peak is
+   its own: peak RSS (ru_maxrss) minus the RSS once the AdamW state exists (a first step on zero gradients creates
+   it, then the gradients are freed). glibc is told to map every large buffer on its own
+   (MALLOC_MMAP_THRESHOLD_), so freed tensors leave the RSS and the two arms are measured alike. Lengths: 1,024 to
+   4,096 supervised tokens for both losses, plus 8,192 for linear_ce; a run whose estimated need (a line through
+   the arm's earlier points) exceeds what the machine has free is skipped and said so. Printed: new/today's ratio
+   at 4,096 (target <= 0.35x), and each loss's longest length within 20 GB, extrapolated along that line (this
+   machine's 24 GB of RAM, shared, cannot hold a 20 GB measurement).
+2. speed: the same step at 2,048 tokens in one process, arms alternated (dense, linear_ce with 1,024-position
+   chunks, linear_ce with torch's own chunk heuristic), 3 timed steps each after a warm-up: supervised tokens/s
+   and the ratio to dense (target >= 0.9x).
+3. overhead: our training step (Lightning Trainer, CausalLMModule, StepBatchSampler + SFTCollator through a
+   DataLoader) against a bare loop of the same model's forward, the same loss, backward, clipping and AdamW step on
+   the same packed tokens (no Lightning, no data loading); 5 runs alternated, each timing optimizer steps 2 and 3
+   of 3; median per-step time ratio (target <= +10%).
+The machine is shared (2 cores, other jobs): ratios are measured side by side in one run; absolute times are
+pessimistic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MODEL = dict(model_type="qwen3", vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=4,
+             num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
+             max_position_embeddings=40960)
+SEQUENCE = 1024
+GB = 1e9
+BUDGET = 20 * GB
+
+
+def rss_now() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def build(loss: str, chunk: int | None = None):
+    import torch
+
+    from lightning_modules import CausalLMModule
+
+    torch.manual_seed(0)
+    module = CausalLMModule(model_config=MODEL, attn_implementation="sdpa_packed", loss_implementation=loss,
+                            **({"loss_chunk_size": chunk} if chunk else {}))
+    module.configure_model()
+    return module
+
+
+def examples(tokens: int, seed: int = 0):
+    import numpy as np
+
+    from datamodules.batching import TokenizedExample
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(max(tokens // SEQUENCE, 1)):
+        n = min(SEQUENCE, tokens)
+        ids = rng.integers(0, MODEL["vocab_size"], n + 1).tolist()
+        out.append(TokenizedExample(f"x{i}", ids[:n], ids[1:]))  # every position supervised
+    return out
+
+
+def packed(tokens: int, seed: int = 0) -> dict:
+    from datamodules.batching import SFTCollator
+
+    return SFTCollator(pad_token_id=0, packing=True)([(e, None) for e in examples(tokens, seed)])
+
+
+def one_step(module, optimizer, batch, ce_fn=None) -> int:
+    import torch
+
+    ce, n = (ce_fn or module.forward_ce)(batch)
+    (ce / n).backward()
+    torch.nn.utils.clip_grad_norm_(module.model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return int(n)
+
+
+def adamw(module):
+    import torch
+
+    return torch.optim.AdamW(module.model.parameters(), lr=1e-5)
+
+
+# ---- workers (one process each) ----------------------------------------------------------------------------------
+def memory_worker(args) -> dict:
+    import torch
+
+    torch.set_num_threads(2)
+    module = build(args.loss)
+    optimizer = adamw(module)
+    for p in module.model.parameters():  # create the AdamW state (m, v) without a real step
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    batch = packed(args.tokens)
+    base = rss_now()
+    t0 = time.perf_counter()
+    n = one_step(module, optimizer, batch)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"loss": args.loss, "tokens": n, "base_rss": base, "peak_rss": peak, "step_bytes": peak - base,
+            "seconds": seconds}
+
+
+def speed_worker(args) -> dict:
+    import torch
+
+    torch.set_num_threads(2)
+    batch = packed(args.tokens)
+    module = build("linear_ce")  # one model and optimizer; the arms differ only in the loss
+    optimizer = adamw(module)
+
+    def torch_heuristic(b):  # torch's own chunk size (chunking_method="auto") instead of ours
+        import torch.nn.functional as F
+
+        lm = module.model
+        hidden = lm.get_decoder()(input_ids=b["input_ids"], position_ids=b["position_ids"],
+                                  cu_seq_lens_q=b["cu_seq_lens_q"], use_cache=False).last_hidden_state
+        supervised = b["labels"] != -100
+        target = b["labels"][supervised]
+        ce = F.linear_cross_entropy(hidden[supervised], lm.get_output_embeddings().weight, target, reduction="sum",
+                                    options=torch.nn.LinearCrossEntropyOptions())
+        return ce, target.numel()
+
+    arms = {"dense": "dense", "linear_ce": "linear_ce", "linear_ce_torch_heuristic": torch_heuristic}
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for rep in range(4):  # rep 0 is the warm-up
+        for name, arm in arms.items():
+            if isinstance(arm, str):
+                module.loss_implementation = arm
+            t0 = time.perf_counter()
+            n = one_step(module, optimizer, batch, None if isinstance(arm, str) else arm)
+            if rep:
+                times[name].append(time.perf_counter() - t0)
+    return {"tokens": n, "times": times}
+
+
+def overhead_worker(args) -> dict:
+    import lightning as L
+    import torch
+
+    from datamodules.batching import ExampleDataset, SFTCollator, StepBatchSampler
+
+    torch.set_num_threads(2)
+    exs = examples(args.tokens * 3)
+    per_step = max(len(exs) // 3, 1)
+
+    def ours() -> list[float]:
+        module = build("linear_ce")
+        stamps = []
+
+        class Clock(L.Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                stamps.append(time.perf_counter())
+
+        sampler = StepBatchSampler([len(e.input_ids) for e in exs], [e.num_supervised for e in exs], per_step, 1, 0,
+                                   1, shuffle=False)
+        loader = torch.utils.data.DataLoader(ExampleDataset(exs), batch_sampler=sampler,
+                                             collate_fn=SFTCollator(pad_token_id=0, packing=True))
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=3, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                            callbacks=[Clock()])
+        trainer.fit(module, train_dataloaders=loader)
+        del trainer, module
+        gc.collect()
+        return [b - a for a, b in zip(stamps, stamps[1:])]
+
+    def bare() -> list[float]:
+        module = build("linear_ce")
+        model, opt = module.model, adamw(module)
+        collate = SFTCollator(pad_token_id=0, packing=True)
+        batches = [collate([(e, None) for e in exs[s * per_step:(s + 1) * per_step]]) for s in range(3)]
+        stamps = []
+        for batch in batches:  # the model's own forward and loss, backward, clipping, AdamW: nothing else
+            ce, n = model.supervised_ce(batch["input_ids"], batch["labels"], implementation="linear_ce",
+                                        position_ids=batch["position_ids"], cu_seq_lens_q=batch["cu_seq_lens_q"],
+                                        cu_seq_lens_k=batch["cu_seq_lens_k"], max_length_q=batch["max_length_q"],
+                                        max_length_k=batch["max_length_k"])
+            (ce / n).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            stamps.append(time.perf_counter())
+        del model, opt, module
+        gc.collect()
+        return [b - a for a, b in zip(stamps, stamps[1:])]
+
+    runs = []
+    for rep in range(5):
+        order = [("ours", ours), ("bare", bare)] if rep % 2 == 0 else [("bare", bare), ("ours", ours)]
+        row = {name: fn() for name, fn in order}
+        runs.append(row)
+        print(json.dumps({"overhead_run": rep, **row}), file=sys.stderr, flush=True)
+    return {"tokens_per_step": per_step * SEQUENCE, "runs": runs}
+
+
+WORKERS = {"memory": memory_worker, "speed": speed_worker, "overhead": overhead_worker}
+
+
+def spawn(kind: str, **kw) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind]
+    for k, v in kw.items():
+        cmd += [f"--{k}", str(v)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), MALLOC_MMAP_THRESHOLD_="65536", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=7200)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} {kw} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def line_through(points: list[tuple[int, int]]) -> tuple[float, float]:
+    """Least-squares (intercept, bytes per token) through (tokens, bytes) points."""
+    from scipy.stats import linregress
+
+    if len(points) < 2:
+        return float(points[0][1]), 0.0
+    fit = linregress([t for t, _ in points], [b for _, b in points])
+    return fit.intercept, fit.slope
+
+
+def run_memory() -> None:
+    plan = {"dense": [1024, 2048, 4096], "linear_ce": [1024, 2048, 4096, 8192]}
+    measured: dict[str, dict[int, dict]] = {"dense": {}, "linear_ce": {}}
+    for tokens in sorted({t for ts in plan.values() for t in ts}):
+        for loss in ("dense", "linear_ce"):
+            if tokens not in plan[loss]:
+                continue
+            points = [(t, r["step_bytes"]) for t, r in measured[loss].items()]
+            base = max((r["base_rss"] for r in measured[loss].values()), default=4 * GB)
+            if len(points) >= 2:
+                a, b = line_through(points)
+                need = base + a + b * tokens
+                if need + 2 * GB > mem_available():
+                    print(f"  {loss} at {tokens}: skipped, would need ~{need / GB:.1f} GB, "
+                          f"{mem_available() / GB:.1f} GB free")
+                    continue
+            r = spawn("memory", loss=loss, tokens=tokens)
+            measured[loss][tokens] = r
+            print(f"  {loss:<10} {tokens:>6} tokens: step peak - state = {r['step_bytes'] / GB:6.2f} GB "
+                  f"(state RSS {r['base_rss'] / GB:.2f} GB, step {r['seconds']:.0f} s)", flush=True)
+    if 4096 in measured["dense"] and 4096 in measured["linear_ce"]:
+        ratio = measured["linear_ce"][4096]["step_bytes"] / measured["dense"][4096]["step_bytes"]
+        print(f"memory of one step at 4,096 supervised tokens, linear_ce / dense: {ratio:.3f}x (target <= 0.35x)")
+    for loss, rows in measured.items():
+        a, b = line_through([(t, r["step_bytes"]) for t, r in rows.items()])
+        longest = (BUDGET - a) / b if b > 0 else float("inf")
+        print(f"{loss}: {b / 1e6:.3f} MB per supervised token + {a / GB:.2f} GB; longest length whose step fits in "
+              f"20 GB (line through {sorted(rows)}, extrapolated): {longest:,.0f} tokens")
+    if 4096 in measured["dense"]:
+        a, b = line_through([(t, r["step_bytes"]) for t, r in measured["linear_ce"].items()])
+        at = (BUDGET - line_through([(t, r["step_bytes"]) for t, r in measured["dense"].items()])[0]) / \
+            line_through([(t, r["step_bytes"]) for t, r in measured["dense"].items()])[1]
+        print(f"at dense's longest 20-GB length ({at:,.0f} tokens) linear_ce would need {(a + b * at) / GB:.2f} GB: "
+              f"{(a + b * at) / BUDGET:.3f}x")
+
+
+def run_speed() -> None:
+    r = spawn("speed", tokens=2048)
+    med = {name: statistics.median(ts) for name, ts in r["times"].items()}
+    for name, m in med.items():
+        print(f"  {name:<26} {r['tokens'] / m:8.1f} supervised tokens/s (median of {len(r['times'][name])} steps "
+              f"{[round(t, 1) for t in r['times'][name]]} s)")
+    print(f"supervised tokens/s at {r['tokens']} tokens, linear_ce / dense: {med['dense'] / med['linear_ce']:.3f}x "
+          f"(target >= 0.9x); torch's chunk heuristic / dense: {med['dense'] / med['linear_ce_torch_heuristic']:.3f}x")
+
+
+def run_overhead() -> None:
+    r = spawn("overhead", tokens=1024)
+    ratios = [statistics.median(run["ours"]) / statistics.median(run["bare"]) for run in r["runs"]]
+    for i, run in enumerate(r["runs"]):
+        print(f"  run {i}: ours {[round(t, 2) for t in run['ours']]} s/step, bare {[round(t, 2) for t in run['bare']]}"
+              f" s/step -> {ratios[i]:.3f}x")
+    print(f"our training step / bare loop, {r['tokens_per_step']} packed tokens per step: median of 5 alternated runs "
+          f"{statistics.median(ratios):.3f}x, overhead {100 * (statistics.median(ratios) - 1):+.1f}% (target <= +10%)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", choices=["memory", "speed", "overhead"])
+    ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    ap.add_argument("--loss", default="linear_ce")
+    ap.add_argument("--tokens", type=int, default=4096)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](args)))
+        return
+    print(f"bench_long_traces {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs, "
+          f"{mem_available() / GB:.1f} GB free; model {MODEL}")
+    for kind, fn in (("memory", run_memory), ("speed", run_speed), ("overhead", run_overhead)):
+        if args.only in (None, kind):
+            print(f"\n[{kind}]", flush=True)
+            fn()
+
+
+if __name__ == "__main__":
+    main()
