@@ -15,13 +15,16 @@ layers, tied embeddings, the real 151,936-token vocabulary, random init, fp32 we
    the arm's earlier points) exceeds what the machine has free is skipped and said so. Printed: new/today's ratio
    at 4,096 (target <= 0.35x), and each loss's longest length within 20 GB, extrapolated along that line (this
    machine's 24 GB of RAM, shared, cannot hold a 20 GB measurement).
-2. speed: the same step at 2,048 tokens in one process, arms alternated (dense, linear_ce with 1,024-position
-   chunks, linear_ce with torch's own chunk heuristic), 3 timed steps each after a warm-up: supervised tokens/s
-   and the ratio to dense (target >= 0.9x).
+   Each memory run's step time gives the whole step's supervised tokens/s, dense and linear_ce alternating per
+   length.
+2. speed: the loss alone (lm_head + cross-entropy, forward and backward) on the same 2,048 hidden states, in one
+   process, arms alternated 3 times (dense, linear_ce with 1,024-position chunks, linear_ce with torch's own chunk
+   heuristic): supervised tokens/s and the ratio to dense (target >= 0.9x).
 3. overhead: our training step (Lightning Trainer, CausalLMModule, StepBatchSampler + SFTCollator through a
    DataLoader) against a bare loop of the same model's forward, the same loss, backward, clipping and AdamW step on
    the same packed tokens (no Lightning, no data loading); 5 runs alternated, each timing optimizer steps 2 and 3
-   of 3; median per-step time ratio (target <= +10%).
+   of 3; median per-step time ratio (target <= +10%). The overhead is per step, so this uses a narrower model
+   (hidden 256, 2 layers, the same vocabulary) to afford the runs on this machine.
 The machine is shared (2 cores, other jobs): ratios are measured side by side in one run; absolute times are
 pessimistic.
 """
@@ -134,36 +137,31 @@ def memory_worker(args) -> dict:
 
 
 def speed_worker(args) -> dict:
+    """The loss alone (lm_head + cross-entropy, forward and backward) on the same hidden states, arms alternated."""
     import torch
+    import torch.nn.functional as F
 
     torch.set_num_threads(2)
-    batch = packed(args.tokens)
-    module = build("linear_ce")  # one model and optimizer; the arms differ only in the loss
-    optimizer = adamw(module)
+    torch.manual_seed(0)
+    hidden = torch.randn(args.tokens, MODEL["hidden_size"], requires_grad=True)
+    weight = (0.02 * torch.randn(MODEL["vocab_size"], MODEL["hidden_size"])).requires_grad_()
+    target = torch.randint(0, MODEL["vocab_size"], (args.tokens,))
+    options = {"linear_ce": torch.nn.LinearCrossEntropyOptions(batch_chunk_size=1024, chunking_method=None),
+               "linear_ce_torch_heuristic": torch.nn.LinearCrossEntropyOptions()}
 
-    def torch_heuristic(b):  # torch's own chunk size (chunking_method="auto") instead of ours
-        import torch.nn.functional as F
+    def dense():
+        return F.cross_entropy(F.linear(hidden, weight).float(), target, reduction="sum")
 
-        lm = module.model
-        hidden = lm.get_decoder()(input_ids=b["input_ids"], position_ids=b["position_ids"],
-                                  cu_seq_lens_q=b["cu_seq_lens_q"], use_cache=False).last_hidden_state
-        supervised = b["labels"] != -100
-        target = b["labels"][supervised]
-        ce = F.linear_cross_entropy(hidden[supervised], lm.get_output_embeddings().weight, target, reduction="sum",
-                                    options=torch.nn.LinearCrossEntropyOptions())
-        return ce, target.numel()
-
-    arms = {"dense": "dense", "linear_ce": "linear_ce", "linear_ce_torch_heuristic": torch_heuristic}
+    arms = {"dense": dense, **{name: (lambda o=o: F.linear_cross_entropy(hidden, weight, target, reduction="sum",
+                                                                         options=o)) for name, o in options.items()}}
     times: dict[str, list[float]] = {name: [] for name in arms}
-    for rep in range(4):  # rep 0 is the warm-up
-        for name, arm in arms.items():
-            if isinstance(arm, str):
-                module.loss_implementation = arm
+    for rep in range(args.reps):
+        for name, fn in (arms.items() if rep % 2 == 0 else reversed(arms.items())):
+            hidden.grad = weight.grad = None
             t0 = time.perf_counter()
-            n = one_step(module, optimizer, batch, None if isinstance(arm, str) else arm)
-            if rep:
-                times[name].append(time.perf_counter() - t0)
-    return {"tokens": n, "times": times}
+            fn().backward()
+            times[name].append(time.perf_counter() - t0)
+    return {"tokens": args.tokens, "times": times}
 
 
 def overhead_worker(args) -> dict:
@@ -174,6 +172,19 @@ def overhead_worker(args) -> dict:
 
     torch.set_num_threads(2)
     exs = examples(args.tokens * 3)
+    small = dict(MODEL, hidden_size=256, intermediate_size=768, num_attention_heads=4, num_key_value_heads=2,
+                 head_dim=64, num_hidden_layers=2)  # the overhead is per step: a smaller model, more runs
+
+    def build(loss):
+        import torch
+
+        from lightning_modules import CausalLMModule
+
+        torch.manual_seed(0)
+        module = CausalLMModule(model_config=small, attn_implementation="sdpa_packed", loss_implementation=loss)
+        module.configure_model()
+        return module
+
     per_step = max(len(exs) // 3, 1)
 
     def ours() -> list[float]:
@@ -272,6 +283,10 @@ def run_memory() -> None:
     if 4096 in measured["dense"] and 4096 in measured["linear_ce"]:
         ratio = measured["linear_ce"][4096]["step_bytes"] / measured["dense"][4096]["step_bytes"]
         print(f"memory of one step at 4,096 supervised tokens, linear_ce / dense: {ratio:.3f}x (target <= 0.35x)")
+    for tokens in sorted(set(measured["dense"]) & set(measured["linear_ce"])):
+        d, c = measured["dense"][tokens]["seconds"], measured["linear_ce"][tokens]["seconds"]
+        print(f"whole step at {tokens} tokens: {tokens / d:.1f} (dense) vs {tokens / c:.1f} (linear_ce) supervised "
+              f"tokens/s: {d / c:.3f}x")
     for loss, rows in measured.items():
         a, b = line_through([(t, r["step_bytes"]) for t, r in rows.items()])
         longest = (BUDGET - a) / b if b > 0 else float("inf")
@@ -286,13 +301,14 @@ def run_memory() -> None:
 
 
 def run_speed() -> None:
-    r = spawn("speed", tokens=2048)
+    r = spawn("speed", tokens=2048, reps=3)
     med = {name: statistics.median(ts) for name, ts in r["times"].items()}
     for name, m in med.items():
-        print(f"  {name:<26} {r['tokens'] / m:8.1f} supervised tokens/s (median of {len(r['times'][name])} steps "
+        print(f"  {name:<26} {r['tokens'] / m:8.1f} supervised tokens/s (median of {len(r['times'][name])} "
               f"{[round(t, 1) for t in r['times'][name]]} s)")
-    print(f"supervised tokens/s at {r['tokens']} tokens, linear_ce / dense: {med['dense'] / med['linear_ce']:.3f}x "
-          f"(target >= 0.9x); torch's chunk heuristic / dense: {med['dense'] / med['linear_ce_torch_heuristic']:.3f}x")
+    print(f"loss forward + backward at {r['tokens']} tokens (hidden 1,024, vocab 151,936), tokens/s linear_ce / dense: "
+          f"{med['dense'] / med['linear_ce']:.3f}x (target >= 0.9x); with torch's own chunk heuristic: "
+          f"{med['dense'] / med['linear_ce_torch_heuristic']:.3f}x")
 
 
 def run_overhead() -> None:
@@ -311,6 +327,7 @@ def main() -> None:
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--loss", default="linear_ce")
     ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args)))
