@@ -12,9 +12,10 @@ layers, tied embeddings, the real 151,936-token vocabulary, random init, fp32 we
    it, then the gradients are freed). glibc is told to map every large buffer on its own
    (MALLOC_MMAP_THRESHOLD_), so freed tensors leave the RSS and the two arms are measured alike. Lengths: 1,024 to
    4,096 supervised tokens for both losses, plus 8,192 for linear_ce; a run whose estimated need (a line through
-   the arm's earlier points) exceeds what the machine has free is skipped and said so. Printed: new/today's ratio
-   at 4,096 (target <= 0.35x), and each loss's longest length within 20 GB, extrapolated along that line (this
-   machine's 24 GB of RAM, shared, cannot hold a 20 GB measurement).
+   the arm's earlier points) exceeds what the machine has free, or 11 GB, is skipped and said so (results are
+   appended to ``--results`` and reused by a rerun). Printed: new/today's ratio at 4,096 (target <= 0.35x; a
+   skipped point is extrapolated along the line, and said so), and each loss's longest length within 20 GB,
+   extrapolated along that line (this machine's 24 GB of RAM, shared, cannot hold a 20 GB measurement).
    Each memory run's step time gives the whole step's supervised tokens/s, dense and linear_ce alternating per
    length.
 2. speed: the loss alone (lm_head + cross-entropy, forward and backward) on the same 2,048 hidden states, in one
@@ -260,44 +261,66 @@ def line_through(points: list[tuple[int, int]]) -> tuple[float, float]:
     return fit.intercept, fit.slope
 
 
-def run_memory() -> None:
-    plan = {"dense": [1024, 2048, 4096], "linear_ce": [1024, 2048, 4096, 8192]}
+REAL_USE_CAP = 11 * GB  # the machine (24 GB) is shared: no measurement process may grow past this
+
+
+def run_memory(results: Path, dense_lengths: list[int], lce_lengths: list[int]) -> None:
+    """Measurements are appended to ``results`` (JSON lines) as they finish; a rerun reuses them."""
     measured: dict[str, dict[int, dict]] = {"dense": {}, "linear_ce": {}}
+    if results.exists():
+        for line in results.read_text().splitlines():
+            r = json.loads(line)
+            measured[r["loss"]][r["tokens"]] = r
+    plan = {"dense": dense_lengths, "linear_ce": lce_lengths}
     for tokens in sorted({t for ts in plan.values() for t in ts}):
         for loss in ("dense", "linear_ce"):
             if tokens not in plan[loss]:
+                continue
+            if tokens in measured[loss]:
+                r = measured[loss][tokens]
+                print(f"  {loss:<10} {tokens:>6} tokens: step peak - state = {r['step_bytes'] / GB:6.2f} GB "
+                      f"(state RSS {r['base_rss'] / GB:.2f} GB, step {r['seconds']:.0f} s) [from {results.name}]")
                 continue
             points = [(t, r["step_bytes"]) for t, r in measured[loss].items()]
             base = max((r["base_rss"] for r in measured[loss].values()), default=4 * GB)
             if len(points) >= 2:
                 a, b = line_through(points)
                 need = base + a + b * tokens
-                if need + 2 * GB > mem_available():
-                    print(f"  {loss} at {tokens}: skipped, would need ~{need / GB:.1f} GB, "
-                          f"{mem_available() / GB:.1f} GB free")
+                if need > min(mem_available() - 2 * GB, REAL_USE_CAP):
+                    print(f"  {loss} at {tokens}: skipped, would need ~{need / GB:.1f} GB of real memory "
+                          f"(cap {REAL_USE_CAP / GB:.0f} GB, {mem_available() / GB:.1f} GB free)")
                     continue
             r = spawn("memory", loss=loss, tokens=tokens)
             measured[loss][tokens] = r
+            with results.open("a") as f:
+                f.write(json.dumps(r) + "\n")
             print(f"  {loss:<10} {tokens:>6} tokens: step peak - state = {r['step_bytes'] / GB:6.2f} GB "
                   f"(state RSS {r['base_rss'] / GB:.2f} GB, step {r['seconds']:.0f} s)", flush=True)
-    if 4096 in measured["dense"] and 4096 in measured["linear_ce"]:
-        ratio = measured["linear_ce"][4096]["step_bytes"] / measured["dense"][4096]["step_bytes"]
-        print(f"memory of one step at 4,096 supervised tokens, linear_ce / dense: {ratio:.3f}x (target <= 0.35x)")
+    fits = {loss: line_through([(t, r["step_bytes"]) for t, r in rows.items()]) for loss, rows in measured.items()
+            if len(rows) >= 2}
+    for loss, (a, b) in fits.items():
+        print(f"{loss}: {b / 1e6:.3f} MB per supervised token + {a / GB:.2f} GB (line through "
+              f"{sorted(measured[loss])}); longest length whose step fits in 20 GB, extrapolated: "
+              f"{(BUDGET - a) / b:,.0f} tokens")
+
+    def at(loss: str, tokens: int) -> tuple[float, str]:
+        if tokens in measured[loss]:
+            return measured[loss][tokens]["step_bytes"], "measured"
+        a, b = fits[loss]
+        return a + b * tokens, "extrapolated"
+
+    if {"dense", "linear_ce"} <= set(fits):
+        (new, how_new), (old, how_old) = at("linear_ce", 4096), at("dense", 4096)
+        print(f"memory of one step at 4,096 supervised tokens, linear_ce ({how_new}) / dense ({how_old}): "
+              f"{new / old:.3f}x (target <= 0.35x)")
+        a, b = fits["dense"]
+        longest = (BUDGET - a) / b
+        print(f"at dense's longest 20-GB length ({longest:,.0f} tokens, extrapolated) linear_ce needs "
+              f"{at('linear_ce', round(longest))[0] / GB:.2f} GB: {at('linear_ce', round(longest))[0] / BUDGET:.3f}x")
     for tokens in sorted(set(measured["dense"]) & set(measured["linear_ce"])):
         d, c = measured["dense"][tokens]["seconds"], measured["linear_ce"][tokens]["seconds"]
         print(f"whole step at {tokens} tokens: {tokens / d:.1f} (dense) vs {tokens / c:.1f} (linear_ce) supervised "
-              f"tokens/s: {d / c:.3f}x")
-    for loss, rows in measured.items():
-        a, b = line_through([(t, r["step_bytes"]) for t, r in rows.items()])
-        longest = (BUDGET - a) / b if b > 0 else float("inf")
-        print(f"{loss}: {b / 1e6:.3f} MB per supervised token + {a / GB:.2f} GB; longest length whose step fits in "
-              f"20 GB (line through {sorted(rows)}, extrapolated): {longest:,.0f} tokens")
-    if 4096 in measured["dense"]:
-        a, b = line_through([(t, r["step_bytes"]) for t, r in measured["linear_ce"].items()])
-        at = (BUDGET - line_through([(t, r["step_bytes"]) for t, r in measured["dense"].items()])[0]) / \
-            line_through([(t, r["step_bytes"]) for t, r in measured["dense"].items()])[1]
-        print(f"at dense's longest 20-GB length ({at:,.0f} tokens) linear_ce would need {(a + b * at) / GB:.2f} GB: "
-              f"{(a + b * at) / BUDGET:.3f}x")
+              f"tokens/s: {d / c:.3f}x (one step each, first step of a fresh process)")
 
 
 def run_speed() -> None:
@@ -328,13 +351,19 @@ def main() -> None:
     ap.add_argument("--loss", default="linear_ce")
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--results", type=Path, default=Path("bench_long_traces.memory.jsonl"),
+                    help="memory measurements, appended as they finish and reused by a rerun")
+    ap.add_argument("--dense-lengths", type=int, nargs="*", default=[1024, 2048, 4096])
+    ap.add_argument("--lce-lengths", type=int, nargs="*", default=[1024, 2048, 4096, 8192])
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args)))
         return
     print(f"bench_long_traces {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs, "
           f"{mem_available() / GB:.1f} GB free; model {MODEL}")
-    for kind, fn in (("memory", run_memory), ("speed", run_speed), ("overhead", run_overhead)):
+    runs = {"memory": lambda: run_memory(args.results, args.dense_lengths, args.lce_lengths), "speed": run_speed,
+            "overhead": run_overhead}
+    for kind, fn in runs.items():
         if args.only in (None, kind):
             print(f"\n[{kind}]", flush=True)
             fn()
