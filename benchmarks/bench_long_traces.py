@@ -155,6 +155,7 @@ def speed_worker(args) -> dict:
 
     arms = {"dense": dense, **{name: (lambda o=o: F.linear_cross_entropy(hidden, weight, target, reduction="sum",
                                                                          options=o)) for name, o in options.items()}}
+    arms = {name: fn for name, fn in arms.items() if name in args.arms}
     times: dict[str, list[float]] = {name: [] for name in arms}
     for rep in range(args.reps):
         for name, fn in (arms.items() if rep % 2 == 0 else reversed(arms.items())):
@@ -243,7 +244,7 @@ WORKERS = {"memory": memory_worker, "speed": speed_worker, "overhead": overhead_
 def spawn(kind: str, **kw) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind]
     for k, v in kw.items():
-        cmd += [f"--{k}", str(v)]
+        cmd += [f"--{k}", *map(str, v if isinstance(v, list) else [v])]
     env = dict(os.environ, PYTHONPATH=str(REPO), MALLOC_MMAP_THRESHOLD_="65536", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=7200)
     if proc.returncode != 0:
@@ -323,15 +324,16 @@ def run_memory(results: Path, dense_lengths: list[int], lce_lengths: list[int]) 
               f"tokens/s: {d / c:.3f}x (one step each, first step of a fresh process)")
 
 
-def run_speed() -> None:
-    r = spawn("speed", tokens=2048, reps=3)
+def run_speed(tokens: int, reps: int, arms: list[str]) -> None:
+    r = spawn("speed", tokens=tokens, reps=reps, arms=arms)
     med = {name: statistics.median(ts) for name, ts in r["times"].items()}
     for name, m in med.items():
         print(f"  {name:<26} {r['tokens'] / m:8.1f} supervised tokens/s (median of {len(r['times'][name])} "
               f"{[round(t, 1) for t in r['times'][name]]} s)")
-    print(f"loss forward + backward at {r['tokens']} tokens (hidden 1,024, vocab 151,936), tokens/s linear_ce / dense: "
-          f"{med['dense'] / med['linear_ce']:.3f}x (target >= 0.9x); with torch's own chunk heuristic: "
-          f"{med['dense'] / med['linear_ce_torch_heuristic']:.3f}x")
+    for name in med:
+        if name != "dense":
+            print(f"loss forward + backward at {r['tokens']} tokens (hidden 1,024, vocab 151,936), tokens/s {name} / "
+                  f"dense: {med['dense'] / med[name]:.3f}x (target >= 0.9x)")
 
 
 def run_overhead() -> None:
@@ -351,6 +353,9 @@ def main() -> None:
     ap.add_argument("--loss", default="linear_ce")
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--speed-tokens", type=int, default=2048)
+    ap.add_argument("--arms", nargs="*", default=["dense", "linear_ce", "linear_ce_torch_heuristic"],
+                    help="speed arms")
     ap.add_argument("--results", type=Path, default=Path("bench_long_traces.memory.jsonl"),
                     help="memory measurements, appended as they finish and reused by a rerun")
     ap.add_argument("--dense-lengths", type=int, nargs="*", default=[1024, 2048, 4096])
@@ -361,7 +366,7 @@ def main() -> None:
         return
     print(f"bench_long_traces {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs, "
           f"{mem_available() / GB:.1f} GB free; model {MODEL}")
-    runs = {"memory": lambda: run_memory(args.results, args.dense_lengths, args.lce_lengths), "speed": run_speed,
+    runs = {"memory": lambda: run_memory(args.results, args.dense_lengths, args.lce_lengths), "speed": lambda: run_speed(args.speed_tokens, args.reps, args.arms),
             "overhead": run_overhead}
     for kind, fn in runs.items():
         if args.only in (None, kind):
