@@ -11,8 +11,8 @@ layers, tied embeddings, the real 151,936-token vocabulary, random init, fp32 we
    its own: peak RSS (ru_maxrss) minus the RSS once the AdamW state exists (a first step on zero gradients creates
    it, then the gradients are freed). Short lengths are not used for the lines below: there the gradients and the
    AdamW step's temporaries, the same for both losses, set the peak. glibc is told to map every large buffer on
-   its own (MALLOC_MMAP_THRESHOLD_), so freed tensors leave the RSS and the two arms are measured alike. Lengths: 2,048 to
-   4,096 supervised tokens for both losses, plus 8,192 for linear_ce; a run whose estimated need (a line through
+   its own (MALLOC_MMAP_THRESHOLD_), so freed tensors leave the RSS and the two arms are measured alike.
+   Lengths: 2,048 to 4,096 supervised tokens for both losses, plus 8,192 for linear_ce; a run whose estimated need (a line through
    the arm's earlier points) exceeds what the machine has free, or 11 GB, is skipped and said so (results are
    appended to ``--results`` and reused by a rerun). Printed: new/today's ratio at 4,096 (target <= 0.35x; a
    skipped point is extrapolated along the line, and said so), and each loss's longest length within 20 GB,
@@ -369,7 +369,8 @@ def main() -> None:
         return
     print(f"bench_long_traces {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs, "
           f"{mem_available() / GB:.1f} GB free; model {MODEL}")
-    runs = {"memory": lambda: run_memory(args.results, args.dense_lengths, args.lce_lengths), "speed": lambda: run_speed(args.speed_tokens, args.reps, args.arms),
+    runs = {"memory": lambda: run_memory(args.results, args.dense_lengths, args.lce_lengths),
+            "speed": lambda: run_speed(args.speed_tokens, args.reps, args.arms),
             "overhead": run_overhead}
     for kind, fn in runs.items():
         if args.only in (None, kind):

@@ -4,9 +4,9 @@ A packed batch is one row of several sequences whose ``position_ids`` restart at
 The collator also gives the boundaries once per batch as ``cu_seq_lens_q/k`` and ``max_length_q/k``, the keyword
 arguments of transformers' flash path, which passes them to ``flash_attn_varlen_func`` as they are; here they are
 turned into Python lengths once per batch (one host read, remembered for every layer and for the recompute of
-activation checkpointing) instead of being re-derived from ``position_ids`` in every layer. Plain ``sdpa`` in transformers instead builds a
-(T x T) boolean block-causal mask and runs the masked kernel over the whole row, which on CPU spends most of the
-step on masked-out pairs. Here the row is split at the boundaries and each sequence runs the causal kernel alone:
+activation checkpointing) instead of being re-derived from ``position_ids`` in every layer. Plain ``sdpa`` in
+transformers instead builds a (T x T) boolean block-causal mask and runs the masked kernel over the whole row, which
+on CPU spends most of the step on masked-out pairs. Here the row is split at the boundaries and each sequence runs the causal kernel alone:
 the same result (the masked pairs contribute nothing), with work proportional to the sum of squared lengths.
 
 Padded batches (a 2-D ``attention_mask``) and generation with a cache take the ordinary SDPA path unchanged.
