@@ -298,6 +298,8 @@ def run_memory(results: Path, dense_lengths: list[int], lce_lengths: list[int]) 
                 f.write(json.dumps(r) + "\n")
             print(f"  {loss:<10} {tokens:>6} tokens: step peak - state = {r['step_bytes'] / GB:6.2f} GB "
                   f"(state RSS {r['base_rss'] / GB:.2f} GB, step {r['seconds']:.0f} s)", flush=True)
+    # the lines go through this run's lengths only (a results file may hold shorter ones, where the peak bends)
+    measured = {loss: {t: r for t, r in rows.items() if t in plan[loss]} for loss, rows in measured.items()}
     fits = {loss: line_through([(t, r["step_bytes"]) for t, r in rows.items()]) for loss, rows in measured.items()
             if len(rows) >= 2}
     for loss, (a, b) in fits.items():
