@@ -42,6 +42,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -359,7 +360,7 @@ def main() -> None:
     ap.add_argument("--speed-tokens", type=int, default=2048)
     ap.add_argument("--arms", nargs="*", default=["dense", "linear_ce", "linear_ce_torch_heuristic"],
                     help="speed arms")
-    ap.add_argument("--results", type=Path, default=Path("bench_long_traces.memory.jsonl"),
+    ap.add_argument("--results", type=Path, default=Path(tempfile.gettempdir()) / "bench_long_traces.memory.jsonl",
                     help="memory measurements, appended as they finish and reused by a rerun")
     # below ~2,048 tokens the AdamW step's temporaries, not the loss, set the peak (measured: dense 2.17 GB at 512,
     # 2.44 GB at 1,024), which bends the line; dense at 4,096 needs about 12 GB of real memory
