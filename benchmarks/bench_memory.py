@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_memory.py            # the measurements below, then the GPU memory plan
     .venv/bin/python benchmarks/bench_memory.py --plan     # only the per-GPU memory plan of Qwen3-8B/4B
+    .venv/bin/python benchmarks/bench_memory.py --plan --tokens 32768 --loss dense   # one length, today's loss
 
 Model: SmolLM2-135M-Instruct (real weights, the quickstart student), 2 ranks, AdamW, fp32 master weights, real
 quickstart batches (4 examples per step). Three runs of ``train.py``'s module and data module:
@@ -54,12 +55,19 @@ def parameter_counts(d: dict) -> dict:
     return {"layer": layer, "root": root, "total": d["layers"] * layer + root}
 
 
-def memory_plan(d: dict, tokens: int = 8192, gpus: int = 8) -> tuple[dict, list[tuple[str, list[str]]]]:
+LOSS_CHUNK = 1024  # lightning_modules/lm_loss.py DEFAULT_CHUNK_SIZE
+
+
+def memory_plan(d: dict, tokens: int = 8192, gpus: int = 8, loss: str = "linear_ce",
+                chunk: int = LOSS_CHUNK) -> tuple[dict, list[tuple[str, list[str]]]]:
     """Per-GPU bytes of full fine-tuning with FSDP2: fp32 master weights, gradients and AdamW state sharded over
     ``gpus``; bf16 compute, fp32 gradient reduction; per-layer activation checkpointing; layers resharded after
     forward (the root group, embeddings + lm_head, stays gathered from forward to the end of backward); one
     sequence of ``tokens`` per GPU with every token supervised (the worst case: logits exist only at supervised
-    positions). Returns the terms (bytes, formula) and the phases of a step with the terms alive in each."""
+    positions). ``loss``: ``linear_ce`` (torch's chunked linear cross-entropy, ``chunk`` positions per chunk, CUDA
+    bf16 "compact" policy: an fp32 chunk of logits and its bf16 copy; the lm_head and hidden-state gradients are
+    computed in forward and held until backward) or ``dense`` (all supervised logits at once, fp32 upcast).
+    Returns the terms (bytes, formula) and the phases of a step with the terms alive in each."""
     p = parameter_counts(d)
     P, h, T, V, L = p["total"], d["hidden"], tokens, d["vocab"], d["layers"]
     i, qd = d["intermediate"], d["heads"] * d["head_dim"]
@@ -71,6 +79,9 @@ def memory_plan(d: dict, tokens: int = 8192, gpus: int = 8) -> tuple[dict, list[
         "ckpt": (2 * T * h * L, "checkpointed decoder-layer inputs, bf16: 2 T h L"),
         "logits_fwd": (10 * T * V, "logits bf16 + fp32 copy + log-softmax saved for backward: 10 T V"),
         "logits_bwd": (10 * T * V, "log-softmax + logit gradient fp32 + bf16: 10 T V"),
+        "lce_chunk": (6 * min(chunk, T) * V, f"one chunk of logits, fp32 + bf16 copy: 6 C V (C = {chunk})"),
+        "lce_grads": (2 * V * h + 4 * T * h, "lm_head gradient bf16 + hidden-state gradient fp32, from the "
+                      "loss's forward to its backward: 2 V h + 4 T h"),
         "layers": (2 * 2 * p["layer"] + 6 * p["layer"], "2 layers gathered bf16 + 1 layer's bf16 grads and fp32 "
                    "reduce-scatter buffer: 10 P_layer"),
         "recompute": (16 * T * h + 6 * T * i + 4 * T * qd, "one layer's recomputed activations and their "
@@ -78,10 +89,16 @@ def memory_plan(d: dict, tokens: int = 8192, gpus: int = 8) -> tuple[dict, list[
         "root_grads": (6 * p["root"], "root gradients bf16 + fp32 reduce-scatter buffer: 6 P_root"),
         "runtime": (5 * GB, "CUDA context, NCCL buffers, allocator slack: ~5 GB (estimate)"),
     }
+    if loss == "dense":
+        terms = {k: v for k, v in terms.items() if not k.startswith("lce_")}
+        at_loss, at_head = ["logits_fwd"], ["logits_bwd"]
+    else:
+        terms = {k: v for k, v in terms.items() if not k.startswith("logits_")}
+        at_loss, at_head = ["lce_chunk", "lce_grads"], ["lce_grads"]
     state = ["params", "grads", "adam", "runtime"]
     phases = [
-        ("end of forward (loss)", state + ["root", "ckpt", "logits_fwd"]),
-        ("lm_head backward", state + ["root", "ckpt", "logits_bwd"]),
+        ("end of forward (loss)", state + ["root", "ckpt", *at_loss]),
+        ("lm_head backward", state + ["root", "ckpt", *at_head]),
         ("decoder-layer backward", state + ["root", "ckpt", "layers", "recompute"]),
         ("embedding gradient reduce-scatter", state + ["root", "root_grads"]),
         ("between steps", state),
@@ -89,14 +106,32 @@ def memory_plan(d: dict, tokens: int = 8192, gpus: int = 8) -> tuple[dict, list[
     return terms, phases
 
 
-def print_plan(tokens: int = 8192, gpus: int = 8, gpu_gb: float = 80.0) -> None:
+def plan_peak(d: dict, tokens: int, gpus: int = 8, loss: str = "linear_ce") -> float:
+    terms, phases = memory_plan(d, tokens, gpus, loss)
+    return max(sum(terms[k][0] for k in alive) for _, alive in phases)
+
+
+def print_plan(lengths: tuple[int, ...] = (8192, 16384, 32768), gpus: int = 8, gpu_gb: float = 80.0,
+               loss: str = "linear_ce") -> None:
+    for tokens in lengths:
+        print_plan_at(tokens, gpus, gpu_gb, loss)
+    print(f"\nPeak per GPU ({gpus} x {gpu_gb:.0f} GB), chunked loss (linear_ce) vs today's dense loss:")
+    for name, d in QWEN3.items():
+        for tokens in lengths:
+            new, old = plan_peak(d, tokens, gpus, "linear_ce"), plan_peak(d, tokens, gpus, "dense")
+            print(f"  {name} at {tokens:>6}: {new / GB:5.1f} GB ({'fits' if new / GB <= gpu_gb else 'DOES NOT FIT'})"
+                  f" vs dense {old / GB:5.1f} GB ({'fits' if old / GB <= gpu_gb else 'does not fit'})")
+
+
+def print_plan_at(tokens: int = 8192, gpus: int = 8, gpu_gb: float = 80.0, loss: str = "linear_ce") -> None:
     for name, d in QWEN3.items():
         p = parameter_counts(d)
-        terms, phases = memory_plan(d, tokens, gpus)
+        terms, phases = memory_plan(d, tokens, gpus, loss)
         print(f"\n{name}: {d['layers']} layers, hidden {d['hidden']}, {d['heads']} q / {d['kv_heads']} kv heads x "
               f"{d['head_dim']}, intermediate {d['intermediate']}, vocab {d['vocab']}, "
               f"{'tied' if d['tied'] else 'untied'} embeddings -> P = {p['total'] / 1e9:.3f} B "
-              f"(P_layer {p['layer'] / 1e6:.1f} M, P_root {p['root'] / 1e6:.1f} M); T = {tokens}, N = {gpus} GPUs")
+              f"(P_layer {p['layer'] / 1e6:.1f} M, P_root {p['root'] / 1e6:.1f} M); T = {tokens}, N = {gpus} GPUs, "
+              f"loss {loss}")
         for key, (value, formula) in terms.items():
             print(f"  {value / GB:7.2f} GB  {formula}")
         for phase, alive in phases:
@@ -199,6 +234,8 @@ def launch(name: str, out: Path, run_dir: Path, strategy: str, resume: bool = Fa
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--plan", action="store_true", help="print the GPU memory plan only")
+    ap.add_argument("--tokens", type=int, nargs="*", default=[8192, 16384, 32768], help="plan lengths")
+    ap.add_argument("--loss", default="linear_ce", choices=["linear_ce", "dense"], help="plan loss")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--name")
     ap.add_argument("--out")
@@ -211,7 +248,7 @@ def main() -> None:
     if args.worker:
         return worker(args)
     if args.plan:
-        return print_plan()
+        return print_plan(tuple(args.tokens), loss=args.loss)
 
     with tempfile.TemporaryDirectory(prefix="bench_memory.") as tmp:
         out = Path(tmp)

@@ -18,6 +18,10 @@ import torch
 from skill_distill.io import ConfigError
 
 IGNORE_INDEX = -100
+# what the model's forward receives from a collated batch: the packed-sequence boundaries are the keyword arguments
+# of transformers' flash-attention path (modeling_flash_attention_utils.FlashAttentionKwargs), read by sdpa_packed too
+PACKED_BOUNDARIES = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+MODEL_INPUTS = ("position_ids", "attention_mask", *PACKED_BOUNDARIES)
 
 
 @dataclass
@@ -154,7 +158,9 @@ class SFTCollator:
     """Turns a micro-batch of TokenizedExamples into model inputs.
 
     packed: one row, sequences concatenated, ``position_ids`` restarting at 0 per sequence, no attention mask
-    (HF models derive the block-diagonal causal mask from ``position_ids``; ``use_cache`` must be False).
+    (HF models derive the block-diagonal causal mask from ``position_ids``; ``use_cache`` must be False). The
+    boundaries are also given once per batch as cumulative lengths (``cu_seq_lens_q/k``, int32, starting at 0) and
+    the longest sequence (``max_length_q/k``, int), so attention never re-derives them in every layer.
     padded: right-padded rows with an attention mask. Both give the same loss.
     """
 
@@ -175,7 +181,11 @@ class SFTCollator:
             input_ids = torch.tensor([t for e in exs for t in e.input_ids]).unsqueeze(0)
             labels = torch.tensor([t for e in exs for t in e.labels]).unsqueeze(0)
             position_ids = torch.tensor([p for e in exs for p in range(len(e.input_ids))]).unsqueeze(0)
-            batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+            lengths = [len(e.input_ids) for e in exs]
+            cu_seq_lens = torch.tensor([0, *np.cumsum(lengths).tolist()], dtype=torch.int32)
+            batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
+                     "cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens,
+                     "max_length_q": max(lengths), "max_length_k": max(lengths)}
         else:
             width = max(len(e.input_ids) for e in exs)
             input_ids = torch.full((len(exs), width), self.pad_token_id)

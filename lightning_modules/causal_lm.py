@@ -7,7 +7,9 @@ Features:
   that runs each packed sequence alone (``sdpa_packed``, ``lightning_modules/packed_attention.py``);
 - loss = cross-entropy over supervised tokens, normalised by the supervised tokens of the whole optimizer step
   across all ranks and micro-batches, so the gradient equals that of one big batch of the same tokens;
-- logits are computed only at supervised positions (``logits_to_keep``), not over the prompt;
+- the loss never materialises the vocabulary's logits (``loss_implementation="auto"``: torch's chunked
+  ``F.linear_cross_entropy`` over the supervised positions, ``lightning_modules/lm_loss.py``), computed inside the
+  FSDP2 root module's forward; ``dense`` keeps fp32 logits at the supervised positions only;
 - AdamW + cosine schedule with linear warmup stepped per optimizer step; gradient clipping by global norm;
 - logs loss, learning rate, gradient norm and global supervised tokens/s;
 - FSDP2 (``fully_shard`` per decoder layer, then the root) with a bf16/fp32 mixed-precision policy and per-layer
@@ -24,15 +26,15 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 import torchmetrics
 
-from datamodules.batching import IGNORE_INDEX
-from lightning_modules import packed_attention
+from datamodules.batching import MODEL_INPUTS
+from lightning_modules import lm_loss, packed_attention
 from skill_distill import assets
 from skill_distill.io import ConfigError
 
 AttnImpl = Literal["auto", "flash_attention_2", "sdpa_packed", "sdpa", "eager"]
+LossImpl = Literal["auto", "dense", "linear_ce", "liger"]
 
 
 class LazyWarmupCosine:
@@ -90,6 +92,12 @@ class CausalLMModule(L.LightningModule):
         tokenizer: tokenizer for export (defaults to ``model``; linked from ``data.tokenizer`` by train.py).
         attn_implementation: auto | flash_attention_2 | sdpa_packed | sdpa | eager (auto: flash_attention_2 on
             CUDA with flash_attn installed, else sdpa_packed).
+        loss_implementation: auto | dense | linear_ce | liger (``lightning_modules/lm_loss.py``). auto: linear_ce
+            (torch's chunked linear cross-entropy, no full logits; CPU and CUDA), dense for models that
+            post-process their logits. dense: fp32 logits of every supervised position at once (10 T V bytes).
+            liger: Liger-Kernel's fused kernel (CUDA).
+        loss_chunk_size: supervised positions per chunk of linear_ce (one chunk's fp32 logits: 4 x this x vocab
+            bytes).
         model_dtype: dtype of the weights held by the optimizer. float32 keeps fp32 master weights (use
             ``trainer.precision: bf16-mixed`` or the FSDP2 mixed-precision policy for bf16 compute).
         gradient_checkpointing: recompute activations per decoder layer in backward.
@@ -112,6 +120,8 @@ class CausalLMModule(L.LightningModule):
         model_config: dict[str, Any] | None = None,
         tokenizer: str | None = None,
         attn_implementation: AttnImpl = "auto",
+        loss_implementation: LossImpl = "auto",
+        loss_chunk_size: int = lm_loss.DEFAULT_CHUNK_SIZE,
         model_dtype: Literal["float32", "bfloat16"] = "float32",
         gradient_checkpointing: bool = False,
         learning_rate: float = 1e-5,
@@ -132,7 +142,11 @@ class CausalLMModule(L.LightningModule):
             raise ConfigError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
         if learning_rate <= 0:
             raise ConfigError(f"model.learning_rate must be > 0, got {learning_rate}")
+        if loss_chunk_size < 1:
+            raise ConfigError(f"model.loss_chunk_size must be >= 1, got {loss_chunk_size}")
         self.attn_implementation = pick_attn_implementation(attn_implementation)
+        # resolved again against the model's config once it is built (configure_model)
+        self.loss_implementation = lm_loss.pick_loss_implementation(loss_implementation)
         self.save_hyperparameters()
         self.model_name = model
         self.model_config = model_config
@@ -166,6 +180,7 @@ class CausalLMModule(L.LightningModule):
         model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as they are
         if self.hparams.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm_loss.attach(model)
         return model
 
     def configure_model(self) -> None:
@@ -182,6 +197,7 @@ class CausalLMModule(L.LightningModule):
                 self.attn_implementation, mixed_precision=self.hparams.fsdp_mixed_precision,
                 reshard_after_forward=self.hparams.fsdp_reshard_after_forward, compile_layers=self.hparams.compile,
                 gradient_checkpointing=self.hparams.gradient_checkpointing)
+            self._resolve_loss()
             return
         # randomly initialised (tiny test) models, or no mesh (single device / DDP): build in full
         self.model = self.build_hf_model()
@@ -194,6 +210,11 @@ class CausalLMModule(L.LightningModule):
         elif self.hparams.compile:
             for layer in self.model.model.layers:
                 layer.compile()
+        self._resolve_loss()
+
+    def _resolve_loss(self) -> None:
+        self.loss_implementation = lm_loss.pick_loss_implementation(self.hparams.loss_implementation,
+                                                                    self.model.config)
 
     def _init_device(self) -> torch.device:
         """Where this rank's shards are allocated: the strategy's device (cuda:<local rank> on GPUs)."""
@@ -203,16 +224,12 @@ class CausalLMModule(L.LightningModule):
 
     # ---- loss ---------------------------------------------------------------------------------------
     def forward_ce(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum of token cross-entropies over supervised positions, and the number of such positions."""
-        labels = batch["labels"]
-        keep = (labels != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-        kwargs = {k: batch[k] for k in ("position_ids", "attention_mask") if k in batch}
-        out = self.model(input_ids=batch["input_ids"], logits_to_keep=keep, use_cache=False, **kwargs)
-        logits = out.logits.float()
-        target = labels[:, keep]
-        ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
-                             ignore_index=IGNORE_INDEX, reduction="sum")
-        return ce, (target != IGNORE_INDEX).sum()
+        """Sum of token cross-entropies over supervised positions, and the number of such positions.
+
+        ``supervised_ce`` is a forward of the (FSDP2 root) model itself, see ``lightning_modules/lm_loss.py``."""
+        kwargs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        return self.model.supervised_ce(batch["input_ids"], batch["labels"], implementation=self.loss_implementation,
+                                        chunk_size=self.hparams.loss_chunk_size, **kwargs)
 
     def _data_parallel_size(self) -> int:
         mesh = getattr(self, "device_mesh", None)

@@ -1,15 +1,20 @@
 """``sdpa_packed``: SDPA attention for packed rows without a dense block-causal mask.
 
 A packed batch is one row of several sequences whose ``position_ids`` restart at 0 (``datamodules/batching.py``).
-FlashAttention-2 reads the boundaries from ``position_ids`` directly. Plain ``sdpa`` in transformers instead builds a
-(T x T) boolean block-causal mask and runs the masked kernel over the whole row, which on CPU spends most of the
-step on masked-out pairs. Here the row is split at the boundaries and each sequence runs the causal kernel alone:
+The collator also gives the boundaries once per batch as ``cu_seq_lens_q/k`` and ``max_length_q/k``, the keyword
+arguments of transformers' flash path, which passes them to ``flash_attn_varlen_func`` as they are; here they are
+turned into Python lengths once per batch (one host read, remembered for every layer and for the recompute of
+activation checkpointing) instead of being re-derived from ``position_ids`` in every layer. Plain ``sdpa`` in
+transformers instead builds a (T x T) boolean block-causal mask and runs the masked kernel over the whole row, which
+on CPU spends most of the step on masked-out pairs. Here the row is split at the boundaries and each sequence runs the causal kernel alone:
 the same result (the masked pairs contribute nothing), with work proportional to the sum of squared lengths.
 
 Padded batches (a 2-D ``attention_mask``) and generation with a cache take the ordinary SDPA path unchanged.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 from transformers import AttentionInterface
@@ -36,15 +41,37 @@ def sequence_lengths(position_ids: torch.Tensor) -> list[int]:
     return [b - a for a, b in zip(starts, [*starts[1:], position_ids.numel()])]
 
 
-def packed_sdpa_attention(module, query, key, value, attention_mask, position_ids=None, **kwargs):
-    """Causal SDPA per packed sequence; falls back to ``sdpa`` for masks, caches and batches of several rows."""
-    packed = (attention_mask is None and position_ids is not None and query.shape[0] == 1
-              and query.shape[2] == key.shape[2] == position_ids.shape[-1] > 1)
+# the last batch's cu_seq_lens tensor (weakly) and its lengths as Python ints: every layer of a forward, and the
+# recompute in backward, receive the same tensor object
+_last_boundaries: list = [lambda: None, []]
+
+
+def lengths_from_cu_seq_lens(cu_seq_lens: torch.Tensor) -> list[int]:
+    """Sequence lengths of cumulative lengths ``[0, n1, n1 + n2, ...]``, read from the device once per tensor."""
+    ref, lengths = _last_boundaries
+    if ref() is not cu_seq_lens:
+        lengths = cu_seq_lens.diff().tolist()
+        _last_boundaries[:] = [weakref.ref(cu_seq_lens), lengths]
+    return lengths
+
+
+def packed_sdpa_attention(module, query, key, value, attention_mask, position_ids=None, cu_seq_lens_q=None,
+                          cu_seq_lens_k=None, max_length_q=None, max_length_k=None, **kwargs):
+    """Causal SDPA per packed sequence; falls back to ``sdpa`` for masks, caches and batches of several rows.
+
+    The boundaries come from ``cu_seq_lens_q`` (given by the collator) or else from where ``position_ids`` restart."""
+    rows_of_one = attention_mask is None and query.shape[0] == 1 and query.shape[2] == key.shape[2] > 1
+    packed = rows_of_one and (cu_seq_lens_q is not None or position_ids is not None)
     if not packed:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if kwargs.get("sliding_window") is not None:  # check_model_config refuses such models before training
         raise NotImplementedError(f"{PACKED_SDPA} does not implement sliding-window attention; use sdpa")
-    lengths = sequence_lengths(position_ids[0])
+    if cu_seq_lens_q is not None:  # self-attention without a cache: the key boundaries are the query's
+        lengths = lengths_from_cu_seq_lens(cu_seq_lens_q)
+        if sum(lengths) != query.shape[2]:
+            raise ValueError(f"cu_seq_lens_q covers {sum(lengths)} positions but the row has {query.shape[2]}")
+    else:
+        lengths = sequence_lengths(position_ids[0])
     if len(lengths) == 1:
         return sdpa_attention_forward(module, query, key, value, None, **kwargs)
     # with no mask, sdpa_attention_forward runs the causal kernel (module.is_causal); outputs come back as

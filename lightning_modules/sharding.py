@@ -1,7 +1,8 @@
 """FSDP2 for HF decoder models, and memory-light construction of large ones.
 
 - ``apply_fsdp2``: ``fully_shard`` per decoder layer, then the root (embeddings, final norm, lm_head; tied input and
-  output embeddings stay one parameter), with a bf16-compute / fp32-reduce mixed-precision policy.
+  output embeddings stay one parameter), with a bf16-compute / fp32-reduce mixed-precision policy; the training loss
+  (``lm_loss.supervised_ce``) is registered as a forward method of the root.
 - ``build_sharded_pretrained``: no rank ever holds the full model. Parameters are created on the meta device,
   sharded, allocated as local shards only, then filled from the checkpoint's safetensors with
   torch.distributed.checkpoint, each rank reading only the slices it owns. Buffers (RoPE ``inv_freq``, which is not
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from lightning_modules import lm_loss
 from lightning_modules.packed_attention import check_model_config
 from skill_distill.export import parameters_on_meta
 from skill_distill.io import ConfigError
@@ -39,7 +41,7 @@ def data_parallel_mesh(device_mesh):
 def apply_fsdp2(model, device_mesh, mixed_precision: bool = True, reshard_after_forward: bool = True,
                 compile_layers: bool = False) -> None:
     """Shard ``model`` in place over the mesh's data-parallel dimension (works on meta-device parameters too)."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     dp_mesh = data_parallel_mesh(device_mesh)
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision
@@ -50,6 +52,9 @@ def apply_fsdp2(model, device_mesh, mixed_precision: bool = True, reshard_after_
         fully_shard(layer, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
     # the root group holds embeddings, final norm and lm_head; tied embeddings stay one parameter
     fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    # the loss runs as a forward of the root (gathered lm_head, gradient hooks on its output): lm_loss.py
+    lm_loss.attach(model)
+    register_fsdp_forward_method(model, lm_loss.METHOD_NAME)
 
 
 def resolve_pretrained_dir(name_or_path: str) -> Path:

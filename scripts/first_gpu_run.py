@@ -6,8 +6,9 @@
 
 Checks (docs/SCALING.md, "First run on GPUs"):
   env            CUDA, GPUs, bf16, NCCL version, flash_attn import, what attn_implementation=auto picks
-  flash_packing  FlashAttention-2 on a packed micro-batch (position_ids restarting per example, no mask) gives the
-                 loss of the padded batch and of SDPA: a packed batch attending across examples would not
+  flash_packing  FlashAttention-2 and sdpa_packed on a packed micro-batch (no mask; the collator's cu_seq_lens /
+                 max_length boundaries, and for FlashAttention-2 also position_ids alone) give the loss of the
+                 padded batch under SDPA: a packed batch attending across examples would not
   nccl           sharded loading (logits, gradients with activation checkpointing, tied embeddings, RoPE buffers)
                  over NCCL on 2 GPUs; an FSDP2 run interrupted after step 3 and resumed equals an uninterrupted one
   eval_engine    a short FSDP2 fit on 2 GPUs with SkillEvalCallback (vLLM engines in CUDA child processes next to
@@ -99,22 +100,30 @@ def check_flash_packing(args, work: Path) -> None:
     data.setup("fit")
     examples = data.train_examples[:8]
     pad = data.tokenizer.pad_token_id if data.tokenizer.pad_token_id is not None else data.tokenizer.eos_token_id
+    from datamodules.batching import PACKED_BOUNDARIES
+
+    # (attention, packing, boundaries given by the collator): the reference is SDPA on the padded batch
+    arms = [("sdpa", False, False), ("flash_attention_2", True, True), ("flash_attention_2", True, False),
+            ("flash_attention_2", False, False), ("sdpa_packed", True, True)]
     losses = {}
-    for attn in ("flash_attention_2", "sdpa"):
+    for attn in dict.fromkeys(a for a, _, _ in arms):
         module = CausalLMModule(model=model_dir, attn_implementation=attn, model_dtype="bfloat16")
         module.configure_model()
         module.model.to("cuda").eval()
-        for packing in (True, False):
+        for _, packing, boundaries in (arm for arm in arms if arm[0] == attn):
             batch = SFTCollator(pad, packing)([(e, None) for e in examples])
+            if packing and not boundaries:  # FlashAttention-2 re-derives them from position_ids
+                batch = {k: v for k, v in batch.items() if k not in PACKED_BOUNDARIES}
             batch = {k: v.to("cuda") if torch.is_tensor(v) else v for k, v in batch.items()}
             with torch.no_grad():
                 ce, n = module.forward_ce(batch)
-            losses[(attn, packing)] = (ce / n).item()
+            losses[(attn, packing, boundaries)] = (ce / n).item()
         del module
         torch.cuda.empty_cache()
-    ref = losses[("sdpa", False)]
+    ref = losses[("sdpa", False, False)]
     worst = max(abs(v - ref) / ref for v in losses.values())
-    detail = ", ".join(f"{a}{' packed' if p else ' padded'} {v:.5f}" for (a, p), v in losses.items())
+    detail = ", ".join(f"{a}{(' packed' + (' cu_seq_lens' if b else ' position_ids')) if p else ' padded'} {v:.5f}"
+                       for (a, p, b), v in losses.items())
     # bf16 rounding moves a mean token loss by ~1e-3 relative; cross-example attention moves it by far more
     report("flash_packing", "PASS" if worst < 1e-2 else "FAIL", f"{detail} (max relative difference {worst:.1e})")
 

@@ -4,6 +4,7 @@ this CPU); production configs carry docs/METHOD.md §6's values."""
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,10 @@ from skill_distill.benchmarks import PAPER_SUITE
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT_DRIVERS = {REPO / "configs" / "experiments" / "skill_selection_cpu.yaml": "experiments/skill_selection_cpu.py"}
+# <base>_16k.yaml, <base>_32k.yaml: overrides composed after <base>.yaml (full-length teacher traces)
+LENGTH_OVERRIDES = sorted(p for p in (REPO / "configs").rglob("*.yaml") if re.search(r"_\d+k$", p.stem))
 TRAIN_CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml")
-                       if "pipeline" not in p.parts and p not in EXPERIMENT_DRIVERS)
+                       if "pipeline" not in p.parts and p not in EXPERIMENT_DRIVERS and p not in LENGTH_OVERRIDES)
 PIPELINE_CONFIGS = sorted((REPO / "configs" / "pipeline").glob("*.yaml"))
 PRODUCTION = [p for p in TRAIN_CONFIGS if p.parent.name.startswith("qwen3_")]
 
@@ -82,6 +85,34 @@ def test_production_configs_follow_the_paper(path):
         assert e["sampling"] == {"temperature": 0.6, "top_p": 1.0, "max_new_tokens": 16384, "seed": 0}
         assert e["backend"]["kind"] == "vllm" and e["backend"]["max_model_len"] > 16384
         assert hours * 3600 + minutes * 60 + seconds > e["timeout_s"]  # ranks outwait the slowest evaluation
+
+
+def test_length_overrides_exist_for_both_models():
+    assert {p.relative_to(REPO / "configs").as_posix() for p in LENGTH_OVERRIDES} >= {
+        f"qwen3_{size}/skill_sft_{k}.yaml" for size in ("4b", "8b") for k in ("16k", "32k")}
+
+
+@pytest.mark.parametrize("path", LENGTH_OVERRIDES, ids=lambda p: str(p.relative_to(REPO)))
+def test_length_override_composes_with_its_base(path, tiny_qwen3_dir, qwen_tokenizer_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = path.with_name(re.sub(r"_\d+k$", "", path.stem) + ".yaml")
+    length = {"16k": 16384, "32k": 32768}[path.stem.rsplit("_", 1)[1]]
+    text = path.read_text()
+    assert "DEPARTURE FROM THE PAPER" in text and f"{length:,}" in text and "8,192" in text  # stated in the file
+    assert yaml.safe_load(base.read_text())["data"]["max_length"] == 8192
+    corpus = REPO / "data" / "quickstart" / "pool.jsonl"
+    cli = train.main(["--config", str(base), "--config", str(path),
+                      *cpu_overrides(tiny_qwen3_dir, qwen_tokenizer_dir, corpus)], run=False)
+    assert cli.datamodule.max_length == length
+    assert cli.model.hparams.loss_implementation == "auto" and cli.model.loss_implementation == "linear_ce"
+    # its own run directory everywhere, so it never resumes (or overwrites) the 8,192-token run
+    run_dir = f"{yaml.safe_load(base.read_text())['trainer']['default_root_dir']}_{path.stem.rsplit('_', 1)[1]}"
+    assert cli.trainer.default_root_dir == run_dir
+    dirs = [getattr(c, "dirpath", None) for c in cli.trainer.callbacks] + [lg.save_dir for lg in cli.trainer.loggers]
+    dirs = [str(d) for d in dirs if d]
+    assert len(dirs) >= 5 and all(d.startswith(run_dir) or d.startswith(str(tmp_path / run_dir)) for d in dirs), dirs
+    # the rest is the base's (the paper's schedule and selection)
+    assert cli.model.hparams.learning_rate == 1e-5 and cli.datamodule.examples_per_step == 8
 
 
 @pytest.mark.parametrize("path", PIPELINE_CONFIGS, ids=lambda p: p.name)

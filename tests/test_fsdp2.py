@@ -7,7 +7,9 @@
   resume point; a 2-rank checkpoint resumes on 1 rank;
 - a 2-"node" simulation (one process per node, NODE_RANK 0/1) where only node 1 receives SIGTERM: both ranks stop
   after the same step, save together, exit 143, and the resumed run equals the uninterrupted one;
-- the exporter consolidates a sharded checkpoint into an HF directory with identical logits.
+- the exporter consolidates a sharded checkpoint into an HF directory with identical logits;
+- the chunked loss (``linear_ce``) computed inside the root's forward on 2 ranks gives the loss and gradients of
+  today's dense loss on one unsharded model.
 """
 
 from __future__ import annotations
@@ -159,3 +161,27 @@ def test_export_of_sharded_checkpoint_reloads_with_identical_logits(setup, refer
     w16 = load_file(Path(out16) / "model.safetensors")["model.layers.0.mlp.up_proj.weight"]
     assert w16.dtype == torch.bfloat16
     torch.testing.assert_close(w16.float(), model.model.layers[0].mlp.up_proj.weight.to(torch.bfloat16).float())
+
+
+def test_chunked_loss_inside_the_fsdp2_root_matches_the_dense_loss(setup, tmp_path, qwen_tokenizer):
+    from datamodules.batching import SFTCollator, encode_example
+
+    root, common = setup
+    rows = launch.read_rows(Path(common["corpus"]))[:8]
+    examples = [encode_example(qwen_tokenizer, r["id"], r["problem"], r["trace"], max_length=96) for r in rows]
+    collate = SFTCollator(qwen_tokenizer.pad_token_id, packing=True)
+    halves = [collate([(e, None) for e in examples[:4]]), collate([(e, None) for e in examples[4:]])]
+    torch.save(halves, tmp_path / "halves.pt")
+    out = tmp_path / "fsdp2_loss.json"
+    port = launch.free_port()
+    procs = [launch.start("fsdp2_loss.py", port=port, log=tmp_path / f"loss{r}.log",
+                          env_extra={"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2"},
+                          model=common["model"], batch=tmp_path / "halves.pt", out=out) for r in (0, 1)]
+    for r, p in enumerate(procs):
+        launch.finish(p, tmp_path / f"loss{r}.log")
+    res = json.loads(out.read_text())
+    assert res["world_size"] == 2 and res["is_fsdp"] and res["registered"] and res["tied"]
+    assert "model.embed_tokens.weight" in res["grad_names"]
+    assert res["tokens"] == res["step_tokens"] > 64  # more supervised positions than one chunk (16)
+    assert res["loss"] == pytest.approx(res["ref_loss"], rel=1e-5)
+    assert res["grad_diff"] <= 1e-5 * max(res["grad_scale"], 1.0)

@@ -1,5 +1,6 @@
 """The loss is normalised by the supervised tokens of the whole optimizer step: the gradient does not depend on
-how the step's examples are laid out (packed or padded), split into micro-batches, or spread over ranks."""
+how the step's examples are laid out (packed or padded), split into micro-batches, or spread over ranks; and the
+chunked loss that never materialises the logits (the default, ``linear_ce``) gives today's dense loss and gradients."""
 
 from __future__ import annotations
 
@@ -53,10 +54,17 @@ def test_layouts_and_accumulation_and_ranks_give_the_same_gradient(tmp_path, cor
     padded, padded_loss = run_step(tmp_path, corpus, qwen_tokenizer_dir, "padded_a1", accumulate=1, packing=0)
     accum, accum_loss = run_step(tmp_path, corpus, qwen_tokenizer_dir, "packed_a4", accumulate=4, packing=1)
     ddp, ddp_loss = run_step(tmp_path, corpus, qwen_tokenizer_dir, "ddp2", accumulate=2, packing=1, devices=2)
+    # today's loss (fp32 logits of every supervised position), and the chunked one with many small chunks
+    dense, dense_loss = run_step(tmp_path, corpus, qwen_tokenizer_dir, "dense_a1", accumulate=1, packing=1, loss="dense")
+    chunks, chunks_loss = run_step(tmp_path, corpus, qwen_tokenizer_dir, "chunk7_a1", accumulate=1, packing=1,
+                                   loss="linear_ce", loss_chunk_size=7)
     assert_same_grads(base, padded)  # packed == padded
     assert_same_grads(base, accum)  # 4 micro-batches == one batch of the same tokens
     assert_same_grads(base, ddp)  # 2 ranks x 2 micro-batches == one process
+    assert_same_grads(base, dense)  # the chunked loss (auto) == the dense loss, tied embeddings included
+    assert_same_grads(dense, chunks)
     assert base_loss == pytest.approx(padded_loss, rel=1e-5)
     assert base_loss == pytest.approx(accum_loss, rel=1e-5)
     assert base_loss == pytest.approx(ddp_loss, rel=1e-5)
+    assert base_loss == pytest.approx(dense_loss, rel=1e-5) and dense_loss == pytest.approx(chunks_loss, rel=1e-5)
     assert 5 < base_loss < 20  # a random tiny model over a 152k vocabulary: about ln(151936) = 11.9

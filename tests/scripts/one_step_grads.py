@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=1)
     ap.add_argument("--examples_per_step", type=int, default=8)
     ap.add_argument("--packing", type=int, default=1)
+    ap.add_argument("--loss", default="auto", help="model.loss_implementation")
+    ap.add_argument("--loss_chunk_size", type=int, default=1024)
     args = ap.parse_args()
     torch.set_num_threads(1 if args.devices > 1 else 2)
     L.seed_everything(0)
@@ -52,7 +54,7 @@ def main() -> None:
     model = CausalLMModule(model_config={k: cfg[k] for k in (
         "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
         "num_key_value_heads", "head_dim", "tie_word_embeddings")}, attn_implementation="sdpa", max_grad_norm=None,
-        learning_rate=1e-4)
+        learning_rate=1e-4, loss_implementation=args.loss, loss_chunk_size=args.loss_chunk_size)
     data = SkillDataModule(corpus=args.corpus, tokenizer=args.tokenizer, max_length=256,
                            examples_per_step=args.examples_per_step, packing=bool(args.packing), shuffle=False)
     trainer = L.Trainer(accelerator="cpu", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto",
