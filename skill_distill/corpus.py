@@ -196,12 +196,10 @@ class TokenMeter:
     trace of the token where its last ``\\boxed{`` starts."""
 
     def __init__(self, tokenizer: str):
-        from transformers import AutoTokenizer
-
-        from skill_distill import assets
+        from skill_distill.assets import load_tokenizer
 
         self.name = tokenizer
-        self.tok = AutoTokenizer.from_pretrained(assets.resolve(tokenizer))
+        self.tok = load_tokenizer(tokenizer)
 
     def measure(self, problem: str, trace: str) -> tuple[int, int, int | None]:
         import bisect
