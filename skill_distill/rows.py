@@ -22,7 +22,6 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from skill_distill.assets import resolve
 from skill_distill.io import ConfigError, DataError, iter_jsonl, read_json
 
 FILE_SUFFIXES = {".jsonl", ".json", ".parquet"}
@@ -45,7 +44,7 @@ def _parquet_files(source: str) -> list[Path] | None:
 def is_local(source: str | os.PathLike) -> bool:
     """Whether ``source`` names local files (a path with a known suffix, an existing path or a glob) rather than
     an HF dataset name."""
-    s = resolve(str(source))
+    s = str(source)
     return Path(s).suffix.lower() in FILE_SUFFIXES or Path(s).exists() or bool(_GLOB_CHARS & set(s))
 
 
@@ -66,6 +65,8 @@ def iter_row_batches(source: str | os.PathLike, batch_size: int = 1000, columns:
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    from skill_distill.assets import resolve
+
     s = resolve(str(source))  # a pinned asset (asset:corpus/r1_sample5) -> its verified local copy
     if not is_local(s):
         yield from _hf_batches(s, batch_size, columns, split, hf_config)
@@ -93,6 +94,9 @@ def iter_row_batches(source: str | os.PathLike, batch_size: int = 1000, columns:
 def read_rows(source: str | os.PathLike, split: str = "train", columns: Sequence[str] | None = None,
               hf_config: str | None = None) -> tuple[list[dict], str]:
     """Every row of ``source`` in one list, and the source's name for messages (small sources only)."""
+    from skill_distill.assets import resolve
+
+    source = resolve(str(source))
     rows = [r for batch in iter_row_batches(source, 10_000, columns, split, hf_config) for r in batch]
     return rows, source_name(source, split)
 
