@@ -10,7 +10,7 @@ import sys
 
 STAGES = {
     "make-data": ("skill_distill.synthetic", "run_make_data", "generate a synthetic skill-tagged corpus"),
-    "pool": ("skill_distill.corpus", "run_pool", "build a seeded pool and held-out slice from a teacher corpus"),
+    "pool": ("skill_distill.pool", "run_pool", "build a seeded pool and held-out slice from a teacher corpus"),
     "decontaminate": ("skill_distill.decontamination", "run_decontaminate", "drop pool problems that overlap a benchmark"),
     "attribute": ("skill_distill.attribution", "run_attribution", "attribute examples to skill chains with an LLM"),
     "merge-attribution": ("skill_distill.attribution", "merge_attribution_shards", "merge attribution shards"),

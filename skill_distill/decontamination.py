@@ -5,7 +5,7 @@ A pool problem is a hit for a benchmark when, after normalisation, it equals one
 registered set (``skill_distill.benchmarks.REGISTRY``: AIME24, AIME25, AMC23, MATH-500, MATH-L5, OlympiadBench,
 the sets of docs/METHOD.md §7); any ``BenchmarkSpec`` may be added.
 
-Normalisation (also the pool's problem identity, ``skill_distill.corpus``): Unicode NFKC, lower case, ``$``, ``\\,``
+Normalisation (also the pool's problem identity, ``skill_distill.pool``): Unicode NFKC, lower case, ``$``, ``\\,``
 and ``\\ `` removed, whitespace collapsed. Words are ``\\w+`` runs of the normalised text.
 
 Choice of n (default 8, open-r1's ``decontaminate.py``, which checks AIME and MATH-500 only): a smaller n catches

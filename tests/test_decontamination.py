@@ -101,7 +101,8 @@ def test_shipped_synthetic_corpus_has_no_hit(tmp_path, benchmark_mirror):
 
 
 def test_pool_stage_drops_benchmark_problems_before_the_draw(tmp_path, benchmark_mirror):
-    from skill_distill.corpus import CorpusFields, run_pool
+    from skill_distill.corpus import CorpusFields
+    from skill_distill.pool import run_pool
 
     amc = load_benchmark("amc23").problems[0]
     rows = read_jsonl(REPO / "data" / "quickstart" / "pool.jsonl")[:30]

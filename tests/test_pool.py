@@ -13,10 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from skill_distill import corpus as corpus_mod
-from skill_distill.corpus import CorpusFields, PoolFilter, TokenMeter, run_pool
+from skill_distill import pool as pool_mod
+from skill_distill.corpus import CorpusFields
 from skill_distill.decontamination import DecontaminationConfig, normalise
 from skill_distill.io import DataError, read_json, read_jsonl
+from skill_distill.pool import PoolFilter, TokenMeter, run_pool
 
 OMR_FIELDS = CorpusFields(id=None, problem="problem", trace="generated_solution", answer="expected_answer",
                           pass_rate="pass_rate_72b_tir", generation_model="generation_model",
@@ -150,7 +151,7 @@ def test_pool_holds_one_batch_of_source_rows_and_limit_stops_reading(tmp_path, m
     class Row(dict):  # a dict that can be weakly referenced: the spy sees whether anyone still holds it
         pass
 
-    real = corpus_mod.iter_row_batches
+    real = pool_mod.iter_row_batches
     alive_at_next: list[int] = []
     handed_out = [0]
 
@@ -166,7 +167,7 @@ def test_pool_holds_one_batch_of_source_rows_and_limit_stops_reading(tmp_path, m
             yield batch
             del batch
 
-    monkeypatch.setattr(corpus_mod, "iter_row_batches", spy)
+    monkeypatch.setattr(pool_mod, "iter_row_batches", spy)
     stats = run_pool(str(src), str(tmp_path / "out"), OMR_FIELDS, size=5, heldout=1, filters=R1_ONLY,
                      decontamination=NO_DECONTAMINATION, batch_size=9)
     assert len(alive_at_next) > len(rows) // 9  # pass 1 reads 20 batches, pass 2 more

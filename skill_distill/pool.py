@@ -1,0 +1,315 @@
+"""The ``pool`` stage: a seeded sample of problems from a teacher corpus at OpenMathReasoning's scale, read in
+bounded memory, filtered, deduplicated by problem, decontaminated, with a held-out slice disjoint by problem
+(docs/METHOD.md "Idea": 100K problems with DeepSeek-R1 traces)."""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from skill_distill.corpus import CorpusFields, Example, _answer_of, _as_rate, _trace_of
+from skill_distill.decontamination import (
+    COUNTS_FILE,
+    HITS_FILE,
+    BenchmarkIndex,
+    DecontaminationConfig,
+    HitCounter,
+    normalise,
+)
+from skill_distill.io import ConfigError, DataError, atomic_write, write_json
+from skill_distill.rows import iter_row_batches, source_name
+
+
+@dataclass
+class PoolFilter:
+    """Row filters of the pool stage, applied in this order; each drop is counted under its name in the stats."""
+
+    generation_model: list[str] | None = None
+    """Keep rows whose ``fields.generation_model`` value is one of these (OpenMathReasoning: ``[DeepSeek-R1]``,
+    the paper's teacher); None keeps every generator."""
+    problem_type: list[str] | None = None
+    """Keep rows whose ``fields.problem_type`` value is one of these (OpenMathReasoning:
+    ``[has_answer_extracted]``); None keeps all."""
+    require_answer: bool = True
+    """Drop examples without a reference answer (they cannot be graded)."""
+    require_think_close: bool = True
+    """Drop traces without ``</think>`` (no separable final solution)."""
+    max_problem_chars: int | None = None
+    """Drop problems longer than this many characters (None keeps all)."""
+    max_trace_chars: int | None = None
+    """Drop traces longer than this many characters (None keeps all)."""
+    max_tokens: int | None = None
+    """Drop rows whose prompt (the chat-templated user turn, docs/METHOD.md §5) plus trace exceed this many tokens
+    of the pool stage's ``tokenizer`` (None keeps all). Only rows that pass every other filter and rank among the
+    sampled problems when they are read are tokenised."""
+
+
+DROP_REASONS = ("generation_model", "problem_type", "no_answer", "no_think_close", "problem_chars", "trace_chars",
+                "benchmark_overlap", "tokens")
+
+
+def problem_key(seed: int, problem: str) -> int:
+    """The rank of a problem in the seeded draw: sha256 of the seed and the normalised problem text (which is also
+    the problem's identity: two rows with the same normalised text are traces of one problem)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{normalise(problem)}".encode()).digest()[:16], "big")
+
+
+def trace_key(seed: int, problem: str, trace: str) -> int:
+    """The rank of a trace among its problem's traces: sha256 of the seed and the row's text."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{problem}\0{trace}".encode()).digest()[:16], "big")
+
+
+class TokenMeter:
+    """Token counts in the student's tokenizer: prompt (docs/METHOD.md §5 user turn), trace, and the position in the
+    trace of the token where its last ``\\boxed{`` starts."""
+
+    def __init__(self, tokenizer: str):
+        from skill_distill.assets import load_tokenizer
+
+        self.name = tokenizer
+        self.tok = load_tokenizer(tokenizer)
+
+    def measure(self, problem: str, trace: str) -> tuple[int, int, int | None]:
+        import bisect
+
+        from skill_distill.formatting import render_prompt, user_message
+
+        prompt = render_prompt(self.tok, user_message(problem))
+        n_prompt = len(self.tok(prompt, add_special_tokens=False)["input_ids"])
+        enc = self.tok(trace, add_special_tokens=False, return_offsets_mapping=True)
+        at = trace.rfind("\\boxed{")
+        boxed = None
+        if at >= 0:  # the first token ending after the box starts is the one that holds its first character
+            boxed = bisect.bisect_right([end for _, end in enc["offset_mapping"]], at)
+        return n_prompt, len(enc["input_ids"]), boxed
+
+
+def _truncation_stats(measures: list[tuple[int, int, int | None]], lengths: list[int]) -> dict:
+    out = {"rows": len(measures), "no_boxed": sum(1 for m in measures if m[2] is None), "over": {}, "answer_lost": {}}
+    for length in lengths:
+        out["over"][str(length)] = sum(1 for p, t, _ in measures if p + t > length)
+        out["answer_lost"][str(length)] = sum(1 for p, _, b in measures if b is not None and b >= length - p)
+    return out
+
+
+def _indexed_batches(source: str, split: str, batch_size: int, columns: list[str], limit: int | None):
+    """(index of the first row, rows) in source order; ``limit`` stops reading. The caller drops each batch before
+    asking for the next, so one batch of source rows is alive at a time."""
+    index = 0
+    for batch in iter_row_batches(source, batch_size, columns, split):
+        if limit is not None and index + len(batch) > limit:
+            del batch[limit - index:]
+        n = len(batch)
+        if n:
+            yield index, batch
+        del batch
+        index += n
+        if limit is not None and index >= limit:
+            return
+
+
+def _columns(fields: CorpusFields, *names: str) -> list[str]:
+    return [c for c in (getattr(fields, n) for n in names) if c]
+
+
+def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields(), split: str = "train",  # noqa: B008
+             size: int | None = None, heldout: int = 0, seed: int = 42,
+             filters: PoolFilter = PoolFilter(),  # noqa: B008 - jsonargparse shows the default
+             max_traces_per_problem: int = 1, tokenizer: str | None = None, token_lengths: list[int] | None = None,
+             decontamination: DecontaminationConfig = DecontaminationConfig(),  # noqa: B008
+             limit: int | None = None, batch_size: int = 1000) -> dict:
+    """Build the training pool and its held-out slice from a teacher corpus (the ``pool`` stage).
+
+    The pool is a seeded uniform sample of *problems* (docs/METHOD.md "Idea": 100K problems with DeepSeek-R1
+    traces): rows that pass the filters are grouped by normalised problem text; problems are ranked by
+    sha256(seed, normalised text) (``problem_key``), the first ``heldout`` form the held-out slice and the next
+    ``size`` the pool, so the two share no problem; each problem keeps its ``max_traces_per_problem`` traces with
+    the lowest sha256(seed, row) (``trace_key``). The source is read twice in batches (one batch of rows in memory:
+    pass 1 keeps only keys of the problems still in the sample, pass 2 writes their rows in source order), so
+    the output does not depend on ``batch_size``. Problems that overlap an evaluation set are dropped before the
+    draw (``skill_distill.decontamination``).
+
+    Args:
+        corpus: .jsonl/.json/.parquet file, a directory or glob of Parquet files, or an HF dataset name (streamed;
+            the paper: ``nvidia/OpenMathReasoning``, split ``cot``).
+        output_dir: writes ``pool.jsonl``, ``heldout.jsonl`` (canonical rows), ``pool_stats.json``,
+            ``decontamination.json`` and ``decontamination_hits.jsonl``.
+        fields: which source fields hold id, problem, trace (and reasoning), answer, pass rate, generator and type.
+        split: dataset split for HF datasets.
+        size: pool size in problems (the paper: 100,000); None keeps every problem not held out.
+        heldout: problems set aside for per-epoch monitoring; selection never sees them.
+        seed: seed of the draw.
+        filters: generator, problem type, answer present, ``</think>`` present, length caps (characters, tokens).
+        max_traces_per_problem: traces kept per problem (each becomes a pool row; ids stay unique).
+        tokenizer: the student's tokenizer (HF directory, hub name or ``asset:`` name): needed by
+            ``filters.max_tokens`` and ``token_lengths``.
+        token_lengths: training lengths (e.g. the paper's 8192) for which the stats count the pool traces that
+            exceed them and those whose final answer would be cut off (the last ``\\boxed{`` at or after the length
+            minus the prompt's tokens). Needs ``tokenizer``.
+        decontamination: evaluation sets the pool is checked against (default: every registered set, n = 8).
+        limit: read only the first rows of the source (quick runs).
+        batch_size: source rows per read (memory bound; the output is the same for any value).
+
+    Returns the stats. Raises DataError for a missing field, an unreadable source, or too few problems.
+    """
+    if max_traces_per_problem < 1:
+        raise ConfigError(f"max_traces_per_problem must be >= 1, got {max_traces_per_problem}")
+    if (filters.max_tokens or token_lengths) and not tokenizer:
+        raise ConfigError("filters.max_tokens and token_lengths count tokens of the student: set tokenizer")
+    name = source_name(corpus, split)
+    meter = TokenMeter(tokenizer) if tokenizer else None
+    counter = (HitCounter(BenchmarkIndex.from_benchmarks(decontamination.benchmarks, decontamination.n),
+                          decontamination) if decontamination.enabled else None)
+    want = None if size is None else size + heldout
+
+    # pass 1: filter, decontaminate, and keep the keys of the lowest-ranked problems and traces
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    passing: dict[int, int] = {}  # problem key -> rows passing the filters; -1: overlaps a benchmark
+    chosen: dict[int, list[tuple[int, int, tuple | None]]] = {}  # problem key -> sorted (trace key, row, tokens)
+    heap: list[int] = []  # negated problem keys of ``chosen``: the worst ranked on top
+    hits: list[dict] = []
+    read = 0
+    cols = _columns(fields, "id", "problem", "trace", "reasoning", "answer", "generation_model", "problem_type")
+    for start, batch in _indexed_batches(corpus, split, batch_size, cols, limit):
+        for i, row in enumerate(batch, start):
+            read += 1
+            where = f"{name}: row {i + 1}"
+            for role in ("problem", "trace", "generation_model", "problem_type"):
+                key = getattr(fields, role)
+                needed = role in ("problem", "trace") or getattr(filters, role) is not None
+                if key and needed and key not in row:
+                    raise DataError(f"{where}: missing field {key!r} ({role}); set the corpus field mapping (fields.{role})")
+            if filters.generation_model is not None and row.get(fields.generation_model) not in filters.generation_model:
+                dropped["generation_model"] += 1
+                continue
+            if filters.problem_type is not None and row.get(fields.problem_type) not in filters.problem_type:
+                dropped["problem_type"] += 1
+                continue
+            if row[fields.problem] is None:
+                raise DataError(f"{where}: field {fields.problem!r} (problem) is empty; fix the row or the mapping")
+            problem = str(row[fields.problem])
+            if filters.require_answer and not _answer_of(row, fields).strip():
+                dropped["no_answer"] += 1
+                continue
+            trace = _trace_of(row, fields, where)
+            if filters.require_think_close and "</think>" not in trace:
+                dropped["no_think_close"] += 1
+                continue
+            if filters.max_problem_chars is not None and len(problem) > filters.max_problem_chars:
+                dropped["problem_chars"] += 1
+                continue
+            if filters.max_trace_chars is not None and len(trace) > filters.max_trace_chars:
+                dropped["trace_chars"] += 1
+                continue
+            pkey = problem_key(seed, problem)
+            count = passing.get(pkey)
+            if count is None and counter is not None:
+                found = counter.check(str(row[fields.id]) if fields.id else str(i), problem)
+                if found:
+                    hits.extend(found)
+                    count = passing[pkey] = -1
+            if count == -1:
+                dropped["benchmark_overlap"] += 1
+                continue
+            passing[pkey] = (count or 0) + 1
+            traces = chosen.get(pkey)
+            if traces is None and want is not None and len(chosen) >= want and pkey > -heap[0]:
+                continue  # ranks after every problem in the sample: it cannot enter any more
+            tkey = trace_key(seed, problem, trace)
+            if traces is not None and len(traces) >= max_traces_per_problem and (tkey, i) >= traces[-1][:2]:
+                continue
+            measure = meter.measure(problem, trace) if meter is not None else None
+            if filters.max_tokens is not None and measure[0] + measure[1] > filters.max_tokens:
+                dropped["tokens"] += 1
+                passing[pkey] -= 1
+                continue
+            if traces is None:
+                if want is not None and len(chosen) >= want:
+                    del chosen[-heapq.heappushpop(heap, -pkey)]
+                elif want is not None:
+                    heapq.heappush(heap, -pkey)
+                traces = chosen[pkey] = []
+            traces.append((tkey, i, measure))
+            traces.sort()
+            del traces[max_traces_per_problem:]
+        del batch, row  # one batch of source rows alive at a time
+
+    ranked = sorted(chosen)
+    if not ranked:
+        raise DataError(f"{name}: no row of the {read} read passes the filters (dropped: "
+                        f"{ {k: v for k, v in dropped.items() if v} }); check fields and filters")
+    if want is not None and len(ranked) < want:
+        raise DataError(f"{name}: pool of {size} plus held-out {heldout} needs {want} problems, but only "
+                        f"{len(ranked)} distinct problems pass the filters (of {read} rows read"
+                        f"{f', limit {limit}' if limit is not None else ''}); lower size or heldout, or relax filters")
+    if heldout > len(ranked):
+        raise DataError(f"{name}: held-out {heldout} needs {heldout} problems, but only {len(ranked)} pass the filters")
+    part = {}
+    for rank, pkey in enumerate(ranked):
+        for _, i, _ in chosen[pkey]:
+            part[i] = "heldout" if rank < heldout else "pool"
+
+    # pass 2: write the chosen rows in source order
+    out = Path(output_dir)
+    written = {"pool": 0, "heldout": 0}
+    ids: dict[str, int] = {}
+    last = max(part, default=-1)
+    cols = _columns(fields, "id", "problem", "trace", "reasoning", "answer", "pass_rate")
+    with atomic_write(out / "pool.jsonl") as fp, atomic_write(out / "heldout.jsonl") as fh:
+        sinks = {"pool": fp, "heldout": fh}
+        for start, batch in _indexed_batches(corpus, split, batch_size, cols, last + 1):
+            for i, row in enumerate(batch, start):
+                which = part.get(i)
+                if which is None:
+                    continue
+                where = f"{name}: row {i + 1}"
+                ex_id = str(i) if fields.id is None else str(row.get(fields.id))
+                if fields.id is not None and fields.id not in row:
+                    raise DataError(f"{where}: missing id field {fields.id!r}; set fields.id, or null to number rows")
+                if ex_id in ids:
+                    raise DataError(f"{where}: duplicate id {ex_id!r} (first at row {ids[ex_id] + 1}); ids must be unique")
+                ids[ex_id] = i
+                ex = Example(id=ex_id, problem=str(row[fields.problem]), trace=_trace_of(row, fields, where),
+                             answer=_answer_of(row, fields),
+                             pass_rate=_as_rate(row.get(fields.pass_rate) if fields.pass_rate else None))
+                sinks[which].write(json.dumps(ex.to_row(), ensure_ascii=False) + "\n")
+                written[which] += 1
+            del batch, row
+
+    passed = sum(c for c in passing.values() if c > 0)
+    stats = {
+        "corpus": str(corpus), "split": split, "rows_read": read, "dropped": dropped, "passed_filters": passed,
+        "problems": sum(1 for c in passing.values() if c > 0),
+        "duplicates_merged": sum(c - max_traces_per_problem for c in passing.values() if c > max_traces_per_problem),
+        "kept": written, "pool": written["pool"], "heldout": written["heldout"],
+        "pool_problems": max(0, len(ranked) - heldout), "heldout_problems": min(heldout, len(ranked)),
+        "seed": seed, "size": size, "max_traces_per_problem": max_traces_per_problem, "limit": limit,
+        "fields": asdict(fields), "filters": asdict(filters),
+    }
+    if meter is not None:
+        pool_rows = [m for pkey in ranked[heldout:] for _, _, m in chosen[pkey]]
+        stats["tokens"] = {"tokenizer": meter.name, **_truncation_stats(pool_rows, list(token_lengths or []))}
+    if counter is not None:
+        summary = counter.summary()
+        summary.update({"hits_file": HITS_FILE, "config": asdict(decontamination)})
+        stats["decontamination"] = summary
+        with atomic_write(out / HITS_FILE) as f:
+            for h in hits:
+                f.write(json.dumps(h, ensure_ascii=False) + "\n")
+        write_json(out / COUNTS_FILE, summary)
+    write_json(out / "pool_stats.json", stats)
+    from skill_distill.console import summary as print_summary
+
+    dropped = ", ".join(f"{n} {why}" for why, n in stats["dropped"].items() if n) or "none"
+    lines = [f"{read} source rows, {passed} pass the filters (dropped: {dropped}), "
+             f"{stats['duplicates_merged']} duplicate traces of a problem merged",
+             f"pool: {stats['pool']} examples -> {out / 'pool.jsonl'}",
+             f"held-out: {stats['heldout']} examples -> {out / 'heldout.jsonl'}"]
+    if counter is not None:
+        overlap = stats["dropped"].get("benchmark_overlap", 0)
+        lines.append(f"decontamination: {overlap} problems overlap an evaluation set -> {out / HITS_FILE}")
+    print_summary("pool", [*lines, f"stats: {out / 'pool_stats.json'}"])
+    return stats
