@@ -154,15 +154,20 @@ class SkillDataModule(L.LightningDataModule):
             ids = sel.load_manifest(manifest, fingerprints, config)
             log.info("reusing selection manifest %s (%d examples)", manifest, len(ids))
         else:
-            node_accuracy = judged = None
+            node_accuracy = judged = raw_accuracy = None
             if self.profile_path:
-                node_accuracy, judged = sel.read_profile_nodes(self.profile_path, self._tree)
+                node_accuracy, judged = sel.read_profile_nodes(self.profile_path, self._tree, config.profile_value)
+                if config.profile_value != "accuracy":
+                    raw_accuracy, _ = sel.read_profile_nodes(self.profile_path, self._tree)
             result = sel.select(
                 config, [e.id for e in examples], self._chains, self._tree, node_accuracy=node_accuracy,
                 judged_by_node=judged,
                 correct_by_id=sel.read_mean_correctness(self.verdicts_path) if self.verdicts_path else None,
                 pass_rate_by_id={e.id: e.pass_rate for e in examples}, source=self.attribution_path)
             ids = list(result.ids)
+            warning = sel.result_warning(result, config, raw_accuracy)
+            if warning and self._is_global_zero():
+                log.warning(warning)
             if manifest is not None and self._is_global_zero():
                 sel.write_manifest(manifest, result, config, fingerprints)
         by_id = {e.id: e for e in examples}

@@ -35,6 +35,7 @@ from skill_distill.formatting import DEFAULT_INSTRUCTION, render_prompt, user_me
 from skill_distill.generation.base import SamplingConfig
 from skill_distill.generation.factory import BackendConfig, make_backend
 from skill_distill.io import DataError, JsonlAppender, read_json, write_json, write_jsonl
+from skill_distill.selection import profile_warning
 from skill_distill.skill_stats import Attribution, SkillCounts, load_attribution
 from skill_distill.skill_tree import Chain, SkillTree, parse_chain
 
@@ -208,6 +209,7 @@ def run_profile(
         write_json(out_dir / PROFILE_FILE, profile)
         summary.update(profile=str(out_dir / PROFILE_FILE), overall_accuracy=profile["overall_accuracy"])
         _progress(f"wrote {out_dir / PROFILE_FILE}: overall accuracy {profile['overall_accuracy']:.4f}")
+        _warn_if_degenerate(profile)
     return summary
 
 
@@ -339,8 +341,19 @@ def merge_profile_shards(output_dir: str, num_shards: int, shrinkage: float = 0.
     write_json(out_dir / PROFILE_FILE, profile)
     _progress(f"merged {num_shards} shards into {out_dir / PROFILE_FILE}: overall accuracy "
               f"{profile['overall_accuracy']:.4f}")
+    _warn_if_degenerate(profile)
     return {"profile": str(out_dir / PROFILE_FILE), "examples": len(examples),
             "overall_accuracy": profile["overall_accuracy"]}
+
+
+def _warn_if_degenerate(profile: dict) -> str | None:
+    """Print the one-line degeneracy warning (docs/METHOD.md §4) of the paper's weights over this profile's
+    leaves (``w_max`` 1000, T 1); the selection stages repeat it with their own settings. Returns the line."""
+    leaves = {parse_chain(n["chain"]): float(n["accuracy"]) for n in profile["nodes"] if n.get("is_leaf")}
+    warning = profile_warning(leaves)
+    if warning:
+        _progress(f"warning: {warning}")
+    return warning
 
 
 ProfileValue = Literal["accuracy", "accuracy_shrunk", "judged", "correct", "samples", "ci_low", "ci_high"]
