@@ -261,7 +261,8 @@ def select(config: SelectionConfig, ids: Sequence[str], chains_by_id: Mapping[st
            tree: SkillTree | None, node_accuracy: Mapping[Chain, float] | None = None,
            correct_by_id: Mapping[str, float] | None = None,
            pass_rate_by_id: Mapping[str, float | None] | None = None,
-           judged_by_node: Mapping[Chain, int] | None = None, source: str | None = None) -> SelectionResult:
+           judged_by_node: Mapping[Chain, int] | None = None, source: str | None = None,
+           rng_seed: int | Sequence[int] | None = None) -> SelectionResult:
     """Select examples of the pool ``ids`` (in pool order) according to ``config``.
 
     ``chains_by_id``: root-excluded chains ending at leaves of ``tree`` (examples without chains are never drawn
@@ -269,7 +270,8 @@ def select(config: SelectionConfig, ids: Sequence[str], chains_by_id: Mapping[st
     ``max_depth``), leaves absent from it are never drawn; ``judged_by_node``: optional judged counts (a node with
     0 judged counts as absent); ``correct_by_id``: the student's mean correctness per example (for
     ``correctness``/``wrong_share``); ``pass_rate_by_id``: reference pass rates (for ``difficulty``); ``source``
-    names the attribution in error messages. ``random``, ``difficulty`` and ``all`` also work without a tree
+    names the attribution in error messages; ``rng_seed`` replaces ``config.seed`` as the Generator's seed (epoch
+    ``k`` of closed-loop re-selection draws with ``[seed, k]``). ``random``, ``difficulty`` and ``all`` also work without a tree
     and chains (None): the report then has no per-leaf view.
 
     Raises ConfigError for an invalid config, and DataError for: ``skill`` without a profile (or with one that
@@ -323,7 +325,7 @@ def select(config: SelectionConfig, ids: Sequence[str], chains_by_id: Mapping[st
         in_pool = np.array([any(allowed_leaf[c] for c in row) for row in pool.leaf_rows], dtype=bool)
         notes.append(f"only_skill {format_chain(node)!r}: {int(in_pool.sum())} pool examples pass through it")
 
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.seed if rng_seed is None else rng_seed)
     drawn: list[tuple[int, int | None]]  # (example index, drawn leaf index)
     target: dict[Chain, float] = {}
     if config.strategy == "all":

@@ -7,7 +7,9 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from skill_distill.io import DataError, read_json, write_json
 from skill_distill.profile import _warn_if_degenerate
@@ -164,3 +166,146 @@ def test_fit_warns_before_training(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="datamodules.skill_datamodule"):
         dm.setup("fit")
     assert [r.getMessage() for r in caplog.records if "degenerate skill weights" in r.getMessage()]
+
+
+# ---- the pure re-selection ----------------------------------------------------------------------------------
+from skill_distill.corpus import Example  # noqa: E402
+from skill_distill.io import ConfigError  # noqa: E402
+from skill_distill.reselection import (ReselectionConfig, carve_slice, check_slice, counts_from_profile,  # noqa: E402
+                                       normalise_problem, reselect, slice_counts, update_profile)
+
+
+def single_leaf_pool(tree: SkillTree, per_leaf: int) -> tuple[list[str], dict]:
+    chains = {f"{k}@{'/'.join(leaf)}": [leaf] for leaf in tree.leaf_chains for k in range(per_leaf)}
+    return list(chains), chains
+
+
+def test_epoch_zero_is_todays_selection_exactly(evidence_tree):
+    ids, chains = evidence_pool(evidence_tree)
+    accuracy, judged = read_profile_nodes(EVIDENCE_PROFILE, evidence_tree)
+    config = SelectionConfig(budget=160, seed=7)
+    today = select(config, ids, chains, evidence_tree, node_accuracy=accuracy, judged_by_node=judged)
+    result, chosen = reselect(config, 0, ids, chains, evidence_tree, accuracy, judged)
+    assert chosen == today.ids == result.ids and result.target == today.target
+    later, chosen_1 = reselect(config, 1, ids, chains, evidence_tree, accuracy, judged)
+    assert chosen_1 != chosen and len(chosen_1) == 160  # epoch 1 draws with (seed, 1)
+
+
+def test_leaf_frequencies_follow_the_updated_weights(evidence_tree):
+    """Chi-square over many epochs' draws: the drawn leaves follow the target of the *updated* profile (and not
+    the old one). Pools are large so that drawing without replacement barely moves a leaf's probability."""
+    ids, chains = single_leaf_pool(evidence_tree, per_leaf=500)
+    accuracy, judged = read_profile_nodes(EVIDENCE_PROFILE, evidence_tree)
+    prior = counts_from_profile(accuracy, judged)
+    # the student learned fraction addition (16 of 16 right in the slice) and forgot single-digit addition
+    verdicts, slice_chains = {}, {}
+    for leaf, right in ((parse_chain(FRACTION_ADDITION), True), (parse_chain("Arithmetic->single-digit addition"), False)):
+        for k in range(16):
+            verdicts[f"s{k}{leaf[-1]}"], slice_chains[f"s{k}{leaf[-1]}"] = [right], [leaf]
+    counts, updated = update_profile(prior, slice_counts(verdicts, slice_chains), "replace")
+    config = SelectionConfig(budget=10, seed=3)
+    old = select(config, ids, chains, evidence_tree, node_accuracy=accuracy, judged_by_node=judged)
+    drawn: list = []
+    judged_now = {c: j for c, (_, j) in counts.items()}
+    for epoch in range(1, 151):
+        result, _ = reselect(config, epoch, ids, chains, evidence_tree, updated, judged_now)
+        drawn += list(result.drawn_leaf.values())
+    leaves = list(result.target)
+    observed = np.array([sum(d == leaf for d in drawn) for leaf in leaves])
+    expected = np.array([result.target[leaf] for leaf in leaves]) * len(drawn)
+    assert stats.chisquare(observed, expected).pvalue > 1e-3
+    old_expected = np.array([old.target[leaf] for leaf in leaves]) * len(drawn)
+    assert stats.chisquare(observed, old_expected).pvalue < 1e-12
+    assert result.target[parse_chain(FRACTION_ADDITION)] < 0.01 < old.target[parse_chain(FRACTION_ADDITION)]
+
+
+def test_update_rules():
+    a, b = ("A",), ("A", "x")
+    prior = {a: (2.0, 20), b: (0.0, 10)}
+    new = slice_counts({"p1": [True], "p2": [True], "p3": [False], "p4": [True]}, {k: [b] for k in ("p1", "p2", "p3", "p4")})
+    counts, acc = update_profile(prior, new, "replace")
+    assert counts[b] == (3.0, 4) and acc[b] == 0.75 and counts[a] == (3.0, 4)  # the parent is judged too
+    counts, acc = update_profile(prior, new, "beta", discount=0.5)
+    assert counts[b] == (3.0, 9.0) and acc[b] == pytest.approx(3 / 9)
+    assert counts[a] == (1.0 + 3.0, 10.0 + 4) and acc[a] == pytest.approx(4 / 14)
+    counts, acc = update_profile(prior, new, "beta", discount=0.0)
+    assert acc[b] == 0.75  # discount 0 is replace
+    counts, acc = update_profile(prior, new, "shrink", shrinkage=4.0)
+    assert acc[a] == 0.75 and acc[b] == pytest.approx((3 + 4 * 0.75) / (4 + 4))
+    # a node the slice does not judge keeps the profile's counts
+    counts, acc = update_profile({**prior, ("B",): (1.0, 4)}, new, "beta")
+    assert counts[("B",)] == (1.0, 4) and acc[("B",)] == 0.25
+
+
+def test_dropped_examples_are_replaced_by_the_next_draw_and_keep_share(evidence_tree):
+    ids, chains = evidence_pool(evidence_tree)
+    accuracy, judged = read_profile_nodes(EVIDENCE_PROFILE, evidence_tree)
+    config = SelectionConfig(budget=40, seed=1)
+    _, full = reselect(config, 2, ids, chains, evidence_tree, accuracy, judged, need=80)
+    bad = set(full[::3])
+    _, chosen = reselect(config, 2, ids, chains, evidence_tree, accuracy, judged, need=40,
+                         accept=lambda drawn: [i not in bad for i in drawn])
+    assert chosen == [i for i in full if i not in bad][:40]
+    previous = full[:40]
+    _, mixed = reselect(config, 3, ids, chains, evidence_tree, accuracy, judged, need=40, previous=previous,
+                        keep_share=0.25)
+    assert len(mixed) == 40 and set(mixed[:10]) <= set(previous) and not set(mixed[10:]) & set(mixed[:10])
+
+
+def corpus_examples(path: Path) -> list[Example]:
+    from skill_distill.corpus import load_corpus
+
+    return load_corpus(str(path), require_trace=False)
+
+
+def test_slice_is_carved_by_normalised_text_and_kept_out_of_the_pool():
+    from skill_distill.skill_stats import load_attribution
+
+    tree = SkillTree.load(QUICKSTART / "tree.json")
+    chains = load_attribution(QUICKSTART / "attribution.jsonl", tree)
+    pool = corpus_examples(QUICKSTART / "pool.jsonl")
+    heldout = {normalise_problem(e.problem) for e in corpus_examples(QUICKSTART / "heldout.jsonl")}
+    taken, notes = carve_slice(pool, chains, tree, per_leaf=3, seed=0, exclude=heldout)
+    per_leaf = {leaf: sum(chains[e.id][0] == leaf for e in taken) for leaf in tree.leaf_chains}
+    assert set(per_leaf.values()) == {3} and not notes
+    assert not {normalise_problem(e.problem) for e in taken} & heldout
+    # the ids do not matter, the text does: renamed ids give the same problems
+    renamed = [Example(f"other-{e.id}", e.problem, e.trace, e.answer) for e in pool]
+    renamed_chains = {f"other-{k}": v for k, v in chains.items()}
+    again, _ = carve_slice(renamed, renamed_chains, tree, per_leaf=3, seed=0, exclude=heldout)
+    assert [e.problem for e in again] == [e.problem for e in taken]
+    other_seed, _ = carve_slice(pool, chains, tree, per_leaf=3, seed=1, exclude=heldout)
+    assert [e.id for e in other_seed] != [e.id for e in taken]
+    # a problem excluded by its spacing/case variant is still excluded
+    variant = {normalise_problem("  " + taken[0].problem.upper() + " ")}
+    assert taken[0].id not in {e.id for e in carve_slice(pool, chains, tree, 3, 0, variant)[0]}
+
+
+def test_bad_slices_and_configs_are_one_line(tmp_path):
+    from skill_distill.skill_stats import load_attribution
+
+    tree = SkillTree.load(QUICKSTART / "tree.json")
+    chains = load_attribution(QUICKSTART / "attribution.jsonl", tree)
+    pool = corpus_examples(QUICKSTART / "pool.jsonl")
+    taken, _ = carve_slice(pool, chains, tree, per_leaf=2, seed=0, exclude=set())
+    rest = [e for e in pool if e not in taken]
+
+    def one_line(call, *words):
+        with pytest.raises((DataError, ConfigError)) as err:
+            call()
+        assert "\n" not in str(err.value) and all(w in str(err.value) for w in words), str(err.value)
+
+    check_slice(taken, chains, tree, rest, "slice.jsonl", set())  # a good slice passes
+    one_line(lambda: check_slice(taken, chains, tree, pool, "slice.jsonl", set()), "slice.jsonl", "training pool")
+    one_leaf = [e for e in taken if chains[e.id][0] == tree.leaf_chains[0]]
+    one_line(lambda: check_slice(one_leaf, chains, tree, rest, "slice.jsonl", set()), "no problem for 13 leaves")
+    one_line(lambda: check_slice(taken + [Example("x", "What is 1+1?")], chains, tree, rest, "slice.jsonl", set()),
+             "no skill chain")
+    held = {normalise_problem(taken[0].problem)}
+    one_line(lambda: check_slice(taken, chains, tree, rest, "slice.jsonl", held), "held-out")
+    on = ReselectionConfig(every_n_epochs=1)
+    one_line(lambda: on.validate(SelectionConfig(), None, None), "data.tree", "data.attribution")
+    one_line(lambda: on.validate(SelectionConfig(strategy="random"), "t", "a"), "strategy: skill")
+    one_line(lambda: ReselectionConfig(every_n_epochs=1, discount=2.0).validate(SelectionConfig(), "t", "a"),
+             "discount")
+    ReselectionConfig().validate(SelectionConfig(strategy="random"), None, None)  # off: nothing is needed
