@@ -309,3 +309,75 @@ def test_bad_slices_and_configs_are_one_line(tmp_path):
     one_line(lambda: ReselectionConfig(every_n_epochs=1, discount=2.0).validate(SelectionConfig(), "t", "a"),
              "discount")
     ReselectionConfig().validate(SelectionConfig(strategy="random"), None, None)  # off: nothing is needed
+
+
+# ---- in the run ---------------------------------------------------------------------------------------------
+def write_slice_verdicts(out: Path) -> list[str]:
+    """Verdict files of the profiling slice the run carves (2 per leaf, seed 0): after epoch 0 the student gets
+    the Fractions problems right and the rest wrong, after epoch 1 the Arithmetic problems. Returns the slice ids."""
+    from skill_distill.skill_stats import load_attribution
+
+    tree = SkillTree.load(QUICKSTART / "tree.json")
+    chains = load_attribution(QUICKSTART / "attribution.jsonl", tree)
+    taken, _ = carve_slice(corpus_examples(QUICKSTART / "pool.jsonl"), chains, tree, per_leaf=2, seed=0, exclude=set())
+    out.mkdir(parents=True)
+    for epoch, good in ((0, "Fractions and Percentages"), (1, "Arithmetic")):
+        with (out / f"epoch={epoch}.jsonl").open("w") as f:
+            for e in taken:
+                f.write(json.dumps({"id": e.id, "sample": 0, "correct": chains[e.id][0][0] == good}) + "\n")
+    return [e.id for e in taken]
+
+
+def topic_share(target: dict, topic: str) -> float:
+    return sum(v for k, v in target.items() if k.startswith(topic + "->"))
+
+
+def test_fit_reselects_every_epoch_and_resumes_exactly(tmp_path, qwen_tokenizer_dir):
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "scripts"))
+    import launch
+
+    slice_ids = write_slice_verdicts(tmp_path / "verdicts")
+    common = {"data": QUICKSTART, "tokenizer": qwen_tokenizer_dir, "model": launch.tiny_model_dir(),
+              "verdicts_dir": tmp_path / "verdicts"}
+    ref, mid, edge = tmp_path / "ref", tmp_path / "mid", tmp_path / "edge"
+    # uninterrupted; killed mid-epoch 1 (after its re-selection, checkpoint at step 4); killed at the end of epoch 0
+    # with its checkpoint taken before the re-profile (step 3 of 3)
+    first = [(launch.start("closed_loop_run.py", log=tmp_path / "ref.log", run_dir=ref, **common), "ref.log", 0),
+             (launch.start("closed_loop_run.py", log=tmp_path / "mid_a.log", run_dir=mid, crash_after_step=4,
+                           **common), "mid_a.log", 17),
+             (launch.start("closed_loop_run.py", log=tmp_path / "edge_a.log", run_dir=edge, crash_after_step=3,
+                           every_n_steps=3, **common), "edge_a.log", 17)]
+    for proc, log, rc in first:
+        launch.finish(proc, tmp_path / log, expect=rc)
+    profiled_before_crash = (mid / "selection" / "epoch=1.json").read_bytes()
+    second = [(launch.start("closed_loop_run.py", log=tmp_path / "mid_b.log", run_dir=mid, resume=True, **common),
+               "mid_b.log"),
+              (launch.start("closed_loop_run.py", log=tmp_path / "edge_b.log", run_dir=edge, resume=True,
+                            every_n_steps=3, **common), "edge_b.log")]
+    for proc, log in second:
+        launch.finish(proc, tmp_path / log, expect=0)
+
+    manifest = read_json(ref / "selection_manifest.json")
+    epochs = {k: read_json(ref / "selection" / f"epoch={k}.json") for k in (1, 2)}
+    trace = launch.trace_by_step(ref, 0)
+    assert sorted(trace) == list(range(1, 10))  # 24 examples = 3 steps of 8 per epoch, every epoch
+    for k, ids in ((0, manifest["ids"]), (1, epochs[1]["ids"]), (2, epochs[2]["ids"])):
+        trained = [i for step in trace.values() if step["epoch"] == k for i in step["ids"]]
+        assert sorted(trained) == sorted(ids) and len(ids) == 24, k
+        assert not set(ids) & set(slice_ids)  # the slice is never trained on
+    assert epochs[1]["ids"] != manifest["ids"] and epochs[2]["ids"] != epochs[1]["ids"]
+    # the selection follows the profile: what the student got right loses target share
+    frac = "Fractions and Percentages"
+    assert topic_share(epochs[1]["target"], frac) < topic_share(manifest["target"], frac)
+    assert topic_share(epochs[2]["target"], "Arithmetic") < topic_share(epochs[1]["target"], "Arithmetic")
+    assert epochs[1]["profile"][f"{frac}->fraction addition"]["judged"] == 40 * 0.5 + 2  # beta, discount 0.5
+    # interrupted-then-resumed equals uninterrupted (ids, losses to 1e-6 in fp32, learning rates, random draws),
+    # and the run killed after its re-profile did not profile those weights again
+    launch.assert_same_training(ref, mid, ranks=1, steps=9)
+    launch.assert_same_training(ref, edge, ranks=1, steps=9)
+    assert (mid / "selection" / "epoch=1.json").read_bytes() == profiled_before_crash
+    for run in (mid, edge):
+        assert [read_json(run / "selection" / f"epoch={k}.json")["ids"] for k in (1, 2)] == \
+            [epochs[1]["ids"], epochs[2]["ids"]]
