@@ -336,7 +336,11 @@ class SkillEvalCallback(L.Callback):
         root = self._root(trainer)
         baseline_path = root / "baseline" / "report.json"
         baseline = load_report(baseline_path) if tag != "baseline" and baseline_path.exists() else None
-        emphasised = emphasised_skills(Path(trainer.default_root_dir) / "selection_manifest.json", self.emphasis_ratio)
+        # the selection this epoch trained on: a re-selected epoch's record (closed loop), else the run's manifest
+        selection = Path(trainer.default_root_dir) / "selection" / f"epoch={trainer.current_epoch}.json"
+        if tag == "baseline" or not selection.is_file():
+            selection = Path(trainer.default_root_dir) / "selection_manifest.json"
+        emphasised = emphasised_skills(selection, self.emphasis_ratio)
         meta = {"tag": tag, "epoch": trainer.current_epoch if tag != "baseline" else None,
                 "global_step": trainer.global_step, "world_size": trainer.world_size,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "sampling": asdict(self.sampling),

@@ -259,7 +259,8 @@ def epoch_record(epoch: int, result: SelectionResult, ids: Sequence[str], accura
             "profile": {format_chain(c): {"accuracy": accuracy[c], "correct": counts[c][0], "judged": counts[c][1]}
                         for c in counts if c in accuracy},
             "leaf_weights": chain_map(result.leaf_weights), "target": chain_map(result.target),
-            "achieved": chain_map(result.achieved),
+            "achieved": chain_map(result.achieved), "strategy": result.strategy,
+            "achieved_all_chains": chain_map(result.achieved_all_chains), "pool": chain_map(result.pool),
             "divergence": {k: (None if math.isnan(v) else v) for k, v in result.divergence().items()},
             "selection": {"seed": config.seed, "w_max": config.w_max, "temperature": config.temperature},
             "reselection": {"update": reselection.update, "discount": reselection.discount,

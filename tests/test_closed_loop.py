@@ -381,3 +381,30 @@ def test_fit_reselects_every_epoch_and_resumes_exactly(tmp_path, qwen_tokenizer_
     for run in (mid, edge):
         assert [read_json(run / "selection" / f"epoch={k}.json")["ids"] for k in (1, 2)] == \
             [epochs[1]["ids"], epochs[2]["ids"]]
+
+
+def test_fit_reprofiles_the_slice_with_vllm_child_engines(tmp_path, qwen_tokenizer_dir):
+    """The re-profile generated in the run: export, the rank's vLLM child engine on the slice, grading, then the
+    next epoch drawn from the updated profile."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "scripts"))
+    import launch
+
+    run = tmp_path / "run"
+    launch.run("closed_loop_run.py", log=tmp_path / "run.log", run_dir=run, data=QUICKSTART,
+               tokenizer=qwen_tokenizer_dir, model=launch.tiny_model_dir(), max_epochs=2)
+    report = read_json(run / "eval" / "reprofile" / "epoch=0" / "report.json")
+    slice_ids = [p["id"] for p in report["benchmarks"]["profiling_slice"]["problems"]]
+    assert len(slice_ids) == 28 and all(len(p["samples"]) == 1 for p in report["benchmarks"]["profiling_slice"]["problems"])
+    epoch_1 = read_json(run / "selection" / "epoch=1.json")
+    assert epoch_1["timings"]["generate_and_grade_s"] > 0  # the re-profile's generation time, per epoch
+    prior = {n["chain"]: n for n in read_json(QUICKSTART / "profile" / "profile.json")["nodes"]}
+    graded = {p["id"]: p["accuracy"] for p in report["benchmarks"]["profiling_slice"]["problems"]}
+    leaf = "Algebra->evaluating expressions"
+    in_slice = [p for p in report["benchmarks"]["profiling_slice"]["problems"] if p["chains"] == [leaf]]
+    assert epoch_1["profile"][leaf]["judged"] == 0.5 * prior[leaf]["judged"] + len(in_slice) == 22
+    assert epoch_1["profile"][leaf]["correct"] == pytest.approx(
+        0.5 * prior[leaf]["correct"] + sum(graded[p["id"]] for p in in_slice))
+    trained = [i for step in launch.trace_by_step(run, 0).values() if step["epoch"] == 1 for i in step["ids"]]
+    assert sorted(trained) == sorted(epoch_1["ids"]) and not set(trained) & set(slice_ids)

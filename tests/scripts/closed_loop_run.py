@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="the quickstart data directory")
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--model", required=True)
-    ap.add_argument("--verdicts_dir", required=True)
+    ap.add_argument("--verdicts_dir", help="slice verdicts per epoch; without it the slice is generated with vLLM")
     ap.add_argument("--every_n_epochs", type=int, default=1)
     ap.add_argument("--max_epochs", type=int, default=3)
     ap.add_argument("--devices", type=int, default=1)
@@ -51,7 +51,13 @@ def main() -> None:
                          selection=SelectionConfig(strategy="skill", budget=24, seed=42), max_length=96,
                          examples_per_step=8, seed=42, run_dir=args.run_dir,
                          reselection=ReselectionConfig(every_n_epochs=args.every_n_epochs, per_leaf=2))
-    callbacks = [StepTraceCallback(), ReselectionCallback(verdicts_dir=args.verdicts_dir),
+    from skill_distill.generation.base import SamplingConfig
+    from skill_distill.generation.factory import BackendConfig
+
+    reselect = ReselectionCallback(verdicts_dir=args.verdicts_dir, export_dtype=None,
+                                   backend=BackendConfig(kind="vllm", max_model_len=512),
+                                   sampling=SamplingConfig(temperature=0.6, top_p=1.0, max_new_tokens=24, seed=7))
+    callbacks = [StepTraceCallback(), reselect,
                  ResumableCheckpoint(every_n_train_steps=args.every_n_steps, keep_last=2), PreemptionCallback()]
     if args.crash_after_step is not None:
         callbacks.append(faults.CrashAfterStep(args.crash_after_step))
