@@ -162,13 +162,12 @@ class ReselectionCallback(SkillEvalCallback):
             if self._pending is not None:  # interrupted: SkillEvalCallback recorded the tag; keep the epoch
                 self._pending = str(epoch)
                 return
-            payload = (self._records, self._timings) if trainer.is_global_zero else None
-            records, timings = trainer.strategy.broadcast(payload, src=0)
-            if not records:  # failed with on_error: skip -- the coming epoch keeps the current selection
-                return
             verdicts: dict[str, list[bool]] = {}
-            for r in records:
+            for r in self._records:  # rank 0 holds the gathered records; the others get the verdicts only
                 verdicts.setdefault(str(r["id"]), []).append(bool(r["correct"]))
+            verdicts, timings = trainer.strategy.broadcast((verdicts, self._timings), src=0)
+            if not verdicts:  # failed with on_error: skip -- the coming epoch keeps the current selection
+                return
         cfg = dm.reselection
         prior = {parse_chain(k): (float(v[0]), float(v[1])) for k, v in self.counts.items()}
         new = rs.slice_counts(verdicts, {e.id: dm._chains.get(e.id, []) for e in dm.profiling_slice})
@@ -180,11 +179,28 @@ class ReselectionCallback(SkillEvalCallback):
         self.selections[epoch + 1] = ids
         if trainer.is_global_zero:
             record = rs.epoch_record(epoch + 1, result, ids, accuracy, counts, dm.selection, cfg, timings)
-            write_json(epoch_record_path(dm.run_dir or trainer.default_root_dir, epoch + 1), record)
+            root = dm.run_dir or trainer.default_root_dir
+            write_json(epoch_record_path(root, epoch + 1), record)
+            self._plot(root, dm)
         if trainer.is_global_zero and self.verdicts_dir:
             for logger in trainer.loggers:
                 logger.log_metrics({"reprofile/time_s": time.time() - t0}, step=trainer.global_step)
         log.info("re-selected epoch %d from the profile after epoch %d (%.0f s)", epoch + 1, epoch, time.time() - t0)
+
+    def _plot(self, root, dm) -> None:
+        """``selection/epochs.png``: target shares and profile accuracies of epoch 0 (the manifest) and every
+        re-selected epoch so far."""
+        from skill_distill.io import read_json
+        from skill_distill.reselection import plot_epochs
+        from skill_distill.selection import read_profile_nodes
+
+        manifest = read_json(Path(root) / "selection_manifest.json", "selection manifest")
+        accuracy, judged = read_profile_nodes(dm.profile_path, dm._tree, dm.selection.profile_value)
+        first = {"epoch": 0, "target": manifest.get("target") or {},
+                 "profile": {format_chain(c): {"accuracy": a} for c, a in accuracy.items()}}
+        records = [first] + [read_json(epoch_record_path(root, k), "epoch selection") for k in sorted(self.selections)
+                             if epoch_record_path(root, k).is_file()]
+        plot_epochs(records, Path(root) / "selection" / "epochs.png")
 
     def install(self, trainer, epoch: int) -> None:
         """Make ``epoch`` train on its re-selected ids (nothing for an epoch that keeps the previous data)."""

@@ -266,3 +266,34 @@ def epoch_record(epoch: int, result: SelectionResult, ids: Sequence[str], accura
             "reselection": {"update": reselection.update, "discount": reselection.discount,
                             "shrinkage": reselection.shrinkage, "keep_share": reselection.keep_share},
             "timings": dict(timings or {}), "notes": list(result.notes)}
+
+
+def plot_epochs(records: Sequence[Mapping], path, max_leaves: int = 12) -> None:
+    """How the closed loop moved: per leaf, its target share and its profile accuracy at each re-selected epoch
+    (``records``: the ``selection/epoch=<k>.json`` objects, epoch 0 = the manifest with its accuracies). The leaves
+    with the largest share at any epoch are drawn. Written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from skill_distill.io import atomic_write
+
+    epochs = [int(r["epoch"]) for r in records]
+    leaves = sorted({c for r in records for c in r["target"]}, key=lambda c: -max(r["target"].get(c, 0.0)
+                                                                                  for r in records))[:max_leaves]
+    fig, (share_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for leaf in leaves:
+        label = leaf if len(leaf) <= 40 else leaf[:37] + "..."
+        share_ax.plot(epochs, [100 * r["target"].get(leaf, 0.0) for r in records], marker="o", label=label)
+        acc_ax.plot(epochs, [(r["profile"].get(leaf) or {}).get("accuracy", math.nan) for r in records], marker="o")
+    share_ax.set(xlabel="epoch", ylabel="target share (%)", title="leaf weights (normalised) per epoch")
+    acc_ax.set(xlabel="epoch", ylabel="profile accuracy", title="the profile each epoch was drawn from")
+    for ax in (share_ax, acc_ax):
+        ax.set_xticks(epochs)
+        ax.grid(linestyle=":", linewidth=0.5)
+    share_ax.legend(fontsize=6, loc="upper right")
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)

@@ -408,3 +408,37 @@ def test_fit_reprofiles_the_slice_with_vllm_child_engines(tmp_path, qwen_tokeniz
         0.5 * prior[leaf]["correct"] + sum(graded[p["id"]] for p in in_slice))
     trained = [i for step in launch.trace_by_step(run, 0).values() if step["epoch"] == 1 for i in step["ids"]]
     assert sorted(trained) == sorted(epoch_1["ids"]) and not set(trained) & set(slice_ids)
+
+
+def test_reselection_without_its_callback_is_refused_before_training(tmp_path):
+    import lightning as L
+
+    dm = quickstart_datamodule(tmp_path, reselection=ReselectionConfig(every_n_epochs=1))
+    dm.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                           enable_checkpointing=False, default_root_dir=str(tmp_path))
+    with pytest.raises(ConfigError) as err:
+        dm.setup("fit")
+    assert "callbacks.ReselectionCallback" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="data.tree and data.attribution"):
+        quickstart_datamodule(tmp_path, tree=None, reselection=ReselectionConfig(every_n_epochs=1))
+
+
+def test_two_ddp_ranks_train_on_the_same_reselection(tmp_path, qwen_tokenizer_dir):
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "scripts"))
+    import launch
+
+    write_slice_verdicts(tmp_path / "verdicts")
+    run = tmp_path / "run"
+    launch.run("closed_loop_run.py", log=tmp_path / "run.log", run_dir=run, data=QUICKSTART,
+               tokenizer=qwen_tokenizer_dir, model=launch.tiny_model_dir(), verdicts_dir=tmp_path / "verdicts",
+               devices=2)
+    selections = {0: read_json(run / "selection_manifest.json")["ids"],
+                  **{k: read_json(run / "selection" / f"epoch={k}.json")["ids"] for k in (1, 2)}}
+    assert (run / "selection" / "epochs.png").stat().st_size > 0
+    traces = [launch.trace_by_step(run, rank) for rank in (0, 1)]
+    for k, ids in selections.items():
+        per_rank = [[i for step in t.values() if step["epoch"] == k for i in step["ids"]] for t in traces]
+        assert not set(per_rank[0]) & set(per_rank[1])  # disjoint halves of every step ...
+        assert sorted(per_rank[0] + per_rank[1]) == sorted(ids)  # ... of the one selection both ranks hold

@@ -54,7 +54,7 @@ def main() -> None:
     from skill_distill.generation.base import SamplingConfig
     from skill_distill.generation.factory import BackendConfig
 
-    reselect = ReselectionCallback(verdicts_dir=args.verdicts_dir, export_dtype=None,
+    reselect = ReselectionCallback(verdicts_dir=args.verdicts_dir, export_dtype=None, timeout_s=600,
                                    backend=BackendConfig(kind="vllm", max_model_len=512),
                                    sampling=SamplingConfig(temperature=0.6, top_p=1.0, max_new_tokens=24, seed=7))
     callbacks = [StepTraceCallback(), reselect,
