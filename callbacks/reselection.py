@@ -172,7 +172,7 @@ class ReselectionCallback(SkillEvalCallback):
         prior = {parse_chain(k): (float(v[0]), float(v[1])) for k, v in self.counts.items()}
         new = rs.slice_counts(verdicts, {e.id: dm._chains.get(e.id, []) for e in dm.profiling_slice})
         counts, accuracy = rs.update_profile(prior, new, cfg.update, cfg.discount, cfg.shrinkage)
-        judged = {c: int(math.ceil(j)) for c, (_, j) in counts.items()}
+        judged = {c: math.ceil(j) for c, (_, j) in counts.items()}
         previous = self.selections.get(epoch) or [e.example_id for e in dm.train_examples]
         result, ids, _ = dm.reselect_epoch(epoch + 1, accuracy, judged, previous)
         self.counts = {format_chain(c): [cj[0], cj[1]] for c, cj in counts.items()}
@@ -195,7 +195,7 @@ class ReselectionCallback(SkillEvalCallback):
         from skill_distill.selection import read_profile_nodes
 
         manifest = read_json(Path(root) / "selection_manifest.json", "selection manifest")
-        accuracy, judged = read_profile_nodes(dm.profile_path, dm._tree, dm.selection.profile_value)
+        accuracy, _ = read_profile_nodes(dm.profile_path, dm._tree, dm.selection.profile_value)
         first = {"epoch": 0, "target": manifest.get("target") or {},
                  "profile": {format_chain(c): {"accuracy": a} for c, a in accuracy.items()}}
         records = [first] + [read_json(epoch_record_path(root, k), "epoch selection") for k in sorted(self.selections)

@@ -221,7 +221,7 @@ def reselect(config: SelectionConfig, epoch: int, ids: Sequence[str], chains_by_
     kept: list[str] = []
     if previous and keep_share > 0:  # a stream of its own, so keep_share does not move the fresh draw
         rng = np.random.default_rng([config.seed, epoch, 1])
-        k = min(len(previous), int(round(need * keep_share)))
+        k = min(len(previous), round(need * keep_share))
         kept = [previous[i] for i in sorted(rng.choice(len(previous), size=k, replace=False))]
     kept_set = set(kept)
     eligible = [i for i in ids if i not in kept_set]

@@ -11,10 +11,28 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from skill_distill.io import DataError, read_json, write_json
+from skill_distill.corpus import Example
+from skill_distill.io import ConfigError, DataError, read_json, write_json
 from skill_distill.profile import _warn_if_degenerate
-from skill_distill.selection import (SelectionConfig, load_manifest, profile_warning, read_profile_nodes,
-                                     result_warning, select, write_manifest)
+from skill_distill.reselection import (
+    ReselectionConfig,
+    carve_slice,
+    check_slice,
+    counts_from_profile,
+    normalise_problem,
+    reselect,
+    slice_counts,
+    update_profile,
+)
+from skill_distill.selection import (
+    SelectionConfig,
+    load_manifest,
+    profile_warning,
+    read_profile_nodes,
+    result_warning,
+    select,
+    write_manifest,
+)
 from skill_distill.skill_tree import SkillTree, parse_chain
 from skill_distill.synthetic import synthetic_tree
 
@@ -169,10 +187,6 @@ def test_fit_warns_before_training(tmp_path, caplog):
 
 
 # ---- the pure re-selection ----------------------------------------------------------------------------------
-from skill_distill.corpus import Example  # noqa: E402
-from skill_distill.io import ConfigError  # noqa: E402
-from skill_distill.reselection import (ReselectionConfig, carve_slice, check_slice, counts_from_profile,  # noqa: E402
-                                       normalise_problem, reselect, slice_counts, update_profile)
 
 
 def single_leaf_pool(tree: SkillTree, per_leaf: int) -> tuple[list[str], dict]:
@@ -187,7 +201,7 @@ def test_epoch_zero_is_todays_selection_exactly(evidence_tree):
     today = select(config, ids, chains, evidence_tree, node_accuracy=accuracy, judged_by_node=judged)
     result, chosen = reselect(config, 0, ids, chains, evidence_tree, accuracy, judged)
     assert chosen == today.ids == result.ids and result.target == today.target
-    later, chosen_1 = reselect(config, 1, ids, chains, evidence_tree, accuracy, judged)
+    _, chosen_1 = reselect(config, 1, ids, chains, evidence_tree, accuracy, judged)
     assert chosen_1 != chosen and len(chosen_1) == 160  # epoch 1 draws with (seed, 1)
 
 
