@@ -156,6 +156,14 @@ class SkillEvalCallback(L.Callback):
     def _root(self, trainer) -> Path:
         return Path(self.dirpath or Path(trainer.default_root_dir) / "eval")
 
+    def evaluation_problems(self) -> list[str]:
+        """Problem texts of this callback's sets other than the held-out corpus (the datamodule keeps them out of
+        a closed-loop profiling slice)."""
+        from skill_distill.evaluation import load_benchmarks
+
+        specs = [s for s in resolve_specs(self.benchmarks) if s.name != HELDOUT]  # heldout = data.val_corpus
+        return [p.problem for b in load_benchmarks(specs, None, self.data_root) for p in b.problems]
+
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             return
@@ -349,8 +357,12 @@ class SkillEvalCallback(L.Callback):
         root = self._root(trainer)
         baseline_path = root / "baseline" / "report.json"
         baseline = load_report(baseline_path) if tag != "baseline" and baseline_path.exists() else None
-        manifest = self._context.manifest_path if self._context else None
-        emphasised = emphasised_skills(manifest, self.emphasis_ratio) if manifest else {}
+        # the selection this epoch trained on: a re-selected epoch's record (closed loop), else the run's manifest
+        manifest = Path(self._context.manifest_path) if self._context and self._context.manifest_path else None
+        selection = manifest.parent / "selection" / f"epoch={trainer.current_epoch}.json" if manifest else None
+        if selection is None or tag == "baseline" or not selection.is_file():
+            selection = manifest
+        emphasised = emphasised_skills(selection, self.emphasis_ratio) if selection else {}
         meta = {"tag": tag, "epoch": trainer.current_epoch if tag != "baseline" else None,
                 "global_step": trainer.global_step, "world_size": trainer.world_size,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "sampling": asdict(self.sampling),

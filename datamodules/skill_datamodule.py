@@ -32,6 +32,7 @@ from skill_distill.formatting import (
     user_turn,
 )
 from skill_distill.io import ConfigError, DataError
+from skill_distill.reselection import ReselectionConfig
 from skill_distill.selection import SelectionConfig
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,9 @@ class SkillDataModule(L.LightningDataModule):
         val_micro_batch_size: examples per validation micro-batch.
         run_dir: where the selection manifest is kept (default: the trainer's ``default_root_dir``).
         num_workers: dataloader workers (0: collation is cheap, tokenisation happens once in ``setup``).
+        reselection: closed-loop re-selection of each epoch's examples from an updated profile
+            (``skill_distill.reselection.ReselectionConfig``; off by default, the paper's single selection). When
+            on, the profiling slice is kept out of the eligible pool and ``callbacks.ReselectionCallback`` must run.
     """
 
     def __init__(
@@ -110,12 +114,14 @@ class SkillDataModule(L.LightningDataModule):
         val_micro_batch_size: int = 4,
         run_dir: str | None = None,
         num_workers: int = 0,
+        reselection: ReselectionConfig = ReselectionConfig(),
     ):
         super().__init__()
         if max_length < 16:
             raise ConfigError(f"data.max_length must be >= 16, got {max_length}")
         if examples_per_step < 1:
             raise ConfigError(f"data.examples_per_step must be >= 1, got {examples_per_step}")
+        reselection.validate(selection, tree, attribution)
         needs_chains = selection.strategy == "skill" or skill_format.mode != "off"
         if needs_chains and not (tree and attribution):
             raise ConfigError("data.tree and data.attribution are required for selection.strategy=skill "
@@ -138,6 +144,13 @@ class SkillDataModule(L.LightningDataModule):
         self._tokenizer = None
         self._tree = None
         self._chains: dict = {}
+        self.reselection = reselection
+        self.profiling_slice: list[Example] = []
+        """Closed loop only: the problems the student is re-profiled on (never trained on)."""
+        self.eligible_pool: list[Example] = []
+        """Closed loop only: the pool without the profiling slice, which every epoch is drawn from."""
+        self._extra_fingerprints: dict[str, str] = {}
+        self._train_loader: StatefulDataLoader | None = None
 
     # ---- pieces ---------------------------------------------------------------------------------------
     @property
@@ -168,20 +181,26 @@ class SkillDataModule(L.LightningDataModule):
                   "profile": self.profile_path, "verdicts": self.verdicts_path}
         fingerprints = {k: sel.fingerprint_file(v) for k, v in inputs.items()
                         if v and Path(assets.resolve(v)).is_file()}  # an HF dataset name has no file
+        fingerprints.update(self._extra_fingerprints)
         manifest = self._manifest_path()
         if manifest is not None and manifest.exists():
             ids = sel.load_manifest(manifest, fingerprints, config)
             log.info("reusing selection manifest %s (%d examples)", manifest, len(ids))
         else:
-            node_accuracy = judged = None
+            node_accuracy = judged = raw_accuracy = None
             if self.profile_path:
-                node_accuracy, judged = sel.read_profile_nodes(self.profile_path, self._tree)
+                node_accuracy, judged = sel.read_profile_nodes(self.profile_path, self._tree, config.profile_value)
+                if config.profile_value != "accuracy":
+                    raw_accuracy, _ = sel.read_profile_nodes(self.profile_path, self._tree)
             result = sel.select(
                 config, [e.id for e in examples], self._chains, self._tree, node_accuracy=node_accuracy,
                 judged_by_node=judged,
                 correct_by_id=sel.read_mean_correctness(self.verdicts_path) if self.verdicts_path else None,
                 pass_rate_by_id={e.id: e.pass_rate for e in examples}, source=self.attribution_path)
             ids = list(result.ids)
+            warning = sel.result_warning(result, config, raw_accuracy)
+            if warning and self._is_global_zero():
+                log.warning(warning)
             if manifest is not None and self._is_global_zero():
                 from skill_distill.decontamination import read_counts
 
@@ -232,7 +251,10 @@ class SkillDataModule(L.LightningDataModule):
             return
         self._load_tree_and_chains()
         if stage in (None, "fit"):
-            examples = self.select(load_corpus(self.corpus, self.fields, self.split))
+            examples = load_corpus(self.corpus, self.fields, self.split)
+            if self.reselection.enabled:
+                examples = self._carve_profiling_slice(examples)
+            examples = self.select(examples)
             self.train_examples, self.stats["train"] = self.format_and_tokenize(examples)
             if not self.train_examples:
                 raise DataError(f"{self.corpus}: no training example left after selection and length filtering")
@@ -243,6 +265,87 @@ class SkillDataModule(L.LightningDataModule):
             val = load_corpus(self.val_corpus, self.fields, self.split)
             self.val_examples, self.stats["val"] = self.format_and_tokenize(val)
 
+    # ---- closed-loop re-selection (docs/METHOD.md §4; skill_distill.reselection) -----------------------------
+    def _carve_profiling_slice(self, pool: list[Example]) -> list[Example]:
+        """Set ``profiling_slice`` (carved, or read from ``reselection.slice`` and checked) and return the pool
+        without it. Problems are compared by normalised text; the held-out corpus and the problems of every
+        evaluation callback's benchmarks are never in the slice."""
+        import hashlib
+
+        from skill_distill import reselection as rs
+
+        cfg = self.reselection
+        if self.trainer is not None:
+            # callbacks are recognised by what they do (no import of the callbacks package: it imports this module)
+            if not any(getattr(cb, "reprofiles_student", False) for cb in self.trainer.callbacks):
+                raise ConfigError("data.reselection.every_n_epochs > 0 needs the callback that re-profiles the "
+                                  "student: add callbacks.ReselectionCallback to trainer.callbacks")
+        exclude = {rs.normalise_problem(p) for p in self._test_problems()}
+        if cfg.slice:
+            self.profiling_slice = load_corpus(cfg.slice, self.fields, self.split)
+            rs.check_slice(self.profiling_slice, self._chains, self._tree, pool, cfg.slice, exclude)
+        else:
+            self.profiling_slice, notes = rs.carve_slice(pool, self._chains, self._tree, cfg.per_leaf, cfg.seed,
+                                                         exclude)
+            for note in notes:
+                log.warning("profiling slice: %s", note)
+        taken = {rs.normalise_problem(e.problem) for e in self.profiling_slice}
+        self.eligible_pool = [e for e in pool if rs.normalise_problem(e.problem) not in taken]
+        digest = hashlib.sha256("\x1e".join(sorted(taken)).encode()).hexdigest()
+        self._extra_fingerprints = {"profiling_slice": digest}
+        log.info("closed-loop re-selection: %d profiling problems kept out of the %d-problem pool",
+                 len(self.profiling_slice), len(pool))
+        return self.eligible_pool
+
+    def _test_problems(self) -> list[str]:
+        """Problem texts of the held-out corpus and of every evaluation callback's sets (the profiling slice must
+        not contain them)."""
+        texts = [e.problem for e in load_corpus(self.val_corpus, self.fields, self.split)] if self.val_corpus else []
+        if self.trainer is None:
+            return texts
+        for cb in self.trainer.callbacks:  # SkillEvalCallback.evaluation_problems: its sets but the held-out corpus
+            texts += getattr(cb, "evaluation_problems", list)()
+        return texts
+
+    def reselect_epoch(self, epoch: int, node_accuracy: dict, judged: dict, previous: list[str] | None = None):
+        """Draw epoch ``epoch``'s examples (``skill_distill.reselection.reselect``) from ``eligible_pool`` with as
+        many examples after tokenisation as epoch 0 has. Returns (SelectionResult, ids, tokenised examples)."""
+        from skill_distill import reselection as rs
+
+        by_id = {e.id: e for e in self.eligible_pool}
+        tokenised: dict[str, TokenizedExample | None] = {}
+
+        def accept(ids: list[str]) -> list[bool]:
+            todo = [i for i in ids if i not in tokenised]
+            for i in todo:
+                done, _ = self.format_and_tokenize([by_id[i]])
+                tokenised[i] = done[0] if done else None
+            return [tokenised[i] is not None for i in ids]
+
+        result, ids = rs.reselect(self.selection, epoch, [e.id for e in self.eligible_pool], self._chains,
+                                  self._tree, node_accuracy, judged, need=self.epoch_size, accept=accept,
+                                  previous=previous, keep_share=self.reselection.keep_share,
+                                  source=self.attribution_path)
+        accept(ids)  # kept ids were never drawn: tokenise them too
+        return result, ids, [tokenised[i] for i in ids]
+
+    @property
+    def epoch_size(self) -> int:
+        """Training examples per epoch (epoch 0's after tokenisation; every re-selected epoch has as many)."""
+        return int(self.stats["train"]["examples"])
+
+    def install(self, examples: list[TokenizedExample]) -> None:
+        """Train the coming epoch on ``examples`` (same count as now): the live loader's dataset and step sampler
+        are updated in place, so the step plan, ``steps_per_epoch`` and the LR schedule are unchanged. Call it
+        before the epoch's iterator is created (an epoch-end or train-start hook)."""
+        if len(examples) != len(self.train_examples):
+            raise RuntimeError(f"re-selection made {len(examples)} examples for an epoch of {len(self.train_examples)}")
+        self.train_examples[:] = examples
+        if self._train_loader is not None:
+            sampler = self._train_loader.batch_sampler
+            sampler.lengths[:] = [len(e.input_ids) for e in examples]
+            sampler.supervised[:] = [e.num_supervised for e in examples]
+
     def _world(self) -> tuple[int, int, int]:
         t = self.trainer
         if t is None:
@@ -250,6 +353,11 @@ class SkillDataModule(L.LightningDataModule):
         return t.world_size, t.global_rank, t.accumulate_grad_batches
 
     def train_dataloader(self) -> StatefulDataLoader:
+        if self.reselection.enabled and self.trainer is not None:  # a resumed run: the epoch's re-selected data
+            epoch = self.trainer.fit_loop.epoch_progress.current.processed
+            for cb in self.trainer.callbacks:
+                if getattr(cb, "reprofiles_student", False):  # callbacks.ReselectionCallback
+                    cb.install(self.trainer, epoch)
         world_size, rank, accumulation = self._world()
         sampler = StepBatchSampler(
             [len(e.input_ids) for e in self.train_examples], [e.num_supervised for e in self.train_examples],
@@ -257,8 +365,10 @@ class SkillDataModule(L.LightningDataModule):
         if sampler.steps_per_epoch() == 0:
             raise DataError(f"{len(self.train_examples)} training examples make no full step of "
                             f"examples_per_step={self.examples_per_step}; lower examples_per_step or add data")
-        return StatefulDataLoader(ExampleDataset(self.train_examples), batch_sampler=sampler,
-                                  collate_fn=SFTCollator(self._pad_id(), self.packing), num_workers=self.num_workers)
+        self._train_loader = StatefulDataLoader(ExampleDataset(self.train_examples), batch_sampler=sampler,
+                                                collate_fn=SFTCollator(self._pad_id(), self.packing),
+                                                num_workers=self.num_workers)
+        return self._train_loader
 
     def val_dataloader(self):
         if not self.val_examples:

@@ -340,6 +340,8 @@ def main(experiment: ExperimentConfig = ExperimentConfig(), seeds: list[int] = [
     results = analyse(cfg, data, runs, seeds, profile)
     results["config"] = asdict(cfg)
     table = write_results(cfg, results, REPO / cfg.results_dir)
+    # the profile itself (with judged counts), for the degeneracy checks of the selection stages
+    write_json(REPO / cfg.results_dir / "profile.json", read_json(prof_dir / "profile.json"))
     print(table)
     if cfg.update_readme:
         update_readme(table, cfg, f"python experiments/skill_selection_cpu.py --config "

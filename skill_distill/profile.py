@@ -35,8 +35,10 @@ from skill_distill.formatting import DEFAULT_INSTRUCTION, render_prompt, user_me
 from skill_distill.generation.base import SamplingConfig
 from skill_distill.generation.factory import BackendConfig, make_backend
 from skill_distill.io import DataError, JsonlAppender, read_json, write_json, write_jsonl
+from skill_distill.profile_file import load_profile, read_profile_nodes  # noqa: F401 - also read through the stage module
+from skill_distill.selection import profile_warning
 from skill_distill.skill_stats import Attribution, SkillCounts, load_attribution
-from skill_distill.skill_tree import Chain, SkillTree, parse_chain
+from skill_distill.skill_tree import SkillTree, parse_chain
 
 PROFILE_FILE = "profile.json"
 # settings that must agree between a resumed run (or the shards of one run) and the files already written
@@ -210,6 +212,7 @@ def run_profile(
         summary("profile", [f"{len(shard)} problems ({len(todo)} answered this run), overall accuracy "
                             f"{accuracy_text(profile['overall_accuracy'])}", weakest_text(profile["nodes"]),
                             f"profile: {out_dir / PROFILE_FILE}", f"verdicts: {path}"])
+        _warn_if_degenerate(profile)
     else:
         summary("profile", [f"shard {shard_index} of {num_shards}: {len(shard)} problems ({len(todo)} answered this "
                             f"run)", f"verdicts: {path}",
@@ -347,64 +350,16 @@ def merge_profile_shards(output_dir: str, num_shards: int, shrinkage: float = 0.
     summary("merge-profile", [f"merged {num_shards} shards ({len(examples)} problems), overall accuracy "
                               f"{accuracy_text(profile['overall_accuracy'])}", weakest_text(profile["nodes"]),
                               f"profile: {out_dir / PROFILE_FILE}"])
+    _warn_if_degenerate(profile)
     return {"profile": str(out_dir / PROFILE_FILE), "examples": len(examples),
             "overall_accuracy": profile["overall_accuracy"]}
 
 
-ProfileValue = Literal["accuracy", "accuracy_shrunk", "judged", "correct", "samples", "ci_low", "ci_high"]
-
-
-def _profile_nodes(path: str | os.PathLike) -> list[dict]:
-    """The ``nodes`` rows of a profile.json, each with a ``chain`` (the one place that reads the file)."""
-    data = read_json(path, "student profile")
-    nodes = data.get("nodes") if isinstance(data, dict) else None
-    if not isinstance(nodes, list):
-        raise DataError(f"{path}: not a student profile (no 'nodes' list); run the profile stage first")
-    for i, node in enumerate(nodes):
-        if not isinstance(node, dict) or "chain" not in node:
-            raise DataError(f"{path}: nodes[{i}] needs a 'chain' field")
-    return nodes
-
-
-def load_profile(path: str | os.PathLike, tree: SkillTree, value: ProfileValue = "accuracy") -> dict[Chain, float]:
-    """``{leaf chain: value}`` for every leaf of ``tree`` the profile judged (default: its accuracy).
-
-    ``tree`` may be a depth cut of the profiled tree: its leaves are then internal nodes of the profile, which
-    carry their own counts. Leaves without judged problems are absent (selection treats them as unsampled).
-    ``value="judged"`` gives the number of problems behind each accuracy.
-
-    Raises DataError when the file is not a profile, lacks ``value`` (``accuracy_shrunk`` needs shrinkage > 0),
-    or shares no node with ``tree``.
-    """
-    by_chain: dict[Chain, dict] = {parse_chain(str(row["chain"])): row for row in _profile_nodes(path)}
-    out: dict[Chain, float] = {}
-    for leaf in tree.leaf_chains:
-        row = by_chain.get(leaf)
-        if row is None:
-            continue
-        if value not in row:
-            raise DataError(f"{path}: node {row['chain']!r} has no {value!r}"
-                            f"{' (profile was built without shrinkage)' if value == 'accuracy_shrunk' else ''}")
-        out[leaf] = row[value]
-    if not out and len(by_chain) > 1:
-        raise DataError(f"{path}: none of its skills is a leaf of {tree.source}; profile and tree do not match")
-    return out
-
-
-def read_profile_nodes(path: str | os.PathLike, tree: SkillTree) -> tuple[dict[Chain, float], dict[Chain, int]]:
-    """profile.json ``{"nodes": [{"chain": "A->b", "judged", "accuracy", ...}]}`` -> accuracy and judged count of
-    every node (leaves and internal nodes) with a judged example. Nodes outside the tree raise DataError."""
-    accuracy: dict[Chain, float] = {}
-    judged: dict[Chain, int] = {}
-    for i, node in enumerate(_profile_nodes(path)):
-        chain = parse_chain(str(node["chain"]))
-        if not chain:
-            continue  # the root
-        if chain not in tree:
-            raise DataError(f"{path}: nodes[{i}] names {node['chain']!r}, which is not in the tree {tree.source}; "
-                            "was the profile made with another tree?")
-        count = int(node.get("judged") or 0)
-        judged[chain] = count
-        if count > 0 and node.get("accuracy") is not None:
-            accuracy[chain] = float(node["accuracy"])
-    return accuracy, judged
+def _warn_if_degenerate(profile: dict) -> str | None:
+    """Print the one-line degeneracy warning (docs/METHOD.md §4) of the paper's weights over this profile's
+    leaves (``w_max`` 1000, T 1); the selection stages repeat it with their own settings. Returns the line."""
+    leaves = {parse_chain(n["chain"]): float(n["accuracy"]) for n in profile["nodes"] if n.get("is_leaf")}
+    warning = profile_warning(leaves)
+    if warning:
+        _progress(f"warning: {warning}")
+    return warning

@@ -34,11 +34,12 @@ from typing import Literal
 import numpy as np
 
 from skill_distill.io import ConfigError, DataError, read_json, read_jsonl, require_file, sha256_file, write_json
-from skill_distill.profile import read_profile_nodes
+from skill_distill.profile_file import read_profile_nodes
 from skill_distill.skill_tree import Chain, SkillTree, format_chain, parse_chain
 
 Strategy = Literal["skill", "random", "difficulty", "all"]
 Correctness = Literal["any", "wrong", "right"]
+ProfileValue = Literal["accuracy", "accuracy_shrunk"]
 
 MANIFEST_VERSION = 1
 WRONG_BELOW = 0.5
@@ -84,6 +85,10 @@ class SelectionConfig:
     """Select only examples of this skill (``"Topic->leaf"``, or an internal node such as ``"Topic"``)."""
     difficulty_band: tuple[float, float] = (0.25, 0.625)
     """Inclusive pass-rate band of the ``difficulty`` baseline."""
+    profile_value: ProfileValue = "accuracy"
+    """Which per-node value of the profile drives the weights (docs/METHOD.md §3-4): ``accuracy`` (the paper's raw
+    correct / judged) or ``accuracy_shrunk`` (pulled toward the parent's, robust for leaves with few judged
+    problems; needs a profile built with ``shrinkage > 0``)."""
 
     def validate(self) -> None:
         """Raise ConfigError (one line naming the field and what is accepted) for an impossible setting."""
@@ -119,6 +124,8 @@ class SelectionConfig:
             raise bad("difficulty_band", "needs 0 <= low <= high <= 1")
         if self.forced_distribution and self.strategy != "skill":
             raise bad("forced_distribution", "only applies to strategy 'skill'")
+        if self.profile_value not in ("accuracy", "accuracy_shrunk"):
+            raise bad("profile_value", "choose one of accuracy, accuracy_shrunk")
 
 
 @dataclass
@@ -179,6 +186,67 @@ def distribution_divergence(achieved: Mapping[Chain, float], target: Mapping[Cha
     return {"tv": float(tv), "kl": float(kl)}
 
 
+# ---- degenerate weightings (docs/METHOD.md §4) -------------------------------------------------------------
+DEGENERATE_LEAF_SHARE = 0.25
+"""A leaf without a correct answer taking more than this share of the target distribution is degenerate."""
+WARNING_MAX_NAMES = 8
+
+
+def weighting_warning(target: Mapping[Chain, float], leaf_weights: Mapping[Chain, float],
+                      raw_accuracy: Mapping[Chain, float], w_max: float, temperature: float) -> str | None:
+    """One line when a weak student makes the weights degenerate, else None.
+
+    Degenerate: a leaf with no correct answer (raw accuracy 0) gets more than ``DEGENERATE_LEAF_SHARE`` of the
+    target distribution, or more than half of the judged leaves sit at the cap ``w_max ** T`` (the weights then
+    no longer rank those leaves). ``T = 0`` is uniform by design and never warns about the cap. The line names the
+    leaves and the options that soften the weighting.
+    """
+    def names(leaves: list[Chain]) -> str:
+        shown = ", ".join(repr(format_chain(c)) for c in leaves[:WARNING_MAX_NAMES])
+        return shown + (f" and {len(leaves) - WARNING_MAX_NAMES} more" if len(leaves) > WARNING_MAX_NAMES else "")
+
+    problems = []
+    heavy = sorted((c for c, share in target.items() if share > DEGENERATE_LEAF_SHARE and raw_accuracy.get(c) == 0),
+                   key=lambda c: -target[c])
+    if heavy:
+        shares = ", ".join(f"{100 * target[c]:.0f}%" for c in heavy)
+        problems.append(f"leaves with no correct answer take more than {100 * DEGENERATE_LEAF_SHARE:.0f}% of the "
+                        f"target each ({names(heavy)}: {shares})")
+    cap = leaf_weight(0.0, w_max, temperature)
+    at_cap = [c for c, w in leaf_weights.items() if w >= cap * (1 - 1e-9)]
+    if temperature > 0 and leaf_weights and len(at_cap) > len(leaf_weights) / 2:
+        problems.append(f"{len(at_cap)} of {len(leaf_weights)} judged leaves sit at w_max ** T = {cap:g} "
+                        f"({names(at_cap)})")
+    if not problems:
+        return None
+    return ("degenerate skill weights: " + "; ".join(problems) + ". Options: selection.profile_value: "
+            "accuracy_shrunk (profile with shrinkage > 0), a lower selection.w_max, selection.temperature below 1, "
+            "or closed-loop re-selection (data.reselection)")
+
+
+def profile_warning(leaf_accuracy: Mapping[Chain, float], config: SelectionConfig | None = None,
+                    raw_accuracy: Mapping[Chain, float] | None = None) -> str | None:
+    """``weighting_warning`` of the target a profile gives before any pool filter: every judged leaf, weighted
+    with ``config`` (default: the paper's ``w_max`` and ``T``). For the profile stage, which knows no selection."""
+    config = config or SelectionConfig()
+    weights = {c: leaf_weight(a, config.w_max, config.temperature) for c, a in leaf_accuracy.items()}
+    total = sum(weights.values())
+    target = {c: w / total for c, w in weights.items()} if total > 0 else {}
+    return weighting_warning(target, weights, leaf_accuracy if raw_accuracy is None else raw_accuracy,
+                             config.w_max, config.temperature)
+
+
+def result_warning(result: SelectionResult, config: SelectionConfig,
+                   raw_accuracy: Mapping[Chain, float] | None = None) -> str | None:
+    """``weighting_warning`` of a ``skill`` selection (None for other strategies). ``raw_accuracy`` defaults to
+    the accuracies the selection used (pass the raw ones when ``profile_value`` is ``accuracy_shrunk``)."""
+    if config.strategy != "skill" or not result.target:
+        return None
+    return weighting_warning(result.target, result.leaf_weights,
+                             result.accuracy if raw_accuracy is None else raw_accuracy, config.w_max,
+                             config.temperature)
+
+
 # ---- the selection ------------------------------------------------------------------------------------------
 @dataclass
 class _Pool:
@@ -206,7 +274,8 @@ def select(config: SelectionConfig, ids: Sequence[str], chains_by_id: Mapping[st
            tree: SkillTree | None, node_accuracy: Mapping[Chain, float] | None = None,
            correct_by_id: Mapping[str, float] | None = None,
            pass_rate_by_id: Mapping[str, float | None] | None = None,
-           judged_by_node: Mapping[Chain, int] | None = None, source: str | None = None) -> SelectionResult:
+           judged_by_node: Mapping[Chain, int] | None = None, source: str | None = None,
+           rng_seed: int | Sequence[int] | None = None) -> SelectionResult:
     """Select examples of the pool ``ids`` (in pool order) according to ``config``.
 
     ``chains_by_id``: root-excluded chains ending at leaves of ``tree`` (examples without chains are never drawn
@@ -214,7 +283,8 @@ def select(config: SelectionConfig, ids: Sequence[str], chains_by_id: Mapping[st
     ``max_depth``), leaves absent from it are never drawn; ``judged_by_node``: optional judged counts (a node with
     0 judged counts as absent); ``correct_by_id``: the student's mean correctness per example (for
     ``correctness``/``wrong_share``); ``pass_rate_by_id``: reference pass rates (for ``difficulty``); ``source``
-    names the attribution in error messages. ``random``, ``difficulty`` and ``all`` also work without a tree
+    names the attribution in error messages; ``rng_seed`` replaces ``config.seed`` as the Generator's seed (epoch
+    ``k`` of closed-loop re-selection draws with ``[seed, k]``). ``random``, ``difficulty`` and ``all`` also work without a tree
     and chains (None): the report then has no per-leaf view.
 
     Raises ConfigError for an invalid config, and DataError for: ``skill`` without a profile (or with one that
@@ -268,7 +338,7 @@ def select(config: SelectionConfig, ids: Sequence[str], chains_by_id: Mapping[st
         in_pool = np.array([any(allowed_leaf[c] for c in row) for row in pool.leaf_rows], dtype=bool)
         notes.append(f"only_skill {format_chain(node)!r}: {int(in_pool.sum())} pool examples pass through it")
 
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.seed if rng_seed is None else rng_seed)
     drawn: list[tuple[int, int | None]]  # (example index, drawn leaf index)
     target: dict[Chain, float] = {}
     if config.strategy == "all":
@@ -603,6 +673,11 @@ def fingerprint_file(path: str | os.PathLike) -> str:
 def _config_dict(config: SelectionConfig) -> dict:
     d = asdict(config)
     d["difficulty_band"] = list(d["difficulty_band"])
+    # written only when not at their defaults, so manifests of the paper's settings keep their bytes (and manifests
+    # written before these fields existed still resume); a missing key means the default
+    for key, default in (("profile_value", "accuracy"), ("correct_portion", None)):
+        if d[key] == default:
+            del d[key]
     return d
 
 
@@ -633,7 +708,8 @@ def write_manifest(path: str | os.PathLike, result: SelectionResult, config: Sel
         "notes": list(result.notes),
         "config": _config_dict(config),
         "fingerprints": dict(fingerprints),
-        "decontamination": None if decontamination is None else dict(decontamination),
+        # only when the pool was decontaminated (a pool without counts keeps the manifest's earlier bytes)
+        **({} if decontamination is None else {"decontamination": dict(decontamination)}),
     })
 
 
@@ -653,6 +729,7 @@ def load_manifest(path: str | os.PathLike, expected_fingerprints: Mapping[str, s
     saved_config = manifest.get("config") or {}
     now = _config_dict(config)
     changed_fields = [f"{k}: {saved_config.get(k)!r} -> {v!r}" for k, v in now.items() if saved_config.get(k) != v]
+    changed_fields += [f"{k}: {v!r} -> default" for k, v in saved_config.items() if k not in now]
     if changed_fields:
         changed.append(f"config ({'; '.join(changed_fields)})")
     if changed:
@@ -675,6 +752,8 @@ class SelectionInputs:
     pass_rate_by_id: dict[str, float | None] | None = None
     fingerprints: dict[str, str] = field(default_factory=dict)
     source: str | None = None
+    raw_accuracy: dict[Chain, float] | None = None
+    """The profile's raw accuracies when ``node_accuracy`` holds another value (for ``result_warning``)."""
 
     def select(self, config: SelectionConfig) -> SelectionResult:
         return select(config, self.ids, self.chains_by_id, self.tree, node_accuracy=self.node_accuracy,
@@ -683,9 +762,10 @@ class SelectionInputs:
 
 
 def load_selection_inputs(pool: str, tree: str, attribution: str, profile: str | None = None,
-                          verdicts: str | None = None, display_names: str | None = None) -> SelectionInputs:
+                          verdicts: str | None = None, display_names: str | None = None,
+                          profile_value: ProfileValue = "accuracy") -> SelectionInputs:
     """Read the canonical pool JSONL, the tree, the attribution JSONL ({"id", "chains"}), optionally profile.json
-    (accuracy and judged counts of every node) and the profile's verdicts.jsonl (mean correctness per id).
+    (``profile_value`` and judged counts of every node) and the profile's verdicts.jsonl (mean correctness per id).
 
     Raises DataError naming the file and row of a malformed input or a chain outside the tree.
     """
@@ -700,7 +780,9 @@ def load_selection_inputs(pool: str, tree: str, attribution: str, profile: str |
         fingerprints={"corpus": fingerprint_file(pool), "tree": fingerprint_file(tree),
                       "attribution": fingerprint_file(attribution)})
     if profile is not None:
-        inputs.node_accuracy, inputs.judged_by_node = read_profile_nodes(profile, skill_tree)
+        inputs.node_accuracy, inputs.judged_by_node = read_profile_nodes(profile, skill_tree, profile_value)
+        if profile_value != "accuracy":
+            inputs.raw_accuracy, _ = read_profile_nodes(profile, skill_tree)
         inputs.fingerprints["profile"] = fingerprint_file(profile)
     if verdicts is not None:
         inputs.correct_by_id = read_mean_correctness(verdicts)

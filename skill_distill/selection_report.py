@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +21,7 @@ from skill_distill.selection import (
     SelectionConfig,
     SelectionResult,
     load_selection_inputs,
+    result_warning,
     write_manifest,
 )
 from skill_distill.skill_tree import Chain, SkillTree, format_chain
@@ -163,8 +165,8 @@ def plot_selection(result: SelectionResult, tree: SkillTree, path_png: str | os.
 
 
 def report_markdown(result: SelectionResult, tree: SkillTree, config: SelectionConfig,
-                    inputs: Mapping[str, str | None] | None = None) -> str:
-    """The whole selection report: summary, notes, divergences, topic and leaf tables."""
+                    inputs: Mapping[str, str | None] | None = None, warning: str | None = None) -> str:
+    """The whole selection report: summary, degeneracy warning, notes, divergences, topic and leaf tables."""
     d_drawn, d_all = result.divergence(), result.divergence(all_chains=True)
     lines = [f"# Selection report: {result.strategy}, budget {result.budget}", ""]
     if inputs:
@@ -174,6 +176,8 @@ def report_markdown(result: SelectionResult, tree: SkillTree, config: SelectionC
     if result.target:
         lines.append(f"- achieved vs target (drawn leaves): TV {_num(d_drawn['tv'])}, KL {_num(d_drawn['kl'])}; "
                      f"(all chains): TV {_num(d_all['tv'])}, KL {_num(d_all['kl'])}")
+    if warning:
+        lines.append(f"- **warning**: {warning}")
     lines += [f"- note: {n}" for n in result.notes]
     lines += ["", "Shares are of leaf assignments. *selected*/*achieved*: the leaf each example was drawn through; "
               "*all-chains*: every distinct leaf of each selected example counts once. Accuracy: the student's, "
@@ -199,19 +203,22 @@ def run_selection_report(pool: str, tree: str, attribution: str, profile: str | 
 
     Returns a summary dict (paths, counts, divergences). Raises DataError for unusable inputs.
     """
-    inputs = load_selection_inputs(pool, tree, attribution, profile, verdicts, display_names)
+    inputs = load_selection_inputs(pool, tree, attribution, profile, verdicts, display_names, selection.profile_value)
     result = inputs.select(selection)
+    warning = result_warning(result, selection, inputs.raw_accuracy)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest, report, png = out / "manifest.json", out / "selection_report.md", out / "selection_report.png"
     write_manifest(manifest, result, selection, inputs.fingerprints, decontamination=read_counts(pool))
     names = {"pool": pool, "tree": tree, "attribution": attribution, "profile": profile, "verdicts": verdicts}
     with atomic_write(report) as f:
-        f.write(report_markdown(result, inputs.tree, selection, names))
+        f.write(report_markdown(result, inputs.tree, selection, names, warning))
     plot_selection(result, inputs.tree, png)
     summary = {"manifest": str(manifest), "report": str(report), "plot": str(png), "selected": len(result.ids),
                "pool_size": result.pool_size, "eligible": result.eligible, "divergence": result.divergence(),
-               "notes": result.notes}
+               "notes": result.notes, "warning": warning}
     from skill_distill.console import summary as print_summary
 
     print_summary("select-report", [f"selected {len(result.ids)} of {result.pool_size} examples "

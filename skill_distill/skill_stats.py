@@ -153,6 +153,22 @@ def _number(x: float) -> int | float:
     return int(x) if float(x).is_integer() else round(x, 6)
 
 
+def shrink_toward_parent(counts: Mapping[Chain, tuple[float, int]], strength: float) -> dict[Chain, float]:
+    """``acc(node) = (correct + k * acc(parent)) / (judged + k)`` top-down over ``{node: (correct, judged)}``
+    (nodes with judged > 0); a node whose parent is absent (the root) keeps its raw accuracy, so ``k = 0`` returns
+    exactly the raw accuracies."""
+    if strength < 0:
+        raise ValueError(f"shrinkage strength must be >= 0, got {strength}")
+    out: dict[Chain, float] = {}
+    for node in sorted(counts, key=len):  # parents before children
+        raw_correct, j = counts[node]
+        if node == ROOT or node[:-1] not in out:
+            out[node] = raw_correct / j
+        else:
+            out[node] = (raw_correct + strength * out[node[:-1]]) / (j + strength)
+    return out
+
+
 class SkillCounts:
     """Per-node correctness over a skill tree, with problems as the unit.
 
@@ -221,21 +237,9 @@ class SkillCounts:
         return bootstrap_interval(values, confidence, resamples, seed)
 
     def shrunk_accuracies(self, strength: float) -> dict[Chain, float]:
-        """Accuracies pulled toward the parent's (shrunk) accuracy with ``strength`` pseudo-counts.
-
-        ``acc(node) = (correct + k * acc(parent)) / (judged + k)``; the root keeps its raw accuracy, so ``k = 0``
-        returns exactly the raw accuracies.
-        """
-        if strength < 0:
-            raise ValueError(f"shrinkage strength must be >= 0, got {strength}")
-        out: dict[Chain, float] = {}
-        for node in sorted(self._values, key=len):  # parents before children
-            raw_correct, j = self.correct(node), self.judged(node)
-            if node == ROOT or node[:-1] not in out:
-                out[node] = raw_correct / j
-            else:
-                out[node] = (raw_correct + strength * out[node[:-1]]) / (j + strength)
-        return out
+        """Accuracies pulled toward the parent's (shrunk) accuracy with ``strength`` pseudo-counts
+        (``shrink_toward_parent`` over this object's counts)."""
+        return shrink_toward_parent({node: (self.correct(node), self.judged(node)) for node in self._values}, strength)
 
     def stats(self, confidence: float = 0.95, shrinkage: float = 0.0, resamples: int = 1000,
               seed: int = 0) -> list[NodeStats]:

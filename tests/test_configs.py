@@ -19,8 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT_DRIVERS = {REPO / "configs" / "experiments" / "skill_selection_cpu.yaml": "experiments/skill_selection_cpu.py"}
 # <base>_16k.yaml, <base>_32k.yaml: overrides composed after <base>.yaml (full-length teacher traces)
 LENGTH_OVERRIDES = sorted(p for p in (REPO / "configs").rglob("*.yaml") if re.search(r"_\d+k$", p.stem))
+# other override files composed after a base config with a second --config: override -> its base
+OVERRIDES = {REPO / "configs" / "qwen3_4b" / "closed_loop.yaml": REPO / "configs" / "qwen3_4b" / "skill_sft.yaml"}
 TRAIN_CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml")
-                       if "pipeline" not in p.parts and p not in EXPERIMENT_DRIVERS and p not in LENGTH_OVERRIDES)
+                       if "pipeline" not in p.parts and p not in EXPERIMENT_DRIVERS and p not in LENGTH_OVERRIDES
+                       and p not in OVERRIDES)
 PIPELINE_CONFIGS = sorted((REPO / "configs" / "pipeline").glob("*.yaml"))
 PRODUCTION = [p for p in TRAIN_CONFIGS if p.parent.name.startswith("qwen3_")]
 
@@ -33,6 +36,19 @@ def test_there_are_configs():
 def cpu_overrides(tiny_dir: Path, tok_dir: Path, corpus: Path) -> list[str]:
     return ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto",
             f"--model.model={tiny_dir}", f"--data.tokenizer={tok_dir}", f"--data.corpus={corpus}"]
+
+
+@pytest.mark.parametrize("override", sorted(OVERRIDES), ids=lambda p: str(p.relative_to(REPO)))
+def test_override_config_composes_after_its_base(override, tiny_qwen3_dir, qwen_tokenizer_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    corpus = REPO / "data" / "quickstart" / "pool.jsonl"
+    cli = train.main(["--config", str(OVERRIDES[override]), "--config", str(override),
+                      *cpu_overrides(tiny_qwen3_dir, qwen_tokenizer_dir, corpus)], run=False)
+    from callbacks import ReselectionCallback, SkillEvalCallback
+
+    kinds = [type(c) for c in cli.trainer.callbacks]
+    assert kinds.count(SkillEvalCallback) == 2 and ReselectionCallback in kinds  # appended, the base's kept
+    assert cli.datamodule.reselection.enabled and cli.datamodule.selection.budget == 1000
 
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
