@@ -23,7 +23,7 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	touch $@
 
 quickstart: install
-	$(PY) train.py fit --config configs/quickstart.yaml
+	$(PY) train.py fit --config configs/quickstart.yaml --ckpt_path last  # resumes, or says the run is finished
 
 test: install
 	$(PY) -m pytest tests -q

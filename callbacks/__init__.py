@@ -1,5 +1,6 @@
 from callbacks.hf_export import HFExportCallback
+from callbacks.progress import ProgressLog
 from callbacks.skill_eval import SkillEvalCallback
 from callbacks.step_trace import StepTraceCallback
 
-__all__ = ["HFExportCallback", "SkillEvalCallback", "StepTraceCallback"]
+__all__ = ["HFExportCallback", "ProgressLog", "SkillEvalCallback", "StepTraceCallback"]

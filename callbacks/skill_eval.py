@@ -22,6 +22,7 @@ import lightning as L
 import torch
 
 from callbacks.preemption import PreemptionCallback, is_final_epoch
+from datamodules.skill_datamodule import manifest_path
 from skill_distill.benchmarks import HELDOUT, PAPER_SUITE, BenchmarkSpec, SkillSource, resolve_specs
 from skill_distill.generation.base import GenerationError, GenerationInterrupted, SamplingConfig
 from skill_distill.generation.factory import BackendConfig
@@ -76,7 +77,8 @@ class SkillEvalCallback(L.Callback):
         instruction: the user-turn instruction (default: ``data.instruction``, i.e. the training prompt).
         export_dtype: dtype of the exported weights (bfloat16 halves the export; None keeps the training dtype).
         keep_exports: keep each evaluated export as ``<dirpath>/<tag>/model``.
-        dirpath: where evaluations go (default ``<default_root_dir>/eval``).
+        dirpath: where evaluations go, inside the run directory when relative (default ``eval``, i.e.
+            ``<default_root_dir>/eval``).
         on_error: an evaluation failure (engine crash, timeout) on any rank either stops training (raise) or is
             logged and skipped (skip); every rank takes the same decision.
         timeout_s: time limit of one rank's generation.
@@ -151,7 +153,7 @@ class SkillEvalCallback(L.Callback):
 
     # ---- set-up ----------------------------------------------------------------------------------------------
     def _root(self, trainer) -> Path:
-        return Path(self.dirpath or Path(trainer.default_root_dir) / "eval")
+        return Path(trainer.default_root_dir) / (self.dirpath or "eval")
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
@@ -273,6 +275,9 @@ class SkillEvalCallback(L.Callback):
         export_dir = out_dir / "model" if self.keep_exports else root / "_export"
         rank = trainer.global_rank
         t0 = time.time()
+        if trainer.is_global_zero:
+            log.info("skill evaluation %s: exporting the weights and generating (%s)", tag,
+                     ", ".join(f"{b.name}: {len(b.problems) * b.k} samples" for b in self.loaded))
         pl_module.export_hf(str(export_dir), self.export_dtype)  # collective: every rank, never rank 0 alone
         gc.collect()
         if torch.cuda.is_available():
@@ -336,7 +341,7 @@ class SkillEvalCallback(L.Callback):
         root = self._root(trainer)
         baseline_path = root / "baseline" / "report.json"
         baseline = load_report(baseline_path) if tag != "baseline" and baseline_path.exists() else None
-        emphasised = emphasised_skills(Path(trainer.default_root_dir) / "selection_manifest.json", self.emphasis_ratio)
+        emphasised = emphasised_skills(manifest_path(trainer), self.emphasis_ratio)
         meta = {"tag": tag, "epoch": trainer.current_epoch if tag != "baseline" else None,
                 "global_step": trainer.global_step, "world_size": trainer.world_size,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "sampling": asdict(self.sampling),

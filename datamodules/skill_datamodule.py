@@ -35,6 +35,12 @@ from skill_distill.io import ConfigError, DataError
 from skill_distill.selection import SelectionConfig
 
 log = logging.getLogger(__name__)
+MANIFEST = "selection_manifest.json"
+
+
+def manifest_path(trainer) -> Path:
+    """The run's selection manifest: in its run directory (``trainer.default_root_dir``)."""
+    return Path(trainer.default_root_dir) / MANIFEST
 
 
 class SkillDataModule(L.LightningDataModule):
@@ -64,7 +70,6 @@ class SkillDataModule(L.LightningDataModule):
         seed: data order seed.
         val_corpus: optional held-out corpus (same fields) for a validation loss.
         val_micro_batch_size: examples per validation micro-batch.
-        run_dir: where the selection manifest is kept (default: the trainer's ``default_root_dir``).
         num_workers: dataloader workers (0: collation is cheap, tokenisation happens once in ``setup``).
     """
 
@@ -90,7 +95,6 @@ class SkillDataModule(L.LightningDataModule):
         seed: int = 42,
         val_corpus: str | None = None,
         val_micro_batch_size: int = 4,
-        run_dir: str | None = None,
         num_workers: int = 0,
     ):
         super().__init__()
@@ -111,7 +115,7 @@ class SkillDataModule(L.LightningDataModule):
         self.max_length, self.examples_per_step, self.packing = max_length, examples_per_step, packing
         self.shuffle, self.seed = shuffle, seed
         self.val_corpus, self.val_micro_batch_size = val_corpus, val_micro_batch_size
-        self.run_dir, self.num_workers = run_dir, num_workers
+        self.num_workers = num_workers
         self.train_examples: list[TokenizedExample] = []
         self.val_examples: list[TokenizedExample] = []
         self.stats: dict = {}
@@ -163,6 +167,8 @@ class SkillDataModule(L.LightningDataModule):
                 correct_by_id=sel.read_mean_correctness(self.verdicts_path) if self.verdicts_path else None,
                 pass_rate_by_id={e.id: e.pass_rate for e in examples}, source=self.attribution_path)
             ids = list(result.ids)
+            for note in result.notes:  # e.g. profile leaves without a judged example: said, not only in the manifest
+                log.warning("selection: %s", note)
             if manifest is not None and self._is_global_zero():
                 sel.write_manifest(manifest, result, config, fingerprints)
         by_id = {e.id: e for e in examples}
@@ -172,9 +178,14 @@ class SkillDataModule(L.LightningDataModule):
                             "the corpus changed: delete the manifest or use a new run directory")
         return [by_id[i] for i in ids]
 
+    def _load(self, source: str, role: str) -> list[Example]:
+        try:
+            return load_corpus(source, self.fields, self.split)
+        except DataError as e:
+            raise DataError(f"{role}: {e}") from None
+
     def _manifest_path(self) -> Path | None:
-        root = self.run_dir or (self.trainer.default_root_dir if self.trainer is not None else None)
-        return None if root is None else Path(root) / "selection_manifest.json"
+        return manifest_path(self.trainer) if self.trainer is not None else None
 
     def _is_global_zero(self) -> bool:
         return self.trainer is None or self.trainer.is_global_zero
@@ -203,6 +214,9 @@ class SkillDataModule(L.LightningDataModule):
         if self.train_examples and (self.val_examples or not self.val_corpus):
             return
         self._load_tree_and_chains()
+        # the validation corpus is read first: a bad one fails before the selection manifest is written
+        val = self._load(self.val_corpus, "data.val_corpus (the validation corpus)") \
+            if self.val_corpus and stage in (None, "fit", "validate") else None
         if stage in (None, "fit"):
             examples = self.select(load_corpus(self.corpus, self.fields, self.split))
             self.train_examples, self.stats["train"] = self.format_and_tokenize(examples)
@@ -211,8 +225,7 @@ class SkillDataModule(L.LightningDataModule):
             if self.stats["train"]["truncated"]:
                 log.warning("%d of %d training examples truncated to max_length=%d",
                             self.stats["train"]["truncated"], len(self.train_examples), self.max_length)
-        if self.val_corpus and stage in (None, "fit", "validate"):
-            val = load_corpus(self.val_corpus, self.fields, self.split)
+        if val is not None:
             self.val_examples, self.stats["val"] = self.format_and_tokenize(val)
 
     def _world(self) -> tuple[int, int, int]:

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
 
     fn = getattr(importlib.import_module(module), func)
     try:
-        CLI(fn, args=argv[1:], as_positional=False)
+        CLI(fn, args=argv[1:], as_positional=False, prog=f"python -m skill_distill {argv[0]}")  # the tip's command
     except (DataError, ConfigError) as e:  # user-fixable input problems: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
