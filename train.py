@@ -145,9 +145,7 @@ class SkillCLI(LightningCLI):
 
     # ---- the run directory --------------------------------------------------------------------------------------
     def before_instantiate_classes(self) -> None:
-        if self.subcommand is None:
-            return
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if self.subcommand else self.config
         root = config.trainer.get("default_root_dir")
         if not root:
             raise ConfigError("set trainer.default_root_dir: the run directory that holds this run's checkpoints, "
@@ -162,7 +160,7 @@ class SkillCLI(LightningCLI):
 
     def _decide_run(self, config, root: Path) -> None:
         ckpt = config.get("ckpt_path")
-        if RESUME_ENV in os.environ:  # a rank started by Lightning's launcher: the first process decided
+        if RESUME_ENV in os.environ and int(os.environ.get("LOCAL_RANK", 0)) > 0:  # started by Lightning's launcher
             config.ckpt_path = os.environ[RESUME_ENV] or None
             return
         earlier = runs.earlier_run_outputs(root)
@@ -199,16 +197,18 @@ class SkillCLI(LightningCLI):
             log.info("resuming %s from %s", root, resume)
         config.ckpt_path = str(resume) if resume is not None else None
         os.environ[RESUME_ENV] = config.ckpt_path or ""
-        # the config of every attempt is kept: config.yaml, then config.resume-<k>.yaml
-        name, k = "config.yaml", 1
-        while (root / name).exists():
+        # the config of every attempt is kept (LightningCLI writes it into the first logger's directory):
+        # config.yaml, then config.resume-<k>.yaml
+        log_dir, name, k = _log_dir(config, root), "config.yaml", 1
+        while (log_dir / name).exists():
             name, k = f"config.resume-{k}.yaml", k + 1
         self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": name}
 
     def _check_fixed_settings(self, config, ckpt: Path, root: Path) -> None:
         meta = runs.read_checkpoint_meta(ckpt)
         current = {"model": config.model, "data": config.data,
-                   "trainer": {k: config.trainer.get(k) for k in runs.FIXED_SETTINGS["trainer"]}}
+                   "trainer": {k: config.trainer[k] for k in runs.FIXED_SETTINGS["trainer"]
+                               if config.trainer.get(k) is not None}}  # unset: Lightning's default, not compared
         changed = runs.changed_settings(runs.saved_settings(meta), current)
         if changed:
             name, old, new = changed[0]
@@ -233,6 +233,20 @@ def _as_list(value) -> list:
     if value is None or isinstance(value, bool):
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _log_dir(config, root: Path) -> Path:
+    """Where LightningCLI saves the config: the first logger's directory (``trainer.log_dir``), else the run's."""
+    loggers = _as_list(config.trainer.get("logger"))
+    init = getattr(loggers[0], "init_args", None) if loggers else None
+    if init is None:
+        return root
+    d = Path(init.get("save_dir") or root)
+    if init.get("name"):
+        d /= init.name
+    if init.get("version") not in (None, ""):
+        d /= str(init.version)
+    return d
 
 
 def _checkpoint_subdir(config) -> str:
@@ -306,15 +320,19 @@ def main(args: list[str] | None = None, run: bool = True) -> SkillCLI:
     setup_logging()
     # dataclass fields document themselves in --help and --print_config through their attribute docstrings
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    return SkillCLI(
-        CausalLMModule,
-        SkillDataModule,
-        trainer_defaults={"use_distributed_sampler": False},  # the data module plans batches per rank itself
-        save_config_kwargs={"overwrite": True},  # the file name is new per attempt (see _decide_run)
-        parser_class=SkillArgumentParser,
-        args=args,
-        run=run,
-    )
+    try:
+        return SkillCLI(
+            CausalLMModule,
+            SkillDataModule,
+            trainer_defaults={"use_distributed_sampler": False},  # the data module plans batches per rank itself
+            save_config_kwargs={"overwrite": True},  # the file name is new per attempt (see _decide_run)
+            parser_class=SkillArgumentParser,
+            args=args,
+            run=run,
+        )
+    finally:
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            os.environ.pop(RESUME_ENV, None)  # for the launched ranks only, not for a later run in this process
 
 
 if __name__ == "__main__":

@@ -71,11 +71,16 @@ def last_line(log: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, shared_dir, qwen_tokenizer_dir):
-    """An uninterrupted run and one stopped by SIGTERM after step 3 (side by side), both of the quickstart config."""
+def inputs(tmp_path_factory, shared_dir, qwen_tokenizer_dir):
     root = tmp_path_factory.mktemp("run_safety")
-    corpus = launch.write_short_corpus(shared_dir, root / "corpus.jsonl")
-    tiny = launch.tiny_model_dir()
+    return {"root": root, "corpus": launch.write_short_corpus(shared_dir, root / "corpus.jsonl"),
+            "tiny": launch.tiny_model_dir(), "tok": qwen_tokenizer_dir}
+
+
+@pytest.fixture(scope="module")
+def runs(inputs):
+    """An uninterrupted run and one stopped by SIGTERM after step 3 (side by side), both of the quickstart config."""
+    root, corpus, tiny, qwen_tokenizer_dir = inputs["root"], inputs["corpus"], inputs["tiny"], inputs["tok"]
     plain = quickstart_config(root / "plain.yaml", tiny, qwen_tokenizer_dir, corpus)
     signalled = quickstart_config(root / "sigterm.yaml", tiny, qwen_tokenizer_dir, corpus, [
         {"class_path": "faults.SignalAtStep", "init_args": {"step": 3, "signum": 15}}])
@@ -113,6 +118,7 @@ def test_sigterm_on_quickstart_exits_143_with_checkpoint_and_resume_equals_unint
     # the metrics history is whole: the steps before the stop and after the resume, once each as in the reference
     assert metric_steps(run) == metric_steps(runs["ref"]) == list(range(STEPS))
     assert (run / "hf_export" / "final" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (run / "logs").glob("config*.yaml")) == ["config.resume-1.yaml", "config.yaml"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step=0000006.ckpt",
                                                                        "step=0000008.ckpt"]
     # progress lines and the closing summary show in a redirected log
@@ -178,7 +184,8 @@ def test_default_root_dir_moves_everything_and_last_never_takes_another_runs_che
     assert launch.trace_by_step(other, 0).keys() == {1, 2}  # trained from step 0, not from the other run's step 3
 
 
-def test_full_disk_during_a_save_removes_its_temporary_and_fails_in_one_line(runs):
+def test_full_disk_during_a_save_removes_its_temporary_and_fails_in_one_line(inputs):
+    runs = inputs
     cwd = runs["root"] / "disk_full"
     cwd.mkdir()
     config = quickstart_config(cwd / "config.yaml", runs["tiny"], runs["tok"], runs["corpus"], [
@@ -193,7 +200,8 @@ def test_full_disk_during_a_save_removes_its_temporary_and_fails_in_one_line(run
     assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step=0000002.ckpt"]  # no temporary left
 
 
-def test_user_mistakes_are_one_line(runs, tmp_path):
+def test_user_mistakes_are_one_line(inputs, tmp_path):
+    runs = {"plain": quickstart_config(tmp_path / "plain.yaml", inputs["tiny"], inputs["tok"], inputs["corpus"])}
     cases = [
         (["--trainer.max_step=2"], "error: unrecognized arguments: --trainer.max_step=2; did you mean "
                                    "--trainer.max_steps? (every option: python train.py fit --help)"),
