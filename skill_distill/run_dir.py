@@ -23,7 +23,7 @@ FINISHED = "run_finished.json"
 """Written into the run directory when ``fit`` ends normally (the run's summary); a resume of it is a no-op."""
 STEP_CHECKPOINT = re.compile(r"^step=(\d+)\.ckpt$")
 # what an earlier run leaves behind (the saved config alone is not a run: LightningCLI writes it before training)
-RUN_OUTPUTS = (CHECKPOINTS, "logs", "tb", "eval", "hf_export", "selection_manifest.json", FINISHED)
+RUN_OUTPUTS = (CHECKPOINTS, "logs/metrics.csv", "tb", "eval", "hf_export", "selection_manifest.json", FINISHED)
 
 # settings a resumed run may not change: (section, key) -> why it is fixed
 FIXED_SETTINGS: dict[str, tuple[str, ...]] = {

@@ -148,8 +148,8 @@ def test_finished_run_resumed_is_a_no_op_and_rerun_without_resume_is_refused(run
     assert snapshot(cwd) == before
     train(cwd, runs["plain"], log=log, expect=2)
     line = last_line(log)
-    assert line.startswith("error: runs/quickstart holds an earlier run (checkpoints, logs, tb, hf_export, "
-                           "run_finished.json): resume it with --ckpt_path last, or start a new run with "
+    assert line.startswith("error: runs/quickstart holds an earlier run (checkpoints, logs/metrics.csv, tb, "
+                           "hf_export, run_finished.json): resume it with --ckpt_path last, or start a new run with "
                            "--trainer.default_root_dir"), line
     assert snapshot(cwd) == before
 
@@ -243,3 +243,26 @@ def test_csv_logger_appends_to_an_earlier_history(tmp_path):
         rows = list(csv.DictReader(f))
     assert [(r["step"], r["train/loss"], r.get("eval/acc")) for r in rows] == [("1", "1.0", ""), ("2", "0.5", ""),
                                                                                ("2", "", "0.25")]
+
+
+def test_profile_missing_leaves_is_said_when_training_starts(tmp_path, qwen_tokenizer_dir, caplog):
+    import json
+    import logging
+
+    from datamodules import SkillDataModule
+    from skill_distill.selection import SelectionConfig
+
+    data = REPO / "data" / "quickstart"
+    profile = json.loads((data / "profile" / "profile.json").read_text())
+    deepest = max(n["chain"].count("->") for n in profile["nodes"])
+    leaves = [n["chain"] for n in profile["nodes"] if n["chain"].count("->") == deepest and n.get("judged")]
+    profile["nodes"] = [n for n in profile["nodes"] if n["chain"] not in leaves[:3]]
+    (tmp_path / "profile.json").write_text(json.dumps(profile))
+    dm = SkillDataModule(corpus=str(data / "pool.jsonl"), tokenizer=str(qwen_tokenizer_dir), tree=str(data / "tree.json"),
+                         attribution=str(data / "attribution.jsonl"), profile=str(tmp_path / "profile.json"),
+                         selection=SelectionConfig(strategy="skill", budget=96, seed=42), max_length=384)
+    with caplog.at_level(logging.WARNING, logger="datamodules"):
+        dm.setup("fit")
+    notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("selection: ")]
+    assert any(n.startswith("selection: 3 of ") and "leaves have no judged example and are never drawn" in n
+               for n in notes), notes

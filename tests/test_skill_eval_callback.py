@@ -95,6 +95,13 @@ def test_callback_reports_each_evaluation_and_the_run_continues(tmp_path, monkey
     logged = [r for r in metric_rows(run) if r.get("eval/heldout/acc")]
     assert [int(r["step"]) for r in logged] == [0, 4]
     assert all(r["eval/heldout/skill/Arithmetic/subtraction"] != "" and float(r["eval/time_s"]) > 0 for r in logged)
+    # the run's closing summary (also printed): the final evaluation's overall and weakest-skill accuracy
+    finished = json.loads((run / "run_finished.json").read_text())["evaluations"]["heldout"]
+    final = reports["epoch=1"]["benchmarks"]["heldout"]["metrics"]
+    weakest = min((r for r in final["skills"] if r["accuracy"] is not None), key=lambda r: (r["accuracy"], r["chain"]))
+    assert finished["tag"] == "epoch=1" and finished["accuracy"] == final["accuracy"]
+    assert finished["weakest_skill"] == {"chain": weakest["chain"], "accuracy": weakest["accuracy"]}
+    assert finished["report"] == str(Path("runs/quickstart/eval/epoch=1/report.json"))
 
 
 def test_engine_failure_raises_one_error_or_is_skipped(tmp_path, monkeypatch, tiny_qwen3_dir):
