@@ -97,8 +97,7 @@ def _all_keys(parser) -> list[str]:
         for action in p._actions:
             if getattr(action, "dest", None) and action.dest not in ("help", "config"):
                 keys.append(action.dest)
-            for sub in (getattr(action, "_name_parser_map", None) or {}).values():
-                stack.append(sub)
+            stack.extend((getattr(action, "_name_parser_map", None) or {}).values())
     return sorted(set(keys))
 
 
@@ -160,7 +159,7 @@ class SkillCLI(LightningCLI):
 
     def _decide_run(self, config, root: Path) -> None:
         ckpt = config.get("ckpt_path")
-        if RESUME_ENV in os.environ and int(os.environ.get("LOCAL_RANK", 0)) > 0:  # started by Lightning's launcher
+        if RESUME_ENV in os.environ and int(os.environ.get("LOCAL_RANK", "0")) > 0:  # started by Lightning's launcher
             config.ckpt_path = os.environ[RESUME_ENV] or None
             return
         earlier = runs.earlier_run_outputs(root)
@@ -331,7 +330,7 @@ def main(args: list[str] | None = None, run: bool = True) -> SkillCLI:
             run=run,
         )
     finally:
-        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
             os.environ.pop(RESUME_ENV, None)  # for the launched ranks only, not for a later run in this process
 
 

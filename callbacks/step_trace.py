@@ -15,7 +15,8 @@ import lightning as L
 class StepTraceCallback(L.Callback):
     """Args:
         path: JSONL file, inside the run directory when relative; ``{rank}`` in the name is replaced by the global
-            rank (default: ``step_trace.rank{rank}.jsonl``, i.e. in ``<default_root_dir>``). Rows are appended, so a resumed run continues it.
+            rank (default: ``step_trace.rank{rank}.jsonl``, i.e. in ``<default_root_dir>``). Rows are appended,
+            so a resumed run continues it.
     """
 
     def __init__(self, path: str | None = None):

@@ -46,6 +46,18 @@ def test_training_config_parses_and_instantiates(path, tiny_qwen3_dir, qwen_toke
     assert cli.model.tokenizer_name == str(qwen_tokenizer_dir)  # linked from data.tokenizer
 
 
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
+def test_training_configs_stop_cleanly_and_name_their_run_directory_once(path):
+    t = yaml.safe_load(path.read_text())["trainer"]
+    kinds = [c["class_path"] for c in t["callbacks"]]
+    # SIGTERM/SIGUSR1: agreed stop, checkpoint, exit 143; one checkpoint callback, so nothing is written twice
+    assert "callbacks.checkpointing.ResumableCheckpoint" in kinds and "callbacks.preemption.PreemptionCallback" in kinds
+    assert sum(k.endswith("ModelCheckpoint") or k.endswith("ResumableCheckpoint") for k in kinds) == 1
+    # everything follows trainer.default_root_dir: no logger or callback names the run directory again
+    rest = yaml.safe_dump({k: v for k, v in t.items() if k != "default_root_dir"})
+    assert t["default_root_dir"] not in rest and "runs/" not in rest
+
+
 @pytest.mark.parametrize("path", PRODUCTION, ids=lambda p: str(p.relative_to(REPO)))
 def test_production_configs_follow_the_paper(path):
     cfg = yaml.safe_load(path.read_text())

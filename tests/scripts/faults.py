@@ -103,10 +103,11 @@ class DiskFullAtSave(L.Callback):
 
         def save_until_full(checkpoint, path, storage_options=None):
             original(checkpoint, path, storage_options)
-            data = open(path, "rb").read()
-            with open(path, "wb") as f:
-                f.write(data[: len(data) // 2])
             import errno
+            from pathlib import Path
+
+            data = Path(path).read_bytes()
+            Path(path).write_bytes(data[: len(data) // 2])
 
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
