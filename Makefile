@@ -31,7 +31,7 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	touch $@
 
 quickstart: install
-	$(PY) train.py fit --config configs/quickstart.yaml
+	$(PY) train.py fit --config configs/quickstart.yaml --ckpt_path last  # resumes, or says the run is finished
 
 test: install
 	SKILL_DISTILL_DATA=$(TEST_DATA) $(PY) -m pytest tests -q

@@ -7,6 +7,7 @@ position, callbacks, schedulers); under other strategies it is one file. Either 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -20,7 +21,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from callbacks.preemption import PreemptionCallback, StopSaver, is_final_epoch
-from skill_distill.io import ConfigError
+from skill_distill.io import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,20 @@ def allow_project_classes(trainer, pl_module, checkpoints: list[Path]) -> None:
         torch.serialization.add_safe_globals(sorted(classes, key=lambda c: f"{c.__module__}.{c.__qualname__}"))
 
 
+def checkpoint_bytes(trainer) -> int:
+    """About what one checkpoint of this rank takes: its parameters, buffers and optimizer state."""
+    total = sum(t.numel() * t.element_size() for t in trainer.lightning_module.state_dict().values()
+                if isinstance(t, torch.Tensor))
+    for opt in trainer.optimizers:
+        for state in opt.state.values():
+            total += sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
+    return total
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
 def step_seed(base: int, step: int, rank: int) -> int:
     """A seed that depends only on (base seed, optimizer step, global rank)."""
     return int(np.random.SeedSequence([base, step, rank]).generate_state(1)[0])
@@ -146,9 +161,15 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
     - Everything else that resumes (model, optimizer, LR scheduler, loop counters and the data loader position,
       callback states such as evaluation history) is in the checkpoint through Lightning.
 
+    - A failed save (e.g. a full disk) removes its temporary and stops the run with one line naming the directory
+      and the space a checkpoint needs; the previous checkpoint stays the resume point.
+    - The trainer settings a resume may not change (epochs, steps, accumulation) are kept in this callback's state
+      (``run_settings``); train.py compares them, and the module's and data's hyperparameters, before resuming.
+
     Args:
-        dirpath: where checkpoints go (default: ``<default_root_dir>/checkpoints``; a shared filesystem on
-            multi-node runs: every rank writes its shard there).
+        dirpath: where checkpoints go, inside the run directory when relative (default: ``checkpoints``, i.e.
+            ``<default_root_dir>/checkpoints``; a shared filesystem on multi-node runs: every rank writes its shard
+            there).
         every_n_train_steps: save every N optimizer steps (0: only at epoch ends and at the end).
         keep_last: number of step checkpoints kept (at least 1).
         save_on_epoch_end: also save at the end of every training epoch.
@@ -162,7 +183,8 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
             raise ConfigError(f"ResumableCheckpoint.keep_last must be >= 1, got {keep_last}")
         if every_n_train_steps < 0:
             raise ConfigError(f"ResumableCheckpoint.every_n_train_steps must be >= 0, got {every_n_train_steps}")
-        super().__init__(dirpath=dirpath, filename="step={step:07d}", auto_insert_metric_name=False,
+        self.dirpath_setting = dirpath  # resolved against the run directory in setup
+        super().__init__(dirpath=None, filename="step={step:07d}", auto_insert_metric_name=False,
                          monitor="step", mode="max", save_top_k=keep_last, save_last="link",
                          every_n_train_steps=every_n_train_steps or None,
                          every_n_epochs=0, save_on_train_epoch_end=True,  # epoch ends: our own hook
@@ -171,9 +193,21 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
         self.save_on_epoch_end = save_on_epoch_end
         self.reseed_every_step = reseed_every_step
         self.seed = seed
+        self.run_settings: dict = {}
+
+    # ---- checkpointed state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "run_settings": self.run_settings}
 
     # ---- hooks ----------------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
+        self.dirpath = str(Path(trainer.default_root_dir) / (self.dirpath_setting or "checkpoints"))
+        others = [type(cb).__name__ for cb in trainer.checkpoint_callbacks if cb is not self]
+        if others:
+            raise ConfigError(f"trainer.callbacks has {', '.join(others)} besides ResumableCheckpoint: every "
+                              "checkpoint would be written twice; keep only callbacks.checkpointing.ResumableCheckpoint")
+        self.run_settings = {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
+                             "accumulate_grad_batches": trainer.accumulate_grad_batches}
         super().setup(trainer, pl_module, stage)
         # checkpoints load with torch.load(weights_only=True); hyperparameters and callback states hold the
         # project's dataclasses (CorpusFields, SkillFormat, ...), which are allow-listed, nothing else
@@ -215,7 +249,7 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
         if (n >= 1 and trainer.global_step % n == 0 and not (last_batch and self.save_on_epoch_end)
                 and not self._should_skip_saving_checkpoint(trainer)):
             self.save(trainer)
-        self._stop_if_requested(trainer)
+        self._stop_if_requested(trainer, at_step_end=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.save_on_epoch_end and not self._should_skip_saving_checkpoint(trainer):
@@ -225,11 +259,17 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
         if not is_final_epoch(trainer):
             self._stop_if_requested(trainer)
 
-    def _stop_if_requested(self, trainer) -> None:
+    def _stop_if_requested(self, trainer, at_step_end: bool = False) -> None:
         """A collective at a step or epoch boundary: if any rank got a stop signal, save and exit on every rank."""
         for cb in trainer.callbacks:
             if isinstance(cb, PreemptionCallback) and cb.stop_agreed(trainer):
                 self.save(trainer)
+                # Lightning hands a step's metrics to the loggers only after this hook: the process leaves before
+                # that, and a resume starts after this step, so its row would be missing from the history
+                if at_step_end:
+                    trainer._logger_connector.update_train_step_metrics()
+                for logger in trainer.loggers:
+                    logger.save()
                 cb.exit(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -266,7 +306,17 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
             if tmp.exists() or tmp.is_symlink():
                 remove_path(tmp)
         trainer.strategy.barrier()
-        trainer.save_checkpoint(str(tmp), self.save_weights_only)  # ends with a barrier: every shard is written
+        try:
+            trainer.save_checkpoint(str(tmp), self.save_weights_only)  # ends with a barrier: every shard is written
+        except OSError as e:
+            remove_path(tmp)  # a partial checkpoint must not keep the disk full
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                free = shutil.disk_usage(final.parent).free
+                raise DataError(f"no space left on the device of {final.parent} while saving a checkpoint: one needs "
+                                f"about {_gb(checkpoint_bytes(trainer))} ({_gb(free)} free); free space there or move "
+                                "trainer.default_root_dir, then resume with --ckpt_path last (the previous checkpoint "
+                                "is intact)") from None
+            raise
         if trainer.is_global_zero:
             publish(tmp, final)
             log.info("saved checkpoint %s", final)

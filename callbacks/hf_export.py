@@ -9,7 +9,8 @@ import lightning as L
 
 class HFExportCallback(L.Callback):
     """Args:
-        dirpath: where exports go (default: ``<default_root_dir>/hf_export``); the final one is ``final/``.
+        dirpath: where exports go, inside the run directory when relative (default: ``hf_export``, i.e.
+            ``<default_root_dir>/hf_export``); the final one is ``final/``.
         every_n_epochs: also export ``epoch=<k>/`` every N epochs (0: only at the end).
         dtype: cast floating weights on export (e.g. bfloat16 halves the size); None keeps the training dtype.
     """
@@ -21,7 +22,7 @@ class HFExportCallback(L.Callback):
         self.last_export: str | None = None
 
     def _root(self, trainer) -> Path:
-        return Path(self.dirpath or Path(trainer.default_root_dir) / "hf_export")
+        return Path(trainer.default_root_dir) / (self.dirpath or "hf_export")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:

@@ -185,7 +185,7 @@ class ReselectionCallback(SkillEvalCallback):
         self.selections[epoch + 1] = ids
         if trainer.is_global_zero:
             record = rs.epoch_record(epoch + 1, result, ids, accuracy, counts, dm.selection, cfg, timings)
-            root = dm.run_dir or trainer.default_root_dir
+            root = trainer.default_root_dir  # the run directory
             write_json(epoch_record_path(root, epoch + 1), record)
             self._plot(root, dm)
         if trainer.is_global_zero and self.verdicts_dir:

@@ -78,7 +78,8 @@ class SkillEvalCallback(L.Callback):
         instruction: the user-turn instruction (default: ``data.instruction``, i.e. the training prompt).
         export_dtype: dtype of the exported weights (bfloat16 halves the export; None keeps the training dtype).
         keep_exports: keep each evaluated export as ``<dirpath>/<tag>/model``.
-        dirpath: where evaluations go (default ``<default_root_dir>/eval``).
+        dirpath: where evaluations go, inside the run directory when relative (default ``eval``, i.e.
+            ``<default_root_dir>/eval``).
         on_error: an evaluation failure (engine crash, timeout) on any rank either stops training (raise) or is
             logged and skipped (skip); every rank takes the same decision.
         timeout_s: time limit of one rank's generation.
@@ -154,7 +155,7 @@ class SkillEvalCallback(L.Callback):
 
     # ---- set-up ----------------------------------------------------------------------------------------------
     def _root(self, trainer) -> Path:
-        return Path(self.dirpath or Path(trainer.default_root_dir) / "eval")
+        return Path(trainer.default_root_dir) / (self.dirpath or "eval")
 
     def evaluation_problems(self) -> list[str]:
         """Problem texts of this callback's sets other than the held-out corpus (the datamodule keeps them out of
@@ -293,6 +294,9 @@ class SkillEvalCallback(L.Callback):
         export_dir = out_dir / "model" if self.keep_exports else root / "_export"
         rank = trainer.global_rank
         t0 = time.time()
+        if trainer.is_global_zero:
+            log.info("skill evaluation %s: exporting the weights and generating (%s)", tag,
+                     ", ".join(f"{b.name}: {len(b.problems) * b.k} samples" for b in self.loaded))
         pl_module.export_hf(str(export_dir), self.export_dtype)  # collective: every rank, never rank 0 alone
         gc.collect()
         if torch.cuda.is_available():

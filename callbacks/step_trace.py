@@ -14,8 +14,9 @@ import lightning as L
 
 class StepTraceCallback(L.Callback):
     """Args:
-        path: JSONL file; ``{rank}`` in the name is replaced by the global rank (default:
-            ``<default_root_dir>/step_trace.rank{rank}.jsonl``). Rows are appended, so a resumed run continues it.
+        path: JSONL file, inside the run directory when relative; ``{rank}`` in the name is replaced by the global
+            rank (default: ``step_trace.rank{rank}.jsonl``, i.e. in ``<default_root_dir>``). Rows are appended,
+            so a resumed run continues it.
     """
 
     def __init__(self, path: str | None = None):
@@ -23,7 +24,7 @@ class StepTraceCallback(L.Callback):
         self._ids: list[str] = []
 
     def _file(self, trainer) -> Path:
-        pattern = self.path or str(Path(trainer.default_root_dir) / "step_trace.rank{rank}.jsonl")
+        pattern = str(Path(trainer.default_root_dir) / (self.path or "step_trace.rank{rank}.jsonl"))
         return Path(pattern.format(rank=trainer.global_rank))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

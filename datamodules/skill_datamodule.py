@@ -36,6 +36,12 @@ from skill_distill.reselection import ReselectionConfig
 from skill_distill.selection import SelectionConfig
 
 log = logging.getLogger(__name__)
+MANIFEST = "selection_manifest.json"
+
+
+def manifest_path(trainer) -> Path:
+    """The run's selection manifest: in its run directory (``trainer.default_root_dir``)."""
+    return Path(trainer.default_root_dir) / MANIFEST
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class EvalContext:
     instruction: str
     enable_thinking: bool
     manifest_path: Path | None
-    """Where this run's selection manifest is written (None before a trainer is attached without ``run_dir``)."""
+    """Where this run's selection manifest is written (None before a trainer is attached)."""
     skill_format: SkillFormat
 
 
@@ -83,7 +89,6 @@ class SkillDataModule(L.LightningDataModule):
         seed: data order seed.
         val_corpus: optional held-out corpus (same fields) for a validation loss.
         val_micro_batch_size: examples per validation micro-batch.
-        run_dir: where the selection manifest is kept (default: the trainer's ``default_root_dir``).
         num_workers: dataloader workers (0: collation is cheap, tokenisation happens once in ``setup``).
         reselection: closed-loop re-selection of each epoch's examples from an updated profile
             (``skill_distill.reselection.ReselectionConfig``; off by default, the paper's single selection). When
@@ -112,7 +117,6 @@ class SkillDataModule(L.LightningDataModule):
         seed: int = 42,
         val_corpus: str | None = None,
         val_micro_batch_size: int = 4,
-        run_dir: str | None = None,
         num_workers: int = 0,
         reselection: ReselectionConfig = ReselectionConfig(),
     ):
@@ -137,7 +141,7 @@ class SkillDataModule(L.LightningDataModule):
         self.max_length, self.examples_per_step, self.packing = max_length, examples_per_step, packing
         self.shuffle, self.seed = shuffle, seed
         self.val_corpus, self.val_micro_batch_size = val_corpus, val_micro_batch_size
-        self.run_dir, self.num_workers = run_dir, num_workers
+        self.num_workers = num_workers
         self.train_examples: list[TokenizedExample] = []
         self.val_examples: list[TokenizedExample] = []
         self.stats: dict = {}
@@ -201,6 +205,8 @@ class SkillDataModule(L.LightningDataModule):
             warning = sel.result_warning(result, config, raw_accuracy)
             if warning and self._is_global_zero():
                 log.warning(warning)
+            for note in result.notes:  # e.g. profile leaves without a judged example: said, not only in the manifest
+                log.warning("selection: %s", note)
             if manifest is not None and self._is_global_zero():
                 from skill_distill.decontamination import read_counts
 
@@ -212,9 +218,14 @@ class SkillDataModule(L.LightningDataModule):
                             "the corpus changed: delete the manifest or use a new run directory")
         return [by_id[i] for i in ids]
 
+    def _load(self, source: str, role: str) -> list[Example]:
+        try:
+            return load_corpus(source, self.fields, self.split)
+        except DataError as e:
+            raise DataError(f"{role}: {e}") from None
+
     def _manifest_path(self) -> Path | None:
-        root = self.run_dir or (self.trainer.default_root_dir if self.trainer is not None else None)
-        return None if root is None else Path(root) / "selection_manifest.json"
+        return manifest_path(self.trainer) if self.trainer is not None else None
 
     def eval_context(self) -> EvalContext:
         """The typed view an evaluation callback reads (held-out set, tree, prompt settings, skill format)."""
@@ -250,6 +261,9 @@ class SkillDataModule(L.LightningDataModule):
         if self.train_examples and (self.val_examples or not self.val_corpus):
             return
         self._load_tree_and_chains()
+        # the validation corpus is read first: a bad one fails before the selection manifest is written
+        val = self._load(self.val_corpus, "data.val_corpus (the validation corpus)") \
+            if self.val_corpus and stage in (None, "fit", "validate") else None
         if stage in (None, "fit"):
             examples = load_corpus(self.corpus, self.fields, self.split)
             if self.reselection.enabled:
@@ -261,8 +275,7 @@ class SkillDataModule(L.LightningDataModule):
             if self.stats["train"]["truncated"]:
                 log.warning("%d of %d training examples truncated to max_length=%d",
                             self.stats["train"]["truncated"], len(self.train_examples), self.max_length)
-        if self.val_corpus and stage in (None, "fit", "validate"):
-            val = load_corpus(self.val_corpus, self.fields, self.split)
+        if val is not None:
             self.val_examples, self.stats["val"] = self.format_and_tokenize(val)
 
     # ---- closed-loop re-selection (docs/METHOD.md §4; skill_distill.reselection) -----------------------------

@@ -113,14 +113,13 @@ def train_cmd(cfg: ExperimentConfig, run_dir: Path, model: str, corpus: Path, da
               strategy: str, seed: int, skill_format: str, profile: Path | None) -> list[str]:
     return [sys.executable, "train.py", "fit", "--config", "configs/experiments/skill_selection_arm.yaml",
            f"--trainer.default_root_dir={run_dir}", f"--trainer.max_epochs={epochs}",
-           f"--trainer.logger.init_args.save_dir={run_dir}",
            f"--seed_everything={seed}",
            f"--model.model={model}", f"--model.learning_rate={cfg.learning_rate}",
            f"--data.corpus={corpus}", f"--data.tree={data / 'tree.json'}", f"--data.attribution={data / 'attribution.jsonl'}",
            f"--data.profile={profile if profile else 'null'}", f"--data.selection.strategy={strategy}",
            f"--data.selection.budget={cfg.budget}", f"--data.selection.seed={seed}", f"--data.seed={seed}",
            f"--data.skill_format.mode={skill_format}", f"--data.max_length={cfg.max_length}",
-           f"--data.examples_per_step={cfg.examples_per_step}", f"--data.run_dir={run_dir}", "--ckpt_path=last"]
+           f"--data.examples_per_step={cfg.examples_per_step}", "--ckpt_path=last"]
 
 
 def exported(run_dir: Path) -> Path:

@@ -277,7 +277,7 @@ def check_throughput(args, work: Path) -> None:
                                            "init_args": {"save_dir": str(root), "name": "logs", "version": ""}}],
              callbacks=[{"class_path": "first_gpu_run.GPUMemoryLog"}])
     d.update(corpus=str(long_corpus(work / "long.jsonl")), val_corpus=None, profile=None, verdicts=None, tree=None,
-             attribution=None, selection={"strategy": "all"}, skill_format={"mode": "off"}, run_dir=str(root))
+             attribution=None, selection={"strategy": "all"}, skill_format={"mode": "off"})
     path = work / "throughput.yaml"
     path.write_text(yaml.safe_dump(cfg))
     rc = run([sys.executable, "train.py", "fit", "--config", str(path)], work / "throughput.log", env_for())

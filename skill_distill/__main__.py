@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
 
     fn = getattr(importlib.import_module(module), func)
     try:  # jsonargparse's CLI over a dict of functions: only the chosen stage's function (and module) is loaded
-        CLI({argv[0]: fn}, args=argv, as_positional=False)
+        CLI({argv[0]: fn}, args=argv, as_positional=False, prog="python -m skill_distill")  # the tip's command
     except (DataError, ConfigError) as e:  # user-fixable input problems: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -176,8 +176,8 @@ def distribution_divergence(achieved: Mapping[Chain, float], target: Mapping[Cha
     target has none, and both are nan when either side is empty."""
     if not achieved or not target:
         return {"tv": math.nan, "kl": math.nan}
-    keys = set(achieved) | set(target)
-    tv = 0.5 * sum(abs(achieved.get(k, 0.0) - target.get(k, 0.0)) for k in keys)
+    keys = sorted(set(achieved) | set(target))  # a fixed order: the sum (and the manifest's bytes) never depend on
+    tv = 0.5 * math.fsum(abs(achieved.get(k, 0.0) - target.get(k, 0.0)) for k in keys)  # the string hash seed
     kl = 0.0
     for k, p in achieved.items():
         if p > 0:

@@ -7,6 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 from scipy import stats
@@ -163,9 +164,13 @@ def quickstart_datamodule(run_dir: Path, **overrides):
                   tree=str(QUICKSTART / "tree.json"), attribution=str(QUICKSTART / "attribution.jsonl"),
                   profile=str(QUICKSTART / "profile" / "profile.json"),
                   selection=SelectionConfig(strategy="skill", budget=96, seed=42),
-                  skill_format=SkillFormat(mode="full"), max_length=384, run_dir=str(run_dir))
+                  skill_format=SkillFormat(mode="full"), max_length=384)
     kwargs.update(overrides)
-    return SkillDataModule(**kwargs)
+    dm = SkillDataModule(**kwargs)
+    # the manifest goes to the run directory, the trainer's default_root_dir
+    dm.trainer = L.Trainer(default_root_dir=str(run_dir), logger=False, enable_checkpointing=False,
+                           enable_progress_bar=False, accelerator="cpu", devices=1)
+    return dm
 
 
 def test_quickstart_manifest_keeps_its_bytes(tmp_path, caplog):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 
 from datamodules.skill_datamodule import EvalContext, SkillDataModule
@@ -39,8 +40,11 @@ def test_eval_context_is_what_training_used(tmp_path, qwen_tokenizer_dir):
     fmt = SkillFormat("full", header="Skills used:")
     dm = SkillDataModule(str(QS / "pool.jsonl"), str(qwen_tokenizer_dir), tree=str(QS / "tree.json"),
                          attribution=str(QS / "attribution.jsonl"), skill_format=fmt, instruction="Solve it.",
-                         enable_thinking=False, val_corpus=str(QS / "heldout.jsonl"), run_dir=str(tmp_path))
+                         enable_thinking=False, val_corpus=str(QS / "heldout.jsonl"))
+    dm.trainer = L.Trainer(default_root_dir=str(tmp_path), logger=False, enable_checkpointing=False,
+                           enable_progress_bar=False, accelerator="cpu", devices=1)
     ctx = dm.eval_context()
+    assert ctx.manifest_path == tmp_path / "selection_manifest.json"
     assert ctx == EvalContext(val_corpus=str(QS / "heldout.jsonl"), fields=dm.fields, tree=str(QS / "tree.json"),
                               display_names=None, attribution=str(QS / "attribution.jsonl"), instruction="Solve it.",
                               enable_thinking=False, manifest_path=dm._manifest_path(), skill_format=fmt)

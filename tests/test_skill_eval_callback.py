@@ -107,6 +107,13 @@ def test_callback_reports_each_evaluation_and_the_run_continues(tmp_path, monkey
         printed = [line[len(prefix):].rsplit(" (", 1)[0] for line in shown.out.splitlines() if line.startswith(prefix)]
         assert [Path(tmp_path, p).resolve() for p in printed] == [(evals / tag / "report.json").resolve()]
     assert "requests generated and graded" in shown.err  # the progress line of the evaluation's generation
+    # the run's closing summary (also printed): the final evaluation's overall and weakest-skill accuracy
+    finished = json.loads((run / "run_finished.json").read_text())["evaluations"]["heldout"]
+    final = reports["epoch=1"]["benchmarks"]["heldout"]["metrics"]
+    weakest = min((r for r in final["skills"] if r["accuracy"] is not None), key=lambda r: (r["accuracy"], r["chain"]))
+    assert finished["tag"] == "epoch=1" and finished["accuracy"] == final["accuracy"]
+    assert finished["weakest_skill"] == {"chain": weakest["chain"], "accuracy": weakest["accuracy"]}
+    assert finished["report"] == str(Path("runs/quickstart/eval/epoch=1/report.json"))
 
 
 @pytest.mark.vllm

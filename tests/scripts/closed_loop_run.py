@@ -49,7 +49,7 @@ def main() -> None:
     dm = SkillDataModule(corpus=str(data / "pool.jsonl"), tokenizer=args.tokenizer, tree=str(data / "tree.json"),
                          attribution=str(data / "attribution.jsonl"), profile=str(data / "profile" / "profile.json"),
                          selection=SelectionConfig(strategy="skill", budget=24, seed=42), max_length=96,
-                         examples_per_step=8, seed=42, run_dir=args.run_dir,
+                         examples_per_step=8, seed=42,
                          reselection=ReselectionConfig(every_n_epochs=args.every_n_epochs, per_leaf=2))
     from skill_distill.generation.base import SamplingConfig
     from skill_distill.generation.factory import BackendConfig

@@ -86,3 +86,29 @@ class RandomProbe(L.Callback):
 
         with open(os.path.join(trainer.default_root_dir, f"rng.rank{trainer.global_rank}.jsonl"), "a") as f:
             f.write(json.dumps({"step": trainer.global_step, "draw": torch.rand(1).item()}) + "\n")
+
+
+class DiskFullAtSave(L.Callback):
+    """The checkpoint save of optimizer step ``step`` hits a full disk: half of the file is written, then
+    ``OSError(ENOSPC)`` (as the kernel reports a full filesystem mid-write)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.step:
+            return
+        io = trainer.strategy.checkpoint_io
+        original = io.save_checkpoint
+
+        def save_until_full(checkpoint, path, storage_options=None):
+            original(checkpoint, path, storage_options)
+            import errno
+            from pathlib import Path
+
+            data = Path(path).read_bytes()
+            Path(path).write_bytes(data[: len(data) // 2])
+
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+        io.save_checkpoint = save_until_full

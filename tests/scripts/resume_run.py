@@ -59,8 +59,7 @@ def main() -> None:
     model = CausalLMModule(model=args.model, attn_implementation="sdpa", fsdp_mixed_precision=False,
                            learning_rate=1e-3, warmup_ratio=0.25, max_grad_norm=1.0)
     data = SkillDataModule(corpus=args.corpus, tokenizer=args.tokenizer, max_length=96,
-                           examples_per_step=args.examples_per_step, packing=bool(args.packing), seed=42,
-                           run_dir=args.run_dir)
+                           examples_per_step=args.examples_per_step, packing=bool(args.packing), seed=42)
     if args.strategy == "fsdp2":
         from lightning.pytorch.strategies import ModelParallelStrategy
 

@@ -1,0 +1,80 @@
+"""Loggers that live inside the run directory and keep a resumed run's history.
+
+Lightning's CSVLogger deletes an existing ``metrics.csv`` when a run starts in its directory (resumed runs included:
+"Previous log files in this directory will be deleted"), so every requeue lost the history; ``RunCSVLogger`` appends
+to it instead (same columns; a new column rewrites the file atomically with the union header).
+"""
+
+from __future__ import annotations
+
+import csv
+
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from skill_distill.io import ConfigError, atomic_write
+
+
+class AppendingExperimentWriter(ExperimentWriter):
+    """CSVLogger's writer without the deletion of an earlier ``metrics.csv``: rows are appended to it."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):  # continue with the earlier run's columns
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                header = next(csv.reader(f), [])
+            self.metrics_keys = sorted(header)
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+            rows = list(csv.DictReader(f))
+        with atomic_write(self.metrics_file_path) as f:  # a crash keeps the old file whole
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _save_dir(save_dir: str | None, cls: str) -> str:
+    if not save_dir:
+        raise ConfigError(f"{cls}.save_dir is not set: train.py sets it to trainer.default_root_dir; set it when "
+                          "building the Trainer yourself")
+    return save_dir
+
+
+class RunCSVLogger(CSVLogger):
+    """``<save_dir>/<name>/metrics.csv`` (and ``hparams.yaml``), appended across resumptions, flushed whenever a
+    checkpoint is saved (so the history on disk always reaches the checkpoint a resume starts from).
+
+    Args:
+        save_dir: default: the run directory (``trainer.default_root_dir``, filled in by train.py).
+        name: the sub-directory.
+        flush_logs_every_n_steps: also write buffered rows every N steps.
+    """
+
+    def __init__(self, save_dir: str | None = None, name: str = "logs", flush_logs_every_n_steps: int = 10):
+        super().__init__(_save_dir(save_dir, "RunCSVLogger"), name=name, version="",
+                         flush_logs_every_n_steps=flush_logs_every_n_steps)
+
+    @property
+    def experiment(self) -> AppendingExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        self.save()
+
+
+class RunTensorBoardLogger(TensorBoardLogger):
+    """TensorBoard events in ``<save_dir>/<name>/`` (a resumed run adds an event file beside the earlier ones).
+
+    Args:
+        save_dir: default: the run directory (``trainer.default_root_dir``, filled in by train.py).
+        name: the sub-directory.
+    """
+
+    def __init__(self, save_dir: str | None = None, name: str = "tb"):
+        super().__init__(_save_dir(save_dir, "RunTensorBoardLogger"), name=name, version="")
+
+
+__all__ = ["RunCSVLogger", "RunTensorBoardLogger"]

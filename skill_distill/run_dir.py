@@ -1,0 +1,161 @@
+"""One run directory per training run: what an earlier run left in it, which checkpoint a resume starts from, and
+which settings a resume may not change (docs/METHOD.md §6 fixes them for the whole run).
+
+Plain files and torch only (no Lightning): ``train.py`` calls these before any class is built, so a refused run
+writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from skill_distill.io import DataError
+
+CHECKPOINTS = "checkpoints"
+FINISHED = "run_finished.json"
+"""Written into the run directory when ``fit`` ends normally (the run's summary); a resume of it is a no-op."""
+STEP_CHECKPOINT = re.compile(r"^step=(\d+)\.ckpt$")
+# what an earlier run leaves behind (the saved config alone is not a run: LightningCLI writes it before training)
+RUN_OUTPUTS = (CHECKPOINTS, "logs/metrics.csv", "tb", "eval", "hf_export", "selection_manifest.json", FINISHED)
+
+# settings a resumed run may not change: (section, key) -> why it is fixed
+FIXED_SETTINGS: dict[str, tuple[str, ...]] = {
+    "model": ("learning_rate", "weight_decay", "betas", "eps", "warmup_ratio", "min_lr_ratio", "max_grad_norm"),
+    "data": ("corpus", "fields", "split", "tree", "attribution", "profile", "verdicts", "display_names", "selection",
+             "skill_format", "instruction", "enable_thinking", "max_length", "examples_per_step", "packing", "shuffle",
+             "seed"),
+    "trainer": ("max_epochs", "max_steps", "accumulate_grad_batches"),
+}
+
+
+def earlier_run_outputs(run_dir: Path) -> list[str]:
+    """The outputs of an earlier run found in ``run_dir`` (empty: a new or empty directory)."""
+    found = []
+    for name in RUN_OUTPUTS:
+        p = run_dir / name
+        if p.is_file() or (p.is_dir() and any(p.iterdir())):
+            found.append(name)
+    return found
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint at ``path`` cannot be resumed from (None: it reads as a complete checkpoint).
+
+    A file is a torch zip archive: its central directory must open and every member's CRC must match (a truncated
+    or half-copied file fails here). A distributed checkpoint directory needs ``.metadata`` and Lightning's
+    ``meta.pt``, the latter checked the same way."""
+    from skill_distill.export import LIGHTNING_META
+
+    if path.is_dir():
+        if not (path / ".metadata").is_file():
+            return "no .metadata (an unfinished distributed save)"
+        path = path / LIGHTNING_META
+    if not path.is_file():
+        return "missing"
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return f"not a readable torch checkpoint ({e})"
+    return f"member {bad} is corrupt" if bad else None
+
+
+def resolve_resume(checkpoint_dir: Path, log=print) -> Path | None:
+    """The checkpoint ``--ckpt_path last`` resumes from: ``last.ckpt`` when it reads, else the newest readable
+    ``step=*.ckpt`` (said in one line through ``log``); None when the directory holds no checkpoint at all.
+    Raises DataError when there are checkpoints but none reads."""
+    last = checkpoint_dir / "last.ckpt"
+    steps = sorted(((int(m.group(1)), p) for p in checkpoint_dir.glob("step=*.ckpt")
+                    if (m := STEP_CHECKPOINT.match(p.name))), reverse=True)
+    candidates = ([last] if last.exists() else []) + [p for _, p in steps]
+    if not candidates:
+        return None
+    def target(candidate: Path) -> Path:  # what ``last`` points to, named as the run directory is
+        real = candidate.resolve()
+        return checkpoint_dir / real.name if real.parent == checkpoint_dir.resolve() else real
+
+    problems = []
+    for candidate in candidates:
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            if problems:
+                log(f"warning: {problems[0][0]} is unreadable ({problems[0][1]}): resuming from {target(candidate)}, "
+                    "the newest readable checkpoint")
+            return target(candidate)
+        if all(target(candidate) != p for p, _ in problems):
+            problems.append((target(candidate), problem))
+    raise DataError(f"{checkpoint_dir}: no readable checkpoint ({problems[0][0]}: {problems[0][1]}); start a new run "
+                    "with --trainer.default_root_dir <another directory>")
+
+
+def read_checkpoint_meta(path: Path) -> dict:
+    """A checkpoint's contents other than tensors' data (memory-mapped: a multi-GB file is not read)."""
+    from skill_distill.export import LIGHTNING_META, load_trusted
+
+    return load_trusted(path / LIGHTNING_META if path.is_dir() else path, map_location="cpu", mmap=True)
+
+
+def plain(value: Any) -> Any:
+    """A setting as plain JSON-able data, so that a parsed config (jsonargparse Namespaces) and a checkpoint's
+    hyperparameters (dataclasses, tuples) compare equal when they mean the same."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    elif hasattr(value, "as_dict") and callable(value.as_dict):  # jsonargparse Namespace
+        value = value.as_dict()
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if hasattr(value, "value") and type(value).__module__ != "builtins" and isinstance(value.value, (str, int)):
+        return value.value  # an Enum
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, (int, float)) or isinstance(b, float) and isinstance(a, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0.0)
+    return a == b
+
+
+def changed_settings(saved: Mapping[str, Mapping[str, Any]], current: Mapping[str, Mapping[str, Any]]) \
+        -> list[tuple[str, Any, Any]]:
+    """(dotted name, value in the checkpoint, value now) of every fixed setting that differs. A setting the
+    checkpoint does not record is not compared."""
+    changed = []
+    for section, keys in FIXED_SETTINGS.items():
+        for key in keys:
+            if key not in saved.get(section, {}) or key not in current.get(section, {}):
+                continue
+            old, new = plain(saved[section][key]), plain(current[section][key])
+            if not _same(old, new):
+                changed.append((f"{section}.{key}", old, new))
+    return changed
+
+
+def saved_settings(meta: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The fixed settings a checkpoint written by train.py records: the module's and the data module's
+    hyperparameters, and the trainer's settings kept in ResumableCheckpoint's state (``run_settings``)."""
+    trainer: dict[str, Any] = {}
+    for state in (meta.get("callbacks") or {}).values():
+        if isinstance(state, Mapping) and isinstance(state.get("run_settings"), Mapping):
+            trainer = dict(state["run_settings"])
+            break
+    return {"model": dict(meta.get("hyper_parameters") or {}),
+            "data": dict(meta.get("datamodule_hyper_parameters") or {}), "trainer": trainer}
+
+
+def read_finished(run_dir: Path) -> dict | None:
+    p = run_dir / FINISHED
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}

@@ -1,0 +1,268 @@
+"""A training run never loses data or takes another run's state (issue 12, the training side): the shipped
+quickstart config (tiny Qwen3, 8 steps, its evaluation left out) stops on SIGTERM with a checkpoint and exit 143 and
+resumes equal to an uninterrupted run with its whole metrics history; the run directory holds everything; an
+earlier run is resumed only when asked, a finished one is not retrained, a refused resume changes no file; a
+truncated latest checkpoint falls back to the previous one; a full disk fails in one line without leftovers; user
+mistakes are one line."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
+import launch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 8  # 16 examples, 4 per step, 2 epochs
+TRACE = {"class_path": "callbacks.StepTraceCallback"}
+
+
+def quickstart_config(path: Path, tiny: Path, tok: Path, corpus: Path, extra_callbacks=()) -> Path:
+    """configs/quickstart.yaml as shipped (loggers, checkpointing, pre-emption, export, progress), with the tiny
+    Qwen3, a 16-example corpus, fp32, and without its vLLM evaluation (too slow for a test)."""
+    cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    t = cfg["trainer"]
+    t["callbacks"] = [c for c in t["callbacks"] if c["class_path"] not in
+                      ("callbacks.SkillEvalCallback", "lightning.pytorch.callbacks.RichProgressBar")]
+    kinds = [c["class_path"] for c in t["callbacks"]]
+    assert "callbacks.checkpointing.ResumableCheckpoint" in kinds and "callbacks.preemption.PreemptionCallback" in kinds
+    for c in t["callbacks"]:
+        if c["class_path"] == "callbacks.checkpointing.ResumableCheckpoint":
+            c["init_args"].update(every_n_train_steps=2, keep_last=2)
+    t["callbacks"] += [TRACE, *extra_callbacks]
+    t.update(precision="32-true", enable_progress_bar=False, enable_model_summary=False)
+    cfg["model"].update(model=str(tiny), attn_implementation="sdpa", learning_rate=1e-3, warmup_ratio=0.25)
+    cfg["data"].update(corpus=str(corpus), tokenizer=str(tok), tree=None, attribution=None, profile=None,
+                       val_corpus=None, selection={"strategy": "all"}, skill_format={"mode": "off"}, max_length=96,
+                       examples_per_step=4)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def train(cwd: Path, config: Path, *args: str, log: Path, expect: int | None = 0, wait: bool = True):
+    env = launch.script_env(launch.free_port(), PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests' / 'scripts'}")
+    env.pop("SKILL_DISTILL_RESUME_FROM", None)
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "fit", "--config", str(config), *args],
+                                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return launch.finish(proc, log, expect) if wait else proc
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root`` with its size and modification time (ns)."""
+    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def metric_steps(run: Path, column: str = "train/loss") -> list[int]:
+    with (run / "logs" / "metrics.csv").open() as f:
+        return sorted({int(r["step"]) for r in csv.DictReader(f) if r.get(column)})
+
+
+def last_line(log: Path) -> str:
+    return log.read_text().strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, shared_dir, qwen_tokenizer_dir):
+    root = tmp_path_factory.mktemp("run_safety")
+    return {"root": root, "corpus": launch.write_short_corpus(shared_dir, root / "corpus.jsonl"),
+            "tiny": launch.tiny_model_dir(), "tok": qwen_tokenizer_dir}
+
+
+@pytest.fixture(scope="module")
+def runs(inputs):
+    """An uninterrupted run and one stopped by SIGTERM after step 3 (side by side), both of the quickstart config."""
+    root, corpus, tiny, qwen_tokenizer_dir = inputs["root"], inputs["corpus"], inputs["tiny"], inputs["tok"]
+    plain = quickstart_config(root / "plain.yaml", tiny, qwen_tokenizer_dir, corpus)
+    signalled = quickstart_config(root / "sigterm.yaml", tiny, qwen_tokenizer_dir, corpus, [
+        {"class_path": "faults.SignalAtStep", "init_args": {"step": 3, "signum": 15}}])
+    (root / "ref").mkdir()
+    (root / "stopped").mkdir()
+    procs = [(train(root / "ref", plain, log=root / "ref.log", wait=False), root / "ref.log", 0),
+             (train(root / "stopped", signalled, log=root / "stopped.log", wait=False), root / "stopped.log", 143)]
+    for proc, log, rc in procs:
+        launch.finish(proc, log, expect=rc)
+    return {"root": root, "plain": plain, "corpus": corpus, "tiny": tiny, "tok": qwen_tokenizer_dir,
+            "ref": root / "ref" / "runs" / "quickstart", "stopped": root / "stopped" / "runs" / "quickstart"}
+
+
+def copy_run(runs, name: str, source: str = "stopped") -> tuple[Path, Path]:
+    """A copy of a run's working directory (the run directory inside it), to act on without touching the original."""
+    cwd = runs["root"] / name
+    shutil.copytree(runs[source].parents[1], cwd, symlinks=True)
+    return cwd, cwd / "runs" / "quickstart"
+
+
+def test_sigterm_on_quickstart_exits_143_with_checkpoint_and_resume_equals_uninterrupted(runs):
+    stopped_log = (runs["root"] / "stopped.log").read_text()
+    assert "stop requested by signal (SIGTERM): checkpoint saved at step 3; exiting with code 143" in stopped_log
+    assert "args parameter" not in stopped_log  # LightningCLI's warning about main(sys.argv[1:]) is gone
+    stopped = runs["stopped"]
+    assert (stopped / "checkpoints" / "last.ckpt").resolve().name == "step=0000003.ckpt"
+    assert not (stopped / "hf_export").exists() and not (stopped / "run_finished.json").exists()
+    assert metric_steps(stopped) == [0, 1, 2]  # Lightning's step column counts from 0
+
+    cwd, run = copy_run(runs, "resumed")
+    log = runs["root"] / "resumed.log"
+    train(cwd, runs["plain"], "--ckpt_path", "last", log=log)
+    launch.assert_same_training(runs["ref"], run, ranks=1, steps=STEPS)
+    assert launch.redone_steps_match(run, 0) == []  # the SIGTERM checkpoint was taken after step 3: nothing redone
+    # the metrics history is whole: the steps before the stop and after the resume, once each as in the reference
+    assert metric_steps(run) == metric_steps(runs["ref"]) == list(range(STEPS))
+    assert (run / "hf_export" / "final" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (run / "logs").glob("config*.yaml")) == ["config.resume-1.yaml", "config.yaml"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step=0000006.ckpt",
+                                                                       "step=0000008.ckpt"]
+    # progress lines and the closing summary show in a redirected log
+    text = log.read_text()
+    assert "step 4/8 epoch 0: loss" in text and "step 8/8 epoch 1: loss" in text
+    assert f"run runs/quickstart: step {STEPS}" in text and "checkpoints: runs/quickstart/checkpoints" in text
+    assert "export: runs/quickstart/hf_export/final" in text
+
+
+def test_changed_learning_rate_on_resume_is_refused_and_changes_no_file(runs):
+    cwd, _ = copy_run(runs, "changed_lr")
+    before = snapshot(cwd)
+    log = runs["root"] / "changed_lr.log"
+    train(cwd, runs["plain"], "--ckpt_path", "last", "--model.learning_rate=0.002", log=log, expect=2)
+    assert last_line(log).startswith("error: model.learning_rate is 0.002 here but 0.001 in the checkpoint "
+                                     "runs/quickstart/checkpoints/step=0000003.ckpt")
+    assert "Traceback" not in log.read_text()
+    assert snapshot(cwd) == before
+
+
+def test_finished_run_resumed_is_a_no_op_and_rerun_without_resume_is_refused(runs):
+    cwd, _ = copy_run(runs, "finished", source="ref")
+    before = snapshot(cwd)
+    log = runs["root"] / "finished.log"
+    train(cwd, runs["plain"], "--ckpt_path", "last", log=log, expect=0)
+    assert "runs/quickstart: this run already finished (step 8); nothing to do" in log.read_text()
+    assert snapshot(cwd) == before
+    train(cwd, runs["plain"], log=log, expect=2)
+    line = last_line(log)
+    assert line.startswith("error: runs/quickstart holds an earlier run (checkpoints, logs/metrics.csv, tb, "
+                           "hf_export, run_finished.json): resume it with --ckpt_path last, or start a new run with "
+                           "--trainer.default_root_dir"), line
+    assert snapshot(cwd) == before
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(runs):
+    cwd, run = copy_run(runs, "truncated")
+    newest = run / "checkpoints" / "step=0000003.ckpt"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])
+    log = runs["root"] / "truncated.log"
+    train(cwd, runs["plain"], "--ckpt_path", "last", log=log)
+    assert ("warning: runs/quickstart/checkpoints/step=0000003.ckpt is unreadable (not a readable torch checkpoint "
+            "(File is not a zip file)): resuming from runs/quickstart/checkpoints/step=0000002.ckpt, the newest "
+            "readable checkpoint") in log.read_text()
+    launch.assert_same_training(runs["ref"], run, ranks=1, steps=STEPS)
+    assert launch.redone_steps_match(run, 0) == [3]
+
+
+def test_default_root_dir_moves_everything_and_last_never_takes_another_runs_checkpoint(runs):
+    cwd, _ = copy_run(runs, "moved", source="stopped")  # runs/quickstart holds an interrupted run
+    other = cwd / "elsewhere"
+    log = runs["root"] / "moved.log"
+    before = snapshot(cwd / "runs")
+    train(cwd, runs["plain"], f"--trainer.default_root_dir={other}", "--ckpt_path", "last",
+          "--trainer.max_steps=2", log=log)
+    assert "no checkpoint yet, starting a new run" in log.read_text()
+    assert snapshot(cwd / "runs") == before  # the other run is untouched
+    names = {p.name for p in other.iterdir()}
+    assert {"checkpoints", "logs", "tb", "hf_export", "step_trace.rank0.jsonl", "run_finished.json"} <= names, names
+    assert (other / "checkpoints" / "last.ckpt").resolve().name == "step=0000002.ckpt"
+    assert metric_steps(other) == [0, 1]
+    assert launch.trace_by_step(other, 0).keys() == {1, 2}  # trained from step 0, not from the other run's step 3
+
+
+def test_full_disk_during_a_save_removes_its_temporary_and_fails_in_one_line(inputs):
+    runs = inputs
+    cwd = runs["root"] / "disk_full"
+    cwd.mkdir()
+    config = quickstart_config(cwd / "config.yaml", runs["tiny"], runs["tok"], runs["corpus"], [
+        {"class_path": "faults.DiskFullAtSave", "init_args": {"step": 4}}])
+    log = runs["root"] / "disk_full.log"
+    train(cwd, config, log=log, expect=2)
+    ckpts = cwd / "runs" / "quickstart" / "checkpoints"
+    line = last_line(log)
+    assert line.startswith(f"error: no space left on the device of {Path('runs/quickstart/checkpoints')} while "
+                           "saving a checkpoint: one needs about "), line
+    assert "Traceback" not in log.read_text()
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step=0000002.ckpt"]  # no temporary left
+
+
+def test_user_mistakes_are_one_line(inputs, tmp_path):
+    runs = {"plain": quickstart_config(tmp_path / "plain.yaml", inputs["tiny"], inputs["tok"], inputs["corpus"])}
+    cases = [
+        (["--trainer.max_step=2"], ("error: unrecognized arguments: --trainer.max_step=2; did you mean "
+                                    "--trainer.max_steps? (every option: python train.py fit --help)")),
+        (["--ckpt_path", "nope.ckpt"], ("error: --ckpt_path nope.ckpt: no such checkpoint; use --ckpt_path last to "
+                                        "resume the run in runs/quickstart, or a path to an existing .ckpt")),
+        (["--data.val_corpus=missing.jsonl"], ("error: data.val_corpus (the validation corpus): corpus file not "
+                                               "found: missing.jsonl")),
+    ]
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("model:\n  learning_rate: [1\n")
+    cases.append((["--config", str(bad_yaml)], f"error: {bad_yaml}:3:1: YAML syntax error: expected ',' or ']'"))
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("model:\n  lerning_rate: 1.0\n")
+    cases.append((["--config", str(typo)], ("error: Subcommand 'fit' does not accept option 'model.lerning_rate'; "
+                                            "did you mean model.learning_rate?")))
+    for i, (args, expected) in enumerate(cases):
+        log = tmp_path / f"case{i}.log"
+        train(tmp_path, runs["plain"], *args, log=log, expect=2)
+        text = log.read_text()
+        assert last_line(log).startswith(expected), (args, last_line(log))
+        assert "usage:" not in text and "Traceback" not in text, text[-2000:]
+    assert not (tmp_path / "runs" / "quickstart" / "selection_manifest.json").exists()
+    proc = subprocess.run([sys.executable, "-m", "skill_distill", "pool", "--nope"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env=launch.script_env(launch.free_port()), check=False)
+    assert proc.returncode == 2 and "python -m skill_distill pool --help" in proc.stderr
+
+
+def test_csv_logger_appends_to_an_earlier_history(tmp_path):
+    from callbacks.run_loggers import RunCSVLogger
+
+    first = RunCSVLogger(save_dir=str(tmp_path))
+    first.log_metrics({"train/loss": 1.0}, step=1)
+    first.save()
+    second = RunCSVLogger(save_dir=str(tmp_path))  # a resumed run: Lightning's CSVLogger deleted the file here
+    second.log_metrics({"train/loss": 0.5}, step=2)
+    second.log_metrics({"eval/acc": 0.25}, step=2)  # a new column rewrites the header, keeping the rows
+    second.save()
+    with (tmp_path / "logs" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["step"], r["train/loss"], r.get("eval/acc")) for r in rows] == [("1", "1.0", ""), ("2", "0.5", ""),
+                                                                               ("2", "", "0.25")]
+
+
+def test_profile_missing_leaves_is_said_when_training_starts(tmp_path, qwen_tokenizer_dir, caplog):
+    import json
+    import logging
+
+    from datamodules import SkillDataModule
+    from skill_distill.selection import SelectionConfig
+
+    data = REPO / "data" / "quickstart"
+    profile = json.loads((data / "profile" / "profile.json").read_text())
+    deepest = max(n["chain"].count("->") for n in profile["nodes"])
+    leaves = [n["chain"] for n in profile["nodes"] if n["chain"].count("->") == deepest and n.get("judged")]
+    profile["nodes"] = [n for n in profile["nodes"] if n["chain"] not in leaves[:3]]
+    (tmp_path / "profile.json").write_text(json.dumps(profile))
+    dm = SkillDataModule(corpus=str(data / "pool.jsonl"), tokenizer=str(qwen_tokenizer_dir), tree=str(data / "tree.json"),
+                         attribution=str(data / "attribution.jsonl"), profile=str(tmp_path / "profile.json"),
+                         selection=SelectionConfig(strategy="skill", budget=96, seed=42), max_length=384)
+    with caplog.at_level(logging.WARNING, logger="datamodules"):
+        dm.setup("fit")
+    notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("selection: ")]
+    assert any(n.startswith("selection: 3 of ") and "leaves have no judged example and are never drawn" in n
+               for n in notes), notes
