@@ -36,9 +36,10 @@ quickstart: install
 test: install
 	SKILL_DISTILL_DATA=$(TEST_DATA) $(PY) -m pytest tests -q
 
-# deptry: every imported package is declared and every declared one used (config in pyproject's [tool.deptry]);
+# ruff: style and bug rules (config in pyproject's [tool.ruff]); deptry: every imported package is declared and every declared one used (config in pyproject's [tool.deptry]);
 # pip check: the installed set is consistent, apart from PIP_CHECK_EXPECTED.
 lint: install
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/deptry .
 	@out="$$($(PIP) check 2>&1)"; left="$$(printf '%s\n' "$$out" | grep -v -E '$(PIP_CHECK_EXPECTED)' || true)"; \
 	  if [ -n "$$left" ]; then printf 'pip check:\n%s\n' "$$left"; exit 1; else echo "pip check: ok"; fi
