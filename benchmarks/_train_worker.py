@@ -237,8 +237,15 @@ class CountingCollator:
 
 def run_hf(args, examples, clock: StepClock, scratch: str, flat: bool) -> int:
     import torch
-    from transformers import (AutoConfig, AutoModelForCausalLM, DataCollatorWithFlattening, Trainer,
-                              TrainerCallback, TrainingArguments, set_seed)
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        DataCollatorWithFlattening,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        set_seed,
+    )
 
     features = [{"input_ids": p + t, "labels": [IGNORE_INDEX] * len(p) + t} for p, t in examples]
     collator = CountingCollator(DataCollatorWithFlattening() if flat else PaddingCollator(pad_id=0))

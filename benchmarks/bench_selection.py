@@ -27,8 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.reference_impl import forced_distribution_naive, sample_by_skill_literal  # noqa: E402
 from skill_distill.selection import (  # noqa: E402
-    SelectionConfig, _forced_distribution, _Pool,
-    distribution_divergence, leaf_weight, select)
+    SelectionConfig,
+    _forced_distribution,
+    _Pool,
+    distribution_divergence,
+    leaf_weight,
+    select,
+)
 from skill_distill.skill_tree import SkillTree  # noqa: E402
 
 

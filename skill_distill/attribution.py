@@ -41,7 +41,7 @@ from skill_distill.generation.factory import BackendConfig, make_backend  # ligh
 from skill_distill.io import DataError, JsonlAppender, read_json, read_jsonl, read_text, write_json, write_jsonl
 from skill_distill.labels import chains_from_labels
 from skill_distill.skill_stats import load_attribution
-from skill_distill.skill_tree import Chain, SkillTree, format_chain, parse_chain
+from skill_distill.skill_tree import Chain, SkillTree
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ import torchmetrics
 
 from skill_distill import console
 from skill_distill.assets import load_tokenizer
-from skill_distill.benchmarks import (PAPER_SUITE, BenchmarkSpec, LoadedBenchmark, load_benchmark, resolve_spec)
+from skill_distill.benchmarks import PAPER_SUITE, BenchmarkSpec, LoadedBenchmark, load_benchmark, resolve_spec
 from skill_distill.formatting import DEFAULT_INSTRUCTION, SkillFormat, parse_skill_block, render_prompt, user_turn
 from skill_distill.generation.base import GenerationBackend, SamplingConfig, request_seed
 from skill_distill.generation.factory import BackendConfig

@@ -20,7 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The data mirror root (layout: skill_trees/, data/benchmarks/, data/corpus/), checked against the pins."""
-    from skill_distill.assets import DATA_ENV, DATA_ASSETS
+    from skill_distill.assets import DATA_ASSETS, DATA_ENV
 
     root = os.environ.get(DATA_ENV)
     if not root:

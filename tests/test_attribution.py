@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from scripted_endpoint import ScriptedEndpoint
-from skill_distill.labels import MATH_SUBJECT_TO_SKILL_MIX, chains_from_labels
 from skill_distill.attribution import (
     PAPER_PROMPT_TEMPLATE,
     attribute_examples,
@@ -26,6 +25,7 @@ from skill_distill.formatting import render_prompt
 from skill_distill.generation.base import GenerationError, SamplingConfig, request_seed
 from skill_distill.generation.openai_backend import OpenAIBackend
 from skill_distill.io import DataError, read_jsonl, write_jsonl
+from skill_distill.labels import MATH_SUBJECT_TO_SKILL_MIX, chains_from_labels
 from skill_distill.skill_stats import load_attribution
 from skill_distill.skill_tree import SkillTree
 

@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from datamodules.batching import (ExampleDataset, SFTCollator, StepBatchSampler, _balanced_split, build_example,
-                                  plan_epoch)
+from datamodules.batching import (
+    ExampleDataset,
+    SFTCollator,
+    StepBatchSampler,
+    _balanced_split,
+    build_example,
+    plan_epoch,
+)
 from skill_distill.io import ConfigError
 
 LENGTHS = [int(x) for x in np.random.default_rng(0).integers(20, 400, size=53)]

@@ -11,8 +11,15 @@ import pytest
 import yaml
 from jsonargparse import ArgumentParser
 
-from skill_distill.benchmarks import (PAPER_SUITE, REGISTRY, BenchmarkSpec, SkillSource,
-                                      extract_answers, load_benchmark, resolve_spec)
+from skill_distill.benchmarks import (
+    PAPER_SUITE,
+    REGISTRY,
+    BenchmarkSpec,
+    SkillSource,
+    extract_answers,
+    load_benchmark,
+    resolve_spec,
+)
 from skill_distill.io import DataError
 from skill_distill.labels import MATH_SUBJECT_TO_SKILL_MIX
 from skill_distill.skill_tree import SkillTree

@@ -167,7 +167,6 @@ def test_pipeline_config_parses_against_its_stage(path):
 @pytest.mark.parametrize("path", sorted(EXPERIMENT_DRIVERS), ids=lambda p: p.name)
 def test_experiment_config_parses_against_its_driver(path):
     import importlib.util
-
     import sys
 
     spec = importlib.util.spec_from_file_location("experiment_driver", REPO / EXPERIMENT_DRIVERS[path])

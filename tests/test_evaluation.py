@@ -12,9 +12,20 @@ import pytest
 
 from skill_distill.benchmarks import BenchmarkSpec, SkillSource
 from skill_distill.eval_report import emphasised_skills, load_report
-from skill_distill.evaluation import (BenchmarkMetric, build_report, compute_summaries, evaluate_model, flat_metrics,
-                                      load_benchmarks, parse_skill_block, plan_requests, rank_share,
-                                      skill_block_counts, summarize, write_report)
+from skill_distill.evaluation import (
+    BenchmarkMetric,
+    build_report,
+    compute_summaries,
+    evaluate_model,
+    flat_metrics,
+    load_benchmarks,
+    parse_skill_block,
+    plan_requests,
+    rank_share,
+    skill_block_counts,
+    summarize,
+    write_report,
+)
 from skill_distill.formatting import SkillFormat, skill_block, tree_as_text
 from skill_distill.generation.base import SamplingConfig, request_seed
 from skill_distill.generation.factory import BackendConfig

@@ -9,8 +9,8 @@ import pytest
 
 from skill_distill.formatting import render_prompt, user_message
 from skill_distill.generation.base import Completion, GenerationError, SamplingConfig
-from skill_distill.generation.factory import BackendConfig, make_backend
 from skill_distill.generation.child_process import generate_in_subprocess
+from skill_distill.generation.factory import BackendConfig, make_backend
 from skill_distill.generation.vllm_backend import clean_child_env
 from skill_distill.io import DataError
 

@@ -16,6 +16,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "scripts"))
 import launch  # noqa: E402
+
 SCRIPT = REPO / "tests" / "scripts" / "one_step_grads.py"
 
 

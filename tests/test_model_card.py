@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 
 import train
-from skill_distill.decontamination import run_decontaminate
 from lightning_modules.checkpoint_export import run_export
+from skill_distill.decontamination import run_decontaminate
 from skill_distill.io import read_json
 from skill_distill.selection import fingerprint_file
 

@@ -13,8 +13,7 @@ from skill_distill.generation.base import GenerationBackend, SamplingConfig
 from skill_distill.generation.factory import BackendConfig, make_backend
 from skill_distill.io import DataError
 from skill_distill.profile import load_profile, merge_profile_shards, reference_answers, run_profile
-from skill_distill.skill_stats import (SkillCounts, bootstrap_interval, load_attribution, nodes_of,
-                                       wilson_interval)
+from skill_distill.skill_stats import SkillCounts, bootstrap_interval, load_attribution, nodes_of, wilson_interval
 from skill_distill.skill_tree import SkillTree
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,8 +14,16 @@ from scipy.sparse import csr_matrix
 from benchmarks.reference_impl import forced_distribution_naive, sample_by_skill_literal
 from skill_distill.io import ConfigError, DataError, write_json, write_jsonl
 from skill_distill.selection import (
-    SelectionConfig, _forced_distribution, fingerprint_file,
-    leaf_weight, load_manifest, read_mean_correctness, read_profile_nodes, select, write_manifest)
+    SelectionConfig,
+    _forced_distribution,
+    fingerprint_file,
+    leaf_weight,
+    load_manifest,
+    read_mean_correctness,
+    read_profile_nodes,
+    select,
+    write_manifest,
+)
 from skill_distill.skill_tree import SkillTree, format_chain
 
 REPO = Path(__file__).resolve().parents[1]

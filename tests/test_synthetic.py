@@ -90,8 +90,12 @@ def _ints(text: str) -> list[int]:
 
 
 def _sympy(text: str):
-    from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_application, parse_expr,
-                                            standard_transformations)
+    from sympy.parsing.sympy_parser import (
+        convert_xor,
+        implicit_multiplication_application,
+        parse_expr,
+        standard_transformations,
+    )
 
     return parse_expr(text, transformations=standard_transformations + (implicit_multiplication_application,
                                                                         convert_xor))
