@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from skill_distill.io import write_json  # noqa: E402
+from skill_distill.io import write_json
 
 IGNORE_INDEX = -100  # the value datamodules.batching uses and HF losses ignore
 KINDS = ("ours", "hf_padded", "hf_flat")

@@ -59,7 +59,7 @@ def main() -> None:
     finally:
         backend.close()
     (c1, w1, r1), (cb, wb, rb) = results["per-example"], results["level-batched"]
-    same = sum(a["chains"] == b["chains"] for a, b in zip(r1, rb))
+    same = sum(a["chains"] == b["chains"] for a, b in zip(r1, rb, strict=True))
     print(f"speed-up (examples/s, batched / per-example): {w1 / wb:.2f}x; backend calls {c1['backend_calls']} -> "
           f"{cb['backend_calls']} (tree depth {tree.depth}); identical chains for {same}/{len(examples)} examples")
 

@@ -120,7 +120,7 @@ def main() -> None:
           f"its longest completion ends; vLLM refills a finished sequence's slot)")
     print(f"speed-up vLLM / HF: {ratio:.2f}x (target >= 3x)")
     if args.temperature == 0:
-        same = sum(a == b for a, b in zip(v["texts"], h["texts"]))
+        same = sum(a == b for a, b in zip(v["texts"], h["texts"], strict=True))
         print(f"identical greedy outputs: {same}/{len(v['texts'])}")
 
 

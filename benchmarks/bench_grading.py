@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from skill_distill.assets import resolve  # noqa: E402
-from skill_distill.grading import Grader, _parse_gold  # noqa: E402
+from skill_distill.assets import resolve
+from skill_distill.grading import Grader, _parse_gold
 
 
 def _perturb(gold: str) -> str:

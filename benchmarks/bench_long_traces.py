@@ -209,7 +209,7 @@ def overhead_worker(args) -> dict:
         trainer.fit(module, train_dataloaders=loader)
         del trainer, module
         gc.collect()
-        return [b - a for a, b in zip(stamps, stamps[1:])]
+        return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
     def bare() -> list[float]:
         module = build("linear_ce")
@@ -229,7 +229,7 @@ def overhead_worker(args) -> dict:
             stamps.append(time.perf_counter())
         del model, opt, module
         gc.collect()
-        return [b - a for a, b in zip(stamps, stamps[1:])]
+        return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
     runs = []
     for rep in range(5):

@@ -132,7 +132,7 @@ def print_plan_at(tokens: int = 8192, gpus: int = 8, gpu_gb: float = 80.0, loss:
               f"{'tied' if d['tied'] else 'untied'} embeddings -> P = {p['total'] / 1e9:.3f} B "
               f"(P_layer {p['layer'] / 1e6:.1f} M, P_root {p['root'] / 1e6:.1f} M); T = {tokens}, N = {gpus} GPUs, "
               f"loss {loss}")
-        for key, (value, formula) in terms.items():
+        for value, formula in terms.values():
             print(f"  {value / GB:7.2f} GB  {formula}")
         for phase, alive in phases:
             total = sum(terms[k][0] for k in alive)

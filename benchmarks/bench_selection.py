@@ -25,8 +25,8 @@ import scipy.sparse  # noqa: F401  (imported before timing: selection uses it)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.reference_impl import forced_distribution_naive, sample_by_skill_literal  # noqa: E402
-from skill_distill.selection import (  # noqa: E402
+from benchmarks.reference_impl import forced_distribution_naive, sample_by_skill_literal
+from skill_distill.selection import (
     SelectionConfig,
     _forced_distribution,
     _Pool,
@@ -34,7 +34,7 @@ from skill_distill.selection import (  # noqa: E402
     leaf_weight,
     select,
 )
-from skill_distill.skill_tree import SkillTree  # noqa: E402
+from skill_distill.skill_tree import SkillTree
 
 
 def synthetic_pool(tree: SkillTree, n: int, seed: int = 0):

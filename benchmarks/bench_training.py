@@ -169,7 +169,7 @@ def report(args, results: dict, started: float) -> None:
                  for k in ("hf_padded", "hf_flat")}
     # paired per-step ratios: step k of every run trained on the same examples within seconds of each other, so their
     # median is robust to a burst of other load that hits a few steps (the aggregate above is not)
-    per_step = {k: [h / o for h, o in zip(results[k]["step_wall_s"], ours["step_wall_s"])]
+    per_step = {k: [h / o for h, o in zip(results[k]["step_wall_s"], ours["step_wall_s"], strict=False)]
                 for k in ("hf_padded", "hf_flat")}
     median = {k: statistics.median(v) for k, v in per_step.items()}
     for k, name in (("hf_padded", "padded"), ("hf_flat", "flattening")):
@@ -214,7 +214,7 @@ def main() -> None:
     try:
         results = run_lockstep(args, tmp)
     except WorkerFailed as e:
-        raise SystemExit(f"benchmark failed: {e}")
+        raise SystemExit(f"benchmark failed: {e}") from e
     report(args, results, started)
 
 

@@ -53,7 +53,7 @@ def forced_distribution_naive(X, target: np.ndarray, counts: np.ndarray, quota: 
             for leaf in row:
                 hist[leaf] += 1
             total = sum(hist)
-            scores.append(sum((h / total - t) ** 2 for h, t in zip(hist, target)))
+            scores.append(sum((h / total - t) ** 2 for h, t in zip(hist, target, strict=True)))
         best = min(scores)
         if best == math.inf:
             break

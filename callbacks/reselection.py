@@ -60,8 +60,8 @@ class ReselectionCallback(SkillEvalCallback):
 
     def __init__(
         self,
-        backend: BackendConfig = BackendConfig(kind="vllm"),  # noqa: B008
-        sampling: SamplingConfig = SamplingConfig(temperature=0.6, top_p=1.0, max_new_tokens=8192, seed=42),  # noqa: B008
+        backend: BackendConfig = BackendConfig(kind="vllm"),
+        sampling: SamplingConfig = SamplingConfig(temperature=0.6, top_p=1.0, max_new_tokens=8192, seed=42),
         verdicts_dir: str | None = None,
         export_dtype: str | None = "bfloat16",
         dirpath: str | None = None,

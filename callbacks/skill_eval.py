@@ -96,8 +96,8 @@ class SkillEvalCallback(L.Callback):
         benchmarks: list[str | BenchmarkSpec] | None = None,
         every_n_epochs: int = 1,
         baseline: bool = False,
-        backend: BackendConfig = BackendConfig(kind="vllm"),  # noqa: B008
-        sampling: SamplingConfig = SamplingConfig(temperature=0.6, top_p=1.0, max_new_tokens=16384),  # noqa: B008
+        backend: BackendConfig = BackendConfig(kind="vllm"),
+        sampling: SamplingConfig = SamplingConfig(temperature=0.6, top_p=1.0, max_new_tokens=16384),
         tree: str | None = None,
         data_root: str | None = None,
         enable_thinking: bool | None = None,

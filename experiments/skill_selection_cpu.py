@@ -214,7 +214,6 @@ def write_results(cfg: ExperimentConfig, results: dict, results_dir: Path) -> st
     import numpy as np
 
     seeds = list(results["seeds"])
-    names = ["start: untrained (no warm-up)", "start: warm-up student"] + list(ARMS)
     lines = [f"Held-out problems: {results['heldout_problems']} over {len(results['leaves'])} leaf skills; "
              f"budget {cfg.budget} examples x {cfg.epochs} epochs per arm; greedy decoding; seeds {', '.join(seeds)}.", "",
              "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
@@ -253,7 +252,7 @@ def write_results(cfg: ExperimentConfig, results: dict, results_dir: Path) -> st
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(13, 8.5), sharex=True)
     width = 0.2
     series = [("warm-up student", results["start"]["warm"]["per_leaf"], "#999999")] + [
-        (arm, acc[arm], c) for arm, c in zip(ARMS, ("#4c72b0", "#dd8452", "#55a868"))]
+        (arm, acc[arm], c) for arm, c in zip(ARMS, ("#4c72b0", "#dd8452", "#55a868"), strict=True)]
     for k, (label, vals, color) in enumerate(series):
         ax1.bar(x + (k - 1.5) * width, 100 * np.asarray(vals), width, label=label, color=color)
     ax1.set_ylabel("held-out accuracy (%)")

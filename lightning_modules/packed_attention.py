@@ -38,7 +38,7 @@ def sequence_lengths(position_ids: torch.Tensor) -> list[int]:
     starts = torch.nonzero(position_ids == 0).flatten().tolist()
     if not starts or starts[0] != 0:
         starts = [0, *starts]
-    return [b - a for a, b in zip(starts, [*starts[1:], position_ids.numel()])]
+    return [b - a for a, b in zip(starts, [*starts[1:], position_ids.numel()], strict=True)]
 
 
 # the last batch's cu_seq_lens tensor (weakly) and its lengths as Python ints: every layer of a forward, and the
@@ -77,7 +77,7 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, position_id
     # with no mask, sdpa_attention_forward runs the causal kernel (module.is_causal); outputs come back as
     # (batch, seq, heads, dim), so the pieces join along the sequence axis
     pieces = [sdpa_attention_forward(module, q, k, v, None, **kwargs)[0]
-              for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))]
+              for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2), strict=True)]
     return torch.cat(pieces, dim=1), None
 
 

@@ -279,7 +279,7 @@ class SkillAttributor:
             display = [self.tree.display(c) for c in children]
             shown = display if len({normalize_name(d) for d in display}) == len(display) else children
             options: dict[str, str] = {}
-            for real, show in zip(children, shown):
+            for real, show in zip(children, shown, strict=True):
                 options.setdefault(normalize_name(show), real)
             for real in children:  # the tree's own name is accepted too, unless it is another child's label
                 options.setdefault(normalize_name(real), real)
@@ -317,7 +317,7 @@ class SkillAttributor:
         """The output row of a finished example: its chains in tree order, each once (``paper``: in the order a
         depth-first walk of the replies meets them, as the reference writes them, repeats included)."""
         if self.preset == "paper":
-            keyed = sorted(zip(state["chain_keys"], state["chains"]), key=lambda kc: kc[0])
+            keyed = sorted(zip(state["chain_keys"], state["chains"], strict=True), key=lambda kc: kc[0])
             return {"id": state["id"], "chains": [list(c) for _, c in keyed], "num_calls": state["num_calls"],
                     "dropped": dict(state["dropped"])}
         last = len(self._leaf_order)
@@ -350,7 +350,7 @@ class SkillAttributor:
         for s in states:
             s["pending"], s["pending_keys"] = [], []
             s.setdefault("chain_keys", [[]] * len(s["chains"]))
-        for (s, path), key, completions in zip(items, keys, outputs):
+        for (s, path), key, completions in zip(items, keys, outputs, strict=True):
             reply = completions[0]
             self.counters["completion_tokens"] += reply.num_tokens
             self.counters["truncated_replies"] += int(not reply.finished)
@@ -358,7 +358,7 @@ class SkillAttributor:
             if self.preset == "paper":
                 shown, _ = self.menu(path)
                 real = [c.name for c in self.tree.node(path).children]
-                chosen, unknown, parsable = interpret_reply_exact(reply.text, dict(zip(shown, real)))
+                chosen, unknown, parsable = interpret_reply_exact(reply.text, dict(zip(shown, real, strict=True)))
             else:
                 chosen, unknown, parsable = interpret_reply(reply.text, self.menu(path)[1])
             s["dropped"]["unknown_names"] += unknown
@@ -608,7 +608,7 @@ def run_attribution(
                 for n, (chunk_examples, states, level) in enumerate(chunks, 1):
                     ids = [e.id for e in chunk_examples]
                     log.info("attribution chunk %d/%d: %d examples", n, len(chunks), len(ids))
-                    rows = walker.walk_chunk(chunk_examples, states, lambda s, lv: save(ids, s, lv), level)
+                    rows = walker.walk_chunk(chunk_examples, states, lambda s, lv, ids=ids: save(ids, s, lv), level)
                     appender.append(r for r in rows if r["id"] not in appender.done)
                     appender.done.update(ids)
                     save(None, None, 0)

@@ -71,7 +71,7 @@ class DecontaminationConfig:
 
 def _ngrams(words: list[str], n: int):
     """The word n-grams of ``words`` as tuples, in order (built by zip in C, not by slicing in Python)."""
-    return zip(*(words[i:] for i in range(n)))
+    return zip(*(words[i:] for i in range(n)), strict=False)
 
 
 class BenchmarkIndex:
@@ -167,7 +167,7 @@ def read_counts(pool: str | Path) -> dict | None:
 
 
 def run_decontaminate(pool: str, output: str,
-                      decontamination: DecontaminationConfig = DecontaminationConfig(),  # noqa: B008 - shown by jsonargparse
+                      decontamination: DecontaminationConfig = DecontaminationConfig(),
                       hits: str | None = None) -> dict:
     """Drop the pool problems that overlap an evaluation set (the ``decontaminate`` stage; ``pool`` runs it too).
 

@@ -111,7 +111,7 @@ def plot_skills(report: Mapping, name: str, path: str | os.PathLike, baseline: M
     ax = fig.add_subplot(1, 1, 1)
     ys = list(range(n))[::-1]
     labels = []
-    for y, (kind, row) in zip(ys, rows):
+    for y, (kind, row) in zip(ys, rows, strict=True):
         chain = row["chain"]
         parts = parse_chain(chain)
         acc, lo, hi = 100 * row["accuracy"], 100 * row["ci_low"], 100 * row["ci_high"]
@@ -139,7 +139,7 @@ def plot_skills(report: Mapping, name: str, path: str | os.PathLike, baseline: M
             labels.append(indent + (f"★ {label} (×{emphasised[chain]:.1f})" if star else label))
     ax.set_yticks(ys)
     ax.set_yticklabels(labels, fontsize=9)
-    for tick, (kind, _) in zip(ax.get_yticklabels(), rows):
+    for tick, (kind, _) in zip(ax.get_yticklabels(), rows, strict=True):
         if kind == "topic":
             tick.set_fontweight("bold")
     overall = metrics.get("accuracy")

@@ -200,7 +200,7 @@ def evaluate_model(model_dir: str, tokenizer: Any, benchmarks: Sequence[str | Be
                 golds = [by_name[r.benchmark].problems[r.index].answers for r in chunk]
                 verdicts = grader.grade([c.text for c in comps], golds)
                 rows = []
-                for r, c, v in zip(chunk, comps, verdicts):
+                for r, c, v in zip(chunk, comps, verdicts, strict=True):
                     written = parse_skill_block(c.text, skill_format, skill_tree)
                     rows.append({"key": r.key, "benchmark": r.benchmark, "index": r.index, "id": r.problem_id,
                                  "sample": r.sample, "seed": r.seed, "rank": rank, "text": c.text, "num_tokens": c.num_tokens,
@@ -263,7 +263,7 @@ class BenchmarkMetric(torchmetrics.Metric):
         block = [0.0] * len(SKILL_BLOCK_FIELDS)
         for r in rows:
             written = None if r.get("skills_written") is None else [parse_chain(c) for c in r["skills_written"]]
-            block = [a + b for a, b in zip(block, skill_block_counts(written, self._gold[r["index"]]))]
+            block = [a + b for a, b in zip(block, skill_block_counts(written, self._gold[r["index"]]), strict=True)]
         self.skill_block += torch.tensor(block, dtype=torch.float64, device=self.skill_block.device)
 
     def compute(self) -> dict:
@@ -317,7 +317,7 @@ def summarize(benchmark: LoadedBenchmark, state: Mapping[str, Any], confidence: 
         skills = [row for row in counts.rows(benchmark.tree, confidence, resamples=resamples, seed=seed)
                   if row["depth"] > 0]
     out["skills"] = skills
-    b = dict(zip(SKILL_BLOCK_FIELDS, arr("skill_block").tolist()))
+    b = dict(zip(SKILL_BLOCK_FIELDS, arr("skill_block").tolist(), strict=True))
     if b["samples_with_gold"]:
         out["skill_block"] = {
             "samples": int(b["samples_with_gold"]), "rate": b["samples_with_block"] / b["samples_with_gold"],
@@ -428,9 +428,9 @@ def _cpu_cores() -> list[int]:
 def run_evaluate(
     model: str,
     output_dir: str,
-    benchmarks: list[str | BenchmarkSpec] = PAPER_SUITE,  # noqa: B006 - jsonargparse shows the default
-    backend: BackendConfig = BackendConfig(kind="vllm"),  # noqa: B008
-    sampling: SamplingConfig = PAPER_SAMPLING,  # noqa: B008
+    benchmarks: list[str | BenchmarkSpec] = PAPER_SUITE,
+    backend: BackendConfig = BackendConfig(kind="vllm"),
+    sampling: SamplingConfig = PAPER_SAMPLING,
     tree: str | None = None,
     display_names: str | None = None,
     tokenizer: str | None = None,

@@ -232,8 +232,8 @@ class Grader:
             raise ValueError(f"got {len(outputs)} outputs but {len(golds)} reference answers")
         if allow_fallback is None:
             allow_fallback = [True] * len(outputs)
-        extracted = [extract_answer(o, self.fallback if ok else "none") for o, ok in zip(outputs, allow_fallback)]
-        items = [(e, (g,) if isinstance(g, str) else tuple(str(x) for x in g)) for e, g in zip(extracted, golds)]
+        extracted = [extract_answer(o, self.fallback if ok else "none") for o, ok in zip(outputs, allow_fallback, strict=False)]
+        items = [(e, (g,) if isinstance(g, str) else tuple(str(x) for x in g)) for e, g in zip(extracted, golds, strict=True)]
         if not items:
             return []
         if self.workers == 0:
@@ -253,7 +253,7 @@ class Grader:
                 raise RuntimeError(f"a grading worker process died: {e}") from None
         self.checked += len(results)
         self.timeouts += sum(t for _, t in results)
-        return [Verdict(ok, e, t) for (ok, t), e in zip(results, extracted)]
+        return [Verdict(ok, e, t) for (ok, t), e in zip(results, extracted, strict=True)]
 
 
 def grade(outputs: Sequence[str], golds: Sequence[str | Sequence[str]], workers: int = 0,

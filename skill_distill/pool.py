@@ -115,11 +115,11 @@ def _columns(fields: CorpusFields, *names: str) -> list[str]:
     return [c for c in (getattr(fields, n) for n in names) if c]
 
 
-def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields(), split: str = "train",  # noqa: B008
+def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields(), split: str = "train",
              size: int | None = None, heldout: int = 0, seed: int = 42,
-             filters: PoolFilter = PoolFilter(),  # noqa: B008 - jsonargparse shows the default
+             filters: PoolFilter = PoolFilter(),
              max_traces_per_problem: int = 1, tokenizer: str | None = None, token_lengths: list[int] | None = None,
-             decontamination: DecontaminationConfig = DecontaminationConfig(),  # noqa: B008
+             decontamination: DecontaminationConfig = DecontaminationConfig(),
              limit: int | None = None, batch_size: int = 1000) -> dict:
     """Build the training pool and its held-out slice from a teacher corpus (the ``pool`` stage).
 

@@ -246,12 +246,12 @@ def _answer_and_grade(todo: list[Example], index: dict[str, int], path: Path, ba
             chunk = todo[start: start + chunk_size]
             prompts = [render_prompt(tokenizer, user_message(ex.problem, instruction), enable_thinking) for ex in chunk]
             completions = student.generate(prompts, sampling, seeds=[sampling.seed + index[ex.id] for ex in chunk])
-            flat = [(ex, j, c) for ex, comps in zip(chunk, completions) for j, c in enumerate(comps)]
+            flat = [(ex, j, c) for ex, comps in zip(chunk, completions, strict=True) for j, c in enumerate(comps)]
             verdicts = grader.grade([c.text for _, _, c in flat], [reference_answers(ex.answer) for ex, _, _ in flat],
                                     allow_fallback=[c.finished for _, _, c in flat])
             out.append({"id": ex.id, "sample": j, "correct": v.correct, "extracted": v.extracted,
                         "num_tokens": c.num_tokens, "truncated": not c.finished}
-                       for (ex, j, c), v in zip(flat, verdicts))
+                       for (ex, j, c), v in zip(flat, verdicts, strict=True))
             right = sum(v.correct for v in verdicts)
             _progress(f"{min(start + chunk_size, len(todo))}/{len(todo)} problems; this chunk {right}/{len(verdicts)} "
                       f"correct, {grader.timeouts} grading timeouts so far")

@@ -233,7 +233,7 @@ def reselect(config: SelectionConfig, epoch: int, ids: Sequence[str], chains_by_
                         rng_seed=epoch_seed(config, epoch))
         drawn = list(result.ids)
         ok = accept(drawn) if accept is not None else [True] * len(drawn)
-        accepted = [i for i, good in zip(drawn, ok) if good]
+        accepted = [i for i, good in zip(drawn, ok, strict=True) if good]
         if len(accepted) >= want or len(drawn) < budget:
             break
         budget += want - len(accepted)

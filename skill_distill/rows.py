@@ -126,7 +126,7 @@ def _parquet_batches(path: Path, batch_size: int, columns: Sequence[str] | None)
     first_row = 0
     with f:
         for batch in f.iter_batches(batch_size=batch_size, columns=cols):
-            for name, column in zip(batch.schema.names, batch.columns):
+            for name, column in zip(batch.schema.names, batch.columns, strict=True):
                 try:  # Parquet does not enforce UTF-8 in string columns; a full validation finds bad bytes
                     column.validate(full=True)
                 except pa.ArrowInvalid as e:

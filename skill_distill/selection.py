@@ -485,8 +485,8 @@ def _correctness_groups(config: SelectionConfig, pool: _Pool, members: np.ndarra
     unjudged = sum(s is None for s in score)
     if unjudged:
         notes.append(f"{unjudged} eligible examples have no verdict and are left out")
-    wrong = np.asarray([e for e, s in zip(members, score) if s is not None and s < WRONG_BELOW], dtype=int)
-    right = np.asarray([e for e, s in zip(members, score) if s is not None and s >= WRONG_BELOW], dtype=int)
+    wrong = np.asarray([e for e, s in zip(members, score, strict=True) if s is not None and s < WRONG_BELOW], dtype=int)
+    right = np.asarray([e for e, s in zip(members, score, strict=True) if s is not None and s >= WRONG_BELOW], dtype=int)
     if config.correct_portion is not None:
         return [("judged", np.sort(np.concatenate([wrong, right])).astype(int), config.budget)]
     if config.wrong_share is None:
@@ -548,7 +548,7 @@ def _sample_over_leaf_lists(lists: Mapping[int, np.ndarray], weights: np.ndarray
     keys = rng.exponential(size=len(examples)) / q
     order = np.argsort(keys, kind="stable")[:quota]
     picks: list[tuple[int, int]] = []
-    for u, local in zip(rng.random(len(order)), order):
+    for u, local in zip(rng.random(len(order)), order, strict=True):
         e = int(examples[local])
         cum = np.cumsum([m for _, m in leaves_of[e]])
         picks.append((e, leaves_of[e][int(np.searchsorted(cum, u * cum[-1], side="right"))][0]))
@@ -572,7 +572,7 @@ def _sample_by_skill(pool: _Pool, members: np.ndarray, weights: np.ndarray, quot
     order = np.argsort(keys, kind="stable")[: min(quota, int(positive.sum()))]
     picks: list[tuple[int, int]] = []
     uniforms = rng.random(len(order))
-    for u, local in zip(uniforms, order):
+    for u, local in zip(uniforms, order, strict=True):
         e = int(members[local])
         leaves = [c for c in pool.leaf_rows[e] if leaf_mass[c] > 0]
         mass = np.cumsum([leaf_mass[c] for c in leaves])

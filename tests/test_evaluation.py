@@ -33,7 +33,7 @@ from skill_distill.grading import extract_last_boxed
 from skill_distill.skill_tree import SkillTree
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scripted_endpoint import ScriptedEndpoint  # noqa: E402
+from scripted_endpoint import ScriptedEndpoint
 
 REPO = Path(__file__).resolve().parents[1]
 QS = REPO / "data" / "quickstart"

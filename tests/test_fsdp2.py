@@ -23,7 +23,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
-import launch  # noqa: E402
+import launch
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # every test here runs 2-rank FSDP2 jobs
 

@@ -65,7 +65,7 @@ def test_vllm_guided_lists(vllm_smollm, prompts):
     allowed = [["Algebra", "Geometry", "Number \"theory\""], None, ["x y", "z"]]
     out = vllm_smollm.generate(prompts[:3], SamplingConfig(temperature=1.0, max_new_tokens=24, n=2),
                                allowed_lists=allowed)
-    for names, comps in zip(allowed, out):
+    for names, comps in zip(allowed, out, strict=True):
         for c in comps:
             if names is None:
                 assert not c.text.lstrip().startswith("[")  # unconstrained prose

@@ -54,9 +54,9 @@ def test_every_boxed_gold_is_correct_and_perturbed_gold_is_wrong(shared_dir, gra
     # the answer sits after a reasoning block that boxes something else: only the last box counts
     outputs = [f"<think>First guess \\boxed{{0}}.</think>\nSo the answer is $\\boxed{{{_first(g)}}}$." for g in golds]
     verdicts = grader.grade(outputs, golds)
-    wrong = [(g, v.extracted) for g, v in zip(golds, verdicts) if not v.correct]
+    wrong = [(g, v.extracted) for g, v in zip(golds, verdicts, strict=True) if not v.correct]
     assert wrong == []
-    assert all(v.extracted == _first(g) for g, v in zip(golds, verdicts))
+    assert all(v.extracted == _first(g) for g, v in zip(golds, verdicts, strict=True))
 
     # perturbed answers: every row of the small sets, every third row of MATH-500 and OlympiadBench (time budget)
     sample = golds if len(golds) <= 40 else golds[::3]
@@ -64,7 +64,7 @@ def test_every_boxed_gold_is_correct_and_perturbed_gold_is_wrong(shared_dir, gra
     perturbed = [(g, p) for g, p in perturbed if p is not None]
     assert len(perturbed) >= 0.9 * len(sample)
     verdicts = grader.grade([f"The answer is \\boxed{{{p}}}" for _, p in perturbed], [g for g, _ in perturbed])
-    accepted = [(g, p) for (g, p), v in zip(perturbed, verdicts) if v.correct]
+    accepted = [(g, p) for (g, p), v in zip(perturbed, verdicts, strict=True) if v.correct]
     assert accepted == []
     assert grader.timeouts == 0
 

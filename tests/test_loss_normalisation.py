@@ -45,7 +45,7 @@ def run_step(tmp_path, corpus, tokenizer_dir, name, **kw) -> tuple[dict, float]:
 def assert_same_grads(a: dict, b: dict, tol: float = 1e-5) -> None:
     assert a.keys() == b.keys() and a
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=tol, atol=tol, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(a[k], b[k], rtol=tol, atol=tol, msg=lambda m, k=k: f"{k}: {m}")
 
 
 @pytest.mark.distributed

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
-import launch  # noqa: E402
+import launch
 
 STEPS = 8  # 16 examples, 4 per step, 2 epochs
 

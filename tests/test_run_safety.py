@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
-import launch  # noqa: E402
+import launch
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 8  # 16 examples, 4 per step, 2 epochs

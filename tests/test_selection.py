@@ -199,7 +199,7 @@ def test_correctness_filter_and_wrong_share(tree):
 
 def test_difficulty_band_is_inclusive(tree):
     ids = [f"p{i}" for i in range(8)]
-    rates = dict(zip(ids, [0.0, 0.24, 0.25, 0.4, 0.625, 0.63, 1.0, None]))
+    rates = dict(zip(ids, [0.0, 0.24, 0.25, 0.4, 0.625, 0.63, 1.0, None], strict=True))
     result = select(SelectionConfig(strategy="difficulty", budget=10), ids, {}, tree, pass_rate_by_id=rates)
     assert sorted(result.ids) == ["p2", "p3", "p4"]
     narrow = select(SelectionConfig(strategy="difficulty", budget=2, difficulty_band=(0.25, 0.625), seed=1),

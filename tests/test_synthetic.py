@@ -237,7 +237,7 @@ def test_quickstart_examples_are_short_in_qwen3_tokens(quickstart, qwen_tokenize
     traces = [len(qwen_tokenizer(e.trace)["input_ids"]) for e in examples]
     # the whole training example: chat-templated prompt plus the assistant trace
     prompts = qwen_tokenizer([render_prompt(qwen_tokenizer, user_message(e.problem)) for e in examples])["input_ids"]
-    whole = [len(p) + t for p, t in zip(prompts, traces)]
+    whole = [len(p) + t for p, t in zip(prompts, traces, strict=True)]
     assert min(traces) >= 40 and max(traces) <= 140, (min(traces), max(traces))
     assert 60 <= sum(traces) / len(traces) <= 120
     assert max(whole) <= 200, max(whole)

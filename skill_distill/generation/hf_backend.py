@@ -104,7 +104,7 @@ class HFBackend(GenerationBackend):
             batch = rows[start: start + self.batch_size]
             for key, comp in zip(batch, self._generate_batch([ids[i] for i, _ in batch],
                                                              [_sequence_seed(seeds[i], j) for i, j in batch],
-                                                             sampling, greedy)):
+                                                             sampling, greedy), strict=True):
                 results[key] = comp
         return [[results[(i, 0 if greedy else j)] for j in range(sampling.n)] for i in range(len(prompts))]
 

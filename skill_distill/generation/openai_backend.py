@@ -165,7 +165,7 @@ class OpenAIBackend(GenerationBackend):
         else:  # only a total is reported: share it out (exact for n == 1)
             counts = [total // n + (1 if i < total % n else 0) for i in range(n)]
         return [Completion(text=t, num_tokens=k, finished=c.get("finish_reason") != "length")
-                for t, k, c in zip(texts, counts, choices)]
+                for t, k, c in zip(texts, counts, choices, strict=True)]
 
     # ---- the interface ----------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], sampling: SamplingConfig, seeds: Sequence[int] | None = None,

@@ -12,17 +12,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
+import lightning as L
+import torch
 
-from callbacks import StepTraceCallback  # noqa: E402
-from callbacks.checkpointing import ResumableCheckpoint  # noqa: E402
-from callbacks.preemption import PreemptionCallback  # noqa: E402
-from callbacks.reselection import ReselectionCallback  # noqa: E402
-from datamodules import SkillDataModule  # noqa: E402
-from lightning_modules import CausalLMModule  # noqa: E402
-from skill_distill.reselection import ReselectionConfig  # noqa: E402
-from skill_distill.selection import SelectionConfig  # noqa: E402
+from callbacks import StepTraceCallback
+from callbacks.checkpointing import ResumableCheckpoint
+from callbacks.preemption import PreemptionCallback
+from callbacks.reselection import ReselectionCallback
+from datamodules import SkillDataModule
+from lightning_modules import CausalLMModule
+from skill_distill.reselection import ReselectionConfig
+from skill_distill.selection import SelectionConfig
 
 
 def main() -> None:

@@ -69,7 +69,7 @@ def run_nodes(script: str, nodes: int, logs: list[Path], expect: int | None = 0,
     """Simulate ``nodes`` machines: one process per node with NODE_RANK set, sharing MASTER_ADDR/MASTER_PORT."""
     port = free_port()
     procs = [start(script, port=port, log=logs[n], env_extra={"NODE_RANK": str(n)}, **args) for n in range(nodes)]
-    return [finish(p, log, expect) for p, log in zip(procs, logs)]
+    return [finish(p, log, expect) for p, log in zip(procs, logs, strict=False)]
 
 
 def kill_group(proc: subprocess.Popen) -> None:

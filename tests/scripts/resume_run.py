@@ -17,14 +17,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
+import lightning as L
+import torch
 
-from callbacks import StepTraceCallback  # noqa: E402
-from callbacks.checkpointing import ResumableCheckpoint  # noqa: E402
-from callbacks.preemption import PreemptionCallback  # noqa: E402
-from datamodules import SkillDataModule  # noqa: E402
-from lightning_modules import CausalLMModule  # noqa: E402
+from callbacks import StepTraceCallback
+from callbacks.checkpointing import ResumableCheckpoint
+from callbacks.preemption import PreemptionCallback
+from datamodules import SkillDataModule
+from lightning_modules import CausalLMModule
 
 PROMPT_IDS = [151644, 872, 198, 3838, 374, 220, 17, 10, 17, 30, 151645, 198, 151644, 77091, 198]
 
