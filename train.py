@@ -277,7 +277,8 @@ def run_summary(trainer) -> dict:
                           if r.get("accuracy") is not None]
                 weakest = min(skills, key=lambda r: (r["accuracy"], r["chain"]), default=None)
                 out["evaluations"][name] = {
-                    "tag": report.get("tag"), "accuracy": s.get("accuracy"), "report": cb.reports.get(report.get("tag")),
+                    "tag": report.get("tag"), "accuracy": s.get("accuracy"),
+                    "report": cb.reports.get(report.get("tag")),
                     "weakest_skill": None if weakest is None else {"chain": weakest["chain"],
                                                                   "accuracy": weakest["accuracy"]}}
     return out

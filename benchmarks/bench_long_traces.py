@@ -12,7 +12,8 @@ layers, tied embeddings, the real 151,936-token vocabulary, random init, fp32 we
    it, then the gradients are freed). Short lengths are not used for the lines below: there the gradients and the
    AdamW step's temporaries, the same for both losses, set the peak. glibc is told to map every large buffer on
    its own (MALLOC_MMAP_THRESHOLD_), so freed tensors leave the RSS and the two arms are measured alike.
-   Lengths: 2,048 to 4,096 supervised tokens for both losses, plus 8,192 for linear_ce; a run whose estimated need (a line through
+   Lengths: 2,048 to 4,096 supervised tokens for both losses, plus 8,192 for linear_ce; a run whose estimated need
+   (a line through
    the arm's earlier points) exceeds what the machine has free, or 11 GB, is skipped and said so (results are
    appended to ``--results`` and reused by a rerun). Printed: new/today's ratio at 4,096 (target <= 0.35x; a
    skipped point is extrapolated along the line, and said so), and each loss's longest length within 20 GB,

@@ -205,7 +205,8 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
         others = [type(cb).__name__ for cb in trainer.checkpoint_callbacks if cb is not self]
         if others:
             raise ConfigError(f"trainer.callbacks has {', '.join(others)} besides ResumableCheckpoint: every "
-                              "checkpoint would be written twice; keep only callbacks.checkpointing.ResumableCheckpoint")
+                              "checkpoint would be written twice; keep only "
+                              "callbacks.checkpointing.ResumableCheckpoint")
         self.run_settings = {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
                              "accumulate_grad_batches": trainer.accumulate_grad_batches}
         super().setup(trainer, pl_module, stage)

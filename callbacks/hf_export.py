@@ -26,7 +26,8 @@ class HFExportCallback(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self.last_export = pl_module.export_hf(str(self._root(trainer) / f"epoch={trainer.current_epoch}"), self.dtype)
+            self.last_export = pl_module.export_hf(str(self._root(trainer) / f"epoch={trainer.current_epoch}"),
+                                                   self.dtype)
             self._write_card(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -161,7 +161,8 @@ class ReselectionCallback(SkillEvalCallback):
         if self.verdicts_dir:
             from skill_distill.selection import read_mean_correctness
 
-            verdicts = {i: [v] for i, v in read_mean_correctness(Path(self.verdicts_dir) / f"epoch={epoch}.jsonl").items()}
+            verdicts_file = Path(self.verdicts_dir) / f"epoch={epoch}.jsonl"
+            verdicts = {i: [v] for i, v in read_mean_correctness(verdicts_file).items()}
             timings = {"read_s": round(time.time() - t0, 1)}
         else:
             self.evaluate(trainer, pl_module, f"epoch={epoch}", interruptible=True)

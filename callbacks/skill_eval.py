@@ -204,7 +204,8 @@ class SkillEvalCallback(L.Callback):
             raise ConfigError("SkillEvalCallback: benchmark 'heldout' is the run's held-out slice but data.val_corpus "
                               "is not set; set it or remove 'heldout' from the callback's benchmarks")
         fields, attribution = context.fields, context.attribution
-        skills = spec.skills if spec.skills is not None else (SkillSource(attribution=attribution) if attribution else None)
+        skills = spec.skills if spec.skills is not None else (
+            SkillSource(attribution=attribution) if attribution else None)
         return replace(spec, path=context.val_corpus, id_field=fields.id, problem_field=fields.problem,
                        answer_field=fields.answer or "answer", skills=skills)
 

@@ -38,7 +38,8 @@ class TokenizedExample:
         return sum(1 for x in self.labels if x != IGNORE_INDEX)
 
 
-def encode_example(tokenizer, example_id: str, prompt_text: str, target_text: str, max_length: int) -> TokenizedExample | None:
+def encode_example(tokenizer, example_id: str, prompt_text: str, target_text: str,
+                   max_length: int) -> TokenizedExample | None:
     """Tokenise prompt and target separately (as at inference, where the prompt is tokenised alone) and build
     shifted labels that supervise exactly the target tokens. Returns None if the prompt alone fills max_length."""
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
@@ -46,7 +47,8 @@ def encode_example(tokenizer, example_id: str, prompt_text: str, target_text: st
     return build_example(example_id, prompt_ids, target_ids, max_length)
 
 
-def build_example(example_id: str, prompt_ids: Sequence[int], target_ids: Sequence[int], max_length: int) -> TokenizedExample | None:
+def build_example(example_id: str, prompt_ids: Sequence[int], target_ids: Sequence[int],
+                  max_length: int) -> TokenizedExample | None:
     if len(prompt_ids) >= max_length:
         return None
     ids = list(prompt_ids) + list(target_ids)

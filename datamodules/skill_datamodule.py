@@ -131,7 +131,8 @@ class SkillDataModule(L.LightningDataModule):
             raise ConfigError("data.tree and data.attribution are required for selection.strategy=skill "
                              "or a skill_format.mode other than off")
         if skill_format.tree_in_prompt and not tree:
-            raise ConfigError("data.skill_format.tree_in_prompt: true shows the skill tree in the prompt: set data.tree")
+            raise ConfigError("data.skill_format.tree_in_prompt: true shows the skill tree in the prompt: "
+                              "set data.tree")
         self.save_hyperparameters()
         self.corpus, self.tokenizer_name, self.fields, self.split = corpus, tokenizer, fields, split
         self.tree_path, self.attribution_path, self.profile_path = tree, attribution, profile
@@ -214,7 +215,8 @@ class SkillDataModule(L.LightningDataModule):
         by_id = {e.id: e for e in examples}
         missing = [i for i in ids if i not in by_id]
         if missing:
-            raise DataError(f"selection manifest names {len(missing)} ids absent from {self.corpus} (e.g. {missing[:3]}); "
+            raise DataError(f"selection manifest names {len(missing)} ids absent from {self.corpus} "
+                            f"(e.g. {missing[:3]}); "
                             "the corpus changed: delete the manifest or use a new run directory")
         return [by_id[i] for i in ids]
 

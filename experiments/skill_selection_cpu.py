@@ -115,7 +115,8 @@ def train_cmd(cfg: ExperimentConfig, run_dir: Path, model: str, corpus: Path, da
            f"--trainer.default_root_dir={run_dir}", f"--trainer.max_epochs={epochs}",
            f"--seed_everything={seed}",
            f"--model.model={model}", f"--model.learning_rate={cfg.learning_rate}",
-           f"--data.corpus={corpus}", f"--data.tree={data / 'tree.json'}", f"--data.attribution={data / 'attribution.jsonl'}",
+           f"--data.corpus={corpus}", f"--data.tree={data / 'tree.json'}",
+           f"--data.attribution={data / 'attribution.jsonl'}",
            f"--data.profile={profile if profile else 'null'}", f"--data.selection.strategy={strategy}",
            f"--data.selection.budget={cfg.budget}", f"--data.selection.seed={seed}", f"--data.seed={seed}",
            f"--data.skill_format.mode={skill_format}", f"--data.max_length={cfg.max_length}",
@@ -215,7 +216,8 @@ def write_results(cfg: ExperimentConfig, results: dict, results_dir: Path) -> st
 
     seeds = list(results["seeds"])
     lines = [f"Held-out problems: {results['heldout_problems']} over {len(results['leaves'])} leaf skills; "
-             f"budget {cfg.budget} examples x {cfg.epochs} epochs per arm; greedy decoding; seeds {', '.join(seeds)}.", "",
+             f"budget {cfg.budget} examples x {cfg.epochs} epochs per arm; greedy decoding; "
+             f"seeds {', '.join(seeds)}.", "",
              "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
 
     def cell(m: dict) -> str:
@@ -225,13 +227,17 @@ def write_results(cfg: ExperimentConfig, results: dict, results_dir: Path) -> st
         lines.append(f"| {name} | " + " | ".join(cell(results["start"][key]) for _ in seeds) + " |")
     for arm in ARMS:
         lines.append(f"| {arm} | " + " | ".join(cell(results["seeds"][s]["arms"][arm]) for s in seeds) + " |")
-    lines.append("| skill - random (paired) | " + " | ".join(cell(results["seeds"][s]["skill_minus_random"]) for s in seeds) + " |")
-    lines.append("| skill+format - random (paired) | " + " | ".join(cell(results["seeds"][s]["skill_format_minus_random"]) for s in seeds) + " |")
+    lines.append("| skill - random (paired) | "
+                 + " | ".join(cell(results["seeds"][s]["skill_minus_random"]) for s in seeds) + " |")
+    lines.append("| skill+format - random (paired) | "
+                 + " | ".join(cell(results["seeds"][s]["skill_format_minus_random"]) for s in seeds) + " |")
     lines.append("| Spearman(share gain, acc gain) | " + " | ".join(
-        "{rho:.2f} [{ci_low:.2f}, {ci_high:.2f}]".format(**results["seeds"][s]["spearman_share_vs_gain"]) for s in seeds) + " |")
+        "{rho:.2f} [{ci_low:.2f}, {ci_high:.2f}]".format(**results["seeds"][s]["spearman_share_vs_gain"])
+        for s in seeds) + " |")
     p = results["pooled_skill_minus_random"]
     lines += ["", f"Pooled over seeds, skill - random: {100 * p['accuracy']:+.1f} points "
-                  f"[{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}] (accuracy in %, 95% bootstrap over problems)."]
+                  f"[{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}] "
+                  "(accuracy in %, 95% bootstrap over problems)."]
     # per leaf, mean over seeds: what the profile said, where each arm's data went, what each arm reached
     mean = lambda f: np.mean([f(results["seeds"][s]) for s in seeds], axis=0)  # noqa: E731
     share = {arm: mean(lambda r, a=arm: r["selection_share"][a]) for arm in ("random", "skill")}
@@ -265,7 +271,8 @@ def write_results(cfg: ExperimentConfig, results: dict, results_dir: Path) -> st
     ax2.legend(fontsize=9)
     ax2.set_xticks(x, [lf.split("->")[-1] for lf in leaves], rotation=40, ha="right")
     rhos = ", ".join(f"{results['seeds'][s]['spearman_share_vs_gain']['rho']:.2f}" for s in seeds)
-    ax2.set_title(f"Where selection put more data vs where accuracy moved (mean over seeds; Spearman rho per seed: {rhos})")
+    ax2.set_title("Where selection put more data vs where accuracy moved "
+                  f"(mean over seeds; Spearman rho per seed: {rhos})")
     fig.tight_layout()
     results_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(results_dir / "results.png", dpi=110)
@@ -308,8 +315,10 @@ def main(experiment: ExperimentConfig = ExperimentConfig(), seeds: list[int] = [
     if not (prof_dir / "profile.json").exists():
         run([sys.executable, "-m", "skill_distill", "profile", "--pool", str(data / "train_pool.jsonl"),
              "--tree", str(data / "tree.json"), "--attribution", str(data / "attribution.jsonl"),
-             "--output_dir", str(prof_dir), "--backend", json.dumps({"kind": "vllm", "model": student, "max_model_len": 1024}),
-             "--sampling", json.dumps({"temperature": 0.0, "top_p": 1.0, "max_new_tokens": cfg.max_new_tokens, "n": 1, "seed": 0}),
+             "--output_dir", str(prof_dir),
+             "--backend", json.dumps({"kind": "vllm", "model": student, "max_model_len": 1024}),
+             "--sampling", json.dumps({"temperature": 0.0, "top_p": 1.0, "max_new_tokens": cfg.max_new_tokens,
+                                       "n": 1, "seed": 0}),
              "--grader_workers", "2"], logs / "profile.log")
     nodes = read_json(prof_dir / "profile.json")["nodes"]
     profile = {n["chain"]: n["accuracy"] for n in nodes if n.get("is_leaf")}

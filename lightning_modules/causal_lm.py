@@ -56,7 +56,8 @@ class LazyWarmupCosine:
 
             total = max(self.total_steps(), 1)
             warmup = math.ceil(total * self.warmup_ratio)
-            self._end = warmup + max(total - warmup, 1)  # the step the cosine reaches its floor (transformers' max(1,.))
+            # the step the cosine reaches its floor (transformers' max(1,.))
+            self._end = warmup + max(total - warmup, 1)
             probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)  # only its factor function is used
             self._factor = get_cosine_with_min_lr_schedule_with_warmup(
                 probe, warmup, total, min_lr_rate=self.min_lr_ratio).lr_lambdas[0]
@@ -265,7 +266,8 @@ class CausalLMModule(L.LightningModule):
         if grad_norm is not None:
             metrics["train/grad_norm"] = float(grad_norm)
         self.log_dict(metrics, prog_bar=False, on_step=True, on_epoch=False, rank_zero_only=True)
-        self.log("loss", metrics["train/loss"], prog_bar=True, on_step=True, on_epoch=False, logger=False, rank_zero_only=True)
+        self.log("loss", metrics["train/loss"], prog_bar=True, on_step=True, on_epoch=False, logger=False,
+                 rank_zero_only=True)
         self._step_ce, self._step_tokens, self._step_start = 0.0, 0, None
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -286,7 +288,8 @@ class CausalLMModule(L.LightningModule):
         # The schedule's length is read lazily, at the first real step: asking the trainer for it here
         # (estimated_stepping_batches) would build the train dataloader before a checkpoint's data position is
         # restored, and Lightning then never restores it (a resumed run would restart the epoch at sample 0).
-        schedule = LazyWarmupCosine(hp.warmup_ratio, hp.min_lr_ratio, lambda: int(self.trainer.estimated_stepping_batches))
+        schedule = LazyWarmupCosine(hp.warmup_ratio, hp.min_lr_ratio,
+                                    lambda: int(self.trainer.estimated_stepping_batches))
 
         def lr_lambda(step: int) -> float:  # a plain function: LambdaLR would pickle a callable object's __dict__
             return schedule(step)

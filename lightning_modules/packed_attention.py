@@ -6,7 +6,8 @@ arguments of transformers' flash path, which passes them to ``flash_attn_varlen_
 turned into Python lengths once per batch (one host read, remembered for every layer and for the recompute of
 activation checkpointing) instead of being re-derived from ``position_ids`` in every layer. Plain ``sdpa`` in
 transformers instead builds a (T x T) boolean block-causal mask and runs the masked kernel over the whole row, which
-on CPU spends most of the step on masked-out pairs. Here the row is split at the boundaries and each sequence runs the causal kernel alone:
+on CPU spends most of the step on masked-out pairs. Here the row is split at the boundaries and each sequence runs
+the causal kernel alone:
 the same result (the masked pairs contribute nothing), with work proportional to the sum of squared lengths.
 
 Padded batches (a 2-D ``attention_mask``) and generation with a cache take the ordinary SDPA path unchanged.

@@ -11,14 +11,17 @@ import sys
 STAGES = {
     "make-data": ("skill_distill.synthetic", "run_make_data", "generate a synthetic skill-tagged corpus"),
     "pool": ("skill_distill.pool", "run_pool", "build a seeded pool and held-out slice from a teacher corpus"),
-    "decontaminate": ("skill_distill.decontamination", "run_decontaminate", "drop pool problems that overlap a benchmark"),
+    "decontaminate": ("skill_distill.decontamination", "run_decontaminate",
+                      "drop pool problems that overlap a benchmark"),
     "attribute": ("skill_distill.attribution", "run_attribution", "attribute examples to skill chains with an LLM"),
     "merge-attribution": ("skill_distill.attribution", "merge_attribution_shards", "merge attribution shards"),
     "profile": ("skill_distill.profile", "run_profile", "grade the student on the pool, per skill"),
     "merge-profile": ("skill_distill.profile", "merge_profile_shards", "merge profile shards into one profile"),
-    "select-report": ("skill_distill.selection_report", "run_selection_report", "select a budget and report its skills"),
+    "select-report": ("skill_distill.selection_report", "run_selection_report",
+                      "select a budget and report its skills"),
     "evaluate": ("skill_distill.evaluation", "run_evaluate", "per-skill evaluation of a model on benchmarks"),
-    "export": ("lightning_modules.checkpoint_export", "run_export", "consolidate a (sharded) training checkpoint into an HF directory"),
+    "export": ("lightning_modules.checkpoint_export", "run_export",
+               "consolidate a (sharded) training checkpoint into an HF directory"),
 }
 
 

@@ -171,7 +171,8 @@ def resolve_spec(item: str | BenchmarkSpec | dict) -> BenchmarkSpec:
     """
     if isinstance(item, dict):
         try:
-            item = BenchmarkSpec(**{**item, "skills": SkillSource(**item["skills"]) if isinstance(item.get("skills"), dict)
+            item = BenchmarkSpec(**{**item, "skills": SkillSource(**item["skills"])
+                                    if isinstance(item.get("skills"), dict)
                                     else item.get("skills")})
         except TypeError as e:
             raise DataError(f"benchmark entry {item!r}: {e}; see BenchmarkSpec for the fields") from None

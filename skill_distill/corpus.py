@@ -102,7 +102,8 @@ def load_corpus(source: str | os.PathLike, fields: CorpusFields = CANONICAL, spl
         where = f"{name}: row {i + 1}"
         for role, key in needed:
             if key not in row or row[key] is None:
-                raise DataError(f"{where}: missing field {key!r} ({role}); set the corpus field mapping (fields.{role})")
+                raise DataError(f"{where}: missing field {key!r} ({role}); "
+                                f"set the corpus field mapping (fields.{role})")
         if fields.id is None:
             ex_id = str(i)
         else:

@@ -203,7 +203,8 @@ def evaluate_model(model_dir: str, tokenizer: Any, benchmarks: Sequence[str | Be
                 for r, c, v in zip(chunk, comps, verdicts, strict=True):
                     written = parse_skill_block(c.text, skill_format, skill_tree)
                     rows.append({"key": r.key, "benchmark": r.benchmark, "index": r.index, "id": r.problem_id,
-                                 "sample": r.sample, "seed": r.seed, "rank": rank, "text": c.text, "num_tokens": c.num_tokens,
+                                 "sample": r.sample, "seed": r.seed, "rank": rank, "text": c.text,
+                                 "num_tokens": c.num_tokens,
                                  "finished": c.finished, "extracted": v.extracted, "correct": v.correct,
                                  "timed_out": v.timed_out,
                                  "skills_written": None if written is None else [format_chain(x) for x in written]})
@@ -353,7 +354,8 @@ def flat_metrics(summaries: Mapping[str, Mapping], prefix: str = "eval") -> dict
             for key in ("chain_precision", "chain_recall", "topic_precision", "topic_recall"):
                 if block.get(key) is not None:
                     m[f"{base}/skill_block_{key}"] = float(block[key])
-    suite = [summaries[n]["accuracy"] for n in PAPER_SUITE if n in summaries and summaries[n].get("accuracy") is not None]
+    suite = [summaries[n]["accuracy"] for n in PAPER_SUITE
+             if n in summaries and summaries[n].get("accuracy") is not None]
     if len(suite) == len(PAPER_SUITE):
         m[f"{prefix}/paper_suite/acc"] = sum(suite) / len(suite)
     return m

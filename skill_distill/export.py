@@ -28,7 +28,8 @@ def full_state_dict(model) -> dict:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
+    return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v
+            for k, v in model.state_dict().items()}
 
 
 def tied_output_key(model) -> str | None:

@@ -232,8 +232,10 @@ class Grader:
             raise ValueError(f"got {len(outputs)} outputs but {len(golds)} reference answers")
         if allow_fallback is None:
             allow_fallback = [True] * len(outputs)
-        extracted = [extract_answer(o, self.fallback if ok else "none") for o, ok in zip(outputs, allow_fallback, strict=False)]
-        items = [(e, (g,) if isinstance(g, str) else tuple(str(x) for x in g)) for e, g in zip(extracted, golds, strict=True)]
+        extracted = [extract_answer(o, self.fallback if ok else "none")
+                     for o, ok in zip(outputs, allow_fallback, strict=False)]
+        items = [(e, (g,) if isinstance(g, str) else tuple(str(x) for x in g))
+                 for e, g in zip(extracted, golds, strict=True)]
         if not items:
             return []
         if self.workers == 0:

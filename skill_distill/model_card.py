@@ -76,7 +76,8 @@ def _pct(x: Any) -> str:
 
 def build_model_card(base_model: str | None, training: Mapping[str, Any], data: Mapping[str, Any],
                      manifest: Mapping | None = None, decontamination: Mapping | None = None,
-                     evaluation: Mapping | None = None, baseline: Mapping | None = None, title: str | None = None) -> str:
+                     evaluation: Mapping | None = None, baseline: Mapping | None = None,
+                     title: str | None = None) -> str:
     """The card's Markdown (HF front matter first). ``training``: the LightningModule's hyperparameters plus trainer
     facts (epochs, precision, steps); ``data``: the datamodule's hyperparameters (selection, skill format, lengths);
     ``manifest``: the selection manifest; ``decontamination``: the pool's counts; ``evaluation``/``baseline``: the

@@ -181,8 +181,10 @@ def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields()
                 key = getattr(fields, role)
                 needed = role in ("problem", "trace") or getattr(filters, role) is not None
                 if key and needed and key not in row:
-                    raise DataError(f"{where}: missing field {key!r} ({role}); set the corpus field mapping (fields.{role})")
-            if filters.generation_model is not None and row.get(fields.generation_model) not in filters.generation_model:
+                    raise DataError(f"{where}: missing field {key!r} ({role}); "
+                                    f"set the corpus field mapping (fields.{role})")
+            if (filters.generation_model is not None
+                    and row.get(fields.generation_model) not in filters.generation_model):
                 dropped["generation_model"] += 1
                 continue
             if filters.problem_type is not None and row.get(fields.problem_type) not in filters.problem_type:
@@ -270,7 +272,8 @@ def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields()
                 if fields.id is not None and fields.id not in row:
                     raise DataError(f"{where}: missing id field {fields.id!r}; set fields.id, or null to number rows")
                 if ex_id in ids:
-                    raise DataError(f"{where}: duplicate id {ex_id!r} (first at row {ids[ex_id] + 1}); ids must be unique")
+                    raise DataError(f"{where}: duplicate id {ex_id!r} (first at row {ids[ex_id] + 1}); "
+                                    "ids must be unique")
                 ids[ex_id] = i
                 ex = Example(id=ex_id, problem=str(row[fields.problem]), trace=_trace_of(row, fields, where),
                              answer=_answer_of(row, fields),

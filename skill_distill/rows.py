@@ -115,7 +115,8 @@ def _parquet_batches(path: Path, batch_size: int, columns: Sequence[str] | None)
     import pyarrow.parquet as pq
 
     if not path.is_file():
-        raise DataError(f"corpus file not found: {path}; check the path (relative paths start at the working directory)")
+        raise DataError(f"corpus file not found: {path}; "
+                        "check the path (relative paths start at the working directory)")
     try:
         f = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:

@@ -284,7 +284,8 @@ def select(config: SelectionConfig, ids: Sequence[str], chains_by_id: Mapping[st
     0 judged counts as absent); ``correct_by_id``: the student's mean correctness per example (for
     ``correctness``/``wrong_share``); ``pass_rate_by_id``: reference pass rates (for ``difficulty``); ``source``
     names the attribution in error messages; ``rng_seed`` replaces ``config.seed`` as the Generator's seed (epoch
-    ``k`` of closed-loop re-selection draws with ``[seed, k]``). ``random``, ``difficulty`` and ``all`` also work without a tree
+    ``k`` of closed-loop re-selection draws with ``[seed, k]``). ``random``, ``difficulty`` and ``all`` also work
+    without a tree
     and chains (None): the report then has no per-leaf view.
 
     Raises ConfigError for an invalid config, and DataError for: ``skill`` without a profile (or with one that
@@ -486,7 +487,8 @@ def _correctness_groups(config: SelectionConfig, pool: _Pool, members: np.ndarra
     if unjudged:
         notes.append(f"{unjudged} eligible examples have no verdict and are left out")
     wrong = np.asarray([e for e, s in zip(members, score, strict=True) if s is not None and s < WRONG_BELOW], dtype=int)
-    right = np.asarray([e for e, s in zip(members, score, strict=True) if s is not None and s >= WRONG_BELOW], dtype=int)
+    right = np.asarray([e for e, s in zip(members, score, strict=True) if s is not None and s >= WRONG_BELOW],
+                       dtype=int)
     if config.correct_portion is not None:
         return [("judged", np.sort(np.concatenate([wrong, right])).astype(int), config.budget)]
     if config.wrong_share is None:

@@ -236,7 +236,8 @@ def run_make_data(output_dir: str, preset: Preset = "quickstart", seed: int = 0,
     out = Path(output_dir)
     meta = dict(data.metadata)
     meta["command"] = ("python -m skill_distill make-data "
-                       f"--output_dir {shlex.quote(str(output_dir))} --preset {preset} --seed {seed} --difficulty {difficulty} "
+                       f"--output_dir {shlex.quote(str(output_dir))} --preset {preset} --seed {seed} "
+                       f"--difficulty {difficulty} "
                        f"--pool_per_leaf {meta['pool_per_leaf']} --heldout_per_leaf {meta['heldout_per_leaf']}")
     meta["files"] = ["tree.json", "pool.jsonl", "heldout.jsonl", "attribution.jsonl", "metadata.json"]
     write_json(out / "tree.json", data.tree.to_dict())

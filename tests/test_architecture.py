@@ -104,7 +104,8 @@ def test_no_skill_distill_module_reaches_lightning():
             if dep.split(".")[0] in LIGHTNING_SIDE or outside[dep] & set(LIGHTNING):
                 bad.append(" -> ".join(path) + (f" -> {sorted(outside[dep] & set(LIGHTNING))[0]}"
                                                  if outside[dep] & set(LIGHTNING) else ""))
-    assert not bad, "skill_distill must not import Lightning, directly or through the Lightning side:\n" + "\n".join(bad)
+    assert not bad, ("skill_distill must not import Lightning, directly or through the Lightning side:\n"
+                     + "\n".join(bad))
 
 
 def test_no_import_circles():

@@ -59,7 +59,8 @@ def test_attention_implementation_choices():
     assert pick_attn_implementation("sdpa") == "sdpa"
     with pytest.raises(ConfigError, match="flash_attention_2 needs CUDA"):
         CausalLMModule(model="x", attn_implementation="flash_attention_2")
-    with pytest.raises(ConfigError, match="'flash' is unknown; use auto, flash_attention_2, sdpa_packed, sdpa or eager"):
+    with pytest.raises(ConfigError,
+                       match="'flash' is unknown; use auto, flash_attention_2, sdpa_packed, sdpa or eager"):
         pick_attn_implementation("flash")
 
 
@@ -68,7 +69,8 @@ def test_step_not_divisible_by_ranks_and_accumulation(tmp_path, shared_dir, tiny
                                                       monkeypatch):
     monkeypatch.chdir(tmp_path)
     corpus = tmp_path / "c.jsonl"
-    corpus.write_text("".join(json.dumps({"id": str(i), "problem": "1+1", "trace": "<think>2</think> \\boxed{2}"}) + "\n"
+    corpus.write_text("".join(json.dumps({"id": str(i), "problem": "1+1",
+                                          "trace": "<think>2</think> \\boxed{2}"}) + "\n"
                               for i in range(16)))
     with pytest.raises(ConfigError, match=r"examples_per_step=8 must be divisible by .* accumulate_grad_batches \(3\)"):
         train.main(fit_args(corpus, tiny_qwen3_dir, qwen_tokenizer_dir, "--trainer.accumulate_grad_batches=3"))
@@ -78,7 +80,8 @@ def test_cli_prints_one_line(tmp_path, tiny_qwen3_dir, qwen_tokenizer_dir):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"id": "a", "problem": "1+1", "trace": "t"}\nnot json\n')
     # run from tmp_path: the quickstart config's relative outputs (loggers, checkpoints) land there, not in the tree
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *fit_args(corpus, tiny_qwen3_dir, qwen_tokenizer_dir),
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"),
+                           *fit_args(corpus, tiny_qwen3_dir, qwen_tokenizer_dir),
                            f"--trainer.default_root_dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2

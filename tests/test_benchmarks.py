@@ -108,7 +108,8 @@ def test_field_mapping_in_config_reads_a_new_format(tmp_path):
     rows = [{"qid": "a", "question": "What is 40 + 2?", "solution": "40 + 2 = 42.\n#### 42", "split": "test"},
             {"qid": "b", "question": "What is 1000 + 234?", "solution": "Add.\n#### 1,234", "split": "test"},
             {"qid": "c", "question": "Skip me.", "solution": "#### 0", "split": "train"},
-            {"qid": "d", "question": "Half of 7?", "solution": "It is $\\boxed{\\frac{7}{2}}$.\n#### 3.5", "split": "test"}]
+            {"qid": "d", "question": "Half of 7?", "solution": "It is $\\boxed{\\frac{7}{2}}$.\n#### 3.5",
+             "split": "test"}]
     path = tmp_path / "gsm.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = yaml.safe_load(f"""

@@ -218,7 +218,8 @@ def test_leaf_frequencies_follow_the_updated_weights(evidence_tree):
     prior = counts_from_profile(accuracy, judged)
     # the student learned fraction addition (16 of 16 right in the slice) and forgot single-digit addition
     verdicts, slice_chains = {}, {}
-    for leaf, right in ((parse_chain(FRACTION_ADDITION), True), (parse_chain("Arithmetic->single-digit addition"), False)):
+    for leaf, right in ((parse_chain(FRACTION_ADDITION), True),
+                        (parse_chain("Arithmetic->single-digit addition"), False)):
         for k in range(16):
             verdicts[f"s{k}{leaf[-1]}"], slice_chains[f"s{k}{leaf[-1]}"] = [right], [leaf]
     counts, updated = update_profile(prior, slice_counts(verdicts, slice_chains), "replace")
@@ -241,7 +242,8 @@ def test_leaf_frequencies_follow_the_updated_weights(evidence_tree):
 def test_update_rules():
     a, b = ("A",), ("A", "x")
     prior = {a: (2.0, 20), b: (0.0, 10)}
-    new = slice_counts({"p1": [True], "p2": [True], "p3": [False], "p4": [True]}, {k: [b] for k in ("p1", "p2", "p3", "p4")})
+    new = slice_counts({"p1": [True], "p2": [True], "p3": [False], "p4": [True]},
+                       {k: [b] for k in ("p1", "p2", "p3", "p4")})
     counts, acc = update_profile(prior, new, "replace")
     assert counts[b] == (3.0, 4) and acc[b] == 0.75 and counts[a] == (3.0, 4)  # the parent is judged too
     counts, acc = update_profile(prior, new, "beta", discount=0.5)
@@ -415,7 +417,8 @@ def test_fit_reprofiles_the_slice_with_vllm_child_engines(tmp_path, qwen_tokeniz
                tokenizer=qwen_tokenizer_dir, model=launch.tiny_model_dir(), max_epochs=2)
     report = read_json(run / "eval" / "reprofile" / "epoch=0" / "report.json")
     slice_ids = [p["id"] for p in report["benchmarks"]["profiling_slice"]["problems"]]
-    assert len(slice_ids) == 28 and all(len(p["samples"]) == 1 for p in report["benchmarks"]["profiling_slice"]["problems"])
+    assert len(slice_ids) == 28
+    assert all(len(p["samples"]) == 1 for p in report["benchmarks"]["profiling_slice"]["problems"])
     epoch_1 = read_json(run / "selection" / "epoch=1.json")
     assert epoch_1["timings"]["generate_and_grade_s"] > 0  # the re-profile's generation time, per epoch
     prior = {n["chain"]: n for n in read_json(QUICKSTART / "profile" / "profile.json")["nodes"]}

@@ -16,7 +16,8 @@ from skill_distill.__main__ import STAGES
 from skill_distill.benchmarks import PAPER_SUITE
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENT_DRIVERS = {REPO / "configs" / "experiments" / "skill_selection_cpu.yaml": "experiments/skill_selection_cpu.py"}
+EXPERIMENT_DRIVERS = {
+    REPO / "configs" / "experiments" / "skill_selection_cpu.yaml": "experiments/skill_selection_cpu.py"}
 # <base>_16k.yaml, <base>_32k.yaml: overrides composed after <base>.yaml (full-length teacher traces)
 LENGTH_OVERRIDES = sorted(p for p in (REPO / "configs").rglob("*.yaml") if re.search(r"_\d+k$", p.stem))
 # other override files composed after a base config with a second --config: override -> its base
@@ -98,7 +99,8 @@ def test_production_configs_follow_the_paper(path):
         assert sel["strategy"] == "skill" and sel["w_max"] == 1000.0 and sel["temperature"] == 1.0
         assert d["skill_format"]["mode"] == "full" and d["profile"]
     strategy = t["strategy"]["init_args"]
-    assert strategy["data_parallel_size"] * strategy["tensor_parallel_size"] == ranks // t.get("num_nodes", 1) * t.get("num_nodes", 1)
+    nodes = t.get("num_nodes", 1)
+    assert strategy["data_parallel_size"] * strategy["tensor_parallel_size"] == ranks // nodes * nodes
 
     # docs/METHOD.md §7 evaluation inside the run: the held-out slice every epoch, the five benchmarks on the final
     # weights

@@ -85,7 +85,8 @@ def test_exact_and_ngram_rules_on_real_rows(tmp_path, benchmark_mirror):
 
 
 def test_short_problems_get_the_exact_rule_only():
-    index = BenchmarkIndex([("b", "1", "What is 9 + 2?"), ("b", "2", "one two three four five six seven eight nine")], n=8)
+    index = BenchmarkIndex([("b", "1", "What is 9 + 2?"), ("b", "2", "one two three four five six seven eight nine")],
+                           n=8)
     assert index.hits("what is 9 +   2?") and index.short_queries == 1
     assert not index.hits("What is 9 + 3?") and index.short_queries == 2
     assert index.hits("zero one two three four five six seven eight")[0]["rule"] == "ngram"
@@ -113,7 +114,8 @@ def test_pool_stage_drops_benchmark_problems_before_the_draw(tmp_path, benchmark
     write_jsonl(src, rows)
     stats = run_pool(str(src), str(tmp_path / "out"), CorpusFields(), size=25, heldout=4,
                      decontamination=DecontaminationConfig(benchmarks=["amc23", "aime25"]))
-    kept = {r["id"] for r in read_jsonl(tmp_path / "out" / "pool.jsonl") + read_jsonl(tmp_path / "out" / "heldout.jsonl")}
+    out = tmp_path / "out"
+    kept = {r["id"] for r in read_jsonl(out / "pool.jsonl") + read_jsonl(out / "heldout.jsonl")}
     assert "leak" not in kept and "leak-2" not in kept and len(kept) == 29
     assert stats["dropped"]["benchmark_overlap"] == 2  # both traces of the one problem
     assert stats["decontamination"]["removed"] == 1 and stats["decontamination"]["hits_by_benchmark"] == {"amc23": 1}

@@ -73,7 +73,8 @@ def test_rank_shares_are_disjoint_complete_and_keep_their_seeds(loaded):
 
 
 def test_skill_block_is_parsed_and_scored_at_three_levels():
-    text = "Skills:\nArithmetic->subtraction\nAlgebra->evaluating expressions\n<think>\n12 - 5 = 7\n</think>\n\\boxed{7}"
+    text = ("Skills:\nArithmetic->subtraction\nAlgebra->evaluating expressions\n"
+            "<think>\n12 - 5 = 7\n</think>\n\\boxed{7}")
     written = parse_skill_block(text)
     assert written == [("Arithmetic", "subtraction"), ("Algebra", "evaluating expressions")]
     assert parse_skill_block("<think>no block</think>") is None

@@ -97,7 +97,8 @@ def test_the_block_training_writes_is_read_back_in_tree_names():
     assert parse_skill_block(block + TRACE, fmt, tree) == chains
     assert parse_skill_block(block + TRACE) is None  # another header is no block
     topic = SkillFormat("topic", header="Skills used:", use_display_names=True)
-    assert parse_skill_block(skill_block(chains, topic, tree) + TRACE, topic, tree) == [("Arithmetic",), ("Number Theory",)]
+    assert parse_skill_block(skill_block(chains, topic, tree) + TRACE, topic, tree) == [("Arithmetic",),
+                                                                                        ("Number Theory",)]
     leaf = SkillFormat("leaf", use_display_names=True)
     assert parse_skill_block(skill_block(chains, leaf, tree) + TRACE, leaf, tree) == [("subtraction",),
                                                                                     ("greatest common divisor",)]

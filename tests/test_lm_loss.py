@@ -58,7 +58,8 @@ def test_chunked_loss_equals_dense_loss(examples, qwen_tokenizer, tied):
         assert n == ref_n and ce == pytest.approx(ref_ce, rel=1e-5), name
         assert grads.keys() == ref_grads.keys() and ("lm_head.weight" in grads) == (not tied)
         for k, g in ref_grads.items():
-            torch.testing.assert_close(grads[k], g, rtol=1e-5, atol=1e-5, msg=lambda msg, name=name, k=k: f"{name} {k}: {msg}")
+            torch.testing.assert_close(grads[k], g, rtol=1e-5, atol=1e-5,
+                                       msg=lambda msg, name=name, k=k: f"{name} {k}: {msg}")
 
 
 def test_loss_choice_is_resolved_or_refused_in_one_line():

@@ -27,7 +27,8 @@ def corpus(tmp_path_factory, shared_dir):
     path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
     with path.open("w") as f:
         for i, r in enumerate(rows):
-            f.write(json.dumps({"id": f"m{i}", "problem": r["problem"], "trace": r["solution"], "answer": r["answer"]}) + "\n")
+            f.write(json.dumps({"id": f"m{i}", "problem": r["problem"], "trace": r["solution"],
+                                "answer": r["answer"]}) + "\n")
     return path
 
 
@@ -56,7 +57,8 @@ def test_layouts_and_accumulation_and_ranks_give_the_same_gradient(tmp_path, cor
     accum, accum_loss = run_step(tmp_path, corpus, qwen_tokenizer_dir, "packed_a4", accumulate=4, packing=1)
     ddp, ddp_loss = run_step(tmp_path, corpus, qwen_tokenizer_dir, "ddp2", accumulate=2, packing=1, devices=2)
     # today's loss (fp32 logits of every supervised position), and the chunked one with many small chunks
-    dense, dense_loss = run_step(tmp_path, corpus, qwen_tokenizer_dir, "dense_a1", accumulate=1, packing=1, loss="dense")
+    dense, dense_loss = run_step(tmp_path, corpus, qwen_tokenizer_dir, "dense_a1", accumulate=1, packing=1,
+                                 loss="dense")
     chunks, chunks_loss = run_step(tmp_path, corpus, qwen_tokenizer_dir, "chunk7_a1", accumulate=1, packing=1,
                                    loss="linear_ce", loss_chunk_size=7)
     assert_same_grads(base, padded)  # packed == padded

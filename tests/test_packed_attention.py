@@ -97,7 +97,8 @@ def test_sliding_window_models_are_refused_before_training(tiny_qwen3_dir, smoll
                 "max_window_layers": 1}  # layer 2 of 2 attends through a 16-token window
     module = CausalLMModule(model_config=windowed, attn_implementation="auto")
     assert module.attn_implementation == packed_attention.PACKED_SDPA
-    with pytest.raises(ConfigError, match="sliding-window attention of this qwen3 model; set model.attn_implementation: sdpa"):
+    with pytest.raises(ConfigError,
+                       match="sliding-window attention of this qwen3 model; set model.attn_implementation: sdpa"):
         module.configure_model()
     plain = CausalLMModule(model_config=windowed, attn_implementation="sdpa")
     plain.configure_model()

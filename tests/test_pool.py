@@ -89,7 +89,8 @@ def test_pool_filters_dedups_and_draws_problems(tmp_path):
         src_row = rows[int(r["id"])]
         assert src_row["generation_model"] == "DeepSeek-R1" and r["trace"] == src_row["generated_solution"]
         assert r["answer"] == src_row["expected_answer"] and r["problem"] == src_row["problem"]
-        assert r["pass_rate"] == (None if src_row["pass_rate_72b_tir"] == "n/a" else float(src_row["pass_rate_72b_tir"]))
+        expected = None if src_row["pass_rate_72b_tir"] == "n/a" else float(src_row["pass_rate_72b_tir"])
+        assert r["pass_rate"] == expected
     pool_problems, held_problems = ({normalise(r["problem"]) for r in rs} for rs in (pool, held))
     assert len(pool_problems) == len(pool) == 10 and len(held_problems) == len(held) == 4  # one trace per problem
     assert not pool_problems & held_problems  # held-out is disjoint by problem

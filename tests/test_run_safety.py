@@ -258,7 +258,8 @@ def test_profile_missing_leaves_is_said_when_training_starts(tmp_path, qwen_toke
     leaves = [n["chain"] for n in profile["nodes"] if n["chain"].count("->") == deepest and n.get("judged")]
     profile["nodes"] = [n for n in profile["nodes"] if n["chain"] not in leaves[:3]]
     (tmp_path / "profile.json").write_text(json.dumps(profile))
-    dm = SkillDataModule(corpus=str(data / "pool.jsonl"), tokenizer=str(qwen_tokenizer_dir), tree=str(data / "tree.json"),
+    dm = SkillDataModule(corpus=str(data / "pool.jsonl"), tokenizer=str(qwen_tokenizer_dir),
+                         tree=str(data / "tree.json"),
                          attribution=str(data / "attribution.jsonl"), profile=str(tmp_path / "profile.json"),
                          selection=SelectionConfig(strategy="skill", budget=96, seed=42), max_length=384)
     with caplog.at_level(logging.WARNING, logger="datamodules"):

@@ -387,7 +387,8 @@ def test_select_report_stage_writes_manifest_table_and_plot(tree, shared_dir, tm
     assert len(manifest["ids"]) == len(set(manifest["ids"])) == 120
     assert set(manifest["fingerprints"]) == {"corpus", "tree", "attribution", "profile", "verdicts"}
     assert manifest["fingerprints"]["profile"] == fingerprint_file(files["profile"])
-    assert manifest["decontamination"]["checked"] == counts["checked"] > 0 and manifest["decontamination"]["removed"] == 0
+    assert manifest["decontamination"]["checked"] == counts["checked"] > 0
+    assert manifest["decontamination"]["removed"] == 0
     verdicts = {json.loads(line)["id"]: json.loads(line)["correct"] for line in open(files["verdicts"])}
     assert sum(not verdicts[ex] for ex in manifest["ids"]) == 60
     assert load_manifest(tmp_path / "out" / "manifest.json", manifest["fingerprints"],
@@ -443,7 +444,8 @@ def test_correct_portion_cuts_each_leaf_as_the_reference(tree, portion, kept):
     r = select(SelectionConfig(budget=100, correct_portion=portion), list(chains), chains, tree,
                node_accuracy={A: 0.5, B: 0.25}, correct_by_id=correct)
     got = {name: (sum(1 for i in r.ids if i.startswith(p) and correct[i] == 1.0),
-                  sum(1 for i in r.ids if i.startswith(p) and correct[i] == 0.0)) for name, p in (("A", "a"), ("B", "b"))}
+                  sum(1 for i in r.ids if i.startswith(p) and correct[i] == 0.0))
+           for name, p in (("A", "a"), ("B", "b"))}
     assert got == kept
     # the global wrong_share is a different rule: half of the budget wrong over the whole pool, not per leaf
     g = select(SelectionConfig(budget=8, wrong_share=0.5), list(chains), chains, tree,

@@ -250,7 +250,8 @@ def test_two_ranks_generate_disjoint_shares_equal_to_one_rank(strategy, tp, tmp_
 
     heldout, aime = script.BENCHMARKS
     loaded = load_benchmarks([
-        BenchmarkSpec(**heldout, path=str(QS / "heldout.jsonl"), skills=SkillSource(attribution=str(QS / "attribution.jsonl"))),
+        BenchmarkSpec(**heldout, path=str(QS / "heldout.jsonl"),
+                      skills=SkillSource(attribution=str(QS / "attribution.jsonl"))),
         BenchmarkSpec(**aime)], str(QS / "tree.json"))
     model = out / "eval" / "baseline" / "model"
     records = evaluate_model(str(model), str(model), loaded, BackendConfig(kind="vllm"),

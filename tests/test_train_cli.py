@@ -19,7 +19,8 @@ def write_corpus(shared_dir: Path, path: Path, n: int = 24) -> Path:
     with path.open("w") as f:
         for i, r in enumerate(rows):
             f.write(json.dumps({"id": f"m{i}", "problem": r["problem"], "answer": r["answer"],
-                                "trace": f"<think>\n{r['solution'][:300]}\n</think>\n\n\\boxed{{{r['answer']}}}"}) + "\n")
+                                "trace": f"<think>\n{r['solution'][:300]}\n</think>\n\n"
+                                         f"\\boxed{{{r['answer']}}}"}) + "\n")
     return path
 
 
@@ -44,7 +45,8 @@ def test_fit_writes_checkpoint_and_export_with_identical_logits(tmp_path, monkey
     export = run / "hf_export" / "final"
     reloaded = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32)
     assert reloaded.config.use_cache is True and reloaded.config.tie_word_embeddings
-    assert "lm_head.weight" not in __import__("safetensors.torch", fromlist=["x"]).load_file(export / "model.safetensors")
+    exported = __import__("safetensors.torch", fromlist=["x"]).load_file(export / "model.safetensors")
+    assert "lm_head.weight" not in exported
     trained = cli.model.model.eval()
     with torch.no_grad():  # the export was written in bf16 (quickstart's HFExportCallback dtype)
         for p in trained.parameters():
@@ -55,4 +57,5 @@ def test_fit_writes_checkpoint_and_export_with_identical_logits(tmp_path, monkey
     # the checkpoint holds the same weights
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     w = state["model.model.layers.0.self_attn.q_proj.weight"]
-    torch.testing.assert_close(w.to(torch.bfloat16).float(), reloaded.model.layers[0].self_attn.q_proj.weight, rtol=0, atol=0)
+    torch.testing.assert_close(w.to(torch.bfloat16).float(), reloaded.model.layers[0].self_attn.q_proj.weight,
+                               rtol=0, atol=0)
