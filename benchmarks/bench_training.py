@@ -49,7 +49,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _train_worker import KINDS, add_common_args, synthetic_examples  # noqa: E402
+from _train_worker import KINDS, add_common_args, synthetic_examples  # noqa: E402 - after the sys.path.insert above
 
 LABELS = {"ours": "ours (Lightning, packed)", "hf_padded": "HF Trainer, padded", "hf_flat": "HF Trainer, flattening"}
 

@@ -21,10 +21,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from skill_distill.io import DataError, read_json, write_json  # noqa: E402
-from skill_distill.skill_stats import SkillCounts  # noqa: E402
-from skill_distill.skill_tree import format_chain, parse_chain  # noqa: E402
-from skill_distill.synthetic import synthetic_tree  # noqa: E402
+from skill_distill.io import DataError, read_json, write_json  # noqa: E402 - after the sys.path.insert above
+from skill_distill.skill_stats import SkillCounts  # noqa: E402 - after the sys.path.insert above
+from skill_distill.skill_tree import format_chain, parse_chain  # noqa: E402 - after the sys.path.insert above
+from skill_distill.synthetic import synthetic_tree  # noqa: E402 - after the sys.path.insert above
 
 
 def rebuild(results_path: Path, shrinkage: float = 20.0) -> dict:

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from skill_distill.io import read_json, read_jsonl, write_json, write_jsonl  # noqa: E402
+from skill_distill.io import read_json, read_jsonl, write_json, write_jsonl  # noqa: E402 - after the sys.path.insert above
 
 ARMS = ("random", "skill", "skill_format")
 README_START, README_END = "<!-- evidence:start -->", "<!-- evidence:end -->"
@@ -239,7 +239,9 @@ def write_results(cfg: ExperimentConfig, results: dict, results_dir: Path) -> st
                   f"[{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}] "
                   "(accuracy in %, 95% bootstrap over problems)."]
     # per leaf, mean over seeds: what the profile said, where each arm's data went, what each arm reached
-    mean = lambda f: np.mean([f(results["seeds"][s]) for s in seeds], axis=0)  # noqa: E731
+    def mean(f):
+        return np.mean([f(results["seeds"][s]) for s in seeds], axis=0)
+
     share = {arm: mean(lambda r, a=arm: r["selection_share"][a]) for arm in ("random", "skill")}
     acc = {arm: mean(lambda r, a=arm: r["arms"][a]["per_leaf"]) for arm in ARMS}
     lines += ["", f"Per leaf (mean over seeds {', '.join(seeds)}): the warm-up student's pool accuracy (the profile), "
@@ -293,7 +295,7 @@ def update_readme(table: str, cfg: ExperimentConfig, command: str) -> None:
     readme.write_text(head + section + rest.split(README_END, 1)[1])
 
 
-def main(experiment: ExperimentConfig = ExperimentConfig(), seeds: list[int] = [0]) -> dict:  # noqa: B006
+def main(experiment: ExperimentConfig = ExperimentConfig(), seeds: list[int] = [0]) -> dict:  # noqa: B006 - shown in --help, never mutated
     """Run (or resume) the experiment for ``seeds`` and write its report.
 
     Args:

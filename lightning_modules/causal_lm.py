@@ -69,7 +69,7 @@ def pick_attn_implementation(requested: str) -> str:
     flash_ok = torch.cuda.is_available()
     if flash_ok:
         try:
-            import flash_attn  # noqa: F401
+            import flash_attn  # noqa: F401 - imported only to see that the build loads
         except Exception:  # noqa: BLE001 - a broken build raises anything
             flash_ok = False
     if requested == "auto":

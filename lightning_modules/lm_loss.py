@@ -65,7 +65,7 @@ def pick_loss_implementation(requested: str, config=None) -> str:
         if not torch.cuda.is_available():
             raise ConfigError("model.loss_implementation=liger needs CUDA (triton kernels); use auto on this machine")
         try:
-            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss  # noqa: F401
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss  # noqa: F401 - only to see that it loads
         except Exception as e:  # noqa: BLE001 - a broken triton raises anything
             raise ConfigError(f"model.loss_implementation=liger: liger_kernel does not import "
                               f"({type(e).__name__}); pip install liger-kernel, or use auto") from None

@@ -197,7 +197,9 @@ def test_two_rank_shares_give_the_single_rank_records_and_metrics(scripted, load
     records, (rank0, rank1), _ = scripted
     assert {r["rank"] for r in rank0} == {0} and {r["rank"] for r in rank1} == {1}
     assert not {r["key"] for r in rank0} & {r["key"] for r in rank1}
-    strip = lambda rs: sorted((r["key"], r["seed"], r["text"], r["correct"]) for r in rs)  # noqa: E731
+    def strip(rs):
+        return sorted((r["key"], r["seed"], r["text"], r["correct"]) for r in rs)
+
     assert strip(rank0 + rank1) == strip(records)
     for b in loaded:  # per-rank metric states summed (what the cross-rank sync does) == one rank's
         merged = BenchmarkMetric(b)

@@ -15,7 +15,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "scripts"))
-import launch  # noqa: E402
+import launch  # noqa: E402 - importable only after the sys.path.insert above
 
 SCRIPT = REPO / "tests" / "scripts" / "one_step_grads.py"
 

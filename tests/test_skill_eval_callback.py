@@ -26,7 +26,7 @@ from skill_distill.io import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "scripts"))
-import launch  # noqa: E402
+import launch  # noqa: E402 - importable only after the sys.path.insert above
 
 QS = REPO / "data" / "quickstart"
 SCRIPT = REPO / "tests" / "scripts" / "eval_two_ranks.py"

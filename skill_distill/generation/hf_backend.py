@@ -72,7 +72,7 @@ class HFBackend(GenerationBackend):
         try:
             self.tokenizer = load_tokenizer(tokenizer or self.model_path)
             self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, dtype))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - transformers raises many types; the user needs one line
             raise GenerationError(f"cannot load {self.model_path} with transformers: {type(e).__name__}: {e}") from e
         self.model.to(self.device).eval()
         eos = self.model.generation_config.eos_token_id

@@ -183,7 +183,7 @@ class VLLMBackend(GenerationBackend):
             params = [self._params(sampling, seeds[i], allowed_lists[i] if allowed_lists is not None else None)
                       for i in range(len(prompts))]
             outputs = self.llm.generate(requests, params, use_tqdm=False)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - vLLM raises many types; the user needs one line
             raise GenerationError(f"vLLM generate failed ({len(prompts)} prompts, model {self.model}): "
                                   f"{_one_line(e)}") from e
         result = []
