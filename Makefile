@@ -36,7 +36,8 @@ quickstart: install
 test: install
 	SKILL_DISTILL_DATA=$(TEST_DATA) $(PY) -m pytest tests -q
 
-# ruff: style and bug rules (config in pyproject's [tool.ruff]); deptry: every imported package is declared and every declared one used (config in pyproject's [tool.deptry]);
+# ruff: style and bug rules (config in pyproject's [tool.ruff]);
+# deptry: every imported package is declared and every declared one used (config in pyproject's [tool.deptry]);
 # pip check: the installed set is consistent, apart from PIP_CHECK_EXPECTED.
 lint: install
 	$(VENV)/bin/ruff check .
