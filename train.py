@@ -27,7 +27,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from datamodules import SkillDataModule
 from lightning_modules import CausalLMModule
-from skill_distill import run_dir as runs
+from lightning_modules import run_dir as runs
 from skill_distill.io import ConfigError, DataError, atomic_write
 
 log = logging.getLogger("train")

@@ -8,6 +8,7 @@ decontaminated against the evaluation sets, and the run's evaluation results per
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -74,6 +75,14 @@ def _pct(x: Any) -> str:
     return "-" if x is None else f"{100 * float(x):.1f}"
 
 
+def _as_dict(value: Any) -> dict:
+    """A config block as a dict: the datamodule's hyperparameters hold dataclasses (``SelectionConfig``,
+    ``SkillFormat``) in a run, and dicts once read back from a checkpoint or a YAML file."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return dict(value or {})
+
+
 def build_model_card(base_model: str | None, training: Mapping[str, Any], data: Mapping[str, Any],
                      manifest: Mapping | None = None, decontamination: Mapping | None = None,
                      evaluation: Mapping | None = None, baseline: Mapping | None = None,
@@ -91,7 +100,7 @@ def build_model_card(base_model: str | None, training: Mapping[str, Any], data: 
     lines = [*front, "", f"# {title or 'Skill-aware reasoning distillation'}", "", intro, ""]
 
     lines += ["## Selection", ""]
-    sel = dict(data.get("selection") or {})
+    sel = _as_dict(data.get("selection"))
     if manifest:
         cfg = manifest.get("config") or sel
         lines.append(f"- strategy: `{manifest.get('strategy')}`, budget {manifest.get('budget')}, seed "
@@ -116,7 +125,7 @@ def build_model_card(base_model: str | None, training: Mapping[str, Any], data: 
         lines.append("- no selection recorded")
     lines.append("")
 
-    fmt = dict(data.get("skill_format") or {})
+    fmt = _as_dict(data.get("skill_format"))
     lines += ["## Format", ""]
     mode = fmt.get("mode", "off")
     if mode == "off":

@@ -20,21 +20,29 @@ def module(tiny_qwen3_dir):
     return m
 
 
+def run_state(root, epoch: int) -> SimpleNamespace:
+    """The trainer attributes the export callback reads (and its model card: leading rank, schedule, no data)."""
+    return SimpleNamespace(default_root_dir=str(root), current_epoch=epoch, is_global_zero=True, max_epochs=4,
+                           precision="32-true", global_step=8 * (epoch + 1), world_size=1, accumulate_grad_batches=1,
+                           datamodule=None, callbacks=[])
+
+
 def test_hf_export_every_n_epochs_and_final_reload_the_weights(module, tmp_path):
     callback = HFExportCallback(every_n_epochs=2, dtype="bfloat16")
     for epoch in range(4):
-        callback.on_train_epoch_end(SimpleNamespace(default_root_dir=str(tmp_path), current_epoch=epoch), module)
+        callback.on_train_epoch_end(run_state(tmp_path, epoch), module)
     assert sorted(p.name for p in (tmp_path / "hf_export").iterdir()) == ["epoch=1", "epoch=3"]
-    callback.on_train_end(SimpleNamespace(default_root_dir=str(tmp_path), current_epoch=3), module)
+    callback.on_train_end(run_state(tmp_path, 3), module)
     final = tmp_path / "hf_export" / "final"
     assert callback.last_export == str(final) and (final / "tokenizer_config.json").is_file()
+    assert str(module.hparams.model) in (final / "README.md").read_text()  # the model card names the base model
     reloaded = AutoModelForCausalLM.from_pretrained(final)
     assert reloaded.dtype == torch.bfloat16 and reloaded.config.use_cache is True  # training turns it off
     state = module.model.state_dict()
     for name, value in reloaded.state_dict().items():
         assert torch.equal(value, state[name].to(torch.bfloat16)), name
     elsewhere = HFExportCallback(dirpath=str(tmp_path / "mine"))
-    elsewhere.on_train_end(SimpleNamespace(default_root_dir=str(tmp_path), current_epoch=0), module)
+    elsewhere.on_train_end(run_state(tmp_path, 0), module)
     assert (tmp_path / "mine" / "final" / "config.json").is_file()
 
 

@@ -145,23 +145,24 @@ def test_stop_signal_during_an_epoch_evaluation_reruns_it_after_resumption(tmp_p
     trains and evaluates epoch 1."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(REPO / "tests" / "scripts"))  # faults.SignalDuringEpochEnd
-    ckpt = tmp_path / "checkpoints"
+    run = tmp_path / "runs" / "quickstart"
+    ckpt = run / "checkpoints"  # inside the run directory, where --ckpt_path last looks
 
     def config(send_signal: bool) -> Path:
         path = quickstart_config(tmp_path, baseline=False, benchmarks=[{"name": "heldout", "limit": 2}])
         cfg = yaml.safe_load(path.read_text())
         first = [{"class_path": "callbacks.checkpointing.ResumableCheckpoint",
-                  "init_args": {"dirpath": str(ckpt), "every_n_train_steps": 100}},
+                  "init_args": {"every_n_train_steps": 100}},
                  {"class_path": "callbacks.preemption.PreemptionCallback"}]
         if send_signal:  # before SkillEvalCallback: its timer fires while the evaluation runs
             first.append({"class_path": "faults.SignalDuringEpochEnd",
                           "init_args": {"epoch": 0, "signum": int(signal.SIGTERM)}})
+        mine = ("ModelCheckpoint", "ResumableCheckpoint", "PreemptionCallback")  # replaced by the ones above
         cfg["trainer"]["callbacks"] = first + [c for c in cfg["trainer"]["callbacks"]
-                                               if "ModelCheckpoint" not in c["class_path"]]
+                                               if not any(m in c["class_path"] for m in mine)]
         path.write_text(yaml.safe_dump(cfg))
         return path
 
-    run = tmp_path / "runs" / "quickstart"
     with pytest.raises(SystemExit) as e:
         fit(config(True), tiny_qwen3_dir, "--trainer.max_epochs=2")
     assert e.value.code == 143
@@ -169,7 +170,7 @@ def test_stop_signal_during_an_epoch_evaluation_reruns_it_after_resumption(tmp_p
     steps_per_epoch = torch.load(ckpt / "last.ckpt", weights_only=False)["global_step"]
     assert steps_per_epoch == 2  # 16 examples, 8 per step: the checkpoint is the epoch's end, not a step later
 
-    cli = fit(config(False), tiny_qwen3_dir, "--trainer.max_epochs=2", f"--ckpt_path={ckpt / 'last.ckpt'}")
+    cli = fit(config(False), tiny_qwen3_dir, "--trainer.max_epochs=2", "--ckpt_path=last")
     first_eval = json.loads((run / "eval" / "epoch=0" / "report.json").read_text())
     final_eval = json.loads((run / "eval" / "epoch=1" / "report.json").read_text())
     assert first_eval["global_step"] == steps_per_epoch and final_eval["global_step"] == 2 * steps_per_epoch

@@ -1,8 +1,8 @@
 """One run directory per training run: what an earlier run left in it, which checkpoint a resume starts from, and
 which settings a resume may not change (docs/METHOD.md §6 fixes them for the whole run).
 
-Plain files and torch only (no Lightning): ``train.py`` calls these before any class is built, so a refused run
-writes nothing.
+Plain files and torch only: ``train.py`` calls these before any class is built, so a refused run writes nothing.
+It reads Lightning's checkpoint layout (``lightning_modules/checkpoint_export.py``), hence its place on this side.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def checkpoint_problem(path: Path) -> str | None:
     A file is a torch zip archive: its central directory must open and every member's CRC must match (a truncated
     or half-copied file fails here). A distributed checkpoint directory needs ``.metadata`` and Lightning's
     ``meta.pt``, the latter checked the same way."""
-    from skill_distill.export import LIGHTNING_META
+    from lightning_modules.checkpoint_export import LIGHTNING_META
 
     if path.is_dir():
         if not (path / ".metadata").is_file():
@@ -97,7 +97,7 @@ def resolve_resume(checkpoint_dir: Path, log=print) -> Path | None:
 
 def read_checkpoint_meta(path: Path) -> dict:
     """A checkpoint's contents other than tensors' data (memory-mapped: a multi-GB file is not read)."""
-    from skill_distill.export import LIGHTNING_META, load_trusted
+    from lightning_modules.checkpoint_export import LIGHTNING_META, load_trusted
 
     return load_trusted(path / LIGHTNING_META if path.is_dir() else path, map_location="cpu", mmap=True)
 
