@@ -244,6 +244,17 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _kill_9_and_wait(proc, children: list[int], who: str) -> None:
+    """kill -9 ``proc``, then give its ``children`` 10 s to die with it; fail naming any still alive."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    t0 = time.monotonic()
+    while any(_alive(c) for c in children) and time.monotonic() - t0 < 10:
+        time.sleep(0.2)
+    left = {c: _cmdline(c) for c in children if _alive(c)}
+    assert not left, f"still alive 10 s after kill -9 of {who}: {left}"
+
+
 def _descendants(pid: int) -> set[int]:
     found, todo = set(), [pid]
     while todo:
@@ -295,13 +306,7 @@ def test_kill_9_of_the_profile_stage_leaves_no_child_alive(tmp_path, tiny_qwen3_
         # vLLM's engine core, two grading workers and multiprocessing's resource tracker
         assert len(children) >= 4, names
         assert any("resource_tracker" in _cmdline(c) for c in children), names
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        t0 = time.monotonic()
-        while any(_alive(c) for c in children) and time.monotonic() - t0 < 10:
-            time.sleep(0.2)
-        left = {c: _cmdline(c) for c in children if _alive(c)}
-        assert not left, f"still alive 10 s after kill -9 of the stage: {left}"
+        _kill_9_and_wait(proc, children, "the stage")
         # a readable log: plain progress lines, and none of vLLM's INFO lines ("INFO 12-01 09:30:00 [file.py:1]")
         shown = (tmp_path / "stage.log").read_text()
         assert "[profile] shard 0/1: 120 problems, 0 already graded, 120 to go\n" in shown
@@ -344,13 +349,7 @@ def test_kill_9_during_generate_in_subprocess_leaves_no_child_alive(tmp_path, ti
             children = _descendants(proc.pid)
             names = " | ".join(_cmdline(c) for c in children)
             assert any("EngineCore" in _cmdline(c) for c in children), names
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            t0 = time.monotonic()
-            while any(_alive(c) for c in children) and time.monotonic() - t0 < 10:
-                time.sleep(0.2)
-            left = {c: _cmdline(c) for c in children if _alive(c)}
-            assert not left, f"still alive 10 s after kill -9 of the parent: {left}"
+            _kill_9_and_wait(proc, children, "the parent")
         finally:
             if proc.poll() is None:
                 proc.kill()
