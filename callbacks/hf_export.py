@@ -35,6 +35,12 @@ class HFExportCallback(L.Callback):
         self._write_card(trainer, pl_module)
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        if self.last_export is None and not trainer.interrupted and trainer.fit_loop.done \
+                and not (self._root(trainer) / "final").exists():
+            # resumed from a checkpoint of the last step (a kill after it, before the export): Lightning skips the
+            # whole fit loop then, on_train_end included, so the export is written here
+            self.on_train_end(trainer, pl_module)
+            return
         if self.last_export:  # again, with the evaluations that ran after the export (final-weights benchmarks)
             self._write_card(trainer, pl_module)
 

@@ -118,6 +118,26 @@ def plain(value: Any) -> Any:
     return value
 
 
+PATH_SETTINGS = {"data.corpus", "data.tree", "data.attribution", "data.profile", "data.verdicts",
+                 "data.display_names"}
+"""Fixed settings that name a file: the same file is the same bytes, wherever it lies now (a moved or re-mounted
+data directory resumes; the same name with other bytes does not)."""
+
+
+def _file_digest(value: Any) -> str | None:
+    """sha256 of the file a setting names (a pinned asset resolved), None when it names no local file."""
+    if not isinstance(value, str) or not value:
+        return None
+    from skill_distill.assets import resolve
+    from skill_distill.io import sha256_file
+
+    try:
+        path = Path(resolve(value))
+    except DataError:
+        return None
+    return sha256_file(path) if path.is_file() else None
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, (int, float)) or isinstance(b, float) and isinstance(a, (int, float)):
         return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0.0)
@@ -134,8 +154,17 @@ def changed_settings(saved: Mapping[str, Mapping[str, Any]], current: Mapping[st
             if key not in saved.get(section, {}) or key not in current.get(section, {}):
                 continue
             old, new = plain(saved[section][key]), plain(current[section][key])
+            name = f"{section}.{key}"
+            if name in PATH_SETTINGS and isinstance(old, str) and isinstance(new, str):
+                old_digest, new_digest = _file_digest(old), _file_digest(new)
+                if old_digest is not None and new_digest is not None:
+                    if old_digest != new_digest:
+                        changed.append((name, old, f"{new} (different content)"))
+                    continue
+                if old != new and new_digest is not None and old_digest is None:
+                    continue  # the checkpoint's file is gone (moved): the selection manifest's fingerprints still guard it
             if not _same(old, new):
-                changed.append((f"{section}.{key}", old, new))
+                changed.append((name, old, new))
     return changed
 
 

@@ -267,3 +267,38 @@ def test_profile_missing_leaves_is_said_when_training_starts(tmp_path, qwen_toke
     notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("selection: ")]
     assert any(n.startswith("selection: 3 of ") and "leaves have no judged example and are never drawn" in n
                for n in notes), notes
+
+
+def test_kill_between_the_final_checkpoint_and_the_end_of_fit_resumes_to_the_export_and_summary(runs):
+    # the state a kill leaves after the last step's checkpoint and before the export and the summary were written
+    cwd, run = copy_run(runs, "killed_at_end", source="ref")
+    shutil.rmtree(run / "hf_export")
+    (run / "run_finished.json").unlink()
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    log = runs["root"] / "killed_at_end.log"
+    train(cwd, runs["plain"], "--ckpt_path", "last", log=log)
+    assert (run / "hf_export" / "final" / "model.safetensors").is_file()
+    assert (run / "run_finished.json").is_file()
+    assert metric_steps(run) == list(range(STEPS))  # nothing retrained
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == checkpoints
+    assert "export: runs/quickstart/hf_export/final" in log.read_text()
+
+
+def test_a_data_file_moved_with_the_same_bytes_resumes_and_changed_bytes_are_refused(runs):
+    cwd, _ = copy_run(runs, "moved_corpus")
+    moved = cwd / "moved.jsonl"
+    shutil.copyfile(runs["corpus"], moved)
+    log = runs["root"] / "moved_corpus.log"
+    train(cwd, runs["plain"], "--ckpt_path", "last", f"--data.corpus={moved}", log=log)
+    launch.assert_same_training(runs["ref"], cwd / "runs" / "quickstart", ranks=1, steps=STEPS)
+
+    cwd, _ = copy_run(runs, "changed_corpus")
+    changed = cwd / "changed.jsonl"
+    rows = runs["corpus"].read_text().splitlines()
+    changed.write_text("\n".join(rows[1:]) + "\n")  # one example fewer
+    before = snapshot(cwd)
+    log = runs["root"] / "changed_corpus.log"
+    train(cwd, runs["plain"], "--ckpt_path", "last", f"--data.corpus={changed}", log=log, expect=2)
+    assert last_line(log).startswith("error: data.corpus is "), last_line(log)
+    assert "different content" in last_line(log)
+    assert snapshot(cwd) == before
