@@ -162,7 +162,8 @@ def changed_settings(saved: Mapping[str, Mapping[str, Any]], current: Mapping[st
                         changed.append((name, old, f"{new} (different content)"))
                     continue
                 if old != new and new_digest is not None and old_digest is None:
-                    continue  # the checkpoint's file is gone (moved): the selection manifest's fingerprints still guard it
+                    # the checkpoint's file is gone (moved): the selection manifest's fingerprints still guard it
+                    continue
             if not _same(old, new):
                 changed.append((name, old, new))
     return changed
