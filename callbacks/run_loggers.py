@@ -63,6 +63,16 @@ class RunCSVLogger(CSVLogger):
 
     def after_save_checkpoint(self, checkpoint_callback) -> None:
         self.save()
+        # the checkpointed step's own row reaches the logger only after the checkpoint hook (Lightning logs a step's
+        # metrics after on_train_batch_end); it is written as soon as it arrives, so a kill -9 before the next
+        # periodic flush cannot leave a gap between the history on disk and the step a resume starts after
+        self._flush_next_row = True
+
+    def log_metrics(self, metrics, step=None) -> None:
+        super().log_metrics(metrics, step)
+        if getattr(self, "_flush_next_row", False):
+            self._flush_next_row = False
+            self.save()
 
 
 class RunTensorBoardLogger(TensorBoardLogger):

@@ -302,3 +302,18 @@ def test_a_data_file_moved_with_the_same_bytes_resumes_and_changed_bytes_are_ref
     assert last_line(log).startswith("error: data.corpus is "), last_line(log)
     assert "different content" in last_line(log)
     assert snapshot(cwd) == before
+
+
+def test_kill_9_after_a_checkpoint_keeps_the_metrics_rows_up_to_it(runs, tmp_path):
+    # checkpoints every 2 steps and rows buffered for 10: before the fix the rows of steps 2-4 were still in memory
+    # when the kill came at step 5, and the resume (from step 4) starts after them
+    killed = quickstart_config(tmp_path / "kill9.yaml", runs["tiny"], runs["tok"], runs["corpus"], [
+        {"class_path": "faults.SignalAtStep", "init_args": {"step": 5, "signum": 9}}])
+    cwd = tmp_path / "run"
+    cwd.mkdir()
+    train(cwd, killed, log=tmp_path / "killed.log", expect=-9)
+    run = cwd / "runs" / "quickstart"
+    assert (run / "checkpoints" / "last.ckpt").resolve().name == "step=0000004.ckpt"
+    assert metric_steps(run) == [0, 1, 2, 3]  # every step up to the checkpoint a resume starts after
+    train(cwd, runs["plain"], "--ckpt_path", "last", log=tmp_path / "resumed.log")
+    assert metric_steps(run) == list(range(STEPS))
