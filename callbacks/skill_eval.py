@@ -351,7 +351,7 @@ class SkillEvalCallback(L.Callback):
 
     def _write(self, trainer, tag: str, records: list[dict], summaries: dict, timings: dict, t0: float,
                out_dir: Path) -> dict:
-        from skill_distill.eval_report import emphasised_skills, load_report
+        from skill_distill.eval_report import emphasised_skills, load_report, write_history
         from skill_distill.evaluation import build_report, flat_metrics, write_report
 
         for b in self.loaded:  # the synced totals must equal the gathered samples
@@ -380,6 +380,7 @@ class SkillEvalCallback(L.Callback):
                 "timings": timings}
         report = build_report(self.loaded, records, summaries, meta)
         write_report(out_dir, report, baseline=baseline, emphasised=emphasised)
+        write_history(root)  # every evaluation so far, one chart per set
         total = round(time.time() - t0, 1)
         metrics = flat_metrics(summaries)
         metrics["eval/time_s"] = total  # the whole evaluation: export, generation, grading, report and charts

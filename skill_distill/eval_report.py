@@ -6,6 +6,9 @@
   evaluation's accuracy as a hollow diamond with the change in points, and the skills the training selection
   emphasised marked with a star and an orange bar.
 - ``summary.png``: avg@k per set with intervals (and the baseline).
+- ``history_<set>.png`` (``write_history``): every evaluation of a run so far (baseline, epoch 0, 1, ...), one
+  column each, one row per skill (the rows of the latest ``skills_<set>.png``), each cell its accuracy: how every
+  skill moved over the epochs.
 
 Charts are built from the report dicts alone, so they can be redrawn from saved files:
 ``write_charts(load_report("eval/epoch=4/report.json"), "out/", baseline=load_report("eval/baseline/report.json"))``.
@@ -233,4 +236,61 @@ def write_charts(report: Mapping, out_dir: str | os.PathLike, baseline: Mapping 
         p = out / chart_name(name)
         if plot_skills(report, name, p, baseline, emphasised):
             paths[f"skills/{name}"] = str(p)
+    return paths
+
+
+def history_name(name: str) -> str:
+    return chart_name(name).replace("skills_", "history_", 1)
+
+
+def _order(report: Mapping) -> tuple[int, int]:
+    epoch = report.get("epoch")
+    return (0, 0) if epoch is None else (1, int(epoch))  # the baseline first, then the epochs in order
+
+
+def plot_history(reports: list[Mapping], name: str, path: str | os.PathLike) -> bool:
+    """One heat-map of set ``name`` over ``reports`` (in order): skills as rows, evaluations as columns, each cell
+    the skill's accuracy (%). False (nothing written) with fewer than two evaluations of the set with skills."""
+    from matplotlib.figure import Figure
+
+    having = [r for r in reports if ((r.get("benchmarks", {}).get(name) or {}).get("metrics") or {}).get("skills")]
+    if len(having) < 2:
+        return False
+    rows, _ = _skill_rows(having[-1]["benchmarks"][name]["metrics"]["skills"])
+    chains = [row["chain"] for _, row in rows]
+    grid = []
+    for chain in chains:
+        line = []
+        for r in having:
+            acc = {s["chain"]: s["accuracy"] for s in r["benchmarks"][name]["metrics"]["skills"]}.get(chain)
+            line.append(float("nan") if acc is None else 100 * acc)
+        grid.append(line)
+    columns = [str(r.get("tag") or f"epoch={r.get('epoch')}") for r in having]
+    fig = Figure(figsize=(3 + 1.1 * len(columns), 1.6 + 0.32 * len(chains)))
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=100)
+    for y, line in enumerate(grid):
+        for x, v in enumerate(line):
+            if v == v:  # not NaN
+                ax.text(x, y, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v < 55 else "black")
+    ax.set_xticks(range(len(columns)), columns, fontsize=8)
+    ax.set_yticks(range(len(chains)), [_short(("  " if kind == "leaf" else "") + parse_chain(c)[-1])
+                                       for (kind, _), c in zip(rows, chains, strict=True)], fontsize=8)
+    ax.set_title(f"{name}: per-skill accuracy (%) at every evaluation", fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+    _save(fig, Path(path))
+    return True
+
+
+def write_history(eval_root: str | os.PathLike) -> dict[str, str]:
+    """``history_<set>.png`` in ``eval_root`` from every ``<eval_root>/*/report.json`` (a resumed run's earlier
+    evaluations included); returns ``{chart: path}``."""
+    root = Path(eval_root)
+    reports = sorted((load_report(p) for p in root.glob("*/report.json")), key=_order)
+    names = sorted({n for r in reports for n in r.get("benchmarks", {})})
+    paths = {}
+    for name in names:
+        p = root / history_name(name)
+        if plot_history(reports, name, p):
+            paths[f"history/{name}"] = str(p)
     return paths

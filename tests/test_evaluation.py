@@ -295,3 +295,41 @@ def test_paper_evaluation_config_follows_method_section_7():
     assert cfg["backend"]["kind"] == "vllm"
     names = [b if isinstance(b, str) else b["name"] for b in cfg["benchmarks"]]
     assert set(names) == {"aime24", "aime25", "amc23", "math-l5", "olympiadbench", "math500"}
+
+
+def test_history_chart_has_every_evaluation_of_a_run(scripted, loaded, tmp_path, monkeypatch):
+    from skill_distill.eval_report import plot_history, write_history
+
+    records, _, _ = scripted
+    report = build_report(loaded, records, compute_summaries(loaded, records), {"tag": "epoch=0", "epoch": 0})
+    root = tmp_path / "eval"
+    write_report(root / "epoch=0", report)
+    assert write_history(root) == {}  # one evaluation: no history yet
+    later = json.loads(json.dumps(report))
+    later.update(tag="epoch=1", epoch=1)
+    for row in later["benchmarks"]["heldout"]["metrics"]["skills"]:
+        row["accuracy"] = 1.0
+    baseline = json.loads(json.dumps(report))
+    baseline.update(tag="baseline", epoch=None)
+    write_report(root / "epoch=1", later)
+    write_report(root / "baseline", baseline)
+    paths = write_history(root)
+    assert paths == {"history/heldout": str(root / "history_heldout.png")}  # aime24 has no skills
+    png = Path(paths["history/heldout"]).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # the columns are the evaluations in run order (baseline first), whatever the order they are given in
+    import matplotlib.figure
+
+    drawn = {}
+    original = matplotlib.figure.Figure.savefig
+
+    def capture(fig, *args, **kwargs):
+        ax = fig.axes[0]
+        drawn["columns"] = [t.get_text() for t in ax.get_xticklabels()]
+        drawn["cells"] = ax.images[0].get_array()
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", capture)
+    assert plot_history([baseline, report, later], "heldout", tmp_path / "h.png")
+    assert drawn["columns"] == ["baseline", "epoch=0", "epoch=1"]
+    assert (drawn["cells"][:, 2] == 100).all()  # epoch=1 at 1.0 in every skill

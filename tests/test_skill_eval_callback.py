@@ -73,7 +73,8 @@ def test_callback_reports_each_evaluation_and_the_run_continues(tmp_path, monkey
     assert cli.trainer.global_step == 4 and (run / "hf_export" / "final" / "config.json").is_file()  # ran to the end
     evals = run / "eval"
     # baseline before training; every_n_epochs=2 skips epoch 0; the last epoch is always evaluated
-    assert sorted(p.name for p in evals.iterdir()) == ["baseline", "epoch=1"]
+    # and one chart per set with skills of every evaluation so far
+    assert sorted(p.name for p in evals.iterdir()) == ["baseline", "epoch=1", "history_heldout.png"]
     reports = {}
     for tag in ("baseline", "epoch=1"):
         assert {p.name for p in (evals / tag).iterdir()} == {"report.json", "summary.png", "skills_heldout.png"}
