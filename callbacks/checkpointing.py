@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.distributed.checkpoint.api import CheckpointException
 
 from callbacks.preemption import PreemptionCallback, StopSaver, is_final_epoch
 from skill_distill.io import ConfigError, DataError
@@ -28,6 +29,15 @@ log = logging.getLogger(__name__)
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 STEP_NAME = re.compile(r"^step=(\d+)\.ckpt$")
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The first underlying exception of a wrapped one (DCP wraps a rank's OSError with its traceback)."""
+    while True:
+        inner = error.__cause__ or error.__context__
+        if inner is None or isinstance(error, OSError):
+            return error
+        error = inner
 
 
 def remove_path(path: Path) -> None:
@@ -307,17 +317,30 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
             if tmp.exists() or tmp.is_symlink():
                 remove_path(tmp)
         trainer.strategy.barrier()
+        error: BaseException | None = None
         try:
             trainer.save_checkpoint(str(tmp), self.save_weights_only)  # ends with a barrier: every shard is written
-        except OSError as e:
-            remove_path(tmp)  # a partial checkpoint must not keep the disk full
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        except CheckpointException as e:  # torch.distributed.checkpoint: every rank gets the failures of all
+            error = next(iter(e.failures.values()))[0] if e.failures else e  # (exception, traceback) per rank
+        except OSError as e:  # one writer (rank 0) failed before the closing barrier the other ranks wait in
+            error = e
+            if trainer.world_size > 1:
+                trainer.strategy.barrier("Trainer.save_checkpoint")
+        # every rank learns that the save failed, so none waits in a collective the others never reach
+        failed = trainer.strategy.reduce_boolean_decision(error is not None, all=False) \
+            if trainer.world_size > 1 else error is not None
+        if failed:
+            if trainer.is_global_zero:
+                remove_path(tmp)  # a partial checkpoint must not keep the disk full (one remover: a shared directory)
+            trainer.strategy.barrier()
+            codes = (errno.ENOSPC, errno.EDQUOT)
+            if error is None or getattr(_root_cause(error), "errno", None) in codes:  # another rank's disk full
                 free = shutil.disk_usage(final.parent).free
                 raise DataError(f"no space left on the device of {final.parent} while saving a checkpoint: one needs "
                                 f"about {_gb(checkpoint_bytes(trainer))} ({_gb(free)} free); free space there or move "
                                 "trainer.default_root_dir, then resume with --ckpt_path last (the previous checkpoint "
                                 "is intact)") from None
-            raise
+            raise error
         if trainer.is_global_zero:
             publish(tmp, final)
             log.info("saved checkpoint %s", final)

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from skill_distill.corpus import Example
@@ -430,6 +431,32 @@ def test_fit_reprofiles_the_slice_with_vllm_child_engines(tmp_path, qwen_tokeniz
         0.5 * prior[leaf]["correct"] + sum(graded[p["id"]] for p in in_slice))
     trained = [i for step in launch.trace_by_step(run, 0).values() if step["epoch"] == 1 for i in step["ids"]]
     assert sorted(trained) == sorted(epoch_1["ids"]) and not set(trained) & set(slice_ids)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_stop_signal_during_the_reprofile_stops_at_the_epoch_end_and_the_resume_redoes_it(tmp_path, qwen_tokenizer_dir):
+    """SIGTERM while epoch 0's re-profile runs (export, engine, generation): the run stops with the epoch-end
+    checkpoint and exit 143, and re-selects nothing; resumed, it re-profiles the same weights (epoch 0's end) before
+    epoch 1 trains on the re-selection."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "scripts"))
+    import launch
+
+    run = tmp_path / "run"
+    common = {"run_dir": run, "data": QUICKSTART, "tokenizer": qwen_tokenizer_dir, "model": launch.tiny_model_dir(),
+              "max_epochs": 2, "every_n_steps": 100}
+    launch.run("closed_loop_run.py", log=tmp_path / "stopped.log", sigterm_during_reprofile=0, expect=143, **common)
+    assert not (run / "selection" / "epoch=1.json").exists()
+    assert not (run / "eval" / "reprofile" / "epoch=0" / "report.json").exists()
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3  # epoch 0's end
+    launch.run("closed_loop_run.py", log=tmp_path / "resumed.log", resume=True, **common)
+    report = read_json(run / "eval" / "reprofile" / "epoch=0" / "report.json")
+    assert report["global_step"] == 3  # the weights the stopped run would have profiled
+    epoch_1 = read_json(run / "selection" / "epoch=1.json")
+    trained = [i for step in launch.trace_by_step(run, 0).values() if step["epoch"] == 1 for i in step["ids"]]
+    assert sorted(trained) == sorted(epoch_1["ids"]) and len(trained) == 24
 
 
 def test_reselection_without_its_callback_is_refused_before_training(tmp_path):

@@ -317,3 +317,20 @@ def test_kill_9_after_a_checkpoint_keeps_the_metrics_rows_up_to_it(runs, tmp_pat
     assert metric_steps(run) == [0, 1, 2, 3]  # every step up to the checkpoint a resume starts after
     train(cwd, runs["plain"], "--ckpt_path", "last", log=tmp_path / "resumed.log")
     assert metric_steps(run) == list(range(STEPS))
+
+
+@pytest.mark.distributed
+def test_full_disk_on_rank_0_of_two_stops_both_ranks_in_one_line_without_leftovers(inputs):
+    # DDP: rank 0 writes the file and fails before the closing barrier rank 1 waits in; both ranks agree to stop
+    cwd = inputs["root"] / "disk_full_ddp"
+    cwd.mkdir()
+    config = quickstart_config(cwd / "config.yaml", inputs["tiny"], inputs["tok"], inputs["corpus"], [
+        {"class_path": "faults.DiskFullAtSave", "init_args": {"step": 2}}])
+    log = inputs["root"] / "disk_full_ddp.log"
+    train(cwd, config, "--trainer.devices=2", "--trainer.strategy=ddp", "--data.examples_per_step=2", log=log,
+          expect=2)
+    line = last_line(log)
+    assert line.startswith(f"error: no space left on the device of {Path('runs/quickstart/checkpoints')} while "
+                           "saving a checkpoint"), line
+    assert "Traceback" not in log.read_text()
+    assert list((cwd / "runs" / "quickstart" / "checkpoints").iterdir()) == []  # the half-written file is gone

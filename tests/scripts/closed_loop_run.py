@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--crash_after_step", type=int)
     ap.add_argument("--every_n_steps", type=int, default=2)
+    ap.add_argument("--sigterm_during_reprofile", type=int, help="send SIGTERM while this epoch's re-profile runs")
     args = ap.parse_args()
     torch.set_num_threads(1)
     import faults
@@ -57,7 +59,10 @@ def main() -> None:
     reselect = ReselectionCallback(verdicts_dir=args.verdicts_dir, export_dtype=None, timeout_s=600,
                                    backend=BackendConfig(kind="vllm", max_model_len=512),
                                    sampling=SamplingConfig(temperature=0.6, top_p=1.0, max_new_tokens=24, seed=7))
-    callbacks = [StepTraceCallback(), reselect,
+    # placed before the re-profile: its timer fires while the re-profile runs
+    signal_first = [] if args.sigterm_during_reprofile is None else [
+        faults.SignalDuringEpochEnd(args.sigterm_during_reprofile, signal.SIGTERM, delay_s=3.0)]
+    callbacks = [StepTraceCallback(), *signal_first, reselect,
                  ResumableCheckpoint(every_n_train_steps=args.every_n_steps, keep_last=2), PreemptionCallback()]
     if args.crash_after_step is not None:
         callbacks.append(faults.CrashAfterStep(args.crash_after_step))
