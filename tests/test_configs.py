@@ -13,7 +13,7 @@ from jsonargparse import ArgumentParser
 
 import train
 from skill_distill.__main__ import STAGES
-from skill_distill.benchmarks import PAPER_SUITE
+from skill_distill.eval_sets import PAPER_SUITE
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT_DRIVERS = {
