@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from skill_distill.benchmarks import REGISTRY, load_benchmark
 from skill_distill.decontamination import WORD, DecontaminationConfig, run_decontaminate
+from skill_distill.eval_sets import REGISTRY, load_benchmark
 from skill_distill.io import iter_jsonl, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]

@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.reference_impl import forced_distribution_naive, sample_by_skill_literal
 from skill_distill.selection import (
     SelectionConfig,
-    _forced_distribution,
-    _Pool,
     distribution_divergence,
     leaf_weight,
     select,
 )
+from skill_distill.selection.forced import _forced_distribution
+from skill_distill.selection.pool_index import _Pool
 from skill_distill.skill_tree import SkillTree
 
 

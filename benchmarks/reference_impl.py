@@ -3,9 +3,9 @@
 ``skill_distill.selection`` can be checked against them and the speed-up measured side by side.
 
 - ``sample_by_skill_literal``: the method's literal loop (pick a leaf by weight, one of its examples uniformly,
-  repeat until enough unique examples), the distribution ``selection._sample_by_skill`` samples in one pass.
+  repeat until enough unique examples), the distribution ``selection.sampling._sample_by_skill`` samples in one pass.
 - ``forced_distribution_naive``: greedy L2 matching scoring every candidate's histogram in Python, the picks
-  ``selection._forced_distribution`` makes vectorised.
+  ``selection.forced._forced_distribution`` makes vectorised.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def sample_by_skill_literal(members_by_leaf: Mapping[int, Sequence[int]], weight
 
 def forced_distribution_naive(X, target: np.ndarray, counts: np.ndarray, quota: int,
                               priority: np.ndarray) -> list[int]:
-    """Reference for ``selection._forced_distribution``: scores every candidate by building its normalised histogram
-    (O(quota x rows x leaves) in Python). Same contract and tie rule."""
+    """Reference for ``selection.forced._forced_distribution``: scores every candidate by building its normalised
+    histogram (O(quota x rows x leaves) in Python). Same contract and tie rule."""
     X = X.tocsr()
     rows = [list(X.indices[X.indptr[j]: X.indptr[j + 1]]) for j in range(X.shape[0])]
     taken = [not r for r in rows]

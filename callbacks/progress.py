@@ -1,7 +1,9 @@
 """Progress that shows in a redirected log: one plain line every N optimizer steps.
 
 A progress bar (rich, tqdm) redraws one terminal line; with stdout sent to a file it writes little or nothing until
-the end, so a batch job's log showed no progress for minutes. These lines go through the ``callbacks`` logger
+the end, so a batch job's log showed no progress for minutes (rich 15.0's ``Progress`` on a redirected stream writes
+only its final frame, when the task stops). So the bar stays Lightning's ``RichProgressBar`` on a terminal
+(configs/quickstart.yaml), and these lines, which rich has no mode for, go through the ``callbacks`` logger
 (train.py prints the project's INFO lines on stderr).
 """
 

@@ -102,7 +102,7 @@ class ReselectionCallback(SkillEvalCallback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             return
-        from skill_distill.benchmarks import BenchmarkSpec, LoadedBenchmark, Problem
+        from skill_distill.eval_sets import BenchmarkSpec, LoadedBenchmark, Problem
         from skill_distill.profile import reference_answers
         from skill_distill.reselection import counts_from_profile
         from skill_distill.selection import read_profile_nodes

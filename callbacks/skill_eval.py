@@ -23,7 +23,7 @@ import torch
 
 from callbacks.preemption import PreemptionCallback, is_final_epoch
 from datamodules.skill_datamodule import EvalContext, SkillDataModule
-from skill_distill.benchmarks import HELDOUT, PAPER_SUITE, BenchmarkSpec, SkillSource, resolve_specs
+from skill_distill.eval_sets import HELDOUT, PAPER_SUITE, BenchmarkSpec, SkillSource, resolve_specs
 from skill_distill.generation.base import GenerationError, GenerationInterrupted, SamplingConfig
 from skill_distill.generation.factory import BackendConfig
 from skill_distill.io import ConfigError
@@ -64,7 +64,7 @@ class SkillEvalCallback(L.Callback):
     share the engine may take (e.g. 0.3), not vLLM's default.
 
     Args:
-        benchmarks: evaluation sets: registered names (see ``skill_distill.benchmarks``), specs, and ``heldout``
+        benchmarks: evaluation sets: registered names (see ``skill_distill.eval_sets``), specs, and ``heldout``
             = the run's held-out slice (``data.val_corpus`` with ``data.attribution`` and ``data.tree``).
         every_n_epochs: evaluate after every N-th epoch (0: only after the last); the last epoch always.
         baseline: also evaluate once before training (skipped when resuming past step 0).
@@ -351,8 +351,8 @@ class SkillEvalCallback(L.Callback):
 
     def _write(self, trainer, tag: str, records: list[dict], summaries: dict, timings: dict, t0: float,
                out_dir: Path) -> dict:
-        from skill_distill.eval_report import emphasised_skills, load_report, write_history
         from skill_distill.evaluation import build_report, flat_metrics, write_report
+        from skill_distill.skill_charts import emphasised_skills, load_report, write_history
 
         for b in self.loaded:  # the synced totals must equal the gathered samples
             got = sum(1 for r in records if r["benchmark"] == b.name)

@@ -2,7 +2,7 @@
 
     python scripts/first_gpu_run.py                       # every check (one node, >= 2 GPUs)
     python scripts/first_gpu_run.py flash_packing nccl    # some of them
-    python scripts/first_gpu_run.py throughput --config configs/qwen3_4b/skill_sft.yaml --steps 10
+    python scripts/first_gpu_run.py throughput --config configs/qwen3_4b/base.yaml --steps 10
 
 Checks (docs/SCALING.md, "First run on GPUs"):
   env            CUDA, GPUs, bf16, NCCL version, flash_attn import, what attn_implementation=auto picks
@@ -327,7 +327,7 @@ def main() -> None:
     ap.add_argument("--workdir", help="where work files go (default: a temporary directory)")
     ap.add_argument("--small_model", default="asset:smollm2-135m-instruct",
                     help="model for flash_packing (any HF causal LM directory or hub name)")
-    ap.add_argument("--config", default="configs/qwen3_8b/skill_sft.yaml", help="production config for throughput")
+    ap.add_argument("--config", default="configs/qwen3_8b/base.yaml", help="production config for throughput (a base)")
     ap.add_argument("--steps", type=int, default=10, help="optimizer steps of the throughput run")
     args = ap.parse_args()
     unknown = [c for c in args.checks if c not in CHECKS]

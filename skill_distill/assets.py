@@ -27,13 +27,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from skill_distill.io import DataError, atomic_write, sha256_file
+from skill_distill.io import DataError, atomic_directory, atomic_write, sha256_file
 
 ASSETS = {"qwen3-tokenizer", "smollm2-135m-instruct", "tiny-qwen3"}
 
@@ -133,17 +131,8 @@ def _publish_dir(build, target: Path) -> Path:
     """Build a directory aside and rename it into place, so a crash never leaves a half-written asset."""
     if (target / "config.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(target, replace=False) as tmp:
         build(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process published first
-            shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

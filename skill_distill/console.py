@@ -8,7 +8,12 @@ from collections.abc import Iterable, Mapping, Sequence
 
 
 def progress(stage: str, message: str) -> None:
-    """One plain, flushed line on stderr: ``[stage] message``."""
+    """One plain, flushed line on stderr: ``[stage] message``.
+
+    Kept plain instead of a ``rich.progress.Progress`` bar: with stderr redirected to a file (a batch job's log), rich
+    (checked with 15.0) writes only the bar's final frame when the task stops, so the log would show no progress
+    while a stage runs for hours (issue 12); the end-of-stage ``summary`` uses rich where a terminal shows it.
+    """
     print(f"[{stage}] {message}", file=sys.stderr, flush=True)
 
 

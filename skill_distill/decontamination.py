@@ -2,7 +2,7 @@
 
 A pool problem is a hit for a benchmark when, after normalisation, it equals one of the benchmark's problems
 (*exact* rule) or shares a run of ``n`` consecutive words with one (*n-gram* rule). The benchmarks default to every
-registered set (``skill_distill.benchmarks.REGISTRY``: AIME24, AIME25, AMC23, MATH-500, MATH-L5, OlympiadBench,
+registered set (``skill_distill.eval_sets.REGISTRY``: AIME24, AIME25, AMC23, MATH-500, MATH-L5, OlympiadBench,
 the sets of docs/METHOD.md §7); any ``BenchmarkSpec`` may be added.
 
 Normalisation (also the pool's problem identity, ``skill_distill.pool``): Unicode NFKC, lower case, ``$``, ``\\,``
@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from skill_distill.benchmarks import REGISTRY, BenchmarkSpec
+from skill_distill.eval_sets import REGISTRY, BenchmarkSpec
 from skill_distill.io import (
     ConfigError,
     DataError,
@@ -100,8 +100,8 @@ class BenchmarkIndex:
 
     @classmethod
     def from_benchmarks(cls, benchmarks: Sequence[str | BenchmarkSpec | dict], n: int = 8) -> BenchmarkIndex:
-        """Load every set through ``skill_distill.benchmarks.load_benchmark`` (its data location rules apply)."""
-        from skill_distill.benchmarks import load_benchmark, resolve_specs
+        """Load every set through ``skill_distill.eval_sets.load_benchmark`` (its data location rules apply)."""
+        from skill_distill.eval_sets import load_benchmark, resolve_specs
 
         triples = []
         for spec in resolve_specs(list(benchmarks)):

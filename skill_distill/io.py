@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -136,9 +137,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             yield f
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; published files get the usual permissions
+        os.chmod(tmp, _published_mode()[1])  # mkstemp creates 0600; published files get the usual permissions
         os.replace(tmp, p)
     except BaseException:
         try:
@@ -146,6 +145,51 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         except FileNotFoundError:
             pass
         raise
+
+
+def _published_mode() -> tuple[int, int]:
+    """(directory mode, file mode) under the current umask: temporary files and directories are private (0600 /
+    0700); what is published gets the usual permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask, 0o666 & ~umask
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path`` to fill; on success it is renamed to ``path``.
+
+    The project's one way to publish a directory (exports, cached assets): a crash or exception leaves any previous
+    ``path`` untouched and no partial directory under its name. ``replace``: an existing ``path`` is moved aside and
+    deleted after the new one is in place; otherwise an existing ``path`` (another process published first) is kept
+    and the new one discarded.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent))
+    try:
+        yield tmp
+        dir_mode, file_mode = _published_mode()
+        os.chmod(tmp, dir_mode)
+        for f in tmp.iterdir():
+            if f.is_file():
+                os.chmod(f, file_mode)
+        if replace and p.exists():
+            old = p.with_name(f".{p.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(p, old)
+            os.replace(tmp, p)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            try:
+                os.replace(tmp, p)
+            except OSError:
+                if replace or not p.is_dir():
+                    raise
+                # another process published first: keep its directory
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:

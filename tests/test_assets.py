@@ -17,7 +17,7 @@ import pytest
 
 from skill_distill import assets
 from skill_distill.assets import DATA_ASSETS, DATA_ENV, URL_ENV, resolve
-from skill_distill.benchmarks import load_benchmark
+from skill_distill.eval_sets import load_benchmark
 from skill_distill.io import DataError
 from skill_distill.skill_tree import SkillTree
 

@@ -13,25 +13,56 @@ from jsonargparse import ArgumentParser
 
 import train
 from skill_distill.__main__ import STAGES
-from skill_distill.benchmarks import PAPER_SUITE
+from skill_distill.eval_sets import PAPER_SUITE
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT_DRIVERS = {
     REPO / "configs" / "experiments" / "skill_selection_cpu.yaml": "experiments/skill_selection_cpu.py"}
-# <base>_16k.yaml, <base>_32k.yaml: overrides composed after <base>.yaml (full-length teacher traces)
-LENGTH_OVERRIDES = sorted(p for p in (REPO / "configs").rglob("*.yaml") if re.search(r"_\d+k$", p.stem))
-# other override files composed after a base config with a second --config: override -> its base
-OVERRIDES = {REPO / "configs" / "qwen3_4b" / "closed_loop.yaml": REPO / "configs" / "qwen3_4b" / "skill_sft.yaml"}
+# configs/qwen3_*/base.yaml holds everything a model's runs share; every other file beside it is a run file with only
+# its differences, composed after the base: --config <dir>/base.yaml --config <dir>/<run>.yaml
+MODEL_DIRS = sorted(p for p in (REPO / "configs").glob("qwen3_*") if p.is_dir())
+BASES = [d / "base.yaml" for d in MODEL_DIRS]
+RUN_FILES = sorted(p for d in MODEL_DIRS for p in d.glob("*.yaml") if p.name != "base.yaml")
+# <run>_16k.yaml, <run>_32k.yaml: full-length teacher traces
+LENGTH_OVERRIDES = [p for p in RUN_FILES if re.search(r"_\d+k$", p.stem)]
+# run files that add a feature on top of the method (callbacks+)
+OVERRIDES = [REPO / "configs" / "qwen3_4b" / "closed_loop.yaml"]
+PRODUCTION = [p for p in RUN_FILES if p not in LENGTH_OVERRIDES and p not in OVERRIDES]
+# configs run alone: the quickstart, the experiment arm, and the bases
 TRAIN_CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml")
-                       if "pipeline" not in p.parts and p not in EXPERIMENT_DRIVERS and p not in LENGTH_OVERRIDES
-                       and p not in OVERRIDES)
+                       if "pipeline" not in p.parts and p not in EXPERIMENT_DRIVERS and p not in RUN_FILES)
 PIPELINE_CONFIGS = sorted((REPO / "configs" / "pipeline").glob("*.yaml"))
-PRODUCTION = [p for p in TRAIN_CONFIGS if p.parent.name.startswith("qwen3_")]
 
 
 def test_there_are_configs():
     assert (REPO / "configs" / "quickstart.yaml") in TRAIN_CONFIGS
-    assert len(PRODUCTION) >= 4
+    assert len(BASES) == 2 and all(b in TRAIN_CONFIGS for b in BASES)
+    assert {p.relative_to(REPO / "configs").as_posix() for p in PRODUCTION} >= {
+        f"qwen3_{size}/{run}.yaml" for size in ("4b", "8b")
+        for run in ("skill_sft", "random_sft", "skill_sft_2node", "random_sft_2node")}
+
+
+KEY_LINE = re.compile(r"^\s*(?:- )?[A-Za-z_][\w.+]*:")
+
+
+@pytest.mark.parametrize("path", BASES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_key_of_a_base_has_a_comment_line_above_it(path):
+    lines = path.read_text().splitlines()
+    bare = [f"{path.name}:{i + 1}: {line.strip()}" for i, line in enumerate(lines)
+            if KEY_LINE.match(line) and not (i and lines[i - 1].lstrip().startswith("#"))]
+    assert not bare, "keys without a comment line above them (what it is, its type and default):\n" + "\n".join(bare)
+
+
+@pytest.mark.parametrize("path", RUN_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_a_run_file_holds_only_its_differences_and_names_its_command(path):
+    base, run = yaml.safe_load((path.parent / "base.yaml").read_text()), yaml.safe_load(path.read_text())
+
+    def same(b, r, where=""):
+        return [where] if b == r else ([] if not (isinstance(b, dict) and isinstance(r, dict))
+                                       else [x for k in r if k in b for x in same(b[k], r[k], f"{where}.{k}")])
+
+    assert not same(base, run), f"{path.name} repeats the base's values at {same(base, run)}"
+    assert f"--config configs/{path.parent.name}/base.yaml" in path.read_text()  # the command that composes it
 
 
 def cpu_overrides(tiny_dir: Path, tok_dir: Path, corpus: Path) -> list[str]:
@@ -39,11 +70,11 @@ def cpu_overrides(tiny_dir: Path, tok_dir: Path, corpus: Path) -> list[str]:
             f"--model.model={tiny_dir}", f"--data.tokenizer={tok_dir}", f"--data.corpus={corpus}"]
 
 
-@pytest.mark.parametrize("override", sorted(OVERRIDES), ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize("override", OVERRIDES, ids=lambda p: str(p.relative_to(REPO)))
 def test_override_config_composes_after_its_base(override, tiny_qwen3_dir, qwen_tokenizer_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     corpus = REPO / "data" / "quickstart" / "pool.jsonl"
-    cli = train.main(["--config", str(OVERRIDES[override]), "--config", str(override),
+    cli = train.main(["--config", str(override.parent / "base.yaml"), "--config", str(override),
                       *cpu_overrides(tiny_qwen3_dir, qwen_tokenizer_dir, corpus)], run=False)
     from callbacks import ReselectionCallback, SkillEvalCallback
 
@@ -78,12 +109,23 @@ def test_training_configs_stop_cleanly_and_name_their_run_directory_once(path):
     assert t["default_root_dir"] not in rest and "runs/" not in rest
 
 
+def composed(path: Path, tiny_dir: Path, tok_dir: Path) -> dict:
+    """``--config base.yaml --config <run>.yaml`` as the real CLI parser composes it (after the composed config
+    instantiated on this CPU)."""
+    corpus = REPO / "data" / "quickstart" / "pool.jsonl"
+    configs = ["--config", str(path.parent / "base.yaml"), "--config", str(path)]
+    cli = train.main([*configs, *cpu_overrides(tiny_dir, tok_dir, corpus)], run=False)
+    return cli.parser.parse_args(configs).as_dict()
+
+
 @pytest.mark.parametrize("path", PRODUCTION, ids=lambda p: str(p.relative_to(REPO)))
-def test_production_configs_follow_the_paper(path):
-    cfg = yaml.safe_load(path.read_text())
+def test_production_configs_follow_the_paper(path, tiny_qwen3_dir, qwen_tokenizer_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = composed(path, tiny_qwen3_dir, qwen_tokenizer_dir)
+    assert cfg["trainer"]["default_root_dir"] == f"runs/{path.parent.name}/{path.stem}"  # each run its own
     t, m, d = cfg["trainer"], cfg["model"], cfg["data"]
     assert m["learning_rate"] == 1e-5 and m["warmup_ratio"] == 0.1 and m["min_lr_ratio"] == 0.0
-    assert m["weight_decay"] == 0.0 and m["betas"] == [0.9, 0.999] and m["max_grad_norm"] == 1.0
+    assert m["weight_decay"] == 0.0 and list(m["betas"]) == [0.9, 0.999] and m["max_grad_norm"] == 1.0
     assert t["max_epochs"] == 5 and d["max_length"] == 8192 and d["enable_thinking"] is True
     ranks = t["devices"] * t.get("num_nodes", 1)
     effective = d["examples_per_step"]
@@ -110,11 +152,13 @@ def test_production_configs_follow_the_paper(path):
     assert per_epoch["every_n_epochs"] == 1 and per_epoch["baseline"] is True
     assert [b["name"] for b in per_epoch["benchmarks"]] == ["heldout"] and d["val_corpus"]
     assert final["every_n_epochs"] == 0 and final["benchmarks"] == PAPER_SUITE
-    hours, minutes, seconds = (int(x) for x in strategy["timeout"].split(":"))
+    timeout = strategy["timeout"]  # a timedelta once parsed
+    timeout_s = timeout.total_seconds() if hasattr(timeout, "total_seconds") else \
+        sum(int(x) * f for x, f in zip(str(timeout).split(":"), (3600, 60, 1), strict=True))
     for e in evals:
-        assert e["sampling"] == {"temperature": 0.6, "top_p": 1.0, "max_new_tokens": 16384, "seed": 0}
+        assert e["sampling"] == {"temperature": 0.6, "top_p": 1.0, "max_new_tokens": 16384, "n": 1, "seed": 0}
         assert e["backend"]["kind"] == "vllm" and e["backend"]["max_model_len"] > 16384
-        assert hours * 3600 + minutes * 60 + seconds > e["timeout_s"]  # ranks outwait the slowest evaluation
+        assert timeout_s > e["timeout_s"]  # ranks outwait the slowest evaluation
 
 
 def test_length_overrides_exist_for_both_models():
@@ -125,7 +169,7 @@ def test_length_overrides_exist_for_both_models():
 @pytest.mark.parametrize("path", LENGTH_OVERRIDES, ids=lambda p: str(p.relative_to(REPO)))
 def test_length_override_composes_with_its_base(path, tiny_qwen3_dir, qwen_tokenizer_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    base = path.with_name(re.sub(r"_\d+k$", "", path.stem) + ".yaml")
+    base = path.parent / "base.yaml"
     length = {"16k": 16384, "32k": 32768}[path.stem.rsplit("_", 1)[1]]
     text = path.read_text()
     assert "DEPARTURE FROM THE PAPER" in text and f"{length:,}" in text and "8,192" in text  # stated in the file
@@ -136,7 +180,7 @@ def test_length_override_composes_with_its_base(path, tiny_qwen3_dir, qwen_token
     assert cli.datamodule.max_length == length
     assert cli.model.hparams.loss_implementation == "auto" and cli.model.loss_implementation == "linear_ce"
     # its own run directory everywhere, so it never resumes (or overwrites) the 8,192-token run
-    run_dir = f"{yaml.safe_load(base.read_text())['trainer']['default_root_dir']}_{path.stem.rsplit('_', 1)[1]}"
+    run_dir = f"runs/{path.parent.name}/{path.stem}"
     assert cli.trainer.default_root_dir == run_dir
     dirs = [getattr(c, "dirpath", None) for c in cli.trainer.callbacks] + [lg.save_dir for lg in cli.trainer.loggers]
     dirs = [str(d) for d in dirs if d]

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from skill_distill.benchmarks import load_benchmark
 from skill_distill.decontamination import (
     WORD,
     BenchmarkIndex,
@@ -18,6 +17,7 @@ from skill_distill.decontamination import (
     normalise,
     run_decontaminate,
 )
+from skill_distill.eval_sets import load_benchmark
 from skill_distill.io import read_json, read_jsonl, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from skill_distill.benchmarks import BenchmarkSpec, SkillSource
-from skill_distill.eval_report import emphasised_skills, load_report
+from skill_distill.eval_sets import BenchmarkSpec, SkillSource
 from skill_distill.evaluation import (
     BenchmarkMetric,
     build_report,
@@ -30,6 +29,7 @@ from skill_distill.formatting import SkillFormat, skill_block, tree_as_text
 from skill_distill.generation.base import SamplingConfig, request_seed
 from skill_distill.generation.factory import BackendConfig
 from skill_distill.grading import extract_last_boxed
+from skill_distill.skill_charts import emphasised_skills, load_report
 from skill_distill.skill_tree import SkillTree
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -298,7 +298,7 @@ def test_paper_evaluation_config_follows_method_section_7():
 
 
 def test_history_chart_has_every_evaluation_of_a_run(scripted, loaded, tmp_path, monkeypatch):
-    from skill_distill.eval_report import plot_history, write_history
+    from skill_distill.skill_charts import plot_history, write_history
 
     records, _, _ = scripted
     report = build_report(loaded, records, compute_summaries(loaded, records), {"tag": "epoch=0", "epoch": 0})

@@ -15,7 +15,6 @@ from benchmarks.reference_impl import forced_distribution_naive, sample_by_skill
 from skill_distill.io import ConfigError, DataError, write_json, write_jsonl
 from skill_distill.selection import (
     SelectionConfig,
-    _forced_distribution,
     fingerprint_file,
     leaf_weight,
     load_manifest,
@@ -24,6 +23,7 @@ from skill_distill.selection import (
     select,
     write_manifest,
 )
+from skill_distill.selection.forced import _forced_distribution
 from skill_distill.skill_tree import SkillTree, format_chain
 
 REPO = Path(__file__).resolve().parents[1]

@@ -245,7 +245,7 @@ def test_two_ranks_generate_disjoint_shares_equal_to_one_rank(strategy, tp, tmp_
     spec = importlib.util.spec_from_file_location("eval_two_ranks", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    from skill_distill.benchmarks import BenchmarkSpec, SkillSource
+    from skill_distill.eval_sets import BenchmarkSpec, SkillSource
     from skill_distill.evaluation import compute_summaries, evaluate_model, load_benchmarks
     from skill_distill.generation.base import SamplingConfig
     from skill_distill.generation.factory import BackendConfig

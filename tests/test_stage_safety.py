@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from skill_distill.benchmarks import BenchmarkSpec
 from skill_distill.corpus import load_corpus
+from skill_distill.eval_sets import BenchmarkSpec
 from skill_distill.evaluation import load_benchmarks
 from skill_distill.generation.factory import BackendConfig
 from skill_distill.io import DataError, JsonlAppender, read_jsonl

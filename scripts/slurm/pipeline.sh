@@ -32,6 +32,7 @@ PROFILE_CONFIG=${PROFILE_CONFIG:-configs/pipeline/profile_qwen3_${SIZE}_omr.yaml
 PROFILE_DIR=${PROFILE_DIR:-$DATA/profile_qwen3_$SIZE}
 EVAL_CONFIG=${EVAL_CONFIG:-configs/pipeline/evaluate_qwen3_${SIZE}_paper.yaml}
 SUFFIX=$([[ "$TRAIN_NODES" == 2 ]] && echo _2node || true)
+# run files: train.sbatch composes the base.yaml beside them first
 SKILL_CONFIG=configs/qwen3_$SIZE/skill_sft$SUFFIX.yaml
 RANDOM_CONFIG=configs/qwen3_$SIZE/random_sft$SUFFIX.yaml
 SKILL_RUN=runs/qwen3_$SIZE/skill_sft$SUFFIX

@@ -10,8 +10,12 @@ set -euo pipefail
 PYTHON=${PYTHON:-.venv/bin/python}
 config=${1:?usage: MASTER_ADDR=... NNODES=N NODE_RANK=i scripts/slurm/torchrun_train.sh CONFIG [extra train.py args]}
 shift
+# a run file of configs/qwen3_*/ holds only its differences: compose the base.yaml beside it first
+configs=(--config "$config")
+base="$(dirname "$config")/base.yaml"
+if [[ -f "$base" && "$config" != "$base" ]]; then configs=(--config "$base" --config "$config"); fi
 export TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 exec "$PYTHON" -m torch.distributed.run \
   --nnodes "${NNODES:-1}" --nproc-per-node "${GPUS_PER_NODE:-8}" --node-rank "${NODE_RANK:-0}" \
   --master-addr "${MASTER_ADDR:-127.0.0.1}" --master-port "${MASTER_PORT:-29500}" \
-  train.py fit --config "$config" --ckpt_path last "$@"
+  train.py fit "${configs[@]}" --ckpt_path last "$@"

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from jsonargparse import ArgumentParser
 
-from skill_distill.benchmarks import (
+from skill_distill.eval_sets import (
     PAPER_SUITE,
     REGISTRY,
     BenchmarkSpec,

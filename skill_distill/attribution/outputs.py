@@ -1,0 +1,128 @@
+"""The attribution stage's files (docs/METHOD.md §2): shard names, the stats file, and merging shards."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from skill_distill.attribution.walk import DROP_KEYS, new_counters
+from skill_distill.corpus import CorpusFields, load_corpus
+from skill_distill.io import DataError, read_json, read_jsonl, write_json, write_jsonl
+from skill_distill.skill_stats import load_attribution
+from skill_distill.skill_tree import SkillTree
+
+log = logging.getLogger(__name__)
+
+def shard_stem(shard_index: int, num_shards: int) -> str:
+    """``attribution`` for a single shard, else ``attribution.shard-{i}-of-{n}``."""
+    return "attribution" if num_shards == 1 else f"attribution.shard-{shard_index}-of-{num_shards}"
+
+
+def stats_name(stem: str) -> str:
+    if stem == "attribution":
+        return "attribution_stats.json"
+    return stem.replace("attribution.", "attribution_stats.") + ".json"
+
+
+def write_stats(path: Path, rows: list[dict], counters: dict, extra: dict) -> dict:
+    dropped = {k: sum(r.get("dropped", {}).get(k, 0) for r in rows) for k in DROP_KEYS}
+    wall = counters.get("wall_time_s", 0.0)
+    stats = {
+        "examples": len(rows),
+        "examples_without_chain": sum(1 for r in rows if not r["chains"]),
+        "chains": sum(len(r["chains"]) for r in rows),
+        "backend_calls": counters.get("backend_calls", 0),
+        "prompts": counters.get("prompts", 0),
+        "prompt_tokens": counters.get("prompt_tokens", 0) if counters.get("prompt_tokens_reported", True) else None,
+        "completion_tokens": counters.get("completion_tokens", 0),
+        "truncated_replies": counters.get("truncated_replies", 0),
+        **dropped,
+        "wall_time_s": round(wall, 3),
+        "examples_per_s": round(counters.get("examples_walked", 0) / wall, 4) if wall > 0 else None,
+        **extra,
+    }
+    if stats["prompt_tokens"] is not None:
+        stats["total_tokens"] = stats["prompt_tokens"] + stats["completion_tokens"]
+    write_json(path, stats)
+    return stats
+
+
+def _check_coverage(have: set[str], want: list[str], where: str) -> None:
+    missing = [i for i in want if i not in have]
+    extra = sorted(have - set(want))
+    if missing:
+        raise DataError(f"{where}: {len(missing)} pool id(s) have no attribution (e.g. {missing[:5]}); "
+                        "run or finish the shards that hold them")
+    if extra:
+        raise DataError(f"{where}: {len(extra)} id(s) are not in the pool (e.g. {extra[:5]}); "
+                        "attribution was made for another pool")
+
+
+def merge_attribution_shards(output_dir: str, num_shards: int, pool: str | None = None, output: str | None = None,
+                             tree: str | None = None, fields: CorpusFields = CorpusFields(),
+                             limit: int | None = None) -> str:
+    """Merge ``attribution.shard-{i}-of-{n}.jsonl`` files into ``attribution.jsonl`` and sum their stats.
+
+    Args:
+        output_dir: Directory the shards were written to.
+        num_shards: Number of shards to merge.
+        pool: The pool the shards were made from: checks that every pool id is present exactly once and orders
+            the rows like the pool (without it, rows follow shard order).
+        output: Merged file (default ``output_dir/attribution.jsonl``).
+        tree: Skill tree: checks that every chain is a leaf chain of it.
+        fields: Field mapping of ``pool``.
+        limit: The ``limit`` the shards were run with.
+
+    Raises DataError for a missing or unfinished shard, duplicate ids, ids missing from (or extra to) the
+    pool, and chains absent from the tree. Returns the merged file's path.
+    """
+    out_dir = Path(output_dir)
+    skill_tree = SkillTree.load(tree) if tree else None
+    rows: list[dict] = []
+    seen: dict[str, str] = {}
+    dups: list[str] = []
+    stats_parts: list[dict] = []
+    for i in range(num_shards):
+        stem = shard_stem(i, num_shards)
+        path = out_dir / f"{stem}.jsonl"
+        if not path.is_file():
+            raise DataError(f"shard {i} of {num_shards} is missing: {path}; run attribute with shard_index={i}")
+        state_path = out_dir / f"{stem}.state.json"
+        if state_path.exists() and (read_json(state_path, "attribution state").get("chunk") is not None):
+            raise DataError(f"{path}: shard {i} is unfinished (a chunk is still pending); rerun that shard")
+        load_attribution(path, skill_tree)  # validates rows and chains with file:line errors
+        for row in read_jsonl(path, "attribution shard"):
+            ex_id = str(row["id"])
+            if ex_id in seen:
+                dups.append(f"{ex_id!r} ({seen[ex_id]} and {path.name})")
+            seen[ex_id] = path.name
+            rows.append(row)
+        stats_path = out_dir / stats_name(stem)
+        if stats_path.is_file():
+            stats_parts.append(read_json(stats_path, "attribution stats"))
+    if dups:
+        raise DataError(f"{out_dir}: {len(dups)} duplicate id(s) across shards, e.g. {', '.join(dups[:5])}; "
+                        "shards must come from one pool and one num_shards")
+    if pool is not None:
+        order = [e.id for e in load_corpus(pool, fields, limit=limit, require_trace=False)]
+        _check_coverage(set(seen), order, str(out_dir))
+        position = {ex_id: k for k, ex_id in enumerate(order)}
+        rows.sort(key=lambda r: position[str(r["id"])])
+    target = Path(output) if output else out_dir / "attribution.jsonl"
+    write_jsonl(target, rows)
+    if stats_parts:
+        summed: dict[str, Any] = {}
+        for key in ("backend_calls", "prompts", "prompt_tokens", "completion_tokens", "truncated_replies",
+                    "wall_time_s"):
+            values = [s.get(key) for s in stats_parts]
+            summed[key] = None if any(v is None for v in values) else sum(values)
+        counters = {**new_counters(), **{k: v for k, v in summed.items() if v is not None},
+                    "prompt_tokens_reported": summed["prompt_tokens"] is not None,
+                    "examples_walked": sum(s.get("examples", 0) for s in stats_parts)}
+        first = stats_parts[0]
+        write_stats(out_dir / "attribution_stats.json", rows, counters,
+                     {k: first.get(k) for k in ("pool", "tree", "level", "guided", "model", "backend")}
+                     | {"num_shards": num_shards, "merged_from": len(stats_parts)})
+    log.info("merged %d shards (%d examples) into %s", num_shards, len(rows), target)
+    return str(target)
