@@ -80,8 +80,8 @@ def inputs(tmp_path_factory, shared_dir, qwen_tokenizer_dir):
 
 def side_by_side(**jobs) -> dict[str, Future]:
     """Run ``jobs`` (functions that launch train.py and wait for it) in threads at once and wait for all of them.
-    Each launch spends most of its time importing torch and Lightning, so one after another the module's 16 launches
-    took minutes. A test calls its job's ``.result()``, which raises that job's failure in that test."""
+    Each launch spends most of its time importing torch and Lightning, so one after another the module's 14 train.py
+    launches took minutes. A test calls its job's ``.result()``, which raises that job's failure in that test."""
     with ThreadPoolExecutor(len(jobs)) as pool:
         return {name: pool.submit(job) for name, job in jobs.items()}
 
