@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("skill_distill", "lightning_modules", "datamodules", "callbacks", "experiments")
 LIGHTNING_SIDE = ("lightning_modules", "datamodules", "callbacks", "experiments", "train")
@@ -115,6 +117,7 @@ def test_no_import_circles():
     assert not circles, "import circles among the project's modules:\n" + "\n".join(circles)
 
 
+@pytest.mark.slow
 def test_cli_help_does_not_import_vllm():
     code = ("import sys\nfrom skill_distill.__main__ import main\n"
             "for argv in (['--help'], ['evaluate', '--help'], ['attribute', '--help'], ['profile', '--help']):\n"

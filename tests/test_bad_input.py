@@ -76,6 +76,7 @@ def test_step_not_divisible_by_ranks_and_accumulation(tmp_path, shared_dir, tiny
         train.main(fit_args(corpus, tiny_qwen3_dir, qwen_tokenizer_dir, "--trainer.accumulate_grad_batches=3"))
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line(tmp_path, tiny_qwen3_dir, qwen_tokenizer_dir):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"id": "a", "problem": "1+1", "trace": "t"}\nnot json\n')

@@ -354,6 +354,7 @@ def topic_share(target: dict, topic: str) -> float:
     return sum(v for k, v in target.items() if k.startswith(topic + "->"))
 
 
+@pytest.mark.slow
 def test_fit_reselects_every_epoch_and_resumes_exactly(tmp_path, qwen_tokenizer_dir):
     import sys
 
@@ -405,6 +406,8 @@ def test_fit_reselects_every_epoch_and_resumes_exactly(tmp_path, qwen_tokenizer_
             [epochs[1]["ids"], epochs[2]["ids"]]
 
 
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_fit_reprofiles_the_slice_with_vllm_child_engines(tmp_path, qwen_tokenizer_dir):
     """The re-profile generated in the run: export, the rank's vLLM child engine on the slice, grading, then the
     next epoch drawn from the updated profile."""
@@ -472,6 +475,8 @@ def test_reselection_without_its_callback_is_refused_before_training(tmp_path):
         quickstart_datamodule(tmp_path, tree=None, reselection=ReselectionConfig(every_n_epochs=1))
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_two_ddp_ranks_train_on_the_same_reselection(tmp_path, qwen_tokenizer_dir):
     import sys
 

@@ -27,6 +27,7 @@ def run_state(root, epoch: int) -> SimpleNamespace:
                            datamodule=None, callbacks=[])
 
 
+@pytest.mark.slow
 def test_hf_export_every_n_epochs_and_final_reload_the_weights(module, tmp_path):
     callback = HFExportCallback(every_n_epochs=2, dtype="bfloat16")
     for epoch in range(4):

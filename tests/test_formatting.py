@@ -50,6 +50,19 @@ def test_skill_block_modes(shared_dir):
     assert final_solution(TRACE).startswith("There are")
 
 
+def test_end_of_turn_is_im_end_for_chatml_else_eos(smollm2_dir):
+    from tokenizers import Tokenizer, models
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    assert end_of_turn_token(AutoTokenizer.from_pretrained(smollm2_dir)) == "<|im_end|>"  # an unk token as well
+    # no <|im_end|> in the vocabulary: its lookup gives the unk id, and EOS closes the turn
+    word_level = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1, "</s>": 2}, unk_token="<unk>"))
+    assert end_of_turn_token(PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>",
+                                                     eos_token="</s>")) == "</s>"
+    with pytest.raises(ValueError, match=r"neither <\|im_end\|> nor an eos_token"):
+        end_of_turn_token(PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>"))
+
+
 def test_exactly_the_assistant_tokens_are_supervised(qwen_tokenizer):
     tok = qwen_tokenizer
     prompt = render_prompt(tok, user_message("How many ways to choose 2 of 3?"), enable_thinking=True)

@@ -139,6 +139,7 @@ def test_generate_in_subprocess_tiny_qwen3(tiny_qwen3_dir, qwen_tokenizer):
     assert out[0][0].text != out[0][1].text  # random weights, sampled: the two samples differ
 
 
+@pytest.mark.slow
 def test_generate_in_subprocess_reports_child_failure(tmp_path):
     cfg = BackendConfig(kind="hf", model=str(tmp_path / "missing"))
     with pytest.raises(GenerationError, match="generation subprocess failed: GenerationError: cannot load"):

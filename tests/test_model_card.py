@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 import train
@@ -21,6 +22,7 @@ def section(card: str, title: str) -> str:
     return card.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
 
 
+@pytest.mark.slow
 def test_exports_carry_a_model_card(tmp_path, monkeypatch, shared_dir, tiny_qwen3_dir, qwen_tokenizer_dir):
     monkeypatch.chdir(tmp_path)
     assert shared_dir.is_dir()  # the registered sets resolve through the SKILL_DISTILL_DATA mirror

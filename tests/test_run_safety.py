@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -77,21 +78,75 @@ def inputs(tmp_path_factory, shared_dir, qwen_tokenizer_dir):
             "tiny": launch.tiny_model_dir(), "tok": qwen_tokenizer_dir}
 
 
+def side_by_side(**jobs) -> dict[str, Future]:
+    """Run ``jobs`` (functions that launch train.py and wait for it) in threads at once and wait for all of them.
+    Each launch spends most of its time importing torch and Lightning, so one after another the module's 14 train.py
+    launches took minutes. A test calls its job's ``.result()``, which raises that job's failure in that test."""
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return {name: pool.submit(job) for name, job in jobs.items()}
+
+
+def user_mistakes(inputs) -> list[tuple[list[str], str, Path]]:
+    """train.py with each user mistake (its arguments, the expected last line, its log), all side by side."""
+    root = inputs["root"] / "mistakes"
+    root.mkdir()
+    plain = quickstart_config(root / "plain.yaml", inputs["tiny"], inputs["tok"], inputs["corpus"])
+    cases = [
+        (["--trainer.max_step=2"], ("error: unrecognized arguments: --trainer.max_step=2; did you mean "
+                                    "--trainer.max_steps? (every option: python train.py fit --help)")),
+        (["--ckpt_path", "nope.ckpt"], ("error: --ckpt_path nope.ckpt: no such checkpoint; use --ckpt_path last to "
+                                        "resume the run in runs/quickstart, or a path to an existing .ckpt")),
+        (["--data.val_corpus=missing.jsonl"], ("error: data.val_corpus (the validation corpus): corpus file not "
+                                               "found: missing.jsonl")),
+    ]
+    bad_yaml = root / "bad.yaml"
+    bad_yaml.write_text("model:\n  learning_rate: [1\n")
+    cases.append((["--config", str(bad_yaml)], f"error: {bad_yaml}:3:1: YAML syntax error: expected ',' or ']'"))
+    typo = root / "typo.yaml"
+    typo.write_text("model:\n  lerning_rate: 1.0\n")
+    cases.append((["--config", str(typo)], ("error: Subcommand 'fit' does not accept option 'model.lerning_rate'; "
+                                            "did you mean model.learning_rate?")))
+    procs = [(args, expected, root / f"case{i}.log", train(root, plain, *args, log=root / f"case{i}.log", wait=False))
+             for i, (args, expected) in enumerate(cases)]
+    for _, _, log, proc in procs:
+        launch.finish(proc, log, expect=2)
+    assert not (root / "runs" / "quickstart" / "selection_manifest.json").exists()
+    return [(args, expected, log) for args, expected, log, _ in procs]
+
+
+def full_disk(inputs) -> tuple[Path, Path]:
+    cwd = inputs["root"] / "disk_full"
+    cwd.mkdir()
+    config = quickstart_config(cwd / "config.yaml", inputs["tiny"], inputs["tok"], inputs["corpus"], [
+        {"class_path": "faults.DiskFullAtSave", "init_args": {"step": 4}}])
+    log = inputs["root"] / "disk_full.log"
+    train(cwd, config, log=log, expect=2)
+    return cwd, log
+
+
 @pytest.fixture(scope="module")
-def runs(inputs):
-    """An uninterrupted run and one stopped by SIGTERM after step 3 (side by side), both of the quickstart config."""
+def first_wave(inputs) -> dict[str, Future]:
+    """Side by side: an uninterrupted run and one stopped by SIGTERM after step 3, both of the quickstart config;
+    a run whose disk fills during a save; the user mistakes."""
     root, corpus, tiny, qwen_tokenizer_dir = inputs["root"], inputs["corpus"], inputs["tiny"], inputs["tok"]
     plain = quickstart_config(root / "plain.yaml", tiny, qwen_tokenizer_dir, corpus)
     signalled = quickstart_config(root / "sigterm.yaml", tiny, qwen_tokenizer_dir, corpus, [
         {"class_path": "faults.SignalAtStep", "init_args": {"step": 3, "signum": 15}}])
     (root / "ref").mkdir()
     (root / "stopped").mkdir()
-    procs = [(train(root / "ref", plain, log=root / "ref.log", wait=False), root / "ref.log", 0),
-             (train(root / "stopped", signalled, log=root / "stopped.log", wait=False), root / "stopped.log", 143)]
-    for proc, log, rc in procs:
-        launch.finish(proc, log, expect=rc)
-    return {"root": root, "plain": plain, "corpus": corpus, "tiny": tiny, "tok": qwen_tokenizer_dir,
-            "ref": root / "ref" / "runs" / "quickstart", "stopped": root / "stopped" / "runs" / "quickstart"}
+    return side_by_side(
+        ref=lambda: train(root / "ref", plain, log=root / "ref.log"),
+        stopped=lambda: train(root / "stopped", signalled, log=root / "stopped.log", expect=143),
+        full_disk=lambda: full_disk(inputs), mistakes=lambda: user_mistakes(inputs))
+
+
+@pytest.fixture(scope="module")
+def runs(inputs, first_wave):
+    first_wave["ref"].result()
+    first_wave["stopped"].result()
+    return {"root": inputs["root"], "plain": inputs["root"] / "plain.yaml", "corpus": inputs["corpus"],
+            "tiny": inputs["tiny"], "tok": inputs["tok"], "ref": inputs["root"] / "ref" / "runs" / "quickstart",
+            "stopped": inputs["root"] / "stopped" / "runs" / "quickstart"}
 
 
 def copy_run(runs, name: str, source: str = "stopped") -> tuple[Path, Path]:
@@ -101,7 +156,62 @@ def copy_run(runs, name: str, source: str = "stopped") -> tuple[Path, Path]:
     return cwd, cwd / "runs" / "quickstart"
 
 
-def test_sigterm_on_quickstart_exits_143_with_checkpoint_and_resume_equals_uninterrupted(runs):
+def resume_stopped(runs) -> tuple[Path, Path]:
+    cwd, run = copy_run(runs, "resumed")
+    log = runs["root"] / "resumed.log"
+    train(cwd, runs["plain"], "--ckpt_path", "last", log=log)
+    return run, log
+
+
+def resume_with_a_changed_learning_rate(runs) -> tuple[dict, dict, Path]:
+    cwd, _ = copy_run(runs, "changed_lr")
+    before = snapshot(cwd)
+    log = runs["root"] / "changed_lr.log"
+    train(cwd, runs["plain"], "--ckpt_path", "last", "--model.learning_rate=0.002", log=log, expect=2)
+    return before, snapshot(cwd), log
+
+
+def rerun_a_finished_run(runs) -> dict:
+    cwd, _ = copy_run(runs, "finished", source="ref")
+    before = snapshot(cwd)
+    resumed, rerun = runs["root"] / "finished.log", runs["root"] / "finished_rerun.log"
+    train(cwd, runs["plain"], "--ckpt_path", "last", log=resumed, expect=0)
+    after_resume = snapshot(cwd)
+    train(cwd, runs["plain"], log=rerun, expect=2)
+    return {"before": before, "after_resume": after_resume, "after_rerun": snapshot(cwd), "resumed_log": resumed,
+            "rerun_log": rerun}
+
+
+def resume_from_a_truncated_checkpoint(runs) -> tuple[Path, Path]:
+    cwd, run = copy_run(runs, "truncated")
+    newest = run / "checkpoints" / "step=0000003.ckpt"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])
+    log = runs["root"] / "truncated.log"
+    train(cwd, runs["plain"], "--ckpt_path", "last", log=log)
+    return run, log
+
+
+def run_elsewhere(runs) -> dict:
+    cwd, _ = copy_run(runs, "moved", source="stopped")  # runs/quickstart holds an interrupted run
+    other = cwd / "elsewhere"
+    log = runs["root"] / "moved.log"
+    before = snapshot(cwd / "runs")
+    train(cwd, runs["plain"], f"--trainer.default_root_dir={other}", "--ckpt_path", "last",
+          "--trainer.max_steps=2", log=log)
+    return {"other": other, "log": log, "before": before, "after": snapshot(cwd / "runs")}
+
+
+@pytest.fixture(scope="module")
+def second_wave(runs) -> dict[str, Future]:
+    """Side by side, each on its own copy of a first-wave run directory."""
+    return side_by_side(**{job.__name__: (lambda job=job: job(runs)) for job in (
+        resume_stopped, resume_with_a_changed_learning_rate, rerun_a_finished_run, resume_from_a_truncated_checkpoint,
+        run_elsewhere)})
+
+
+@pytest.mark.slow
+def test_sigterm_on_quickstart_exits_143_with_checkpoint_and_resume_equals_uninterrupted(runs, second_wave):
     stopped_log = (runs["root"] / "stopped.log").read_text()
     assert "stop requested by signal (SIGTERM): checkpoint saved at step 3; exiting with code 143" in stopped_log
     assert "args parameter" not in stopped_log  # LightningCLI's warning about main(sys.argv[1:]) is gone
@@ -110,9 +220,7 @@ def test_sigterm_on_quickstart_exits_143_with_checkpoint_and_resume_equals_unint
     assert not (stopped / "hf_export").exists() and not (stopped / "run_finished.json").exists()
     assert metric_steps(stopped) == [0, 1, 2]  # Lightning's step column counts from 0
 
-    cwd, run = copy_run(runs, "resumed")
-    log = runs["root"] / "resumed.log"
-    train(cwd, runs["plain"], "--ckpt_path", "last", log=log)
+    run, log = second_wave["resume_stopped"].result()
     launch.assert_same_training(runs["ref"], run, ranks=1, steps=STEPS)
     assert launch.redone_steps_match(run, 0) == []  # the SIGTERM checkpoint was taken after step 3: nothing redone
     # the metrics history is whole: the steps before the stop and after the resume, once each as in the reference
@@ -128,39 +236,30 @@ def test_sigterm_on_quickstart_exits_143_with_checkpoint_and_resume_equals_unint
     assert "export: runs/quickstart/hf_export/final" in text
 
 
-def test_changed_learning_rate_on_resume_is_refused_and_changes_no_file(runs):
-    cwd, _ = copy_run(runs, "changed_lr")
-    before = snapshot(cwd)
-    log = runs["root"] / "changed_lr.log"
-    train(cwd, runs["plain"], "--ckpt_path", "last", "--model.learning_rate=0.002", log=log, expect=2)
+@pytest.mark.slow
+def test_changed_learning_rate_on_resume_is_refused_and_changes_no_file(second_wave):
+    before, after, log = second_wave["resume_with_a_changed_learning_rate"].result()
     assert last_line(log).startswith("error: model.learning_rate is 0.002 here but 0.001 in the checkpoint "
                                      "runs/quickstart/checkpoints/step=0000003.ckpt")
     assert "Traceback" not in log.read_text()
-    assert snapshot(cwd) == before
+    assert after == before
 
 
-def test_finished_run_resumed_is_a_no_op_and_rerun_without_resume_is_refused(runs):
-    cwd, _ = copy_run(runs, "finished", source="ref")
-    before = snapshot(cwd)
-    log = runs["root"] / "finished.log"
-    train(cwd, runs["plain"], "--ckpt_path", "last", log=log, expect=0)
-    assert "runs/quickstart: this run already finished (step 8); nothing to do" in log.read_text()
-    assert snapshot(cwd) == before
-    train(cwd, runs["plain"], log=log, expect=2)
-    line = last_line(log)
+@pytest.mark.slow
+def test_finished_run_resumed_is_a_no_op_and_rerun_without_resume_is_refused(second_wave):
+    out = second_wave["rerun_a_finished_run"].result()
+    assert "runs/quickstart: this run already finished (step 8); nothing to do" in out["resumed_log"].read_text()
+    assert out["after_resume"] == out["before"]
+    line = last_line(out["rerun_log"])
     assert line.startswith("error: runs/quickstart holds an earlier run (checkpoints, logs/metrics.csv, tb, "
                            "hf_export, run_finished.json): resume it with --ckpt_path last, or start a new run with "
                            "--trainer.default_root_dir"), line
-    assert snapshot(cwd) == before
+    assert out["after_rerun"] == out["before"]
 
 
-def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(runs):
-    cwd, run = copy_run(runs, "truncated")
-    newest = run / "checkpoints" / "step=0000003.ckpt"
-    data = newest.read_bytes()
-    newest.write_bytes(data[: len(data) // 2])
-    log = runs["root"] / "truncated.log"
-    train(cwd, runs["plain"], "--ckpt_path", "last", log=log)
+@pytest.mark.slow
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(runs, second_wave):
+    run, log = second_wave["resume_from_a_truncated_checkpoint"].result()
     assert ("warning: runs/quickstart/checkpoints/step=0000003.ckpt is unreadable (not a readable torch checkpoint "
             "(File is not a zip file)): resuming from runs/quickstart/checkpoints/step=0000002.ckpt, the newest "
             "readable checkpoint") in log.read_text()
@@ -168,15 +267,12 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(runs):
     assert launch.redone_steps_match(run, 0) == [3]
 
 
-def test_default_root_dir_moves_everything_and_last_never_takes_another_runs_checkpoint(runs):
-    cwd, _ = copy_run(runs, "moved", source="stopped")  # runs/quickstart holds an interrupted run
-    other = cwd / "elsewhere"
-    log = runs["root"] / "moved.log"
-    before = snapshot(cwd / "runs")
-    train(cwd, runs["plain"], f"--trainer.default_root_dir={other}", "--ckpt_path", "last",
-          "--trainer.max_steps=2", log=log)
-    assert "no checkpoint yet, starting a new run" in log.read_text()
-    assert snapshot(cwd / "runs") == before  # the other run is untouched
+@pytest.mark.slow
+def test_default_root_dir_moves_everything_and_last_never_takes_another_runs_checkpoint(second_wave):
+    out = second_wave["run_elsewhere"].result()
+    other = out["other"]
+    assert "no checkpoint yet, starting a new run" in out["log"].read_text()
+    assert out["after"] == out["before"]  # the other run is untouched
     names = {p.name for p in other.iterdir()}
     assert {"checkpoints", "logs", "tb", "hf_export", "step_trace.rank0.jsonl", "run_finished.json"} <= names, names
     assert (other / "checkpoints" / "last.ckpt").resolve().name == "step=0000002.ckpt"
@@ -184,14 +280,9 @@ def test_default_root_dir_moves_everything_and_last_never_takes_another_runs_che
     assert launch.trace_by_step(other, 0).keys() == {1, 2}  # trained from step 0, not from the other run's step 3
 
 
-def test_full_disk_during_a_save_removes_its_temporary_and_fails_in_one_line(inputs):
-    runs = inputs
-    cwd = runs["root"] / "disk_full"
-    cwd.mkdir()
-    config = quickstart_config(cwd / "config.yaml", runs["tiny"], runs["tok"], runs["corpus"], [
-        {"class_path": "faults.DiskFullAtSave", "init_args": {"step": 4}}])
-    log = runs["root"] / "disk_full.log"
-    train(cwd, config, log=log, expect=2)
+@pytest.mark.slow
+def test_full_disk_during_a_save_removes_its_temporary_and_fails_in_one_line(first_wave):
+    cwd, log = first_wave["full_disk"].result()
     ckpts = cwd / "runs" / "quickstart" / "checkpoints"
     line = last_line(log)
     assert line.startswith(f"error: no space left on the device of {Path('runs/quickstart/checkpoints')} while "
@@ -200,30 +291,12 @@ def test_full_disk_during_a_save_removes_its_temporary_and_fails_in_one_line(inp
     assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step=0000002.ckpt"]  # no temporary left
 
 
-def test_user_mistakes_are_one_line(inputs, tmp_path):
-    runs = {"plain": quickstart_config(tmp_path / "plain.yaml", inputs["tiny"], inputs["tok"], inputs["corpus"])}
-    cases = [
-        (["--trainer.max_step=2"], ("error: unrecognized arguments: --trainer.max_step=2; did you mean "
-                                    "--trainer.max_steps? (every option: python train.py fit --help)")),
-        (["--ckpt_path", "nope.ckpt"], ("error: --ckpt_path nope.ckpt: no such checkpoint; use --ckpt_path last to "
-                                        "resume the run in runs/quickstart, or a path to an existing .ckpt")),
-        (["--data.val_corpus=missing.jsonl"], ("error: data.val_corpus (the validation corpus): corpus file not "
-                                               "found: missing.jsonl")),
-    ]
-    bad_yaml = tmp_path / "bad.yaml"
-    bad_yaml.write_text("model:\n  learning_rate: [1\n")
-    cases.append((["--config", str(bad_yaml)], f"error: {bad_yaml}:3:1: YAML syntax error: expected ',' or ']'"))
-    typo = tmp_path / "typo.yaml"
-    typo.write_text("model:\n  lerning_rate: 1.0\n")
-    cases.append((["--config", str(typo)], ("error: Subcommand 'fit' does not accept option 'model.lerning_rate'; "
-                                            "did you mean model.learning_rate?")))
-    for i, (args, expected) in enumerate(cases):
-        log = tmp_path / f"case{i}.log"
-        train(tmp_path, runs["plain"], *args, log=log, expect=2)
+@pytest.mark.slow
+def test_user_mistakes_are_one_line(first_wave):
+    for args, expected, log in first_wave["mistakes"].result():
         text = log.read_text()
         assert last_line(log).startswith(expected), (args, last_line(log))
         assert "usage:" not in text and "Traceback" not in text, text[-2000:]
-    assert not (tmp_path / "runs" / "quickstart" / "selection_manifest.json").exists()
     proc = subprocess.run([sys.executable, "-m", "skill_distill", "pool", "--nope"], cwd=REPO, capture_output=True,
                           text=True, timeout=120, env=launch.script_env(launch.free_port()), check=False)
     assert proc.returncode == 2 and "python -m skill_distill pool --help" in proc.stderr

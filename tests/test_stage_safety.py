@@ -281,6 +281,8 @@ def _cmdline(pid: int) -> str:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_kill_9_of_the_profile_stage_leaves_no_child_alive(tmp_path, tiny_qwen3_dir, tree_file):
     pool = tmp_path / "pool.jsonl"
     pool.write_bytes(_jsonl_bytes([_row(i) for i in range(120)]))
@@ -330,6 +332,8 @@ if __name__ == "__main__":
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_kill_9_during_generate_in_subprocess_leaves_no_child_alive(tmp_path, tiny_qwen3_dir):
     """The evaluation inside training: its generation child, vLLM's engine core and worker die with the parent."""
     env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
