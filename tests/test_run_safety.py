@@ -342,6 +342,7 @@ def test_profile_missing_leaves_is_said_when_training_starts(tmp_path, qwen_toke
                for n in notes), notes
 
 
+@pytest.mark.slow
 def test_kill_between_the_final_checkpoint_and_the_end_of_fit_resumes_to_the_export_and_summary(runs):
     # the state a kill leaves after the last step's checkpoint and before the export and the summary were written
     cwd, run = copy_run(runs, "killed_at_end", source="ref")
@@ -357,6 +358,7 @@ def test_kill_between_the_final_checkpoint_and_the_end_of_fit_resumes_to_the_exp
     assert "export: runs/quickstart/hf_export/final" in log.read_text()
 
 
+@pytest.mark.slow
 def test_a_data_file_moved_with_the_same_bytes_resumes_and_changed_bytes_are_refused(runs):
     cwd, _ = copy_run(runs, "moved_corpus")
     moved = cwd / "moved.jsonl"
@@ -377,6 +379,7 @@ def test_a_data_file_moved_with_the_same_bytes_resumes_and_changed_bytes_are_ref
     assert snapshot(cwd) == before
 
 
+@pytest.mark.slow
 def test_kill_9_after_a_checkpoint_keeps_the_metrics_rows_up_to_it(runs, tmp_path):
     # checkpoints every 2 steps and rows buffered for 10: before the fix the rows of steps 2-4 were still in memory
     # when the kill came at step 5, and the resume (from step 4) starts after them
@@ -392,6 +395,7 @@ def test_kill_9_after_a_checkpoint_keeps_the_metrics_rows_up_to_it(runs, tmp_pat
     assert metric_steps(run) == list(range(STEPS))
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_full_disk_on_rank_0_of_two_stops_both_ranks_in_one_line_without_leftovers(inputs):
     # DDP: rank 0 writes the file and fails before the closing barrier rank 1 waits in; both ranks agree to stop
