@@ -21,8 +21,10 @@ layers, tied embeddings, the real 151,936-token vocabulary, random init, fp32 we
    Each memory run's step time gives the whole step's supervised tokens/s, dense and linear_ce alternating per
    length.
 2. speed: the loss alone (lm_head + cross-entropy, forward and backward) on the same 2,048 hidden states, in one
-   process, arms alternated 3 times (dense, linear_ce with 1,024-position chunks, linear_ce with torch's own chunk
-   heuristic): supervised tokens/s and the ratio to dense (target >= 0.9x).
+   process, arms alternated 3 times (dense; linear_ce, lm_loss's wrapper of torch's chunked op, at the default
+   chunk of hidden / 4 = 256 rows and at 1,024; torch's public F.linear_cross_entropy at 256 rows and with torch's
+   own chunk heuristic): supervised tokens/s and the ratio to dense (target >= 0.9x). The three GEMMs (logits,
+   input gradient, weight gradient: 2 T V H flops each) are the same in every arm.
 3. overhead: our training step (Lightning Trainer, CausalLMModule, StepBatchSampler + SFTCollator through a
    DataLoader) against a bare loop of the same model's forward, the same loss, backward, clipping and AdamW step on
    the same packed tokens (no Lightning, no data loading); 5 runs alternated, each timing optimizer steps 2 and 3
@@ -124,7 +126,7 @@ def memory_worker(args) -> dict:
     import torch
 
     torch.set_num_threads(2)
-    module = build(args.loss)
+    module = build(args.loss, args.chunk)
     optimizer = adamw(module)
     for p in module.model.parameters():  # create the AdamW state (m, v) without a real step
         p.grad = torch.zeros_like(p)
@@ -147,18 +149,25 @@ def speed_worker(args) -> dict:
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
+    from lightning_modules.lm_loss import _ChunkedLinearCE, default_chunk_size
+
     hidden = torch.randn(args.tokens, MODEL["hidden_size"], requires_grad=True)
     weight = (0.02 * torch.randn(MODEL["vocab_size"], MODEL["hidden_size"])).requires_grad_()
     target = torch.randint(0, MODEL["vocab_size"], (args.tokens,))
-    options = {"linear_ce": torch.nn.LinearCrossEntropyOptions(batch_chunk_size=1024, chunking_method=None),
-               "linear_ce_torch_heuristic": torch.nn.LinearCrossEntropyOptions()}
+    rows = default_chunk_size(MODEL["hidden_size"])
+    # torch's public path, the same op: with our chunk size, and with torch's own chunk heuristic
+    options = {f"torch_F_{rows}": torch.nn.LinearCrossEntropyOptions(batch_chunk_size=rows, chunking_method=None),
+               "torch_F_heuristic": torch.nn.LinearCrossEntropyOptions()}
 
     def dense():
         return F.cross_entropy(F.linear(hidden, weight).float(), target, reduction="sum")
 
-    arms = {"dense": dense, **{name: (lambda o=o: F.linear_cross_entropy(hidden, weight, target, reduction="sum",
-                                                                         options=o)) for name, o in options.items()}}
-    arms = {name: fn for name, fn in arms.items() if name in args.arms}
+    arms = {"dense": dense,
+            **{f"linear_ce_{c}": (lambda c=c: _ChunkedLinearCE.apply(hidden, weight, target, None, c))
+               for c in (rows, 4 * rows)},
+            **{name: (lambda o=o: F.linear_cross_entropy(hidden, weight, target, reduction="sum", options=o))
+               for name, o in options.items()}}
+    arms = {name: fn for name, fn in arms.items() if any(name.startswith(a) for a in args.arms)}
     times: dict[str, list[float]] = {name: [] for name in arms}
     for rep in range(args.reps):
         for name, fn in (arms.items() if rep % 2 == 0 else reversed(arms.items())):
@@ -357,10 +366,12 @@ def main() -> None:
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--loss", default="linear_ce")
     ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument("--chunk", type=int, default=None, help="linear_ce rows per chunk (default: the module's)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--speed-tokens", type=int, default=2048)
-    ap.add_argument("--arms", nargs="*", default=["dense", "linear_ce", "linear_ce_torch_heuristic"],
-                    help="speed arms")
+    ap.add_argument("--arms", nargs="*", default=["dense", "linear_ce", "torch_F"],
+                    help="speed arms (name prefixes): dense, linear_ce (ours, default chunk and 4x), torch_F "
+                         "(F.linear_cross_entropy at our chunk and with torch's heuristic)")
     ap.add_argument("--results", type=Path, default=Path(tempfile.gettempdir()) / "bench_long_traces.memory.jsonl",
                     help="memory measurements, appended as they finish and reused by a rerun")
     # below ~2,048 tokens the AdamW step's temporaries, not the loss, set the peak (measured: dense 2.17 GB at 512,
