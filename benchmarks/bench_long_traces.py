@@ -187,7 +187,8 @@ def overhead_worker(args) -> dict:
     torch.set_num_threads(2)
     exs = examples(args.tokens * 3)
     small = dict(MODEL, hidden_size=256, intermediate_size=768, num_attention_heads=4, num_key_value_heads=2,
-                 head_dim=64, num_hidden_layers=2)  # the overhead is per step: a smaller model, more runs
+                 head_dim=64, num_hidden_layers=2, vocab_size=args.overhead_vocab)  # per-step overhead: a smaller
+    # model affords more runs, and a smaller step makes the fixed per-step cost a larger share (pessimistic)
 
     def build(loss):
         import torch
@@ -242,7 +243,7 @@ def overhead_worker(args) -> dict:
         return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
     runs = []
-    for rep in range(5):
+    for rep in range(args.reps):
         order = [("ours", ours), ("bare", bare)] if rep % 2 == 0 else [("bare", bare), ("ours", ours)]
         row = {name: fn() for name, fn in order}
         runs.append(row)
@@ -256,7 +257,7 @@ WORKERS = {"memory": memory_worker, "speed": speed_worker, "overhead": overhead_
 def spawn(kind: str, **kw) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind]
     for k, v in kw.items():
-        cmd += [f"--{k}", *map(str, v if isinstance(v, list) else [v])]
+        cmd += [f"--{k.replace('_', '-')}", *map(str, v if isinstance(v, list) else [v])]
     env = dict(os.environ, PYTHONPATH=str(REPO), MALLOC_MMAP_THRESHOLD_="65536", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=7200)
     if proc.returncode != 0:
@@ -350,13 +351,14 @@ def run_speed(tokens: int, reps: int, arms: list[str]) -> None:
                   f"dense: {med['dense'] / med[name]:.3f}x (target >= 0.9x)")
 
 
-def run_overhead() -> None:
-    r = spawn("overhead", tokens=1024)
+def run_overhead(vocab: int, runs: int) -> None:
+    r = spawn("overhead", tokens=1024, overhead_vocab=vocab, reps=runs)
     ratios = [statistics.median(run["ours"]) / statistics.median(run["bare"]) for run in r["runs"]]
     for i, run in enumerate(r["runs"]):
         print(f"  run {i}: ours {[round(t, 2) for t in run['ours']]} s/step, bare {[round(t, 2) for t in run['bare']]}"
               f" s/step -> {ratios[i]:.3f}x")
-    print(f"our training step / bare loop, {r['tokens_per_step']} packed tokens per step: median of 5 alternated runs "
+    print(f"our training step / bare loop, {r['tokens_per_step']} packed tokens per step (hidden 256, 2 layers, vocab "
+          f"{vocab:,}): median of {len(ratios)} alternated runs "
           f"{statistics.median(ratios):.3f}x, overhead {100 * (statistics.median(ratios) - 1):+.1f}% (target <= +10%)")
 
 
@@ -369,6 +371,9 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=None, help="linear_ce rows per chunk (default: the module's)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--speed-tokens", type=int, default=2048)
+    ap.add_argument("--overhead-vocab", type=int, default=MODEL["vocab_size"],
+                    help="vocabulary of the overhead arm's model (smaller: faster runs on a loaded machine)")
+    ap.add_argument("--overhead-runs", type=int, default=5)
     ap.add_argument("--arms", nargs="*", default=["dense", "linear_ce", "torch_F"],
                     help="speed arms (name prefixes): dense, linear_ce (ours, default chunk and 4x), torch_F "
                          "(F.linear_cross_entropy at our chunk and with torch's heuristic)")
@@ -386,7 +391,7 @@ def main() -> None:
           f"{mem_available() / GB:.1f} GB free; model {MODEL}")
     runs = {"memory": lambda: run_memory(args.results, args.dense_lengths, args.lce_lengths),
             "speed": lambda: run_speed(args.speed_tokens, args.reps, args.arms),
-            "overhead": run_overhead}
+            "overhead": lambda: run_overhead(args.overhead_vocab, args.overhead_runs)}
     for kind, fn in runs.items():
         if args.only in (None, kind):
             print(f"\n[{kind}]", flush=True)
