@@ -84,7 +84,7 @@ def build(loss: str, chunk: int | None = None):
     return module
 
 
-def examples(tokens: int, seed: int = 0):
+def examples(tokens: int, seed: int = 0, vocab: int = MODEL["vocab_size"]):
     import numpy as np
 
     from datamodules.batching import TokenizedExample
@@ -93,7 +93,7 @@ def examples(tokens: int, seed: int = 0):
     out = []
     for i in range(max(tokens // SEQUENCE, 1)):
         n = min(SEQUENCE, tokens)
-        ids = rng.integers(0, MODEL["vocab_size"], n + 1).tolist()
+        ids = rng.integers(0, vocab, n + 1).tolist()
         out.append(TokenizedExample(f"x{i}", ids[:n], ids[1:]))  # every position supervised
     return out
 
@@ -185,7 +185,7 @@ def overhead_worker(args) -> dict:
     from datamodules.batching import ExampleDataset, SFTCollator, StepBatchSampler
 
     torch.set_num_threads(2)
-    exs = examples(args.tokens * 3)
+    exs = examples(args.tokens * 3, vocab=args.overhead_vocab)
     small = dict(MODEL, hidden_size=256, intermediate_size=768, num_attention_heads=4, num_key_value_heads=2,
                  head_dim=64, num_hidden_layers=2, vocab_size=args.overhead_vocab)  # per-step overhead: a smaller
     # model affords more runs, and a smaller step makes the fixed per-step cost a larger share (pessimistic)
