@@ -21,8 +21,10 @@ layers, tied embeddings, the real 151,936-token vocabulary, random init, fp32 we
    Each memory run's step time gives the whole step's supervised tokens/s, dense and linear_ce alternating per
    length.
 2. speed: the loss alone (lm_head + cross-entropy, forward and backward) on the same 2,048 hidden states, in one
-   process, arms alternated 3 times (dense, linear_ce with 1,024-position chunks, linear_ce with torch's own chunk
-   heuristic): supervised tokens/s and the ratio to dense (target >= 0.9x).
+   process, arms alternated 3 times (dense; linear_ce, lm_loss's wrapper of torch's chunked op, at the default
+   chunk of hidden / 4 = 256 rows and at 1,024; torch's public F.linear_cross_entropy at 256 rows and with torch's
+   own chunk heuristic): supervised tokens/s and the ratio to dense (target >= 0.9x). The three GEMMs (logits,
+   input gradient, weight gradient: 2 T V H flops each) are the same in every arm.
 3. overhead: our training step (Lightning Trainer, CausalLMModule, StepBatchSampler + SFTCollator through a
    DataLoader) against a bare loop of the same model's forward, the same loss, backward, clipping and AdamW step on
    the same packed tokens (no Lightning, no data loading); 5 runs alternated, each timing optimizer steps 2 and 3
@@ -82,7 +84,7 @@ def build(loss: str, chunk: int | None = None):
     return module
 
 
-def examples(tokens: int, seed: int = 0):
+def examples(tokens: int, seed: int = 0, vocab: int = MODEL["vocab_size"]):
     import numpy as np
 
     from datamodules.batching import TokenizedExample
@@ -91,7 +93,7 @@ def examples(tokens: int, seed: int = 0):
     out = []
     for i in range(max(tokens // SEQUENCE, 1)):
         n = min(SEQUENCE, tokens)
-        ids = rng.integers(0, MODEL["vocab_size"], n + 1).tolist()
+        ids = rng.integers(0, vocab, n + 1).tolist()
         out.append(TokenizedExample(f"x{i}", ids[:n], ids[1:]))  # every position supervised
     return out
 
@@ -124,7 +126,7 @@ def memory_worker(args) -> dict:
     import torch
 
     torch.set_num_threads(2)
-    module = build(args.loss)
+    module = build(args.loss, args.chunk)
     optimizer = adamw(module)
     for p in module.model.parameters():  # create the AdamW state (m, v) without a real step
         p.grad = torch.zeros_like(p)
@@ -147,18 +149,25 @@ def speed_worker(args) -> dict:
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
+    from lightning_modules.lm_loss import _ChunkedLinearCE, default_chunk_size
+
     hidden = torch.randn(args.tokens, MODEL["hidden_size"], requires_grad=True)
     weight = (0.02 * torch.randn(MODEL["vocab_size"], MODEL["hidden_size"])).requires_grad_()
     target = torch.randint(0, MODEL["vocab_size"], (args.tokens,))
-    options = {"linear_ce": torch.nn.LinearCrossEntropyOptions(batch_chunk_size=1024, chunking_method=None),
-               "linear_ce_torch_heuristic": torch.nn.LinearCrossEntropyOptions()}
+    rows = default_chunk_size(MODEL["hidden_size"])
+    # torch's public path, the same op: with our chunk size, and with torch's own chunk heuristic
+    options = {f"torch_F_{rows}": torch.nn.LinearCrossEntropyOptions(batch_chunk_size=rows, chunking_method=None),
+               "torch_F_heuristic": torch.nn.LinearCrossEntropyOptions()}
 
     def dense():
         return F.cross_entropy(F.linear(hidden, weight).float(), target, reduction="sum")
 
-    arms = {"dense": dense, **{name: (lambda o=o: F.linear_cross_entropy(hidden, weight, target, reduction="sum",
-                                                                         options=o)) for name, o in options.items()}}
-    arms = {name: fn for name, fn in arms.items() if name in args.arms}
+    arms = {"dense": dense,
+            **{f"linear_ce_{c}": (lambda c=c: _ChunkedLinearCE.apply(hidden, weight, target, None, c))
+               for c in (rows, 4 * rows)},
+            **{name: (lambda o=o: F.linear_cross_entropy(hidden, weight, target, reduction="sum", options=o))
+               for name, o in options.items()}}
+    arms = {name: fn for name, fn in arms.items() if any(name.startswith(a) for a in args.arms)}
     times: dict[str, list[float]] = {name: [] for name in arms}
     for rep in range(args.reps):
         for name, fn in (arms.items() if rep % 2 == 0 else reversed(arms.items())):
@@ -176,9 +185,10 @@ def overhead_worker(args) -> dict:
     from datamodules.batching import ExampleDataset, SFTCollator, StepBatchSampler
 
     torch.set_num_threads(2)
-    exs = examples(args.tokens * 3)
+    exs = examples(args.tokens * 3, vocab=args.overhead_vocab)
     small = dict(MODEL, hidden_size=256, intermediate_size=768, num_attention_heads=4, num_key_value_heads=2,
-                 head_dim=64, num_hidden_layers=2)  # the overhead is per step: a smaller model, more runs
+                 head_dim=64, num_hidden_layers=2, vocab_size=args.overhead_vocab)  # per-step overhead: a smaller
+    # model affords more runs, and a smaller step makes the fixed per-step cost a larger share (pessimistic)
 
     def build(loss):
         import torch
@@ -233,7 +243,7 @@ def overhead_worker(args) -> dict:
         return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
     runs = []
-    for rep in range(5):
+    for rep in range(args.reps):
         order = [("ours", ours), ("bare", bare)] if rep % 2 == 0 else [("bare", bare), ("ours", ours)]
         row = {name: fn() for name, fn in order}
         runs.append(row)
@@ -247,7 +257,7 @@ WORKERS = {"memory": memory_worker, "speed": speed_worker, "overhead": overhead_
 def spawn(kind: str, **kw) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind]
     for k, v in kw.items():
-        cmd += [f"--{k}", *map(str, v if isinstance(v, list) else [v])]
+        cmd += [f"--{k.replace('_', '-')}", *map(str, v if isinstance(v, list) else [v])]
     env = dict(os.environ, PYTHONPATH=str(REPO), MALLOC_MMAP_THRESHOLD_="65536", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=7200)
     if proc.returncode != 0:
@@ -341,13 +351,14 @@ def run_speed(tokens: int, reps: int, arms: list[str]) -> None:
                   f"dense: {med['dense'] / med[name]:.3f}x (target >= 0.9x)")
 
 
-def run_overhead() -> None:
-    r = spawn("overhead", tokens=1024)
+def run_overhead(vocab: int, runs: int) -> None:
+    r = spawn("overhead", tokens=1024, overhead_vocab=vocab, reps=runs)
     ratios = [statistics.median(run["ours"]) / statistics.median(run["bare"]) for run in r["runs"]]
     for i, run in enumerate(r["runs"]):
         print(f"  run {i}: ours {[round(t, 2) for t in run['ours']]} s/step, bare {[round(t, 2) for t in run['bare']]}"
               f" s/step -> {ratios[i]:.3f}x")
-    print(f"our training step / bare loop, {r['tokens_per_step']} packed tokens per step: median of 5 alternated runs "
+    print(f"our training step / bare loop, {r['tokens_per_step']} packed tokens per step (hidden 256, 2 layers, vocab "
+          f"{vocab:,}): median of {len(ratios)} alternated runs "
           f"{statistics.median(ratios):.3f}x, overhead {100 * (statistics.median(ratios) - 1):+.1f}% (target <= +10%)")
 
 
@@ -357,10 +368,15 @@ def main() -> None:
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--loss", default="linear_ce")
     ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument("--chunk", type=int, default=None, help="linear_ce rows per chunk (default: the module's)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--speed-tokens", type=int, default=2048)
-    ap.add_argument("--arms", nargs="*", default=["dense", "linear_ce", "linear_ce_torch_heuristic"],
-                    help="speed arms")
+    ap.add_argument("--overhead-vocab", type=int, default=MODEL["vocab_size"],
+                    help="vocabulary of the overhead arm's model (smaller: faster runs on a loaded machine)")
+    ap.add_argument("--overhead-runs", type=int, default=5)
+    ap.add_argument("--arms", nargs="*", default=["dense", "linear_ce", "torch_F"],
+                    help="speed arms (name prefixes): dense, linear_ce (ours, default chunk and 4x), torch_F "
+                         "(F.linear_cross_entropy at our chunk and with torch's heuristic)")
     ap.add_argument("--results", type=Path, default=Path(tempfile.gettempdir()) / "bench_long_traces.memory.jsonl",
                     help="memory measurements, appended as they finish and reused by a rerun")
     # below ~2,048 tokens the AdamW step's temporaries, not the loss, set the peak (measured: dense 2.17 GB at 512,
@@ -375,7 +391,7 @@ def main() -> None:
           f"{mem_available() / GB:.1f} GB free; model {MODEL}")
     runs = {"memory": lambda: run_memory(args.results, args.dense_lengths, args.lce_lengths),
             "speed": lambda: run_speed(args.speed_tokens, args.reps, args.arms),
-            "overhead": run_overhead}
+            "overhead": lambda: run_overhead(args.overhead_vocab, args.overhead_runs)}
     for kind, fn in runs.items():
         if args.only in (None, kind):
             print(f"\n[{kind}]", flush=True)

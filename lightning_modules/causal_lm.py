@@ -98,7 +98,8 @@ class CausalLMModule(L.LightningModule):
             post-process their logits. dense: fp32 logits of every supervised position at once (10 T V bytes).
             liger: Liger-Kernel's fused kernel (CUDA).
         loss_chunk_size: supervised positions per chunk of linear_ce (one chunk's fp32 logits: 4 x this x vocab
-            bytes).
+            bytes); None: hidden size / 4, so a chunk's logits are a quarter of the output embedding's gradient
+            (``lm_loss.default_chunk_size``).
         model_dtype: dtype of the weights held by the optimizer. float32 keeps fp32 master weights (use
             ``trainer.precision: bf16-mixed`` or the FSDP2 mixed-precision policy for bf16 compute).
         gradient_checkpointing: recompute activations per decoder layer in backward.
@@ -122,7 +123,7 @@ class CausalLMModule(L.LightningModule):
         tokenizer: str | None = None,
         attn_implementation: AttnImpl = "auto",
         loss_implementation: LossImpl = "auto",
-        loss_chunk_size: int = lm_loss.DEFAULT_CHUNK_SIZE,
+        loss_chunk_size: int | None = None,
         model_dtype: Literal["float32", "bfloat16"] = "float32",
         gradient_checkpointing: bool = False,
         learning_rate: float = 1e-5,
@@ -143,7 +144,7 @@ class CausalLMModule(L.LightningModule):
             raise ConfigError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
         if learning_rate <= 0:
             raise ConfigError(f"model.learning_rate must be > 0, got {learning_rate}")
-        if loss_chunk_size < 1:
+        if loss_chunk_size is not None and loss_chunk_size < 1:
             raise ConfigError(f"model.loss_chunk_size must be >= 1, got {loss_chunk_size}")
         self.attn_implementation = pick_attn_implementation(attn_implementation)
         # resolved again against the model's config once it is built (configure_model)

@@ -19,7 +19,7 @@ from skill_distill.decontamination import (
     HitCounter,
     normalise,
 )
-from skill_distill.io import ConfigError, DataError, atomic_write, write_json
+from skill_distill.io import ConfigError, DataError, atomic_write, read_json, write_json
 from skill_distill.rows import iter_row_batches, source_name
 
 
@@ -85,6 +85,15 @@ class TokenMeter:
         if at >= 0:  # the first token ending after the box starts is the one that holds its first character
             boxed = bisect.bisect_right([end for _, end in enc["offset_mapping"]], at)
         return n_prompt, len(enc["input_ids"]), boxed
+
+
+STATS_FILE = "pool_stats.json"
+
+
+def read_pool_stats(pool: str | Path) -> dict | None:
+    """The pool stage's ``pool_stats.json`` beside a pool file (its trace-length counts under ``tokens``), or None."""
+    p = Path(pool).parent / STATS_FILE
+    return read_json(p, "pool stats") if p.is_file() else None
 
 
 def _truncation_stats(measures: list[tuple[int, int, int | None]], lengths: list[int]) -> dict:
@@ -303,7 +312,7 @@ def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields()
             for h in hits:
                 f.write(json.dumps(h, ensure_ascii=False) + "\n")
         write_json(out / COUNTS_FILE, summary)
-    write_json(out / "pool_stats.json", stats)
+    write_json(out / STATS_FILE, stats)
     from skill_distill.console import summary as print_summary
 
     dropped = ", ".join(f"{n} {why}" for why, n in stats["dropped"].items() if n) or "none"
@@ -314,5 +323,5 @@ def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields()
     if counter is not None:
         overlap = stats["dropped"].get("benchmark_overlap", 0)
         lines.append(f"decontamination: {overlap} problems overlap an evaluation set -> {out / HITS_FILE}")
-    print_summary("pool", [*lines, f"stats: {out / 'pool_stats.json'}"])
+    print_summary("pool", [*lines, f"stats: {out / STATS_FILE}"])
     return stats

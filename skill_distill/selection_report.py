@@ -16,7 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from skill_distill.decontamination import read_counts
-from skill_distill.io import atomic_write
+from skill_distill.io import DataError, atomic_write
+from skill_distill.pool import STATS_FILE, read_pool_stats
 from skill_distill.selection import (
     SelectionConfig,
     SelectionResult,
@@ -164,9 +165,38 @@ def plot_selection(result: SelectionResult, tree: SkillTree, path_png: str | os.
     plt.close(fig)
 
 
+def truncation_table(tokens: Mapping) -> str:
+    """The pool stage's trace-length counts (``pool_stats.json`` ``tokens``, docs/METHOD.md §6), as they were
+    counted there: per training length, the pool traces longer than it and those whose final ``\\boxed{`` it cuts."""
+    rows = tokens["rows"]
+    lines = [f"Counted by the pool stage over its {rows} pool traces (tokenizer `{tokens.get('tokenizer')}`, prompt "
+             f"included); {tokens['no_boxed']} have no `\\boxed{{`.", "",
+             "| length (tokens) | traces longer | share | final answer cut off | share |", "|---|---|---|---|---|"]
+    for length in sorted(tokens["over"], key=int):
+        over, lost = tokens["over"][length], tokens["answer_lost"].get(length, 0)
+        lines.append(f"| {int(length):,} | {over} | {_pct(over / rows if rows else None)} | {lost} | "
+                     f"{_pct(lost / rows if rows else None)} |")
+    return "\n".join(lines) + "\n"
+
+
+def pool_token_stats(pool: str) -> Mapping | None:
+    """The ``tokens`` block of the pool stage's stats beside ``pool``, or None (no stats file, or no tokenizer)."""
+    stats = read_pool_stats(pool)
+    tokens = stats.get("tokens") if isinstance(stats, dict) else None
+    if tokens is None:
+        return None
+    if not (isinstance(tokens, dict) and isinstance(tokens.get("rows"), int)
+            and isinstance(tokens.get("over"), dict) and isinstance(tokens.get("answer_lost"), dict)):
+        raise DataError(f"{Path(pool).parent / STATS_FILE}: 'tokens' is not the pool stage's trace-length counts "
+                        "(rows, no_boxed, over, answer_lost); rerun the pool stage or remove the file")
+    return tokens
+
+
 def report_markdown(result: SelectionResult, tree: SkillTree, config: SelectionConfig,
-                    inputs: Mapping[str, str | None] | None = None, warning: str | None = None) -> str:
-    """The whole selection report: summary, degeneracy warning, notes, divergences, topic and leaf tables."""
+                    inputs: Mapping[str, str | None] | None = None, warning: str | None = None,
+                    pool_tokens: Mapping | None = None) -> str:
+    """The whole selection report: summary, degeneracy warning, notes, divergences, topic and leaf tables, and the
+    pool stage's trace-length counts when given (``pool_tokens``)."""
     d_drawn, d_all = result.divergence(), result.divergence(all_chains=True)
     lines = [f"# Selection report: {result.strategy}, budget {result.budget}", ""]
     if inputs:
@@ -183,6 +213,8 @@ def report_markdown(result: SelectionResult, tree: SkillTree, config: SelectionC
               "*all-chains*: every distinct leaf of each selected example counts once. Accuracy: the student's, "
               "with the judged count in brackets.", "", "## Topics", "", topic_table(result, tree),
               "## Leaves", "", selection_table(result, tree)]
+    if pool_tokens is not None:
+        lines += ["## Trace lengths (pool stage)", "", truncation_table(pool_tokens)]
     return "\n".join(lines)
 
 
@@ -204,6 +236,7 @@ def run_selection_report(pool: str, tree: str, attribution: str, profile: str | 
     Returns a summary dict (paths, counts, divergences). Raises DataError for unusable inputs.
     """
     inputs = load_selection_inputs(pool, tree, attribution, profile, verdicts, display_names, selection.profile_value)
+    pool_tokens = pool_token_stats(pool)  # reused as the pool stage counted them, not recounted
     result = inputs.select(selection)
     warning = result_warning(result, selection, inputs.raw_accuracy)
     if warning:
@@ -214,11 +247,11 @@ def run_selection_report(pool: str, tree: str, attribution: str, profile: str | 
     write_manifest(manifest, result, selection, inputs.fingerprints, decontamination=read_counts(pool))
     names = {"pool": pool, "tree": tree, "attribution": attribution, "profile": profile, "verdicts": verdicts}
     with atomic_write(report) as f:
-        f.write(report_markdown(result, inputs.tree, selection, names, warning))
+        f.write(report_markdown(result, inputs.tree, selection, names, warning, pool_tokens))
     plot_selection(result, inputs.tree, png)
     summary = {"manifest": str(manifest), "report": str(report), "plot": str(png), "selected": len(result.ids),
                "pool_size": result.pool_size, "eligible": result.eligible, "divergence": result.divergence(),
-               "notes": result.notes, "warning": warning}
+               "notes": result.notes, "warning": warning, "pool_tokens": pool_tokens}
     from skill_distill.console import summary as print_summary
 
     print_summary("select-report", [f"selected {len(result.ids)} of {result.pool_size} examples "

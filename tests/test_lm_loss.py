@@ -27,7 +27,7 @@ def examples(shared_dir, qwen_tokenizer):
     return [e for e in exs if e is not None and e.num_supervised >= 8][:6]
 
 
-def module(loss: str, tied: bool, chunk: int = 1024) -> CausalLMModule:
+def module(loss: str, tied: bool, chunk: int | None = 1024) -> CausalLMModule:
     cfg = tiny_qwen3_config(tie_word_embeddings=tied).to_dict()
     torch.manual_seed(0)
     m = CausalLMModule(model_config={k: cfg[k] for k in KEEP} | {"tie_word_embeddings": tied},
@@ -52,7 +52,10 @@ def test_chunked_loss_equals_dense_loss(examples, qwen_tokenizer, tied):
     ref_ce, ref_n, ref_grads = loss_and_grads(dense, packed)
     assert ref_n == sum(e.num_supervised for e in examples) > 5 * 7  # several chunks of 7 below
     assert 5 < ref_ce / ref_n < 20  # random weights over a 152k vocabulary: about ln(151936) = 11.9
+    default_rows = lm_loss.default_chunk_size(dense.model.config.hidden_size)
+    assert ref_n > 2 * default_rows  # the default chunking, below, runs several chunks too
     for name, m, batch in [("chunked", module("linear_ce", tied, chunk=7), packed),
+                           ("default chunks", module("linear_ce", tied, chunk=None), packed),
                            ("one chunk, padded", module("linear_ce", tied), padded)]:
         ce, n, grads = loss_and_grads(m, batch)
         assert n == ref_n and ce == pytest.approx(ref_ce, rel=1e-5), name
@@ -60,6 +63,50 @@ def test_chunked_loss_equals_dense_loss(examples, qwen_tokenizer, tied):
         for k, g in ref_grads.items():
             torch.testing.assert_close(grads[k], g, rtol=1e-5, atol=1e-5,
                                        msg=lambda msg, name=name, k=k: f"{name} {k}: {msg}")
+
+
+def test_linear_ce_backward_allocates_no_vocabulary_block():
+    """torch's F.linear_cross_entropy has autograd materialise zeros for the gradients it precomputes (a vocabulary x
+    hidden block at the step's memory peak); lm_loss's wrapper of the same op hands them on with none, and gives the
+    same loss and gradients."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Allocations(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.fresh = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket in (torch.ops.aten.zeros, torch.ops.aten.zeros_like, torch.ops.aten.empty,
+                                       torch.ops.aten.new_zeros, torch.ops.aten.empty_like):
+                self.fresh.append(tuple(out.shape))
+            return out
+
+    torch.manual_seed(0)
+    vocab, hidden_size = 300, 16
+    states = torch.randn(40, hidden_size, requires_grad=True)
+    weight = torch.randn(vocab, hidden_size, requires_grad=True)
+    target = torch.randint(0, vocab, (40,))
+    options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=8, chunking_method=None)
+    results = {}
+    for name, fn in [("torch", lambda: torch.nn.functional.linear_cross_entropy(
+            states, weight, target, reduction="sum", options=options)),
+                     ("ours", lambda: lm_loss._ChunkedLinearCE.apply(states, weight, target, None, 8)),
+                     ("dense", lambda: torch.nn.functional.cross_entropy(states @ weight.T, target, reduction="sum"))]:
+        states.grad = weight.grad = None
+        loss = fn()
+        with Allocations() as seen:
+            (2 * loss).backward()
+        results[name] = (loss.detach(), states.grad, weight.grad, seen.fresh)
+    assert (vocab, hidden_size) in results["torch"][3]
+    assert (vocab, hidden_size) not in results["ours"][3] and (40, hidden_size) not in results["ours"][3]
+    for got, want in zip(results["ours"][:3], results["dense"][:3], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="backward called twice"):
+        loss = lm_loss._ChunkedLinearCE.apply(states, weight, target, None, 8)
+        loss.backward(retain_graph=True)
+        loss.backward()
 
 
 def test_loss_choice_is_resolved_or_refused_in_one_line():
@@ -71,6 +118,8 @@ def test_loss_choice_is_resolved_or_refused_in_one_line():
         with pytest.raises(ConfigError, match="liger needs CUDA") as e:
             CausalLMModule(model_config={"model_type": "qwen3"}, loss_implementation="liger")
         assert "\n" not in str(e.value)
+    assert lm_loss.default_chunk_size(1024) == 256 and lm_loss.default_chunk_size(4096) == 1024
+    assert lm_loss.default_chunk_size(64) == 64  # a floor for tiny models
     with pytest.raises(ConfigError, match="loss_chunk_size must be >= 1"):
         CausalLMModule(model_config={"model_type": "qwen3"}, loss_chunk_size=0)
     # logits post-processed after lm_head (Gemma-2's soft-capping): only the dense loss is exact

@@ -1,10 +1,13 @@
 """The selection report's tables and plot, from a real selection on the quickstart tree: every number in a row is
-the selection's own (counts add up to the budget, shares to 100 %)."""
+the selection's own (counts add up to the budget, shares to 100 %); the pool stage's trace-length counts, reused."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from skill_distill.io import DataError, read_json, read_jsonl, write_json
 from skill_distill.selection import SelectionConfig, select
 from skill_distill.selection_report import plot_selection, report_markdown, selection_table, topic_table
 from skill_distill.skill_tree import SkillTree
@@ -49,3 +52,69 @@ def test_plot_is_written(tmp_path):
     path = tmp_path / "selection.png"
     plot_selection(result, tree, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def quickstart_rows(n: int) -> list[dict]:
+    return read_jsonl(REPO / "data" / "quickstart" / "pool.jsonl")[:n]
+
+
+def _tiny_pool(tmp_path, tokenizer: str | None, token_lengths: list[int] | None) -> tuple[str, dict]:
+    """The pool stage on the first 24 quickstart problems (every problem kept, no held-out slice)."""
+    from skill_distill.corpus import CorpusFields
+    from skill_distill.decontamination import DecontaminationConfig
+    from skill_distill.io import write_jsonl
+    from skill_distill.pool import run_pool
+
+    corpus = tmp_path / "corpus.jsonl"
+    write_jsonl(corpus, quickstart_rows(24))
+    stats = run_pool(str(corpus), str(tmp_path / "pool"), CorpusFields(), tokenizer=tokenizer,
+                     token_lengths=token_lengths, decontamination=DecontaminationConfig(enabled=False))
+    return str(tmp_path / "pool" / "pool.jsonl"), stats
+
+
+def _report(pool: str, out) -> tuple[dict, str]:
+    from skill_distill.selection_report import run_selection_report
+
+    summary = run_selection_report(pool, str(REPO / "data" / "quickstart" / "tree.json"),
+                                   str(REPO / "data" / "quickstart" / "attribution.jsonl"), None, str(out),
+                                   SelectionConfig(strategy="random", budget=10, seed=1))
+    return summary, (out / "selection_report.md").read_text()
+
+
+def test_report_shows_the_pool_stages_truncation_counts(tmp_path, qwen_tokenizer_dir):
+    from skill_distill.pool import TokenMeter
+
+    rows = quickstart_rows(24)
+    meter = TokenMeter(str(qwen_tokenizer_dir))
+    lengths = sorted(p + t for p, t, _ in (meter.measure(r["problem"], r["trace"]) for r in rows))
+    cut = lengths[len(lengths) // 2]  # half the traces are longer than this
+    pool, stats = _tiny_pool(tmp_path, str(qwen_tokenizer_dir), [cut, 8192])
+    tokens = stats["tokens"]
+    over = sum(1 for n in lengths if n > cut)
+    assert tokens["rows"] == 24 and tokens["over"] == {str(cut): over, "8192": 0} and 0 < over < 24
+    summary, text = _report(pool, tmp_path / "report")
+    assert summary["pool_tokens"] == tokens
+    section = text.split("## Trace lengths (pool stage)\n", 1)[1]
+    assert f"over its 24 pool traces (tokenizer `{qwen_tokenizer_dir}`" in section
+    lost = tokens["answer_lost"][str(cut)]
+    assert f"| {cut:,} | {over} | {100 * over / 24:.1f}% | {lost} | {100 * lost / 24:.1f}% |" in section
+    assert "| 8,192 | 0 | 0.0% | 0 | 0.0% |" in section
+
+    # the counts are read from the pool stage's file, not counted again: an edited file shows in the report
+    stats_path = tmp_path / "pool" / "pool_stats.json"
+    edited = read_json(stats_path)
+    edited["tokens"]["over"]["8192"] = 3
+    write_json(stats_path, edited)
+    assert "| 8,192 | 3 | 12.5% | 0 | 0.0% |" in _report(pool, tmp_path / "report2")[1]
+
+
+def test_report_without_token_counts_has_no_length_section_and_bad_counts_fail_in_one_line(tmp_path):
+    pool, stats = _tiny_pool(tmp_path, None, None)  # no tokenizer: the pool stage counts no tokens
+    assert "tokens" not in stats
+    summary, text = _report(pool, tmp_path / "report")
+    assert summary["pool_tokens"] is None and "## Trace lengths" not in text
+    stats_path = tmp_path / "pool" / "pool_stats.json"
+    write_json(stats_path, dict(read_json(stats_path), tokens={"rows": "24"}))
+    with pytest.raises(DataError, match=r"pool_stats.json: 'tokens' is not the pool stage's trace-length counts") as e:
+        _report(pool, tmp_path / "report2")
+    assert "\n" not in str(e.value)
