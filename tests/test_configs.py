@@ -17,11 +17,14 @@ from skill_distill.benchmarks import PAPER_SUITE
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT_DRIVERS = {
-    REPO / "configs" / "experiments" / "skill_selection_cpu.yaml": "experiments/skill_selection_cpu.py"}
+    REPO / "configs" / "experiments" / "skill_selection_cpu.yaml": "experiments/skill_selection_cpu.py",
+    REPO / "configs" / "experiments" / "evidence_round2.yaml": "experiments/skill_selection_cpu.py"}
 # <base>_16k.yaml, <base>_32k.yaml: overrides composed after <base>.yaml (full-length teacher traces)
 LENGTH_OVERRIDES = sorted(p for p in (REPO / "configs").rglob("*.yaml") if re.search(r"_\d+k$", p.stem))
 # other override files composed after a base config with a second --config: override -> its base
-OVERRIDES = {REPO / "configs" / "qwen3_4b" / "closed_loop.yaml": REPO / "configs" / "qwen3_4b" / "skill_sft.yaml"}
+OVERRIDES = {REPO / "configs" / "qwen3_4b" / "closed_loop.yaml": REPO / "configs" / "qwen3_4b" / "skill_sft.yaml",
+             REPO / "configs" / "experiments" / "skill_selection_closed_loop.yaml":
+             REPO / "configs" / "experiments" / "skill_selection_arm.yaml"}
 TRAIN_CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml")
                        if "pipeline" not in p.parts and p not in EXPERIMENT_DRIVERS and p not in LENGTH_OVERRIDES
                        and p not in OVERRIDES)
@@ -43,13 +46,22 @@ def cpu_overrides(tiny_dir: Path, tok_dir: Path, corpus: Path) -> list[str]:
 def test_override_config_composes_after_its_base(override, tiny_qwen3_dir, qwen_tokenizer_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     corpus = REPO / "data" / "quickstart" / "pool.jsonl"
+    data = REPO / "data" / "quickstart"
+    # the experiment's arm config leaves the selection to the driver; the closed loop needs skill selection
+    driver_args = [f"--data.tree={data / 'tree.json'}", f"--data.attribution={data / 'attribution.jsonl'}",
+                   f"--data.profile={data / 'profile' / 'profile.json'}", "--data.selection.strategy=skill"] \
+        if "experiments" in override.parts else []
     cli = train.main(["--config", str(OVERRIDES[override]), "--config", str(override),
-                      *cpu_overrides(tiny_qwen3_dir, qwen_tokenizer_dir, corpus)], run=False)
+                      *cpu_overrides(tiny_qwen3_dir, qwen_tokenizer_dir, corpus), *driver_args], run=False)
     from callbacks import ReselectionCallback, SkillEvalCallback
 
     kinds = [type(c) for c in cli.trainer.callbacks]
-    assert kinds.count(SkillEvalCallback) == 2 and ReselectionCallback in kinds  # appended, the base's kept
-    assert cli.datamodule.reselection.enabled and cli.datamodule.selection.budget == 1000
+    base = yaml.safe_load(OVERRIDES[override].read_text())
+    evals_in_base = sum("SkillEvalCallback" in c["class_path"] for c in base["trainer"].get("callbacks", []))
+    assert kinds.count(SkillEvalCallback) == evals_in_base and kinds.count(ReselectionCallback) == 1  # appended,
+    # the base's callbacks kept
+    assert cli.datamodule.reselection.enabled
+    assert cli.datamodule.selection.budget == base["data"]["selection"]["budget"]
 
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
@@ -178,4 +190,7 @@ def test_experiment_config_parses_against_its_driver(path):
     parser = ArgumentParser()
     parser.add_function_arguments(driver.main)
     init = parser.instantiate_classes(parser.parse_object(yaml.safe_load(path.read_text())))
-    assert isinstance(init.experiment, driver.ExperimentConfig) and init.experiment.budget > 0 and init.seeds
+    assert init.regimes and init.seeds
+    for regime in init.regimes:
+        assert isinstance(regime, driver.ExperimentConfig) and regime.budget > 0
+        regime.validate()  # arms known, random among them, 1 to 4 tries
