@@ -512,17 +512,24 @@ def update_readme(section: str, marker: str) -> None:
 
 
 def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int] = [0],  # noqa: B006 - shown in --help, never mutated
-         readme_marker: str = "evidence", update_readme_section: bool = True) -> dict:
+         readme_marker: str = "evidence", update_readme_section: bool = True, only: list[str] = []) -> dict:  # noqa: B006 - shown in --help, never mutated
     """Run (or resume) the experiment for ``seeds`` in every regime and write its report.
 
     Args:
         regimes: the regimes' settings (data, tries, pre-check, arms).
         seeds: selection / data-order seeds, one set of trained arms each.
+        only: run and report only the regimes of these names (empty: all), e.g. to report one regime's finished
+            seeds while another's still run.
         readme_marker: the README section ``<!-- <marker>:start -->`` ... ``:end -->`` the report replaces.
         update_readme_section: write the README section.
     """
     results: dict[str, dict | None] = {}
     sections = []
+    unknown = sorted(set(only) - {cfg.name for cfg in regimes})
+    if unknown:
+        raise SystemExit(f"error: --only names unknown regimes {unknown}; the config has "
+                         f"{[cfg.name for cfg in regimes]}")
+    regimes = [cfg for cfg in regimes if not only or cfg.name in only]
     prepared = {cfg.name: prepare_regime(cfg) for cfg in regimes}
     for seed in seeds:  # seed-major, so a stopped run has whole seeds of every regime
         for cfg in regimes:
