@@ -563,7 +563,13 @@ def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int
                         f"{table}\n\n![regime {cfg.name}]({cfg.results_dir}/results.png)\n\n"
                         f"{cost_line(prep['timings'], seeds)} Per-problem records: `{cfg.results_dir}/records/`.")
         print(table)
-    config_arg = " ".join(a for a in sys.argv[1:] if not a.startswith("--seeds")) or "(defaults)"
+    kept, argv = [], iter(sys.argv[1:])
+    for a in argv:  # the command as given, without its seeds (written after, from the parsed value)
+        if a == "--seeds":
+            next(argv, None)
+        elif not a.startswith("--seeds="):
+            kept.append(a)
+    config_arg = " ".join(kept) or "(defaults)"
     advice = weak_student_advice(results)
     section = "\n\n".join(sections) + ("\n\n**What to do with a weak student** (from these measurements only):\n\n"
                                        + "\n".join(advice) if advice else "") + (
