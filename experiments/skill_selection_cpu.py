@@ -1,39 +1,49 @@
-"""Does skill-based selection help a real small student here? The method end to end on CPU, as one command.
+"""Does skill-based selection help a real small student here, and what rescues a weak one? The method end to end
+on CPU, as one command.
 
-    python experiments/skill_selection_cpu.py --config configs/experiments/skill_selection_cpu.yaml
     python experiments/skill_selection_cpu.py --config configs/experiments/skill_selection_cpu.yaml --seeds [0,1,2]
+    python experiments/skill_selection_cpu.py --config configs/experiments/evidence_round2.yaml --seeds [0,1,2]
 
 Every step is one of the project's own commands (run as a subprocess, printed before it runs) and is skipped when
-its output exists, so an interrupted run resumes where it stopped; the data, the warm-up, the profile and the
-starting-point evaluations are shared by all seeds and arms.
+its output exists, so an interrupted run resumes where it stopped. A config holds one or more *regimes*; each has
+its own data, warm-up, profile and starting-point evaluations, shared by its seeds and arms.
 
-1. data      ``make-data`` (synthetic skill tree, verified worked traces); a small per-skill warm-up split is
-             taken out of the pool.
-2. warm-up   SmolLM2-135M-Instruct never writes ``\\boxed{}`` as released (0-1 of 40 greedy answers), which would make
-             every skill weight w_max. A short format-only SFT on the warm-up split, shared by all arms, gives the
-             student the answer format; it is the starting point of every arm and the "untrained" arm.
-3. profile   ``profile``: the warmed-up student answers every pool problem (greedy), graded per skill.
-             Pre-check: the per-leaf accuracies must show a spread.
-4. arms      per seed, same budget and steps: random selection; skill selection; skill selection + skill-aware
-             format (``train.py fit``). Seeds vary the selection, the data order and the shuffle; decoding is
-             greedy (fixed).
-5. evaluate  ``evaluate`` on the held-out problems of every skill (greedy), per arm.
-6. report    statistics decided in advance (see ``analyse``): overall accuracy per arm with a bootstrap interval
-             over problems; per-skill change; Spearman correlation across leaves between (selection share in the
-             skill arm minus in the random arm) and (accuracy gain of the skill arm over the random arm), with a
-             bootstrap interval. Writes results.json, results.md and results.png, and the README section.
+1. data      ``make-data`` (synthetic skill tree, verified worked traces, a difficulty level per leaf); a per-leaf
+             warm-up split is taken out of the pool.
+2. warm-up   SmolLM2-135M-Instruct never writes ``\\boxed{}`` as released, which would make every skill weight
+             w_max. An SFT on the warm-up split, shared by all arms, gives the student the answer format (and, when
+             larger, some skill); it is the starting point of every arm.
+3. profile   ``profile``: the warmed-up student answers every pool problem (greedy), graded per skill, with a shrunk
+             accuracy at ``shrinkage`` pseudo-counts toward the parent (docs/METHOD.md §3).
+   pre-check A regime may declare a band: at least ``min_leaves_in_band`` leaves with profile accuracy inside it and
+             none at 0. A regime lists at most 4 *tries* (warm-up size and epochs, per-leaf difficulty); the first
+             try whose profile passes is used, every try's profile is recorded, and if none passes the regime stops
+             there (reported, never loosened). Tuning looks at profiles only, never at held-out results.
+4. arms      per seed, same budget and steps: ``random``; ``skill`` (paper-exact); ``skill_format`` (+ skill-aware
+             format); ``skill_shrunk`` (``selection.profile_value: accuracy_shrunk``); ``closed_loop`` (skill
+             selection re-drawn every epoch from a re-profiled student, docs/METHOD.md §4). Seeds vary the
+             selection, the data order and the shuffle; decoding is greedy (fixed).
+5. evaluate  ``evaluate`` on the held-out problems of every skill (greedy), per arm; the per-problem records of
+             every arm are copied (gzip) to the results directory.
+6. report    statistics decided in advance (``analyse``): accuracy per arm with a bootstrap interval over problems;
+             paired differences against random, per seed and pooled over seeds; the Spearman correlation across
+             leaves between (selection share in an arm minus in random) and (that arm's accuracy gain over random);
+             a per-leaf table; a chart. Writes results.json, results.md, results.png per regime, and the README
+             section between the config's markers, whatever the outcome.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
 import shlex
+import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,25 +52,54 @@ if str(REPO) not in sys.path:
 
 from skill_distill.io import read_json, read_jsonl, write_json, write_jsonl  # noqa: E402 - after the sys.path.insert above
 
-ARMS = ("random", "skill", "skill_format")
-README_START, README_END = "<!-- evidence:start -->", "<!-- evidence:end -->"
+ALL_ARMS = ("random", "skill", "skill_format", "skill_shrunk", "closed_loop")
+MAX_TRIES = 4
+
+
+@dataclass
+class WarmupTry:
+    """One setting of the shared warm-up and the data's difficulty (what regime A's tuning may change)."""
+
+    warmup_per_leaf: int = 4
+    """Problems per leaf taken out of the pool for the shared warm-up."""
+    warmup_epochs: int = 2
+    leaf_difficulty: dict[str, int] = field(default_factory=dict)
+    """Generator level per leaf (``make-data --leaf_difficulty``); others are at level 1."""
+    reason: str = ""
+    """Why this try, written before it ran (from earlier tries' profiles only)."""
+
+
+@dataclass
+class PreCheck:
+    """What the profile must show before any arm trains (``enforce: false``: reported only)."""
+
+    low: float = 0.05
+    high: float = 0.90
+    min_leaves_in_band: int = 10
+    allow_zero: bool = False
+    enforce: bool = False
 
 
 @dataclass
 class ExperimentConfig:
+    name: str = "B"
+    """Regime name: work and results go to ``<work_dir>``, ``<results_dir>``."""
+    title: str = "today's degenerate regime"
     work_dir: str = "runs/evidence"
     """Where every intermediate artifact goes (resumable)."""
     results_dir: str = "results/evidence"
-    """Where results.json/.md/.png go (committed)."""
+    """Where results.json/.md/.png and the per-problem records go (committed)."""
     student: str = "asset:smollm2-135m-instruct"
     pool_per_leaf: int = 200
-    """Pool problems per leaf skill (14 leaves)."""
+    """Pool problems per leaf skill (14 leaves), after the warm-up split is taken out."""
     heldout_per_leaf: int = 40
     """Held-out evaluation problems per leaf skill."""
     data_seed: int = 0
-    warmup_per_leaf: int = 4
-    """Problems per leaf taken out of the pool for the shared format warm-up."""
-    warmup_epochs: int = 2
+    tries: list[WarmupTry] = field(default_factory=lambda: [WarmupTry()])
+    precheck: PreCheck = field(default_factory=PreCheck)
+    arms: list[str] = field(default_factory=lambda: ["random", "skill", "skill_format"])
+    shrinkage: float = 20.0
+    """Pseudo-counts toward the parent of the profile's ``accuracy_shrunk`` (the ``skill_shrunk`` arm)."""
     budget: int = 160
     """Examples selected per arm (about 6% of the pool)."""
     epochs: int = 3
@@ -70,10 +109,16 @@ class ExperimentConfig:
     max_new_tokens: int = 192
     """Generation budget of the profile and the evaluations (traces are about 50-140 tokens)."""
     bootstrap_resamples: int = 2000
-    update_readme: bool = True
+
+    def validate(self) -> None:
+        bad = [a for a in self.arms if a not in ALL_ARMS]
+        if bad or "random" not in self.arms:
+            raise SystemExit(f"error: regime {self.name}: arms must include random and come from {ALL_ARMS}; got {bad}")
+        if not 1 <= len(self.tries) <= MAX_TRIES:
+            raise SystemExit(f"error: regime {self.name}: 1 to {MAX_TRIES} tries, got {len(self.tries)}")
 
 
-def run(cmd: list[str], log: Path) -> None:
+def run(cmd: list[str], log: Path, timings: Path | None = None, step: str = "") -> None:
     """Run one project command; its output goes to ``log``; a failure stops the experiment with that log named."""
     print(f"$ {shlex.join(cmd)}", flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -83,15 +128,23 @@ def run(cmd: list[str], log: Path) -> None:
                               env=dict(os.environ, PYTHONPATH=str(REPO)))
     if proc.returncode:
         raise SystemExit(f"error: step failed (exit {proc.returncode}); see {log}")
-    print(f"  done in {time.time() - t:.0f} s", flush=True)
+    seconds = time.time() - t
+    print(f"  done in {seconds:.0f} s", flush=True)
+    if timings is not None:  # what each step cost, for the report (steps skipped on resume keep their first time)
+        record = read_json(timings) if timings.exists() else {}
+        record[step] = record.get(step, 0.0) + seconds
+        write_json(timings, record)
 
 
-def prepare_data(cfg: ExperimentConfig, work: Path) -> Path:
+def prepare_data(cfg: ExperimentConfig, attempt: WarmupTry, work: Path, timings: Path) -> Path:
     data = work / "data"
     if not (data / "metadata.json").exists():
-        run([sys.executable, "-m", "skill_distill", "make-data", "--output_dir", str(data), "--preset", "evidence",
-             "--seed", str(cfg.data_seed), "--pool_per_leaf", str(cfg.pool_per_leaf + cfg.warmup_per_leaf),
-             "--heldout_per_leaf", str(cfg.heldout_per_leaf)], work / "logs" / "make_data.log")
+        cmd = [sys.executable, "-m", "skill_distill", "make-data", "--output_dir", str(data), "--preset", "evidence",
+               "--seed", str(cfg.data_seed), "--pool_per_leaf", str(cfg.pool_per_leaf + attempt.warmup_per_leaf),
+               "--heldout_per_leaf", str(cfg.heldout_per_leaf)]
+        if attempt.leaf_difficulty:
+            cmd += ["--leaf_difficulty", json.dumps(attempt.leaf_difficulty)]
+        run(cmd, work / "logs" / "make_data.log", timings, "shared:make-data")
     if not (data / "train_pool.jsonl").exists():
         # the first warmup_per_leaf problems of each leaf go to the warm-up, the rest is the selection pool
         chains = {r["id"]: tuple(r["chains"][0]) for r in read_jsonl(data / "attribution.jsonl")}
@@ -99,7 +152,7 @@ def prepare_data(cfg: ExperimentConfig, work: Path) -> Path:
         warm, pool = [], []
         for row in read_jsonl(data / "pool.jsonl"):
             leaf = chains[row["id"]]
-            if taken.get(leaf, 0) < cfg.warmup_per_leaf:
+            if taken.get(leaf, 0) < attempt.warmup_per_leaf:
                 taken[leaf] = taken.get(leaf, 0) + 1
                 warm.append(row)
             else:
@@ -110,47 +163,150 @@ def prepare_data(cfg: ExperimentConfig, work: Path) -> Path:
 
 
 def train_cmd(cfg: ExperimentConfig, run_dir: Path, model: str, corpus: Path, data: Path, *, epochs: int,
-              strategy: str, seed: int, skill_format: str, profile: Path | None) -> list[str]:
-    return [sys.executable, "train.py", "fit", "--config", "configs/experiments/skill_selection_arm.yaml",
-           f"--trainer.default_root_dir={run_dir}", f"--trainer.max_epochs={epochs}",
-           f"--seed_everything={seed}",
-           f"--model.model={model}", f"--model.learning_rate={cfg.learning_rate}",
-           f"--data.corpus={corpus}", f"--data.tree={data / 'tree.json'}",
-           f"--data.attribution={data / 'attribution.jsonl'}",
-           f"--data.profile={profile if profile else 'null'}", f"--data.selection.strategy={strategy}",
-           f"--data.selection.budget={cfg.budget}", f"--data.selection.seed={seed}", f"--data.seed={seed}",
-           f"--data.skill_format.mode={skill_format}", f"--data.max_length={cfg.max_length}",
-           f"--data.examples_per_step={cfg.examples_per_step}", "--ckpt_path=last"]
+              strategy: str, seed: int, skill_format: str, profile: Path | None, profile_value: str = "accuracy",
+              closed_loop: bool = False) -> list[str]:
+    configs = ["--config", "configs/experiments/skill_selection_arm.yaml"]
+    if closed_loop:
+        configs += ["--config", "configs/experiments/skill_selection_closed_loop.yaml"]
+    return [sys.executable, "train.py", "fit", *configs,
+            f"--trainer.default_root_dir={run_dir}", f"--trainer.max_epochs={epochs}",
+            f"--seed_everything={seed}",
+            f"--model.model={model}", f"--model.learning_rate={cfg.learning_rate}",
+            f"--data.corpus={corpus}", f"--data.tree={data / 'tree.json'}",
+            f"--data.attribution={data / 'attribution.jsonl'}",
+            f"--data.profile={profile if profile else 'null'}", f"--data.selection.strategy={strategy}",
+            f"--data.selection.profile_value={profile_value}",
+            f"--data.selection.budget={cfg.budget}", f"--data.selection.seed={seed}", f"--data.seed={seed}",
+            f"--data.skill_format.mode={skill_format}", f"--data.max_length={cfg.max_length}",
+            f"--data.examples_per_step={cfg.examples_per_step}", "--ckpt_path=last"]
 
 
 def exported(run_dir: Path) -> Path:
     return run_dir / "hf_export" / "final"
 
 
-def evaluate(cfg: ExperimentConfig, model: str, data: Path, out: Path, log: Path, manifest: Path | None = None) -> dict:
+def greedy(cfg: ExperimentConfig) -> str:
+    return json.dumps({"temperature": 0.0, "top_p": 1.0, "max_new_tokens": cfg.max_new_tokens, "n": 1, "seed": 0})
+
+
+def evaluate(cfg: ExperimentConfig, model: str, data: Path, out: Path, log: Path, timings: Path, step: str,
+             manifest: Path | None = None) -> dict:
     if not (out / "report.json").exists():
         spec = {"name": "heldout", "path": str(data / "heldout.jsonl"), "id_field": "id",
                 "skills": {"attribution": str(data / "attribution.jsonl")}, "k": 1}
         cmd = [sys.executable, "-m", "skill_distill", "evaluate", "--model", model, "--output_dir", str(out),
-               "--benchmarks", json.dumps([spec]), "--tree", str(data / "tree.json"),
-               "--sampling", json.dumps({"temperature": 0.0, "top_p": 1.0, "max_new_tokens": cfg.max_new_tokens,
-                                         "n": 1, "seed": 0}),
+               "--benchmarks", json.dumps([spec]), "--tree", str(data / "tree.json"), "--sampling", greedy(cfg),
                "--backend", json.dumps({"kind": "vllm", "max_model_len": 1024})]
         if manifest is not None:
             cmd += ["--selection_manifest", str(manifest)]
-        run(cmd, log)
+        run(cmd, log, timings, step)
     return read_json(out / "report.json")
+
+
+def leaf_profile(profile_path: Path) -> dict[str, float]:
+    return {n["chain"]: n["accuracy"] for n in read_json(profile_path)["nodes"] if n.get("is_leaf")}
+
+
+def precheck(cfg: ExperimentConfig, profile: dict[str, float]) -> dict:
+    c = cfg.precheck
+    in_band = sorted(k for k, v in profile.items() if c.low <= v <= c.high)
+    zero = sorted(k for k, v in profile.items() if v == 0)
+    passed = len(in_band) >= c.min_leaves_in_band and (c.allow_zero or not zero)
+    return {"passed": passed, "leaves_in_band": len(in_band), "band": [c.low, c.high],
+            "required": c.min_leaves_in_band, "leaves_at_zero": zero, "enforced": c.enforce}
+
+
+def prepare_regime(cfg: ExperimentConfig) -> dict | None:
+    """Tries in order until one's profile passes the pre-check (or the first, when not enforced); the shared
+    steps of the chosen try. Every try's profile and verdict go to ``<results_dir>/tries.json``."""
+    cfg.validate()
+    work, results_dir = REPO / cfg.work_dir, REPO / cfg.results_dir
+    log_path = results_dir / "tries.json"
+    tries_log = read_json(log_path) if log_path.exists() else []
+    for k, attempt in enumerate(cfg.tries):
+        try_dir = work / f"try{k}"
+        timings = try_dir / "timings.json"
+        logs = try_dir / "logs"
+        data = prepare_data(cfg, attempt, try_dir, timings)
+        warm_dir = try_dir / "warmup"
+        if not exported(warm_dir).exists():
+            run(train_cmd(cfg, warm_dir, cfg.student, data / "warmup.jsonl", data, epochs=attempt.warmup_epochs,
+                          strategy="all", seed=0, skill_format="off", profile=None), logs / "warmup.log",
+                timings, "shared:warm-up")
+        student = str(exported(warm_dir))
+        prof_dir = try_dir / "profile"
+        if not (prof_dir / "profile.json").exists():
+            run([sys.executable, "-m", "skill_distill", "profile", "--pool", str(data / "train_pool.jsonl"),
+                 "--tree", str(data / "tree.json"), "--attribution", str(data / "attribution.jsonl"),
+                 "--output_dir", str(prof_dir), "--shrinkage", str(cfg.shrinkage),
+                 "--backend", json.dumps({"kind": "vllm", "model": student, "max_model_len": 1024}),
+                 "--sampling", greedy(cfg), "--grader_workers", "2"], logs / "profile.log", timings, "shared:profile")
+        profile = leaf_profile(prof_dir / "profile.json")
+        check = precheck(cfg, profile)
+        entry = {"try": k, **asdict(attempt), "precheck": check, "profile_leaf_accuracy": profile,
+                 "profile": read_json(prof_dir / "profile.json")}
+        tries_log = [t for t in tries_log if t["try"] != k] + [entry]
+        write_json(log_path, sorted(tries_log, key=lambda t: t["try"]))
+        print(f"regime {cfg.name} try {k}: {check['leaves_in_band']} of {len(profile)} leaves in "
+              f"[{cfg.precheck.low}, {cfg.precheck.high}], at zero: {check['leaves_at_zero'] or 'none'} -> "
+              f"{'passed' if check['passed'] else 'failed'}", flush=True)
+        if check["passed"] or not cfg.precheck.enforce:
+            return {"try": k, "dir": try_dir, "data": data, "student": student, "profile_dir": prof_dir,
+                    "profile": profile, "precheck": check, "timings": timings}
+    print(f"regime {cfg.name}: no try passed the pre-check; the regime stops here (reported, not loosened)")
+    return None
+
+
+def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict:
+    try_dir, data, student, timings = prep["dir"], prep["data"], prep["student"], prep["timings"]
+    logs = try_dir / "logs"
+    profile = prep["profile_dir"] / "profile.json"
+    out = {}
+    for arm in cfg.arms:
+        run_dir = try_dir / f"seed{seed}" / arm
+        if not exported(run_dir).exists():
+            run(train_cmd(cfg, run_dir, student, data / "train_pool.jsonl", data, epochs=cfg.epochs,
+                          strategy="random" if arm == "random" else "skill", seed=seed,
+                          skill_format="full" if arm == "skill_format" else "off", profile=profile,
+                          profile_value="accuracy_shrunk" if arm == "skill_shrunk" else "accuracy",
+                          closed_loop=arm == "closed_loop"),
+                logs / f"train_seed{seed}_{arm}.log", timings, f"seed{seed}:{arm}:train")
+        manifest = run_dir / "selection_manifest.json"
+        evaluate(cfg, str(exported(run_dir)), data, run_dir / "eval", logs / f"eval_seed{seed}_{arm}.log", timings,
+                 f"seed{seed}:{arm}:evaluate", manifest)
+        # the examples the arm trained on, over all epochs (re-selected epochs for the closed loop)
+        ids = list(read_json(manifest)["ids"]) * cfg.epochs
+        if arm == "closed_loop":
+            ids = list(read_json(manifest)["ids"])
+            for epoch in range(1, cfg.epochs):
+                ids += read_json(run_dir / "selection" / f"epoch={epoch}.json")["ids"]
+        out[arm] = {"records": str(run_dir / "eval" / "records.jsonl"), "trained_ids": ids}
+        keep_records(cfg, run_dir / "eval" / "records.jsonl", f"seed{seed}_{arm}")
+    return out
+
+
+def keep_records(cfg: ExperimentConfig, records: Path, name: str) -> None:
+    """The per-problem records of one evaluation, gzip-compressed into the committed results."""
+    dest = REPO / cfg.results_dir / "records" / f"{name}.jsonl.gz"
+    if dest.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    with records.open("rb") as src, gzip.GzipFile(tmp, "wb", mtime=0) as gz:
+        shutil.copyfileobj(src, gz)
+    os.replace(tmp, dest)
 
 
 def per_problem(records_path: Path) -> dict[str, float]:
     return {str(r["id"]): float(bool(r["correct"])) for r in read_jsonl(records_path, allow_torn_tail=True)}
 
 
-def analyse(cfg: ExperimentConfig, data: Path, runs: dict, seeds: list[int], profile: dict) -> dict:
+def analyse(cfg: ExperimentConfig, prep: dict, runs: dict, seeds: list[int]) -> dict:
     """The pre-declared statistics; problems are the unit of every bootstrap."""
     import numpy as np
     from scipy.stats import spearmanr
 
+    data = prep["data"]
     chains = {r["id"]: tuple(r["chains"][0]) for r in read_jsonl(data / "attribution.jsonl")}
     heldout_ids = [r["id"] for r in read_jsonl(data / "heldout.jsonl")]
     leaves = sorted({chains[i] for i in heldout_ids})
@@ -172,39 +328,52 @@ def analyse(cfg: ExperimentConfig, data: Path, runs: dict, seeds: list[int], pro
         return {"accuracy": float(v.mean()), "ci_low": float(np.percentile(means, 2.5)),
                 "ci_high": float(np.percentile(means, 97.5))}
 
-    out: dict = {"leaves": ["->".join(c) for c in leaves], "heldout_problems": len(heldout_ids), "seeds": {}}
-    starts = {name: vec(per_problem(Path(p))) for name, p in runs["start"].items()}
-    out["start"] = {name: {**overall(v), "per_leaf": leaf_acc(v).tolist()} for name, v in starts.items()}
-    pooled_gain = []
+    others = [a for a in cfg.arms if a != "random"]
+    out: dict = {"regime": cfg.name, "title": cfg.title, "leaves": ["->".join(c) for c in leaves],
+                 "heldout_problems": len(heldout_ids), "arms": list(cfg.arms), "seeds": {}}
+    start = vec(per_problem(Path(runs["start"])))
+    out["start"] = {"warm": {**overall(start), "per_leaf": leaf_acc(start).tolist()}}
+    pooled: dict[str, list] = {a: [] for a in others}
     for seed in seeds:
-        arms = {arm: vec(per_problem(Path(runs[seed][arm]["records"]))) for arm in ARMS}
+        arms = {arm: vec(per_problem(Path(runs[seed][arm]["records"]))) for arm in cfg.arms}
         share = {}
-        for arm in ("random", "skill"):
-            manifest = read_json(runs[seed][arm]["manifest"])
+        for arm in cfg.arms:
             counts = np.zeros(len(leaves))
-            for i in manifest["ids"]:
+            for i in runs[seed][arm]["trained_ids"]:
                 counts[leaves.index(chains[i])] += 1
             share[arm] = counts / counts.sum()
-        d_share = share["skill"] - share["random"]
-        gain = leaf_acc(arms["skill"]) - leaf_acc(arms["random"])
-        rho = float(spearmanr(d_share, gain).statistic)
-        rhos = []
-        for b in boots[: min(1000, len(boots))]:
-            g = leaf_acc(arms["skill"], b) - leaf_acc(arms["random"], b)
-            if np.std(g) > 0:
-                rhos.append(spearmanr(d_share, g).statistic)
-        pooled_gain.append(arms["skill"] - arms["random"])
-        out["seeds"][str(seed)] = {
-            "arms": {arm: {**overall(v), "per_leaf": leaf_acc(v).tolist()} for arm, v in arms.items()},
-            "selection_share": {arm: s.tolist() for arm, s in share.items()},
-            "spearman_share_vs_gain": {"rho": rho, "ci_low": float(np.nanpercentile(rhos, 2.5)),
-                                       "ci_high": float(np.nanpercentile(rhos, 97.5))},
-            "skill_minus_random": overall(arms["skill"] - arms["random"]),
-            "skill_format_minus_random": overall(arms["skill_format"] - arms["random"]),
-        }
-    out["pooled_skill_minus_random"] = overall(np.mean(pooled_gain, axis=0))
-    out["profile_leaf_accuracy"] = profile
+        seed_out: dict = {"arms": {arm: {**overall(v), "per_leaf": leaf_acc(v).tolist()} for arm, v in arms.items()},
+                          "selection_share": {arm: s.tolist() for arm, s in share.items()},
+                          "minus_random": {}, "spearman_share_vs_gain": {}}
+        for arm in others:
+            d_share = share[arm] - share["random"]
+            gain = leaf_acc(arms[arm]) - leaf_acc(arms["random"])
+            varies = np.std(d_share) > 0 and np.std(gain) > 0
+            rho = float(spearmanr(d_share, gain).statistic) if varies else float("nan")
+            rhos = []
+            for b in boots[: min(1000, len(boots))]:
+                g = leaf_acc(arms[arm], b) - leaf_acc(arms["random"], b)
+                if np.std(g) > 0 and np.std(d_share) > 0:
+                    rhos.append(spearmanr(d_share, g).statistic)
+            seed_out["spearman_share_vs_gain"][arm] = {
+                "rho": rho, "ci_low": float(np.nanpercentile(rhos, 2.5)) if rhos else float("nan"),
+                "ci_high": float(np.nanpercentile(rhos, 97.5)) if rhos else float("nan")}
+            seed_out["minus_random"][arm] = overall(arms[arm] - arms["random"])
+            pooled[arm].append(arms[arm] - arms["random"])
+        out["seeds"][str(seed)] = seed_out
+    out["pooled_minus_random"] = {arm: overall(np.mean(v, axis=0)) for arm, v in pooled.items()}
+    out["profile_leaf_accuracy"] = prep["profile"]
+    out["precheck"] = prep["precheck"]
+    out["try"] = prep["try"]
     return out
+
+
+def pct(m: dict) -> str:
+    return f"{100 * m['accuracy']:.1f} [{100 * m['ci_low']:.1f}, {100 * m['ci_high']:.1f}]"
+
+
+def signed(m: dict) -> str:
+    return f"{100 * m['accuracy']:+.1f} [{100 * m['ci_low']:+.1f}, {100 * m['ci_high']:+.1f}]"
 
 
 def write_results(cfg: ExperimentConfig, results: dict, results_dir: Path) -> str:
@@ -215,147 +384,200 @@ def write_results(cfg: ExperimentConfig, results: dict, results_dir: Path) -> st
     import numpy as np
 
     seeds = list(results["seeds"])
+    arms = results["arms"]
+    others = [a for a in arms if a != "random"]
     lines = [f"Held-out problems: {results['heldout_problems']} over {len(results['leaves'])} leaf skills; "
              f"budget {cfg.budget} examples x {cfg.epochs} epochs per arm; greedy decoding; "
-             f"seeds {', '.join(seeds)}.", "",
-             "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+             f"seeds {', '.join(seeds)}. Accuracy in %, 95% bootstrap over problems.", "",
+             "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | pooled - random |",
+             "|---|" + "---|" * (len(seeds) + 1),
+             "| warm-up student (start of every arm) | " + " | ".join(pct(results["start"]["warm"]) for _ in seeds)
+             + " | |"]
+    for arm in arms:
+        pooled = signed(results["pooled_minus_random"][arm]) if arm != "random" else ""
+        lines.append(f"| {arm} | " + " | ".join(pct(results["seeds"][s]["arms"][arm]) for s in seeds)
+                     + f" | {pooled} |")
+    for arm in others:
+        lines.append(f"| {arm} - random (paired) | "
+                     + " | ".join(signed(results["seeds"][s]["minus_random"][arm]) for s in seeds) + " | |")
+    for arm in others:
+        lines.append(f"| Spearman, {arm} (share gain vs acc gain) | " + " | ".join(
+            "{rho:.2f} [{ci_low:.2f}, {ci_high:.2f}]".format(**results["seeds"][s]["spearman_share_vs_gain"][arm])
+            for s in seeds) + " | |")
 
-    def cell(m: dict) -> str:
-        return f"{100 * m['accuracy']:.1f} [{100 * m['ci_low']:.1f}, {100 * m['ci_high']:.1f}]"
-
-    for name, key in (("untrained SmolLM2-135M-Instruct", "base"), ("warm-up student (start of every arm)", "warm")):
-        lines.append(f"| {name} | " + " | ".join(cell(results["start"][key]) for _ in seeds) + " |")
-    for arm in ARMS:
-        lines.append(f"| {arm} | " + " | ".join(cell(results["seeds"][s]["arms"][arm]) for s in seeds) + " |")
-    lines.append("| skill - random (paired) | "
-                 + " | ".join(cell(results["seeds"][s]["skill_minus_random"]) for s in seeds) + " |")
-    lines.append("| skill+format - random (paired) | "
-                 + " | ".join(cell(results["seeds"][s]["skill_format_minus_random"]) for s in seeds) + " |")
-    lines.append("| Spearman(share gain, acc gain) | " + " | ".join(
-        "{rho:.2f} [{ci_low:.2f}, {ci_high:.2f}]".format(**results["seeds"][s]["spearman_share_vs_gain"])
-        for s in seeds) + " |")
-    p = results["pooled_skill_minus_random"]
-    lines += ["", f"Pooled over seeds, skill - random: {100 * p['accuracy']:+.1f} points "
-                  f"[{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}] "
-                  "(accuracy in %, 95% bootstrap over problems)."]
-    # per leaf, mean over seeds: what the profile said, where each arm's data went, what each arm reached
     def mean(f):
         return np.mean([f(results["seeds"][s]) for s in seeds], axis=0)
 
-    share = {arm: mean(lambda r, a=arm: r["selection_share"][a]) for arm in ("random", "skill")}
-    acc = {arm: mean(lambda r, a=arm: r["arms"][a]["per_leaf"]) for arm in ARMS}
+    share = {arm: mean(lambda r, a=arm: r["selection_share"][a]) for arm in arms}
+    acc = {arm: mean(lambda r, a=arm: r["arms"][a]["per_leaf"]) for arm in arms}
     lines += ["", f"Per leaf (mean over seeds {', '.join(seeds)}): the warm-up student's pool accuracy (the profile), "
-                  "each arm's share of the selected examples, and held-out accuracy.", "",
-              "| leaf | profile acc | share random | share skill | warm-up | random | skill | skill+format |",
-              "|---|---|---|---|---|---|---|---|"]
+                  "each arm's share of the examples trained on, and held-out accuracy (%).", "",
+              "| leaf | profile | " + " | ".join(f"share {a}" for a in arms) + " | warm-up | "
+              + " | ".join(arms) + " |", "|---|---|" + "---|" * (2 * len(arms) + 1)]
     for k, leaf in enumerate(results["leaves"]):
         lines.append(f"| {leaf.split('->')[-1]} | {results['profile_leaf_accuracy'][leaf]:.3f} | "
-                     f"{100 * share['random'][k]:.0f}% | {100 * share['skill'][k]:.0f}% | "
-                     f"{100 * results['start']['warm']['per_leaf'][k]:.1f} | "
-                     + " | ".join(f"{100 * acc[arm][k]:.1f}" for arm in ARMS) + " |")
+                     + " | ".join(f"{100 * share[a][k]:.0f}%" for a in arms)
+                     + f" | {100 * results['start']['warm']['per_leaf'][k]:.1f} | "
+                     + " | ".join(f"{100 * acc[a][k]:.1f}" for a in arms) + " |")
     table = "\n".join(lines)
 
     leaves = results["leaves"]
     x = np.arange(len(leaves))
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(13, 8.5), sharex=True)
-    width = 0.2
-    series = [("warm-up student", results["start"]["warm"]["per_leaf"], "#999999")] + [
-        (arm, acc[arm], c) for arm, c in zip(ARMS, ("#4c72b0", "#dd8452", "#55a868"), strict=True)]
-    for k, (label, vals, color) in enumerate(series):
-        ax1.bar(x + (k - 1.5) * width, 100 * np.asarray(vals), width, label=label, color=color)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(14, 9), sharex=True)
+    series = [("warm-up student", results["start"]["warm"]["per_leaf"])] + [(a, acc[a]) for a in arms]
+    width = 0.8 / len(series)
+    for k, (label, vals) in enumerate(series):
+        ax1.bar(x + (k - (len(series) - 1) / 2) * width, 100 * np.asarray(vals), width, label=label)
     ax1.set_ylabel("held-out accuracy (%)")
-    ax1.set_title(f"Per-skill held-out accuracy (mean over seeds {', '.join(seeds)})")
-    ax1.legend(ncol=4, fontsize=9)
-    d_share, gain = share["skill"] - share["random"], acc["skill"] - acc["random"]  # means over seeds
-    ax2.bar(x - 0.2, 100 * d_share, 0.4, label="selection share: skill - random (points)", color="#8172b3")
-    ax2.bar(x + 0.2, 100 * gain, 0.4, label="accuracy: skill - random (points)", color="#dd8452")
+    ax1.set_title(f"Regime {cfg.name} ({cfg.title}): per-skill held-out accuracy, mean over seeds {', '.join(seeds)}")
+    ax1.legend(ncol=len(series), fontsize=8)
+    width = 0.8 / (2 * max(len(others), 1))
+    for k, arm in enumerate(others):
+        ax2.bar(x + (2 * k - len(others)) * width, 100 * (share[arm] - share["random"]), width,
+                label=f"share: {arm} - random")
+        ax2.bar(x + (2 * k + 1 - len(others)) * width, 100 * (acc[arm] - acc["random"]), width,
+                label=f"accuracy: {arm} - random", hatch="//")
     ax2.axhline(0, color="black", linewidth=0.8)
-    ax2.legend(fontsize=9)
+    ax2.legend(fontsize=7, ncol=2)
+    ax2.set_ylabel("points")
     ax2.set_xticks(x, [lf.split("->")[-1] for lf in leaves], rotation=40, ha="right")
-    rhos = ", ".join(f"{results['seeds'][s]['spearman_share_vs_gain']['rho']:.2f}" for s in seeds)
-    ax2.set_title("Where selection put more data vs where accuracy moved "
-                  f"(mean over seeds; Spearman rho per seed: {rhos})")
+    ax2.set_title("Where each arm put more data than random, and where its accuracy moved (mean over seeds)")
     fig.tight_layout()
     results_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(results_dir / "results.png", dpi=110)
+    fig.savefig(results_dir / "results.png", dpi=100)
     plt.close(fig)
     (results_dir / "results.md").write_text(table + "\n")
     write_json(results_dir / "results.json", results)
     return table
 
 
-def update_readme(table: str, cfg: ExperimentConfig, command: str) -> None:
+def cost_line(timings_path: Path, seeds: list[int]) -> str:
+    t = read_json(timings_path) if timings_path.exists() else {}
+    shared = sum(v for k, v in t.items() if k.startswith("shared:"))
+    per_seed = [sum(v for k, v in t.items() if k.startswith(f"seed{s}:")) for s in seeds]
+    per_seed = [v for v in per_seed if v]
+    if not per_seed:
+        return f"Cost: shared steps {shared / 60:.0f} min."
+    return (f"Cost on this 2-core CPU (shared with other work, so an upper bound): shared steps "
+            f"{shared / 60:.0f} min; one seed (all arms, train + evaluate) "
+            + ", ".join(f"{v / 60:.0f}" for v in per_seed) + " min.")
+
+
+def weak_student_advice(results: dict[str, dict]) -> list[str]:
+    """'What to do with a weak student', drawn only from the measured pooled differences."""
+    lines = []
+    for name, r in results.items():
+        if r is None or not r.get("pooled_minus_random"):
+            continue
+        ranked = sorted(r["pooled_minus_random"].items(), key=lambda kv: -kv[1]["accuracy"])
+        better = [a for a, m in ranked if m["ci_low"] > 0]
+        worse = [a for a, m in ranked if m["ci_high"] < 0]
+        unclear = [a for a, m in ranked if a not in better and a not in worse]
+        lines.append(f"- Regime {name} ({r['title']}; {r['precheck']['leaves_in_band']} of {len(r['leaves'])} "
+                     f"leaves in the profile band, {len(r['precheck']['leaves_at_zero'])} at zero), pooled over "
+                     f"{len(r['seeds'])} seed(s): "
+                     + "; ".join(f"{a} {signed(m)}" for a, m in ranked) + " points against random. "
+                     + (f"Better than random: {', '.join(better)}. " if better else "No arm beat random. ")
+                     + (f"Worse than random: {', '.join(worse)}. " if worse else "")
+                     + (f"Not separable from random: {', '.join(unclear)}." if unclear else ""))
+    weak = results.get("B")
+    if weak is not None and weak.get("pooled_minus_random"):
+        p = weak["pooled_minus_random"]
+        best, m = max(p.items(), key=lambda kv: kv[1]["accuracy"])
+        if m["ci_low"] > 0:
+            lines.append(f"- With a weak student (most leaves near zero), use `{best}`: it was the only arm whose "
+                         "pooled interval against random lies above zero." if sum(
+                             v["ci_low"] > 0 for v in p.values()) == 1 else
+                         f"- With a weak student, `{best}` measured best against random ({signed(m)}).")
+        else:
+            lines.append(f"- With a weak student (most leaves near zero), none of the skill arms beat random here; "
+                         f"the closest was `{best}` ({signed(m)}). Keep random selection, or first raise the "
+                         "student's profile (a larger warm-up, as in regime A) before weighting by skill.")
+        if "skill_shrunk" in p and "skill" in p:
+            d = p["skill_shrunk"]["accuracy"] - p["skill"]["accuracy"]
+            lines.append(f"- Shrinking leaf accuracies toward the parent (`selection.profile_value: accuracy_shrunk`, "
+                         f"20 pseudo-counts) moved the pooled difference by {100 * d:+.1f} points against the "
+                         "paper-exact skill arm.")
+    return lines
+
+
+def update_readme(section: str, marker: str) -> None:
     readme = REPO / "README.md"
     text = readme.read_text()
-    if README_START not in text:
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    if start not in text:
         return
-    section = (f"{README_START}\n{table}\n\n![per-skill results]({cfg.results_dir}/results.png)\n\n"
-               f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}.\n{README_END}")
-    head, rest = text.split(README_START, 1)
-    readme.write_text(head + section + rest.split(README_END, 1)[1])
+    head, rest = text.split(start, 1)
+    readme.write_text(head + f"{start}\n{section}\n{end}" + rest.split(end, 1)[1])
 
 
-def main(experiment: ExperimentConfig = ExperimentConfig(), seeds: list[int] = [0]) -> dict:  # noqa: B006 - shown in --help, never mutated
-    """Run (or resume) the experiment for ``seeds`` and write its report.
+def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int] = [0],  # noqa: B006 - shown in --help, never mutated
+         readme_marker: str = "evidence", update_readme_section: bool = True, only: list[str] = []) -> dict:  # noqa: B006 - shown in --help, never mutated
+    """Run (or resume) the experiment for ``seeds`` in every regime and write its report.
 
     Args:
-        experiment: the experiment's settings.
-        seeds: selection / data-order seeds, one set of three trained arms each.
+        regimes: the regimes' settings (data, tries, pre-check, arms).
+        seeds: selection / data-order seeds, one set of trained arms each.
+        only: run and report only the regimes of these names (empty: all), e.g. to report one regime's finished
+            seeds while another's still run.
+        readme_marker: the README section ``<!-- <marker>:start -->`` ... ``:end -->`` the report replaces.
+        update_readme_section: write the README section.
     """
-    cfg = experiment
-    work = REPO / cfg.work_dir
-    data = prepare_data(cfg, work)
-    logs = work / "logs"
-    # 2. format warm-up shared by all arms
-    warm_dir = work / "warmup"
-    if not exported(warm_dir).exists():
-        run(train_cmd(cfg, warm_dir, cfg.student, data / "warmup.jsonl", data, epochs=cfg.warmup_epochs,
-                      strategy="all", seed=0, skill_format="off", profile=None), logs / "warmup.log")
-    student = str(exported(warm_dir))
-    # 3. profile of the warmed-up student on the pool (greedy)
-    prof_dir = work / "profile"
-    if not (prof_dir / "profile.json").exists():
-        run([sys.executable, "-m", "skill_distill", "profile", "--pool", str(data / "train_pool.jsonl"),
-             "--tree", str(data / "tree.json"), "--attribution", str(data / "attribution.jsonl"),
-             "--output_dir", str(prof_dir),
-             "--backend", json.dumps({"kind": "vllm", "model": student, "max_model_len": 1024}),
-             "--sampling", json.dumps({"temperature": 0.0, "top_p": 1.0, "max_new_tokens": cfg.max_new_tokens,
-                                       "n": 1, "seed": 0}),
-             "--grader_workers", "2"], logs / "profile.log")
-    nodes = read_json(prof_dir / "profile.json")["nodes"]
-    profile = {n["chain"]: n["accuracy"] for n in nodes if n.get("is_leaf")}
-    print("pre-check, warm-up student's pool accuracy per leaf:", json.dumps(profile, indent=1))
-    spread = max(profile.values()) - min(profile.values())
-    if spread < 0.2:
-        print(f"WARNING: leaf accuracies spread only {spread:.2f}; selection has little to act on", flush=True)
-    # starting points
-    runs: dict = {"start": {}}
-    for key, model in (("base", cfg.student), ("warm", student)):
-        evaluate(cfg, model, data, work / "eval" / key, logs / f"eval_{key}.log")
-        runs["start"][key] = str(work / "eval" / key / "records.jsonl")
-    # 4-5. arms
-    for seed in seeds:
-        runs[seed] = {}
-        for arm in ARMS:
-            run_dir = work / f"seed{seed}" / arm
-            if not exported(run_dir).exists():
-                run(train_cmd(cfg, run_dir, student, data / "train_pool.jsonl", data, epochs=cfg.epochs,
-                              strategy="random" if arm == "random" else "skill", seed=seed,
-                              skill_format="full" if arm == "skill_format" else "off",
-                              profile=prof_dir / "profile.json"), logs / f"train_seed{seed}_{arm}.log")
-            manifest = run_dir / "selection_manifest.json"
-            evaluate(cfg, str(exported(run_dir)), data, run_dir / "eval", logs / f"eval_seed{seed}_{arm}.log", manifest)
-            runs[seed][arm] = {"records": str(run_dir / "eval" / "records.jsonl"), "manifest": str(manifest)}
-    results = analyse(cfg, data, runs, seeds, profile)
-    results["config"] = asdict(cfg)
-    table = write_results(cfg, results, REPO / cfg.results_dir)
-    # the profile itself (with judged counts), for the degeneracy checks of the selection stages
-    write_json(REPO / cfg.results_dir / "profile.json", read_json(prof_dir / "profile.json"))
-    print(table)
-    if cfg.update_readme:
-        update_readme(table, cfg, f"python experiments/skill_selection_cpu.py --config "
-                                  f"configs/experiments/skill_selection_cpu.yaml --seeds {json.dumps(seeds)}")
-    return results
+    results: dict[str, dict | None] = {}
+    sections = []
+    unknown = sorted(set(only) - {cfg.name for cfg in regimes})
+    if unknown:
+        raise SystemExit(f"error: --only names unknown regimes {unknown}; the config has "
+                         f"{[cfg.name for cfg in regimes]}")
+    regimes = [cfg for cfg in regimes if not only or cfg.name in only]
+    prepared = {cfg.name: prepare_regime(cfg) for cfg in regimes}
+    for seed in seeds:  # seed-major, so a stopped run has whole seeds of every regime
+        for cfg in regimes:
+            prep = prepared[cfg.name]
+            if prep is not None:
+                prep.setdefault("runs", {})[seed] = run_arms(cfg, prep, seed)
+    for cfg in regimes:
+        prep = prepared[cfg.name]
+        results_dir = REPO / cfg.results_dir
+        header = f"#### Regime {cfg.name}: {cfg.title}"
+        if prep is None:
+            results[cfg.name] = None
+            tries = read_json(results_dir / "tries.json")
+            sections.append(f"{header}\n\nNo try passed the pre-check ({len(tries)} tries, "
+                            f"`{cfg.results_dir}/tries.json`); no arm was trained.")
+            continue
+        start = prep["dir"] / "eval" / "warm"
+        evaluate(cfg, prep["student"], prep["data"], start, prep["dir"] / "logs" / "eval_warm.log", prep["timings"],
+                 "shared:evaluate warm-up")
+        keep_records(cfg, start / "records.jsonl", "warmup")
+        runs = {"start": str(start / "records.jsonl"), **prep["runs"]}
+        r = analyse(cfg, prep, runs, seeds)
+        r["config"] = asdict(cfg)
+        table = write_results(cfg, r, results_dir)
+        results[cfg.name] = r
+        check = r["precheck"]
+        sections.append(f"{header}\n\nProfile pre-check (try {prep['try']}): {check['leaves_in_band']} of "
+                        f"{len(r['leaves'])} leaves in [{check['band'][0]}, {check['band'][1]}], at zero: "
+                        f"{', '.join(x.split('->')[-1] for x in check['leaves_at_zero']) or 'none'}"
+                        f"{'' if check['enforced'] else ' (not enforced)'}. Tries: `{cfg.results_dir}/tries.json`.\n\n"
+                        f"{table}\n\n![regime {cfg.name}]({cfg.results_dir}/results.png)\n\n"
+                        f"{cost_line(prep['timings'], seeds)} Per-problem records: `{cfg.results_dir}/records/`.")
+        print(table)
+    kept, argv = [], iter(sys.argv[1:])
+    for a in argv:  # the command as given, without its seeds (written after, from the parsed value)
+        if a == "--seeds":
+            next(argv, None)
+        elif not a.startswith("--seeds="):
+            kept.append(a)
+    config_arg = " ".join(kept) or "(defaults)"
+    advice = weak_student_advice(results)
+    section = "\n\n".join(sections) + ("\n\n**What to do with a weak student** (from these measurements only):\n\n"
+                                       + "\n".join(advice) if advice else "") + (
+        f"\n\nProduced by `python experiments/skill_selection_cpu.py {config_arg} --seeds {json.dumps(seeds)}` "
+        f"on {time.strftime('%Y-%m-%d')}.")
+    if update_readme_section:
+        update_readme(section, readme_marker)
+    return {k: v for k, v in results.items()}
 
 
 if __name__ == "__main__":

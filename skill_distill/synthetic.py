@@ -16,11 +16,15 @@ and whether a problem may be held out depends on its content alone (a hash), so 
 a held-out problem of another run into a pool. ``difficulty`` (1-3) widens every skill's numbers; at the
 default 1 the smallest skills (multiplication, single-digit addition) have about 576 pool-eligible and 144
 held-out-eligible distinct problems, enough for the ``evidence`` preset (400 + 50 per skill).
+``leaf_difficulty`` sets a level per leaf; level 0 (an easier variant: like or multiple denominators, small
+operands, linear expressions, round percentages) exists for the leaves in ``EASY_LEAVES``, where a small student
+is at zero. Level 1 output is byte-identical to what this module wrote before levels per leaf existed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 import shlex
@@ -37,6 +41,9 @@ GENERATOR_VERSION = "1"
 """Bumped whenever a generator changes its output for a given seed."""
 
 MIN_DIFFICULTY, MAX_DIFFICULTY = 1, 3
+EASY_LEVEL = 0
+EASY_LEAVES = ("evaluating expressions", "fraction addition", "percentages", "least common multiple")
+"""Leaves with a level-0 variant (``leaf_difficulty``); they hold a small student at zero accuracy at level 1."""
 HELDOUT_SHARE = 5
 """A problem may be held out only when the hash of its content is 0 modulo this (about 1 in 5 problems)."""
 
@@ -118,7 +125,7 @@ def generate_problem(chain: Chain, rng: random.Random, difficulty: int = 1) -> S
     if tuple(chain) not in _GENERATORS:
         raise DataError(f"no generator for skill chain {format_chain(chain)!r}; "
                         f"choose one of {', '.join(format_chain(c) for c in _GENERATORS)}")
-    _check_difficulty(difficulty)
+    _check_difficulty(difficulty, tuple(chain))
     d = _GENERATORS[tuple(chain)](rng, difficulty)
     return SyntheticProblem(tuple(chain), d.key, d.problem, render_trace(d.thinking, d.solution, d.answer), d.answer)
 
@@ -169,8 +176,25 @@ class SyntheticData:
     metadata: dict
 
 
+def resolve_leaf_difficulty(tree: SkillTree, difficulty: int, leaf_difficulty: dict[str, int] | None
+                            ) -> dict[Chain, int]:
+    """Every leaf's level: ``difficulty``, or its entry in ``leaf_difficulty`` (keyed by leaf name or by
+    ``Topic->leaf``). Raises DataError for an unknown leaf or a level that leaf does not have."""
+    _check_difficulty(difficulty)
+    levels = {c: difficulty for c in tree.leaf_chains}
+    by_name = {c[-1]: c for c in tree.leaf_chains} | {format_chain(c): c for c in tree.leaf_chains}
+    for name, level in (leaf_difficulty or {}).items():
+        if name not in by_name:
+            raise DataError(f"leaf_difficulty names unknown leaf {name!r}; "
+                            f"choose among {', '.join(c[-1] for c in tree.leaf_chains)}")
+        _check_difficulty(level, by_name[name])
+        levels[by_name[name]] = level
+    return levels
+
+
 def make_dataset(preset: Preset = "quickstart", seed: int = 0, pool_per_leaf: int | None = None,
-                 heldout_per_leaf: int | None = None, difficulty: int = 1) -> SyntheticData:
+                 heldout_per_leaf: int | None = None, difficulty: int = 1,
+                 leaf_difficulty: dict[str, int] | None = None) -> SyntheticData:
     """Generate every leaf, shuffle each split with ``seed`` and number the ids ``<prefix>-000000`` onwards
     (pool first, then held-out, so the two id sets are disjoint). Raises DataError for bad arguments."""
     if preset not in PRESETS:
@@ -180,13 +204,13 @@ def make_dataset(preset: Preset = "quickstart", seed: int = 0, pool_per_leaf: in
     n_held = spec.heldout_per_leaf if heldout_per_leaf is None else heldout_per_leaf
     if n_pool < 1 or n_held < 0:
         raise DataError(f"pool_per_leaf must be >= 1 and heldout_per_leaf >= 0 (got {n_pool}, {n_held})")
-    _check_difficulty(difficulty)
     tree = synthetic_tree()
+    levels = resolve_leaf_difficulty(tree, difficulty, leaf_difficulty)
     pool_problems: list[SyntheticProblem] = []
     held_problems: list[SyntheticProblem] = []
     counts: dict[str, dict[str, int]] = {}
     for chain in tree.leaf_chains:
-        p, h = generate_leaf(chain, n_pool, n_held, seed, difficulty)
+        p, h = generate_leaf(chain, n_pool, n_held, seed, levels[chain])
         pool_problems += p
         held_problems += h
         counts[format_chain(chain)] = {"pool": len(p), "heldout": len(h)}
@@ -204,6 +228,9 @@ def make_dataset(preset: Preset = "quickstart", seed: int = 0, pool_per_leaf: in
         "preset": preset,
         "seed": seed,
         "difficulty": difficulty,
+        # only when given, so level-1 metadata stays byte-identical to before
+        **({"leaf_difficulty": {format_chain(c): v for c, v in levels.items() if v != difficulty}}
+           if leaf_difficulty else {}),
         "pool_per_leaf": n_pool,
         "heldout_per_leaf": n_held,
         "totals": {"pool": len(pool), "heldout": len(heldout), "leaves": len(tree.leaf_chains)},
@@ -214,7 +241,8 @@ def make_dataset(preset: Preset = "quickstart", seed: int = 0, pool_per_leaf: in
 
 
 def run_make_data(output_dir: str, preset: Preset = "quickstart", seed: int = 0, pool_per_leaf: int | None = None,
-                  heldout_per_leaf: int | None = None, difficulty: int = 1) -> dict:
+                  heldout_per_leaf: int | None = None, difficulty: int = 1,
+                  leaf_difficulty: dict[str, int] | None = None) -> dict:
     """Generate a skill-tagged synthetic math corpus with verified worked solutions.
 
     Writes (atomically) into ``output_dir``: ``tree.json`` (the skill tree), ``pool.jsonl`` and
@@ -231,14 +259,17 @@ def run_make_data(output_dir: str, preset: Preset = "quickstart", seed: int = 0,
         pool_per_leaf: Pool problems per leaf skill (None: the preset's).
         heldout_per_leaf: Held-out problems per leaf skill (None: the preset's).
         difficulty: 1 (default, the quickstart level) to 3; larger numbers of digits and wider ranges.
+        leaf_difficulty: Level per leaf, overriding ``difficulty`` (keys: leaf name or ``Topic->leaf``); level 0,
+            an easier variant, exists for the leaves in ``EASY_LEAVES``.
     """
-    data = make_dataset(preset, seed, pool_per_leaf, heldout_per_leaf, difficulty)
+    data = make_dataset(preset, seed, pool_per_leaf, heldout_per_leaf, difficulty, leaf_difficulty)
     out = Path(output_dir)
     meta = dict(data.metadata)
     meta["command"] = ("python -m skill_distill make-data "
                        f"--output_dir {shlex.quote(str(output_dir))} --preset {preset} --seed {seed} "
                        f"--difficulty {difficulty} "
-                       f"--pool_per_leaf {meta['pool_per_leaf']} --heldout_per_leaf {meta['heldout_per_leaf']}")
+                       + (f"--leaf_difficulty {shlex.quote(json.dumps(leaf_difficulty))} " if leaf_difficulty else "")
+                       + f"--pool_per_leaf {meta['pool_per_leaf']} --heldout_per_leaf {meta['heldout_per_leaf']}")
     meta["files"] = ["tree.json", "pool.jsonl", "heldout.jsonl", "attribution.jsonl", "metadata.json"]
     write_json(out / "tree.json", data.tree.to_dict())
     write_jsonl(out / "pool.jsonl", (e.to_row() for e in data.pool))
@@ -251,7 +282,12 @@ def run_make_data(output_dir: str, preset: Preset = "quickstart", seed: int = 0,
     return meta
 
 
-def _check_difficulty(difficulty: int) -> None:
+def _check_difficulty(difficulty: int, chain: Chain | None = None) -> None:
+    if chain is not None and difficulty == EASY_LEVEL:
+        if chain[-1] not in EASY_LEAVES:
+            raise DataError(f"leaf {format_chain(chain)!r} has no level {EASY_LEVEL}; "
+                            f"level {EASY_LEVEL} exists for {', '.join(EASY_LEAVES)}")
+        return
     if not MIN_DIFFICULTY <= difficulty <= MAX_DIFFICULTY:
         raise DataError(f"difficulty must be between {MIN_DIFFICULTY} and {MAX_DIFFICULTY}, got {difficulty}")
 
@@ -460,7 +496,7 @@ def _gcd(rng: random.Random, difficulty: int) -> _Draft:
 
 @_leaf("Number Theory", "least common multiple")
 def _lcm(rng: random.Random, difficulty: int) -> _Draft:
-    hi = 60 * difficulty
+    hi = 60 * difficulty if difficulty else 36  # level 0: operands up to 36
     while True:
         a, b = rng.randint(4, hi), rng.randint(4, hi)
         if a != b and a % b and b % a:  # not a multiple of the other: the factor comparison has work to do
@@ -583,6 +619,15 @@ def _two_step_equation(rng: random.Random, difficulty: int) -> _Draft:
 @_leaf("Algebra", "evaluating expressions")
 def _evaluate_expression(rng: random.Random, difficulty: int) -> _Draft:
     v = rng.choice(["x", "y", "t", "n"])
+    if difficulty == EASY_LEVEL:  # a linear expression a·v + b at a small positive value
+        a, b, x = rng.randint(2, 9), rng.choice([i for i in range(-9, 10) if i]), rng.randint(2, 9)
+        expr = f"{a}{v} {'+' if b > 0 else '-'} {abs(b)}"
+        result = a * x + b
+        thinking = (f"Substitute {v} = {x}: {a} × {x} {'+' if b > 0 else '-'} {abs(b)} = {a * x} "
+                    f"{'+' if b > 0 else '-'} {abs(b)} = {result}.")
+        problem = rng.choice([f"Evaluate {expr} when {v} = {x}.", f"If {v} = {x}, what is the value of {expr}?",
+                              f"Find the value of {expr} at {v} = {x}."])
+        return _Draft(f"{a},{b}@{x}", problem, thinking, f"At {v} = {x}, {expr} = {result}.", str(result))
     span = 3 + 2 * difficulty
     a = rng.randint(1, 2 + difficulty) * (1 if difficulty == 1 or rng.random() < 0.7 else -1)
     b = rng.choice([i for i in range(-span - 4, span + 5) if i])
@@ -620,9 +665,13 @@ def _evaluate_expression(rng: random.Random, difficulty: int) -> _Draft:
 def _fraction_addition(rng: random.Random, difficulty: int) -> _Draft:
     max_den = 12 * difficulty
     while True:
-        b, d = rng.randint(2, max_den), rng.randint(2, max_den)
+        if difficulty == EASY_LEVEL:  # like denominators, or one a multiple of the other: lcm is the larger
+            b = rng.randint(2, 12)
+            d = b * rng.choice([1, 1, 2, 3])
+        else:
+            b, d = rng.randint(2, max_den), rng.randint(2, max_den)
         a, c = rng.randint(1, b - 1), rng.randint(1, d - 1)
-        if b != d and math.gcd(a, b) == 1 and math.gcd(c, d) == 1:
+        if (b != d or difficulty == EASY_LEVEL) and math.gcd(a, b) == 1 and math.gcd(c, d) == 1:
             break
     den = math.lcm(b, d)
     a2, c2 = a * den // b, c * den // d
@@ -630,7 +679,8 @@ def _fraction_addition(rng: random.Random, difficulty: int) -> _Draft:
     g = math.gcd(num, den)
     simplify = f"Divide by {g}: {num}/{den} = {num // g}/{den // g}." if g > 1 else "Already in lowest terms."
     rewrites = " and ".join(f"{x}/{y} = {x * den // y}/{den}" for x, y in [(a, b), (c, d)] if y != den)
-    thinking = (f"Common denominator: lcm({b}, {d}) = {den}.\n{rewrites}.\n"
+    rewrites = f"{rewrites}.\n" if rewrites else ""  # like denominators (level 0) need no rewrite
+    thinking = (f"Common denominator: lcm({b}, {d}) = {den}.\n{rewrites}"
                 f"{a2}/{den} + {c2}/{den} = {num}/{den}. {simplify}")
     problem = rng.choice([f"What is {a}/{b} + {c}/{d}? Give the answer as a fraction in lowest terms.",
                           f"Add {a}/{b} and {c}/{d}. Simplify your answer.",
@@ -643,6 +693,9 @@ def _fraction_addition(rng: random.Random, difficulty: int) -> _Draft:
 @_leaf("Fractions and Percentages", "percentages")
 def _percentages(rng: random.Random, difficulty: int) -> _Draft:
     while True:
+        if difficulty == EASY_LEVEL:  # round percentages of multiples of 20
+            p, whole = rng.choice([10, 20, 25, 50]), rng.randint(2, 50) * 20
+            break
         p = rng.randint(1, 19) * 5 if difficulty == 1 else rng.randint(1, 99)
         whole = rng.randint(2, 40 * difficulty) * (20 if difficulty == 1 else 10)
         if p * whole % 100 == 0:

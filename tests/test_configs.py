@@ -17,7 +17,8 @@ from skill_distill.eval_sets import PAPER_SUITE
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT_DRIVERS = {
-    REPO / "configs" / "experiments" / "skill_selection_cpu.yaml": "experiments/skill_selection_cpu.py"}
+    REPO / "configs" / "experiments" / "skill_selection_cpu.yaml": "experiments/skill_selection_cpu.py",
+    REPO / "configs" / "experiments" / "evidence_round2.yaml": "experiments/skill_selection_cpu.py"}
 # configs/qwen3_*/base.yaml holds everything a model's runs share; every other file beside it is a run file with only
 # its differences, composed after the base: --config <dir>/base.yaml --config <dir>/<run>.yaml
 MODEL_DIRS = sorted(p for p in (REPO / "configs").glob("qwen3_*") if p.is_dir())
@@ -25,12 +26,15 @@ BASES = [d / "base.yaml" for d in MODEL_DIRS]
 RUN_FILES = sorted(p for d in MODEL_DIRS for p in d.glob("*.yaml") if p.name != "base.yaml")
 # <run>_16k.yaml, <run>_32k.yaml: full-length teacher traces
 LENGTH_OVERRIDES = [p for p in RUN_FILES if re.search(r"_\d+k$", p.stem)]
-# run files that add a feature on top of the method (callbacks+)
-OVERRIDES = [REPO / "configs" / "qwen3_4b" / "closed_loop.yaml"]
+# files that add a feature on top of another config (callbacks+): override -> the config it is composed after
+OVERRIDES = {REPO / "configs" / "qwen3_4b" / "closed_loop.yaml": REPO / "configs" / "qwen3_4b" / "base.yaml",
+             REPO / "configs" / "experiments" / "skill_selection_closed_loop.yaml":
+             REPO / "configs" / "experiments" / "skill_selection_arm.yaml"}
 PRODUCTION = [p for p in RUN_FILES if p not in LENGTH_OVERRIDES and p not in OVERRIDES]
 # configs run alone: the quickstart, the experiment arm, and the bases
 TRAIN_CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml")
-                       if "pipeline" not in p.parts and p not in EXPERIMENT_DRIVERS and p not in RUN_FILES)
+                       if "pipeline" not in p.parts and p not in EXPERIMENT_DRIVERS and p not in RUN_FILES
+                       and p not in OVERRIDES)
 PIPELINE_CONFIGS = sorted((REPO / "configs" / "pipeline").glob("*.yaml"))
 
 
@@ -74,13 +78,22 @@ def cpu_overrides(tiny_dir: Path, tok_dir: Path, corpus: Path) -> list[str]:
 def test_override_config_composes_after_its_base(override, tiny_qwen3_dir, qwen_tokenizer_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     corpus = REPO / "data" / "quickstart" / "pool.jsonl"
-    cli = train.main(["--config", str(override.parent / "base.yaml"), "--config", str(override),
-                      *cpu_overrides(tiny_qwen3_dir, qwen_tokenizer_dir, corpus)], run=False)
+    data = REPO / "data" / "quickstart"
+    # the experiment's arm config leaves the selection to the driver; the closed loop needs skill selection
+    driver_args = [f"--data.tree={data / 'tree.json'}", f"--data.attribution={data / 'attribution.jsonl'}",
+                   f"--data.profile={data / 'profile' / 'profile.json'}", "--data.selection.strategy=skill"] \
+        if "experiments" in override.parts else []
+    cli = train.main(["--config", str(OVERRIDES[override]), "--config", str(override),
+                      *cpu_overrides(tiny_qwen3_dir, qwen_tokenizer_dir, corpus), *driver_args], run=False)
     from callbacks import ReselectionCallback, SkillEvalCallback
 
     kinds = [type(c) for c in cli.trainer.callbacks]
-    assert kinds.count(SkillEvalCallback) == 2 and ReselectionCallback in kinds  # appended, the base's kept
-    assert cli.datamodule.reselection.enabled and cli.datamodule.selection.budget == 1000
+    base = yaml.safe_load(OVERRIDES[override].read_text())
+    evals_in_base = sum("SkillEvalCallback" in c["class_path"] for c in base["trainer"].get("callbacks", []))
+    assert kinds.count(SkillEvalCallback) == evals_in_base and kinds.count(ReselectionCallback) == 1  # appended,
+    # the base's callbacks kept
+    assert cli.datamodule.reselection.enabled
+    assert cli.datamodule.selection.budget == base["data"]["selection"]["budget"]
 
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
@@ -222,4 +235,7 @@ def test_experiment_config_parses_against_its_driver(path):
     parser = ArgumentParser()
     parser.add_function_arguments(driver.main)
     init = parser.instantiate_classes(parser.parse_object(yaml.safe_load(path.read_text())))
-    assert isinstance(init.experiment, driver.ExperimentConfig) and init.experiment.budget > 0 and init.seeds
+    assert init.regimes and init.seeds
+    for regime in init.regimes:
+        assert isinstance(regime, driver.ExperimentConfig) and regime.budget > 0
+        regime.validate()  # arms known, random among them, 1 to 4 tries

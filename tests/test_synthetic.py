@@ -285,3 +285,28 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("error: pool_per_leaf must be >= 1") and "\n" not in err
     assert not (tmp_path / "metadata.json").exists()
     json.dumps(make_dataset("quickstart", pool_per_leaf=1, heldout_per_leaf=0).metadata)  # plain JSON
+
+
+def test_leaf_difficulty_sets_one_leaf_and_leaves_level_one_unchanged():
+    base = make_dataset("quickstart", pool_per_leaf=6, heldout_per_leaf=2)
+    same = make_dataset("quickstart", pool_per_leaf=6, heldout_per_leaf=2, leaf_difficulty={"percentages": 1})
+    assert [e.to_row() for e in same.pool] == [e.to_row() for e in base.pool]
+    easy = make_dataset("quickstart", pool_per_leaf=6, heldout_per_leaf=2,
+                        leaf_difficulty={"Fractions and Percentages->fraction addition": 0})
+    assert easy.metadata["leaf_difficulty"] == {"Fractions and Percentages->fraction addition": 0}
+    changed = {e.id for e, f in zip(easy.pool, base.pool, strict=True) if e.to_row() != f.to_row()}
+    fraction_ids = {i for i, c in easy.chains.items() if c[0][-1] == "fraction addition"}
+    assert changed and changed <= fraction_ids | {e.id for e in base.pool if base.chains[e.id][0][-1]
+                                                  == "fraction addition"}
+    # the easy level draws like or multiple denominators only: the answer's denominator is the larger one's divisor
+    for e in easy.pool:
+        if e.id in fraction_ids:
+            (b, d) = [int(t.split("/")[1].rstrip("?.,")) for t in e.problem.split() if "/" in t][:2]
+            assert max(b, d) % min(b, d) == 0, e.problem
+
+
+def test_an_easy_level_a_leaf_does_not_have_is_one_line():
+    with pytest.raises(DataError, match=r"'Arithmetic->subtraction' has no level 0; level 0 exists for"):
+        make_dataset("quickstart", leaf_difficulty={"subtraction": 0})
+    with pytest.raises(DataError, match="unknown leaf 'lcm'"):
+        make_dataset("quickstart", leaf_difficulty={"lcm": 0})
