@@ -433,10 +433,11 @@ def write_results(cfg: ExperimentConfig, results: dict, results_dir: Path) -> st
     ax1.legend(ncol=len(series), fontsize=8)
     width = 0.8 / (2 * max(len(others), 1))
     for k, arm in enumerate(others):
-        ax2.bar(x + (2 * k - len(others)) * width, 100 * (share[arm] - share["random"]), width,
+        color = f"C{arms.index(arm) + 1}"  # the arm's colour in the panel above: share solid, accuracy hatched
+        ax2.bar(x + (2 * k - len(others)) * width, 100 * (share[arm] - share["random"]), width, color=color,
                 label=f"share: {arm} - random")
-        ax2.bar(x + (2 * k + 1 - len(others)) * width, 100 * (acc[arm] - acc["random"]), width,
-                label=f"accuracy: {arm} - random", hatch="//")
+        ax2.bar(x + (2 * k + 1 - len(others)) * width, 100 * (acc[arm] - acc["random"]), width, color=color,
+                alpha=0.55, label=f"accuracy: {arm} - random", hatch="//")
     ax2.axhline(0, color="black", linewidth=0.8)
     ax2.legend(fontsize=7, ncol=2)
     ax2.set_ylabel("points")
