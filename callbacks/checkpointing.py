@@ -327,8 +327,7 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
             if trainer.world_size > 1:
                 trainer.strategy.barrier("Trainer.save_checkpoint")
         # every rank learns that the save failed, so none waits in a collective the others never reach
-        failed = trainer.strategy.reduce_boolean_decision(error is not None, all=False) \
-            if trainer.world_size > 1 else error is not None
+        failed = trainer.strategy.reduce_boolean_decision(error is not None, all=False)
         if failed:
             if trainer.is_global_zero:
                 remove_path(tmp)  # a partial checkpoint must not keep the disk full (one remover: a shared directory)

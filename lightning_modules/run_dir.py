@@ -124,18 +124,14 @@ PATH_SETTINGS = {"data.corpus", "data.tree", "data.attribution", "data.profile",
 data directory resumes; the same name with other bytes does not)."""
 
 
-def _file_digest(value: Any) -> str | None:
+def _file_digest(value: str) -> str | None:
     """sha256 of the file a setting names (a pinned asset resolved), None when it names no local file."""
-    if not isinstance(value, str) or not value:
-        return None
-    from skill_distill.assets import resolve
-    from skill_distill.io import sha256_file
+    from skill_distill.selection import fingerprint_file
 
     try:
-        path = Path(resolve(value))
+        return fingerprint_file(value) if value else None
     except DataError:
         return None
-    return sha256_file(path) if path.is_file() else None
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -155,13 +151,14 @@ def changed_settings(saved: Mapping[str, Mapping[str, Any]], current: Mapping[st
                 continue
             old, new = plain(saved[section][key]), plain(current[section][key])
             name = f"{section}.{key}"
-            if name in PATH_SETTINGS and isinstance(old, str) and isinstance(new, str):
+            # a name unchanged needs no hashing (the manifest's fingerprints guard a file edited in place)
+            if name in PATH_SETTINGS and isinstance(old, str) and isinstance(new, str) and old != new:
                 old_digest, new_digest = _file_digest(old), _file_digest(new)
                 if old_digest is not None and new_digest is not None:
                     if old_digest != new_digest:
                         changed.append((name, old, f"{new} (different content)"))
                     continue
-                if old != new and new_digest is not None and old_digest is None:
+                if new_digest is not None and old_digest is None:
                     # the checkpoint's file is gone (moved): the selection manifest's fingerprints still guard it
                     continue
             if not _same(old, new):
