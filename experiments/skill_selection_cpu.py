@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from skill_distill.io import read_json, read_jsonl, write_json, write_jsonl  # noqa: E402 - after the sys.path.insert above
+from skill_distill.io import atomic_write, read_json, read_jsonl, write_json, write_jsonl  # noqa: E402 - after the sys.path.insert above
 
 ALL_ARMS = ("random", "skill", "skill_format", "skill_shrunk", "closed_loop")
 MAX_TRIES = 4
@@ -290,11 +290,8 @@ def keep_records(cfg: ExperimentConfig, records: Path, name: str) -> None:
     dest = REPO / cfg.results_dir / "records" / f"{name}.jsonl.gz"
     if dest.exists():
         return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".tmp")
-    with records.open("rb") as src, gzip.GzipFile(tmp, "wb", mtime=0) as gz:
+    with records.open("rb") as src, atomic_write(dest, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as gz:
         shutil.copyfileobj(src, gz)
-    os.replace(tmp, dest)
 
 
 def per_problem(records_path: Path) -> dict[str, float]:
@@ -447,7 +444,8 @@ def write_results(cfg: ExperimentConfig, results: dict, results_dir: Path) -> st
     results_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(results_dir / "results.png", dpi=100)
     plt.close(fig)
-    (results_dir / "results.md").write_text(table + "\n")
+    with atomic_write(results_dir / "results.md") as f:
+        f.write(table + "\n")
     write_json(results_dir / "results.json", results)
     return table
 
