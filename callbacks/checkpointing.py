@@ -11,7 +11,6 @@ import errno
 import logging
 import os
 import random
-import re
 import shutil
 import uuid
 from pathlib import Path
@@ -28,7 +27,6 @@ log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
-STEP_NAME = re.compile(r"^step=(\d+)\.ckpt$")
 
 
 def _root_cause(error: BaseException) -> BaseException:
@@ -145,10 +143,13 @@ def step_seed(base: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([base, step, rank]).generate_state(1)[0])
 
 
-# ModelCheckpoint's private members this class overrides (_save_checkpoint, _link_checkpoint, _remove_checkpoint) or
-# reads (_should_skip_saving_checkpoint, _monitor_candidates, _every_n_train_steps, _last_global_step_saved,
-# _last_checkpoint_saved): checked with Lightning 2.6.6; tests/test_lightning_private_members.py fails when one goes.
+# ModelCheckpoint's private members this class overrides (_save_checkpoint, _link_checkpoint, _remove_checkpoint,
+# _should_remove_checkpoint),
+# calls (_save_topk_checkpoint, _save_last_checkpoint) or reads (_should_skip_saving_checkpoint, _monitor_candidates,
+# _every_n_train_steps, _last_global_step_saved, _last_checkpoint_saved): checked with Lightning 2.6.6;
+# tests/test_lightning_private_members.py fails when one goes.
 MODEL_CHECKPOINT_PRIVATE_MEMBERS = ("_save_checkpoint", "_link_checkpoint", "_remove_checkpoint",
+                                    "_should_remove_checkpoint", "_save_topk_checkpoint", "_save_last_checkpoint",
                                     "_should_skip_saving_checkpoint", "_monitor_candidates", "_every_n_train_steps",
                                     "_last_global_step_saved", "_last_checkpoint_saved")
 
@@ -162,8 +163,10 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
     - Atomic: every rank writes into ``.tmp-step=....ckpt``; after a barrier rank 0 renames it into place. A crash
       mid-save leaves only the hidden temporary (removed at the next start) and the previous checkpoint stays valid.
     - ``last.ckpt`` is a relative symlink to the newest complete checkpoint, switched atomically after publishing.
-    - Rotation: after publishing, step checkpoints older than the newest ``keep_last`` are deleted (never the new
-      one, never one with a higher step than the current, e.g. from an abandoned branch).
+    - Rotation is ModelCheckpoint's own top-k (``save_top_k=keep_last`` on ``monitor="step", mode="max"``: the
+      ``keep_last`` newest stay, their list is in the checkpoint, so a resumed run goes on rotating them). Only the
+      order is ours: the checkpoint top-k drops is deleted after ``last`` points at the new one, so with
+      ``keep_last: 1`` a crash never leaves ``last`` dangling.
     - Randomness: with ``reseed_every_step`` the Python, NumPy and torch (CPU and CUDA) generators are re-seeded at
       the start of every optimizer step from (seed, step, global rank), so a resumed run draws the same random
       numbers as an uninterrupted one without storing generator states (also at epoch boundaries, where the data
@@ -200,6 +203,7 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
                          every_n_epochs=0, save_on_train_epoch_end=True,  # epoch ends: our own hook
                          enable_version_counter=False)
         self.keep_last = keep_last
+        self._dropped: list[str] = []  # checkpoints top-k let go during the current save
         self.save_on_epoch_end = save_on_epoch_end
         self.reseed_every_step = reseed_every_step
         self.seed = seed
@@ -208,6 +212,22 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
     # ---- checkpointed state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {**super().state_dict(), "run_settings": self.run_settings}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # a run directory that moved (copied to another disk, renamed) goes on rotating its checkpoints: Lightning
+        # restores top-k's list only when the saved dirpath is the current one, and would keep the others forever
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+            def moved(path):
+                if path and Path(path).is_relative_to(old):
+                    return str(Path(self.dirpath) / Path(path).relative_to(old))
+                return path
+
+            state_dict = {**state_dict, "dirpath": self.dirpath,
+                          "best_k_models": {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()},
+                          **{key: moved(state_dict.get(key)) for key in
+                             ("best_model_path", "kth_best_model_path", "last_model_path")}}
+        super().load_state_dict(state_dict)
 
     # ---- hooks ----------------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -299,15 +319,15 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
         Returns the checkpoint path (None if this step is already saved)."""
         if self._last_global_step_saved == trainer.global_step:
             return None
-        filepath = self.format_checkpoint_name(self._monitor_candidates(trainer))
-        last = self.format_checkpoint_name(self._monitor_candidates(trainer), self.CHECKPOINT_NAME_LAST)
-        # part of the saved state: set before saving
-        self.best_model_path = filepath  # "best" under monitor=step, mode=max: the newest
-        self.last_model_path = last
-        self._save_checkpoint(trainer, filepath)
-        self._link_checkpoint(trainer, filepath, last)
-        self._rotate(trainer, Path(filepath))
-        return filepath
+        candidates = self._monitor_candidates(trainer)
+        self._dropped = []
+        self._save_topk_checkpoint(trainer, candidates)  # saves; top-k names the one it drops (_remove_checkpoint)
+        self._save_last_checkpoint(trainer, candidates)  # save_last="link": last -> the new checkpoint
+        if trainer.is_global_zero:
+            for path in self._dropped:
+                remove_path(Path(path))
+        trainer.strategy.barrier()
+        return self._last_checkpoint_saved
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         final = Path(filepath)
@@ -358,15 +378,10 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
             point_link(Path(linkpath), Path(filepath))
         trainer.strategy.barrier()
 
-    def _rotate(self, trainer, current: Path) -> None:
-        if trainer.is_global_zero:
-            current_step = int(STEP_NAME.match(current.name).group(1))
-            older = sorted((int(m.group(1)), p) for p in current.parent.iterdir()
-                           if (m := STEP_NAME.match(p.name)) and int(m.group(1)) < current_step)
-            for _, path in older[: max(len(older) - (self.keep_last - 1), 0)]:
-                remove_path(path)
-        trainer.strategy.barrier()
+    def _should_remove_checkpoint(self, trainer, previous: str, current: str) -> bool:
+        # Lightning never removes the checkpoint a run resumed from: a pre-empted run resumed N times would keep N
+        # checkpoints beyond keep_last (98 GB each for Qwen3-8B with AdamW). Inside our directory it rotates too.
+        return previous != current and Path(self.dirpath).absolute() in Path(previous).absolute().parents
 
     def _remove_checkpoint(self, trainer, filepath: str) -> None:
-        if trainer.is_global_zero:
-            remove_path(Path(filepath))
+        self._dropped.append(filepath)  # deleted by save() once `last` no longer points at it

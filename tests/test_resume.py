@@ -88,6 +88,44 @@ def test_publish_replaces_and_last_link_switches_atomically(tmp_path):
     assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step=4.ckpt"]
 
 
+def test_rotation_is_model_checkpoints_top_k_and_last_never_dangles(tmp_path, monkeypatch):
+    """keep_last=1 with a tiny real Trainer: each save drops the previous checkpoint only after `last` points at the
+    new one, and a resumed run goes on rotating the checkpoints the first one wrote (top-k's list is checkpointed),
+    the one it resumed from included, also after its run directory moved."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    import callbacks.checkpointing as checkpointing
+
+    removed = []
+
+    def remove_checked(path):
+        last = path.parent / "last.ckpt"
+        assert last.resolve() != path.resolve(), f"{path} removed while {last} points at it"
+        removed.append(path.name)
+        remove_path(path)
+
+    remove_path = checkpointing.remove_path
+    monkeypatch.setattr(checkpointing, "remove_path", remove_checked)
+
+    def fit(run_dir, max_steps, ckpt_path=None):
+        trainer = pl.Trainer(default_root_dir=run_dir, max_steps=max_steps, limit_val_batches=0, logger=False,
+                             enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                             callbacks=[checkpointing.ResumableCheckpoint(every_n_train_steps=1, keep_last=1,
+                                                                          save_on_epoch_end=False)])
+        trainer.fit(BoringModel(), ckpt_path=ckpt_path)
+
+    fit(tmp_path / "run", 3)
+    assert removed == ["step=0000001.ckpt", "step=0000002.ckpt"]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt", "step=0000003.ckpt"]
+    moved = (tmp_path / "run").rename(tmp_path / "moved")
+    # resumed from the step file itself (train.py resolves `last`): Lightning alone would keep that one forever
+    fit(moved, 5, ckpt_path=str((moved / "checkpoints" / "last.ckpt").resolve()))
+    assert removed[2:] == ["step=0000003.ckpt", "step=0000004.ckpt"]
+    assert sorted(p.name for p in (moved / "checkpoints").iterdir()) == ["last.ckpt", "step=0000005.ckpt"]
+    assert (moved / "checkpoints" / "last.ckpt").resolve().name == "step=0000005.ckpt"
+
+
 def test_config_classes_are_allow_listed_for_weights_only_loading():
     from callbacks.checkpointing import project_classes
     from skill_distill.corpus import CorpusFields
