@@ -151,7 +151,9 @@ def _grade_items(items: list[tuple[str | None, tuple[str, ...]]], timeout_s: flo
         for extracted, golds in items:
             try:
                 if use_timer:
-                    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+                    # repeating: an alarm that lands in a finalizer (sympy's weakref callbacks) is printed as
+                    # "Exception ignored" and lost; the next one, 50 ms later, stops the item (seen under load)
+                    signal.setitimer(signal.ITIMER_REAL, timeout_s, 0.05)
                 try:
                     ok = _check(extracted, golds)
                 finally:
