@@ -472,8 +472,8 @@ def weak_student_advice(results: dict[str, dict]) -> list[str]:
         better = [a for a, m in ranked if m["ci_low"] > 0]
         worse = [a for a, m in ranked if m["ci_high"] < 0]
         unclear = [a for a, m in ranked if a not in better and a not in worse]
-        lines.append(f"- Regime {name} ({r['title']}; {r['precheck']['leaves_in_band']} of {len(r['leaves'])} "
-                     f"leaves in the profile band, {len(r['precheck']['leaves_at_zero'])} at zero), pooled over "
+        lines.append(f"- Regime {name}, {r['title']}: {r['precheck']['leaves_in_band']} of {len(r['leaves'])} "
+                     f"leaves in the profile band, {len(r['precheck']['leaves_at_zero'])} at zero. Pooled over "
                      f"{len(r['seeds'])} seed(s): "
                      + "; ".join(f"{a} {signed(m)}" for a, m in ranked) + " points against random. "
                      + (f"Better than random: {', '.join(better)}. " if better else "No arm beat random. ")
