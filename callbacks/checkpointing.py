@@ -144,10 +144,9 @@ def step_seed(base: int, step: int, rank: int) -> int:
 
 
 # ModelCheckpoint's private members this class overrides (_save_checkpoint, _link_checkpoint, _remove_checkpoint,
-# _should_remove_checkpoint),
-# calls (_save_topk_checkpoint, _save_last_checkpoint) or reads (_should_skip_saving_checkpoint, _monitor_candidates,
-# _every_n_train_steps, _last_global_step_saved, _last_checkpoint_saved): checked with Lightning 2.6.6;
-# tests/test_lightning_private_members.py fails when one goes.
+# _should_remove_checkpoint), calls (_save_topk_checkpoint, _save_last_checkpoint) or reads
+# (_should_skip_saving_checkpoint, _monitor_candidates, _every_n_train_steps, _last_global_step_saved,
+# _last_checkpoint_saved): checked with Lightning 2.6.6; tests/test_lightning_private_members.py fails when one goes.
 MODEL_CHECKPOINT_PRIVATE_MEMBERS = ("_save_checkpoint", "_link_checkpoint", "_remove_checkpoint",
                                     "_should_remove_checkpoint", "_save_topk_checkpoint", "_save_last_checkpoint",
                                     "_should_skip_saving_checkpoint", "_monitor_candidates", "_every_n_train_steps",

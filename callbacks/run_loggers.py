@@ -53,6 +53,7 @@ class RunCSVLogger(CSVLogger):
     def __init__(self, save_dir: str | None = None, name: str = "logs", flush_logs_every_n_steps: int = 10):
         super().__init__(_save_dir(save_dir, "RunCSVLogger"), name=name, version="",
                          flush_logs_every_n_steps=flush_logs_every_n_steps)
+        self._flush_next_row = False  # set by a checkpoint save: the next row is written at once
 
     @property
     def experiment(self) -> AppendingExperimentWriter:
@@ -70,7 +71,7 @@ class RunCSVLogger(CSVLogger):
 
     def log_metrics(self, metrics, step=None) -> None:
         super().log_metrics(metrics, step)
-        if getattr(self, "_flush_next_row", False):
+        if self._flush_next_row:
             self._flush_next_row = False
             self.save()
 

@@ -275,11 +275,12 @@ def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict:
         evaluate(cfg, str(exported(run_dir)), data, run_dir / "eval", logs / f"eval_seed{seed}_{arm}.log", timings,
                  f"seed{seed}:{arm}:evaluate", manifest)
         # the examples the arm trained on, over all epochs (re-selected epochs for the closed loop)
-        ids = list(read_json(manifest)["ids"]) * cfg.epochs
+        ids = list(read_json(manifest)["ids"])
         if arm == "closed_loop":
-            ids = list(read_json(manifest)["ids"])
             for epoch in range(1, cfg.epochs):
                 ids += read_json(run_dir / "selection" / f"epoch={epoch}.json")["ids"]
+        else:
+            ids *= cfg.epochs
         out[arm] = {"records": str(run_dir / "eval" / "records.jsonl"), "trained_ids": ids}
         keep_records(cfg, run_dir / "eval" / "records.jsonl", f"seed{seed}_{arm}")
     return out
@@ -483,11 +484,11 @@ def weak_student_advice(results: dict[str, dict]) -> list[str]:
     if weak is not None and weak.get("pooled_minus_random"):
         p = weak["pooled_minus_random"]
         best, m = max(p.items(), key=lambda kv: kv[1]["accuracy"])
-        if m["ci_low"] > 0:
+        if m["ci_low"] > 0 and sum(v["ci_low"] > 0 for v in p.values()) == 1:
             lines.append(f"- With a weak student (most leaves near zero), use `{best}`: it was the only arm whose "
-                         "pooled interval against random lies above zero." if sum(
-                             v["ci_low"] > 0 for v in p.values()) == 1 else
-                         f"- With a weak student, `{best}` measured best against random ({signed(m)}).")
+                         "pooled interval against random lies above zero.")
+        elif m["ci_low"] > 0:
+            lines.append(f"- With a weak student, `{best}` measured best against random ({signed(m)}).")
         else:
             lines.append(f"- With a weak student (most leaves near zero), none of the skill arms beat random here; "
                          f"the closest was `{best}` ({signed(m)}). Keep random selection, or first raise the "
@@ -495,8 +496,8 @@ def weak_student_advice(results: dict[str, dict]) -> list[str]:
         if "skill_shrunk" in p and "skill" in p:
             d = p["skill_shrunk"]["accuracy"] - p["skill"]["accuracy"]
             lines.append(f"- Shrinking leaf accuracies toward the parent (`selection.profile_value: accuracy_shrunk`, "
-                         f"20 pseudo-counts) moved the pooled difference by {100 * d:+.1f} points against the "
-                         "paper-exact skill arm.")
+                         f"{weak['config']['shrinkage']:g} pseudo-counts) moved the pooled difference by "
+                         f"{100 * d:+.1f} points against the paper-exact skill arm.")
     return lines
 
 
@@ -507,7 +508,8 @@ def update_readme(section: str, marker: str) -> None:
     if start not in text:
         return
     head, rest = text.split(start, 1)
-    readme.write_text(head + f"{start}\n{section}\n{end}" + rest.split(end, 1)[1])
+    with atomic_write(readme) as f:
+        f.write(head + f"{start}\n{section}\n{end}" + rest.split(end, 1)[1])
 
 
 def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int] = [0],  # noqa: B006 - shown in --help, never mutated
@@ -576,7 +578,7 @@ def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int
         f"on {time.strftime('%Y-%m-%d')}.")
     if update_readme_section:
         update_readme(section, readme_marker)
-    return {k: v for k, v in results.items()}
+    return results
 
 
 if __name__ == "__main__":

@@ -258,13 +258,8 @@ def plot_history(reports: list[Mapping], name: str, path: str | os.PathLike) -> 
         return False
     rows, _ = _skill_rows(having[-1]["benchmarks"][name]["metrics"]["skills"])
     chains = [row["chain"] for _, row in rows]
-    grid = []
-    for chain in chains:
-        line = []
-        for r in having:
-            acc = {s["chain"]: s["accuracy"] for s in r["benchmarks"][name]["metrics"]["skills"]}.get(chain)
-            line.append(float("nan") if acc is None else 100 * acc)
-        grid.append(line)
+    accuracy = [{s["chain"]: s["accuracy"] for s in r["benchmarks"][name]["metrics"]["skills"]} for r in having]
+    grid = [[100 * a[chain] if a.get(chain) is not None else float("nan") for a in accuracy] for chain in chains]
     columns = [str(r.get("tag") or f"epoch={r.get('epoch')}") for r in having]
     fig = Figure(figsize=(3 + 1.1 * len(columns), 1.6 + 0.32 * len(chains)))
     ax = fig.add_subplot(1, 1, 1)
