@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from skill_distill.io import atomic_write, read_json, read_jsonl, write_json, write_jsonl  # noqa: E402 - after the sys.path.insert above
+from skill_distill.io import ConfigError, DataError, atomic_write, read_json, read_jsonl, write_json, write_jsonl  # noqa: E402 - after the sys.path.insert above
 
 ALL_ARMS = ("random", "skill", "skill_format", "skill_shrunk", "closed_loop")
 MAX_TRIES = 4
@@ -113,9 +113,9 @@ class ExperimentConfig:
     def validate(self) -> None:
         bad = [a for a in self.arms if a not in ALL_ARMS]
         if bad or "random" not in self.arms:
-            raise SystemExit(f"error: regime {self.name}: arms must include random and come from {ALL_ARMS}; got {bad}")
+            raise ConfigError(f"regime {self.name}: arms must include random and come from {ALL_ARMS}; got {bad}")
         if not 1 <= len(self.tries) <= MAX_TRIES:
-            raise SystemExit(f"error: regime {self.name}: 1 to {MAX_TRIES} tries, got {len(self.tries)}")
+            raise ConfigError(f"regime {self.name}: 1 to {MAX_TRIES} tries, got {len(self.tries)}")
 
 
 def run(cmd: list[str], log: Path, timings: Path | None = None, step: str = "") -> None:
@@ -127,7 +127,7 @@ def run(cmd: list[str], log: Path, timings: Path | None = None, step: str = "") 
         proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
                               env=dict(os.environ, PYTHONPATH=str(REPO)))
     if proc.returncode:
-        raise SystemExit(f"error: step failed (exit {proc.returncode}); see {log}")
+        raise DataError(f"step failed (exit {proc.returncode}); see {log}")
     seconds = time.time() - t
     print(f"  done in {seconds:.0f} s", flush=True)
     if timings is not None:  # what each step cost, for the report (steps skipped on resume keep their first time)
@@ -528,7 +528,7 @@ def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int
     sections = []
     unknown = sorted(set(only) - {cfg.name for cfg in regimes})
     if unknown:
-        raise SystemExit(f"error: --only names unknown regimes {unknown}; the config has "
+        raise ConfigError(f"--only names unknown regimes {unknown}; the config has "
                          f"{[cfg.name for cfg in regimes]}")
     regimes = [cfg for cfg in regimes if not only or cfg.name in only]
     prepared = {cfg.name: prepare_regime(cfg) for cfg in regimes}
@@ -586,4 +586,8 @@ if __name__ == "__main__":
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     random.seed(0)
-    CLI(main, as_positional=False)
+    try:
+        CLI(main, as_positional=False)
+    except (ConfigError, DataError) as e:  # one line and exit code 2, as the project's own stages
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
