@@ -1,6 +1,6 @@
-"""The evidence report's closing advice ("what to do with a weak student") follows the measured pooled differences:
-it recommends an arm only when its interval lies above zero, and advises raising the profile first only when regime
-A (the informative profile) shows a skill arm beating random."""
+"""The evidence report's cost line, and its closing advice ("what to do with a weak student"), which follows the
+measured pooled differences: it recommends an arm only when its interval lies above zero, and advises raising the
+profile first only when regime A (the informative profile) shows a skill arm beating random."""
 
 from __future__ import annotations
 
@@ -60,3 +60,13 @@ def test_an_arm_above_random_with_the_weak_student_is_named():
     lines = driver.weak_student_advice({"B": weak})
     assert lines[1] == ("- With a weak student (most leaves near zero), use `skill_shrunk`: it was the only arm whose "
                         "pooled interval against random lies above zero.")
+
+
+def test_cost_line_names_each_finished_seed(tmp_path):
+    timings = tmp_path / "timings.json"
+    timings.write_text('{"shared:warm-up": 1800, "shared:profile": 540, "seed0:train random": 2400, '
+                       '"seed0:evaluate random": 840, "seed1:train random": 2640}')
+    assert driver.cost_line(timings, [0, 1, 2]) == (
+        "Cost on this 2-core CPU (shared with other work, so an upper bound): shared steps 39 min; one seed (all "
+        "arms, train + evaluate): seed 0 54 min, seed 1 44 min.")
+    assert driver.cost_line(tmp_path / "missing.json", [0]) == "Cost: shared steps 0 min."
