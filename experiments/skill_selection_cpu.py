@@ -454,13 +454,31 @@ def write_results(cfg: ExperimentConfig, results: dict, results_dir: Path) -> st
 def cost_line(timings_path: Path, seeds: list[int]) -> str:
     t = read_json(timings_path) if timings_path.exists() else {}
     shared = sum(v for k, v in t.items() if k.startswith("shared:"))
-    per_seed = [sum(v for k, v in t.items() if k.startswith(f"seed{s}:")) for s in seeds]
-    per_seed = [v for v in per_seed if v]
+    per_seed = {s: sum(v for k, v in t.items() if k.startswith(f"seed{s}:")) for s in seeds}
+    per_seed = {s: v for s, v in per_seed.items() if v}
     if not per_seed:
         return f"Cost: shared steps {shared / 60:.0f} min."
     return (f"Cost on this 2-core CPU (shared with other work, so an upper bound): shared steps "
-            f"{shared / 60:.0f} min; one seed (all arms, train + evaluate) "
-            + ", ".join(f"{v / 60:.0f}" for v in per_seed) + " min.")
+            f"{shared / 60:.0f} min; one seed (all arms, train + evaluate): "
+            + ", ".join(f"seed {s} {v / 60:.0f} min" for s, v in per_seed.items()) + ".")
+
+
+def share_split(r: dict, arm: str) -> tuple[tuple[int, float], tuple[int, float]] | None:
+    """The leaves ``arm`` gave a larger (then smaller) selection share than random, by their mean over seeds, and
+    the arm's mean held-out accuracy gain over random on them (leaves weigh equally: the held-out set has the same
+    number of problems per leaf)."""
+    seeds = [s for s in r.get("seeds", {}).values() if arm in s.get("selection_share", {})]
+    if not seeds:
+        return None
+    d_share = [sum(s["selection_share"][arm][i] - s["selection_share"]["random"][i] for s in seeds)
+               for i in range(len(r["leaves"]))]
+    gain = [sum(s["arms"][arm]["per_leaf"][i] - s["arms"]["random"]["per_leaf"][i] for s in seeds) / len(seeds)
+            for i in range(len(r["leaves"]))]
+    up = [g for d, g in zip(d_share, gain, strict=True) if d > 0]
+    down = [g for d, g in zip(d_share, gain, strict=True) if d <= 0]
+    if not up or not down:
+        return None
+    return (len(up), sum(up) / len(up)), (len(down), sum(down) / len(down))
 
 
 def weak_student_advice(results: dict[str, dict]) -> list[str]:
@@ -473,13 +491,21 @@ def weak_student_advice(results: dict[str, dict]) -> list[str]:
         better = [a for a, m in ranked if m["ci_low"] > 0]
         worse = [a for a, m in ranked if m["ci_high"] < 0]
         unclear = [a for a, m in ranked if a not in better and a not in worse]
-        lines.append(f"- Regime {name}, {r['title']}: {r['precheck']['leaves_in_band']} of {len(r['leaves'])} "
-                     f"leaves in the profile band, {len(r['precheck']['leaves_at_zero'])} at zero. Pooled over "
-                     f"{len(r['seeds'])} seed(s): "
-                     + "; ".join(f"{a} {signed(m)}" for a, m in ranked) + " points against random. "
-                     + (f"Better than random: {', '.join(better)}. " if better else "No arm beat random. ")
-                     + (f"Worse than random: {', '.join(worse)}. " if worse else "")
-                     + (f"Not separable from random: {', '.join(unclear)}." if unclear else ""))
+        said = [f"- Regime {name}, {r['title']}: {r['precheck']['leaves_in_band']} of {len(r['leaves'])} leaves in "
+                f"the profile band, {len(r['precheck']['leaves_at_zero'])} at zero. Pooled over {len(r['seeds'])} "
+                "seed(s): " + "; ".join(f"{a} {signed(m)}" for a, m in ranked) + " points against random.",
+                f"Better than random: {', '.join(better)}." if better else "No arm beat random."]
+        if worse:
+            said.append(f"Worse than random: {', '.join(worse)}.")
+        if unclear:
+            said.append(f"Not separable from random: {', '.join(unclear)}.")
+        split = share_split(r, "skill")
+        if split:
+            (n_up, gain_up), (n_down, gain_down) = split
+            said.append(f"Where `skill` gave a leaf a larger share than random ({n_up} of {len(r['leaves'])} "
+                        f"leaves) its held-out accuracy changed by {100 * gain_up:+.1f} points against random; "
+                        f"on the {n_down} leaves it gave a smaller share, by {100 * gain_down:+.1f}.")
+        lines.append(" ".join(said))
     weak = results.get("B")
     if weak is not None and weak.get("pooled_minus_random"):
         p = weak["pooled_minus_random"]
@@ -490,14 +516,25 @@ def weak_student_advice(results: dict[str, dict]) -> list[str]:
         elif m["ci_low"] > 0:
             lines.append(f"- With a weak student, `{best}` measured best against random ({signed(m)}).")
         else:
-            lines.append(f"- With a weak student (most leaves near zero), none of the skill arms beat random here; "
-                         f"the closest was `{best}` ({signed(m)}). Keep random selection, or first raise the "
-                         "student's profile (a larger warm-up, as in regime A) before weighting by skill.")
+            line = (f"- With a weak student (most leaves near zero), none of the skill arms beat random here; the "
+                    f"closest was `{best}` ({signed(m)}). Keep random selection")
+            strong = results.get("A") or {}
+            a_wins = {a: v for a, v in (strong.get("pooled_minus_random") or {}).items() if v["ci_low"] > 0}
+            if a_wins:  # the advice to raise the profile first is drawn from regime A only when A shows it pays
+                a_best, a_m = max(a_wins.items(), key=lambda kv: kv[1]["accuracy"])
+                line += (f", or first raise the student's profile (in regime A, where most leaves are in the band, "
+                         f"`{a_best}` beat random by {signed(a_m)}).")
+            elif strong.get("pooled_minus_random"):
+                line += (": in regime A, where most leaves are in the band, no skill arm beat random either, so a "
+                         "stronger profile alone did not make skill weighting pay at this scale.")
+            else:
+                line += "."
+            lines.append(line)
         if "skill_shrunk" in p and "skill" in p:
             d = p["skill_shrunk"]["accuracy"] - p["skill"]["accuracy"]
-            lines.append(f"- Shrinking leaf accuracies toward the parent (`selection.profile_value: accuracy_shrunk`, "
-                         f"{weak['config']['shrinkage']:g} pseudo-counts) moved the pooled difference by "
-                         f"{100 * d:+.1f} points against the paper-exact skill arm.")
+            lines.append(f"- With the weak student, shrinking leaf accuracies toward the parent "
+                         f"(`selection.profile_value: accuracy_shrunk`, {weak['config']['shrinkage']:g} pseudo-counts) "
+                         f"moved the pooled difference by {100 * d:+.1f} points against the paper-exact skill arm.")
     return lines
 
 

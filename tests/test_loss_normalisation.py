@@ -16,6 +16,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "scripts"))
 import launch  # noqa: E402 - importable only after the sys.path.insert above
+import one_step_grads  # noqa: E402
 
 SCRIPT = REPO / "tests" / "scripts" / "one_step_grads.py"
 
@@ -33,13 +34,19 @@ def corpus(tmp_path_factory, shared_dir):
 
 
 def run_step(tmp_path, corpus, tokenizer_dir, name, **kw) -> tuple[dict, float]:
+    """One optimizer step of the script; one process runs in this one (a subprocess would spend most of its time
+    importing torch and Lightning), two DDP ranks in a subprocess."""
     out = tmp_path / f"{name}.pt"
-    cmd = [sys.executable, str(SCRIPT), "--corpus", str(corpus), "--tokenizer", str(tokenizer_dir), "--out", str(out)]
+    args = ["--corpus", str(corpus), "--tokenizer", str(tokenizer_dir), "--out", str(out)]
     for k, v in kw.items():
-        cmd += [f"--{k}", str(v)]
-    env = dict(os.environ, PYTHONPATH=str(REPO), MASTER_PORT=str(launch.free_port()))  # a port the OS chose
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        args += [f"--{k}", str(v)]
+    if kw.get("devices", 1) == 1:
+        one_step_grads.main(args)
+    else:
+        env = dict(os.environ, PYTHONPATH=str(REPO), MASTER_PORT=str(launch.free_port()))  # a port the OS chose
+        proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(out), json.loads(Path(str(out) + ".json").read_text())["loss"]
 
 

@@ -285,7 +285,8 @@ def _cmdline(pid: int) -> str:
 @pytest.mark.slow
 def test_kill_9_of_the_profile_stage_leaves_no_child_alive(tmp_path, tiny_qwen3_dir, tree_file):
     pool = tmp_path / "pool.jsonl"
-    pool.write_bytes(_jsonl_bytes([_row(i) for i in range(120)]))
+    # many short chunks: the first is graded within seconds, and generation is still running when the test kills
+    pool.write_bytes(_jsonl_bytes([_row(i) for i in range(1200)]))
     (tmp_path / "attr.jsonl").write_text("")
     env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}  # a real engine core
     env.update(PYTHONPATH=str(REPO), VLLM_CPU_KVCACHE_SPACE="1")
@@ -293,13 +294,13 @@ def test_kill_9_of_the_profile_stage_leaves_no_child_alive(tmp_path, tiny_qwen3_
     proc = subprocess.Popen([sys.executable, "-m", "skill_distill", "profile", f"--pool={pool}", f"--tree={tree_file}",
                              f"--attribution={tmp_path / 'attr.jsonl'}", f"--output_dir={tmp_path / 'prof'}",
                              "--backend.kind=vllm", f"--backend.model={tiny_qwen3_dir}", "--backend.max_model_len=1024",
-                             "--sampling.max_new_tokens=512", "--sampling.temperature=1.0", "--chunk_size=20",
+                             "--sampling.max_new_tokens=64", "--sampling.temperature=1.0", "--chunk_size=20",
                              "--grader_workers=2", "--answer_fallback=last_number"],
                             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 400
         # generation is running once the first chunk is graded (the next one is then being generated)
-        while "[profile] 20/120 problems" not in (tmp_path / "stage.log").read_text():
+        while "[profile] 20/1200 problems" not in (tmp_path / "stage.log").read_text():
             assert proc.poll() is None, (tmp_path / "stage.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the profile stage did not finish a chunk in time"
             time.sleep(0.5)
@@ -311,7 +312,7 @@ def test_kill_9_of_the_profile_stage_leaves_no_child_alive(tmp_path, tiny_qwen3_
         _kill_9_and_wait(proc, children, "the stage")
         # a readable log: plain progress lines, and none of vLLM's INFO lines ("INFO 12-01 09:30:00 [file.py:1]")
         shown = (tmp_path / "stage.log").read_text()
-        assert "[profile] shard 0/1: 120 problems, 0 already graded, 120 to go\n" in shown
+        assert "[profile] shard 0/1: 1200 problems, 0 already graded, 1200 to go\n" in shown
         assert not re.search(r"INFO \d\d-\d\d \d\d:\d\d:\d\d", shown), shown[:3000]
     finally:
         if proc.poll() is None:

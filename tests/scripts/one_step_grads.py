@@ -1,7 +1,7 @@
 """Run one optimizer step of the real training stack and save the gradient it produced (rank 0).
 
-Used by tests/test_loss_normalisation.py, including under 2-process DDP (a separate script: Lightning's DDP
-launcher re-runs the command in its children, which must not be pytest).
+Used by tests/test_loss_normalisation.py: in-process through ``main(argv)`` for one process, and as a script under
+2-process DDP (Lightning's DDP launcher re-runs the command in its children, which must not be pytest).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class LossCapture(L.Callback):
         self.losses.append(trainer.callback_metrics.get("train/loss"))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--tokenizer", required=True)
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--packing", type=int, default=1)
     ap.add_argument("--loss", default="auto", help="model.loss_implementation")
     ap.add_argument("--loss_chunk_size", type=int, default=1024)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(1 if args.devices > 1 else 2)
     L.seed_everything(0)
     cfg = tiny_qwen3_config().to_dict()
