@@ -285,7 +285,8 @@ def _cmdline(pid: int) -> str:
 @pytest.mark.slow
 def test_kill_9_of_the_profile_stage_leaves_no_child_alive(tmp_path, tiny_qwen3_dir, tree_file):
     pool = tmp_path / "pool.jsonl"
-    # many short chunks: the first is graded within seconds, and generation is still running when the test kills
+    # many 64-token chunks: the first is graded soon after the engine starts, and 59 more are still to generate
+    # when the test kills the stage
     pool.write_bytes(_jsonl_bytes([_row(i) for i in range(1200)]))
     (tmp_path / "attr.jsonl").write_text("")
     env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}  # a real engine core

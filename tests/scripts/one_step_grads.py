@@ -28,14 +28,6 @@ class GradCapture(L.Callback):
                 torch.save(grads, self.out)
 
 
-class LossCapture(L.Callback):
-    def __init__(self, out: str):
-        self.out, self.losses = out, []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.losses.append(trainer.callback_metrics.get("train/loss"))
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", required=True)
