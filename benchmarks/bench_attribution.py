@@ -24,7 +24,6 @@ def main() -> None:
     parser.add_argument("--max-input-chars", type=int, default=1500)
     args = parser.parse_args()
 
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     from skill_distill.assets import smollm2_dir
     from skill_distill.attribution import attribute_examples

@@ -75,7 +75,7 @@ def child(args) -> None:
 
 
 def run_child(kind: str, args) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), VLLM_ENABLE_V1_MULTIPROCESSING="0",
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
                VLLM_CPU_OMP_THREADS_BIND=",".join(str(i) for i in range(args.threads)),
                VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"), TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, __file__, "--child", kind] + [f"--{k.replace('_', '-')}={v}" for k, v in (

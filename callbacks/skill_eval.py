@@ -263,10 +263,7 @@ class SkillEvalCallback(L.Callback):
             env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[i] if i < len(visible) else str(i) for i in group)
             return env
         group = range(trainer.local_rank, trainer.local_rank + tp)  # one core slice per engine worker
-        env = clean_child_env(os.environ, cpu_cores=[rank_cores(r, max(1, trainer.num_devices)) for r in group])
-        # the child is already a dedicated process: on CPU an extra vLLM engine-core process only adds start-up time
-        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        return env
+        return clean_child_env(os.environ, cpu_cores=[rank_cores(r, max(1, trainer.num_devices)) for r in group])
 
     def _all_gather(self, trainer, obj: Any) -> list:
         import torch.distributed as dist

@@ -11,8 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# in-process vLLM on CPU: no engine subprocess (no spawn guard needed in tests), a 1 GiB KV cache
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+# a 1 GiB vLLM KV cache (the engine core runs in-process on CPU by the backend's own default)
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -11,7 +11,7 @@ from skill_distill.formatting import render_prompt, user_message
 from skill_distill.generation.base import Completion, GenerationError, SamplingConfig
 from skill_distill.generation.child_process import generate_in_subprocess
 from skill_distill.generation.factory import BackendConfig, make_backend
-from skill_distill.generation.vllm_backend import clean_child_env
+from skill_distill.generation.vllm_backend import clean_child_env, engine_process_for
 from skill_distill.io import DataError
 
 QUESTIONS = ["What is 2 + 3?", "What is 7 times 8?", "Compute 12 - 5, then double it.", "Is 91 a prime number?"]
@@ -48,6 +48,28 @@ def test_vllm_greedy_shapes_and_truncation(vllm_smollm, prompts):
         assert a.text.strip() and 0 < a.num_tokens <= 8
         assert a.finished == (a.num_tokens < 8)
     assert not any(c[0].finished for c in out)  # 8 tokens is too short for these answers to end
+
+
+@pytest.mark.vllm
+def test_vllm_engine_core_runs_in_process_on_cpu_and_leaves_the_environment(vllm_smollm):
+    import multiprocessing
+    import os
+
+    from vllm.v1.engine.core_client import InprocClient
+
+    assert isinstance(vllm_smollm.llm.llm_engine.engine_core, InprocClient)  # CPU default: no engine-core process
+    assert not [p for p in multiprocessing.active_children() if "EngineCore" in p.name]
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ  # set only while the engine was built
+
+
+def test_engine_process_choice(monkeypatch):
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    assert [engine_process_for(None, cpu) for cpu in (True, False)] == [False, True]  # in-process only on CPU
+    assert engine_process_for(True, cpu=True) and not engine_process_for(False, cpu=False)  # the setting wins
+    for value, own in (("1", True), ("true", True), ("0", False), ("False", False)):
+        monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", value)  # a user's variable wins over the default
+        assert engine_process_for(None, cpu=True) is own and engine_process_for(None, cpu=False) is own
+        assert engine_process_for(not own, cpu=True) is not own
 
 
 @pytest.mark.vllm

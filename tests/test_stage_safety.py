@@ -289,12 +289,12 @@ def test_kill_9_of_the_profile_stage_leaves_no_child_alive(tmp_path, tiny_qwen3_
     # when the test kills the stage
     pool.write_bytes(_jsonl_bytes([_row(i) for i in range(1200)]))
     (tmp_path / "attr.jsonl").write_text("")
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}  # a real engine core
-    env.update(PYTHONPATH=str(REPO), VLLM_CPU_KVCACHE_SPACE="1")
+    env = dict(os.environ, PYTHONPATH=str(REPO), VLLM_CPU_KVCACHE_SPACE="1")
     log = (tmp_path / "stage.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "skill_distill", "profile", f"--pool={pool}", f"--tree={tree_file}",
                              f"--attribution={tmp_path / 'attr.jsonl'}", f"--output_dir={tmp_path / 'prof'}",
                              "--backend.kind=vllm", f"--backend.model={tiny_qwen3_dir}", "--backend.max_model_len=1024",
+                             "--backend.engine_process=true",  # the engine-core process of GPU runs, guarded
                              "--sampling.max_new_tokens=64", "--sampling.temperature=1.0", "--chunk_size=20",
                              "--grader_workers=2", "--answer_fallback=last_number"],
                             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -328,7 +328,7 @@ from skill_distill.generation.factory import BackendConfig
 from skill_distill.generation.child_process import generate_in_subprocess
 
 if __name__ == "__main__":
-    cfg = BackendConfig(kind="vllm", model=sys.argv[1], max_model_len=1024)
+    cfg = BackendConfig(kind="vllm", model=sys.argv[1], max_model_len=1024, engine_process=True)  # as on GPUs
     generate_in_subprocess(cfg, ["Count to one thousand."] * 64, SamplingConfig(temperature=1.0, max_new_tokens=900))
 """
 
@@ -338,7 +338,7 @@ if __name__ == "__main__":
 @pytest.mark.slow
 def test_kill_9_during_generate_in_subprocess_leaves_no_child_alive(tmp_path, tiny_qwen3_dir):
     """The evaluation inside training: its generation child, vLLM's engine core and worker die with the parent."""
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    env = dict(os.environ)
     # INFO on purpose: the engine core's "init engine ... took" line says generation starts now
     env.update(PYTHONPATH=str(REPO), VLLM_CPU_KVCACHE_SPACE="1", VLLM_LOGGING_LEVEL="INFO")
     log_path = tmp_path / "parent.log"

@@ -48,6 +48,9 @@ class BackendConfig:
     """hf: sequences per generate call."""
     extra_engine_args: dict | None = None
     """vllm: extra keyword arguments for ``vllm.LLM`` (e.g. ``{max_num_seqs: 256}``)."""
+    engine_process: bool | None = None
+    """vllm: run the engine core in a process of its own (vLLM's default) or in this one; None = own process on GPU,
+    this one on CPU, where it starts 2.4x faster on 2 cores (a set ``VLLM_ENABLE_V1_MULTIPROCESSING`` wins)."""
     verbose: bool = False
     """vllm: show the engine's INFO log lines (off: warnings and errors only; a set ``VLLM_LOGGING_LEVEL`` wins)."""
 
@@ -63,7 +66,8 @@ def make_backend(cfg: BackendConfig) -> GenerationBackend:
         return VLLMBackend(cfg.model, tokenizer=cfg.tokenizer, dtype=cfg.dtype,
                            tensor_parallel_size=cfg.tensor_parallel_size, max_model_len=cfg.max_model_len,
                            gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager,
-                           extra_engine_args=cfg.extra_engine_args, verbose=cfg.verbose)
+                           extra_engine_args=cfg.extra_engine_args, verbose=cfg.verbose,
+                           engine_process=cfg.engine_process)
     if cfg.kind == "hf":
         from skill_distill.generation.hf_backend import HFBackend
 

