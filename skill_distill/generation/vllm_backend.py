@@ -125,9 +125,9 @@ def engine_process_for(engine_process: bool | None, cpu: bool) -> bool:
 @contextlib.contextmanager
 def _engine_core_mode(own_process: bool):
     """vLLM reads the engine-core mode from the environment while the engine is built: set it for that time only,
-    so this process's environment (which children inherit) is left as it was. An in-process engine core freezes
-    vLLM's reading of the environment (``vllm.envs.enable_envs_cache``), so later engines of the same process keep
-    the first one's mode: one mode per process."""
+    so this process's environment (which children inherit) is left as it was. Once an engine core has started in
+    this process, vLLM caches what it reads from the environment (``vllm.envs.enable_envs_cache``): later engines of
+    the process run in-process too, whatever this asks."""
     before = os.environ.get(_MULTIPROCESSING_VAR)
     os.environ[_MULTIPROCESSING_VAR] = "1" if own_process else "0"
     try:
