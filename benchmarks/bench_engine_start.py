@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -43,9 +42,8 @@ def child(own_process: bool, prompts: int, max_new_tokens: int) -> None:
 def measure(own_process: bool, args) -> dict:
     cmd = [sys.executable, __file__, "--child", "own" if own_process else "inprocess", f"--prompts={args.prompts}",
            f"--max-new-tokens={args.max_new_tokens}"]
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}  # the setting decides
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)  # engine_process wins over the environment
     if proc.returncode != 0:
         sys.exit(f"error: the {'own-process' if own_process else 'in-process'} engine failed: "
                  f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")

@@ -338,9 +338,8 @@ if __name__ == "__main__":
 @pytest.mark.slow
 def test_kill_9_during_generate_in_subprocess_leaves_no_child_alive(tmp_path, tiny_qwen3_dir):
     """The evaluation inside training: its generation child, vLLM's engine core and worker die with the parent."""
-    env = dict(os.environ)
     # INFO on purpose: the engine core's "init engine ... took" line says generation starts now
-    env.update(PYTHONPATH=str(REPO), VLLM_CPU_KVCACHE_SPACE="1", VLLM_LOGGING_LEVEL="INFO")
+    env = dict(os.environ, PYTHONPATH=str(REPO), VLLM_CPU_KVCACHE_SPACE="1", VLLM_LOGGING_LEVEL="INFO")
     log_path = tmp_path / "parent.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen([sys.executable, "-c", _GENERATING_PARENT, str(tiny_qwen3_dir)], cwd=tmp_path, env=env,
