@@ -3,10 +3,8 @@ problems, missing answers, traces without ``</think>``, ``pass_rate_72b_tir`` of
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
-import weakref
 from pathlib import Path
 
 import pyarrow as pa
@@ -145,46 +143,86 @@ def test_pool_output_does_not_depend_on_batch_size_or_file_split(tmp_path):
     assert outs[0]["pool.jsonl"].count(b"\n") == 12
 
 
-def test_pool_holds_one_batch_of_source_rows_and_limit_stops_reading(tmp_path, monkeypatch):
+PEAK_RSS_SCRIPT = """
+import json, resource, sys
+from skill_distill.corpus import CorpusFields
+from skill_distill.decontamination import DecontaminationConfig
+from skill_distill.pool import run_pool
+fields = CorpusFields(id=None, problem="problem", trace="generated_solution", answer="expected_answer")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+stats = run_pool(sys.argv[1], sys.argv[2], fields, size=10, heldout=2, seed=1, batch_size=100,
+                 decontamination=DecontaminationConfig(enabled=False))
+print(json.dumps({"before_kb": before, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "rows_read": stats["rows_read"]}))
+"""
+
+
+def padded_parquet(path: Path, rows: int, trace_chars: int = 8000, row_group_rows: int = 10_000) -> Path:
+    """OMR-shaped rows with traces padded to a real length (random hex: Parquet cannot compress it away), written
+    in row groups of ``row_group_rows`` (10,000 rows: 80 MB, far larger than a batch)."""
+    import os
+
+    writer = None
+    for start in range(0, rows, 1000):
+        part = pa.Table.from_pylist([{"problem": f"Problem {i}: compute {i} + {i % 7}.",
+                                      "generated_solution": f"<think>{os.urandom(trace_chars // 2).hex()}</think> "
+                                                            f"\\boxed{{{i + i % 7}}}",
+                                      "expected_answer": str(i + i % 7)}
+                                     for i in range(start, min(rows, start + 1000))])
+        if writer is None:
+            writer = pq.ParquetWriter(path, part.schema)
+        writer.write_table(part, row_group_size=row_group_rows)
+        del part
+    writer.close()
+    return path
+
+
+def pool_peak_rss(source: Path, out: Path) -> tuple[int, int]:
+    """(peak RSS, RSS after imports) in bytes of the pool stage run in a fresh process, so the test process's own
+    memory does not count."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS_SCRIPT, str(source), str(out)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "SKILL_DISTILL_DATA": ""}, check=True)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return report["peak_kb"] * 1024, report["before_kb"] * 1024
+
+
+@pytest.mark.slow
+def test_pool_peak_memory_is_flat_in_file_size(tmp_path):
+    """Issue 26 part 1. The pool stage (tokenizer off) reads a 200 MB Parquet (20,000 rows of 8,000-character traces
+    in 80 MB row groups; batches of 100 rows, 0.8 MB) and the same kind of file of 2,000 rows. Bound: the peak RSS
+    of the large run exceeds the small run's by less than an eighth of the extra file bytes (pyarrow's default
+    read-ahead keeps the column chunks it read: about one byte of RAM per byte of file)."""
+    small = padded_parquet(tmp_path / "small.parquet", 2_000)
+    large = padded_parquet(tmp_path / "large.parquet", 25_000)
+    extra = large.stat().st_size - small.stat().st_size
+    assert extra > 150e6 and large.stat().st_size > 200 * 100 * 8000  # the file: over 200 batches
+    peak_small, _ = pool_peak_rss(small, tmp_path / "out_small")
+    peak_large, imported = pool_peak_rss(large, tmp_path / "out_large")
+    growth = peak_large - peak_small
+    assert growth < extra / 8, (f"peak RSS {peak_large / 1e6:.0f} MB on {large.stat().st_size / 1e6:.0f} MB against "
+                                f"{peak_small / 1e6:.0f} MB on {small.stat().st_size / 1e6:.0f} MB "
+                                f"(after imports: {imported / 1e6:.0f} MB)")
+    assert len(read_jsonl(tmp_path / "out_large" / "pool.jsonl")) == 10
+
+
+def test_pool_limit_stops_reading(tmp_path, monkeypatch):
     rows = omr_rows(60)
     src = write_parquet(tmp_path / "cot.parquet", rows)
-
-    class Row(dict):  # a dict that can be weakly referenced: the spy sees whether anyone still holds it
-        pass
-
     real = pool_mod.iter_row_batches
-    alive_at_next: list[int] = []
     handed_out = [0]
 
-    def spy(*args, **kwargs):
-        earlier: list[weakref.ref] = []
-        for raw in real(*args, **kwargs):
-            gc.collect()
-            alive_at_next.append(sum(ref() is not None for ref in earlier))
-            batch = [Row(r) for r in raw]
-            del raw
-            earlier.extend(weakref.ref(r) for r in batch)
+    def counting(*args, **kwargs):
+        for batch in real(*args, **kwargs):
             handed_out[0] += len(batch)
             yield batch
-            del batch
 
-    monkeypatch.setattr(pool_mod, "iter_row_batches", spy)
-    # the objects alive before the runs (torch, transformers, ...) cannot hold a row: frozen, gc.collect() skips
-    # them and scans only what the runs create (under the whole suite, seconds less in all; the same cycles found)
-    gc.collect()
-    gc.freeze()
-    try:
-        stats = run_pool(str(src), str(tmp_path / "out"), OMR_FIELDS, size=5, heldout=1, filters=R1_ONLY,
-                         decontamination=NO_DECONTAMINATION, batch_size=9)
-        assert len(alive_at_next) > len(rows) // 9  # pass 1 reads 20 batches, pass 2 more
-        assert max(alive_at_next) == 0  # no row of an earlier batch survives into the next one
-        assert stats["rows_read"] == len(rows)
-
-        handed_out[0] = 0
-        stats = run_pool(str(src), str(tmp_path / "limited"), OMR_FIELDS, size=3, heldout=0, filters=R1_ONLY,
-                         decontamination=NO_DECONTAMINATION, batch_size=10, limit=50)
-    finally:
-        gc.unfreeze()
+    monkeypatch.setattr(pool_mod, "iter_row_batches", counting)
+    stats = run_pool(str(src), str(tmp_path / "limited"), OMR_FIELDS, size=3, heldout=0, filters=R1_ONLY,
+                     decontamination=NO_DECONTAMINATION, batch_size=10, limit=50)
     assert stats["rows_read"] == 50
     assert handed_out[0] <= 2 * 50  # pass 1 stops at the limit, pass 2 at the last chosen row
     assert max(int(r["id"]) for r in read_jsonl(tmp_path / "limited" / "pool.jsonl")) < 50
