@@ -309,3 +309,29 @@ def test_one_reader_for_jsonl_json_and_parquet(tmp_path):
         list(iter_jsonl(torn, allow_torn_tail=True))
     with pytest.raises(DataError, match=r"corpus file not found: .*nope.jsonl"):
         list(iter_row_batches(tmp_path / "nope.jsonl"))
+
+
+@pytest.mark.slow
+def test_shipped_omr_config_counts_tokens_offline_and_a_hub_tokenizer_fails_in_one_line(tmp_path, monkeypatch, capsys):
+    """configs/pipeline/pool_omr.yaml counts tokens with the shipped Qwen3 tokenizer (no hub needed); naming a hub
+    tokenizer without a hub ends in one line naming the setting and the fixes, exit 2 (issue 26 part 2)."""
+    import huggingface_hub.constants
+
+    from skill_distill.__main__ import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    src = write_parquet(tmp_path / "cot.parquet", omr_rows())
+    config = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "pool_omr.yaml"
+    args = ["pool", "--config", str(config), "--corpus", str(src), "--size", "5", "--heldout", "1",
+            "--decontamination.enabled", "false"]
+    main([*args, "--output_dir", str(tmp_path / "out")])
+    stats = read_json(tmp_path / "out" / "pool_stats.json")
+    assert stats["tokens"]["tokenizer"] == "asset:qwen3-tokenizer" and stats["tokens"]["rows"] == 5
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--output_dir", str(tmp_path / "hub"), "--tokenizer", "Qwen/Qwen3-4B"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: tokenizer: cannot load 'Qwen/Qwen3-4B'")
+    assert "asset:qwen3-tokenizer" in err and not (tmp_path / "hub" / "pool.jsonl").exists()
