@@ -57,6 +57,18 @@ def problem_key(seed: int, problem: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}\0{normalise(problem)}".encode()).digest()[:16], "big")
 
 
+def rendering_defects(text: str) -> int:
+    """How far a rendering of a problem is from a clean one: whitespace beyond single spaces plus upper-case letters
+    (a shouted, double-spaced copy scores high; all renderings of a problem have the same normalised text)."""
+    return len(text) - len(" ".join(text.split())) + sum(1 for c in text if c.isupper())
+
+
+def cleanest_rendering(renderings: dict[str, int]) -> str:
+    """The text stored for a problem among its renderings (text -> rows): fewest ``rendering_defects``, then the
+    most frequent, then the first in code-point order (independent of source order and batch size)."""
+    return min(renderings, key=lambda text: (rendering_defects(text), -renderings[text], text))
+
+
 def trace_key(seed: int, problem: str, trace: str) -> int:
     """The rank of a trace among its problem's traces: sha256 of the seed and the row's text."""
     return int.from_bytes(hashlib.sha256(f"{seed}\0{problem}\0{trace}".encode()).digest()[:16], "big")
@@ -136,8 +148,10 @@ def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields()
     traces): rows that pass the filters are grouped by normalised problem text; problems are ranked by
     sha256(seed, normalised text) (``problem_key``), the first ``heldout`` form the held-out slice and the next
     ``size`` the pool, so the two share no problem; each problem keeps its ``max_traces_per_problem`` traces with
-    the lowest sha256(seed, row) (``trace_key``). The source is read twice in batches (one batch of rows in memory:
-    pass 1 keeps only keys of the problems still in the sample, pass 2 writes their rows in source order), so
+    the lowest sha256(seed, row) (``trace_key``), and every row of a problem carries the problem's cleanest
+    rendering among its rows (``cleanest_rendering``; identity stays the normalised text). The source is read
+    twice in batches (one batch of rows in memory: pass 1 keeps only keys of the problems still in the sample, pass 2
+    writes their rows in source order), so
     the output does not depend on ``batch_size``. Problems that overlap an evaluation set are dropped before the
     draw (``skill_distill.decontamination``).
 
@@ -158,7 +172,8 @@ def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields()
         token_lengths: training lengths (e.g. the paper's 8192) for which the stats count the pool traces that
             exceed them and those whose final answer would be cut off (the last ``\\boxed{`` at or after the length
             minus the prompt's tokens). Needs ``tokenizer``.
-        decontamination: evaluation sets the pool is checked against (default: every registered set, n = 8).
+        decontamination: evaluation sets the pool is checked against, and the rules (default: every registered
+            set; ``skill_distill.decontamination``).
         limit: read only the first rows of the source (quick runs).
         batch_size: source rows per read (memory bound; the output is the same for any value).
 
@@ -170,8 +185,8 @@ def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields()
         raise ConfigError("filters.max_tokens and token_lengths count tokens of the student: set tokenizer")
     name = source_name(corpus, split)
     meter = TokenMeter(tokenizer) if tokenizer else None
-    counter = (HitCounter(BenchmarkIndex.from_benchmarks(decontamination.benchmarks, decontamination.n),
-                          decontamination) if decontamination.enabled else None)
+    counter = (HitCounter(BenchmarkIndex.from_config(decontamination), decontamination)
+               if decontamination.enabled else None)
     want = None if size is None else size + heldout
 
     # pass 1: filter, decontaminate, and keep the keys of the lowest-ranked problems and traces
@@ -179,6 +194,7 @@ def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields()
     passing: dict[int, int] = {}  # problem key -> rows passing the filters; -1: overlaps a benchmark
     chosen: dict[int, list[tuple[int, int, tuple | None]]] = {}  # problem key -> sorted (trace key, row, tokens)
     heap: list[int] = []  # negated problem keys of ``chosen``: the worst ranked on top
+    renderings: dict[int, dict[str, int]] = {}  # problem key of ``chosen`` -> its texts as written -> rows
     hits: list[dict] = []
     read = 0
     cols = _columns(fields, "id", "problem", "trace", "reasoning", "answer", "generation_model", "problem_type")
@@ -229,6 +245,9 @@ def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields()
             traces = chosen.get(pkey)
             if traces is None and want is not None and len(chosen) >= want and pkey > -heap[0]:
                 continue  # ranks after every problem in the sample: it cannot enter any more
+            if traces is not None:  # every passing row of a sampled problem has been seen since it entered
+                seen = renderings[pkey]
+                seen[problem] = seen.get(problem, 0) + 1
             tkey = trace_key(seed, problem, trace)
             if traces is not None and len(traces) >= max_traces_per_problem and (tkey, i) >= traces[-1][:2]:
                 continue
@@ -239,10 +258,12 @@ def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields()
                 continue
             if traces is None:
                 if want is not None and len(chosen) >= want:
-                    del chosen[-heapq.heappushpop(heap, -pkey)]
+                    evicted = -heapq.heappushpop(heap, -pkey)
+                    del chosen[evicted], renderings[evicted]
                 elif want is not None:
                     heapq.heappush(heap, -pkey)
                 traces = chosen[pkey] = []
+                renderings[pkey] = {problem: 1}
             traces.append((tkey, i, measure))
             traces.sort()
             del traces[max_traces_per_problem:]
@@ -258,10 +279,12 @@ def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields()
                         f"{f', limit {limit}' if limit is not None else ''}); lower size or heldout, or relax filters")
     if heldout > len(ranked):
         raise DataError(f"{name}: held-out {heldout} needs {heldout} problems, but only {len(ranked)} pass the filters")
-    part = {}
+    part, text_of = {}, {}
     for rank, pkey in enumerate(ranked):
+        text = cleanest_rendering(renderings[pkey])
         for _, i, _ in chosen[pkey]:
             part[i] = "heldout" if rank < heldout else "pool"
+            text_of[i] = text
 
     # pass 2: write the chosen rows in source order
     out = Path(output_dir)
@@ -284,7 +307,7 @@ def run_pool(corpus: str, output_dir: str, fields: CorpusFields = CorpusFields()
                     raise DataError(f"{where}: duplicate id {ex_id!r} (first at row {ids[ex_id] + 1}); "
                                     "ids must be unique")
                 ids[ex_id] = i
-                ex = Example(id=ex_id, problem=str(row[fields.problem]), trace=_trace_of(row, fields, where),
+                ex = Example(id=ex_id, problem=text_of[i], trace=_trace_of(row, fields, where),
                              answer=_answer_of(row, fields),
                              pass_rate=_as_rate(row.get(fields.pass_rate) if fields.pass_rate else None))
                 sinks[which].write(json.dumps(ex.to_row(), ensure_ascii=False) + "\n")

@@ -59,13 +59,18 @@ def sha_int(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:16], "big")
 
 
+def passes(r: dict) -> bool:
+    """The filters of ``R1_ONLY`` and the defaults, straight from the spec."""
+    return (r["generation_model"] == "DeepSeek-R1" and r["problem_type"] == "has_answer_extracted"
+            and bool(r["expected_answer"]) and "</think>" in r["generated_solution"])
+
+
 def expected_selection(rows: list[dict], seed: int, size: int, heldout: int) -> tuple[set[int], set[int]]:
     """Reference draw straight from the spec: filter every row, group by normalised problem, take the lowest
     sha256(seed, problem) problems and per problem the row with the lowest sha256(seed, row text)."""
     by_problem: dict[int, list[tuple[int, int]]] = {}
     for i, r in enumerate(rows):
-        if (r["generation_model"] != "DeepSeek-R1" or r["problem_type"] != "has_answer_extracted"
-                or not r["expected_answer"] or "</think>" not in r["generated_solution"]):
+        if not passes(r):
             continue
         p = sha_int(f"{seed}\0{normalise(r['problem'])}")
         by_problem.setdefault(p, []).append((sha_int(f"{seed}\0{r['problem']}\0{r['generated_solution']}"), i))
@@ -86,9 +91,15 @@ def test_pool_filters_dedups_and_draws_problems(tmp_path):
     for r in pool + held:  # the canonical row is the source row
         src_row = rows[int(r["id"])]
         assert src_row["generation_model"] == "DeepSeek-R1" and r["trace"] == src_row["generated_solution"]
-        assert r["answer"] == src_row["expected_answer"] and r["problem"] == src_row["problem"]
+        assert r["answer"] == src_row["expected_answer"]
+        # the stored text is the problem's plain rendering whenever a passing row has it, also when the kept
+        # trace comes with the shouted, spaced-out one (issue 26 part 3)
+        texts = {row["problem"] for row in rows if passes(row) and normalise(row["problem"]) == normalise(r["problem"])}
+        plain = [t for t in texts if not t.startswith("  ")]
+        assert r["problem"] == (plain[0] if plain else src_row["problem"])
         expected = None if src_row["pass_rate_72b_tir"] == "n/a" else float(src_row["pass_rate_72b_tir"])
         assert r["pass_rate"] == expected
+    assert any(rows[int(r["id"])]["problem"] != r["problem"] for r in pool + held)  # the case is exercised
     pool_problems, held_problems = ({normalise(r["problem"]) for r in rs} for rs in (pool, held))
     assert len(pool_problems) == len(pool) == 10 and len(held_problems) == len(held) == 4  # one trace per problem
     assert not pool_problems & held_problems  # held-out is disjoint by problem
