@@ -149,7 +149,7 @@ def test_shipped_synthetic_corpus_has_no_hit(tmp_path, benchmark_mirror):
 
 def test_pool_stage_drops_benchmark_problems_before_the_draw(tmp_path, benchmark_mirror):
     from skill_distill.corpus import CorpusFields
-    from skill_distill.pool import run_pool
+    from skill_distill.pool import PoolDraw, PoolSource, run_pool
 
     amc = load_benchmark("amc23").problems[0]
     rows = read_jsonl(REPO / "data" / "quickstart" / "pool.jsonl")[:30]
@@ -158,7 +158,7 @@ def test_pool_stage_drops_benchmark_problems_before_the_draw(tmp_path, benchmark
                     "answer": "1"})
     src = tmp_path / "src.jsonl"
     write_jsonl(src, rows)
-    stats = run_pool(str(src), str(tmp_path / "out"), CorpusFields(), size=25, heldout=4,
+    stats = run_pool(PoolSource(str(src), fields=CorpusFields()), str(tmp_path / "out"), PoolDraw(size=25, heldout=4),
                      decontamination=DecontaminationConfig(benchmarks=["amc23", "aime25"]))
     out = tmp_path / "out"
     kept = {r["id"] for r in read_jsonl(out / "pool.jsonl") + read_jsonl(out / "heldout.jsonl")}

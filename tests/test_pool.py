@@ -15,13 +15,18 @@ from skill_distill import pool as pool_mod
 from skill_distill.corpus import CorpusFields
 from skill_distill.decontamination import DecontaminationConfig, normalise
 from skill_distill.io import DataError, read_json, read_jsonl
-from skill_distill.pool import PoolFilter, TokenMeter, run_pool
+from skill_distill.pool import PoolDraw, PoolFilter, PoolSource, TokenCount, TokenMeter, run_pool
 
 OMR_FIELDS = CorpusFields(id=None, problem="problem", trace="generated_solution", answer="expected_answer",
                           pass_rate="pass_rate_72b_tir", generation_model="generation_model",
                           problem_type="problem_type")
 R1_ONLY = PoolFilter(generation_model=["DeepSeek-R1"], problem_type=["has_answer_extracted"])
 NO_DECONTAMINATION = DecontaminationConfig(enabled=False)
+
+
+def omr(corpus, **read) -> PoolSource:
+    """An OMR-shaped source with the field mapping of configs/pipeline/pool_omr.yaml."""
+    return PoolSource(corpus=str(corpus), fields=OMR_FIELDS, **read)
 
 
 def omr_rows(problems: int = 40) -> list[dict]:
@@ -82,8 +87,8 @@ def expected_selection(rows: list[dict], seed: int, size: int, heldout: int) -> 
 def test_pool_filters_dedups_and_draws_problems(tmp_path):
     rows = omr_rows()
     src = write_parquet(tmp_path / "omr" / "cot.parquet", rows)
-    stats = run_pool(str(src), str(tmp_path / "out"), OMR_FIELDS, size=10, heldout=4, seed=42, filters=R1_ONLY,
-                     decontamination=NO_DECONTAMINATION, batch_size=7)
+    stats = run_pool(omr(src, batch_size=7), str(tmp_path / "out"), PoolDraw(size=10, heldout=4, seed=42),
+                     R1_ONLY, decontamination=NO_DECONTAMINATION)
     pool = read_jsonl(tmp_path / "out" / "pool.jsonl")
     held = read_jsonl(tmp_path / "out" / "heldout.jsonl")
     want_pool, want_held = expected_selection(rows, 42, 10, 4)
@@ -124,8 +129,8 @@ def test_pool_filters_dedups_and_draws_problems(tmp_path):
 def test_pool_keeps_several_traces_per_problem_with_unique_ids(tmp_path):
     rows = omr_rows()
     src = write_parquet(tmp_path / "cot.parquet", rows)
-    run_pool(str(src), str(tmp_path / "out"), OMR_FIELDS, size=8, heldout=2, filters=R1_ONLY,
-             max_traces_per_problem=3, decontamination=NO_DECONTAMINATION)
+    run_pool(omr(src), str(tmp_path / "out"), PoolDraw(size=8, heldout=2, max_traces_per_problem=3), R1_ONLY,
+             decontamination=NO_DECONTAMINATION)
     pool = read_jsonl(tmp_path / "out" / "pool.jsonl")
     held = read_jsonl(tmp_path / "out" / "heldout.jsonl")
     per_problem: dict[str, int] = {}
@@ -144,8 +149,8 @@ def test_pool_output_does_not_depend_on_batch_size_or_file_split(tmp_path):
     outs = []
     for name, source, batch in [("b7", one, 7), ("b1000", one, 1000), ("dir", tmp_path / "parts", 5),
                                 ("glob", tmp_path / "parts" / "part-*.parquet", 13)]:
-        run_pool(str(source), str(tmp_path / name), OMR_FIELDS, size=12, heldout=3, filters=R1_ONLY,
-                 decontamination=NO_DECONTAMINATION, batch_size=batch)
+        run_pool(omr(source, batch_size=batch), str(tmp_path / name), PoolDraw(size=12, heldout=3), R1_ONLY,
+                 decontamination=NO_DECONTAMINATION)
         outs.append({f: (tmp_path / name / f).read_bytes() for f in ("pool.jsonl", "heldout.jsonl")})
         stats = read_json(tmp_path / name / "pool_stats.json")
         stats.pop("corpus")
@@ -158,10 +163,10 @@ PEAK_RSS_SCRIPT = """
 import json, resource, sys
 from skill_distill.corpus import CorpusFields
 from skill_distill.decontamination import DecontaminationConfig
-from skill_distill.pool import run_pool
+from skill_distill.pool import PoolDraw, PoolSource, run_pool
 fields = CorpusFields(id=None, problem="problem", trace="generated_solution", answer="expected_answer")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-stats = run_pool(sys.argv[1], sys.argv[2], fields, size=10, heldout=2, seed=1, batch_size=100,
+stats = run_pool(PoolSource(sys.argv[1], fields=fields, batch_size=100), sys.argv[2], PoolDraw(size=10, heldout=2),
                  decontamination=DecontaminationConfig(enabled=False))
 print(json.dumps({"before_kb": before, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "rows_read": stats["rows_read"]}))
@@ -232,8 +237,8 @@ def test_pool_limit_stops_reading(tmp_path, monkeypatch):
             yield batch
 
     monkeypatch.setattr(pool_mod, "iter_row_batches", counting)
-    stats = run_pool(str(src), str(tmp_path / "limited"), OMR_FIELDS, size=3, heldout=0, filters=R1_ONLY,
-                     decontamination=NO_DECONTAMINATION, batch_size=10, limit=50)
+    stats = run_pool(omr(src, batch_size=10, limit=50), str(tmp_path / "limited"), PoolDraw(size=3), R1_ONLY,
+                     decontamination=NO_DECONTAMINATION)
     assert stats["rows_read"] == 50
     assert handed_out[0] <= 2 * 50  # pass 1 stops at the limit, pass 2 at the last chosen row
     assert max(int(r["id"]) for r in read_jsonl(tmp_path / "limited" / "pool.jsonl")) < 50
@@ -244,8 +249,7 @@ def test_pool_token_stats_count_traces_that_lose_their_answer(tmp_path, qwen_tok
             and r["generation_model"] == "DeepSeek-R1" and r["problem_type"] == "has_answer_extracted"]
     src = write_parquet(tmp_path / "cot.parquet", rows)
     meter = TokenMeter(str(qwen_tokenizer_dir))
-    run_pool(str(src), str(tmp_path / "probe"), OMR_FIELDS, size=1, heldout=0, filters=R1_ONLY,
-             decontamination=NO_DECONTAMINATION)
+    run_pool(omr(src), str(tmp_path / "probe"), PoolDraw(size=1), R1_ONLY, decontamination=NO_DECONTAMINATION)
     first = read_jsonl(tmp_path / "probe" / "pool.jsonl")[0]
     prompt, trace_len, boxed = meter.measure(first["problem"], first["trace"])
     enc = meter.tok(first["trace"], add_special_tokens=False, return_offsets_mapping=True)
@@ -253,8 +257,8 @@ def test_pool_token_stats_count_traces_that_lose_their_answer(tmp_path, qwen_tok
     start, end = enc["offset_mapping"][boxed]
     assert start <= at < end  # the counted position is the token holding the box's first character
     cut = prompt + boxed  # a length that cuts exactly at the box's first token: the answer is lost
-    stats = run_pool(str(src), str(tmp_path / "out"), OMR_FIELDS, size=1, heldout=0, filters=R1_ONLY,
-                     tokenizer=str(qwen_tokenizer_dir), token_lengths=[cut, cut + 1, prompt + trace_len],
+    stats = run_pool(omr(src), str(tmp_path / "out"), PoolDraw(size=1), R1_ONLY,
+                     TokenCount(str(qwen_tokenizer_dir), [cut, cut + 1, prompt + trace_len]),
                      decontamination=NO_DECONTAMINATION)
     tokens = stats["tokens"]
     assert tokens["rows"] == 1 and tokens["no_boxed"] == 0
@@ -270,9 +274,9 @@ def test_pool_token_cap_drops_long_rows(tmp_path, qwen_tokenizer_dir):
     src = write_parquet(tmp_path / "cot.parquet", rows)
     meter = TokenMeter(str(qwen_tokenizer_dir))
     cap = 200
-    stats = run_pool(str(src), str(tmp_path / "out"), OMR_FIELDS, size=None, heldout=0, filters=PoolFilter(
+    stats = run_pool(omr(src), str(tmp_path / "out"), PoolDraw(), PoolFilter(
         generation_model=["DeepSeek-R1"], problem_type=["has_answer_extracted"], max_tokens=cap),
-        tokenizer=str(qwen_tokenizer_dir), decontamination=NO_DECONTAMINATION)
+        TokenCount(str(qwen_tokenizer_dir)), decontamination=NO_DECONTAMINATION)
     pool = read_jsonl(tmp_path / "out" / "pool.jsonl")
     assert stats["dropped"]["tokens"] > 0 and pool
     for r in pool:
@@ -284,15 +288,15 @@ def test_pool_bad_input_is_one_clear_line(tmp_path):
     rows = omr_rows(5)
     src = write_parquet(tmp_path / "cot.parquet", rows)
     with pytest.raises(DataError, match=r"row 1: missing field 'solution' \(trace\)"):
-        run_pool(str(src), str(tmp_path / "o"), CorpusFields(id=None, trace="solution", answer="expected_answer"),
-                 decontamination=NO_DECONTAMINATION)
+        run_pool(PoolSource(str(src), fields=CorpusFields(id=None, trace="solution", answer="expected_answer")),
+                 str(tmp_path / "o"), decontamination=NO_DECONTAMINATION)
     with pytest.raises(DataError, match=r"needs 60 problems, but only \d+ distinct problems pass"):
-        run_pool(str(src), str(tmp_path / "o"), OMR_FIELDS, size=50, heldout=10, filters=R1_ONLY,
+        run_pool(omr(src), str(tmp_path / "o"), PoolDraw(size=50, heldout=10), R1_ONLY,
                  decontamination=NO_DECONTAMINATION)
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"not parquet at all")
     with pytest.raises(DataError, match=r"bad.parquet: not a readable Parquet file"):
-        run_pool(str(bad), str(tmp_path / "o"), OMR_FIELDS, decontamination=NO_DECONTAMINATION)
+        run_pool(omr(bad), str(tmp_path / "o"), decontamination=NO_DECONTAMINATION)
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.jsonl"))
 
 
@@ -334,15 +338,42 @@ def test_shipped_omr_config_counts_tokens_offline_and_a_hub_tokenizer_fails_in_o
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     src = write_parquet(tmp_path / "cot.parquet", omr_rows())
     config = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "pool_omr.yaml"
-    args = ["pool", "--config", str(config), "--corpus", str(src), "--size", "5", "--heldout", "1",
+    args = ["pool", "--config", str(config), "--source.corpus", str(src), "--draw.size", "5", "--draw.heldout", "1",
             "--decontamination.enabled", "false"]
     main([*args, "--output_dir", str(tmp_path / "out")])
     stats = read_json(tmp_path / "out" / "pool_stats.json")
     assert stats["tokens"]["tokenizer"] == "asset:qwen3-tokenizer" and stats["tokens"]["rows"] == 5
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        main([*args, "--output_dir", str(tmp_path / "hub"), "--tokenizer", "Qwen/Qwen3-4B"])
+        main([*args, "--output_dir", str(tmp_path / "hub"), "--tokens.tokenizer", "Qwen/Qwen3-4B"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("error: tokenizer: cannot load 'Qwen/Qwen3-4B'")
     assert "asset:qwen3-tokenizer" in err and not (tmp_path / "hub" / "pool.jsonl").exists()
+
+
+def test_grouped_settings_are_checked_when_parsed(tmp_path, capsys):
+    """Issue 22 part 3: run_pool takes grouped, typed settings, each validated when it is built (also by the CLI,
+    before anything is read)."""
+    from skill_distill.__main__ import main
+    from skill_distill.io import ConfigError
+
+    for build, key in [(lambda: PoolDraw(size=0), "draw.size"), (lambda: PoolDraw(heldout=-1), "draw.heldout"),
+                       (lambda: PoolDraw(max_traces_per_problem=0), "draw.max_traces_per_problem"),
+                       (lambda: PoolSource(" "), "source.corpus"), (lambda: PoolSource("c", batch_size=0),
+                                                                    "source.batch_size"),
+                       (lambda: PoolSource("c", limit=0), "source.limit"),
+                       (lambda: TokenCount(None, [8192]), "tokens.lengths"),
+                       (lambda: TokenCount("asset:qwen3-tokenizer", [0]), "tokens.lengths"),
+                       (lambda: PoolFilter(max_tokens=0), "filters.max_tokens")]:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            build()
+    with pytest.raises(ConfigError, match="set tokens.tokenizer"):
+        run_pool(omr(tmp_path / "never_read.parquet"), str(tmp_path / "o"), filters=PoolFilter(max_tokens=10),
+                 decontamination=NO_DECONTAMINATION)
+    config = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "pool_r1_sample.yaml"
+    with pytest.raises(SystemExit) as e:
+        main(["pool", "--config", str(config), "--draw.heldout", "-2", "--output_dir", str(tmp_path / "o")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: draw.heldout must be >= 0, got -2"
+    assert not (tmp_path / "o").exists()
