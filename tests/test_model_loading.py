@@ -63,11 +63,15 @@ def test_vllm_backend_checks_a_hub_name_before_starting_the_engine(offline):
 
 def test_training_model_and_export_skeleton_name_their_setting(offline):
     from lightning_modules.causal_lm import CausalLMModule
+    from lightning_modules.sharding import resolve_pretrained_dir
     from skill_distill.export import model_skeleton
 
     module = CausalLMModule(model=HUB_NAME)
     with pytest.raises(ConfigError) as e:
         module.configure_model()
+    assert_one_line_naming(e.value, "model.model")
+    with pytest.raises(ConfigError) as e:  # the sharded (FSDP2) path downloads the files first
+        resolve_pretrained_dir(HUB_NAME)
     assert_one_line_naming(e.value, "model.model")
     with pytest.raises(ConfigError) as e:
         model_skeleton({"model": HUB_NAME})
