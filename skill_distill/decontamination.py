@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from itertools import chain
@@ -169,6 +170,7 @@ class BenchmarkIndex:
         self.grams = {g: ks for g, ks in grams.items() if len(ks) <= config.max_problems_per_ngram}
         self.gram_set = frozenset(self.grams)
         self.rare_shingles = {sh: ks for sh, ks in shingles.items() if len(ks) <= RARE_SHINGLE_PROBLEMS}
+        self.common_shingles = frozenset(sh for sh, ks in shingles.items() if len(ks) > RARE_SHINGLE_PROBLEMS)
 
     @classmethod
     def from_config(cls, config: DecontaminationConfig) -> BenchmarkIndex:
@@ -214,11 +216,17 @@ class BenchmarkIndex:
         own = frozenset(_ngrams(TOKEN.findall(norm), self.config.shingle))
         if not own:
             return []
-        candidates = set(chain.from_iterable(filter(None, map(self.rare_shingles.get, own))))  # in C
+        # rare shingles shared per candidate, counted in C; with the query's common shingles they bound the overlap
+        rare_shared = Counter(chain.from_iterable(filter(None, map(self.rare_shingles.get, own))))
+        common = len(own & self.common_shingles)
         similarity, containment = self.config.similarity, self.config.containment
         out = []
-        for k in candidates:
+        for k, rare in rare_shared.items():
             other = self.shingle_sets[k]
+            bound = rare + common  # >= |own & other|: skip the pairs no rule can reach
+            if bound < similarity * max(len(own), len(other)) and (not self.long_text[k]
+                                                                     or bound < containment * len(other)):
+                continue
             shared = len(own & other)
             score = shared / (len(own) + len(other) - shared)
             if score >= similarity:
