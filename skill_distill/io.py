@@ -73,8 +73,8 @@ def iter_jsonl(path: str | os.PathLike, what: str = "JSONL file", allow_torn_tai
 
 def _jsonl_rows(p: Path, allow_torn_tail: bool) -> Iterator[tuple[dict, int]]:
     """Stream ``(row, end byte offset)`` of every row of ``p``, one line in memory at a time. A malformed line is
-    tolerated only as the file's last line with ``allow_torn_tail`` (an interrupted append): its error is held
-    back and raised as soon as another line follows it."""
+    tolerated only as the file's last line, without its newline, with ``allow_torn_tail`` (an interrupted append):
+    its error is held back and raised as soon as another line follows it."""
     offset = 0
     held: DataError | None = None
     with p.open("rb") as f:
@@ -91,7 +91,8 @@ def _jsonl_rows(p: Path, allow_torn_tail: bool) -> Iterator[tuple[dict, int]]:
                                       f"({e.reason}); fix or delete this line")
                 else:
                     error = DataError(f"{p}:{i}: malformed JSON ({e.msg}); fix or delete this line")
-                if not allow_torn_tail:
+                # a torn append never ends with its newline: a complete bad line is bad data, not an interruption
+                if not allow_torn_tail or raw.endswith(b"\n"):
                     raise error from None
                 held = error
                 continue
