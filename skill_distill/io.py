@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,6 +20,22 @@ class DataError(ValueError):
 
 class ConfigError(ValueError):
     """A bad configuration value: the message names the option and the accepted values."""
+
+
+class OutputError(RuntimeError):
+    """An output could not be written for a reason outside the program (a full disk, a quota): the message is one
+    line naming the file and the fix; nothing half-written was published."""
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _as_output_error(e: BaseException, path: Path) -> BaseException:
+    """``e`` as an OutputError naming ``path`` when it is a full disk or quota, else ``e`` itself."""
+    if isinstance(e, OSError) and e.errno in _DISK_FULL:
+        return OutputError(f"{path}: {os.strerror(e.errno)} while writing it; free space on {path.parent} or write "
+                           f"the output elsewhere (nothing was published; an earlier {path.name}, if any, is kept)")
+    return e
 
 
 def require_file(path: str | os.PathLike, what: str, fix: str = "") -> Path:
@@ -122,6 +139,9 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{p}:{e.lineno}: malformed JSON ({e.msg})") from None
+    except RecursionError:
+        raise DataError(f"{p}: JSON nested too deeply to read (deeper than Python's recursion limit); check how "
+                        "the file was built") from None
 
 
 @contextmanager
@@ -140,12 +160,15 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             os.fsync(f.fileno())
         os.chmod(tmp, _published_mode()[1])  # mkstemp creates 0600; published files get the usual permissions
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        raise
+        error = _as_output_error(e, p)
+        if error is e:
+            raise
+        raise error from None
 
 
 def _published_mode() -> tuple[int, int]:
@@ -169,7 +192,13 @@ def atomic_directory(path: str | os.PathLike, replace: bool = True) -> Iterator[
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent))
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:
+            error = _as_output_error(e, p)
+            if error is e:
+                raise
+            raise error from None
         dir_mode, file_mode = _published_mode()
         os.chmod(tmp, dir_mode)
         for f in tmp.iterdir():
