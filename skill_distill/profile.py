@@ -42,7 +42,10 @@ from skill_distill.skill_tree import SkillTree, parse_chain
 
 PROFILE_FILE = "profile.json"
 # settings that must agree between a resumed run (or the shards of one run) and the files already written
-_RUN_KEYS = ("pool", "tree", "attribution", "student", "tokenizer", "backend_kind", "sampling", "enable_thinking",
+# (the input files by their content: a run moved to another checkout or data directory resumes, a changed file does
+# not; their paths are recorded as given, never resolved, so shipped run files name no machine's directories)
+_INPUTS = ("pool", "tree", "attribution")
+_RUN_KEYS = ("fingerprints", "student", "tokenizer", "backend_kind", "sampling", "enable_thinking",
              "instruction", "num_shards", "limit", "on_unknown_skill", "answer_fallback")
 
 
@@ -114,10 +117,26 @@ def _read_verdicts(path: Path, n: int, expected_ids: set[str] | None) -> tuple[d
     return complete, needs_cleaning
 
 
+def _fingerprints(info: dict) -> dict[str, str]:
+    """sha256 of each input file named in ``info`` (pinned assets through their cached copy)."""
+    from skill_distill.selection.manifest import fingerprint_file
+
+    return {k: fingerprint_file(info[k]) for k in _INPUTS}
+
+
+def _settings_diff(old: dict, new: dict) -> list[str]:
+    """The settings (input files by name) on which two runs' settings records disagree."""
+    if "fingerprints" not in old:  # written before inputs were fingerprinted: its paths were resolved ones
+        old = {**old, "fingerprints": _fingerprints(old) if all(Path(old[k]).is_file() or str(old[k]).startswith(
+            "asset:") for k in _INPUTS) else {}}
+    diff = [k for k in _INPUTS if old["fingerprints"].get(k) != new["fingerprints"].get(k)]
+    return diff + [k for k in _RUN_KEYS if k != "fingerprints" and old.get(k) != new.get(k)]
+
+
 def _check_run_info(path: Path, info: dict) -> None:
     if path.exists():
         old = read_json(path, "profile run settings")
-        diff = [k for k in _RUN_KEYS if old.get(k) != info.get(k)]
+        diff = _settings_diff(old, info)
         if diff:
             raise DataError(f"{path}: this output_dir holds a profile run with different {', '.join(diff)}; "
                             "use a new output_dir or delete its files to restart")
@@ -223,10 +242,8 @@ def run_profile(
 
 def _run_info(pool, tree, attribution, backend: BackendConfig, sampling: SamplingConfig, enable_thinking: bool,
               instruction: str, num_shards: int, limit: int | None) -> dict:
-    def where(path: str) -> str:  # an asset name is pinned by its checksum: kept as the name, not this machine's copy
-        return str(path) if str(path).startswith("asset:") else str(Path(path).resolve())
-
-    return {"pool": where(pool), "tree": where(tree), "attribution": where(attribution), "student": backend.model,
+    inputs = {"pool": str(pool), "tree": str(tree), "attribution": str(attribution)}
+    return {**inputs, "fingerprints": _fingerprints(inputs), "student": backend.model,
             "tokenizer": backend.tokenizer or backend.model, "backend_kind": backend.kind,
             "backend": asdict(backend), "sampling": asdict(sampling), "enable_thinking": enable_thinking,
             "instruction": instruction, "num_shards": num_shards, "limit": limit}
@@ -314,11 +331,15 @@ def merge_profile_shards(output_dir: str, num_shards: int, shrinkage: float = 0.
             raise DataError(f"{p} not found: shard {i} of {num_shards} has not run (run_profile with shard_index={i})")
         infos.append(read_json(p, "profile run settings"))
     for i, other in enumerate(infos[1:], start=1):
-        diff = [k for k in _RUN_KEYS if other.get(k) != infos[0].get(k)]
+        diff = _settings_diff(infos[0], other)
         if diff:
             raise DataError(f"{run_info_path(out_dir, i, num_shards)}: shard {i} ran with different {', '.join(diff)} "
                             "than shard 0; rerun it with the same settings")
     info = infos[0]
+    changed = [k for k, digest in info.get("fingerprints", {}).items() if _fingerprints(info)[k] != digest]
+    if changed:
+        raise DataError(f"{run_info_path(out_dir, 0, num_shards)}: {', '.join(changed)} changed since the shards ran "
+                        f"({', '.join(str(info[k]) for k in changed)}); restore it or rerun every shard")
     examples, skill_tree, chains = _load_inputs(info["pool"], info["tree"], info["attribution"],
                                                 info.get("on_unknown_skill", "error"), info["limit"])
     n = int(info["sampling"]["n"])

@@ -386,3 +386,30 @@ def test_shipped_profile_configs_parse(name):
     else:
         assert cfg.backend.model == "asset:smollm2-135m-instruct" and cfg.sampling.max_new_tokens <= 512
         assert cfg.pool.startswith("data/quickstart/")
+
+
+def test_the_shipped_profile_run_resumes_in_another_checkout_and_refuses_changed_inputs(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """The shipped quickstart profile, rerun with its own command from a checkout elsewhere, is recognised as the
+    same finished run (inputs compared by content, not by this machine's paths) and writes the same profile; a
+    changed input is refused naming it (issue 28: it was refused in any other checkout)."""
+    from skill_distill.__main__ import main
+
+    checkout = tmp_path / "elsewhere"
+    shutil.copytree(REPO / "data" / "quickstart", checkout / "data" / "quickstart")
+    config = str(REPO / "configs" / "pipeline" / "profile_quickstart.yaml")
+    monkeypatch.chdir(checkout)
+    main(["profile", "--config", config])  # every verdict is there: no engine is started
+    assert "0 answered this run" in capsys.readouterr().out
+    assert _nodes(checkout / "data/quickstart/profile/profile.json") == _nodes(
+        REPO / "data/quickstart/profile/profile.json")
+    shipped_run = json.loads((REPO / "data/quickstart/profile/profile_run.json").read_text())
+    assert json.loads((checkout / "data/quickstart/profile/profile_run.json").read_text()) == shipped_run
+
+    tree = checkout / "data" / "quickstart" / "tree.json"
+    tree.write_text(tree.read_text().replace("}", "} ", 1))  # same tree, other bytes: a changed file
+    with pytest.raises(SystemExit) as exit_info:
+        main(["profile", "--config", config])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "holds a profile run with different tree;" in err and len(err.strip().splitlines()) == 1
