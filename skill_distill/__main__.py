@@ -17,6 +17,8 @@ STAGES = {
     "merge-attribution": ("skill_distill.attribution", "merge_attribution_shards", "merge attribution shards"),
     "profile": ("skill_distill.profile", "run_profile", "grade the student on the pool, per skill"),
     "merge-profile": ("skill_distill.profile", "merge_profile_shards", "merge profile shards into one profile"),
+    "reaggregate-profile": ("skill_distill.profile", "reaggregate_profile",
+                            "a profile under another tree or attribution from existing verdicts (no generation)"),
     "select-report": ("skill_distill.selection_report", "run_selection_report",
                       "select a budget and report its skills"),
     "evaluate": ("skill_distill.evaluation", "run_evaluate", "per-skill evaluation of a model on benchmarks"),
