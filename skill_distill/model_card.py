@@ -206,5 +206,14 @@ def card_for_run(base_model: str | None, training: Mapping[str, Any], data: Mapp
     decontamination = (manifest or {}).get("decontamination")
     if decontamination is None and data.get("corpus"):
         decontamination = read_counts(data["corpus"])
-    return build_model_card(base_model, training, data, manifest, decontamination,
+
+    def named(value: Any) -> Any:
+        """A card travels with the model: an absolute path is named relative to the run directory (an asset name,
+        a hub id or a relative path stays as given)."""
+        if isinstance(value, str) and os.path.isabs(value):
+            return os.path.relpath(value, run_dir) if run_dir is not None else Path(value).name
+        return value
+
+    return build_model_card(named(base_model), {k: named(v) for k, v in training.items()},
+                            {k: named(v) for k, v in data.items()}, manifest, decontamination,
                             evaluation or facts["evaluation"], facts["baseline"], title)

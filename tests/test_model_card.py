@@ -3,6 +3,7 @@ decontaminated pool, a per-skill held-out evaluation with HF generate), exported
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,9 @@ def test_exports_carry_a_model_card(tmp_path, monkeypatch, shared_dir, tiny_qwen
     card = (run / "hf_export" / "final" / "README.md").read_text()
     manifest = read_json(run / "selection_manifest.json")
     assert card.startswith("---\nlibrary_name: transformers\n")
-    assert f"Fully fine-tuned from `{tiny_qwen3_dir}`" in card
+    # inputs are named relative to the run directory, never by this machine's absolute paths
+    assert f"Fully fine-tuned from `{os.path.relpath(tiny_qwen3_dir, run)}`" in card
+    assert str(tmp_path) not in card and "| data.max_length | 256 |" in card
     selection = section(card, "Selection")
     assert "strategy: `skill`, budget 16, seed 42; 16 examples selected of a pool of 560" in selection
     assert f"corpus: `{fingerprint_file(pool)}`" in selection
