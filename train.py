@@ -29,6 +29,7 @@ from datamodules import SkillDataModule
 from lightning_modules import CausalLMModule
 from lightning_modules import run_dir as runs
 from skill_distill.io import ConfigError, DataError, atomic_write
+from skill_distill.run_layout import RunLayout
 
 log = logging.getLogger("train")
 PROJECT_LOGGERS = ("train", "callbacks", "datamodules", "lightning_modules", "skill_distill")
@@ -162,8 +163,9 @@ class SkillCLI(LightningCLI):
         if RESUME_ENV in os.environ and int(os.environ.get("LOCAL_RANK", "0")) > 0:  # started by Lightning's launcher
             config.ckpt_path = os.environ[RESUME_ENV] or None
             return
-        earlier = runs.earlier_run_outputs(root)
-        ckpt_dir = root / _checkpoint_subdir(config)
+        layout = RunLayout(root)
+        earlier = layout.earlier_run_outputs()
+        ckpt_dir = layout.checkpoints
         resume = None
         if ckpt is None:
             if earlier:
@@ -187,10 +189,10 @@ class SkillCLI(LightningCLI):
                                   "another one: start from it in a new directory (--trainer.default_root_dir)")
         if resume is not None:
             self._check_fixed_settings(config, resume, root)
-            finished = runs.read_finished(root)
+            finished = runs.read_finished(layout)
             if finished is not None:
                 print(f"{root}: this run already finished (step {finished.get('global_step', '?')}); nothing to do. "
-                      f"Its summary: {root / runs.FINISHED}. To train again, use --trainer.default_root_dir "
+                      f"Its summary: {layout.finished}. To train again, use --trainer.default_root_dir "
                       "<another directory>", file=sys.stderr)
                 raise SystemExit(0)
             log.info("resuming %s from %s", root, resume)
@@ -221,9 +223,8 @@ class SkillCLI(LightningCLI):
         if not self.trainer.is_global_zero:
             return
         summary = run_summary(self.trainer)
-        root = Path(self.trainer.default_root_dir)
         if not self.trainer.interrupted:
-            with atomic_write(root / runs.FINISHED) as f:
+            with atomic_write(RunLayout.of(self.trainer).finished) as f:
                 json.dump(summary, f, indent=1)
         print(format_summary(summary), file=sys.stderr)
 
@@ -246,15 +247,6 @@ def _log_dir(config, root: Path) -> Path:
     if init.get("version") not in (None, ""):
         d /= str(init.version)
     return d
-
-
-def _checkpoint_subdir(config) -> str:
-    """The ResumableCheckpoint's directory inside the run directory (``checkpoints`` unless configured)."""
-    for cb in _as_list(config.trainer.get("callbacks")):
-        if str(getattr(cb, "class_path", "")).endswith("ResumableCheckpoint"):
-            dirpath = (getattr(cb, "init_args", None) or {}).get("dirpath")
-            return dirpath or runs.CHECKPOINTS
-    return runs.CHECKPOINTS
 
 
 def run_summary(trainer) -> dict:

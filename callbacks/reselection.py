@@ -22,16 +22,12 @@ from callbacks.skill_eval import SkillEvalCallback
 from skill_distill.generation.base import SamplingConfig
 from skill_distill.generation.factory import BackendConfig
 from skill_distill.io import ConfigError, write_json
+from skill_distill.run_layout import RunLayout
 from skill_distill.skill_tree import format_chain, parse_chain
 
 log = logging.getLogger(__name__)
 
 SLICE_NAME = "profiling_slice"
-
-
-def epoch_record_path(root: str | Path, epoch: int) -> Path:
-    """``selection/epoch=<k>.json`` of a run directory (epoch 0 is ``selection_manifest.json``)."""
-    return Path(root) / "selection" / f"epoch={epoch}.json"
 
 
 class ReselectionCallback(SkillEvalCallback):
@@ -96,8 +92,8 @@ class ReselectionCallback(SkillEvalCallback):
         self.selections = {int(k): list(v) for k, v in (state_dict.get("selections") or {}).items()}
 
     # ---- set-up ----------------------------------------------------------------------------------------------
-    def _root(self, trainer) -> Path:
-        return Path(self.dirpath or Path(trainer.default_root_dir) / "eval") / "reprofile"
+    def reports_dir(self, trainer) -> Path:
+        return super().reports_dir(trainer) / "reprofile"
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
@@ -186,28 +182,28 @@ class ReselectionCallback(SkillEvalCallback):
         self.selections[epoch + 1] = ids
         if trainer.is_global_zero:
             record = rs.epoch_record(epoch + 1, result, ids, accuracy, counts, dm.selection, cfg, timings)
-            root = trainer.default_root_dir  # the run directory
-            write_json(epoch_record_path(root, epoch + 1), record)
-            self._plot(root, dm)
+            layout = RunLayout.of(trainer)
+            write_json(layout.selection_for_epoch(epoch + 1), record)
+            self._plot(layout, dm)
         if trainer.is_global_zero and self.verdicts_dir:
             for logger in trainer.loggers:
                 logger.log_metrics({"reprofile/time_s": time.time() - t0}, step=trainer.global_step)
         log.info("re-selected epoch %d from the profile after epoch %d (%.0f s)", epoch + 1, epoch, time.time() - t0)
 
-    def _plot(self, root, dm) -> None:
+    def _plot(self, layout: RunLayout, dm) -> None:
         """``selection/epochs.png``: target shares and profile accuracies of epoch 0 (the manifest) and every
         re-selected epoch so far."""
         from skill_distill.io import read_json
         from skill_distill.reselection import plot_epochs
         from skill_distill.selection import read_profile_nodes
 
-        manifest = read_json(Path(root) / "selection_manifest.json", "selection manifest")
+        manifest = read_json(layout.manifest, "selection manifest")
         accuracy, _ = read_profile_nodes(dm.profile_path, dm._tree, dm.selection.profile_value)
         first = {"epoch": 0, "target": manifest.get("target") or {},
                  "profile": {format_chain(c): {"accuracy": a} for c, a in accuracy.items()}}
-        records = [first] + [read_json(epoch_record_path(root, k), "epoch selection") for k in sorted(self.selections)
-                             if epoch_record_path(root, k).is_file()]
-        plot_epochs(records, Path(root) / "selection" / "epochs.png")
+        records = [first] + [read_json(layout.selection_for_epoch(k), "epoch selection")
+                             for k in sorted(self.selections) if layout.selection_for_epoch(k).is_file()]
+        plot_epochs(records, layout.selection_chart)
 
     def install(self, trainer, epoch: int) -> None:
         """Make ``epoch`` train on its re-selected ids (nothing for an epoch that keeps the previous data)."""

@@ -27,6 +27,7 @@ from skill_distill.eval_sets import HELDOUT, PAPER_SUITE, BenchmarkSpec, SkillSo
 from skill_distill.generation.base import GenerationError, GenerationInterrupted, SamplingConfig
 from skill_distill.generation.factory import BackendConfig
 from skill_distill.io import ConfigError
+from skill_distill.run_layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +155,9 @@ class SkillEvalCallback(L.Callback):
         self._pending = state_dict.get("pending")
 
     # ---- set-up ----------------------------------------------------------------------------------------------
-    def _root(self, trainer) -> Path:
-        return Path(trainer.default_root_dir) / (self.dirpath or "eval")
+    def reports_dir(self, trainer) -> Path:
+        layout = RunLayout.of(trainer)
+        return layout.inside(self.dirpath, layout.eval_dir)
 
     def evaluation_problems(self) -> list[str]:
         """Problem texts of this callback's sets other than the held-out corpus (the datamodule keeps them out of
@@ -229,7 +231,7 @@ class SkillEvalCallback(L.Callback):
             self.evaluate(trainer, pl_module, tag)
         if not self.baseline or trainer.fast_dev_run:
             return
-        if trainer.global_step > 0 or (self._root(trainer) / "baseline" / "report.json").exists():
+        if trainer.global_step > 0 or RunLayout.report(self.reports_dir(trainer), "baseline").exists():
             return  # resumed: the baseline was taken by the first attempt
         self.evaluate(trainer, pl_module, "baseline")
 
@@ -287,7 +289,7 @@ class SkillEvalCallback(L.Callback):
         from skill_distill.evaluation import compute_summaries, evaluate_model
         from skill_distill.formatting import DEFAULT_INSTRUCTION
 
-        root = self._root(trainer)
+        root = self.reports_dir(trainer)
         out_dir = root / tag
         export_dir = out_dir / "model" if self.keep_exports else root / "_export"
         rank = trainer.global_rank
@@ -356,14 +358,13 @@ class SkillEvalCallback(L.Callback):
             if summaries[b.name]["samples"] != got or got != len(b.problems) * b.k:
                 raise RuntimeError(f"{b.name}: {summaries[b.name]['samples']} synced samples, {got} gathered, "
                                    f"{len(b.problems) * b.k} expected")
-        root = self._root(trainer)
-        baseline_path = root / "baseline" / "report.json"
+        root = self.reports_dir(trainer)
+        baseline_path = RunLayout.report(root, "baseline")
         baseline = load_report(baseline_path) if tag != "baseline" and baseline_path.exists() else None
         # the selection this epoch trained on: a re-selected epoch's record (closed loop), else the run's manifest
-        manifest = Path(self._context.manifest_path) if self._context and self._context.manifest_path else None
-        selection = manifest.parent / "selection" / f"epoch={trainer.current_epoch}.json" if manifest else None
-        if selection is None or tag == "baseline" or not selection.is_file():
-            selection = manifest
+        layout = RunLayout.of(trainer)
+        selection = layout.trained_selection(0 if tag == "baseline" else trainer.current_epoch)
+        selection = selection if self._context else None
         emphasised = emphasised_skills(selection, self.emphasis_ratio) if selection else {}
         meta = {"tag": tag, "epoch": trainer.current_epoch if tag != "baseline" else None,
                 "global_step": trainer.global_step, "world_size": trainer.world_size,

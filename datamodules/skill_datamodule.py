@@ -33,16 +33,10 @@ from skill_distill.formatting import (
 )
 from skill_distill.io import ConfigError, DataError
 from skill_distill.reselection import ReselectionConfig
+from skill_distill.run_layout import RunLayout
 from skill_distill.selection import SelectionConfig
 
 log = logging.getLogger(__name__)
-MANIFEST = "selection_manifest.json"
-
-
-def manifest_path(trainer) -> Path:
-    """The run's selection manifest: in its run directory (``trainer.default_root_dir``)."""
-    return Path(trainer.default_root_dir) / MANIFEST
-
 
 @dataclass(frozen=True)
 class EvalContext:
@@ -57,8 +51,6 @@ class EvalContext:
     attribution: str | None
     instruction: str
     enable_thinking: bool
-    manifest_path: Path | None
-    """Where this run's selection manifest is written (None before a trainer is attached)."""
     skill_format: SkillFormat
 
 
@@ -227,14 +219,14 @@ class SkillDataModule(L.LightningDataModule):
             raise DataError(f"{role}: {e}") from None
 
     def _manifest_path(self) -> Path | None:
-        return manifest_path(self.trainer) if self.trainer is not None else None
+        return RunLayout.of(self.trainer).manifest if self.trainer is not None else None
 
     def eval_context(self) -> EvalContext:
         """The typed view an evaluation callback reads (held-out set, tree, prompt settings, skill format)."""
         return EvalContext(val_corpus=self.val_corpus, fields=self.fields, tree=self.tree_path,
                            display_names=self.display_names, attribution=self.attribution_path,
                            instruction=self.instruction, enable_thinking=self.enable_thinking,
-                           manifest_path=self._manifest_path(), skill_format=self.skill_format)
+                           skill_format=self.skill_format)
 
     def _is_global_zero(self) -> bool:
         return self.trainer is None or self.trainer.is_global_zero
