@@ -8,6 +8,8 @@ One run directory per run, ``trainer.default_root_dir``: checkpoints, logs, eval
 selection manifest all go inside it (relative paths of callbacks and loggers are taken inside it). A directory that
 holds an earlier run is resumed with ``--ckpt_path last`` (the newest readable checkpoint of
 ``<run dir>/checkpoints``; a new run when there is none yet) and refused otherwise; a finished run resumed is a no-op.
+A run directory is held by one run at a time (``<run dir>/run.lock``): a second run started into it is refused
+naming the holder, and the hold of a run that was killed is taken over.
 A resume that changes a setting fixed for the whole run (optimizer, schedule, data, selection) is refused naming the
 setting. ``validate`` runs the held-out loss.
 """
@@ -124,6 +126,14 @@ def _did_you_mean(message: str, parser) -> str:
 
 _ARGV: list[str] = []
 _ROOT_PARSER = None
+_HELD: RunLayout | None = None
+"""The run directory this process holds (released when ``main`` returns)."""
+
+
+def _first_process() -> bool:
+    """Global rank 0 of the job, before the process group exists (torchrun, SLURM, Lightning's launcher)."""
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+    return int(rank) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
 class SkillCLI(LightningCLI):
@@ -196,6 +206,13 @@ class SkillCLI(LightningCLI):
                       "<another directory>", file=sys.stderr)
                 raise SystemExit(0)
             log.info("resuming %s from %s", root, resume)
+        if _first_process():  # the launched ranks and the other nodes work for the run that holds it
+            global _HELD
+            taken = layout.hold()
+            _HELD = layout
+            if taken is not None:
+                print(f"{root}: taking over the hold of pid {taken.get('pid')} on {taken.get('host')} (started "
+                      f"{taken.get('started')}), which no longer runs", file=sys.stderr)
         config.ckpt_path = str(resume) if resume is not None else None
         os.environ[RESUME_ENV] = config.ckpt_path or ""
         # the config of every attempt is kept (LightningCLI writes it into the first logger's directory):
@@ -323,8 +340,12 @@ def main(args: list[str] | None = None, run: bool = True) -> SkillCLI:
             run=run,
         )
     finally:
+        global _HELD
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:
             os.environ.pop(RESUME_ENV, None)  # for the launched ranks only, not for a later run in this process
+        if _HELD is not None:  # (with run=False the caller drives the trainer itself: nothing is held for it)
+            _HELD.release()
+            _HELD = None
 
 
 if __name__ == "__main__":

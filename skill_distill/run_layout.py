@@ -13,13 +13,19 @@ Plain paths only (no Lightning): ``RunLayout.of(trainer)`` just reads ``trainer.
       hf_export/final/        HF exports (HFExportCallback)
       step_trace.rank<r>.jsonl  per-step traces (StepTraceCallback)
       run_finished.json       written when fit ends normally
+      run.lock                the run that holds the directory now (host, pid, start time)
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from skill_distill.io import ConfigError
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,59 @@ class RunLayout:
         """Written when ``fit`` ends normally (the run's summary); a resume of a finished run is a no-op."""
         return self.root / self.FINISHED
 
+    # ---- one run at a time -------------------------------------------------------------------------------------
+    @property
+    def lock(self) -> Path:
+        """``run.lock``: which process holds the run directory (``hold``)."""
+        return self.root / "run.lock"
+
+    def holder(self) -> dict | None:
+        """The hold recorded in ``run.lock`` (``{"host", "pid", "started"}``), None when there is none."""
+        try:
+            return json.loads(self.lock.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # unreadable: a hold cut off while being written, by a run that was killed then
+
+    def hold(self) -> dict | None:
+        """Take the run directory for this process (``run.lock``: host, pid, start time), so that a second run
+        started into it (a double-submitted or requeued job) is refused instead of training beside the first.
+
+        Raises ConfigError (one line naming the holder) when another process holds it: a live pid on this host,
+        or any process on another host (its pid cannot be checked from here). A hold whose process is gone on this
+        host is stale and taken over; it is returned (else None). Holding it again from the same process is a
+        no-op."""
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        self.root.mkdir(parents=True, exist_ok=True)
+        taken = None
+        while True:
+            try:
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.holder()
+                if holder is None:  # released meanwhile
+                    continue
+                if holder.get("host") == me["host"] and holder.get("pid") == me["pid"]:
+                    return None
+                if holder and (holder.get("host") != me["host"] or _alive(holder.get("pid"))):
+                    raise ConfigError(
+                        f"{self.root} is held by the run of pid {holder.get('pid')} on {holder.get('host')} (started "
+                        f"{holder.get('started')}): wait for it to end, or use another --trainer.default_root_dir; if "
+                        f"that run is gone (e.g. its node died), delete {self.lock}") from None
+                taken = holder
+                self.lock.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(me, f)
+            return taken
+
+    def release(self) -> None:
+        """Give the run directory up, if this process holds it."""
+        holder = self.holder()
+        if holder and holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid():
+            self.lock.unlink(missing_ok=True)
+
     # ---- what an earlier run left -------------------------------------------------------------------------------
     def run_outputs(self) -> dict[str, Path]:
         """What a run leaves behind, by name (the saved config alone is not a run: LightningCLI writes it before
@@ -135,3 +194,16 @@ class RunLayout:
         """The outputs of an earlier run found here (empty: a new or empty directory)."""
         return [name for name, p in self.run_outputs().items()
                 if p.is_file() or (p.is_dir() and any(p.iterdir()))]
+
+
+def _alive(pid) -> bool:
+    """Whether a process of this host runs with ``pid``."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

@@ -3,13 +3,20 @@ them."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
+import pytest
 
 from callbacks.reselection import ReselectionCallback
 from callbacks.skill_eval import SkillEvalCallback
+from skill_distill.io import ConfigError
 from skill_distill.run_layout import RunLayout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,3 +85,51 @@ def test_nothing_but_the_layout_spells_a_run_directory_path():
         for pattern in SPELLED:
             found += [f"{path.relative_to(REPO)}: {line.strip()}" for line in code if re.search(pattern, line)]
     assert len(sources) > 40 and not found, "run-directory paths spelled outside RunLayout:\n" + "\n".join(found)
+
+
+def test_one_run_holds_a_run_directory_and_a_stale_hold_is_taken_over(tmp_path):
+    layout = RunLayout(tmp_path / "run")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        layout.root.mkdir()
+        held = {"host": socket.gethostname(), "pid": other.pid, "started": "2026-12-06T05:00:00+0000"}
+        layout.lock.write_text(json.dumps(held))
+        with pytest.raises(ConfigError) as e:  # a live run on this host
+            layout.hold()
+        line = str(e.value)
+        assert f"pid {other.pid} on {socket.gethostname()} (started 2026-12-06T05:00:00+0000)" in line
+        assert "\n" not in line and layout.holder() == held
+        layout.release()  # not ours: kept
+        assert layout.holder() == held
+    finally:
+        other.kill()
+        other.wait()
+    assert layout.hold() == held  # its process is gone: taken over
+    assert layout.holder()["pid"] == os.getpid()
+    assert layout.hold() is None  # holding it again from the same process
+    layout.release()
+    assert not layout.lock.exists() and layout.hold() is None
+    layout.release()
+    elsewhere = {"host": "another-node", "pid": 1, "started": "x"}  # another host's pid cannot be checked: refused
+    layout.lock.write_text(json.dumps(elsewhere))
+    with pytest.raises(ConfigError, match="pid 1 on another-node"):
+        layout.hold()
+
+
+def test_a_second_run_into_a_held_run_directory_is_refused(tmp_path, monkeypatch):
+    """Bug on the earlier tree: ``--ckpt_path last`` into a directory whose first run had no checkpoint yet started
+    a second run beside it."""
+    import train
+
+    run = tmp_path / "run"
+    run.mkdir()
+    first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (run / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": first.pid, "started": "t0"}))
+        monkeypatch.chdir(REPO)
+        with pytest.raises(ConfigError, match=f"held by the run of pid {first.pid}"):
+            train.main(["fit", "--config", "configs/quickstart.yaml", f"--trainer.default_root_dir={run}",
+                        "--ckpt_path", "last"])  # refused before any class is built
+    finally:
+        first.kill()
+        first.wait()
