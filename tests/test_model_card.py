@@ -35,8 +35,6 @@ def test_exports_carry_a_model_card(tmp_path, monkeypatch, shared_dir, tiny_qwen
     callbacks = []
     for cb in cfg["trainer"]["callbacks"]:
         args = cb.setdefault("init_args", {})
-        if cb["class_path"].endswith("ModelCheckpoint"):
-            args["dirpath"] = str(run / "checkpoints")
         if cb["class_path"].endswith("SkillEvalCallback"):
             args.update(benchmarks=[{"name": "heldout", "limit_per_skill": 1, "limit": 6, "k": 1}], baseline=False,
                         sampling={"temperature": 0.0, "max_new_tokens": 8, "seed": 0},
