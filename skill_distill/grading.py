@@ -28,7 +28,6 @@ from typing import Literal
 
 AnswerFallback = Literal["none", "last_number"]
 
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 
 
