@@ -196,7 +196,7 @@ class SkillDataModule(L.LightningDataModule):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = assets.load_tokenizer(self.tokenizer_name)
+            self._tokenizer = assets.load_tokenizer(self.tokenizer_name, "data.tokenizer")
         return self._tokenizer
 
     def _load_tree_and_chains(self) -> None:

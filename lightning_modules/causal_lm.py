@@ -169,7 +169,7 @@ class CausalLMModule(L.LightningModule):
             config = AutoConfig.for_model(cfg.pop("model_type", "qwen3"), **cfg)
             config._attn_implementation = self.attn_implementation
         else:
-            config = AutoConfig.from_pretrained(assets.resolve(self.model_name))
+            config = assets.load_pretrained(AutoConfig.from_pretrained, self.model_name, "model.model")
         packed_attention.check_model_config(config, self.attn_implementation)
         if self.model_config is not None:
             model = AutoModelForCausalLM.from_config(config, attn_implementation=self.attn_implementation, dtype=dtype)

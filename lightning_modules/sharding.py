@@ -70,9 +70,7 @@ def resolve_pretrained_dir(name_or_path: str) -> Path:
         patterns = ["*.json", "*.safetensors", "*.txt", "*.jinja"]
         return Path(snapshot_download(str(name_or_path), allow_patterns=patterns))
     except Exception as e:  # noqa: BLE001 - offline, unknown repo, no permission: one line for the user
-        first_line = str(e).splitlines()[0] if str(e) else ""
-        raise ConfigError(f"model.model={name_or_path!r} is neither a local directory nor downloadable "
-                          f"({type(e).__name__}: {first_line}); pass a local HF directory") from None
+        raise ConfigError(assets.load_failure("model.model", str(name_or_path), e)) from None
 
 
 def load_safetensors_into(model, checkpoint_dir: str | os.PathLike) -> None:

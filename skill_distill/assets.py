@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from skill_distill.io import DataError, atomic_directory, atomic_write, sha256_file
+from skill_distill.io import ConfigError, DataError, atomic_directory, atomic_write, sha256_file
 
 ASSETS = {"qwen3-tokenizer", "smollm2-135m-instruct", "tiny-qwen3"}
 
@@ -282,11 +282,38 @@ def resolve(name_or_path: str) -> str:
     raise DataError(f"unknown asset {name_or_path!r}; known: {', '.join('asset:' + a for a in known)}")
 
 
-def load_tokenizer(tokenizer):
+def load_pretrained(load, name_or_path: str | os.PathLike, setting: str, **kwargs):
+    """The project's one gate for model and tokenizer loads: ``load(resolve(name_or_path), **kwargs)`` (a
+    transformers ``from_pretrained``). A name that is neither a local folder nor reachable on the hub (no network,
+    ``HF_HUB_OFFLINE``, a typo) fails in one line (ConfigError: exit 2) naming ``setting`` and the three fixes,
+    instead of transformers' chained tracebacks."""
+    path = resolve(str(name_or_path))
+    try:
+        return load(path, **kwargs)
+    except (DataError, ConfigError):
+        raise
+    except (OSError, ValueError) as e:  # transformers: OSError for a missing repo or file, ValueError for a bad id
+        raise ConfigError(load_failure(setting, str(name_or_path), e)) from None
+
+
+def load_failure(setting: str, name: str, error: BaseException) -> str:
+    """The one-line message of a failed model or tokenizer load (``load_pretrained``; vLLM's engine start too)."""
+    detail = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    local = Path(name).exists()
+    where = ("a local folder transformers cannot read" if local
+             else "not a local folder, and the hub did not serve it")
+    return (f"{setting}: cannot load {name!r} ({where}; {type(error).__name__}: {detail[:200]}); set {setting} to an "
+            f"offline asset (asset:qwen3-tokenizer is the Qwen3 tokenizer; known: "
+            f"{', '.join('asset:' + a for a in sorted(ASSETS))}), a local folder with the files, or give the hub "
+            "network access (HF_HUB_OFFLINE unset)")
+
+
+def load_tokenizer(tokenizer, setting: str = "tokenizer"):
     """The project's one tokenizer loader: a tokenizer object passes through; a hub name, local path or
-    ``asset:<name>`` is loaded with transformers' ``AutoTokenizer``."""
+    ``asset:<name>`` is loaded with transformers' ``AutoTokenizer`` (``load_pretrained``: a failure names
+    ``setting``)."""
     if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
         return tokenizer
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve(str(tokenizer)))
+    return load_pretrained(AutoTokenizer.from_pretrained, tokenizer, setting)

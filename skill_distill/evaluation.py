@@ -155,7 +155,8 @@ def evaluate_model(model_dir: str, tokenizer: Any, benchmarks: Sequence[str | Be
     loaded = load_benchmarks(benchmarks, skill_tree, data_root)
     by_name = {b.name: b for b in loaded}
     requests = rank_share(plan_requests(loaded, sampling.seed), rank, world_size)
-    tok = load_tokenizer(tokenizer if tokenizer is not None else model_dir)
+    tok = load_tokenizer(tokenizer if tokenizer is not None else model_dir,
+                         "tokenizer" if tokenizer is not None else "model")
     cfg = replace(backend, model=str(model_dir))
     one = replace(sampling, n=1)
 

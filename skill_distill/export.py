@@ -85,9 +85,9 @@ def write_hf_dir(model, state: dict, tokenizer: str | None, out_dir: str | os.Pa
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         if tokenizer:
-            from transformers import AutoTokenizer
+            from skill_distill.assets import load_tokenizer
 
-            AutoTokenizer.from_pretrained(tokenizer).save_pretrained(tmp)
+            load_tokenizer(tokenizer).save_pretrained(tmp)
     return out
 
 
@@ -135,8 +135,8 @@ def model_skeleton(hparams: dict, model: str | None = None):
 
         if not source:
             raise DataError("the checkpoint records no model name or config; pass --model <HF dir or hub name>")
+        config = assets.load_pretrained(AutoConfig.from_pretrained, source, "model")
         source = assets.resolve(source)
-        config = AutoConfig.from_pretrained(source)
     with parameters_on_meta():
         skeleton = AutoModelForCausalLM.from_config(config)
     if source and Path(source, "generation_config.json").is_file():

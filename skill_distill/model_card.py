@@ -149,10 +149,10 @@ def build_model_card(base_model: str | None, training: Mapping[str, Any], data: 
     if decontamination:
         d = decontamination
         by_bench = d.get("hits_by_benchmark") or {}
-        lines.append(f"The pool was checked against {', '.join(d.get('benchmarks') or {})} with normalised exact "
-                     f"match and word {d.get('n')}-gram overlap: {d.get('removed')} of {d.get('checked')} problems "
-                     f"removed ({d.get('short_exact_only')} problems shorter than {d.get('n')} words were checked by "
-                     "exact match only).")
+        rules = ", ".join(f"{rule} {count}" for rule, count in (d.get("hits_by_rule") or {}).items())
+        lines.append(f"The pool was checked against {', '.join(d.get('benchmarks') or {})} "
+                     "(skill_distill/decontamination.py: normalised exact match, similarity, containment): "
+                     f"{d.get('removed')} of {d.get('checked')} problems removed (hits by rule: {rules}).")
         if by_bench:
             lines += [""] + _table(["benchmark", "hits"], [[k, v] for k, v in by_bench.items()])
     else:

@@ -260,7 +260,8 @@ def _answer_and_grade(todo: list[Example], index: dict[str, int], path: Path, ba
     from skill_distill.assets import load_tokenizer
     from skill_distill.grading import Grader
 
-    tokenizer = load_tokenizer(backend_cfg.tokenizer or backend_cfg.model)
+    tokenizer = load_tokenizer(backend_cfg.tokenizer or backend_cfg.model,
+                               "backend.tokenizer" if backend_cfg.tokenizer else "backend.model")
     chunk_size = max(1, chunk_size)
     grader = Grader(workers=grader_workers, timeout_s=grade_timeout_s, fallback=answer_fallback)
     with grader, make_backend(backend_cfg) as student, JsonlAppender(path) as out:

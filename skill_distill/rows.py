@@ -4,8 +4,10 @@ Rows come out in batches of plain dicts, in source order, so that a stage can ho
 (docs/METHOD.md "Idea": the paper's pool is drawn from OpenMathReasoning, 3.2M traces, about 72 GB of text):
 
 - Parquet: a file, a directory (every ``*.parquet`` below it, in sorted path order) or a glob pattern; read with
-  ``pyarrow.parquet.ParquetFile.iter_batches(columns=...)``, so only the projected columns of one batch are in
-  memory.
+  ``pyarrow.parquet.ParquetFile.iter_batches(columns=...)`` without read-ahead (``pre_buffer=False``) and with a
+  buffered page stream (``buffer_size``), so that the peak memory is one batch of the projected columns plus a
+  buffer, flat in the file's and the row group's size (pyarrow's default pre-buffering keeps the column chunks it
+  has read in its memory pool: about 1 MB of RAM per MB of file, issue 26).
 - JSONL: streamed line by line (``skill_distill.io.iter_jsonl``).
 - JSON: one array of objects, read whole (the standard library has no streaming JSON parser; use JSONL or
   Parquet for large corpora).
@@ -25,6 +27,8 @@ from pathlib import Path
 from skill_distill.io import ConfigError, DataError, iter_jsonl, read_json
 
 FILE_SUFFIXES = {".jsonl", ".json", ".parquet"}
+PARQUET_BUFFER_BYTES = 1 << 20
+"""Read buffer of a Parquet column chunk: pages stream through it, so a large row group is never read whole."""
 _GLOB_CHARS = set("*?[")
 
 
@@ -118,7 +122,7 @@ def _parquet_batches(path: Path, batch_size: int, columns: Sequence[str] | None)
         raise DataError(f"corpus file not found: {path}; "
                         "check the path (relative paths start at the working directory)")
     try:
-        f = pq.ParquetFile(path)
+        f = pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e}); re-download or convert it") \
             from None

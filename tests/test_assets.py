@@ -231,7 +231,7 @@ def test_the_shipped_r1_sample_pool_config_reads_its_asset(tmp_path, shared_dir,
 
     repo = Path(__file__).resolve().parents[1]
     config = repo / "configs" / "pipeline" / "pool_r1_sample.yaml"
-    assert yaml.safe_load(config.read_text())["corpus"] == "asset:corpus/r1_sample5"
+    assert yaml.safe_load(config.read_text())["source"]["corpus"] == "asset:corpus/r1_sample5"
     monkeypatch.chdir(tmp_path)
     main(["pool", "--config", str(config), f"--output_dir={tmp_path / 'pool'}"])
     pool = [line for line in (tmp_path / "pool" / "pool.jsonl").read_text().splitlines() if line]

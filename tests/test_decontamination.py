@@ -18,7 +18,7 @@ from skill_distill.decontamination import (
     run_decontaminate,
 )
 from skill_distill.eval_sets import load_benchmark
-from skill_distill.io import read_json, read_jsonl, write_jsonl
+from skill_distill.io import ConfigError, read_json, read_jsonl, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,6 +40,17 @@ def one_number_changed(text: str) -> str:
 
 def test_normalise_folds_case_space_dollars_and_thin_spaces():
     assert normalise("Find  $x$ such\\ that\n X=\uff11,\u00a0 1\\,000") == "find x suchthat x=1, 1000"
+
+
+def test_normalise_drops_latex_sizing_delimiters_and_frac_variants():
+    """Issue 26 part 4: ``\\left(`` / ``\\right)`` added the words "left" and "right" to the normalised text."""
+    plain = normalise("Evaluate $(\\frac{1}{2})^3 + [x]$.")
+    assert plain == "evaluate (\\frac{1}{2})^3 + [x]."
+    for styled in ["Evaluate $\\left(\\dfrac{1}{2}\\right)^3 + \\bigl[x\\bigr]$.",
+                   "Evaluate \\(\\Big(\\tfrac{1}{2}\\Big)^3 +\\! \\left[x\\right]\\).",
+                   "EVALUATE $\\displaystyle \\left( \\frac{1}{2} \\right)^3\\;+ [x]$."]:
+        assert WORD.findall(normalise(styled)) == WORD.findall(plain), styled
+    assert "left" not in normalise("$\\left(x\\right)$") and "\\leftarrow" in normalise("$\\leftarrow$")
 
 
 def test_exact_and_ngram_rules_on_real_rows(tmp_path, benchmark_mirror):
@@ -66,32 +77,67 @@ def test_exact_and_ngram_rules_on_real_rows(tmp_path, benchmark_mirror):
     assert set(by_id) == {"verbatim", "respaced", "aime-recased", "aime-number", "math-number"}
     assert by_id["verbatim"]["math500"] == {"id": "verbatim", "benchmark": "math500",
                                             "problem_id": math500[0].id, "rule": "exact",
-                                            "ngram": normalise(math500[0].problem)}
+                                            "ngram": normalise(math500[0].problem), "score": None}
     assert by_id["respaced"]["math500"]["rule"] == "exact"
     assert by_id["aime-recased"]["aime24"]["rule"] == "exact"
     assert by_id["aime-recased"]["aime24"]["problem_id"] == aime[1].id
     for pid, bench, target in [("aime-number", "aime24", long_aime), ("math-number", "math500", long_math)]:
         hit = by_id[pid][bench]
-        assert hit["rule"] == "ngram" and hit["problem_id"] == target.id
-        assert len(hit["ngram"].split()) == 8 and hit["ngram"] in " ".join(WORD.findall(normalise(target.problem)))
+        assert hit["rule"] == "similar" and hit["problem_id"] == target.id
+        assert DecontaminationConfig().similarity <= hit["score"] < 1.0 and hit["ngram"] is None
     kept = read_jsonl(tmp_path / "clean" / "pool.jsonl")
     assert [r["id"] for r in kept] == [r["id"] for r in pool[5:]]  # the synthetic rows, in order
     counts = read_json(tmp_path / "clean" / "decontamination.json")
     assert counts["removed"] == summary["removed"] == 5 and counts["checked"] == len(pool)
-    assert counts["hits_by_rule"]["ngram"] >= 2 and counts["hits_by_benchmark"]["math500"] >= 3
+    assert counts["hits_by_rule"]["similar"] >= 2 and counts["hits_by_benchmark"]["math500"] >= 3
+    assert counts["hits_by_rule"]["ngram"] == 0  # off by default
     assert set(counts["benchmarks"]) == {"aime24", "aime25", "amc23", "math500", "math-l5", "olympiadbench"}
-    short = sum(len(WORD.findall(normalise(r["problem"]))) < 8 for r in pool)
-    assert counts["short_exact_only"] == short > 0
 
 
-def test_short_problems_get_the_exact_rule_only():
-    index = BenchmarkIndex([("b", "1", "What is 9 + 2?"), ("b", "2", "one two three four five six seven eight nine")],
-                           n=8)
-    assert index.hits("what is 9 +   2?") and index.short_queries == 1
-    assert not index.hits("What is 9 + 3?") and index.short_queries == 2
-    assert index.hits("zero one two three four five six seven eight")[0]["rule"] == "ngram"
-    assert not BenchmarkIndex([("b", "1", "one two three four five six seven eight nine")], n=13).hits(
-        "zero one two three four five six seven eight")
+CRAFTED = [("b", "short", "If $2^8=4^x$, what is the value of $x$?"),
+           ("b", "pairs", "Find the number of ordered pairs of positive integers $(a,b)$ such that $a+b=1000$ and "
+                          "neither $a$ nor $b$ has a zero digit."),
+           ("b", "bug", "A bug starts at a vertex of a regular tetrahedron and each minute moves along an edge chosen "
+                        "at random. The probability that it is back at its start after seven minutes is "
+                        "$\\frac{m}{n}$, where $m$ and $n$ are relatively prime positive integers. Find $m+n$."),
+           ("b", "coins", "Ten coins are tossed. The probability that no two consecutive coins show heads is "
+                          "$\\frac{m}{n}$, where $m$ and $n$ are relatively prime positive integers. Find $m+n$."),
+           ("b", "long", "Twelve friends sit around a round table. Each one flips a fair coin, and everyone whose coin "
+                         "shows heads stands up. What is the probability that no two adjacent friends stand?")]
+CLEAN = ("Find the number of ordered pairs of positive integers $(x,y)$ with $x<y$ whose least common multiple is "
+         "$720$; call it $N$. Two of these pairs are drawn at random, and the probability that they share a first "
+         "entry is $\\tfrac{m}{n}$, where $m$ and $n$ are relatively prime positive integers. Find $m+n$.")
+
+
+def test_short_edited_copies_are_caught_and_stock_phrases_are_not():
+    """Issue 26 part 4 on crafted rows: a short problem with one number changed (every 8-word run holds the edit)
+    is caught; a clean problem sharing two stock phrases with benchmark problems is not; a benchmark problem
+    inside a longer text is caught by containment."""
+    index = BenchmarkIndex(CRAFTED)
+    hit, = index.hits("If $2^{10} = 4^x$, what is the value of $x$?")
+    assert (hit["problem_id"], hit["rule"]) == ("short", "similar")
+    assert index.hits("IF  $2^8=4^x$,\n what is the value of  $x$?")[0]["rule"] == "exact"
+    assert not index.hits(CLEAN)
+    # the rule before issue 26 (any shared 8-gram) flags it; discounting the n-grams found in several benchmark
+    # problems drops the AIME ending (in "bug" and "coins") but not "the number of ordered pairs of positive
+    # integers", found in one benchmark problem only: why the n-gram rule is off by default
+    old = BenchmarkIndex(CRAFTED, DecontaminationConfig(max_problems_per_ngram=10**6, similarity=2, containment=2))
+    assert {h["problem_id"] for h in old.hits(CLEAN)} == {"pairs"}  # first in text order
+    discounted = BenchmarkIndex(CRAFTED, DecontaminationConfig(max_problems_per_ngram=1, similarity=2,
+                                                               containment=2))
+    hit, = discounted.hits(CLEAN)
+    assert (hit["problem_id"], hit["ngram"]) == ("pairs", "find the number of ordered pairs of positive")
+    assert not discounted.hits("It is $\\frac{m}{n}$, where $m$ and $n$ are relatively prime positive integers. "
+                               "Find $m+n$.")
+    embedded = ("This warm-up set mixes counting, algebra and geometry; show every step, check small cases first, "
+                f"and state each assumption you make. {CRAFTED[4][2]} Then solve the same question for eleven "
+                "friends, and explain why the two answers differ by the amount they do.")
+    assert index.hits(embedded)[0]["problem_id"] == "long"
+    hit, = BenchmarkIndex(CRAFTED, DecontaminationConfig(similarity=2)).hits(embedded)  # containment alone
+    assert (hit["problem_id"], hit["rule"], hit["score"]) == ("long", "contained", 1.0)
+    assert not BenchmarkIndex(CRAFTED, DecontaminationConfig(similarity=2, containment=2)).hits(embedded)
+    with pytest.raises(ConfigError, match="decontamination.similarity"):
+        DecontaminationConfig(similarity=0)
 
 
 def test_shipped_synthetic_corpus_has_no_hit(tmp_path, benchmark_mirror):
@@ -103,7 +149,7 @@ def test_shipped_synthetic_corpus_has_no_hit(tmp_path, benchmark_mirror):
 
 def test_pool_stage_drops_benchmark_problems_before_the_draw(tmp_path, benchmark_mirror):
     from skill_distill.corpus import CorpusFields
-    from skill_distill.pool import run_pool
+    from skill_distill.pool import PoolDraw, PoolSource, run_pool
 
     amc = load_benchmark("amc23").problems[0]
     rows = read_jsonl(REPO / "data" / "quickstart" / "pool.jsonl")[:30]
@@ -112,7 +158,7 @@ def test_pool_stage_drops_benchmark_problems_before_the_draw(tmp_path, benchmark
                     "answer": "1"})
     src = tmp_path / "src.jsonl"
     write_jsonl(src, rows)
-    stats = run_pool(str(src), str(tmp_path / "out"), CorpusFields(), size=25, heldout=4,
+    stats = run_pool(PoolSource(str(src), fields=CorpusFields()), str(tmp_path / "out"), PoolDraw(size=25, heldout=4),
                      decontamination=DecontaminationConfig(benchmarks=["amc23", "aime25"]))
     out = tmp_path / "out"
     kept = {r["id"] for r in read_jsonl(out / "pool.jsonl") + read_jsonl(out / "heldout.jsonl")}

@@ -68,8 +68,8 @@ def test_exports_carry_a_model_card(tmp_path, monkeypatch, shared_dir, tiny_qwen
     training = section(card, "Training")
     assert "| learning_rate | 5e-05 |" in training and "| max_epochs | 1 |" in training
     assert "| data.max_length | 256 |" in training
-    assert (f"{counts['removed']} of 560 problems removed ({counts['short_exact_only']} problems shorter than 8 "
-            "words") in section(card, "Decontamination")
+    assert (f"{counts['removed']} of 560 problems removed (hits by rule: exact {counts['hits_by_rule']['exact']}, "
+            "ngram 0, similar") in section(card, "Decontamination")
     report = read_json(next((run / "eval").glob("epoch=*/report.json")))
     s = report["summary"]["heldout"]
     evaluation = section(card, "Evaluation")

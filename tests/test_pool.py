@@ -3,10 +3,8 @@ problems, missing answers, traces without ``</think>``, ``pass_rate_72b_tir`` of
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
-import weakref
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,13 +15,18 @@ from skill_distill import pool as pool_mod
 from skill_distill.corpus import CorpusFields
 from skill_distill.decontamination import DecontaminationConfig, normalise
 from skill_distill.io import DataError, read_json, read_jsonl
-from skill_distill.pool import PoolFilter, TokenMeter, run_pool
+from skill_distill.pool import PoolDraw, PoolFilter, PoolSource, TokenCount, TokenMeter, run_pool
 
 OMR_FIELDS = CorpusFields(id=None, problem="problem", trace="generated_solution", answer="expected_answer",
                           pass_rate="pass_rate_72b_tir", generation_model="generation_model",
                           problem_type="problem_type")
 R1_ONLY = PoolFilter(generation_model=["DeepSeek-R1"], problem_type=["has_answer_extracted"])
 NO_DECONTAMINATION = DecontaminationConfig(enabled=False)
+
+
+def omr(corpus, **read) -> PoolSource:
+    """An OMR-shaped source with the field mapping of configs/pipeline/pool_omr.yaml."""
+    return PoolSource(corpus=str(corpus), fields=OMR_FIELDS, **read)
 
 
 def omr_rows(problems: int = 40) -> list[dict]:
@@ -61,13 +64,18 @@ def sha_int(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:16], "big")
 
 
+def passes(r: dict) -> bool:
+    """The filters of ``R1_ONLY`` and the defaults, straight from the spec."""
+    return (r["generation_model"] == "DeepSeek-R1" and r["problem_type"] == "has_answer_extracted"
+            and bool(r["expected_answer"]) and "</think>" in r["generated_solution"])
+
+
 def expected_selection(rows: list[dict], seed: int, size: int, heldout: int) -> tuple[set[int], set[int]]:
     """Reference draw straight from the spec: filter every row, group by normalised problem, take the lowest
     sha256(seed, problem) problems and per problem the row with the lowest sha256(seed, row text)."""
     by_problem: dict[int, list[tuple[int, int]]] = {}
     for i, r in enumerate(rows):
-        if (r["generation_model"] != "DeepSeek-R1" or r["problem_type"] != "has_answer_extracted"
-                or not r["expected_answer"] or "</think>" not in r["generated_solution"]):
+        if not passes(r):
             continue
         p = sha_int(f"{seed}\0{normalise(r['problem'])}")
         by_problem.setdefault(p, []).append((sha_int(f"{seed}\0{r['problem']}\0{r['generated_solution']}"), i))
@@ -79,8 +87,8 @@ def expected_selection(rows: list[dict], seed: int, size: int, heldout: int) -> 
 def test_pool_filters_dedups_and_draws_problems(tmp_path):
     rows = omr_rows()
     src = write_parquet(tmp_path / "omr" / "cot.parquet", rows)
-    stats = run_pool(str(src), str(tmp_path / "out"), OMR_FIELDS, size=10, heldout=4, seed=42, filters=R1_ONLY,
-                     decontamination=NO_DECONTAMINATION, batch_size=7)
+    stats = run_pool(omr(src, batch_size=7), str(tmp_path / "out"), PoolDraw(size=10, heldout=4, seed=42),
+                     R1_ONLY, decontamination=NO_DECONTAMINATION)
     pool = read_jsonl(tmp_path / "out" / "pool.jsonl")
     held = read_jsonl(tmp_path / "out" / "heldout.jsonl")
     want_pool, want_held = expected_selection(rows, 42, 10, 4)
@@ -88,9 +96,15 @@ def test_pool_filters_dedups_and_draws_problems(tmp_path):
     for r in pool + held:  # the canonical row is the source row
         src_row = rows[int(r["id"])]
         assert src_row["generation_model"] == "DeepSeek-R1" and r["trace"] == src_row["generated_solution"]
-        assert r["answer"] == src_row["expected_answer"] and r["problem"] == src_row["problem"]
+        assert r["answer"] == src_row["expected_answer"]
+        # the stored text is the problem's plain rendering whenever a passing row has it, also when the kept
+        # trace comes with the shouted, spaced-out one (issue 26 part 3)
+        texts = {row["problem"] for row in rows if passes(row) and normalise(row["problem"]) == normalise(r["problem"])}
+        plain = [t for t in texts if not t.startswith("  ")]
+        assert r["problem"] == (plain[0] if plain else src_row["problem"])
         expected = None if src_row["pass_rate_72b_tir"] == "n/a" else float(src_row["pass_rate_72b_tir"])
         assert r["pass_rate"] == expected
+    assert any(rows[int(r["id"])]["problem"] != r["problem"] for r in pool + held)  # the case is exercised
     pool_problems, held_problems = ({normalise(r["problem"]) for r in rs} for rs in (pool, held))
     assert len(pool_problems) == len(pool) == 10 and len(held_problems) == len(held) == 4  # one trace per problem
     assert not pool_problems & held_problems  # held-out is disjoint by problem
@@ -115,8 +129,8 @@ def test_pool_filters_dedups_and_draws_problems(tmp_path):
 def test_pool_keeps_several_traces_per_problem_with_unique_ids(tmp_path):
     rows = omr_rows()
     src = write_parquet(tmp_path / "cot.parquet", rows)
-    run_pool(str(src), str(tmp_path / "out"), OMR_FIELDS, size=8, heldout=2, filters=R1_ONLY,
-             max_traces_per_problem=3, decontamination=NO_DECONTAMINATION)
+    run_pool(omr(src), str(tmp_path / "out"), PoolDraw(size=8, heldout=2, max_traces_per_problem=3), R1_ONLY,
+             decontamination=NO_DECONTAMINATION)
     pool = read_jsonl(tmp_path / "out" / "pool.jsonl")
     held = read_jsonl(tmp_path / "out" / "heldout.jsonl")
     per_problem: dict[str, int] = {}
@@ -135,8 +149,8 @@ def test_pool_output_does_not_depend_on_batch_size_or_file_split(tmp_path):
     outs = []
     for name, source, batch in [("b7", one, 7), ("b1000", one, 1000), ("dir", tmp_path / "parts", 5),
                                 ("glob", tmp_path / "parts" / "part-*.parquet", 13)]:
-        run_pool(str(source), str(tmp_path / name), OMR_FIELDS, size=12, heldout=3, filters=R1_ONLY,
-                 decontamination=NO_DECONTAMINATION, batch_size=batch)
+        run_pool(omr(source, batch_size=batch), str(tmp_path / name), PoolDraw(size=12, heldout=3), R1_ONLY,
+                 decontamination=NO_DECONTAMINATION)
         outs.append({f: (tmp_path / name / f).read_bytes() for f in ("pool.jsonl", "heldout.jsonl")})
         stats = read_json(tmp_path / name / "pool_stats.json")
         stats.pop("corpus")
@@ -145,46 +159,86 @@ def test_pool_output_does_not_depend_on_batch_size_or_file_split(tmp_path):
     assert outs[0]["pool.jsonl"].count(b"\n") == 12
 
 
-def test_pool_holds_one_batch_of_source_rows_and_limit_stops_reading(tmp_path, monkeypatch):
+PEAK_RSS_SCRIPT = """
+import json, resource, sys
+from skill_distill.corpus import CorpusFields
+from skill_distill.decontamination import DecontaminationConfig
+from skill_distill.pool import PoolDraw, PoolSource, run_pool
+fields = CorpusFields(id=None, problem="problem", trace="generated_solution", answer="expected_answer")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+stats = run_pool(PoolSource(sys.argv[1], fields=fields, batch_size=100), sys.argv[2], PoolDraw(size=10, heldout=2),
+                 decontamination=DecontaminationConfig(enabled=False))
+print(json.dumps({"before_kb": before, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "rows_read": stats["rows_read"]}))
+"""
+
+
+def padded_parquet(path: Path, rows: int, trace_chars: int = 8000, row_group_rows: int = 10_000) -> Path:
+    """OMR-shaped rows with traces padded to a real length (random hex: Parquet cannot compress it away), written
+    in row groups of ``row_group_rows`` (10,000 rows: 80 MB, far larger than a batch)."""
+    import os
+
+    writer = None
+    for start in range(0, rows, 1000):
+        part = pa.Table.from_pylist([{"problem": f"Problem {i}: compute {i} + {i % 7}.",
+                                      "generated_solution": f"<think>{os.urandom(trace_chars // 2).hex()}</think> "
+                                                            f"\\boxed{{{i + i % 7}}}",
+                                      "expected_answer": str(i + i % 7)}
+                                     for i in range(start, min(rows, start + 1000))])
+        if writer is None:
+            writer = pq.ParquetWriter(path, part.schema)
+        writer.write_table(part, row_group_size=row_group_rows)
+        del part
+    writer.close()
+    return path
+
+
+def pool_peak_rss(source: Path, out: Path) -> tuple[int, int]:
+    """(peak RSS, RSS after imports) in bytes of the pool stage run in a fresh process, so the test process's own
+    memory does not count."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS_SCRIPT, str(source), str(out)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "SKILL_DISTILL_DATA": ""}, check=True)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return report["peak_kb"] * 1024, report["before_kb"] * 1024
+
+
+@pytest.mark.slow
+def test_pool_peak_memory_is_flat_in_file_size(tmp_path):
+    """Issue 26 part 1. The pool stage (tokenizer off) reads a 200 MB Parquet (20,000 rows of 8,000-character traces
+    in 80 MB row groups; batches of 100 rows, 0.8 MB) and the same kind of file of 2,000 rows. Bound: the peak RSS
+    of the large run exceeds the small run's by less than an eighth of the extra file bytes (pyarrow's default
+    read-ahead keeps the column chunks it read: about one byte of RAM per byte of file)."""
+    small = padded_parquet(tmp_path / "small.parquet", 2_000)
+    large = padded_parquet(tmp_path / "large.parquet", 25_000)
+    extra = large.stat().st_size - small.stat().st_size
+    assert extra > 150e6 and large.stat().st_size > 200 * 100 * 8000  # the file: over 200 batches
+    peak_small, _ = pool_peak_rss(small, tmp_path / "out_small")
+    peak_large, imported = pool_peak_rss(large, tmp_path / "out_large")
+    growth = peak_large - peak_small
+    assert growth < extra / 8, (f"peak RSS {peak_large / 1e6:.0f} MB on {large.stat().st_size / 1e6:.0f} MB against "
+                                f"{peak_small / 1e6:.0f} MB on {small.stat().st_size / 1e6:.0f} MB "
+                                f"(after imports: {imported / 1e6:.0f} MB)")
+    assert len(read_jsonl(tmp_path / "out_large" / "pool.jsonl")) == 10
+
+
+def test_pool_limit_stops_reading(tmp_path, monkeypatch):
     rows = omr_rows(60)
     src = write_parquet(tmp_path / "cot.parquet", rows)
-
-    class Row(dict):  # a dict that can be weakly referenced: the spy sees whether anyone still holds it
-        pass
-
     real = pool_mod.iter_row_batches
-    alive_at_next: list[int] = []
     handed_out = [0]
 
-    def spy(*args, **kwargs):
-        earlier: list[weakref.ref] = []
-        for raw in real(*args, **kwargs):
-            gc.collect()
-            alive_at_next.append(sum(ref() is not None for ref in earlier))
-            batch = [Row(r) for r in raw]
-            del raw
-            earlier.extend(weakref.ref(r) for r in batch)
+    def counting(*args, **kwargs):
+        for batch in real(*args, **kwargs):
             handed_out[0] += len(batch)
             yield batch
-            del batch
 
-    monkeypatch.setattr(pool_mod, "iter_row_batches", spy)
-    # the objects alive before the runs (torch, transformers, ...) cannot hold a row: frozen, gc.collect() skips
-    # them and scans only what the runs create (under the whole suite, seconds less in all; the same cycles found)
-    gc.collect()
-    gc.freeze()
-    try:
-        stats = run_pool(str(src), str(tmp_path / "out"), OMR_FIELDS, size=5, heldout=1, filters=R1_ONLY,
-                         decontamination=NO_DECONTAMINATION, batch_size=9)
-        assert len(alive_at_next) > len(rows) // 9  # pass 1 reads 20 batches, pass 2 more
-        assert max(alive_at_next) == 0  # no row of an earlier batch survives into the next one
-        assert stats["rows_read"] == len(rows)
-
-        handed_out[0] = 0
-        stats = run_pool(str(src), str(tmp_path / "limited"), OMR_FIELDS, size=3, heldout=0, filters=R1_ONLY,
-                         decontamination=NO_DECONTAMINATION, batch_size=10, limit=50)
-    finally:
-        gc.unfreeze()
+    monkeypatch.setattr(pool_mod, "iter_row_batches", counting)
+    stats = run_pool(omr(src, batch_size=10, limit=50), str(tmp_path / "limited"), PoolDraw(size=3), R1_ONLY,
+                     decontamination=NO_DECONTAMINATION)
     assert stats["rows_read"] == 50
     assert handed_out[0] <= 2 * 50  # pass 1 stops at the limit, pass 2 at the last chosen row
     assert max(int(r["id"]) for r in read_jsonl(tmp_path / "limited" / "pool.jsonl")) < 50
@@ -195,8 +249,7 @@ def test_pool_token_stats_count_traces_that_lose_their_answer(tmp_path, qwen_tok
             and r["generation_model"] == "DeepSeek-R1" and r["problem_type"] == "has_answer_extracted"]
     src = write_parquet(tmp_path / "cot.parquet", rows)
     meter = TokenMeter(str(qwen_tokenizer_dir))
-    run_pool(str(src), str(tmp_path / "probe"), OMR_FIELDS, size=1, heldout=0, filters=R1_ONLY,
-             decontamination=NO_DECONTAMINATION)
+    run_pool(omr(src), str(tmp_path / "probe"), PoolDraw(size=1), R1_ONLY, decontamination=NO_DECONTAMINATION)
     first = read_jsonl(tmp_path / "probe" / "pool.jsonl")[0]
     prompt, trace_len, boxed = meter.measure(first["problem"], first["trace"])
     enc = meter.tok(first["trace"], add_special_tokens=False, return_offsets_mapping=True)
@@ -204,8 +257,8 @@ def test_pool_token_stats_count_traces_that_lose_their_answer(tmp_path, qwen_tok
     start, end = enc["offset_mapping"][boxed]
     assert start <= at < end  # the counted position is the token holding the box's first character
     cut = prompt + boxed  # a length that cuts exactly at the box's first token: the answer is lost
-    stats = run_pool(str(src), str(tmp_path / "out"), OMR_FIELDS, size=1, heldout=0, filters=R1_ONLY,
-                     tokenizer=str(qwen_tokenizer_dir), token_lengths=[cut, cut + 1, prompt + trace_len],
+    stats = run_pool(omr(src), str(tmp_path / "out"), PoolDraw(size=1), R1_ONLY,
+                     TokenCount(str(qwen_tokenizer_dir), [cut, cut + 1, prompt + trace_len]),
                      decontamination=NO_DECONTAMINATION)
     tokens = stats["tokens"]
     assert tokens["rows"] == 1 and tokens["no_boxed"] == 0
@@ -221,9 +274,9 @@ def test_pool_token_cap_drops_long_rows(tmp_path, qwen_tokenizer_dir):
     src = write_parquet(tmp_path / "cot.parquet", rows)
     meter = TokenMeter(str(qwen_tokenizer_dir))
     cap = 200
-    stats = run_pool(str(src), str(tmp_path / "out"), OMR_FIELDS, size=None, heldout=0, filters=PoolFilter(
+    stats = run_pool(omr(src), str(tmp_path / "out"), PoolDraw(), PoolFilter(
         generation_model=["DeepSeek-R1"], problem_type=["has_answer_extracted"], max_tokens=cap),
-        tokenizer=str(qwen_tokenizer_dir), decontamination=NO_DECONTAMINATION)
+        TokenCount(str(qwen_tokenizer_dir)), decontamination=NO_DECONTAMINATION)
     pool = read_jsonl(tmp_path / "out" / "pool.jsonl")
     assert stats["dropped"]["tokens"] > 0 and pool
     for r in pool:
@@ -235,15 +288,15 @@ def test_pool_bad_input_is_one_clear_line(tmp_path):
     rows = omr_rows(5)
     src = write_parquet(tmp_path / "cot.parquet", rows)
     with pytest.raises(DataError, match=r"row 1: missing field 'solution' \(trace\)"):
-        run_pool(str(src), str(tmp_path / "o"), CorpusFields(id=None, trace="solution", answer="expected_answer"),
-                 decontamination=NO_DECONTAMINATION)
+        run_pool(PoolSource(str(src), fields=CorpusFields(id=None, trace="solution", answer="expected_answer")),
+                 str(tmp_path / "o"), decontamination=NO_DECONTAMINATION)
     with pytest.raises(DataError, match=r"needs 60 problems, but only \d+ distinct problems pass"):
-        run_pool(str(src), str(tmp_path / "o"), OMR_FIELDS, size=50, heldout=10, filters=R1_ONLY,
+        run_pool(omr(src), str(tmp_path / "o"), PoolDraw(size=50, heldout=10), R1_ONLY,
                  decontamination=NO_DECONTAMINATION)
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"not parquet at all")
     with pytest.raises(DataError, match=r"bad.parquet: not a readable Parquet file"):
-        run_pool(str(bad), str(tmp_path / "o"), OMR_FIELDS, decontamination=NO_DECONTAMINATION)
+        run_pool(omr(bad), str(tmp_path / "o"), decontamination=NO_DECONTAMINATION)
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.jsonl"))
 
 
@@ -271,3 +324,56 @@ def test_one_reader_for_jsonl_json_and_parquet(tmp_path):
         list(iter_jsonl(torn, allow_torn_tail=True))
     with pytest.raises(DataError, match=r"corpus file not found: .*nope.jsonl"):
         list(iter_row_batches(tmp_path / "nope.jsonl"))
+
+
+@pytest.mark.slow
+def test_shipped_omr_config_counts_tokens_offline_and_a_hub_tokenizer_fails_in_one_line(tmp_path, monkeypatch, capsys):
+    """configs/pipeline/pool_omr.yaml counts tokens with the shipped Qwen3 tokenizer (no hub needed); naming a hub
+    tokenizer without a hub ends in one line naming the setting and the fixes, exit 2 (issue 26 part 2)."""
+    import huggingface_hub.constants
+
+    from skill_distill.__main__ import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    src = write_parquet(tmp_path / "cot.parquet", omr_rows())
+    config = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "pool_omr.yaml"
+    args = ["pool", "--config", str(config), "--source.corpus", str(src), "--draw.size", "5", "--draw.heldout", "1",
+            "--decontamination.enabled", "false"]
+    main([*args, "--output_dir", str(tmp_path / "out")])
+    stats = read_json(tmp_path / "out" / "pool_stats.json")
+    assert stats["tokens"]["tokenizer"] == "asset:qwen3-tokenizer" and stats["tokens"]["rows"] == 5
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--output_dir", str(tmp_path / "hub"), "--tokens.tokenizer", "Qwen/Qwen3-4B"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: tokenizer: cannot load 'Qwen/Qwen3-4B'")
+    assert "asset:qwen3-tokenizer" in err and not (tmp_path / "hub" / "pool.jsonl").exists()
+
+
+def test_grouped_settings_are_checked_when_parsed(tmp_path, capsys):
+    """Issue 22 part 3: run_pool takes grouped, typed settings, each validated when it is built (also by the CLI,
+    before anything is read)."""
+    from skill_distill.__main__ import main
+    from skill_distill.io import ConfigError
+
+    for build, key in [(lambda: PoolDraw(size=0), "draw.size"), (lambda: PoolDraw(heldout=-1), "draw.heldout"),
+                       (lambda: PoolDraw(max_traces_per_problem=0), "draw.max_traces_per_problem"),
+                       (lambda: PoolSource(" "), "source.corpus"), (lambda: PoolSource("c", batch_size=0),
+                                                                    "source.batch_size"),
+                       (lambda: PoolSource("c", limit=0), "source.limit"),
+                       (lambda: TokenCount(None, [8192]), "tokens.lengths"),
+                       (lambda: TokenCount("asset:qwen3-tokenizer", [0]), "tokens.lengths"),
+                       (lambda: PoolFilter(max_tokens=0), "filters.max_tokens")]:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            build()
+    with pytest.raises(ConfigError, match="set tokens.tokenizer"):
+        run_pool(omr(tmp_path / "never_read.parquet"), str(tmp_path / "o"), filters=PoolFilter(max_tokens=10),
+                 decontamination=NO_DECONTAMINATION)
+    config = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "pool_r1_sample.yaml"
+    with pytest.raises(SystemExit) as e:
+        main(["pool", "--config", str(config), "--draw.heldout", "-2", "--output_dir", str(tmp_path / "o")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: draw.heldout must be >= 0, got -2"
+    assert not (tmp_path / "o").exists()

@@ -435,18 +435,32 @@ def _portion_pool(tree):
     return A, B, chains, correct
 
 
+def _reference_cut(n_right: int, n_wrong: int, p: float) -> tuple[int, int]:
+    """``collect_leaf_node_with_wrong_items`` of the reference (docs/METHOD.md, appendix), line for line."""
+    num_total_correct = n_right // p if p > 0 else float("inf")
+    num_total_incorrect = n_wrong // (1 - p) if p < 1 else float("inf")
+    min_num_total = int(min(num_total_correct, num_total_incorrect))
+    return int(min_num_total * p), int(min_num_total * (1 - p))
+
+
 @pytest.mark.parametrize("portion,kept", [(0.5, {"A": (2, 2), "B": (1, 1)}), (1.0, {"A": (6, 0), "B": (1, 0)}),
-                                          (0.0, {"A": (0, 2), "B": (0, 5)}), (0.75, {"A": (6, 2), "B": (1, 0)})])
+                                          (0.0, {"A": (0, 2), "B": (0, 5)}), (0.75, {"A": (6, 2), "B": (0, 0)}),
+                                          (0.3, {"A": (0, 1), "B": (0, 2)}), (0.2, {"A": (0, 1), "B": (0, 3)})])
 def test_correct_portion_cuts_each_leaf_as_the_reference(tree, portion, kept):
-    """docs/METHOD.md, appendix: per leaf n = min(#right / p, #wrong / (1 - p)), int(n p) right, int(n (1 - p))
-    wrong; with a budget above the cut lists every kept example is selected."""
+    """docs/METHOD.md, appendix: per leaf n = int(min(#right // p, #wrong // (1 - p))) (floors), int(n p) right and
+    int(n (1 - p)) wrong; with a budget above the cut lists every kept example is selected, and the note counts the
+    examples left after the cut (p = 0.75: the reference keeps nothing of B and selects 8)."""
     A, B, chains, correct = _portion_pool(tree)
+    assert {name: _reference_cut(r, w, portion) for name, r, w in (("A", 6, 2), ("B", 1, 5))} == kept
     r = select(SelectionConfig(budget=100, correct_portion=portion), list(chains), chains, tree,
                node_accuracy={A: 0.5, B: 0.25}, correct_by_id=correct)
     got = {name: (sum(1 for i in r.ids if i.startswith(p) and correct[i] == 1.0),
                   sum(1 for i in r.ids if i.startswith(p) and correct[i] == 0.0))
            for name, p in (("A", "a"), ("B", "b"))}
     assert got == kept
+    n_kept = sum(a + b for a, b in kept.values())
+    assert len(r.ids) == r.eligible == n_kept
+    assert f"only {n_kept} eligible examples for a budget of 100: all of them selected" in r.notes
     # the global wrong_share is a different rule: half of the budget wrong over the whole pool, not per leaf
     g = select(SelectionConfig(budget=8, wrong_share=0.5), list(chains), chains, tree,
                node_accuracy={A: 0.5, B: 0.25}, correct_by_id=correct)

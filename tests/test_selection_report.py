@@ -63,12 +63,13 @@ def _tiny_pool(tmp_path, tokenizer: str | None, token_lengths: list[int] | None)
     from skill_distill.corpus import CorpusFields
     from skill_distill.decontamination import DecontaminationConfig
     from skill_distill.io import write_jsonl
-    from skill_distill.pool import run_pool
+    from skill_distill.pool import PoolSource, TokenCount, run_pool
 
     corpus = tmp_path / "corpus.jsonl"
     write_jsonl(corpus, quickstart_rows(24))
-    stats = run_pool(str(corpus), str(tmp_path / "pool"), CorpusFields(), tokenizer=tokenizer,
-                     token_lengths=token_lengths, decontamination=DecontaminationConfig(enabled=False))
+    stats = run_pool(PoolSource(str(corpus), fields=CorpusFields()), str(tmp_path / "pool"),
+                     tokens=TokenCount(tokenizer, token_lengths or []),
+                     decontamination=DecontaminationConfig(enabled=False))
     return str(tmp_path / "pool" / "pool.jsonl"), stats
 
 

@@ -147,7 +147,7 @@ def test_pool_and_profile_stages_print_one_line_and_exit_2(tmp_path, tree_file):
     data, offset = _with_bad_bytes_at_line(_jsonl_bytes([_row(i) for i in range(5)]), 4)
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_bytes(data)
-    proc = _stage("pool", f"--corpus={corpus}", f"--output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    proc = _stage("pool", f"--source.corpus={corpus}", f"--output_dir={tmp_path / 'out'}", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"error: {corpus}:4: bytes that are not UTF-8 at byte offset {offset} (invalid start byte); "
@@ -156,7 +156,8 @@ def test_pool_and_profile_stages_print_one_line_and_exit_2(tmp_path, tree_file):
 
     # the same stage on good bytes ends with a summary of what it wrote where (plain lines: stdout is a pipe)
     corpus.write_bytes(_jsonl_bytes([_row(i) for i in range(5)]))
-    proc = _stage("pool", f"--corpus={corpus}", f"--output_dir={tmp_path / 'out'}", "--heldout=2", cwd=tmp_path)
+    proc = _stage("pool", f"--source.corpus={corpus}", f"--output_dir={tmp_path / 'out'}", "--draw.heldout=2",
+                  cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "out"
     assert proc.stdout.splitlines() == [

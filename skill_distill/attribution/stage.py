@@ -40,7 +40,8 @@ def _load_tokenizer(backend_obj: Any, cfg: BackendConfig) -> Any:
     tok = getattr(backend_obj, "tokenizer", None)
     if tok is not None and not isinstance(tok, (str, Path)):
         return tok
-    return load_tokenizer(getattr(cfg, "tokenizer", None) or cfg.model)
+    tokenizer = getattr(cfg, "tokenizer", None)
+    return load_tokenizer(tokenizer or cfg.model, "backend.tokenizer" if tokenizer else "backend.model")
 
 
 def run_attribution(

@@ -62,7 +62,8 @@ class HFBackend(GenerationBackend):
         import torch
         from transformers import AutoModelForCausalLM
 
-        from skill_distill.assets import load_tokenizer, resolve
+        from skill_distill.assets import load_pretrained, load_tokenizer, resolve
+        from skill_distill.io import ConfigError
 
         self.model_path = resolve(model)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -70,8 +71,11 @@ class HFBackend(GenerationBackend):
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
         self.batch_size = max(1, int(batch_size))
         try:
-            self.tokenizer = load_tokenizer(tokenizer or self.model_path)
-            self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, dtype))
+            self.tokenizer = load_tokenizer(tokenizer or model, "backend.tokenizer" if tokenizer else "backend.model")
+            self.model = load_pretrained(AutoModelForCausalLM.from_pretrained, model, "backend.model",
+                                         dtype=getattr(torch, dtype))
+        except ConfigError:
+            raise
         except Exception as e:  # noqa: BLE001 - transformers raises many types; the user needs one line
             raise GenerationError(f"cannot load {self.model_path} with transformers: {type(e).__name__}: {e}") from e
         self.model.to(self.device).eval()

@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from skill_distill.generation.base import Completion, GenerationBackend, GenerationError, SamplingConfig
@@ -159,12 +160,19 @@ class VLLMBackend(GenerationBackend):
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.85,
                  enforce_eager: bool | None = None, seed: int = 0, extra_engine_args: dict | None = None,
                  verbose: bool = False, engine_process: bool | None = None):
-        from skill_distill.assets import resolve
+        from skill_distill.assets import load_pretrained, load_tokenizer, resolve
 
         if not verbose:
             quiet_vllm_logs()
         self.model = resolve(model)
         self.tokenizer_path = resolve(tokenizer) if tokenizer else self.model
+        # a hub name is checked before the engine starts: an unreachable one fails in one line naming the setting
+        if not Path(self.model).exists():
+            from transformers import AutoConfig
+
+            load_pretrained(AutoConfig.from_pretrained, model, "backend.model")
+        if tokenizer and not Path(self.tokenizer_path).exists():
+            load_tokenizer(tokenizer, "backend.tokenizer")
         args: dict[str, Any] = dict(model=self.model, tokenizer=self.tokenizer_path, dtype=dtype,
                                     tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
                                     gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,

@@ -66,9 +66,9 @@ def _correctness_groups(config: SelectionConfig, pool: _Pool, members: np.ndarra
 
 def _per_leaf_portion_lists(portion: float, pool: _Pool, members: np.ndarray, leaves: np.ndarray,
                             correct_by_id: Mapping[str, float], rng: np.random.Generator) -> dict[int, np.ndarray]:
-    """The reference's ``--correct_portion`` cut (``collect_leaf_node_with_wrong_items``): per leaf, the largest
-    subset with right : wrong = p : (1 - p), ``n = min(#right / p, #wrong / (1 - p))`` (the infinite term dropped
-    when p is 0 or 1), then ``int(n * p)`` right and ``int(n * (1 - p))`` wrong examples drawn at random."""
+    """The reference's ``--correct_portion`` cut (``collect_leaf_node_with_wrong_items``), floors as it takes them:
+    per leaf ``n = int(min(#right // p, #wrong // (1 - p)))`` (float floor division; the infinite term dropped when
+    p is 0 or 1), then ``int(n * p)`` right and ``int(n * (1 - p))`` wrong examples drawn at random."""
     by_leaf: dict[int, tuple[list[int], list[int]]] = {int(c): ([], []) for c in leaves}
     for e in members:
         right = correct_by_id[pool.ids[e]] >= WRONG_BELOW
@@ -77,8 +77,9 @@ def _per_leaf_portion_lists(portion: float, pool: _Pool, members: np.ndarray, le
                 by_leaf[c][0 if right else 1].append(int(e))
     out: dict[int, np.ndarray] = {}
     for c, (right, wrong) in by_leaf.items():
-        terms = ([len(right) / portion] if portion > 0 else []) + ([len(wrong) / (1 - portion)] if portion < 1 else [])
-        n = min(terms)
+        terms = [len(right) // portion] if portion > 0 else []
+        terms += [len(wrong) // (1 - portion)] if portion < 1 else []
+        n = int(min(terms))
         keep_right, keep_wrong = int(n * portion), int(n * (1 - portion))
         kept = [*rng.permutation(right)[:keep_right], *rng.permutation(wrong)[:keep_wrong]]
         if kept:

@@ -122,6 +122,8 @@ def select_by_skill(p: SelectionProblem) -> StrategyOutcome:
         drawn = _sample_over_leaf_lists(lists, p.weights, config.budget, p.rng)
         p.notes.append(f"correct_portion {config.correct_portion}: {sum(map(len, lists.values()))} (leaf, example) "
                        "candidates after the per-leaf cut")
+        # eligible means selectable: the examples that survive the cut, not those before it
+        candidates = np.unique(np.concatenate(list(lists.values()))) if lists else np.array([], dtype=int)
     elif config.forced_distribution:
         drawn = _select_forced(pool, groups, np.flatnonzero(active), target_vec, p.rng)
     else:
