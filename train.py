@@ -224,9 +224,12 @@ class SkillCLI(LightningCLI):
 
     def _check_fixed_settings(self, config, ckpt: Path, root: Path) -> None:
         meta = runs.read_checkpoint_meta(ckpt)
-        current = {"model": config.model, "data": config.data,
-                   "trainer": {k: config.trainer[k] for k in runs.FIXED_SETTINGS["trainer"]
-                               if config.trainer.get(k) is not None}}  # unset: Lightning's default, not compared
+        trainer = {k: config.trainer[k] for k in runs.FIXED_SETTINGS["trainer"]
+                   if config.trainer.get(k) is not None}  # unset: Lightning's default, not compared
+        seed = config.get("seed_everything")
+        if seed is not True:  # True draws a new seed per run: nothing to compare
+            trainer["seed_everything"] = None if seed is False or seed is None else int(seed)
+        current = {"model": config.model, "data": config.data, "trainer": trainer}
         changed = runs.changed_settings(runs.saved_settings(meta), current)
         if changed:
             name, old, new = changed[0]

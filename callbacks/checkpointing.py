@@ -236,8 +236,11 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
             raise ConfigError(f"trainer.callbacks has {', '.join(others)} besides ResumableCheckpoint: every "
                               "checkpoint would be written twice; keep only "
                               "callbacks.checkpointing.ResumableCheckpoint")
+        global_seed = os.environ.get("PL_GLOBAL_SEED")  # what seed_everything set (absent: no seeding)
         self.run_settings = {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
-                             "accumulate_grad_batches": trainer.accumulate_grad_batches}
+                             "accumulate_grad_batches": trainer.accumulate_grad_batches,
+                             "precision": str(trainer.precision),
+                             "seed_everything": int(global_seed) if global_seed is not None else None}
         super().setup(trainer, pl_module, stage)
         # checkpoints load with torch.load(weights_only=True); hyperparameters and callback states hold the
         # project's dataclasses (CorpusFields, SkillFormat, ...), which are allow-listed, nothing else

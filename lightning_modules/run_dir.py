@@ -23,13 +23,17 @@ from skill_distill.run_layout import RunLayout
 STEP_CHECKPOINT = re.compile(r"^step=(\d+)\.ckpt$")
 
 # settings a resumed run may not change: (section, key) -> why it is fixed
+# (the one list of what defines a run; ``trainer`` also holds ``seed_everything``, recorded by ResumableCheckpoint)
 FIXED_SETTINGS: dict[str, tuple[str, ...]] = {
-    "model": ("learning_rate", "weight_decay", "betas", "eps", "warmup_ratio", "min_lr_ratio", "max_grad_norm"),
+    "model": ("model", "model_dtype", "loss_implementation", "learning_rate", "weight_decay", "betas", "eps",
+              "warmup_ratio", "min_lr_ratio", "max_grad_norm"),
     "data": ("corpus", "fields", "split", "tree", "attribution", "profile", "verdicts", "display_names", "selection",
              "skill_format", "instruction", "enable_thinking", "max_length", "examples_per_step", "packing", "shuffle",
-             "seed"),
-    "trainer": ("max_epochs", "max_steps", "accumulate_grad_batches"),
+             "seed", "tokenizer", "val_corpus", "reselection"),
+    "trainer": ("max_epochs", "max_steps", "accumulate_grad_batches", "precision", "seed_everything"),
 }
+DISPLAY_NAMES = {"trainer.seed_everything": "seed_everything"}
+"""Settings reported under another name than ``section.key`` (the command line's)."""
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -106,19 +110,56 @@ def plain(value: Any) -> Any:
 
 
 PATH_SETTINGS = {"data.corpus", "data.tree", "data.attribution", "data.profile", "data.verdicts",
-                 "data.display_names"}
+                 "data.display_names", "data.val_corpus", "data.tokenizer", "model.model"}
 """Fixed settings that name a file: the same file is the same bytes, wherever it lies now (a moved or re-mounted
 data directory resumes; the same name with other bytes does not)."""
 
 
+_IDENTITY_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json")
+"""What identifies a model or tokenizer directory: its architecture and vocabulary (a resumed run's weights come
+from the checkpoint, not from the directory)."""
+
+
 def _file_digest(value: str) -> str | None:
-    """sha256 of the file a setting names (a pinned asset resolved), None when it names no local file."""
+    """sha256 of the file a setting names (a pinned asset resolved), or of a model or tokenizer directory's identity
+    files; None when it names nothing local (a hub name)."""
+    from skill_distill.assets import resolve
+    from skill_distill.io import sha256_file
     from skill_distill.selection import fingerprint_file
 
+    if not value:
+        return None
     try:
-        return fingerprint_file(value) if value else None
+        folder = Path(resolve(value))
+    except (DataError, OSError):
+        return None
+    if folder.is_dir():
+        parts = [f"{name}:{sha256_file(folder / name)}" for name in _IDENTITY_FILES if (folder / name).is_file()]
+        return ";".join(parts) or None
+    try:
+        return fingerprint_file(value)
     except DataError:
         return None
+
+
+def _precision(value: Any) -> Any:
+    """Lightning's precision spellings as one (``32``, ``"32"`` and ``"32-true"`` are one setting; Lightning's own
+    normaliser is private)."""
+    legacy = {"64": "64-true", "32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+    return legacy.get(str(value), str(value)) if value is not None else None
+
+
+def _leaf_changes(name: str, old: Any, new: Any) -> list[tuple[str, Any, Any]]:
+    """(dotted name, old, new) of the changed leaves of a setting: a changed group is reported by its keys
+    (``data.selection.budget``, not the whole block). A key the checkpoint does not record is not compared (it
+    came with a newer version, at its default)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        changes = []
+        for key in old:
+            if key in new:
+                changes += _leaf_changes(f"{name}.{key}", old[key], new[key])
+        return changes
+    return [] if _same(old, new) else [(name, old, new)]
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -138,6 +179,8 @@ def changed_settings(saved: Mapping[str, Mapping[str, Any]], current: Mapping[st
                 continue
             old, new = plain(saved[section][key]), plain(current[section][key])
             name = f"{section}.{key}"
+            if name == "trainer.precision":
+                old, new = _precision(old), _precision(new)
             # a name unchanged needs no hashing (the manifest's fingerprints guard a file edited in place)
             if name in PATH_SETTINGS and isinstance(old, str) and isinstance(new, str) and old != new:
                 old_digest, new_digest = _file_digest(old), _file_digest(new)
@@ -148,9 +191,8 @@ def changed_settings(saved: Mapping[str, Mapping[str, Any]], current: Mapping[st
                 if new_digest is not None and old_digest is None:
                     # the checkpoint's file is gone (moved): the selection manifest's fingerprints still guard it
                     continue
-            if not _same(old, new):
-                changed.append((name, old, new))
-    return changed
+            changed += _leaf_changes(name, old, new)
+    return [(DISPLAY_NAMES.get(name, name), old, new) for name, old, new in changed]
 
 
 def saved_settings(meta: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

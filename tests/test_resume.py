@@ -143,3 +143,34 @@ def test_preemption_rejects_unknown_signal_names():
     assert [s.name for s in cb.signals] == ["SIGTERM", "SIGUSR1"]
     with pytest.raises(ConfigError, match="unknown signal"):
         PreemptionCallback(signals=("SIGNOPE",))
+
+
+def test_changed_settings_names_the_changed_key_and_compares_identities(tmp_path, qwen_tokenizer_dir):
+    """What a resume compares (lightning_modules/run_dir.py): a changed key inside a group by its own name, a key
+    the checkpoint does not record not at all, Lightning's precision spellings as one, and a model or tokenizer
+    directory by its identity files wherever it lies (issue 28)."""
+    import shutil
+
+    from lightning_modules.run_dir import changed_settings
+
+    saved = {"model": {"model": str(qwen_tokenizer_dir), "learning_rate": 1e-3},
+             "data": {"selection": {"strategy": "skill", "budget": 1000, "seed": 42},
+                      "reselection": {"every_n_epochs": 1, "discount": 1.0}},
+             "trainer": {"precision": "32-true", "seed_everything": 42}}
+    same = {"model": dict(saved["model"]), "data": {"selection": {**saved["data"]["selection"], "new_knob": 3},
+                                                    "reselection": dict(saved["data"]["reselection"])},
+            "trainer": {"precision": 32, "seed_everything": 42}}
+    assert changed_settings(saved, same) == []
+    moved = tmp_path / "moved_tokenizer"
+    shutil.copytree(qwen_tokenizer_dir, moved)
+    assert changed_settings(saved, {**same, "model": {**same["model"], "model": str(moved)}}) == []
+    (moved / "tokenizer_config.json").write_text("{}")
+    assert [c[0] for c in changed_settings(saved, {**same, "model": {**same["model"], "model": str(moved)}})] \
+        == ["model.model"]
+    changed = {"model": same["model"],
+               "data": {"selection": {**same["data"]["selection"], "budget": 500},
+                        "reselection": {**same["data"]["reselection"], "discount": 0.9}},
+               "trainer": {"precision": "bf16-mixed", "seed_everything": 7}}
+    assert changed_settings(saved, changed) == [
+        ("data.selection.budget", 1000, 500), ("data.reselection.discount", 1.0, 0.9),
+        ("trainer.precision", "32-true", "bf16-mixed"), ("seed_everything", 42, 7)]

@@ -380,6 +380,30 @@ def test_a_data_file_moved_with_the_same_bytes_resumes_and_changed_bytes_are_ref
 
 
 @pytest.mark.slow
+def test_every_setting_that_defines_the_run_is_refused_on_resume_by_its_key(runs):
+    """Precision, the global seed and a key inside a settings group, changed on resume: each refused in one line
+    naming that key (issue 28: they trained on, and a changed budget was reported as the whole selection block)."""
+    jobs = {"precision": (["--trainer.precision=bf16-mixed"], 'error: trainer.precision is "bf16-mixed" here but '
+                                                               '"32-true" in the checkpoint'),
+            "seed": (["--seed_everything=7"], "error: seed_everything is 7 here but 42 in the checkpoint"),
+            "budget": (["--data.selection.budget=12"], "error: data.selection.budget is 12 here but ")}
+
+    def refused(name: str, args: list[str]) -> tuple[str, dict, dict]:
+        cwd, _ = copy_run(runs, f"changed_{name}")
+        before = snapshot(cwd)
+        log = runs["root"] / f"changed_{name}.log"
+        train(cwd, runs["plain"], "--ckpt_path", "last", *args, log=log, expect=2)
+        return last_line(log), before, snapshot(cwd)
+
+    results = side_by_side(**{name: (lambda name=name, args=args: refused(name, args))
+                              for name, (args, _) in jobs.items()})
+    for name, (_, expected) in jobs.items():
+        line, before, after = results[name].result()
+        assert line.startswith(expected), line
+        assert len(line) < 400 and after == before
+
+
+@pytest.mark.slow
 def test_kill_9_after_a_checkpoint_keeps_the_metrics_rows_up_to_it(runs, tmp_path):
     # checkpoints every 2 steps and rows buffered for 10: before the fix the rows of steps 2-4 were still in memory
     # when the kill came at step 5, and the resume (from step 4) starts after them
