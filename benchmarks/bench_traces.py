@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_generation's child runner
 
 
 def write_problems(path: Path, k: int) -> None:
@@ -91,17 +90,12 @@ class _Unclosed:
 
 
 def run_child(kind: str, args, workdir: str) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
-               VLLM_CPU_OMP_THREADS_BIND=",".join(str(i) for i in range(args.threads)),
-               VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"), TOKENIZERS_PARALLELISM="false")
+    from bench_generation import child_result
+
     cmd = [sys.executable, __file__, "--child", kind, f"--workdir={workdir}"] + [
         f"--{k.replace('_', '-')}={getattr(args, k)}" for k in (
             "problems", "samples", "max_new_tokens", "batch_size", "threads", "temperature", "top_p")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        sys.exit(f"{kind} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(line[len("RESULT "):])
+    return child_result(kind, cmd, args.threads)
 
 
 def main() -> None:
