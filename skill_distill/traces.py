@@ -179,7 +179,7 @@ def allocate_samples(ids: Sequence[str], targeting: SkillTargeting) -> Allocatio
 
     from skill_distill.profile_file import read_profile_nodes
     from skill_distill.selection.pool_index import _index_pool
-    from skill_distill.selection.weights import leaf_weight
+    from skill_distill.selection.weights import leaf_weight, weighting_warning
     from skill_distill.skill_stats import load_attribution
     from skill_distill.skill_tree import SkillTree, format_chain
 
@@ -209,10 +209,16 @@ def allocate_samples(ids: Sequence[str], targeting: SkillTargeting) -> Allocatio
         notes.append(f"{missed} problems have no judged leaf (or no chain) and get only the floor of "
                      f"{targeting.min_samples} samples")
     total = float(weights[active].sum())
+    target = {pool.leaves[c]: float(weights[c]) / total for c in np.flatnonzero(active)}
+    warning = weighting_warning(target, {pool.leaves[c]: float(weights[c]) for c in np.flatnonzero(active)},
+                                accuracy, targeting.w_max, targeting.temperature)
+    if warning:
+        notes.append(warning.replace("selection.", "targeting.").replace(
+            ", or closed-loop re-selection (data.reselection)", ""))
     return Allocation(
         samples={i: int(d) + targeting.min_samples for i, d in zip(ids, draws, strict=True)},
         leaf_weights={format_chain(pool.leaves[c]): float(weights[c]) for c in np.flatnonzero(weights > 0)},
-        target={format_chain(pool.leaves[c]): float(weights[c]) / total for c in np.flatnonzero(active)},
+        target={format_chain(c): share for c, share in target.items()},
         draw_probability={i: float(p) for i, p in zip(ids, q, strict=True)}, notes=notes)
 
 
@@ -330,6 +336,8 @@ def run_generate_traces(
         _progress(f"decontamination: {counts['removed']} of {counts['checked']} problems overlap an evaluation set")
     if targeting is not None:
         allocation = allocate_samples([ex.id for ex in clean], targeting)
+        for note in allocation.notes:
+            _progress(f"allocation: {note}")
         _write_allocation(out_dir / ALLOCATION_FILE, allocation, targeting, problems)
     else:
         allocation = Allocation(samples={ex.id: sampling.n for ex in clean})

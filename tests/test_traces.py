@@ -176,7 +176,8 @@ LEAVES = [("Arithmetic", "addition"), ("Arithmetic", "division"), ("Algebra", "l
 ACCURACY = [0.8, 0.2, 0.5]
 
 
-def _targeting_inputs(d: Path, per_leaf=(60, 30, 90), budget: int = 20000) -> tuple[list[str], SkillTargeting]:
+def _targeting_inputs(d: Path, per_leaf=(60, 30, 90), budget: int = 20000, accuracy=ACCURACY
+                      ) -> tuple[list[str], SkillTargeting]:
     ids, attribution = [], []
     for leaf, count in zip(LEAVES, per_leaf, strict=True):
         for i in range(count):
@@ -185,7 +186,7 @@ def _targeting_inputs(d: Path, per_leaf=(60, 30, 90), budget: int = 20000) -> tu
     (d / "tree.json").write_text(json.dumps(TREE))
     _write_jsonl(d / "attr.jsonl", attribution)
     nodes = [{"chain": "->".join(leaf), "judged": 10, "accuracy": acc, "is_leaf": True}
-             for leaf, acc in zip(LEAVES, ACCURACY, strict=True)]
+             for leaf, acc in zip(LEAVES, accuracy, strict=True)]
     (d / "profile.json").write_text(json.dumps({"nodes": nodes}))
     return ids, SkillTargeting(attribution=str(d / "attr.jsonl"), profile=str(d / "profile.json"),
                                tree=str(d / "tree.json"), budget=budget, seed=7)
@@ -196,7 +197,7 @@ def test_skill_targeted_allocation_follows_the_weights(tmp_path):
 
     ids, targeting = _targeting_inputs(tmp_path)
     allocation = allocate_samples(ids, targeting)
-    assert sum(allocation.samples.values()) == targeting.budget
+    assert sum(allocation.samples.values()) == targeting.budget and allocation.notes == []
     # target: w = 1/acc normalised over leaves = (1.25, 5, 2) / 8.25
     w = [1 / a for a in ACCURACY]
     expected_share = [x / sum(w) for x in w]
@@ -214,6 +215,12 @@ def test_skill_targeted_allocation_follows_the_weights(tmp_path):
     assert chisquare(counts, [targeting.budget / len(ids)] * len(ids)).pvalue < 1e-9
     # the weak leaf's problems get more tries than the strong leaf's
     assert sum(counts[60:90]) / 30 > 3 * sum(counts[:60]) / 60
+
+
+def test_degenerate_weights_are_noted(tmp_path):
+    ids, targeting = _targeting_inputs(tmp_path, budget=100, accuracy=[0.8, 0.0, 0.5])
+    notes = allocate_samples(ids, targeting).notes
+    assert len(notes) == 1 and "'Arithmetic->division'" in notes[0] and "targeting.w_max" in notes[0]
 
 
 @pytest.mark.slow
