@@ -222,19 +222,6 @@ def atomic_directory(path: str | os.PathLike, replace: bool = True) -> Iterator[
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_run_settings(path: str | os.PathLike, settings: dict, keys: Iterable[str], what: str) -> None:
-    """Record a stage's ``settings`` in ``path``; when the file already holds a run whose ``keys`` differ, raise
-    DataError naming them (a resumed run must not mix settings in one output directory)."""
-    p = Path(path)
-    if p.exists():
-        old = read_json(p, f"{what} settings")
-        diff = [k for k in keys if old.get(k) != settings.get(k)]
-        if diff:
-            raise DataError(f"{p}: this output_dir holds a {what} with different {', '.join(diff)}; "
-                            "use a new output_dir or delete its files to restart")
-    write_json(p, settings)
-
-
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
     with atomic_write(path) as f:
         json.dump(obj, f, indent=indent, ensure_ascii=False)

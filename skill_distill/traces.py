@@ -55,7 +55,6 @@ from skill_distill.io import (
     ConfigError,
     DataError,
     JsonlAppender,
-    check_run_settings,
     iter_jsonl,
     read_json,
     write_json,
@@ -73,7 +72,7 @@ TEACHER_SAMPLING = SamplingConfig(temperature=0.6, top_p=0.95, max_new_tokens=32
 DROP_REASONS = ("truncated", "no_think_close", "no_answer", "wrong", "low_agreement", "surplus")
 PASS_RATE_BINS = ("0", "(0,0.25]", "(0.25,0.5]", "(0.5,0.75]", "(0.75,1)", "1")
 # settings that must agree between a resumed run (or the shards of one run) and the files already written
-_RUN_KEYS = ("problems", "fields", "teacher", "backend_kind", "model", "tokenizer", "sampling", "enable_thinking",
+_RUN_KEYS = ("fingerprints", "fields", "teacher", "backend_kind", "model", "tokenizer", "sampling", "enable_thinking",
              "instruction", "keep", "keep_rule", "min_agreement", "require_think_close", "answer_fallback",
              "targeting", "decontamination", "num_shards", "limit", "seed")
 
@@ -328,8 +327,7 @@ def run_generate_traces(
     info = _run_info(problems, fields, backend, teacher, sampling, enable_thinking, instruction, keep, keep_rule,
                      min_agreement, require_think_close, answer_fallback, targeting, decontamination, num_shards,
                      limit)
-    check_run_settings(shard_path(out_dir, RUN_FILE, shard_index, num_shards), {**info, "shard_index": shard_index},
-                       _RUN_KEYS, "generate-traces run")
+    _check_run_info(shard_path(out_dir, RUN_FILE, shard_index, num_shards), {**info, "shard_index": shard_index})
 
     clean, counts = decontaminate(examples, decontamination, out_dir)
     if counts is not None:
@@ -395,18 +393,34 @@ def _check_settings(backend: BackendConfig, sampling: SamplingConfig, keep: int,
 def _run_info(problems, fields, backend: BackendConfig, teacher, sampling, enable_thinking, instruction, keep,
               keep_rule, min_agreement, require_think_close, answer_fallback, targeting, decontamination, num_shards,
               limit) -> dict:
-    def where(path: str) -> str:  # an asset name is pinned by its checksum: kept as the name
-        return str(path) if str(path).startswith("asset:") or not Path(str(path)).exists() else \
-            str(Path(path).resolve())
+    """The run's settings. Input files are compared by content (sha256), and recorded by path as given: a run moved
+    to another checkout resumes, a changed file does not (as the profile stage does)."""
+    from skill_distill.selection.manifest import fingerprint_file
 
-    return {"problems": where(problems), "fields": asdict(fields), "teacher": teacher or backend.model,
-            "backend_kind": backend.kind, "model": backend.model, "tokenizer": backend.tokenizer or backend.model,
-            "backend": asdict(backend), "sampling": asdict(sampling), "enable_thinking": enable_thinking,
-            "instruction": instruction, "keep": keep, "keep_rule": keep_rule, "min_agreement": min_agreement,
-            "require_think_close": require_think_close, "answer_fallback": answer_fallback,
-            "targeting": None if targeting is None else asdict(targeting),
+    files = {"problems": problems, **({} if targeting is None else {
+        "attribution": targeting.attribution, "profile": targeting.profile, "tree": targeting.tree})}
+    fingerprints = {k: fingerprint_file(v) for k, v in files.items() if Path(v).is_file() or v.startswith("asset:")}
+    return {"problems": problems, "fingerprints": fingerprints, "fields": asdict(fields),
+            "teacher": teacher or backend.model, "backend_kind": backend.kind, "model": backend.model,
+            "tokenizer": backend.tokenizer or backend.model, "backend": asdict(backend), "sampling": asdict(sampling),
+            "enable_thinking": enable_thinking, "instruction": instruction, "keep": keep, "keep_rule": keep_rule,
+            "min_agreement": min_agreement, "require_think_close": require_think_close,
+            "answer_fallback": answer_fallback, "targeting": None if targeting is None else asdict(targeting),
             "decontamination": asdict(decontamination), "num_shards": num_shards, "limit": limit,
             "seed": sampling.seed}
+
+
+def _check_run_info(path: Path, info: dict) -> None:
+    if path.exists():
+        diff = _settings_diff(read_json(path, "generate-traces run settings"), info)
+        if diff:
+            raise DataError(f"{path}: this output_dir holds a generate-traces run with different {', '.join(diff)}; "
+                            "use a new output_dir or delete its files to restart")
+    write_json(path, info)
+
+
+def _settings_diff(old: dict, new: dict) -> list[str]:
+    return [k for k in _RUN_KEYS if old.get(k) != new.get(k)]
 
 
 def _write_allocation(path: Path, allocation: Allocation, targeting: SkillTargeting, problems: str) -> None:
@@ -643,7 +657,7 @@ def merge_trace_shards(output_dir: str, num_shards: int) -> dict:
                             f"shard_index={i})")
         infos.append(read_json(p, "generate-traces run settings"))
     for i, other in enumerate(infos[1:], start=1):
-        diff = [k for k in _RUN_KEYS if other.get(k) != infos[0].get(k)]
+        diff = _settings_diff(infos[0], other)
         if diff:
             raise DataError(f"{shard_path(out_dir, RUN_FILE, i, num_shards)}: shard {i} ran with different "
                             f"{', '.join(diff)} than shard 0; rerun it with the same settings")
