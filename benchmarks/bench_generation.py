@@ -75,13 +75,18 @@ def child(args) -> None:
 
 
 def run_child(kind: str, args) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
-               VLLM_CPU_OMP_THREADS_BIND=",".join(str(i) for i in range(args.threads)),
-               VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"), TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, __file__, "--child", kind] + [f"--{k.replace('_', '-')}={v}" for k, v in (
         ("prompts", args.prompts), ("max_new_tokens", args.max_new_tokens), ("batch_size", args.batch_size),
         ("threads", args.threads), ("vllm_dtype", args.vllm_dtype), ("temperature", args.temperature),
         ("top_p", args.top_p))] + (["--vllm-compile"] if args.vllm_compile else [])
+    return child_result(kind, cmd, args.threads)
+
+
+def child_result(kind: str, cmd: list[str], threads: int) -> dict:
+    """Run one benchmark child pinned to ``threads`` cores (torch and vLLM-cpu alike); its ``RESULT {json}`` line."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+               VLLM_CPU_OMP_THREADS_BIND=",".join(str(i) for i in range(threads)),
+               VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:

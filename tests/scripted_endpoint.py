@@ -3,7 +3,8 @@
 It stands in for an external LLM endpoint (``vllm serve``) in tests: it listens on 127.0.0.1 at a free port
 (stdlib ``http.server`` in a thread), and answers each request with ``script(prompt, body)``, which returns
 
-- a string: the completion text (``n`` copies for ``n > 1``), or
+- a string: the completion text (``n`` copies for ``n > 1``),
+- a list of ``n`` choices, each a text or ``(text, finish_reason)`` (``"length"``: cut at ``max_tokens``), or
 - ``(status, text)``: an HTTP error with that status and body.
 
 ``fail_after=N`` makes every request after the first N answered ones return HTTP 500, to simulate a server
@@ -71,13 +72,15 @@ class ScriptedEndpoint:
                 with endpoint._lock:
                     endpoint.answered += 1
                 n = int(body.get("n", 1))
-                tokens = max(1, len(reply.split()))
+                choices = [c if isinstance(c, tuple) else (c, "stop")
+                           for c in (reply if isinstance(reply, list) else [reply] * n)]
+                tokens = sum(max(1, len(text.split())) for text, _ in choices)
                 self._send(200, {
                     "id": "cmpl-scripted", "object": "text_completion", "model": endpoint.model,
-                    "choices": [{"index": i, "text": reply, "finish_reason": "stop", "logprobs": None}
-                                for i in range(n)],
-                    "usage": {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": tokens * n,
-                              "total_tokens": len(body["prompt"].split()) + tokens * n},
+                    "choices": [{"index": i, "text": text, "finish_reason": why, "logprobs": None}
+                                for i, (text, why) in enumerate(choices)],
+                    "usage": {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": tokens,
+                              "total_tokens": len(body["prompt"].split()) + tokens},
                 })
 
         return Handler
