@@ -156,7 +156,7 @@ def decontaminate(examples: list[Example], config: DecontaminationConfig, output
     """The problems that overlap no evaluation set; the gate's counts and hits are written to ``output_dir``."""
     if not config.enabled:
         return examples, None
-    counter = HitCounter(BenchmarkIndex.from_benchmarks(config.benchmarks, config.n), config)
+    counter = HitCounter(BenchmarkIndex.from_config(config), config)
     hits, kept = [], []
     for ex in examples:
         found = counter.check(ex.id, ex.problem)

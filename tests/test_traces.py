@@ -136,7 +136,7 @@ def test_kept_and_dropped_counts_are_exact(tmp_path, problems_file, endpoint, qw
 
 def test_output_feeds_the_pool_reader_and_pool_filters(tmp_path, problems_file, endpoint, qwen_tokenizer_dir):
     from skill_distill.corpus import load_corpus
-    from skill_distill.pool import PoolFilter, run_pool
+    from skill_distill.pool import PoolDraw, PoolFilter, PoolSource, run_pool
 
     out = tmp_path / "out"
     run_generate_traces(str(problems_file), str(out), _backend(endpoint, qwen_tokenizer_dir),
@@ -144,8 +144,8 @@ def test_output_feeds_the_pool_reader_and_pool_filters(tmp_path, problems_file, 
                         decontamination=OFF, grader_workers=0)
     examples = load_corpus(out / "traces.jsonl")  # the reader attribute, profile and training use
     assert len(examples) == 6 and all("</think>" in e.trace and e.answer for e in examples)
-    stats = run_pool(str(out / "traces.jsonl"), str(tmp_path / "pool"), max_traces_per_problem=2,
-                     filters=PoolFilter(max_trace_chars=60), decontamination=OFF)
+    stats = run_pool(PoolSource(str(out / "traces.jsonl")), str(tmp_path / "pool"),
+                     PoolDraw(max_traces_per_problem=2), filters=PoolFilter(max_trace_chars=60), decontamination=OFF)
     assert stats["dropped"]["trace_chars"] == sum(len(e.trace) > 60 for e in examples) > 0
     assert stats["pool"] == 6 - stats["dropped"]["trace_chars"]
 
