@@ -25,7 +25,7 @@ from callbacks.preemption import PreemptionCallback, is_final_epoch
 from datamodules.skill_datamodule import EvalContext, SkillDataModule
 from skill_distill.eval_sets import HELDOUT, PAPER_SUITE, BenchmarkSpec, SkillSource, resolve_specs
 from skill_distill.generation.base import GenerationError, GenerationInterrupted, SamplingConfig
-from skill_distill.generation.factory import BackendConfig
+from skill_distill.generation.factory import BackendConfig, VLLMConfig
 from skill_distill.io import ConfigError
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class SkillEvalCallback(L.Callback):
         benchmarks: list[str | BenchmarkSpec] | None = None,
         every_n_epochs: int = 1,
         baseline: bool = False,
-        backend: BackendConfig = BackendConfig(kind="vllm"),
+        backend: BackendConfig = VLLMConfig(),
         sampling: SamplingConfig = SamplingConfig(temperature=0.6, top_p=1.0, max_new_tokens=16384),
         tree: str | None = None,
         data_root: str | None = None,
@@ -121,7 +121,8 @@ class SkillEvalCallback(L.Callback):
             raise ConfigError(f"SkillEvalCallback: backend.tensor_parallel_size must be >= 1, got "
                               f"{backend.tensor_parallel_size}")
         if backend.kind == "openai":
-            raise ConfigError("SkillEvalCallback evaluates the weights being trained: use backend.kind vllm or hf")
+            raise ConfigError("SkillEvalCallback evaluates the weights being trained: use a VLLMConfig or HFConfig "
+                              "backend")
         self.benchmarks = list(benchmarks) if benchmarks is not None else [HELDOUT, *PAPER_SUITE]
         self.every_n_epochs = every_n_epochs
         self.baseline = baseline
@@ -284,8 +285,9 @@ class SkillEvalCallback(L.Callback):
         on every rank and None returned. Raises GenerationError (every rank) when it failed on any rank and
         ``on_error`` is raise.
         """
-        from skill_distill.evaluation import compute_summaries, evaluate_model
+        from skill_distill.evaluation import InSubprocess, compute_summaries, evaluate_model
         from skill_distill.formatting import DEFAULT_INSTRUCTION
+        from skill_distill.grading import GradingConfig
 
         root = self._root(trainer)
         out_dir = root / tag
@@ -308,9 +310,10 @@ class SkillEvalCallback(L.Callback):
                     str(export_dir), str(export_dir), self.loaded, self.backend, self.sampling,
                     enable_thinking=self._prompt_settings["enable_thinking"], rank=engine, world_size=engines,
                     instruction=self._prompt_settings["instruction"] or DEFAULT_INSTRUCTION,
-                    in_subprocess=True, child_env=self._child_env(trainer, pl_module), timeout_s=self.timeout_s,
-                    grader_workers=self.grader_workers, grade_timeout_s=self.grade_timeout_s,
-                    should_stop=(lambda: self._stop_requested(trainer)) if interruptible else None,
+                    in_subprocess=InSubprocess(
+                        env=self._child_env(trainer, pl_module), timeout_s=self.timeout_s,
+                        should_stop=(lambda: self._stop_requested(trainer)) if interruptible else None),
+                    grading=GradingConfig(workers=self.grader_workers, timeout_s=self.grade_timeout_s),
                     tree=self._tree_obj, skill_format=self._context.skill_format if self._context else None)
         except GenerationInterrupted:
             interrupted = True
