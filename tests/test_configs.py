@@ -308,3 +308,76 @@ def test_experiment_config_parses_against_its_driver(path):
     for regime in init.regimes:
         assert isinstance(regime, driver.ExperimentConfig) and regime.budget > 0
         regime.validate()  # arms known, random among them, 1 to 4 tries
+
+
+# ---- the SLURM scripts and the Makefile run the same compositions ----------------------------------------------------
+def _slurm_copy(tmp_path: Path) -> tuple[Path, dict]:
+    """The repository's configs and scripts in a scratch directory (the scripts cd into the submit directory and
+    write logs there), and an environment whose ``srun`` (the cluster, the one external service here) writes the
+    command it was given instead of running it."""
+    import shutil
+    import sys
+
+    repo = tmp_path / "repo"
+    shutil.copytree(CONFIGS, repo / "configs")
+    shutil.copytree(REPO / "scripts" / "slurm", repo / "scripts" / "slurm")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("srun", "fake-python"):
+        (bin_dir / name).write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$CALLED"\n')
+        (bin_dir / name).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLED": str(tmp_path / "called.txt"), "SLURM_SUBMIT_DIR": str(repo),
+           "SLURM_NNODES": "1", "SLURM_NTASKS_PER_NODE": "8", "SLURM_JOB_ID": "7", "PYTHON": sys.executable}
+    return repo, env
+
+
+def test_the_slurm_train_job_runs_the_composition_its_run_file_names(tmp_path):
+    import subprocess
+
+    repo, env = _slurm_copy(tmp_path)
+    called = tmp_path / "called.txt"
+    done = subprocess.run(["bash", "scripts/slurm/train.sbatch", "qwen3_8b", "skill_sft", "--trainer.max_epochs=1"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert called.read_text().split("\n")[:-1] == [
+        "--kill-on-bad-exit=1", env["PYTHON"], "train.py", "fit", *composition_text("qwen3_8b", "skill_sft"),
+        "--ckpt_path", "last", "--trainer.max_epochs=1"]
+    called.unlink()
+    # a 2-node run file on a 1-node job stops before srun; an unknown model names what exists
+    done = subprocess.run(["bash", "scripts/slurm/train.sbatch", "qwen3_4b", "skill_sft_2node"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "wants num_nodes=2 x devices=8, the job has 1 x 8" in done.stderr
+    done = subprocess.run(["bash", "scripts/slurm/train.sbatch", "qwen3_70b", "skill_sft"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "configs/models/qwen3_70b.yaml does not exist (models: qwen3_4b qwen3_8b" in \
+        done.stderr and not called.exists()
+    # torchrun on each node (no SLURM): the same train.py arguments
+    done = subprocess.run(["bash", "scripts/slurm/torchrun_train.sh", "qwen3_4b", "random_sft_2node"], cwd=repo,
+                          env={**env, "PYTHON": "fake-python", "NNODES": "2", "NODE_RANK": "1"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    args = called.read_text().split("\n")[:-1]
+    assert args[:2] == ["-m", "torch.distributed.run"] and "--node-rank" in args and args[args.index("--node-rank")
+                                                                                           + 1] == "1"
+    assert args[args.index("train.py"):] == ["train.py", "fit", *composition_text("qwen3_4b", "random_sft_2node"),
+                                             "--ckpt_path", "last"]
+
+
+def composition_text(model: str, run: str) -> list[str]:
+    """The composition a run file's header names, as the scripts pass it (relative to the repository)."""
+    return ["--config", "configs/base/sft.yaml", "--config", f"configs/models/{model}.yaml", "--config",
+            f"configs/runs/{run}.yaml", "--trainer.default_root_dir", f"runs/{model}/{run}"]
+
+
+def test_the_slurm_pipeline_trains_both_runs_of_its_model(tmp_path):
+    import subprocess
+
+    repo, env = _slurm_copy(tmp_path)
+    done = subprocess.run(["bash", "scripts/slurm/pipeline.sh", "--dry-run"], cwd=repo,
+                          env={**env, "SIZE": "4b", "TRAIN_NODES": "2"}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    trains = [line for line in done.stderr.splitlines() if "scripts/slurm/train.sbatch" in line]
+    assert [line.split("train.sbatch ")[1] for line in trains] == ["qwen3_4b skill_sft_2node",
+                                                                    "qwen3_4b random_sft_2node"]
+    assert all("--nodes 2" in line for line in trains)
+    assert "--model runs/qwen3_4b/skill_sft_2node/hf_export/final" in done.stderr  # evaluated where it trained
