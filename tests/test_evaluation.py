@@ -261,10 +261,12 @@ def test_evaluate_stage_with_vllm_writes_a_report_and_resumes(tmp_path, tiny_qwe
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, sorted(os.sched_getaffinity(0)))))
     out = tmp_path / "eval"
     args = ["evaluate", "--config", "configs/pipeline/evaluate_quickstart.yaml", f"--model={tiny_qwen3_dir}",
-            f"--output_dir={out}", "--sampling.max_new_tokens=8", "--sampling.temperature=0.6", "--sampling.seed=1"]
+            f"--output_dir={out}", "--sampling.max_new_tokens=8", "--sampling.temperature=0.6", "--sampling.seed=1",
+            "--grading.confidence=0.9"]
     main(args)
     report = load_report(out / "report.json")
     s = report["summary"]["heldout"]
+    assert s["confidence"] == 0.9  # the grading group reaches the intervals
     assert s["problems"] == 56 and s["samples"] == 56 and s["mean_tokens"] == 8.0 and s["truncation_rate"] == 1.0
     skills = report["benchmarks"]["heldout"]["metrics"]["skills"]
     assert sum(r["judged"] for r in skills if r["is_leaf"]) == 56 and len([r for r in skills if r["is_leaf"]]) == 14
