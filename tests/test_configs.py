@@ -163,6 +163,25 @@ def test_training_config_parses_and_instantiates(path, tiny_qwen3_dir, qwen_toke
     assert cli.model.tokenizer_name == str(qwen_tokenizer_dir)  # linked from data.tokenizer
 
 
+@pytest.mark.parametrize("bad,message", [
+    (["--data.selection.budget=0"], r"^selection.budget=0: must be at least 1$"),
+    (["--data.skill_format.mode=window", "--data.skill_format.depth_start=2", "--data.skill_format.depth_end=1"],
+     r"^skill_format.depth_end=1: must be >= depth_start \(2\)"),
+    (["--data.skill_format.header=Skills:\n"], r"^skill_format.header=.*: must be one non-empty line"),
+])
+def test_a_bad_data_setting_stops_training_when_the_config_is_built(bad, message, tiny_qwen3_dir, qwen_tokenizer_dir,
+                                                                     tmp_path, monkeypatch):
+    """Checked when the configuration is instantiated, before the data are set up (formerly: inside setup)."""
+    from skill_distill.io import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    corpus = REPO / "data" / "quickstart" / "pool.jsonl"
+    with pytest.raises(ConfigError, match=message):
+        train.main(["--config", str(CONFIGS / "quickstart.yaml"),
+                    *cpu_overrides(tiny_qwen3_dir, qwen_tokenizer_dir, corpus), *bad], run=False)
+    assert not any(tmp_path.rglob("*.ckpt"))
+
+
 @pytest.mark.parametrize("path", [*TRAIN_CONFIGS, SFT_BASE], ids=rel)
 def test_training_configs_stop_cleanly_and_name_their_run_directory_once(path):
     t = yaml.safe_load(path.read_text())["trainer"]

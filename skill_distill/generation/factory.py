@@ -15,6 +15,7 @@ Backends are imported only when built, so configs can be parsed without vLLM or 
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -24,19 +25,20 @@ from skill_distill.io import ConfigError, DataError
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
-class BackendConfig:
+class BackendConfig(ABC):
     """A generation backend's settings: the base of ``VLLMConfig``, ``OpenAIConfig`` and ``HFConfig``.
 
     Not a dataclass itself, so that jsonargparse picks a subclass by ``class_path`` (a dataclass type is parsed
-    as one fixed group of fields)."""
+    as one fixed group of fields); abstract, so that only the three kinds can be chosen."""
 
     kind: ClassVar[str] = ""
     """vllm, openai or hf (recorded in stage outputs)."""
     model: str
     tokenizer: str | None
 
+    @abstractmethod
     def build(self) -> GenerationBackend:
-        raise NotImplementedError
+        """Start the backend these settings describe."""
 
     def _bad(self, name: str, why: str) -> ConfigError:
         return ConfigError(f"backend.{name}={getattr(self, name)!r} ({type(self).__name__}): {why}")
