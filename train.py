@@ -9,6 +9,8 @@ One run directory per run, ``trainer.default_root_dir``: checkpoints, logs, eval
 selection manifest all go inside it (relative paths of callbacks and loggers are taken inside it). A directory that
 holds an earlier run is resumed with ``--ckpt_path last`` (the newest readable checkpoint of
 ``<run dir>/checkpoints``; a new run when there is none yet) and refused otherwise; a finished run resumed is a no-op.
+A run directory is held by one run at a time (``<run dir>/run.lock``): a second run started into it is refused
+naming the holder, and the hold of a run that was killed is taken over.
 A resume that changes a setting fixed for the whole run (optimizer, schedule, data, selection) is refused naming the
 setting. ``validate`` runs the held-out loss.
 """
@@ -30,6 +32,7 @@ from datamodules import SkillDataModule
 from lightning_modules import CausalLMModule
 from lightning_modules import run_dir as runs
 from skill_distill.io import ConfigError, DataError, atomic_write
+from skill_distill.run_layout import RunLayout
 
 log = logging.getLogger("train")
 PROJECT_LOGGERS = ("train", "callbacks", "datamodules", "lightning_modules", "skill_distill")
@@ -124,6 +127,14 @@ def _did_you_mean(message: str, parser) -> str:
 
 _ARGV: list[str] = []
 _ROOT_PARSER = None
+_HELD: RunLayout | None = None
+"""The run directory this process holds (released when ``main`` returns)."""
+
+
+def _first_process() -> bool:
+    """Global rank 0 of the job, before the process group exists (torchrun, SLURM, Lightning's launcher)."""
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+    return int(rank) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
 class SkillCLI(LightningCLI):
@@ -163,8 +174,9 @@ class SkillCLI(LightningCLI):
         if RESUME_ENV in os.environ and int(os.environ.get("LOCAL_RANK", "0")) > 0:  # started by Lightning's launcher
             config.ckpt_path = os.environ[RESUME_ENV] or None
             return
-        earlier = runs.earlier_run_outputs(root)
-        ckpt_dir = root / _checkpoint_subdir(config)
+        layout = RunLayout(root)
+        earlier = layout.earlier_run_outputs()
+        ckpt_dir = layout.checkpoints
         resume = None
         if ckpt is None:
             if earlier:
@@ -188,13 +200,20 @@ class SkillCLI(LightningCLI):
                                   "another one: start from it in a new directory (--trainer.default_root_dir)")
         if resume is not None:
             self._check_fixed_settings(config, resume, root)
-            finished = runs.read_finished(root)
+            finished = runs.read_finished(layout)
             if finished is not None:
                 print(f"{root}: this run already finished (step {finished.get('global_step', '?')}); nothing to do. "
-                      f"Its summary: {root / runs.FINISHED}. To train again, use --trainer.default_root_dir "
+                      f"Its summary: {layout.finished}. To train again, use --trainer.default_root_dir "
                       "<another directory>", file=sys.stderr)
                 raise SystemExit(0)
             log.info("resuming %s from %s", root, resume)
+        if _first_process():  # the launched ranks and the other nodes work for the run that holds it
+            global _HELD
+            taken = layout.hold()
+            _HELD = layout
+            if taken is not None:
+                print(f"{root}: taking over the hold of pid {taken.get('pid')} on {taken.get('host')} (started "
+                      f"{taken.get('started')}), which no longer runs", file=sys.stderr)
         config.ckpt_path = str(resume) if resume is not None else None
         os.environ[RESUME_ENV] = config.ckpt_path or ""
         # the config of every attempt is kept (LightningCLI writes it into the first logger's directory):
@@ -222,9 +241,8 @@ class SkillCLI(LightningCLI):
         if not self.trainer.is_global_zero:
             return
         summary = run_summary(self.trainer)
-        root = Path(self.trainer.default_root_dir)
         if not self.trainer.interrupted:
-            with atomic_write(root / runs.FINISHED) as f:
+            with atomic_write(RunLayout.of(self.trainer).finished) as f:
                 json.dump(summary, f, indent=1)
         print(format_summary(summary), file=sys.stderr)
 
@@ -247,15 +265,6 @@ def _log_dir(config, root: Path) -> Path:
     if init.get("version") not in (None, ""):
         d /= str(init.version)
     return d
-
-
-def _checkpoint_subdir(config) -> str:
-    """The ResumableCheckpoint's directory inside the run directory (``checkpoints`` unless configured)."""
-    for cb in _as_list(config.trainer.get("callbacks")):
-        if str(getattr(cb, "class_path", "")).endswith("ResumableCheckpoint"):
-            dirpath = (getattr(cb, "init_args", None) or {}).get("dirpath")
-            return dirpath or runs.CHECKPOINTS
-    return runs.CHECKPOINTS
 
 
 def run_summary(trainer) -> dict:
@@ -332,8 +341,12 @@ def main(args: list[str] | None = None, run: bool = True) -> SkillCLI:
             run=run,
         )
     finally:
+        global _HELD
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:
             os.environ.pop(RESUME_ENV, None)  # for the launched ranks only, not for a later run in this process
+        if _HELD is not None:  # (with run=False the caller drives the trainer itself: nothing is held for it)
+            _HELD.release()
+            _HELD = None
 
 
 if __name__ == "__main__":

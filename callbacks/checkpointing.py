@@ -22,6 +22,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from callbacks.preemption import PreemptionCallback, StopSaver, is_final_epoch
 from skill_distill.io import ConfigError, DataError
+from skill_distill.run_layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +179,10 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
     - The trainer settings a resume may not change (epochs, steps, accumulation) are kept in this callback's state
       (``run_settings``); train.py compares them, and the module's and data's hyperparameters, before resuming.
 
+    Checkpoints go to the run directory's ``checkpoints/`` (``RunLayout.checkpoints``; on multi-node runs the run
+    directory is on a shared filesystem: every rank writes its shard there), where ``--ckpt_path last`` looks.
+
     Args:
-        dirpath: where checkpoints go, inside the run directory when relative (default: ``checkpoints``, i.e.
-            ``<default_root_dir>/checkpoints``; a shared filesystem on multi-node runs: every rank writes its shard
-            there).
         every_n_train_steps: save every N optimizer steps (0: only at epoch ends and at the end).
         keep_last: number of step checkpoints kept (at least 1).
         save_on_epoch_end: also save at the end of every training epoch.
@@ -189,13 +190,12 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
         seed: base seed of that re-seeding (default: the ``seed_everything`` value, else 0).
     """
 
-    def __init__(self, dirpath: str | None = None, every_n_train_steps: int = 50, keep_last: int = 2,
+    def __init__(self, every_n_train_steps: int = 50, keep_last: int = 2,
                  save_on_epoch_end: bool = True, reseed_every_step: bool = True, seed: int | None = None):
         if keep_last < 1:
             raise ConfigError(f"ResumableCheckpoint.keep_last must be >= 1, got {keep_last}")
         if every_n_train_steps < 0:
             raise ConfigError(f"ResumableCheckpoint.every_n_train_steps must be >= 0, got {every_n_train_steps}")
-        self.dirpath_setting = dirpath  # resolved against the run directory in setup
         super().__init__(dirpath=None, filename="step={step:07d}", auto_insert_metric_name=False,
                          monitor="step", mode="max", save_top_k=keep_last, save_last="link",
                          every_n_train_steps=every_n_train_steps or None,
@@ -230,7 +230,7 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
 
     # ---- hooks ----------------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
-        self.dirpath = str(Path(trainer.default_root_dir) / (self.dirpath_setting or "checkpoints"))
+        self.dirpath = str(RunLayout.of(trainer).checkpoints)
         others = [type(cb).__name__ for cb in trainer.checkpoint_callbacks if cb is not self]
         if others:
             raise ConfigError(f"trainer.callbacks has {', '.join(others)} besides ResumableCheckpoint: every "

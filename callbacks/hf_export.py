@@ -6,6 +6,8 @@ from pathlib import Path
 
 import lightning as L
 
+from skill_distill.run_layout import RunLayout
+
 
 class HFExportCallback(L.Callback):
     """Args:
@@ -22,7 +24,7 @@ class HFExportCallback(L.Callback):
         self.last_export: str | None = None
 
     def _root(self, trainer) -> Path:
-        return Path(trainer.default_root_dir) / (self.dirpath or "hf_export")
+        return RunLayout.of(trainer).inside(self.dirpath, RunLayout.of(trainer).hf_export)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:

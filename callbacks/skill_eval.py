@@ -14,7 +14,8 @@ import os
 import shutil
 import time
 import traceback
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,16 +23,235 @@ import lightning as L
 import torch
 
 from callbacks.preemption import PreemptionCallback, is_final_epoch
-from datamodules.skill_datamodule import EvalContext, SkillDataModule
+from datamodules.skill_datamodule import EvalContext, RunDataCallback, SkillDataModule
 from skill_distill.eval_sets import HELDOUT, PAPER_SUITE, BenchmarkSpec, SkillSource, resolve_specs
 from skill_distill.generation.base import GenerationError, GenerationInterrupted, SamplingConfig
 from skill_distill.generation.factory import BackendConfig, VLLMConfig
 from skill_distill.io import ConfigError
+from skill_distill.run_layout import RunLayout
 
 log = logging.getLogger(__name__)
 
 
-class SkillEvalCallback(L.Callback):
+@dataclass
+class EvaluationRun:
+    """One finished generation of an in-training evaluation, handed to its owner's report writer (rank 0)."""
+
+    tag: str
+    records: list[dict]
+    """Every rank's graded samples, gathered."""
+    summaries: dict
+    """Per-set metrics, synced across ranks."""
+    timings: dict
+    """``export_s`` and ``generate_and_grade_s``."""
+    t0: float
+    """When the evaluation started (``time.time()``)."""
+    out_dir: Path
+    """Where its report goes (``<reports dir>/<tag>``)."""
+
+
+class InTrainingEvaluation:
+    """One evaluation of the weights being trained, on every rank (see ``SkillEvalCallback``): export, a vLLM child
+    engine per rank (or tensor-parallel group) on its share of the requests, gathered and synced results, then the
+    owner's report writer on rank 0. A stop signal during an interruptible evaluation leaves it ``pending``; a
+    failure on any rank raises on every rank or is skipped (``on_error``). ``SkillEvalCallback`` and
+    ``ReselectionCallback`` each hold one and set its ``loaded`` sets, ``tree``, ``prompt`` and ``skill_format`` in
+    their ``setup``.
+    """
+
+    def __init__(self, owner: str, backend: BackendConfig, sampling: SamplingConfig, export_dtype: str | None,
+                 keep_exports: bool, dirpath: str | None, on_error: str, timeout_s: float, grader_workers: int,
+                 grade_timeout_s: float, confidence: float = 0.95, bootstrap_resamples: int = 1000,
+                 subdir: str | None = None):
+        if on_error not in ("raise", "skip"):
+            raise ConfigError(f"{owner}.on_error must be 'raise' or 'skip', got {on_error!r}")
+        if backend.tensor_parallel_size < 1:
+            raise ConfigError(f"{owner}: backend.tensor_parallel_size must be >= 1, got {backend.tensor_parallel_size}")
+        if backend.kind == "openai":
+            raise ConfigError(f"{owner} evaluates the weights being trained: use a VLLMConfig or HFConfig backend")
+        self.owner = owner
+        self.backend, self.sampling = backend, sampling
+        self.export_dtype, self.keep_exports, self.dirpath, self.subdir = export_dtype, keep_exports, dirpath, subdir
+        self.on_error, self.timeout_s = on_error, timeout_s
+        self.grader_workers, self.grade_timeout_s = grader_workers, grade_timeout_s
+        self.confidence, self.bootstrap_resamples = confidence, bootstrap_resamples
+        self.loaded: list = []
+        """The evaluated sets (``LoadedBenchmark``)."""
+        self.tree = None
+        self.prompt: dict[str, Any] = {"enable_thinking": True, "instruction": None}
+        self.skill_format = None
+        self.pending: str | None = None
+        """Tag of an evaluation a stop signal interrupted (the owner checkpoints it and runs it after resumption)."""
+
+    def reports_dir(self, trainer) -> Path:
+        """Where the reports go: ``dirpath`` inside the run directory when relative (default ``eval``)."""
+        layout = RunLayout.of(trainer)
+        root = layout.inside(self.dirpath, layout.eval_dir)
+        return root / self.subdir if self.subdir else root
+
+    def check_trainer(self, trainer) -> None:
+        """ConfigError (one line) for a process-group timeout shorter than ``timeout_s``, or tensor-parallel groups
+        that would span nodes."""
+        tp = self.backend.tensor_parallel_size
+        if tp > 1 and max(1, trainer.num_devices) % tp:
+            raise ConfigError(f"{self.owner}: backend.tensor_parallel_size={tp} must divide the devices per node "
+                              f"({trainer.num_devices}): an engine's ranks must share one node")
+        if trainer.world_size <= 1:
+            return
+        # a private member of DDPStrategy / ModelParallelStrategy (checked with Lightning 2.6.6;
+        # tests/test_lightning_private_members.py fails when it goes)
+        timeout = getattr(trainer.strategy, "_timeout", None)
+        if timeout is not None and timeout.total_seconds() < self.timeout_s:
+            raise ConfigError(
+                f"{self.owner}: the process-group timeout ({timeout}) is shorter than the evaluation's time limit "
+                f"timeout_s={self.timeout_s:.0f} s, so ranks waiting for the slowest one would be killed; set "
+                f"trainer.strategy.init_args.timeout to e.g. \"{_hms(self.timeout_s * 1.2)}\", or lower timeout_s")
+
+    def engine_slot(self, trainer) -> tuple[int, int, bool]:
+        """(this rank's engine, number of engines, whether this rank runs it): tensor-parallel groups are
+        consecutive global ranks, which lie on one node because ``tp`` divides the devices per node."""
+        tp = self.backend.tensor_parallel_size
+        return trainer.global_rank // tp, max(1, trainer.world_size // tp), trainer.global_rank % tp == 0
+
+    def _child_env(self, trainer, pl_module) -> dict[str, str]:
+        """The engine's environment: the rank's GPU, or its group's GPUs; on CPU one core slice per engine worker."""
+        from skill_distill.generation.vllm_backend import clean_child_env
+
+        tp = self.backend.tensor_parallel_size
+        device = pl_module.device
+        if device.type == "cuda":
+            env = clean_child_env(os.environ)
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+            group = range(index, index + tp)  # this rank leads its group: the next tp - 1 devices are its peers'
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[i] if i < len(visible) else str(i) for i in group)
+            return env
+        group = range(trainer.local_rank, trainer.local_rank + tp)  # one core slice per engine worker
+        return clean_child_env(os.environ, cpu_cores=[rank_cores(r, max(1, trainer.num_devices)) for r in group])
+
+    @staticmethod
+    def _all_gather(trainer, obj: Any) -> list:
+        import torch.distributed as dist
+
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            out: list = [None] * dist.get_world_size()
+            dist.all_gather_object(out, obj)
+            return out
+        return [obj]
+
+    @staticmethod
+    def _stop_requested(trainer) -> bool:
+        return any(isinstance(cb, PreemptionCallback) and cb.received for cb in trainer.callbacks)
+
+    @staticmethod
+    def log_metrics(trainer, metrics: dict[str, float]) -> None:
+        """Rank 0: log scalars to every Lightning logger at the current step, written at once."""
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.save()
+
+    def run(self, trainer, pl_module, tag: str, write: Callable[[EvaluationRun], Any],
+            interruptible: bool = False) -> Any:
+        """Run one evaluation on every rank; returns what ``write`` returned on rank 0 (the report), else None.
+
+        ``interruptible``: a stop signal on this rank kills its engine; the evaluation is then recorded as pending
+        on every rank and None returned. Raises GenerationError (every rank) when it failed on any rank, writing
+        the report included, and ``on_error`` is raise.
+        """
+        from skill_distill.evaluation import InSubprocess, compute_summaries, evaluate_model
+        from skill_distill.formatting import DEFAULT_INSTRUCTION
+        from skill_distill.grading import GradingConfig
+
+        root = self.reports_dir(trainer)
+        out_dir = root / tag
+        export_dir = out_dir / "model" if self.keep_exports else root / "_export"
+        rank = trainer.global_rank
+        t0 = time.time()
+        if trainer.is_global_zero:
+            log.info("skill evaluation %s: exporting the weights and generating (%s)", tag,
+                     ", ".join(f"{b.name}: {len(b.problems) * b.k} samples" for b in self.loaded))
+        pl_module.export_hf(str(export_dir), self.export_dtype)  # collective: every rank, never rank 0 alone
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        t_export = time.time() - t0
+        engine, engines, leads = self.engine_slot(trainer)
+        records, error, interrupted = [], None, False  # a tensor-parallel peer generates nothing itself
+        try:
+            if leads:
+                records = evaluate_model(
+                    str(export_dir), str(export_dir), self.loaded, self.backend, self.sampling,
+                    enable_thinking=self.prompt["enable_thinking"], rank=engine, world_size=engines,
+                    instruction=self.prompt["instruction"] or DEFAULT_INSTRUCTION,
+                    in_subprocess=InSubprocess(
+                        env=self._child_env(trainer, pl_module), timeout_s=self.timeout_s,
+                        should_stop=(lambda: self._stop_requested(trainer)) if interruptible else None),
+                    grading=GradingConfig(workers=self.grader_workers, timeout_s=self.grade_timeout_s),
+                    tree=self.tree, skill_format=self.skill_format)
+        except GenerationInterrupted:
+            interrupted = True
+        except Exception as e:  # noqa: BLE001 - every rank must learn of it, or the others would hang
+            log.error("skill evaluation %s failed on rank %d:\n%s", tag, rank, traceback.format_exc())
+            error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+        t_generate = time.time() - t0 - t_export
+        gathered = self._all_gather(trainer, (rank, error, records, interrupted))
+        failures = [(r, e) for r, e, _, _ in gathered if e]
+        if failures:
+            return self._fail(trainer, tag, failures)
+        if any(i for *_, i in gathered):
+            return self._interrupt(trainer, tag, export_dir)
+
+        summaries = compute_summaries(self.loaded, records, device=pl_module.device, confidence=self.confidence,
+                                      resamples=self.bootstrap_resamples)
+        report, status = None, None
+        if trainer.is_global_zero:
+            try:
+                all_records = [rec for _, _, recs, _ in gathered for rec in recs]
+                for b in self.loaded:  # the synced totals must equal the gathered samples
+                    got = sum(1 for r in all_records if r["benchmark"] == b.name)
+                    if summaries[b.name]["samples"] != got or got != len(b.problems) * b.k:
+                        raise RuntimeError(f"{b.name}: {summaries[b.name]['samples']} synced samples, {got} gathered, "
+                                           f"{len(b.problems) * b.k} expected")
+                timings = {"export_s": round(t_export, 1), "generate_and_grade_s": round(t_generate, 1)}
+                report = write(EvaluationRun(tag, all_records, summaries, timings, t0, out_dir))
+            except Exception as e:  # noqa: BLE001 - reported to every rank below
+                log.error("writing the evaluation report %s failed:\n%s", tag, traceback.format_exc())
+                status = f"report: {type(e).__name__}: {e}"
+        statuses = self._all_gather(trainer, status)
+        if trainer.is_global_zero and not self.keep_exports:
+            shutil.rmtree(export_dir, ignore_errors=True)
+        trainer.strategy.barrier("skill_eval_done")
+        bad = [s for s in statuses if s]
+        if bad:
+            return self._fail(trainer, tag, [(0, bad[0])])
+        return report
+
+    def _interrupt(self, trainer, tag: str, export_dir: Path) -> None:
+        self.pending = tag
+        if trainer.is_global_zero:
+            log.warning("skill evaluation %s interrupted by a stop signal: it is saved as pending and runs first "
+                        "when the run resumes", tag)
+            if not self.keep_exports:
+                shutil.rmtree(export_dir, ignore_errors=True)
+        trainer.strategy.barrier("skill_eval_interrupted")
+        return None
+
+    def _fail(self, trainer, tag: str, failures: list[tuple[int, str]]) -> None:
+        rank, error = failures[0]
+        more = f" (and {len(failures) - 1} more ranks)" if len(failures) > 1 else ""
+        message = (f"skill evaluation {tag} failed on rank {rank}{more}: {error}; set on_error: skip on "
+                   f"{self.owner} to keep training when evaluation fails")
+        if self.on_error == "raise":
+            trainer.strategy.barrier("skill_eval_failed")
+            raise GenerationError(message)
+        if trainer.is_global_zero:
+            log.warning("%s -- skipped (on_error: skip)", message)
+            self.log_metrics(trainer, {"eval/failed": 1.0})
+        trainer.strategy.barrier("skill_eval_skipped")
+        return None
+
+
+class SkillEvalCallback(L.Callback, RunDataCallback):
     """Evaluate the model being trained on benchmarks, per set and per skill, with vLLM on the training machines.
 
     Per evaluation (tag ``baseline`` before training, ``epoch=<k>`` after epoch k):
@@ -113,50 +333,36 @@ class SkillEvalCallback(L.Callback):
         bootstrap_resamples: int = 1000,
         emphasis_ratio: float = 1.2,
     ):
-        if on_error not in ("raise", "skip"):
-            raise ConfigError(f"SkillEvalCallback.on_error must be 'raise' or 'skip', got {on_error!r}")
         if every_n_epochs < 0:
             raise ConfigError(f"SkillEvalCallback.every_n_epochs must be >= 0, got {every_n_epochs}")
-        if backend.tensor_parallel_size < 1:
-            raise ConfigError(f"SkillEvalCallback: backend.tensor_parallel_size must be >= 1, got "
-                              f"{backend.tensor_parallel_size}")
-        if backend.kind == "openai":
-            raise ConfigError("SkillEvalCallback evaluates the weights being trained: use a VLLMConfig or HFConfig "
-                              "backend")
+        self.evaluation = InTrainingEvaluation(
+            "SkillEvalCallback", backend, sampling, export_dtype, keep_exports, dirpath, on_error, timeout_s,
+            grader_workers, grade_timeout_s, confidence, bootstrap_resamples)
         self.benchmarks = list(benchmarks) if benchmarks is not None else [HELDOUT, *PAPER_SUITE]
         self.every_n_epochs = every_n_epochs
         self.baseline = baseline
-        self.backend, self.sampling = backend, sampling
         self.tree, self.data_root = tree, data_root
         self.enable_thinking, self.instruction = enable_thinking, instruction
-        self.export_dtype, self.keep_exports, self.dirpath = export_dtype, keep_exports, dirpath
-        self.on_error, self.timeout_s = on_error, timeout_s
-        self.grader_workers, self.grade_timeout_s = grader_workers, grade_timeout_s
-        self.confidence, self.bootstrap_resamples, self.emphasis_ratio = confidence, bootstrap_resamples, emphasis_ratio
-        self.loaded: list = []
+        self.emphasis_ratio = emphasis_ratio
         self.last_report: dict | None = None
         self.reports: dict[str, str] = {}
         """tag -> report.json path of every evaluation of this run (rank 0)."""
-        self._tree_obj = None
-        self._prompt_settings: dict[str, Any] = {}
         self._context: EvalContext | None = None
-        self._pending: str | None = None
-        """Tag of an evaluation a stop signal interrupted; saved in the checkpoint, run first after resumption."""
 
     # ---- checkpointed state -----------------------------------------------------------------------------------
     @property
-    def state_key(self) -> str:
-        return self._generate_state_key(dirpath=self.dirpath, benchmarks=repr(self.benchmarks))  # several may run
+    def state_key(self) -> str:  # several may run
+        return self._generate_state_key(dirpath=self.evaluation.dirpath, benchmarks=repr(self.benchmarks))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pending": self._pending}
+        return {"pending": self.evaluation.pending}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict.get("pending")
+        self.evaluation.pending = state_dict.get("pending")
 
     # ---- set-up ----------------------------------------------------------------------------------------------
-    def _root(self, trainer) -> Path:
-        return Path(trainer.default_root_dir) / (self.dirpath or "eval")
+    def reports_dir(self, trainer) -> Path:
+        return self.evaluation.reports_dir(trainer)
 
     def evaluation_problems(self) -> list[str]:
         """Problem texts of this callback's sets other than the held-out corpus (the datamodule keeps them out of
@@ -169,27 +375,25 @@ class SkillEvalCallback(L.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             return
-        self._check_timeout(trainer)
-        tp = self.backend.tensor_parallel_size
-        if tp > 1 and max(1, trainer.num_devices) % tp:
-            raise ConfigError(f"SkillEvalCallback: backend.tensor_parallel_size={tp} must divide the devices per node "
-                              f"({trainer.num_devices}): an engine's ranks must share one node")
+        self.evaluation.check_trainer(trainer)
         context = self._eval_context(trainer)
         specs = [self._resolve_heldout(s, context) if s.name == HELDOUT else s for s in resolve_specs(self.benchmarks)]
         tree_path = self.tree or (context.tree if context else None)
         from skill_distill.evaluation import load_benchmarks
         from skill_distill.skill_tree import SkillTree
 
+        ev = self.evaluation
         if tree_path:
-            self._tree_obj = SkillTree.load(tree_path, context.display_names if context else None)
-        self.loaded = load_benchmarks(specs, self._tree_obj, self.data_root)  # bad inputs fail before training
+            ev.tree = SkillTree.load(tree_path, context.display_names if context else None)
+        ev.loaded = load_benchmarks(specs, ev.tree, self.data_root)  # bad inputs fail before training
         self._context = context
-        self._prompt_settings = {
+        ev.skill_format = context.skill_format if context else None
+        ev.prompt = {
             "enable_thinking": self.enable_thinking if self.enable_thinking is not None
             else (context.enable_thinking if context else True),
             "instruction": self.instruction or (context.instruction if context else None),
         }
-        if context and context.skill_format.tree_in_prompt and self._tree_obj is None:
+        if context and context.skill_format.tree_in_prompt and ev.tree is None:
             raise ConfigError("SkillEvalCallback: data.skill_format.tree_in_prompt shows the tree in the prompt, "
                               "but no tree is set (data.tree or the callback's tree)")
 
@@ -210,27 +414,15 @@ class SkillEvalCallback(L.Callback):
         return replace(spec, path=context.val_corpus, id_field=fields.id, problem_field=fields.problem,
                        answer_field=fields.answer or "answer", skills=skills)
 
-    def _check_timeout(self, trainer) -> None:
-        if trainer.world_size <= 1:
-            return
-        # a private member of DDPStrategy / ModelParallelStrategy (checked with Lightning 2.6.6;
-        # tests/test_lightning_private_members.py fails when it goes)
-        timeout = getattr(trainer.strategy, "_timeout", None)
-        if timeout is not None and timeout.total_seconds() < self.timeout_s:
-            raise ConfigError(
-                f"SkillEvalCallback: the process-group timeout ({timeout}) is shorter than the evaluation's time limit "
-                f"timeout_s={self.timeout_s:.0f} s, so ranks waiting for the slowest one would be killed; set "
-                f"trainer.strategy.init_args.timeout to e.g. \"{_hms(self.timeout_s * 1.2)}\", or lower timeout_s")
-
     # ---- hooks ------------------------------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
-        if self._pending and not trainer.fast_dev_run:  # interrupted before the checkpoint we resumed from was saved
-            tag, self._pending = self._pending, None
+        if self.evaluation.pending and not trainer.fast_dev_run:  # interrupted before the resumed checkpoint's save
+            tag, self.evaluation.pending = self.evaluation.pending, None
             log.info("skill evaluation %s was interrupted by a stop signal: running it now, on the same weights", tag)
             self.evaluate(trainer, pl_module, tag)
         if not self.baseline or trainer.fast_dev_run:
             return
-        if trainer.global_step > 0 or (self._root(trainer) / "baseline" / "report.json").exists():
+        if trainer.global_step > 0 or RunLayout.report(self.reports_dir(trainer), "baseline").exists():
             return  # resumed: the baseline was taken by the first attempt
         self.evaluate(trainer, pl_module, "baseline")
 
@@ -244,184 +436,46 @@ class SkillEvalCallback(L.Callback):
             self.evaluate(trainer, pl_module, f"epoch={epoch}", interruptible=not last)
 
     # ---- one evaluation -----------------------------------------------------------------------------------------
-    def _engine_slot(self, trainer) -> tuple[int, int, bool]:
-        """(this rank's engine, number of engines, whether this rank runs it): tensor-parallel groups are
-        consecutive global ranks, which lie on one node because ``tp`` divides the devices per node."""
-        tp = self.backend.tensor_parallel_size
-        return trainer.global_rank // tp, max(1, trainer.world_size // tp), trainer.global_rank % tp == 0
-
-    def _child_env(self, trainer, pl_module) -> dict[str, str]:
-        """The engine's environment: the rank's GPU, or its group's GPUs; on CPU one core slice per engine worker."""
-        from skill_distill.generation.vllm_backend import clean_child_env
-
-        tp = self.backend.tensor_parallel_size
-        device = pl_module.device
-        if device.type == "cuda":
-            env = clean_child_env(os.environ)
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-            group = range(index, index + tp)  # this rank leads its group: the next tp - 1 devices are its peers'
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[i] if i < len(visible) else str(i) for i in group)
-            return env
-        group = range(trainer.local_rank, trainer.local_rank + tp)  # one core slice per engine worker
-        return clean_child_env(os.environ, cpu_cores=[rank_cores(r, max(1, trainer.num_devices)) for r in group])
-
-    def _all_gather(self, trainer, obj: Any) -> list:
-        import torch.distributed as dist
-
-        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            out: list = [None] * dist.get_world_size()
-            dist.all_gather_object(out, obj)
-            return out
-        return [obj]
-
-    def _stop_requested(self, trainer) -> bool:
-        return any(isinstance(cb, PreemptionCallback) and cb.received for cb in trainer.callbacks)
-
     def evaluate(self, trainer, pl_module, tag: str, interruptible: bool = False) -> dict | None:
-        """Run one evaluation on every rank (see the class docstring); returns the report on rank 0, else None.
+        """Run one evaluation on every rank (``InTrainingEvaluation.run``); the report on rank 0, else None."""
+        return self.evaluation.run(trainer, pl_module, tag, lambda run: self._write(trainer, run), interruptible)
 
-        ``interruptible``: a stop signal on this rank kills its engine; the evaluation is then recorded as pending
-        on every rank and None returned. Raises GenerationError (every rank) when it failed on any rank and
-        ``on_error`` is raise.
-        """
-        from skill_distill.evaluation import InSubprocess, compute_summaries, evaluate_model
-        from skill_distill.formatting import DEFAULT_INSTRUCTION
-        from skill_distill.grading import GradingConfig
-
-        root = self._root(trainer)
-        out_dir = root / tag
-        export_dir = out_dir / "model" if self.keep_exports else root / "_export"
-        rank = trainer.global_rank
-        t0 = time.time()
-        if trainer.is_global_zero:
-            log.info("skill evaluation %s: exporting the weights and generating (%s)", tag,
-                     ", ".join(f"{b.name}: {len(b.problems) * b.k} samples" for b in self.loaded))
-        pl_module.export_hf(str(export_dir), self.export_dtype)  # collective: every rank, never rank 0 alone
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        t_export = time.time() - t0
-        engine, engines, leads = self._engine_slot(trainer)
-        records, error, interrupted = [], None, False  # a tensor-parallel peer generates nothing itself
-        try:
-            if leads:
-                records = evaluate_model(
-                    str(export_dir), str(export_dir), self.loaded, self.backend, self.sampling,
-                    enable_thinking=self._prompt_settings["enable_thinking"], rank=engine, world_size=engines,
-                    instruction=self._prompt_settings["instruction"] or DEFAULT_INSTRUCTION,
-                    in_subprocess=InSubprocess(
-                        env=self._child_env(trainer, pl_module), timeout_s=self.timeout_s,
-                        should_stop=(lambda: self._stop_requested(trainer)) if interruptible else None),
-                    grading=GradingConfig(workers=self.grader_workers, timeout_s=self.grade_timeout_s),
-                    tree=self._tree_obj, skill_format=self._context.skill_format if self._context else None)
-        except GenerationInterrupted:
-            interrupted = True
-        except Exception as e:  # noqa: BLE001 - every rank must learn of it, or the others would hang
-            log.error("skill evaluation %s failed on rank %d:\n%s", tag, rank, traceback.format_exc())
-            error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-        t_generate = time.time() - t0 - t_export
-        gathered = self._all_gather(trainer, (rank, error, records, interrupted))
-        failures = [(r, e) for r, e, _, _ in gathered if e]
-        if failures:
-            return self._fail(trainer, tag, failures)
-        if any(i for *_, i in gathered):
-            return self._interrupt(trainer, tag, export_dir)
-
-        summaries = compute_summaries(self.loaded, records, device=pl_module.device, confidence=self.confidence,
-                                      resamples=self.bootstrap_resamples)
-        report, status = None, None
-        if trainer.is_global_zero:
-            try:
-                all_records = [rec for _, _, recs, _ in gathered for rec in recs]
-                report = self._write(trainer, tag, all_records, summaries,
-                                     {"export_s": round(t_export, 1), "generate_and_grade_s": round(t_generate, 1)},
-                                     t0, out_dir)
-            except Exception as e:  # noqa: BLE001 - reported to every rank below
-                log.error("writing the evaluation report %s failed:\n%s", tag, traceback.format_exc())
-                status = f"report: {type(e).__name__}: {e}"
-        statuses = self._all_gather(trainer, status)
-        if trainer.is_global_zero and not self.keep_exports:
-            shutil.rmtree(export_dir, ignore_errors=True)
-        trainer.strategy.barrier("skill_eval_done")
-        bad = [s for s in statuses if s]
-        if bad:
-            return self._fail(trainer, tag, [(0, bad[0])])
-        return report
-
-    def _write(self, trainer, tag: str, records: list[dict], summaries: dict, timings: dict, t0: float,
-               out_dir: Path) -> dict:
-        from skill_distill.evaluation import build_report, flat_metrics, write_report
+    def _write(self, trainer, run: EvaluationRun) -> dict:
+        from skill_distill import console
+        from skill_distill.evaluation import flat_metrics, publish_report
         from skill_distill.skill_charts import emphasised_skills, load_report, write_history
 
-        for b in self.loaded:  # the synced totals must equal the gathered samples
-            got = sum(1 for r in records if r["benchmark"] == b.name)
-            if summaries[b.name]["samples"] != got or got != len(b.problems) * b.k:
-                raise RuntimeError(f"{b.name}: {summaries[b.name]['samples']} synced samples, {got} gathered, "
-                                   f"{len(b.problems) * b.k} expected")
-        root = self._root(trainer)
-        baseline_path = root / "baseline" / "report.json"
+        ev, tag = self.evaluation, run.tag
+        root = self.reports_dir(trainer)
+        baseline_path = RunLayout.report(root, "baseline")
         baseline = load_report(baseline_path) if tag != "baseline" and baseline_path.exists() else None
         # the selection this epoch trained on: a re-selected epoch's record (closed loop), else the run's manifest
-        manifest = Path(self._context.manifest_path) if self._context and self._context.manifest_path else None
-        selection = manifest.parent / "selection" / f"epoch={trainer.current_epoch}.json" if manifest else None
-        if selection is None or tag == "baseline" or not selection.is_file():
-            selection = manifest
-        emphasised = emphasised_skills(selection, self.emphasis_ratio) if selection else {}
+        layout = RunLayout.of(trainer)
+        selection = layout.trained_selection(0 if tag == "baseline" else trainer.current_epoch)
+        emphasised = emphasised_skills(selection, self.emphasis_ratio) if self._context else {}
         meta = {"tag": tag, "epoch": trainer.current_epoch if tag != "baseline" else None,
                 "global_step": trainer.global_step, "world_size": trainer.world_size,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "sampling": asdict(self.sampling),
-                "enable_thinking": self._prompt_settings["enable_thinking"],
+                "sampling": asdict(ev.sampling), "enable_thinking": ev.prompt["enable_thinking"],
                 "skill_format": asdict(self._context.skill_format) if self._context else None,
-                "backend": {k: v for k, v in asdict(self.backend).items()
-                            if k in ("kind", "dtype", "max_model_len", "tensor_parallel_size")},
-                "tree": None if self._tree_obj is None else self._tree_obj.source,
+                "backend": {"kind": ev.backend.kind, **{k: v for k, v in asdict(ev.backend).items()
+                                                        if k in ("dtype", "max_model_len", "tensor_parallel_size")}},
+                "tree": None if ev.tree is None else ev.tree.source,
                 "baseline": str(baseline_path) if baseline else None, "emphasised_skills": emphasised,
-                "timings": timings}
-        report = build_report(self.loaded, records, summaries, meta)
-        write_report(out_dir, report, baseline=baseline, emphasised=emphasised)
-        write_history(root)  # every evaluation so far, one chart per set
-        total = round(time.time() - t0, 1)
-        metrics = flat_metrics(summaries)
-        metrics["eval/time_s"] = total  # the whole evaluation: export, generation, grading, report and charts
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-            logger.save()
-        self.last_report = report
-        self.reports[tag] = str(out_dir / "report.json")
-        from skill_distill import console
-
+                "timings": run.timings}
         # printed, not logged: training leaves the root logger unconfigured, so INFO records never showed
-        console.summary(f"skill evaluation {tag}", [
-            *(f"{n}: {console.accuracy_text(s['accuracy'])} over {s['problems']} problems"
-              + (f"; {console.weakest_text(s['skills'])}" if s.get("skills") else "") for n, s in summaries.items()),
-            f"report: {out_dir / 'report.json'} ({total:.0f} s)"])
+        lines = [f"{n}: {console.accuracy_text(s['accuracy'])} over {s['problems']} problems"
+                 + (f"; {console.weakest_text(s['skills'])}" if s.get("skills") else "")
+                 for n, s in run.summaries.items()]
+        report = publish_report(run.out_dir, ev.loaded, run.records, run.summaries, meta, baseline=baseline,
+                                emphasised=emphasised, title=f"skill evaluation {tag}", lines=lines, t0=run.t0)
+        write_history(root)  # every evaluation so far, one chart per set
+        metrics = flat_metrics(run.summaries)
+        # the whole evaluation: export, generation, grading, report and charts
+        metrics["eval/time_s"] = round(time.time() - run.t0, 1)
+        ev.log_metrics(trainer, metrics)
+        self.last_report = report
+        self.reports[tag] = str(RunLayout.report(root, tag))
         return report
-
-    def _interrupt(self, trainer, tag: str, export_dir: Path) -> None:
-        self._pending = tag
-        if trainer.is_global_zero:
-            log.warning("skill evaluation %s interrupted by a stop signal: it is saved as pending and runs first "
-                        "when the run resumes", tag)
-            if not self.keep_exports:
-                shutil.rmtree(export_dir, ignore_errors=True)
-        trainer.strategy.barrier("skill_eval_interrupted")
-        return None
-
-    def _fail(self, trainer, tag: str, failures: list[tuple[int, str]]) -> None:
-        rank, error = failures[0]
-        more = f" (and {len(failures) - 1} more ranks)" if len(failures) > 1 else ""
-        message = (f"skill evaluation {tag} failed on rank {rank}{more}: {error}; set on_error: skip on "
-                   "SkillEvalCallback to keep training when evaluation fails")
-        if self.on_error == "raise":
-            trainer.strategy.barrier("skill_eval_failed")
-            raise GenerationError(message)
-        if trainer.is_global_zero:
-            log.warning("%s -- skipped (on_error: skip)", message)
-            for logger in trainer.loggers:
-                logger.log_metrics({"eval/failed": 1.0}, step=trainer.global_step)
-        trainer.strategy.barrier("skill_eval_skipped")
-        return None
 
 
 def rank_cores(local_rank: int, local_world_size: int, cores: list[int] | None = None) -> list[int]:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import lightning as L
 
+from skill_distill.run_layout import RunLayout
+
 
 class StepTraceCallback(L.Callback):
     """Args:
@@ -24,8 +26,8 @@ class StepTraceCallback(L.Callback):
         self._ids: list[str] = []
 
     def _file(self, trainer) -> Path:
-        pattern = str(Path(trainer.default_root_dir) / (self.path or "step_trace.rank{rank}.jsonl"))
-        return Path(pattern.format(rank=trainer.global_rank))
+        layout = RunLayout.of(trainer)
+        return Path(str(layout.inside(self.path, layout.step_trace())).format(rank=trainer.global_rank))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._ids.extend(batch["example_ids"])

@@ -3,12 +3,18 @@
 Data flows one way: the corpus and, for skill-based strategies, the attribution and the student profile go in;
 a selection manifest (kept in the run directory, reused on resume) and tokenised, step-planned micro-batches
 come out. Selection and formatting are plain functions in ``skill_distill.selection`` / ``skill_distill.formatting``.
+
+What each epoch trains on is the data module's own state: epoch 0 is the selection (the manifest), and the closed
+loop hands over a re-selected epoch's ids with ``use_selection`` (kept in ``state_dict``, so a resumed run trains on
+them). ``epoch_ids`` / ``epoch_examples`` read an epoch's selection back (ids; corpus rows with their training
+prompt and skill chains), e.g. for a stage that draws its prompts from the current selection.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -33,16 +39,35 @@ from skill_distill.formatting import (
 )
 from skill_distill.io import ConfigError, DataError
 from skill_distill.reselection import ReselectionConfig
+from skill_distill.run_layout import RunLayout
 from skill_distill.selection import SelectionConfig
+from skill_distill.skill_tree import Chain, SkillTree
 
 log = logging.getLogger(__name__)
-MANIFEST = "selection_manifest.json"
 
 
-def manifest_path(trainer) -> Path:
-    """The run's selection manifest: in its run directory (``trainer.default_root_dir``)."""
-    return Path(trainer.default_root_dir) / MANIFEST
+class RunDataCallback:
+    """A callback that depends on what the data module trains on; the data module looks for these among the
+    trainer's callbacks before it selects (it cannot import the callbacks package, which imports this module)."""
 
+    reselects_epochs: bool = False
+    """True for the callback that re-selects epochs (``callbacks.ReselectionCallback``): data.reselection needs it."""
+
+    def evaluation_problems(self) -> list[str]:
+        """Problem texts this callback evaluates on, other than the held-out corpus (never in a profiling slice)."""
+        return []
+
+
+@dataclass(frozen=True)
+class SelectedExample:
+    """One example an epoch trains on, as the student sees it (``SkillDataModule.epoch_examples``)."""
+
+    example: Example
+    """The corpus row: id, problem, teacher trace, reference answer."""
+    prompt: str
+    """The chat-rendered user turn the example is trained with (instruction, enable_thinking, tree in prompt)."""
+    chains: tuple[Chain, ...]
+    """Its skill chains in the attribution (empty without one)."""
 
 @dataclass(frozen=True)
 class EvalContext:
@@ -57,9 +82,13 @@ class EvalContext:
     attribution: str | None
     instruction: str
     enable_thinking: bool
-    manifest_path: Path | None
-    """Where this run's selection manifest is written (None before a trainer is attached)."""
     skill_format: SkillFormat
+    skill_tree: SkillTree | None = None
+    """The loaded tree (None before ``setup`` or without ``data.tree``)."""
+    chains: Mapping[str, Sequence[Chain]] = field(default_factory=dict)
+    """Example id -> skill chains of the attribution (pool and profiling slice)."""
+    profiling_slice: tuple[Example, ...] = ()
+    """Closed loop: the problems the student is re-profiled on (never trained on)."""
 
 
 class SkillDataModule(L.LightningDataModule):
@@ -156,6 +185,12 @@ class SkillDataModule(L.LightningDataModule):
         """Closed loop only: the pool without the profiling slice, which every epoch is drawn from."""
         self._extra_fingerprints: dict[str, str] = {}
         self._train_loader: StatefulDataLoader | None = None
+        self._first_ids: list[str] = []
+        """Epoch 0's ids after tokenisation (the selection's order)."""
+        self._reselected: dict[int, list[str]] = {}
+        """Closed loop: epoch -> the ids it trains on, for every re-selected epoch (checkpointed)."""
+        self._examples_by_id: dict[str, Example] = {}
+        """Every example an epoch may train on (the selection, or the eligible pool of the closed loop)."""
 
     # ---- pieces ---------------------------------------------------------------------------------------
     @property
@@ -227,14 +262,15 @@ class SkillDataModule(L.LightningDataModule):
             raise DataError(f"{role}: {e}") from None
 
     def _manifest_path(self) -> Path | None:
-        return manifest_path(self.trainer) if self.trainer is not None else None
+        return RunLayout.of(self.trainer).manifest if self.trainer is not None else None
 
     def eval_context(self) -> EvalContext:
         """The typed view an evaluation callback reads (held-out set, tree, prompt settings, skill format)."""
         return EvalContext(val_corpus=self.val_corpus, fields=self.fields, tree=self.tree_path,
                            display_names=self.display_names, attribution=self.attribution_path,
                            instruction=self.instruction, enable_thinking=self.enable_thinking,
-                           manifest_path=self._manifest_path(), skill_format=self.skill_format)
+                           skill_format=self.skill_format, skill_tree=self._tree, chains=self._chains,
+                           profiling_slice=tuple(self.profiling_slice))
 
     def _is_global_zero(self) -> bool:
         return self.trainer is None or self.trainer.is_global_zero
@@ -244,8 +280,7 @@ class SkillDataModule(L.LightningDataModule):
         eot = end_of_turn_token(tok)
         out, dropped, truncated = [], 0, 0
         for e in examples:
-            user = user_turn(e.problem, self.instruction, self.skill_format, self._tree)
-            prompt = render_prompt(tok, user, self.enable_thinking)
+            prompt = self._prompt(e)
             chains = self._chains.get(e.id, []) if self.skill_format.mode != "off" else []
             target = assistant_target(e.trace, chains, self.skill_format, self._tree) + eot
             t = encode_example(tok, e.id, prompt, target, self.max_length)
@@ -257,6 +292,10 @@ class SkillDataModule(L.LightningDataModule):
         stats = {"examples": len(out), "prompt_too_long_dropped": dropped, "truncated": truncated,
                  "supervised_tokens": sum(t.num_supervised for t in out), "tokens": sum(len(t.input_ids) for t in out)}
         return out, stats
+
+    def _prompt(self, e: Example) -> str:
+        return render_prompt(self.tokenizer, user_turn(e.problem, self.instruction, self.skill_format, self._tree),
+                             self.enable_thinking)
 
     # ---- Lightning hooks ------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -271,7 +310,9 @@ class SkillDataModule(L.LightningDataModule):
             if self.reselection.enabled:
                 examples = self._carve_profiling_slice(examples)
             examples = self.select(examples)
+            self._examples_by_id = {e.id: e for e in (self.eligible_pool or examples)}
             self.train_examples, self.stats["train"] = self.format_and_tokenize(examples)
+            self._first_ids = [t.example_id for t in self.train_examples]
             if not self.train_examples:
                 raise DataError(f"{self.corpus}: no training example left after selection and length filtering")
             if self.stats["train"]["truncated"]:
@@ -291,8 +332,7 @@ class SkillDataModule(L.LightningDataModule):
 
         cfg = self.reselection
         if self.trainer is not None:
-            # callbacks are recognised by what they do (no import of the callbacks package: it imports this module)
-            if not any(getattr(cb, "reprofiles_student", False) for cb in self.trainer.callbacks):
+            if not any(isinstance(cb, RunDataCallback) and cb.reselects_epochs for cb in self.trainer.callbacks):
                 raise ConfigError("data.reselection.every_n_epochs > 0 needs the callback that re-profiles the "
                                   "student: add callbacks.ReselectionCallback to trainer.callbacks")
         exclude = {rs.normalise_problem(p) for p in self._test_problems()}
@@ -318,13 +358,15 @@ class SkillDataModule(L.LightningDataModule):
         texts = [e.problem for e in load_corpus(self.val_corpus, self.fields, self.split)] if self.val_corpus else []
         if self.trainer is None:
             return texts
-        for cb in self.trainer.callbacks:  # SkillEvalCallback.evaluation_problems: its sets but the held-out corpus
-            texts += getattr(cb, "evaluation_problems", list)()
+        for cb in self.trainer.callbacks:  # SkillEvalCallback: its sets but the held-out corpus
+            if isinstance(cb, RunDataCallback):
+                texts += cb.evaluation_problems()
         return texts
 
     def reselect_epoch(self, epoch: int, node_accuracy: dict, judged: dict, previous: list[str] | None = None):
         """Draw epoch ``epoch``'s examples (``skill_distill.reselection.reselect``) from ``eligible_pool`` with as
-        many examples after tokenisation as epoch 0 has. Returns (SelectionResult, ids, tokenised examples)."""
+        many examples after tokenisation as epoch 0 has. Returns (SelectionResult, ids); ``use_selection`` trains
+        on them."""
         from skill_distill import reselection as rs
 
         by_id = {e.id: e for e in self.eligible_pool}
@@ -341,18 +383,47 @@ class SkillDataModule(L.LightningDataModule):
                                   self._tree, node_accuracy, judged, need=self.epoch_size, accept=accept,
                                   previous=previous, keep_share=self.reselection.keep_share,
                                   source=self.attribution_path)
-        accept(ids)  # kept ids were never drawn: tokenise them too
-        return result, ids, [tokenised[i] for i in ids]
+        return result, ids
 
     @property
     def epoch_size(self) -> int:
         """Training examples per epoch (epoch 0's after tokenisation; every re-selected epoch has as many)."""
         return int(self.stats["train"]["examples"])
 
-    def install(self, examples: list[TokenizedExample]) -> None:
-        """Train the coming epoch on ``examples`` (same count as now): the live loader's dataset and step sampler
-        are updated in place, so the step plan, ``steps_per_epoch`` and the LR schedule are unchanged. Call it
-        before the epoch's iterator is created (an epoch-end or train-start hook)."""
+    # ---- what each epoch trains on -----------------------------------------------------------------------------
+    def use_selection(self, epoch: int, ids: Sequence[str]) -> None:
+        """Train epoch ``epoch``, and the epochs after it until another selection, on the examples ``ids`` (as
+        many as epoch 0 has). Kept in the checkpointed state. Call it when ``epoch`` is the next epoch to train (an
+        epoch-end or train-start hook, before the epoch's iterator is created): the live loader's dataset and step
+        sampler switch in place, so the step plan, ``steps_per_epoch`` and the LR schedule are unchanged."""
+        if epoch < 1:
+            raise ValueError(f"use_selection: epoch {epoch}; epoch 0 trains on the selection manifest")
+        self._reselected[epoch] = list(ids)
+        self._train_on(epoch)
+
+    def epoch_ids(self, epoch: int) -> list[str]:
+        """The ids epoch ``epoch`` trains on, in the selection's order: its re-selection, else the latest earlier
+        one, else epoch 0's selection (empty before ``setup``)."""
+        chosen = max((k for k in self._reselected if k <= epoch), default=None)
+        return list(self._first_ids if chosen is None else self._reselected[chosen])
+
+    def reselected_epochs(self) -> list[int]:
+        """The epochs the closed loop re-selected so far (each has ``RunLayout.selection_for_epoch``)."""
+        return sorted(self._reselected)
+
+    def epoch_examples(self, epoch: int) -> list[SelectedExample]:
+        """The examples epoch ``epoch`` trains on, each with its training prompt and its skill chains."""
+        out = []
+        for i in self.epoch_ids(epoch):
+            e = self._examples_by_id[i]
+            out.append(SelectedExample(e, self._prompt(e), tuple(tuple(c) for c in self._chains.get(i, ()))))
+        return out
+
+    def _train_on(self, epoch: int) -> None:
+        ids = self.epoch_ids(epoch)
+        if [e.example_id for e in self.train_examples] == ids:
+            return
+        examples, _ = self.format_and_tokenize([self._examples_by_id[i] for i in ids])
         if len(examples) != len(self.train_examples):
             raise RuntimeError(f"re-selection made {len(examples)} examples for an epoch of {len(self.train_examples)}")
         self.train_examples[:] = examples
@@ -368,11 +439,8 @@ class SkillDataModule(L.LightningDataModule):
         return t.world_size, t.global_rank, t.accumulate_grad_batches
 
     def train_dataloader(self) -> StatefulDataLoader:
-        if self.reselection.enabled and self.trainer is not None:  # a resumed run: the epoch's re-selected data
-            epoch = self.trainer.fit_loop.epoch_progress.current.processed
-            for cb in self.trainer.callbacks:
-                if getattr(cb, "reprofiles_student", False):  # callbacks.ReselectionCallback
-                    cb.install(self.trainer, epoch)
+        if self._reselected and self.trainer is not None:  # a resumed run: the epoch's re-selected data
+            self._train_on(self.trainer.fit_loop.epoch_progress.current.processed)
         world_size, rank, accumulation = self._world()
         sampler = StepBatchSampler(
             [len(e.input_ids) for e in self.train_examples], [e.num_supervised for e in self.train_examples],
@@ -400,4 +468,7 @@ class SkillDataModule(L.LightningDataModule):
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def state_dict(self) -> dict:
-        return {"stats": self.stats}
+        return {"stats": self.stats, "reselected": {str(k): v for k, v in self._reselected.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._reselected = {int(k): list(v) for k, v in (state_dict.get("reselected") or {}).items()}

@@ -51,6 +51,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from skill_distill.io import ConfigError, DataError, atomic_write, read_json, read_jsonl, write_json, write_jsonl  # noqa: E402 - after the sys.path.insert above
+from skill_distill.run_layout import RunLayout  # noqa: E402
 
 ALL_ARMS = ("random", "skill", "skill_format", "skill_shrunk", "closed_loop")
 MAX_TRIES = 4
@@ -182,7 +183,7 @@ def train_cmd(cfg: ExperimentConfig, run_dir: Path, model: str, corpus: Path, da
 
 
 def exported(run_dir: Path) -> Path:
-    return run_dir / "hf_export" / "final"
+    return RunLayout(run_dir).final_export
 
 
 def greedy(cfg: ExperimentConfig) -> str:
@@ -272,18 +273,19 @@ def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict:
                           profile_value="accuracy_shrunk" if arm == "skill_shrunk" else "accuracy",
                           closed_loop=arm == "closed_loop"),
                 logs / f"train_seed{seed}_{arm}.log", timings, f"seed{seed}:{arm}:train")
-        manifest = run_dir / "selection_manifest.json"
-        evaluate(cfg, str(exported(run_dir)), data, run_dir / "eval", logs / f"eval_seed{seed}_{arm}.log", timings,
+        layout = RunLayout(run_dir)
+        manifest = layout.manifest
+        evaluate(cfg, str(exported(run_dir)), data, layout.eval_dir, logs / f"eval_seed{seed}_{arm}.log", timings,
                  f"seed{seed}:{arm}:evaluate", manifest)
         # the examples the arm trained on, over all epochs (re-selected epochs for the closed loop)
         ids = list(read_json(manifest)["ids"])
         if arm == "closed_loop":
             for epoch in range(1, cfg.epochs):
-                ids += read_json(run_dir / "selection" / f"epoch={epoch}.json")["ids"]
+                ids += read_json(layout.selection_for_epoch(epoch))["ids"]
         else:
             ids *= cfg.epochs
-        out[arm] = {"records": str(run_dir / "eval" / "records.jsonl"), "trained_ids": ids}
-        keep_records(cfg, run_dir / "eval" / "records.jsonl", f"seed{seed}_{arm}")
+        out[arm] = {"records": str(layout.eval_dir / "records.jsonl"), "trained_ids": ids}
+        keep_records(cfg, layout.eval_dir / "records.jsonl", f"seed{seed}_{arm}")
     return out
 
 

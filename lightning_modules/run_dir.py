@@ -3,6 +3,7 @@ which settings a resume may not change (docs/METHOD.md §6 fixes them for the wh
 
 Plain files and torch only: ``train.py`` calls these before any class is built, so a refused run writes nothing.
 It reads Lightning's checkpoint layout (``lightning_modules/checkpoint_export.py``), hence its place on this side.
+The directory's paths are ``skill_distill.run_layout.RunLayout``'s.
 """
 
 from __future__ import annotations
@@ -17,13 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from skill_distill.io import DataError
+from skill_distill.run_layout import RunLayout
 
-CHECKPOINTS = "checkpoints"
-FINISHED = "run_finished.json"
-"""Written into the run directory when ``fit`` ends normally (the run's summary); a resume of it is a no-op."""
 STEP_CHECKPOINT = re.compile(r"^step=(\d+)\.ckpt$")
-# what an earlier run leaves behind (the saved config alone is not a run: LightningCLI writes it before training)
-RUN_OUTPUTS = (CHECKPOINTS, "logs/metrics.csv", "tb", "eval", "hf_export", "selection_manifest.json", FINISHED)
 
 # settings a resumed run may not change: (section, key) -> why it is fixed
 FIXED_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -33,16 +30,6 @@ FIXED_SETTINGS: dict[str, tuple[str, ...]] = {
              "seed"),
     "trainer": ("max_epochs", "max_steps", "accumulate_grad_batches"),
 }
-
-
-def earlier_run_outputs(run_dir: Path) -> list[str]:
-    """The outputs of an earlier run found in ``run_dir`` (empty: a new or empty directory)."""
-    found = []
-    for name in RUN_OUTPUTS:
-        p = run_dir / name
-        if p.is_file() or (p.is_dir() and any(p.iterdir())):
-            found.append(name)
-    return found
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -178,8 +165,9 @@ def saved_settings(meta: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             "data": dict(meta.get("datamodule_hyper_parameters") or {}), "trainer": trainer}
 
 
-def read_finished(run_dir: Path) -> dict | None:
-    p = run_dir / FINISHED
+def read_finished(layout: RunLayout) -> dict | None:
+    """The summary of a run that finished (None: it did not)."""
+    p = layout.finished
     if not p.is_file():
         return None
     try:

@@ -207,8 +207,8 @@ def check_eval_engine(args, work: Path) -> None:
         t["callbacks"] = [{"class_path": "callbacks.SkillEvalCallback", "init_args": {
             "benchmarks": [{"name": "heldout", "limit_per_skill": 1, "k": 1}], "baseline": False,
             "sampling": {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 64, "seed": 0},
-            "backend": {"kind": "vllm", "max_model_len": 1024, "gpu_memory_utilization": 0.3,
-                        "tensor_parallel_size": tp}, "timeout_s": 1800}}]
+            "backend": {"class_path": "VLLMConfig", "init_args": {"max_model_len": 1024, "gpu_memory_utilization": 0.3,
+                                                                  "tensor_parallel_size": tp}}, "timeout_s": 1800}}]
         path = work / f"eval_config_tp{tp}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         log = work / f"eval_run_tp{tp}.log"

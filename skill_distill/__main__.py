@@ -17,6 +17,8 @@ STAGES = {
     "merge-attribution": ("skill_distill.attribution", "merge_attribution_shards", "merge attribution shards"),
     "profile": ("skill_distill.profile", "run_profile", "grade the student on the pool, per skill"),
     "merge-profile": ("skill_distill.profile", "merge_profile_shards", "merge profile shards into one profile"),
+    "reaggregate-profile": ("skill_distill.profile", "reaggregate_profile",
+                            "a profile under another tree or attribution from existing verdicts (no generation)"),
     "select-report": ("skill_distill.selection_report", "run_selection_report",
                       "select a budget and report its skills"),
     "evaluate": ("skill_distill.evaluation", "run_evaluate", "per-skill evaluation of a model on benchmarks"),
@@ -37,12 +39,16 @@ def main(argv: list[str] | None = None) -> None:
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
-    from skill_distill.io import ConfigError, DataError
+    from skill_distill.generation.base import GenerationError, GenerationInterrupted
+    from skill_distill.io import ConfigError, DataError, OutputError
 
     fn = getattr(importlib.import_module(module), func)
     try:  # jsonargparse's CLI over a dict of functions: only the chosen stage's function (and module) is loaded
         CLI({argv[0]: fn}, args=argv, as_positional=False, prog="python -m skill_distill")  # the tip's command
-    except (DataError, ConfigError) as e:  # user-fixable input problems: one line, no traceback
+    except GenerationInterrupted:
+        raise
+    # user-fixable problems (an input, a setting, an endpoint or engine, a full disk): one line, no traceback
+    except (DataError, ConfigError, GenerationError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from skill_distill.io import DataError, write_jsonl
+from skill_distill.io import DataError
 from skill_distill.rows import iter_row_batches, read_rows, source_name
 
 
@@ -129,7 +129,3 @@ def _as_rate(value) -> float | None:
         return None if value in (None, "") else float(value)
     except (TypeError, ValueError):
         return None
-
-
-def save_corpus(path: str | os.PathLike, examples: list[Example]) -> None:
-    write_jsonl(path, (e.to_row() for e in examples))

@@ -34,7 +34,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -413,8 +413,3 @@ def _attach_skills(loaded: LoadedBenchmark, raw_by_id: dict[str, dict], tree: Sk
     missing = sum(1 for p in loaded.problems if p.id not in loaded.chains)
     if missing:
         loaded.notes.append(f"{missing} of {len(loaded.problems)} problems have no skill chain (overall accuracy only)")
-
-
-def spec_dict(spec: BenchmarkSpec) -> dict:
-    """JSON-ready form of a spec (for reports)."""
-    return asdict(spec)

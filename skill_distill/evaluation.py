@@ -431,6 +431,22 @@ def write_report(out_dir: str | os.PathLike, report: Mapping, baseline: Mapping 
     return paths
 
 
+def publish_report(out_dir: str | os.PathLike, benchmarks: Sequence[LoadedBenchmark], records: Sequence[Mapping],
+                   summaries: Mapping[str, dict], meta: Mapping[str, Any], baseline: Mapping | None = None,
+                   emphasised: Mapping[str, float] | None = None, title: str | None = None,
+                   lines: Sequence[str] = (), t0: float | None = None, more: Sequence[str] = ()) -> dict:
+    """The one way an evaluation ends (the evaluate stage, ``SkillEvalCallback``, ``ReselectionCallback``): ``meta``
+    (plus its creation time) -> the report -> ``report.json`` and charts in ``out_dir`` -> with a ``title``, a
+    console summary of ``lines``, the report's path (and the seconds since ``t0``) and ``more``. Returns the
+    report."""
+    report = build_report(benchmarks, records, summaries, {**meta, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    paths = write_report(out_dir, report, baseline=baseline, emphasised=emphasised)
+    if title is not None:
+        took = f" ({time.time() - t0:.0f} s)" if t0 is not None else ""
+        console.summary(title, [*lines, f"report: {paths['report']}{took}", *more])
+    return report
+
+
 # ---- the evaluate stage -----------------------------------------------------------------------------------------
 def _cpu_cores() -> list[int]:
     try:
@@ -517,14 +533,11 @@ def run_evaluate(
                                                  if k in ("dtype", "tensor_parallel_size", "max_model_len")}},
             "tree": tree, "baseline": baseline_report, "selection_manifest": selection_manifest,
             "skill_format": asdict(skill_format) if skill_format is not None else None}
-    report = build_report(loaded, records, summaries, meta)
-    paths = write_report(out, report, baseline=baseline, emphasised=emphasised)
     lines = []
     for name, s in summaries.items():
         acc = s["accuracy"]
         line = (f"{name}: avg@{s['k']} = {100 * acc:.1f}% [{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}] over "
                 f"{s['problems']} problems" if acc is not None and not math.isnan(acc) else f"{name}: no samples")
         lines.append(line + (f"; {console.weakest_text(s['skills'])}" if s.get("skills") else ""))
-    lines += [f"report: {paths['report']}", f"records: {out / 'records.jsonl'}"]
-    console.summary("evaluate", lines)
-    return report
+    return publish_report(out, loaded, records, summaries, meta, baseline=baseline, emphasised=emphasised,
+                          title="evaluate", lines=lines, more=[f"records: {out / 'records.jsonl'}"])

@@ -30,7 +30,6 @@ from skill_distill.io import ConfigError
 
 AnswerFallback = Literal["none", "last_number"]
 
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 
 

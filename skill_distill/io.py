@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,6 +20,22 @@ class DataError(ValueError):
 
 class ConfigError(ValueError):
     """A bad configuration value: the message names the option and the accepted values."""
+
+
+class OutputError(RuntimeError):
+    """An output could not be written for a reason outside the program (a full disk, a quota): the message is one
+    line naming the file and the fix; nothing half-written was published."""
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _as_output_error(e: BaseException, path: Path) -> BaseException:
+    """``e`` as an OutputError naming ``path`` when it is a full disk or quota, else ``e`` itself."""
+    if isinstance(e, OSError) and e.errno in _DISK_FULL:
+        return OutputError(f"{path}: {os.strerror(e.errno)} while writing it; free space on {path.parent} or write "
+                           f"the output elsewhere (nothing was published; an earlier {path.name}, if any, is kept)")
+    return e
 
 
 def require_file(path: str | os.PathLike, what: str, fix: str = "") -> Path:
@@ -73,8 +90,8 @@ def iter_jsonl(path: str | os.PathLike, what: str = "JSONL file", allow_torn_tai
 
 def _jsonl_rows(p: Path, allow_torn_tail: bool) -> Iterator[tuple[dict, int]]:
     """Stream ``(row, end byte offset)`` of every row of ``p``, one line in memory at a time. A malformed line is
-    tolerated only as the file's last line with ``allow_torn_tail`` (an interrupted append): its error is held
-    back and raised as soon as another line follows it."""
+    tolerated only as the file's last line, without its newline, with ``allow_torn_tail`` (an interrupted append):
+    its error is held back and raised as soon as another line follows it."""
     offset = 0
     held: DataError | None = None
     with p.open("rb") as f:
@@ -91,7 +108,8 @@ def _jsonl_rows(p: Path, allow_torn_tail: bool) -> Iterator[tuple[dict, int]]:
                                       f"({e.reason}); fix or delete this line")
                 else:
                     error = DataError(f"{p}:{i}: malformed JSON ({e.msg}); fix or delete this line")
-                if not allow_torn_tail:
+                # a torn append never ends with its newline: a complete bad line is bad data, not an interruption
+                if not allow_torn_tail or raw.endswith(b"\n"):
                     raise error from None
                 held = error
                 continue
@@ -121,6 +139,9 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{p}:{e.lineno}: malformed JSON ({e.msg})") from None
+    except RecursionError:
+        raise DataError(f"{p}: JSON nested too deeply to read (deeper than Python's recursion limit); check how "
+                        "the file was built") from None
 
 
 @contextmanager
@@ -139,12 +160,15 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             os.fsync(f.fileno())
         os.chmod(tmp, _published_mode()[1])  # mkstemp creates 0600; published files get the usual permissions
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        raise
+        error = _as_output_error(e, p)
+        if error is e:
+            raise
+        raise error from None
 
 
 def _published_mode() -> tuple[int, int]:
@@ -168,7 +192,13 @@ def atomic_directory(path: str | os.PathLike, replace: bool = True) -> Iterator[
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent))
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:
+            error = _as_output_error(e, p)
+            if error is e:
+                raise
+            raise error from None
         dir_mode, file_mode = _published_mode()
         os.chmod(tmp, dir_mode)
         for f in tmp.iterdir():

@@ -18,10 +18,9 @@ from typing import Any
 
 from skill_distill.formatting import DEFAULT_INSTRUCTION
 from skill_distill.io import atomic_write, read_json
+from skill_distill.run_layout import RunLayout
 
 CARD = "README.md"
-MANIFEST = "selection_manifest.json"
-"""Where a training run keeps its selection manifest (``<run dir>/selection_manifest.json``)."""
 TOP_LEAVES = 20
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _TRAINING_KEYS = ("learning_rate", "warmup_ratio", "min_lr_ratio", "weight_decay", "max_grad_norm", "model_dtype",
@@ -38,11 +37,11 @@ def run_facts(run_dir: str | os.PathLike | None) -> dict[str, Any]:
     out: dict[str, Any] = {"manifest": None, "evaluation": None, "baseline": None}
     if run_dir is None:
         return out
-    root = Path(run_dir)
-    if (root / MANIFEST).is_file():
-        out["manifest"] = read_json(root / MANIFEST, "selection manifest")
+    layout = RunLayout(Path(run_dir))
+    if layout.manifest.is_file():
+        out["manifest"] = read_json(layout.manifest, "selection manifest")
     best, best_key = None, None
-    for path in root.glob("eval*/*/report.json"):
+    for path in layout.evaluation_reports():
         if path.parent.name == "baseline":
             continue
         report = read_json(path, "evaluation report")
@@ -51,7 +50,7 @@ def run_facts(run_dir: str | os.PathLike | None) -> dict[str, Any]:
             best, best_key = (path, report), key
     if best is not None:
         out["evaluation"] = best[1]
-        baseline = best[0].parent.parent / "baseline" / "report.json"
+        baseline = RunLayout.report(best[0].parent.parent, "baseline")
         if baseline.is_file():
             out["baseline"] = read_json(baseline, "evaluation report")
     return out
@@ -206,5 +205,14 @@ def card_for_run(base_model: str | None, training: Mapping[str, Any], data: Mapp
     decontamination = (manifest or {}).get("decontamination")
     if decontamination is None and data.get("corpus"):
         decontamination = read_counts(data["corpus"])
-    return build_model_card(base_model, training, data, manifest, decontamination,
+
+    def named(value: Any) -> Any:
+        """A card travels with the model: an absolute path is named relative to the run directory (an asset name,
+        a hub id or a relative path stays as given)."""
+        if isinstance(value, str) and os.path.isabs(value):
+            return os.path.relpath(value, run_dir) if run_dir is not None else Path(value).name
+        return value
+
+    return build_model_card(named(base_model), {k: named(v) for k, v in training.items()},
+                            {k: named(v) for k, v in data.items()}, manifest, decontamination,
                             evaluation or facts["evaluation"], facts["baseline"], title)

@@ -4,11 +4,14 @@ pool's reference answer, and accuracy is aggregated per node of the skill tree.
 Run: ``python -m skill_distill profile --config configs/pipeline/profile_quickstart.yaml``; several machines can
 each take one shard (``shard_index``/``num_shards``; problem ``k`` of the pool goes to shard ``k % num_shards``),
 then ``python -m skill_distill merge-profile --output_dir ... --num_shards N`` writes the profile.
+``python -m skill_distill reaggregate-profile`` counts a finished run's verdicts under another tree or attribution
+without generating anything (a verdict depends only on pool, student and sampling).
 
 Outputs in ``output_dir``:
 
 - ``verdicts.jsonl`` (``verdicts.shard-i-of-n.jsonl`` when sharded): one row per (problem, sample),
-  ``{"id", "sample", "correct", "extracted", "num_tokens", "truncated"}``, appended chunk by chunk. A rerun skips
+  ``{"id", "sample", "correct", "extracted", "num_tokens", "truncated"[, "text"]}`` (``text`` with
+  ``keep_texts``), appended chunk by chunk. A rerun skips
   finished problems, drops a torn last line and redoes a problem whose samples were only partly written.
 - ``profile_run.json`` (``profile_run.shard-i-of-n.json``): the run's settings; a rerun with different settings
   in the same directory is refused.
@@ -43,7 +46,10 @@ from skill_distill.skill_tree import SkillTree, parse_chain
 
 PROFILE_FILE = "profile.json"
 # settings that must agree between a resumed run (or the shards of one run) and the files already written
-_RUN_KEYS = ("pool", "tree", "attribution", "student", "tokenizer", "backend_kind", "sampling", "enable_thinking",
+# (the input files by their content: a run moved to another checkout or data directory resumes, a changed file does
+# not; their paths are recorded as given, never resolved, so shipped run files name no machine's directories)
+_INPUTS = ("pool", "tree", "attribution")
+_RUN_KEYS = ("fingerprints", "student", "tokenizer", "backend_kind", "sampling", "enable_thinking",
              "instruction", "num_shards", "limit", "on_unknown_skill", "answer_fallback")
 
 
@@ -115,10 +121,26 @@ def _read_verdicts(path: Path, n: int, expected_ids: set[str] | None) -> tuple[d
     return complete, needs_cleaning
 
 
+def _fingerprints(info: dict) -> dict[str, str]:
+    """sha256 of each input file named in ``info`` (pinned assets through their cached copy)."""
+    from skill_distill.selection.manifest import fingerprint_file
+
+    return {k: fingerprint_file(info[k]) for k in _INPUTS}
+
+
+def _settings_diff(old: dict, new: dict) -> list[str]:
+    """The settings (input files by name) on which two runs' settings records disagree."""
+    if "fingerprints" not in old:  # written before inputs were fingerprinted: its paths were resolved ones
+        old = {**old, "fingerprints": _fingerprints(old) if all(Path(old[k]).is_file() or str(old[k]).startswith(
+            "asset:") for k in _INPUTS) else {}}
+    diff = [k for k in _INPUTS if old["fingerprints"].get(k) != new["fingerprints"].get(k)]
+    return diff + [k for k in _RUN_KEYS if k != "fingerprints" and old.get(k) != new.get(k)]
+
+
 def _check_run_info(path: Path, info: dict) -> None:
     if path.exists():
         old = read_json(path, "profile run settings")
-        diff = [k for k in _RUN_KEYS if old.get(k) != info.get(k)]
+        diff = _settings_diff(old, info)
         if diff:
             raise DataError(f"{path}: this output_dir holds a profile run with different {', '.join(diff)}; "
                             "use a new output_dir or delete its files to restart")
@@ -142,6 +164,7 @@ def run_profile(
     shrinkage: float = 0.0,
     on_unknown_skill: Literal["error", "drop"] = "error",
     limit: int | None = None,
+    keep_texts: bool = False,
 ) -> dict:
     """Grade the student on every pool problem of this shard and write per-skill accuracies.
 
@@ -169,6 +192,7 @@ def run_profile(
             accuracies; > 0 adds ``accuracy_shrunk``).
         on_unknown_skill: ``error``: a chain not in the tree stops the run; ``drop``: such chains are ignored.
         limit: Only the first ``limit`` pool problems (smoke runs).
+        keep_texts: Also store each completion's text in its verdict row (``"text"``), to inspect what was graded.
 
     Returns:
         A summary: problems answered in this run, totals, and the profile path (single shard).
@@ -200,7 +224,7 @@ def run_profile(
 
     if todo:
         _answer_and_grade(todo, index, path, backend, sampling, enable_thinking, instruction, chunk_size, grading,
-                          answer_fallback)
+                          answer_fallback, keep_texts)
     result = {"shard_index": shard_index, "num_shards": num_shards, "problems": len(shard),
               "answered_this_run": len(todo), "verdicts": str(path)}
     if num_shards == 1:
@@ -223,10 +247,8 @@ def run_profile(
 
 def _run_info(pool, tree, attribution, backend: BackendConfig, sampling: SamplingConfig, enable_thinking: bool,
               instruction: str, num_shards: int, limit: int | None) -> dict:
-    def where(path: str) -> str:  # an asset name is pinned by its checksum: kept as the name, not this machine's copy
-        return str(path) if str(path).startswith("asset:") else str(Path(path).resolve())
-
-    return {"pool": where(pool), "tree": where(tree), "attribution": where(attribution), "student": backend.model,
+    inputs = {"pool": str(pool), "tree": str(tree), "attribution": str(attribution)}
+    return {**inputs, "fingerprints": _fingerprints(inputs), "student": backend.model,
             "tokenizer": backend.tokenizer or backend.model, "backend_kind": backend.kind,
             "backend": asdict(backend), "sampling": asdict(sampling), "enable_thinking": enable_thinking,
             "instruction": instruction, "num_shards": num_shards, "limit": limit}
@@ -234,7 +256,7 @@ def _run_info(pool, tree, attribution, backend: BackendConfig, sampling: Samplin
 
 def _answer_and_grade(todo: list[Example], index: dict[str, int], path: Path, backend_cfg: BackendConfig,
                       sampling: SamplingConfig, enable_thinking: bool, instruction: str, chunk_size: int,
-                      grading: GradingConfig, answer_fallback: str) -> None:
+                      grading: GradingConfig, answer_fallback: str, keep_texts: bool) -> None:
     from skill_distill.assets import load_tokenizer
     from skill_distill.grading import Grader
 
@@ -250,7 +272,8 @@ def _answer_and_grade(todo: list[Example], index: dict[str, int], path: Path, ba
             verdicts = grader.grade([c.text for _, _, c in flat], [reference_answers(ex.answer) for ex, _, _ in flat],
                                     allow_fallback=[c.finished for _, _, c in flat])
             out.append({"id": ex.id, "sample": j, "correct": v.correct, "extracted": v.extracted,
-                        "num_tokens": c.num_tokens, "truncated": not c.finished}
+                        "num_tokens": c.num_tokens, "truncated": not c.finished,
+                        **({"text": c.text} if keep_texts else {})}
                        for (ex, j, c), v in zip(flat, verdicts, strict=True))
             right = sum(v.correct for v in verdicts)
             _progress(f"{min(start + chunk_size, len(todo))}/{len(todo)} problems; this chunk {right}/{len(verdicts)} "
@@ -307,6 +330,69 @@ def merge_profile_shards(output_dir: str, num_shards: int, shrinkage: float = 0.
             missing or duplicated (named in the message).
     """
     out_dir = Path(output_dir)
+    info = _shards_info(out_dir, num_shards)
+    examples, skill_tree, chains = _load_inputs(info["pool"], info["tree"], info["attribution"],
+                                                info.get("on_unknown_skill", "error"), info["limit"])
+    verdicts = _collect_verdicts(out_dir, num_shards, int(info["sampling"]["n"]), examples)
+    profile = build_profile(info, examples, skill_tree, chains, verdicts, shrinkage)
+    write_json(out_dir / PROFILE_FILE, profile)
+    summary("merge-profile", [f"merged {num_shards} shards ({len(examples)} problems), overall accuracy "
+                              f"{accuracy_text(profile['overall_accuracy'])}", weakest_text(profile["nodes"]),
+                              f"profile: {out_dir / PROFILE_FILE}"])
+    _warn_if_degenerate(profile)
+    return {"profile": str(out_dir / PROFILE_FILE), "examples": len(examples),
+            "overall_accuracy": profile["overall_accuracy"]}
+
+
+def reaggregate_profile(verdicts_dir: str, tree: str, attribution: str, output_dir: str, shrinkage: float = 0.0,
+                        on_unknown_skill: Literal["error", "drop"] = "error") -> dict:
+    """A profile under another tree or attribution from a finished profile run's verdicts, with no generation.
+
+    A verdict depends only on the pool, the student and the sampling, so trying a second tree (or a second
+    attribution of the same pool) needs no new answers: this re-counts the same verdicts per node of ``tree``.
+    ``python -m skill_distill reaggregate-profile --verdicts_dir data/quickstart/profile --tree T --attribution A
+    --output_dir D``.
+
+    Args:
+        verdicts_dir: The ``output_dir`` of a finished ``profile`` run (single or all shards done): its settings
+            file names the pool, whose content must be unchanged.
+        tree: Skill tree JSON to count under.
+        attribution: Attribution JSONL of the same pool on ``tree``.
+        output_dir: Where ``profile.json`` goes; not ``verdicts_dir`` (its own profile stays as it is).
+        shrinkage: As in ``run_profile``.
+        on_unknown_skill: As in ``run_profile``.
+
+    Raises:
+        DataError: an unfinished or missing run, a changed pool, ``output_dir`` equal to ``verdicts_dir``, or bad
+            tree/attribution rows.
+    """
+    run_dir, out_dir = Path(verdicts_dir), Path(output_dir)
+    if out_dir.resolve() == run_dir.resolve():
+        raise DataError(f"output_dir {out_dir} is the verdicts' run directory, whose profile.json belongs to its own "
+                        "tree; choose another output_dir")
+    runs = sorted(run_dir.glob("profile_run*.json"))
+    if not runs:
+        raise DataError(f"{run_dir}: no profile_run.json here; point verdicts_dir at a profile stage's output_dir")
+    num_shards = int(read_json(runs[0], "profile run settings")["num_shards"])
+    info = _shards_info(run_dir, num_shards)
+    examples, skill_tree, chains = _load_inputs(info["pool"], tree, attribution, on_unknown_skill, info["limit"])
+    verdicts = _collect_verdicts(run_dir, num_shards, int(info["sampling"]["n"]), examples)
+    new_info = {**info, "tree": str(tree), "attribution": str(attribution), "on_unknown_skill": on_unknown_skill,
+                "verdicts_from": str(run_dir)}
+    new_info["fingerprints"] = _fingerprints(new_info)
+    profile = build_profile(new_info, examples, skill_tree, chains, verdicts, shrinkage)
+    write_json(out_dir / PROFILE_FILE, profile)
+    summary("reaggregate-profile", [f"{len(examples)} problems' verdicts from {run_dir} counted under "
+                                    f"{skill_tree.name!r}, overall accuracy "
+                                    f"{accuracy_text(profile['overall_accuracy'])}", weakest_text(profile["nodes"]),
+                                    f"profile: {out_dir / PROFILE_FILE}"])
+    _warn_if_degenerate(profile)
+    return {"profile": str(out_dir / PROFILE_FILE), "examples": len(examples),
+            "overall_accuracy": profile["overall_accuracy"]}
+
+
+def _shards_info(out_dir: Path, num_shards: int) -> dict:
+    """The settings every shard of the run in ``out_dir`` ran with (they must agree), its pool unchanged since."""
     infos = []
     for i in range(num_shards):
         p = run_info_path(out_dir, i, num_shards)
@@ -314,14 +400,20 @@ def merge_profile_shards(output_dir: str, num_shards: int, shrinkage: float = 0.
             raise DataError(f"{p} not found: shard {i} of {num_shards} has not run (run_profile with shard_index={i})")
         infos.append(read_json(p, "profile run settings"))
     for i, other in enumerate(infos[1:], start=1):
-        diff = [k for k in _RUN_KEYS if other.get(k) != infos[0].get(k)]
+        diff = _settings_diff(infos[0], other)
         if diff:
             raise DataError(f"{run_info_path(out_dir, i, num_shards)}: shard {i} ran with different {', '.join(diff)} "
                             "than shard 0; rerun it with the same settings")
     info = infos[0]
-    examples, skill_tree, chains = _load_inputs(info["pool"], info["tree"], info["attribution"],
-                                                info.get("on_unknown_skill", "error"), info["limit"])
-    n = int(info["sampling"]["n"])
+    changed = [k for k, digest in info.get("fingerprints", {}).items() if _fingerprints(info)[k] != digest]
+    if changed:
+        raise DataError(f"{run_info_path(out_dir, 0, num_shards)}: {', '.join(changed)} changed since the shards ran "
+                        f"({', '.join(str(info[k]) for k in changed)}); restore it or rerun every shard")
+    return info
+
+
+def _collect_verdicts(out_dir: Path, num_shards: int, n: int, examples: Sequence[Example]) -> dict[str, list[dict]]:
+    """Every shard's complete verdicts; each shard must have graded exactly its problems, once."""
     verdicts: dict[str, list[dict]] = {}
     owner: dict[str, int] = {}
     for i in range(num_shards):
@@ -345,14 +437,7 @@ def merge_profile_shards(output_dir: str, num_shards: int, shrinkage: float = 0.
                             f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}")
         verdicts.update(shard_rows)
         owner.update({k: i for k in shard_rows})
-    profile = build_profile(info, examples, skill_tree, chains, verdicts, shrinkage)
-    write_json(out_dir / PROFILE_FILE, profile)
-    summary("merge-profile", [f"merged {num_shards} shards ({len(examples)} problems), overall accuracy "
-                              f"{accuracy_text(profile['overall_accuracy'])}", weakest_text(profile["nodes"]),
-                              f"profile: {out_dir / PROFILE_FILE}"])
-    _warn_if_degenerate(profile)
-    return {"profile": str(out_dir / PROFILE_FILE), "examples": len(examples),
-            "overall_accuracy": profile["overall_accuracy"]}
+    return verdicts
 
 
 def _warn_if_degenerate(profile: dict) -> str | None:

@@ -169,9 +169,16 @@ class SkillTree:
         return f"SkillTree({self.name!r}, leaves={len(self.leaf_chains)}, depth={self.depth}, source={self.source!r})"
 
 
+MAX_TREE_DEPTH = 100
+"""Levels below the root a tree may have (far above any real taxonomy, far below Python's recursion limit)."""
+
+
 def _parse_node(obj: object, source: str, path: Chain, merged: list[str] | None = None) -> SkillNode:
     """Parse and validate one node; siblings repeating a name are merged (and listed in ``merged``), or refused
     when ``merged`` is None."""
+    if len(path) > MAX_TREE_DEPTH:  # the walks recurse per level; Python's recursion limit would end them
+        raise DataError(f"{source}: the tree is deeper than {MAX_TREE_DEPTH} levels (at {format_chain(path[:3])} "
+                        f"-> ...); a skill tree has a few levels (the paper's has 3): check how the file was built")
     where = f"{source}: node {format_chain(path) or '<root>'}"
     if not isinstance(obj, dict) or "name" not in obj:
         raise DataError(f"{where}: expected an object with a 'name' (and optional 'children')")

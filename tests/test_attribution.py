@@ -205,6 +205,36 @@ def test_openai_backend_errors_and_order():
         OpenAIBackend(url, "scripted", max_retries=1, backoff_s=0.01).generate(["q"], SamplingConfig())
 
 
+def test_a_200_without_choices_is_retried_like_a_5xx():
+    """A proxy's error body with HTTP 200 (no ``choices``) is transient: retried, then answered (issue 28)."""
+    replies = [(200, '{"error": "upstream timed out"}'), (200, '{"object": "error"}'), "ok q"]
+    with ScriptedEndpoint(lambda prompt, body: replies.pop(0)) as endpoint:
+        backend = OpenAIBackend(endpoint.base_url, "scripted", max_retries=2, backoff_s=0.01)
+        out = backend.generate(["q"], SamplingConfig())
+        assert len(endpoint.calls) == 3 and out[0][0].text == "ok q"
+    with ScriptedEndpoint(lambda prompt, body: (200, '{"error": "bad gateway"}')) as endpoint:
+        backend = OpenAIBackend(endpoint.base_url, "scripted", max_retries=1, backoff_s=0.01)
+        with pytest.raises(GenerationError, match=r"after 2 attempts; last error: HTTP 200 without 'choices'"):
+            backend.generate(["q"], SamplingConfig())
+
+
+@pytest.mark.slow
+def test_stage_with_an_endpoint_down_is_one_line_exit_2(tmp_path, pool_file, tree_file, qwen_tokenizer_dir, capsys):
+    """``python -m skill_distill attribute`` against an endpoint still down after its retries: one ``error:`` line
+    naming the endpoint, exit 2 (was a 37-line traceback, exit 1; issue 28)."""
+    from skill_distill.__main__ import main
+
+    with ScriptedEndpoint(make_script(), fail_after=0) as down:
+        cfg = backend_config(down, qwen_tokenizer_dir, max_retries=1)
+        args = ["attribute", "--pool", str(pool_file), "--tree", str(tree_file), "--output_dir", str(tmp_path / "o")]
+        args += [f"--backend.{k}={v}" for k, v in vars(cfg).items() if v is not None and not isinstance(v, dict)]
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and down.base_url in err[0] and "HTTP 500" in err[0], err
+
+
 # ---- files: resume, shards, merge ----------------------------------------------------------------------------------
 def test_interrupted_run_resumes_to_identical_output(tmp_path, pool_file, tree_file, qwen_tokenizer_dir):
     with ScriptedEndpoint(make_script()) as endpoint:

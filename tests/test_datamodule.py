@@ -44,9 +44,8 @@ def test_eval_context_is_what_training_used(tmp_path, qwen_tokenizer_dir):
     dm.trainer = L.Trainer(default_root_dir=str(tmp_path), logger=False, enable_checkpointing=False,
                            enable_progress_bar=False, accelerator="cpu", devices=1)
     ctx = dm.eval_context()
-    assert ctx.manifest_path == tmp_path / "selection_manifest.json"
     assert ctx == EvalContext(val_corpus=str(QS / "heldout.jsonl"), fields=dm.fields, tree=str(QS / "tree.json"),
                               display_names=None, attribution=str(QS / "attribution.jsonl"), instruction="Solve it.",
-                              enable_thinking=False, manifest_path=dm._manifest_path(), skill_format=fmt)
+                              enable_thinking=False, skill_format=fmt)
     with pytest.raises(AttributeError):
         ctx.tree = "other"  # frozen

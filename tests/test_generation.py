@@ -51,6 +51,23 @@ def test_vllm_greedy_shapes_and_truncation(vllm_smollm, prompts):
 
 
 @pytest.mark.vllm
+def test_vllm_generate_prints_progress_lines_inside_one_call(vllm_smollm, prompts, monkeypatch, capsys):
+    """A long generate call prints plain ``[generate]`` lines as requests finish (done/total, vLLM's speeds, ETA),
+    through vLLM's progress hook: here every update (interval 0); nothing for a call shorter than the interval."""
+    import skill_distill.generation.vllm_backend as vllm_backend
+
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=8)
+    monkeypatch.setattr(vllm_backend, "PROGRESS_INTERVAL_S", 3600.0)
+    quiet = vllm_smollm.generate(prompts, sampling)
+    assert "[generate]" not in capsys.readouterr().err
+    monkeypatch.setattr(vllm_backend, "PROGRESS_INTERVAL_S", 0.0)
+    assert vllm_smollm.generate(prompts, sampling) == quiet  # the hook changes nothing generated
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("[generate]")]
+    assert lines and lines[-1].startswith(f"[generate] {len(prompts)}/{len(prompts)} requests, est. speed input: ")
+    assert all("ETA" in x and "toks/s" in x for x in lines), lines
+
+
+@pytest.mark.vllm
 def test_vllm_engine_core_runs_in_process_on_cpu_and_leaves_the_environment(vllm_smollm):
     import multiprocessing
     import os

@@ -11,7 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".cache", "runs", "outputs", "lightning_logs",
              "node_modules"}
-TEXT_SUFFIXES = {".py", ".yaml", ".yml", ".md", ".sh", ".toml", ".cfg", ".ini", ".txt", ".json"}
+TEXT_SUFFIXES = {".py", ".yaml", ".yml", ".md", ".sh", ".toml", ".cfg", ".ini", ".txt", ".json", ".jsonl"}
 TEXT_NAMES = {"Makefile", "run"}
 # the test set-up and the CI/Makefile entry points set SKILL_DISTILL_DATA from ../shared when it exists
 MAY_NAME_THE_MIRROR = {"tests/conftest.py", ".ci/run", "Makefile"}
@@ -24,6 +24,13 @@ RULES = [
     ("cites a METHOD.md outside docs/ (cite docs/METHOD.md §N)", re.compile(r"(?<![\w/.-])METHOD\.md")),
     ("cites MACHINES.md, which is not part of the repository (state the fact)", re.compile(r"MACHINES\.md")),
 ]
+
+
+# a directory of one machine in a shipped data file or config (a recorded run's inputs, a profile's settings): the
+# file then only works in the checkout it was made in (issue 28); placeholders like /path/to/... are fine
+MACHINE_PATH = re.compile(r"""(?:^|[\s:\[,"'=])"""
+                          r"""(/(?:work|home|root|tmp|Users|mnt|scratch|opt|var|srv|private)/[^\s"']*)""")
+DATA_SUFFIXES = {".json", ".jsonl", ".yaml", ".yml"}
 
 
 def files(root: Path):
@@ -47,6 +54,9 @@ def outside_references(root: Path) -> list[str]:
         except UnicodeDecodeError:
             continue
         for number, line in enumerate(text.splitlines(), start=1):
+            machine_path = MACHINE_PATH.search(line) if path.suffix in DATA_SUFFIXES else None
+            if machine_path:
+                found.append(f"{rel}:{number}: names a directory of one machine: {machine_path.group(1)[:100]}")
             for what, pattern in RULES:
                 if pattern.search(line) and not (what == RULES[0][0] and rel in MAY_NAME_THE_MIRROR):
                     found.append(f"{rel}:{number}: {what}: {line.strip()[:100]}")
@@ -66,5 +76,9 @@ def test_the_check_finds_each_kind_of_outside_reference(tmp_path):
                                    "# see MACHINES.md\nROOT = Path(__file__).parents[2] / 'shared'\n")
     (tmp_path / "ok.md").write_text("See docs/METHOD.md §7 and ../docs/METHOD.md; SKILL_DISTILL_DATA=/data/mirror\n")
     (tmp_path / "Makefile").write_text("SKILL_DISTILL_DATA=$(abspath ../shared)\n")
+    (tmp_path / "run.json").write_text('{"pool": "/work/main/data/pool.jsonl",\n "model": "/path/to/model",\n'
+                                       ' "url": "http://127.0.0.1:8000/v1", "tree": "data/tree.json"}\n')
+    (tmp_path / "configs" / "c.yaml").write_text("student: /home/me/ckpt/final\npool: data/pool.jsonl\n")
     found = sorted(f.split(": ")[0] for f in outside_references(tmp_path))
-    assert found == ["b.py:1", "b.py:2", "b.py:3", "b.py:4", "configs/a.yaml:1", "configs/a.yaml:2"]
+    assert found == ["b.py:1", "b.py:2", "b.py:3", "b.py:4", "configs/a.yaml:1", "configs/a.yaml:2",
+                     "configs/c.yaml:1", "run.json:1"]

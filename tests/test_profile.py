@@ -332,6 +332,19 @@ def test_resume_after_deleting_half_and_a_torn_line(full_run, profile_run, tmp_p
 
 
 @pytest.mark.vllm
+def test_keep_texts_stores_what_was_graded(full_run, profile_run, tmp_path):
+    """``keep_texts``: each verdict row also carries its completion's text; everything else is the plain run's."""
+    out, _ = full_run
+    profile_run(tmp_path / "texts", shrinkage=1.0, keep_texts=True)
+    rows = _rows(tmp_path / "texts" / "verdicts.jsonl")
+    assert all(isinstance(r["text"], str) and r["text"].strip() for r in rows)
+    plain = sorted(map(json.dumps, _rows(out / "verdicts.jsonl")))
+    assert sorted(json.dumps({k: v for k, v in r.items() if k != "text"}) for r in rows) == plain
+    boxed = [r for r in rows if r["extracted"] is not None and "\\boxed" in r["text"]]
+    assert all(r["extracted"] in r["text"] for r in boxed)
+
+
+@pytest.mark.vllm
 def test_shards_then_merge_equal_one_run(full_run, profile_run, tmp_path):
     out, _ = full_run
     sharded = tmp_path / "sharded"
@@ -387,3 +400,62 @@ def test_shipped_profile_configs_parse(name):
     else:
         assert cfg.backend.model == "asset:smollm2-135m-instruct" and cfg.sampling.max_new_tokens <= 512
         assert cfg.pool.startswith("data/quickstart/")
+
+
+def test_the_shipped_profile_run_resumes_in_another_checkout_and_refuses_changed_inputs(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """The shipped quickstart profile, rerun with its own command from a checkout elsewhere, is recognised as the
+    same finished run (inputs compared by content, not by this machine's paths) and writes the same profile; a
+    changed input is refused naming it (issue 28: it was refused in any other checkout)."""
+    from skill_distill.__main__ import main
+
+    checkout = tmp_path / "elsewhere"
+    shutil.copytree(REPO / "data" / "quickstart", checkout / "data" / "quickstart")
+    config = str(REPO / "configs" / "pipeline" / "profile_quickstart.yaml")
+    monkeypatch.chdir(checkout)
+    main(["profile", "--config", config])  # every verdict is there: no engine is started
+    assert "0 answered this run" in capsys.readouterr().out
+    assert _nodes(checkout / "data/quickstart/profile/profile.json") == _nodes(
+        REPO / "data/quickstart/profile/profile.json")
+    shipped_run = json.loads((REPO / "data/quickstart/profile/profile_run.json").read_text())
+    assert json.loads((checkout / "data/quickstart/profile/profile_run.json").read_text()) == shipped_run
+
+    tree = checkout / "data" / "quickstart" / "tree.json"
+    tree.write_text(tree.read_text().replace("}", "} ", 1))  # same tree, other bytes: a changed file
+    with pytest.raises(SystemExit) as exit_info:
+        main(["profile", "--config", config])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "holds a profile run with different tree;" in err and len(err.strip().splitlines()) == 1
+
+
+def test_reaggregation_equals_the_profile_and_counts_under_another_tree(tmp_path, capsys):
+    """The shipped quickstart verdicts re-counted: under the same tree and attribution, the shipped profile's rows;
+    under the tree cut to its topics (and the attribution cut with it), each topic's row equals the shipped
+    profile's topic row. No backend is involved (issue 27: a second tree regenerated every answer)."""
+    from skill_distill.__main__ import main
+    from skill_distill.profile import reaggregate_profile
+
+    quick = REPO / "data" / "quickstart"
+    shipped = {n["chain"]: n for n in _nodes(quick / "profile" / "profile.json")}
+    same = reaggregate_profile(str(quick / "profile"), str(quick / "tree.json"), str(quick / "attribution.jsonl"),
+                               str(tmp_path / "same"))
+    assert _nodes(Path(same["profile"])) == list(shipped.values())
+
+    tree = SkillTree.load(quick / "tree.json")
+    topics = tree.cut(1)
+    (tmp_path / "topics.json").write_text(json.dumps(topics.to_dict()))
+    rows = [json.loads(x) for x in (quick / "attribution.jsonl").read_text().splitlines() if x.strip()]
+    (tmp_path / "topics.jsonl").write_text("".join(
+        json.dumps({"id": r["id"], "chains": [[c[0]] for c in r["chains"]]}) + "\n" for r in rows))
+    main(["reaggregate-profile", "--verdicts_dir", str(quick / "profile"), "--tree", str(tmp_path / "topics.json"),
+          "--attribution", str(tmp_path / "topics.jsonl"), "--output_dir", str(tmp_path / "topics")])
+    assert "counted under" in capsys.readouterr().out
+    by_topic = _nodes(tmp_path / "topics" / "profile.json")
+    assert sorted(n["chain"] for n in by_topic if n["is_leaf"]) == sorted(topics.topics()) and len(topics.topics()) > 1
+    for n in by_topic:
+        assert (n["correct"], n["judged"], n["accuracy"]) == tuple(shipped[n["chain"]][k] for k in
+                                                                   ("correct", "judged", "accuracy")), n["chain"]
+    with pytest.raises(DataError, match="is the verdicts' run directory"):
+        reaggregate_profile(str(quick / "profile"), str(quick / "tree.json"), str(quick / "attribution.jsonl"),
+                            str(quick / "profile"))

@@ -183,10 +183,11 @@ def test_timeout_check_and_core_split():
     callback = SkillEvalCallback(timeout_s=3600)
     short = SimpleNamespace(world_size=2, strategy=SimpleNamespace(_timeout=timedelta(minutes=30)))
     with pytest.raises(ConfigError) as e:
-        callback._check_timeout(short)
+        callback.evaluation.check_trainer(short)
     assert "trainer.strategy.init_args.timeout" in str(e.value) and '"1:12:00"' in str(e.value)
-    callback._check_timeout(SimpleNamespace(world_size=2, strategy=SimpleNamespace(_timeout=timedelta(hours=2))))
-    callback._check_timeout(SimpleNamespace(world_size=1, strategy=None))  # one process: no collective waits
+    long = SimpleNamespace(world_size=2, strategy=SimpleNamespace(_timeout=timedelta(hours=2)))
+    callback.evaluation.check_trainer(long)
+    callback.evaluation.check_trainer(SimpleNamespace(world_size=1, strategy=None))  # one process: no collective waits
     assert [rank_cores(r, 2, [0, 1]) for r in range(2)] == [[0], [1]]
     assert [rank_cores(r, 3, list(range(8))) for r in range(3)] == [[0, 1, 2], [3, 4, 5], [6, 7]]
     assert rank_cores(0, 1, [0, 1]) == [0, 1] and rank_cores(3, 4, [0, 1]) == [1]
@@ -197,7 +198,7 @@ def test_timeout_check_and_core_split():
     from skill_distill.generation.vllm_backend import clean_child_env
 
     tp2 = SkillEvalCallback(backend=SimpleNamespace(tensor_parallel_size=2, kind="vllm"))
-    assert [tp2._engine_slot(SimpleNamespace(global_rank=r, world_size=4)) for r in range(4)] == [
+    assert [tp2.evaluation.engine_slot(SimpleNamespace(global_rank=r, world_size=4)) for r in range(4)] == [
         (0, 2, True), (0, 2, False), (1, 2, True), (1, 2, False)]
     env = clean_child_env({"RANK": "2", "PATH": "/bin"}, cpu_cores=[rank_cores(r, 4, list(range(8))) for r in (2, 3)])
     assert env == {"PATH": "/bin", "VLLM_CPU_OMP_THREADS_BIND": "4,5|6,7", "OMP_NUM_THREADS": "2"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from skill_distill.io import DataError
@@ -34,3 +36,19 @@ def test_the_published_evaltree_loads(shared_dir):
     assert tree.depth == 12
     # the display-name map covers 2,118 of the leaves (the rest keep their long names)
     assert sum(c[-1] in tree.display_names for c in tree.leaf_chains) == 2118
+
+
+@pytest.mark.parametrize("levels", [150, 1500])
+def test_a_pathologically_deep_tree_is_one_line(tmp_path, levels):
+    """A 1,500-level tree file ended in a RecursionError traceback (issue 28); 150 levels parse by JSON but are
+    past the tree's depth limit. Both are one DataError line naming the file."""
+    # written as text: json.dumps itself cannot encode 1,500 levels
+    text = "".join(f'{{"name": "level {i}", "children": [' for i in range(levels)) + '{"name": "leaf"}'
+    path = tmp_path / "deep.json"
+    path.write_text(text + "]}" * levels)
+    with pytest.raises(DataError, match=rf"^{path}: ") as e:
+        SkillTree.load(path)
+    assert "\n" not in str(e.value)
+    shallow = {"name": "root", "children": [{"name": "a", "children": [{"name": "b"}]}]}
+    path.write_text(json.dumps(shallow))
+    assert SkillTree.load(path).leaf_chains == [("a", "b")]

@@ -205,6 +205,18 @@ def test_appender_drops_only_a_torn_last_line(tmp_path):
 
 
 @pytest.mark.parametrize("damage", [b'{"id": "x", "sam\n', BAD + b"\n"], ids=["bad-json", "bad-bytes"])
+def test_appender_refuses_a_complete_bad_last_line(tmp_path, damage):
+    """A torn append never ends with its newline: a newline-terminated bad last line is bad data, named, not
+    silently dropped as if it were torn (issue 28)."""
+    p = tmp_path / "out.jsonl"
+    before = _jsonl_bytes([{"id": "0"}, {"id": "1"}]) + damage
+    p.write_bytes(before)
+    with pytest.raises(DataError, match=rf"{p}:3: "):
+        JsonlAppender(p)
+    assert p.read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", [b'{"id": "x", "sam\n', BAD + b"\n"], ids=["bad-json", "bad-bytes"])
 def test_appender_refuses_a_bad_middle_line_and_keeps_the_file(tmp_path, damage):
     p = tmp_path / "out.jsonl"
     before = _jsonl_bytes([{"id": "0"}, {"id": "1"}]) + damage + _jsonl_bytes([{"id": "2"}, {"id": "3"}])

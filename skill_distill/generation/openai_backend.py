@@ -11,7 +11,8 @@ it into ``SamplingParams.structured_outputs``). The schema is a JSON array whose
 strings (``choice_list_schema``). Older vLLM servers (< 0.11) read the same schema from the top-level field
 ``"guided_json"``; pick that with ``guided_field="guided_json"``.
 
-Failures: connection errors, timeouts, HTTP 429 and 5xx are retried with exponential backoff; other HTTP
+Failures: connection errors, timeouts, HTTP 429 and 5xx, unreadable bodies and a 200 whose body has no ``choices``
+(a proxy's error page) are retried with exponential backoff; other HTTP
 errors (a wrong model name, a malformed request) fail at once. The final failure raises GenerationError naming
 the URL and the last error.
 """
@@ -28,6 +29,8 @@ from typing import Any, Literal
 from skill_distill.generation.base import Completion, GenerationBackend, GenerationError, SamplingConfig
 
 log = logging.getLogger(__name__)
+# httpx logs one INFO line per request (160 lines for 80 examples); its warnings and errors still show
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 GuidedField = Literal["structured_outputs", "guided_json"]
 
@@ -40,10 +43,6 @@ def choice_list_schema(names: Sequence[str]) -> dict:
     """
     return {"type": "array", "items": {"type": "string", "enum": list(names)}, "minItems": 1,
             "maxItems": max(1, len(names))}
-
-
-class _Retryable(Exception):
-    pass
 
 
 class _Retryable(Exception):
@@ -133,9 +132,13 @@ class OpenAIBackend(GenerationBackend):
             if resp.status_code != 200:  # the request itself is wrong: retrying cannot help
                 raise GenerationError(f"{self.url}: HTTP {resp.status_code}: {resp.text[:300]}")
             try:
-                return resp.json()
+                data = resp.json()
             except ValueError:
                 raise _Retryable(f"invalid JSON in response: {resp.text[:200]!r}") from None
+            # a 200 without completions is a proxy's or gateway's error body, as transient as a 5xx
+            if not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not data["choices"]:
+                raise _Retryable(f"HTTP 200 without 'choices': {resp.text[:200]!r}")
+            return data
 
         retrying = Retrying(
             stop=stop_after_attempt(self.max_retries + 1), retry=retry_if_exception_type(_Retryable), reraise=True,

@@ -45,6 +45,8 @@ from typing import Any
 from skill_distill.generation.base import Completion, GenerationBackend, GenerationError, SamplingConfig
 from skill_distill.generation.base import one_line as _one_line
 
+PROGRESS_INTERVAL_S = 30.0
+"""A generate call longer than this prints a progress line this often (requests done, token speeds, ETA)."""
 CPU_DEFAULT_KV_CACHE_GIB = 2
 
 
@@ -220,7 +222,7 @@ class VLLMBackend(GenerationBackend):
             requests = [{"prompt_token_ids": list(t)} for t in ids]
             params = [self._params(sampling, seeds[i], allowed_lists[i] if allowed_lists is not None else None)
                       for i in range(len(prompts))]
-            outputs = self.llm.generate(requests, params, use_tqdm=False)
+            outputs = self.llm.generate(requests, params, use_tqdm=progress_lines)
         except Exception as e:  # noqa: BLE001 - vLLM raises many types; the user needs one line
             raise GenerationError(f"vLLM generate failed ({len(prompts)} prompts, model {self.model}): "
                                   f"{_one_line(e)}") from e
@@ -274,3 +276,34 @@ def clean_child_env(env: Mapping[str, str], cpu_cores: Sequence[int] | Sequence[
     if cuda_devices is not None:
         out["CUDA_VISIBLE_DEVICES"] = ",".join(str(int(d)) for d in cuda_devices)
     return out
+
+
+def progress_lines(*args, **kwargs):
+    """vLLM's progress hook (``LLM.generate(use_tqdm=...)`` takes a tqdm factory) as plain lines: every
+    ``PROGRESS_INTERVAL_S`` while one generate call runs, ``[generate] done/total requests, vLLM's token speeds, ETA``.
+    Inside one call is where a stage spent minutes silently (one chunk of 512 problems); vLLM's own bar is a
+    carriage-return frame that a redirected log shows only at the end."""
+    import io
+
+    from tqdm import tqdm
+
+    from skill_distill.console import progress
+
+    class ProgressLines(tqdm):
+        monitor_interval = 0  # no tqdm monitor thread
+
+        def display(self, msg=None, pos=None):  # tqdm calls this at most every mininterval, and once on close
+            elapsed = self.format_dict["elapsed"]
+            # vLLM also hands the factory its (fast) prompt-rendering loops: only generation is reported
+            if self.desc != "Processed prompts" or self.n == 0 or elapsed < PROGRESS_INTERVAL_S:
+                return True
+            rate = self.n / elapsed
+            eta = (self.total - self.n) / rate if self.total and self.total > self.n else 0.0
+            speeds = f", {self.postfix}" if self.postfix else ""
+            progress("generate", f"{self.n:,}/{self.total:,} requests{speeds}, {elapsed / 60:.1f} min so far, "
+                                 f"ETA {eta / 60:.1f} min")
+            return True
+
+    return ProgressLines(*args, **{**kwargs, "file": io.StringIO(), "mininterval": PROGRESS_INTERVAL_S,
+                                   "dynamic_ncols": False})
+
