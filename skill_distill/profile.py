@@ -250,8 +250,8 @@ def _run_info(pool, tree, attribution, backend: BackendConfig, sampling: Samplin
     inputs = {"pool": str(pool), "tree": str(tree), "attribution": str(attribution)}
     return {**inputs, "fingerprints": _fingerprints(inputs), "student": backend.model,
             "tokenizer": backend.tokenizer or backend.model, "backend_kind": backend.kind,
-            "backend": asdict(backend), "sampling": asdict(sampling), "enable_thinking": enable_thinking,
-            "instruction": instruction, "num_shards": num_shards, "limit": limit}
+            "backend": {"kind": backend.kind, **asdict(backend)}, "sampling": asdict(sampling),
+            "enable_thinking": enable_thinking, "instruction": instruction, "num_shards": num_shards, "limit": limit}
 
 
 def _answer_and_grade(todo: list[Example], index: dict[str, int], path: Path, backend_cfg: BackendConfig,

@@ -144,7 +144,7 @@ def test_override_config_composes_after_its_base(override, tiny_qwen3_dir, qwen_
     assert kinds.count(SkillEvalCallback) == evals_in_base and kinds.count(ReselectionCallback) == 1  # appended,
     # the base's callbacks kept
     reselect = next(c for c in cli.trainer.callbacks if isinstance(c, ReselectionCallback))
-    assert isinstance(reselect.backend, VLLMConfig)  # built from its class_path
+    assert isinstance(reselect.evaluation.backend, VLLMConfig)  # built from its class_path
     assert cli.datamodule.reselection.enabled
     assert cli.datamodule.selection.budget == base["data"]["selection"]["budget"]
 
@@ -283,7 +283,8 @@ def test_length_override_composes_with_its_base(path, tiny_qwen3_dir, qwen_token
     # its own run directory everywhere, so it never resumes (or overwrites) the 8,192-token run
     run_dir = f"runs/{MODEL_FILES[0].stem}/{path.stem}"
     assert cli.trainer.default_root_dir == run_dir
-    dirs = [getattr(c, "dirpath", None) for c in cli.trainer.callbacks] + [lg.save_dir for lg in cli.trainer.loggers]
+    dirs = [getattr(c, "dirpath", None) or getattr(getattr(c, "evaluation", None), "dirpath", None)
+            for c in cli.trainer.callbacks] + [lg.save_dir for lg in cli.trainer.loggers]
     dirs = [str(d) for d in dirs if d]
     # relative output folders of callbacks (eval_heldout, eval) are taken inside the run directory
     inside = [d.startswith(run_dir) or d.startswith(str(tmp_path / run_dir)) or not (d.startswith("runs/")
