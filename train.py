@@ -1,7 +1,8 @@
 """Fine-tune a causal LM on skill-selected, skill-formatted teacher traces.
 
     python train.py fit --config configs/quickstart.yaml
-    python train.py fit --config configs/qwen3_4b/skill_sft.yaml --trainer.num_nodes 2
+    python train.py fit --config configs/base/sft.yaml --config configs/models/qwen3_4b.yaml \
+        --config configs/runs/skill_sft.yaml --trainer.default_root_dir runs/qwen3_4b/skill_sft --ckpt_path last
     python train.py fit --config configs/quickstart.yaml --ckpt_path last
 
 One run directory per run, ``trainer.default_root_dir``: checkpoints, logs, evaluations, exports, traces and the

@@ -28,14 +28,14 @@ def main() -> None:
     from skill_distill.assets import smollm2_dir
     from skill_distill.attribution import attribute_examples
     from skill_distill.corpus import CorpusFields, load_corpus
-    from skill_distill.generation.factory import BackendConfig, make_backend
+    from skill_distill.generation.factory import VLLMConfig, make_backend
     from skill_distill.skill_tree import SkillTree
 
     examples = load_corpus("asset:bench/math500",
                            CorpusFields(id="unique_id", trace="solution"), limit=args.examples, require_trace=False)
     tree = SkillTree.load("asset:tree/skill_mix")
     model = str(smollm2_dir())
-    backend = make_backend(BackendConfig(kind="vllm", model=model, tokenizer=model, enforce_eager=True,
+    backend = make_backend(VLLMConfig(model=model, tokenizer=model, enforce_eager=True,
                                          max_model_len=2048))
     from transformers import AutoTokenizer
 

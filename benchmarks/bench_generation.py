@@ -47,15 +47,15 @@ def child(args) -> None:
     import torch
 
     from skill_distill.generation.base import SamplingConfig
-    from skill_distill.generation.factory import BackendConfig, make_backend
+    from skill_distill.generation.factory import HFConfig, VLLMConfig, make_backend
 
     torch.set_num_threads(args.threads)
     if args.child == "vllm":
-        cfg = BackendConfig(kind="vllm", model="asset:smollm2-135m-instruct", dtype=args.vllm_dtype,
+        cfg = VLLMConfig(model="asset:smollm2-135m-instruct", dtype=args.vllm_dtype,
                             max_model_len=2048, enforce_eager=not args.vllm_compile,
                             extra_engine_args={"max_num_seqs": args.batch_size})
     else:
-        cfg = BackendConfig(kind="hf", model="asset:smollm2-135m-instruct", dtype="float32",
+        cfg = HFConfig(model="asset:smollm2-135m-instruct", dtype="float32",
                             batch_size=args.batch_size)
     texts = prompts(args.prompts)
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)

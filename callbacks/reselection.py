@@ -24,7 +24,7 @@ from callbacks.preemption import is_final_epoch
 from callbacks.skill_eval import EvaluationRun, InTrainingEvaluation
 from datamodules.skill_datamodule import EvalContext, RunDataCallback, SkillDataModule
 from skill_distill.generation.base import SamplingConfig
-from skill_distill.generation.factory import BackendConfig
+from skill_distill.generation.factory import BackendConfig, VLLMConfig
 from skill_distill.io import ConfigError, write_json
 from skill_distill.run_layout import RunLayout
 from skill_distill.skill_tree import format_chain, parse_chain
@@ -56,7 +56,7 @@ class ReselectionCallback(L.Callback, RunDataCallback):
 
     def __init__(
         self,
-        backend: BackendConfig = BackendConfig(kind="vllm"),
+        backend: BackendConfig = VLLMConfig(),
         sampling: SamplingConfig = SamplingConfig(temperature=0.6, top_p=1.0, max_new_tokens=8192, seed=42),
         verdicts_dir: str | None = None,
         export_dtype: str | None = "bfloat16",

@@ -26,7 +26,7 @@ from callbacks.preemption import PreemptionCallback, is_final_epoch
 from datamodules.skill_datamodule import EvalContext, RunDataCallback, SkillDataModule
 from skill_distill.eval_sets import HELDOUT, PAPER_SUITE, BenchmarkSpec, SkillSource, resolve_specs
 from skill_distill.generation.base import GenerationError, GenerationInterrupted, SamplingConfig
-from skill_distill.generation.factory import BackendConfig
+from skill_distill.generation.factory import BackendConfig, VLLMConfig
 from skill_distill.io import ConfigError
 from skill_distill.run_layout import RunLayout
 
@@ -68,7 +68,7 @@ class InTrainingEvaluation:
         if backend.tensor_parallel_size < 1:
             raise ConfigError(f"{owner}: backend.tensor_parallel_size must be >= 1, got {backend.tensor_parallel_size}")
         if backend.kind == "openai":
-            raise ConfigError(f"{owner} evaluates the weights being trained: use backend.kind vllm or hf")
+            raise ConfigError(f"{owner} evaluates the weights being trained: use a VLLMConfig or HFConfig backend")
         self.owner = owner
         self.backend, self.sampling = backend, sampling
         self.export_dtype, self.keep_exports, self.dirpath, self.subdir = export_dtype, keep_exports, dirpath, subdir
@@ -158,8 +158,9 @@ class InTrainingEvaluation:
         on every rank and None returned. Raises GenerationError (every rank) when it failed on any rank, writing
         the report included, and ``on_error`` is raise.
         """
-        from skill_distill.evaluation import compute_summaries, evaluate_model
+        from skill_distill.evaluation import InSubprocess, compute_summaries, evaluate_model
         from skill_distill.formatting import DEFAULT_INSTRUCTION
+        from skill_distill.grading import GradingConfig
 
         root = self.reports_dir(trainer)
         out_dir = root / tag
@@ -182,9 +183,10 @@ class InTrainingEvaluation:
                     str(export_dir), str(export_dir), self.loaded, self.backend, self.sampling,
                     enable_thinking=self.prompt["enable_thinking"], rank=engine, world_size=engines,
                     instruction=self.prompt["instruction"] or DEFAULT_INSTRUCTION,
-                    in_subprocess=True, child_env=self._child_env(trainer, pl_module), timeout_s=self.timeout_s,
-                    grader_workers=self.grader_workers, grade_timeout_s=self.grade_timeout_s,
-                    should_stop=(lambda: self._stop_requested(trainer)) if interruptible else None,
+                    in_subprocess=InSubprocess(
+                        env=self._child_env(trainer, pl_module), timeout_s=self.timeout_s,
+                        should_stop=(lambda: self._stop_requested(trainer)) if interruptible else None),
+                    grading=GradingConfig(workers=self.grader_workers, timeout_s=self.grade_timeout_s),
                     tree=self.tree, skill_format=self.skill_format)
         except GenerationInterrupted:
             interrupted = True
@@ -314,7 +316,7 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
         benchmarks: list[str | BenchmarkSpec] | None = None,
         every_n_epochs: int = 1,
         baseline: bool = False,
-        backend: BackendConfig = BackendConfig(kind="vllm"),
+        backend: BackendConfig = VLLMConfig(),
         sampling: SamplingConfig = SamplingConfig(temperature=0.6, top_p=1.0, max_new_tokens=16384),
         tree: str | None = None,
         data_root: str | None = None,
@@ -455,8 +457,8 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
                 "global_step": trainer.global_step, "world_size": trainer.world_size,
                 "sampling": asdict(ev.sampling), "enable_thinking": ev.prompt["enable_thinking"],
                 "skill_format": asdict(self._context.skill_format) if self._context else None,
-                "backend": {k: v for k, v in asdict(ev.backend).items()
-                            if k in ("kind", "dtype", "max_model_len", "tensor_parallel_size")},
+                "backend": {"kind": ev.backend.kind, **{k: v for k, v in asdict(ev.backend).items()
+                                                        if k in ("dtype", "max_model_len", "tensor_parallel_size")}},
                 "tree": None if ev.tree is None else ev.tree.source,
                 "baseline": str(baseline_path) if baseline else None, "emphasised_skills": emphasised,
                 "timings": run.timings}

@@ -197,7 +197,7 @@ def evaluate(cfg: ExperimentConfig, model: str, data: Path, out: Path, log: Path
                 "skills": {"attribution": str(data / "attribution.jsonl")}, "k": 1}
         cmd = [sys.executable, "-m", "skill_distill", "evaluate", "--model", model, "--output_dir", str(out),
                "--benchmarks", json.dumps([spec]), "--tree", str(data / "tree.json"), "--sampling", greedy(cfg),
-               "--backend", json.dumps({"kind": "vllm", "max_model_len": 1024})]
+               "--backend", json.dumps({"class_path": "VLLMConfig", "init_args": {"max_model_len": 1024}})]
         if manifest is not None:
             cmd += ["--selection_manifest", str(manifest)]
         run(cmd, log, timings, step)
@@ -240,8 +240,9 @@ def prepare_regime(cfg: ExperimentConfig) -> dict | None:
             run([sys.executable, "-m", "skill_distill", "profile", "--pool", str(data / "train_pool.jsonl"),
                  "--tree", str(data / "tree.json"), "--attribution", str(data / "attribution.jsonl"),
                  "--output_dir", str(prof_dir), "--shrinkage", str(cfg.shrinkage),
-                 "--backend", json.dumps({"kind": "vllm", "model": student, "max_model_len": 1024}),
-                 "--sampling", greedy(cfg), "--grader_workers", "2"], logs / "profile.log", timings, "shared:profile")
+                 "--backend", json.dumps({"class_path": "VLLMConfig",
+                                          "init_args": {"model": student, "max_model_len": 1024}}),
+                 "--sampling", greedy(cfg), "--grading.workers", "2"], logs / "profile.log", timings, "shared:profile")
         profile = leaf_profile(prof_dir / "profile.json")
         check = precheck(cfg, profile)
         entry = {"try": k, **asdict(attempt), "precheck": check, "profile_leaf_accuracy": profile,

@@ -2,7 +2,7 @@
 
     python scripts/first_gpu_run.py                       # every check (one node, >= 2 GPUs)
     python scripts/first_gpu_run.py flash_packing nccl    # some of them
-    python scripts/first_gpu_run.py throughput --config configs/qwen3_4b/base.yaml --steps 10
+    python scripts/first_gpu_run.py throughput --config configs/base/sft.yaml configs/models/qwen3_4b.yaml --steps 10
 
 Checks (docs/SCALING.md, "First run on GPUs"):
   env            CUDA, GPUs, bf16, NCCL version, flash_attn import, what attn_implementation=auto picks
@@ -207,8 +207,8 @@ def check_eval_engine(args, work: Path) -> None:
         t["callbacks"] = [{"class_path": "callbacks.SkillEvalCallback", "init_args": {
             "benchmarks": [{"name": "heldout", "limit_per_skill": 1, "k": 1}], "baseline": False,
             "sampling": {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 64, "seed": 0},
-            "backend": {"kind": "vllm", "max_model_len": 1024, "gpu_memory_utilization": 0.3,
-                        "tensor_parallel_size": tp}, "timeout_s": 1800}}]
+            "backend": {"class_path": "VLLMConfig", "init_args": {"max_model_len": 1024, "gpu_memory_utilization": 0.3,
+                                                                  "tensor_parallel_size": tp}}, "timeout_s": 1800}}]
         path = work / f"eval_config_tp{tp}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         log = work / f"eval_run_tp{tp}.log"
@@ -264,12 +264,15 @@ def check_throughput(args, work: Path) -> None:
     if not torch.cuda.is_available():
         report("throughput", "SKIP", "no CUDA")
         return
-    cfg = yaml.safe_load((REPO / args.config).read_text())
+    cfg: dict = {}
+    for config_file in args.config:  # the base, then the model file: each sets whole keys of a section
+        for section, values in (yaml.safe_load((REPO / config_file).read_text()) or {}).items():
+            cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
     gpus = torch.cuda.device_count()
     t, d, m = cfg["trainer"], cfg["data"], cfg["model"]
     if t.get("num_nodes", 1) != 1 or t["devices"] != gpus:
-        report("throughput", "SKIP", f"{args.config} wants {t.get('num_nodes', 1)} x {t['devices']} GPUs, this node "
-                                     f"has {gpus}")
+        report("throughput", "SKIP", f"{' + '.join(args.config)} wants {t.get('num_nodes', 1)} x {t['devices']} GPUs, "
+                                     f"this node has {gpus}")
         return
     root = work / "throughput"
     t.update(max_steps=args.steps, default_root_dir=str(root), enable_progress_bar=False, num_sanity_val_steps=0,
@@ -304,7 +307,7 @@ def check_throughput(args, work: Path) -> None:
            else "unknown GPU peak")
     step_s = [s for r in mem for s in r["step_s"][2:]] or [s for r in mem for s in r["step_s"]]
     report("throughput", "PASS",
-           f"{args.config}: {tokens_s:,.0f} supervised tokens/s over {gpus} GPUs, "
+           f"{' + '.join(args.config)}: {tokens_s:,.0f} supervised tokens/s over {gpus} GPUs, "
            f"{sum(step_s) / len(step_s):.2f} s/step, peak allocated {max(r['peak_gb'] for r in mem):.1f} GB / "
            f"reserved {max(r['reserved_gb'] for r in mem):.1f} GB "
            f"per GPU, MFU {mfu}")
@@ -327,7 +330,8 @@ def main() -> None:
     ap.add_argument("--workdir", help="where work files go (default: a temporary directory)")
     ap.add_argument("--small_model", default="asset:smollm2-135m-instruct",
                     help="model for flash_packing (any HF causal LM directory or hub name)")
-    ap.add_argument("--config", default="configs/qwen3_8b/base.yaml", help="production config for throughput (a base)")
+    ap.add_argument("--config", nargs="+", default=["configs/base/sft.yaml", "configs/models/qwen3_8b.yaml"],
+                    help="production configs for throughput, composed in order (the base, then a model file)")
     ap.add_argument("--steps", type=int, default=10, help="optimizer steps of the throughput run")
     args = ap.parse_args()
     unknown = [c for c in args.checks if c not in CHECKS]

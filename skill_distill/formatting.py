@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from skill_distill.io import ConfigError
 from skill_distill.skill_tree import Chain, SkillTree, format_chain, parse_chain
 
 DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -27,16 +28,35 @@ class SkillFormat:
     """off: plain SFT; full: whole chain ``A->b``; topic: first node only; leaf: last node only;
     window: nodes ``depth_start..depth_end`` (0-based, inclusive) of each chain."""
     depth_start: int = 0
+    """window: the first depth written (0 is the topic)."""
     depth_end: int | None = None
+    """window: the last depth written, inclusive (None: to the chain's end)."""
     use_display_names: bool = False
     """Map long node names through the tree's display-name map (EvalTree's short names)."""
     tree_in_prompt: bool = False
     """Put the whole skill tree (as indented names) in the user turn (an ablation of the paper)."""
     header: str = "Skills:"
+    """The block's first line; evaluation reads a written block back by it."""
     preset: Literal["project", "paper"] = "project"
     """project: an example without chains gets no block; paper: the reference scripts' empty block
     (``header`` + ``"\n"`` + ``"\n"``, docs/METHOD.md, appendix). Chains are written in the order given (the
     attribution's: tree order, or reply order with the attribution's ``preset: paper``)."""
+
+    def __post_init__(self) -> None:
+        """Checked when the config is parsed: one ConfigError naming the field and what is accepted."""
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"skill_format.{name}={getattr(self, name)!r}: {why}")
+
+        if self.mode not in ("off", "full", "topic", "leaf", "window"):
+            raise bad("mode", "choose one of off, full, topic, leaf, window")
+        if self.depth_start < 0:
+            raise bad("depth_start", "must be >= 0 (0 is the topic)")
+        if self.depth_end is not None and self.depth_end < self.depth_start:
+            raise bad("depth_end", f"must be >= depth_start ({self.depth_start}), or null for the chain's end")
+        if not self.header.strip() or "\n" in self.header or "<think>" in self.header:
+            raise bad("header", "must be one non-empty line without <think> (the block is read back by it)")
+        if self.preset not in ("project", "paper"):
+            raise bad("preset", "choose one of project, paper")
 
 
 def user_message(problem: str, instruction: str = DEFAULT_INSTRUCTION, tree_text: str | None = None) -> str:
@@ -71,14 +91,18 @@ def render_prompt(tokenizer, user_text: str, enable_thinking: bool = True, syste
 
 
 def end_of_turn_token(tokenizer) -> str:
-    """The token that closes an assistant turn: ``<|im_end|>`` for ChatML models (Qwen3, SmolLM2), else EOS."""
+    """The token that closes an assistant turn: ``<|im_end|>`` for ChatML models (Qwen3, SmolLM2), else EOS.
+    Raises ConfigError when the tokenizer has neither."""
     # one token lookup: get_vocab() copies the whole vocabulary (151,936 entries for Qwen3, about 0.1 s), and the
     # datamodule asks once per re-selected example
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     if im_end is not None and (im_end != tokenizer.unk_token_id or tokenizer.unk_token == "<|im_end|>"):
         return "<|im_end|>"
     if tokenizer.eos_token is None:
-        raise ValueError("tokenizer has neither <|im_end|> nor an eos_token; set end_of_turn explicitly")
+        name = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
+        raise ConfigError(f"{name} has neither <|im_end|> nor an eos_token, so an assistant turn cannot be closed; "
+                          "set data.tokenizer to the chat model's tokenizer, or add \"eos_token\" to its "
+                          "tokenizer_config.json")
     return tokenizer.eos_token
 
 

@@ -26,9 +26,34 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+from skill_distill.io import ConfigError
+
 AnswerFallback = Literal["none", "last_number"]
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+
+
+@dataclass
+class GradingConfig:
+    """How answers are graded and how accuracies get their intervals: one group for the evaluate and profile stages
+    and the in-training evaluation."""
+
+    workers: int = 2
+    """Grading processes (0: grade in the calling process)."""
+    timeout_s: float = 5.0
+    """Per-answer time limit of the equivalence check; a timeout counts as wrong (0: no limit)."""
+    confidence: float = 0.95
+    """Level of the reported intervals (Wilson with one sample per problem, else a bootstrap over problems)."""
+    bootstrap_resamples: int = 1000
+    """Resamples of the bootstrap intervals."""
+
+    def __post_init__(self) -> None:
+        for name, ok, why in (("workers", self.workers >= 0, "must be >= 0 (0: in this process)"),
+                              ("timeout_s", self.timeout_s >= 0, "must be >= 0 seconds (0: no limit)"),
+                              ("confidence", 0 < self.confidence < 1, "must lie in (0, 1), e.g. 0.95"),
+                              ("bootstrap_resamples", self.bootstrap_resamples >= 1, "must be >= 1")):
+            if not ok:
+                raise ConfigError(f"grading.{name}={getattr(self, name)!r}: {why}")
 
 
 @dataclass(frozen=True)

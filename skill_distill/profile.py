@@ -36,8 +36,9 @@ from skill_distill.console import accuracy_text, progress, summary, weakest_text
 from skill_distill.corpus import Example, load_corpus
 from skill_distill.formatting import DEFAULT_INSTRUCTION, render_prompt, user_message
 from skill_distill.generation.base import SamplingConfig
-from skill_distill.generation.factory import BackendConfig, make_backend
-from skill_distill.io import DataError, JsonlAppender, read_json, write_json, write_jsonl
+from skill_distill.generation.factory import BackendConfig, OpenAIConfig, VLLMConfig, make_backend
+from skill_distill.grading import GradingConfig
+from skill_distill.io import ConfigError, DataError, JsonlAppender, read_json, write_json, write_jsonl
 from skill_distill.profile_file import load_profile, read_profile_nodes  # noqa: F401 - also read through the stage module
 from skill_distill.selection import profile_warning
 from skill_distill.skill_stats import Attribution, SkillCounts, load_attribution
@@ -151,15 +152,14 @@ def run_profile(
     tree: str,
     attribution: str,
     output_dir: str,
-    backend: BackendConfig,
+    backend: BackendConfig = VLLMConfig(),
     sampling: SamplingConfig = SamplingConfig(temperature=0.6, top_p=1.0, max_new_tokens=8192, n=1, seed=42),
     enable_thinking: bool = True,
     instruction: str = DEFAULT_INSTRUCTION,
     shard_index: int = 0,
     num_shards: int = 1,
     chunk_size: int = 512,
-    grader_workers: int = 2,
-    grade_timeout_s: float = 5.0,
+    grading: GradingConfig = GradingConfig(),
     answer_fallback: Literal["none", "last_number"] = "none",
     shrinkage: float = 0.0,
     on_unknown_skill: Literal["error", "drop"] = "error",
@@ -174,7 +174,8 @@ def run_profile(
         attribution: Attribution JSONL of the pool (``{"id", "chains"}``); pool problems without a row count
             as examples without chains (judged under the root only).
         output_dir: Where verdicts, run settings and ``profile.json`` go.
-        backend: The student and how to run it (vllm, hf, or an OpenAI-compatible server).
+        backend: The student and how to run it: ``VLLMConfig`` (the default kind), ``HFConfig``, or ``OpenAIConfig``
+            for a served model; a YAML picks the kind by ``class_path``, ``--backend.model`` sets the student.
         sampling: Student sampling (docs/METHOD.md §3: temperature 0.6, top-p 1.0, 8,192 new tokens, one sample;
             with ``n > 1`` a problem contributes its mean correctness). Problem ``k`` uses seed ``seed + k``.
         enable_thinking: Passed to chat templates that know it (Qwen3 thinking mode).
@@ -182,8 +183,8 @@ def run_profile(
         shard_index: Which shard this process answers (problem ``k`` belongs to shard ``k % num_shards``).
         num_shards: Number of shards; with more than one, run ``merge-profile`` once all are done.
         chunk_size: Problems per generate call; verdicts are saved after each chunk.
-        grader_workers: Grading processes (0: grade in this process).
-        grade_timeout_s: Per-answer grading time limit; a timeout counts as wrong.
+        grading: Grading processes, the per-answer time limit (a timeout counts as wrong), and the level and
+            bootstrap resamples of the per-skill intervals.
         answer_fallback: ``none``: an answer without ``\\boxed{}`` is wrong (the paper); ``last_number``: a finished
             (not truncated) answer without a box is graded by its last number (small students that answer in
             prose, e.g. the quickstart's SmolLM2-135M).
@@ -203,11 +204,9 @@ def run_profile(
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise DataError(f"shard_index must be in [0, num_shards) and num_shards >= 1; "
                         f"got {shard_index} of {num_shards}")
-    if sampling.n < 1:
-        raise DataError(f"sampling.n must be >= 1, got {sampling.n}")
-    if backend.kind == "openai" and not backend.tokenizer:
-        raise DataError("backend.kind is 'openai': set backend.tokenizer (a local path) to render the student's "
-                        "prompts")
+    if isinstance(backend, OpenAIConfig) and not backend.tokenizer:
+        raise ConfigError("backend is an OpenAIConfig: set backend.tokenizer (a local path) to render the student's "
+                          "prompts")
     examples, skill_tree, chains = _load_inputs(pool, tree, attribution, on_unknown_skill, limit)
     index = {ex.id: k for k, ex in enumerate(examples)}
     shard = [ex for k, ex in enumerate(examples) if k % num_shards == shard_index]
@@ -224,13 +223,14 @@ def run_profile(
     _progress(f"shard {shard_index}/{num_shards}: {len(shard)} problems, {len(done)} already graded, {len(todo)} to go")
 
     if todo:
-        _answer_and_grade(todo, index, path, backend, sampling, enable_thinking, instruction, chunk_size,
-                          grader_workers, grade_timeout_s, answer_fallback, keep_texts)
+        _answer_and_grade(todo, index, path, backend, sampling, enable_thinking, instruction, chunk_size, grading,
+                          answer_fallback, keep_texts)
     result = {"shard_index": shard_index, "num_shards": num_shards, "problems": len(shard),
               "answered_this_run": len(todo), "verdicts": str(path)}
     if num_shards == 1:
         verdicts, _ = _read_verdicts(path, sampling.n, {ex.id for ex in shard})
-        profile = build_profile(info, examples, skill_tree, chains, verdicts, shrinkage)
+        profile = build_profile(info, examples, skill_tree, chains, verdicts, shrinkage, grading.confidence,
+                                grading.bootstrap_resamples)
         write_json(out_dir / PROFILE_FILE, profile)
         result.update(profile=str(out_dir / PROFILE_FILE), overall_accuracy=profile["overall_accuracy"])
         summary("profile", [f"{len(shard)} problems ({len(todo)} answered this run), overall accuracy "
@@ -250,20 +250,20 @@ def _run_info(pool, tree, attribution, backend: BackendConfig, sampling: Samplin
     inputs = {"pool": str(pool), "tree": str(tree), "attribution": str(attribution)}
     return {**inputs, "fingerprints": _fingerprints(inputs), "student": backend.model,
             "tokenizer": backend.tokenizer or backend.model, "backend_kind": backend.kind,
-            "backend": asdict(backend), "sampling": asdict(sampling), "enable_thinking": enable_thinking,
-            "instruction": instruction, "num_shards": num_shards, "limit": limit}
+            "backend": {"kind": backend.kind, **asdict(backend)}, "sampling": asdict(sampling),
+            "enable_thinking": enable_thinking, "instruction": instruction, "num_shards": num_shards, "limit": limit}
 
 
 def _answer_and_grade(todo: list[Example], index: dict[str, int], path: Path, backend_cfg: BackendConfig,
                       sampling: SamplingConfig, enable_thinking: bool, instruction: str, chunk_size: int,
-                      grader_workers: int, grade_timeout_s: float, answer_fallback: str, keep_texts: bool) -> None:
+                      grading: GradingConfig, answer_fallback: str, keep_texts: bool) -> None:
     from skill_distill.assets import load_tokenizer
     from skill_distill.grading import Grader
 
     tokenizer = load_tokenizer(backend_cfg.tokenizer or backend_cfg.model,
                                "backend.tokenizer" if backend_cfg.tokenizer else "backend.model")
     chunk_size = max(1, chunk_size)
-    grader = Grader(workers=grader_workers, timeout_s=grade_timeout_s, fallback=answer_fallback)
+    grader = Grader(workers=grading.workers, timeout_s=grading.timeout_s, fallback=answer_fallback)
     with grader, make_backend(backend_cfg) as student, JsonlAppender(path) as out:
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start: start + chunk_size]

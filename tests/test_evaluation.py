@@ -27,7 +27,7 @@ from skill_distill.evaluation import (
 )
 from skill_distill.formatting import SkillFormat, skill_block, tree_as_text
 from skill_distill.generation.base import SamplingConfig, request_seed
-from skill_distill.generation.factory import BackendConfig
+from skill_distill.generation.factory import OpenAIConfig
 from skill_distill.grading import extract_last_boxed
 from skill_distill.skill_charts import emphasised_skills, load_report
 from skill_distill.skill_tree import SkillTree
@@ -113,7 +113,7 @@ def scripted(loaded, qwen_tokenizer_dir):
         return f"{block}<think>\nworking\n</think>\n\nThe answer is \\boxed{{{answer}}}."
 
     with ScriptedEndpoint(script) as endpoint:
-        backend = BackendConfig(kind="openai", base_url=endpoint.base_url, tokenizer=str(qwen_tokenizer_dir),
+        backend = OpenAIConfig(base_url=endpoint.base_url, tokenizer=str(qwen_tokenizer_dir),
                                 max_retries=0, max_concurrency=4)
         sampling = SamplingConfig(temperature=0.6, max_new_tokens=64, seed=3)
 
@@ -180,7 +180,7 @@ def test_evaluation_prompts_and_reads_the_block_as_the_training_format_wrote_it(
         return skill_block(chains, fmt, named) + "<think>\nworking\n</think>\n\\boxed{0}"
 
     with ScriptedEndpoint(script) as endpoint:
-        backend = BackendConfig(kind="openai", base_url=endpoint.base_url, tokenizer=str(qwen_tokenizer_dir),
+        backend = OpenAIConfig(base_url=endpoint.base_url, tokenizer=str(qwen_tokenizer_dir),
                                 max_retries=0, max_concurrency=4)
         records = evaluate_model("scripted", str(qwen_tokenizer_dir), heldout, backend,
                                  SamplingConfig(max_new_tokens=16, seed=1), tree=named, skill_format=fmt)
@@ -261,10 +261,12 @@ def test_evaluate_stage_with_vllm_writes_a_report_and_resumes(tmp_path, tiny_qwe
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, sorted(os.sched_getaffinity(0)))))
     out = tmp_path / "eval"
     args = ["evaluate", "--config", "configs/pipeline/evaluate_quickstart.yaml", f"--model={tiny_qwen3_dir}",
-            f"--output_dir={out}", "--sampling.max_new_tokens=8", "--sampling.temperature=0.6", "--sampling.seed=1"]
+            f"--output_dir={out}", "--sampling.max_new_tokens=8", "--sampling.temperature=0.6", "--sampling.seed=1",
+            "--grading.confidence=0.9"]
     main(args)
     report = load_report(out / "report.json")
     s = report["summary"]["heldout"]
+    assert report["benchmarks"]["heldout"]["metrics"]["confidence"] == 0.9  # the grading group reaches the intervals
     assert s["problems"] == 56 and s["samples"] == 56 and s["mean_tokens"] == 8.0 and s["truncation_rate"] == 1.0
     skills = report["benchmarks"]["heldout"]["metrics"]["skills"]
     assert sum(r["judged"] for r in skills if r["is_leaf"]) == 56 and len([r for r in skills if r["is_leaf"]]) == 14
@@ -292,7 +294,7 @@ def test_paper_evaluation_config_follows_method_section_7():
     cfg = yaml.safe_load((REPO / "configs" / "pipeline" / "evaluate_qwen3_4b_paper.yaml").read_text())
     assert cfg["sampling"]["temperature"] == 0.6 and cfg["sampling"]["top_p"] == 1.0
     assert cfg["sampling"]["max_new_tokens"] == 16384 and cfg["enable_thinking"] is True
-    assert cfg["backend"]["kind"] == "vllm"
+    assert cfg["backend"]["class_path"] == "VLLMConfig"
     names = [b if isinstance(b, str) else b["name"] for b in cfg["benchmarks"]]
     assert set(names) == {"aime24", "aime25", "amc23", "math-l5", "olympiadbench", "math500"}
 

@@ -18,6 +18,7 @@ from skill_distill.formatting import (
     user_message,
     user_turn,
 )
+from skill_distill.io import ConfigError
 from skill_distill.skill_tree import SkillTree
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +62,21 @@ def test_end_of_turn_is_im_end_for_chatml_else_eos(smollm2_dir):
                                                      eos_token="</s>")) == "</s>"
     with pytest.raises(ValueError, match=r"neither <\|im_end\|> nor an eos_token"):
         end_of_turn_token(PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>"))
+
+
+def test_a_tokenizer_without_end_of_turn_names_a_fix_that_exists():
+    """The message once told users to "set end_of_turn explicitly", a setting no config has."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    word_level = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1, "</s>": 2}, unk_token="<unk>"))
+    with pytest.raises(ConfigError) as caught:
+        end_of_turn_token(PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>"))
+    message = str(caught.value)
+    assert "end_of_turn" not in message  # no such setting
+    # the real fixes: the option that picks the tokenizer, or the tokenizer file's eos_token
+    assert "data.tokenizer" in message and '"eos_token"' in message and "tokenizer_config.json" in message
+    assert "\n" not in message
 
 
 def test_exactly_the_assistant_tokens_are_supervised(qwen_tokenizer):
@@ -136,3 +152,17 @@ def test_paper_preset_writes_an_empty_block_for_an_example_without_chains():
     assert assistant_target(TRACE, CHAINS[::-1], paper) == (  # chains in the order given (the reply's)
         "Skills:\nPre-Algebra->basic arithmetic operations\nProbability->counting principles\n" + TRACE)
     assert parse_skill_block(assistant_target(TRACE, [], paper), paper) == []
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"mode": "chain"}, r"skill_format.mode='chain': choose one of off, full, topic, leaf, window"),
+    ({"mode": "window", "depth_start": -1}, r"skill_format.depth_start=-1: must be >= 0"),
+    ({"mode": "window", "depth_start": 2, "depth_end": 1}, r"skill_format.depth_end=1: must be >= depth_start \(2\)"),
+    ({"header": ""}, r"skill_format.header='': must be one non-empty line"),
+    ({"header": "Skills:\nmore"}, r"skill_format.header=.*: must be one non-empty line"),
+    ({"preset": "reference"}, r"skill_format.preset='reference': choose one of project, paper"),
+])
+def test_skill_format_checks_itself_when_built(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        SkillFormat(**kwargs)
+    assert SkillFormat("window", depth_start=1, depth_end=1).depth_end == 1  # a valid one builds

@@ -10,9 +10,9 @@ import pytest
 from skill_distill.formatting import render_prompt, user_message
 from skill_distill.generation.base import Completion, GenerationError, SamplingConfig
 from skill_distill.generation.child_process import generate_in_subprocess
-from skill_distill.generation.factory import BackendConfig, make_backend
+from skill_distill.generation.factory import BackendConfig, HFConfig, OpenAIConfig, VLLMConfig, make_backend
 from skill_distill.generation.vllm_backend import clean_child_env, engine_process_for
-from skill_distill.io import DataError
+from skill_distill.io import ConfigError, DataError
 
 QUESTIONS = ["What is 2 + 3?", "What is 7 times 8?", "Compute 12 - 5, then double it.", "Is 91 a prime number?"]
 
@@ -29,7 +29,7 @@ def prompts(smollm2_dir):
 def vllm_smollm(smollm2_dir):
     # float32: vLLM's batched bf16 kernels round differently with the batch's composition, which can flip a
     # near-tie token of a sampled prompt; the seed logic is what these tests check
-    backend = make_backend(BackendConfig(kind="vllm", model=str(smollm2_dir), max_model_len=1024, dtype="float32"))
+    backend = make_backend(VLLMConfig(model=str(smollm2_dir), max_model_len=1024, dtype="float32"))
     yield backend
     backend.close()
 
@@ -118,14 +118,14 @@ def test_vllm_guided_lists(vllm_smollm, prompts):
 def test_vllm_engine_failure_is_one_line(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(GenerationError, match="vLLM engine failed to start") as e:
-        make_backend(BackendConfig(kind="vllm", model=str(tmp_path)))
+        make_backend(VLLMConfig(model=str(tmp_path)))
     assert "\n" not in str(e.value) and str(tmp_path) in str(e.value)
 
 
 # ---- HF generate ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def hf_smollm(smollm2_dir):
-    backend = make_backend(BackendConfig(kind="hf", model=str(smollm2_dir), batch_size=4))
+    backend = make_backend(HFConfig(model=str(smollm2_dir), batch_size=4))
     yield backend
     backend.close()
 
@@ -169,7 +169,7 @@ def test_clean_child_env():
 def test_generate_in_subprocess_tiny_qwen3(tiny_qwen3_dir, qwen_tokenizer):
     import os
 
-    cfg = BackendConfig(kind="vllm", model=str(tiny_qwen3_dir), max_model_len=512)
+    cfg = VLLMConfig(model=str(tiny_qwen3_dir), max_model_len=512)
     prompts = [render_prompt(qwen_tokenizer, user_message(q)) for q in QUESTIONS[:2]]
     env = clean_child_env({**os.environ, "RANK": "3", "WORLD_SIZE": "4", "MASTER_PORT": "1"}, cpu_cores=[0])
     out = generate_in_subprocess(cfg, prompts, SamplingConfig(temperature=0.8, max_new_tokens=6, n=2), [1, 2], env)
@@ -180,7 +180,7 @@ def test_generate_in_subprocess_tiny_qwen3(tiny_qwen3_dir, qwen_tokenizer):
 
 @pytest.mark.slow
 def test_generate_in_subprocess_reports_child_failure(tmp_path):
-    cfg = BackendConfig(kind="hf", model=str(tmp_path / "missing"))
+    cfg = HFConfig(model=str(tmp_path / "missing"))
     with pytest.raises(GenerationError, match="generation subprocess failed: GenerationError: cannot load"):
         generate_in_subprocess(cfg, ["hi"], SamplingConfig(max_new_tokens=2))
 
@@ -188,16 +188,69 @@ def test_generate_in_subprocess_reports_child_failure(tmp_path):
 # ---- factory ----------------------------------------------------------------------------------------------------
 def test_factory_errors_and_openai_kind():
     with pytest.raises(DataError, match="backend.model is empty"):
-        make_backend(BackendConfig(kind="vllm"))
-    with pytest.raises(DataError, match="base_url"):
-        make_backend(BackendConfig(kind="openai", model="m"))
-    with pytest.raises(DataError, match="unknown backend kind"):
-        make_backend(BackendConfig(kind="tgi", model="m"))  # type: ignore[arg-type]
+        make_backend(VLLMConfig())
+    with pytest.raises(ConfigError, match=r"backend.base_url=None \(OpenAIConfig\): set the server root"):
+        OpenAIConfig(model="m")  # checked when built, not when first used
+    with pytest.raises(ConfigError, match="SamplingConfig is not a backend config; use VLLMConfig"):
+        make_backend(SamplingConfig())  # type: ignore[arg-type]
     from skill_distill.generation.openai_backend import OpenAIBackend
 
-    backend = make_backend(BackendConfig(kind="openai", model="served", base_url="http://127.0.0.1:9", max_retries=0))
+    backend = make_backend(OpenAIConfig(model="served", base_url="http://127.0.0.1:9", max_retries=0))
     try:
         assert isinstance(backend, OpenAIBackend) and backend.model == "served"
         assert backend.url == "http://127.0.0.1:9/v1/completions"
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: VLLMConfig(dtype="fp8"), r"backend.dtype='fp8' \(VLLMConfig\): choose one of auto, bfloat16"),
+    (lambda: VLLMConfig(tensor_parallel_size=0), r"backend.tensor_parallel_size=0 \(VLLMConfig\): must be >= 1"),
+    (lambda: VLLMConfig(max_model_len=0), r"backend.max_model_len=0 \(VLLMConfig\)"),
+    (lambda: VLLMConfig(gpu_memory_utilization=1.5), r"backend.gpu_memory_utilization=1.5 \(VLLMConfig\)"),
+    (lambda: OpenAIConfig(base_url="localhost:8000"), r"backend.base_url='localhost:8000'"),
+    (lambda: OpenAIConfig(base_url="http://h", max_concurrency=0), r"backend.max_concurrency=0"),
+    (lambda: OpenAIConfig(base_url="http://h", timeout_s=0), r"backend.timeout_s=0"),
+    (lambda: OpenAIConfig(base_url="http://h", max_retries=-1), r"backend.max_retries=-1"),
+    (lambda: HFConfig(batch_size=0), r"backend.batch_size=0 \(HFConfig\): must be >= 1"),
+    (lambda: SamplingConfig(top_p=0.0), r"sampling.top_p=0.0: must lie in \(0, 1\]"),
+    (lambda: SamplingConfig(temperature=-1), r"sampling.temperature=-1"),
+    (lambda: SamplingConfig(max_new_tokens=0), r"sampling.max_new_tokens=0"),
+    (lambda: SamplingConfig(n=0), r"sampling.n=0: must be >= 1"),
+])
+def test_each_backend_config_checks_its_own_fields_when_built(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()
+
+
+def test_the_backend_kind_is_chosen_by_class_path_and_shows_only_its_fields(capsys):
+    """One config class per backend kind: jsonargparse picks it by class_path, checks only its fields, and a
+    field of the chosen kind can still be set alone (--backend.model)."""
+    from jsonargparse import ArgumentParser, set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # as the stage and training CLIs do
+
+    def stage(backend: BackendConfig = VLLMConfig()) -> None:
+        """A stage taking a backend."""
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_function_arguments(stage)
+    built = parser.instantiate(parser.parse_args([
+        "--backend", '{"class_path": "OpenAIConfig", "init_args": {"base_url": "http://127.0.0.1:9", "model": "m"}}']))
+    assert built.backend == OpenAIConfig(model="m", base_url="http://127.0.0.1:9") and built.backend.kind == "openai"
+    built = parser.instantiate(parser.parse_args(["--backend.model", "x", "--backend.max_model_len", "64"]))
+    assert built.backend == VLLMConfig(model="x", max_model_len=64)  # the default kind's fields, set one by one
+    yaml_full_path = ("backend:\n  class_path: skill_distill.generation.factory.HFConfig\n"
+                      "  init_args: {model: m, batch_size: 2}\n")
+    assert parser.instantiate(parser.parse_string(yaml_full_path)).backend == HFConfig(model="m", batch_size=2)
+    with pytest.raises(Exception, match="base_url"):  # an HF backend has no server
+        parser.parse_args(["--backend", '{"class_path": "HFConfig", "init_args": {"base_url": "http://h"}}'])
+    with pytest.raises(Exception, match="kind"):  # the former single config's selector is gone
+        parser.parse_args(["--backend", '{"kind": "vllm"}'])
+    with pytest.raises(ConfigError, match="backend.base_url=None"):  # the kind's own checks run when built
+        parser.instantiate(parser.parse_args(["--backend", '{"class_path": "OpenAIConfig"}']))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--backend.help", "HFConfig"])  # the help of one kind: its fields only
+    shown = capsys.readouterr().out
+    assert "--backend.batch_size" in shown and "gpu_memory_utilization" not in shown and "base_url" not in shown
+    assert "Sequences per generate call." in shown  # attribute docstrings are the help

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from skill_distill.generation.base import GenerationBackend, SamplingConfig
-from skill_distill.generation.factory import BackendConfig, make_backend
+from skill_distill.generation.factory import BackendConfig, VLLMConfig, make_backend
+from skill_distill.grading import GradingConfig
 from skill_distill.io import DataError
 from skill_distill.profile import load_profile, merge_profile_shards, reference_answers, run_profile
 from skill_distill.skill_stats import SkillCounts, bootstrap_interval, load_attribution, nodes_of, wilson_interval
@@ -199,7 +200,7 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backend_cfg(smollm2_dir) -> BackendConfig:
-    return BackendConfig(kind="vllm", model=str(smollm2_dir), max_model_len=1024, dtype="float32")
+    return VLLMConfig(model=str(smollm2_dir), max_model_len=1024, dtype="float32")
 
 
 class _Reused(GenerationBackend):
@@ -235,7 +236,7 @@ def profile_run(monkeypatch, student, backend_cfg, inputs):
     monkeypatch.setattr(profile_mod, "make_backend", factory)
 
     def run(output_dir, **kw):
-        kw.setdefault("grader_workers", 0)
+        kw.setdefault("grading", GradingConfig(workers=0))
         return run_profile(**inputs, output_dir=str(output_dir), backend=backend_cfg, sampling=SAMPLING,
                            chunk_size=CHUNK, **kw)
 
@@ -260,7 +261,7 @@ def full_run(tmp_path_factory, student, backend_cfg, inputs):
     mp.setattr(profile_mod, "make_backend", lambda cfg: student)
     try:
         summary = run_profile(**inputs, output_dir=str(out), backend=backend_cfg, sampling=SAMPLING, chunk_size=CHUNK,
-                              grader_workers=0, shrinkage=1.0)
+                              grading=GradingConfig(workers=0), shrinkage=1.0)
     finally:
         mp.undo()
     return out, summary

@@ -61,7 +61,7 @@ def test_expand_braces():
 def test_the_readme_names_every_shipped_config():
     named = backticked(README.read_text(encoding="utf-8"))
     configs = shipped_configs()
-    assert "configs/qwen3_4b/closed_loop.yaml" in configs  # the walk finds nested configs
+    assert "configs/runs/closed_loop.yaml" in configs  # the walk finds nested configs
     missing = [c for c in configs if c not in named]
     assert not missing, ("README.md's config table does not name: " + ", ".join(missing)
                          + " (add a row, or add the file to a row as `configs/<dir>/<file>.yaml`)")

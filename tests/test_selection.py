@@ -485,3 +485,21 @@ def test_correct_portion_sampler_has_the_literal_loops_distribution(tree):
         assert stats.chisquare(np.array([counts[A], counts[B]]), expected).pvalue > 0.001
     with pytest.raises(ConfigError, match="correct_portion"):
         SelectionConfig(correct_portion=0.5, wrong_share=0.5).validate()
+
+
+def test_a_bad_selection_setting_is_rejected_when_parsed_before_any_input_is_read(tmp_path, capsys):
+    """SelectionConfig checks itself on construction: the stage stops on the setting (one line, exit 2) before it
+    reads the (here missing) pool, not inside select()."""
+    from skill_distill.__main__ import main
+
+    with pytest.raises(ConfigError, match=r"selection.budget=0: must be at least 1"):
+        SelectionConfig(budget=0)
+    with pytest.raises(ConfigError, match=r"selection.difficulty_band=\(0.7, 0.2\)"):
+        SelectionConfig(strategy="difficulty", difficulty_band=(0.7, 0.2))
+    with pytest.raises(SystemExit) as stop:
+        main(["select-report", "--config", str(REPO / "configs" / "pipeline" / "select_report_quickstart.yaml"),
+              "--pool", str(tmp_path / "missing.jsonl"), "--output_dir", str(tmp_path / "out"),
+              "--selection.budget=0"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and err == "error: selection.budget=0: must be at least 1"
+    assert not (tmp_path / "out").exists()

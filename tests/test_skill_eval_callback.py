@@ -217,14 +217,14 @@ def one_rank_evaluation(tiny_qwen3_dir, shared_dir):  # shared_dir: aime24 is re
     from skill_distill.eval_sets import BenchmarkSpec, SkillSource
     from skill_distill.evaluation import compute_summaries, evaluate_model, load_benchmarks
     from skill_distill.generation.base import SamplingConfig
-    from skill_distill.generation.factory import BackendConfig
+    from skill_distill.generation.factory import VLLMConfig
 
     heldout, aime = script.BENCHMARKS
     loaded = load_benchmarks([
         BenchmarkSpec(**heldout, path=str(QS / "heldout.jsonl"),
                       skills=SkillSource(attribution=str(QS / "attribution.jsonl"))),
         BenchmarkSpec(**aime)], str(QS / "tree.json"))
-    records = evaluate_model(str(tiny_qwen3_dir), str(tiny_qwen3_dir), loaded, BackendConfig(kind="vllm"),
+    records = evaluate_model(str(tiny_qwen3_dir), str(tiny_qwen3_dir), loaded, VLLMConfig(),
                              SamplingConfig(**script.SAMPLING))
     return records, compute_summaries(loaded, records)
 

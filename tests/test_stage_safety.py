@@ -20,7 +20,8 @@ import pytest
 from skill_distill.corpus import load_corpus
 from skill_distill.eval_sets import BenchmarkSpec
 from skill_distill.evaluation import load_benchmarks
-from skill_distill.generation.factory import BackendConfig
+from skill_distill.generation.factory import VLLMConfig
+from skill_distill.grading import GradingConfig
 from skill_distill.io import DataError, JsonlAppender, read_jsonl
 from skill_distill.profile import load_profile, run_profile
 from skill_distill.selection import read_mean_correctness, read_profile_nodes
@@ -239,10 +240,10 @@ def test_profile_rerun_with_a_corrupted_middle_verdict_stops_and_discards_nothin
     verdicts[4] = verdicts[4][:25] + "\n"
     before = "".join(verdicts).encode()
     (out / "verdicts.jsonl").write_bytes(before)
-    backend = BackendConfig(kind="vllm", model=str(tmp_path / "no-model-here"))
+    backend = VLLMConfig(model=str(tmp_path / "no-model-here"))
     with pytest.raises(DataError, match=rf"{out / 'verdicts.jsonl'}:5: malformed JSON"):
         run_profile(str(pool), str(tree_file), str(tmp_path / "attr.jsonl"), str(out), backend,
-                    grader_workers=0)
+                    grading=GradingConfig(workers=0))
     assert (out / "verdicts.jsonl").read_bytes() == before
 
 
@@ -306,10 +307,11 @@ def test_kill_9_of_the_profile_stage_leaves_no_child_alive(tmp_path, tiny_qwen3_
     log = (tmp_path / "stage.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "skill_distill", "profile", f"--pool={pool}", f"--tree={tree_file}",
                              f"--attribution={tmp_path / 'attr.jsonl'}", f"--output_dir={tmp_path / 'prof'}",
-                             "--backend.kind=vllm", f"--backend.model={tiny_qwen3_dir}", "--backend.max_model_len=1024",
+                             "--backend=VLLMConfig", f"--backend.model={tiny_qwen3_dir}",
+                             "--backend.max_model_len=1024",
                              "--backend.engine_process=true",  # the engine-core process of GPU runs, guarded
                              "--sampling.max_new_tokens=64", "--sampling.temperature=1.0", "--chunk_size=20",
-                             "--grader_workers=2", "--answer_fallback=last_number"],
+                             "--grading.workers=2", "--answer_fallback=last_number"],
                             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 400
@@ -337,11 +339,11 @@ def test_kill_9_of_the_profile_stage_leaves_no_child_alive(tmp_path, tiny_qwen3_
 _GENERATING_PARENT = """
 import sys
 from skill_distill.generation.base import SamplingConfig
-from skill_distill.generation.factory import BackendConfig
+from skill_distill.generation.factory import VLLMConfig
 from skill_distill.generation.child_process import generate_in_subprocess
 
 if __name__ == "__main__":
-    cfg = BackendConfig(kind="vllm", model=sys.argv[1], max_model_len=1024, engine_process=True)  # as on GPUs
+    cfg = VLLMConfig(model=sys.argv[1], max_model_len=1024, engine_process=True)  # as on GPUs
     generate_in_subprocess(cfg, ["Count to one thousand."] * 64, SamplingConfig(temperature=1.0, max_new_tokens=900))
 """
 

@@ -21,7 +21,7 @@ DRY=0
 [[ "${1:-}" == "--dry-run" ]] && DRY=1
 
 SIZE=${SIZE:-8b}                   # the student: 4b | 8b
-TRAIN_NODES=${TRAIN_NODES:-1}      # 1: the paper's effective batch 8; 2: batch 16 (see configs/*_2node.yaml)
+TRAIN_NODES=${TRAIN_NODES:-1}      # 1: the paper's effective batch 8; 2: batch 16 (see configs/runs/*_2node.yaml)
 ATTR_SHARDS=${ATTR_SHARDS:-8}      # attribution: one Qwen2.5-32B engine (TP 4) per task
 PROFILE_SHARDS=${PROFILE_SHARDS:-16}  # profiling: one student engine per GPU
 DATA=${DATA:-data/omr}
@@ -32,19 +32,22 @@ PROFILE_CONFIG=${PROFILE_CONFIG:-configs/pipeline/profile_qwen3_${SIZE}_omr.yaml
 PROFILE_DIR=${PROFILE_DIR:-$DATA/profile_qwen3_$SIZE}
 EVAL_CONFIG=${EVAL_CONFIG:-configs/pipeline/evaluate_qwen3_${SIZE}_paper.yaml}
 SUFFIX=$([[ "$TRAIN_NODES" == 2 ]] && echo _2node || true)
-# run files: train.sbatch composes the base.yaml beside them first
-SKILL_CONFIG=configs/qwen3_$SIZE/skill_sft$SUFFIX.yaml
-RANDOM_CONFIG=configs/qwen3_$SIZE/random_sft$SUFFIX.yaml
-SKILL_RUN=runs/qwen3_$SIZE/skill_sft$SUFFIX
-RANDOM_RUN=runs/qwen3_$SIZE/random_sft$SUFFIX
+# train.sbatch MODEL RUN composes configs/base/sft.yaml, configs/models/MODEL.yaml and configs/runs/RUN.yaml and
+# trains in runs/MODEL/RUN (scripts/slurm/compose.sh)
+MODEL=qwen3_$SIZE
+SKILL_NAME=skill_sft$SUFFIX
+RANDOM_NAME=random_sft$SUFFIX
+SKILL_RUN=runs/$MODEL/$SKILL_NAME
+RANDOM_RUN=runs/$MODEL/$RANDOM_NAME
 BASE_EVAL=runs/eval/qwen3_${SIZE}_base
 
 missing=()
-for f in "$POOL_CONFIG" "$ATTRIBUTE_CONFIG" "$PROFILE_CONFIG" "$EVAL_CONFIG" "$SKILL_CONFIG" "$RANDOM_CONFIG"; do
+for f in "$POOL_CONFIG" "$ATTRIBUTE_CONFIG" "$PROFILE_CONFIG" "$EVAL_CONFIG" "configs/models/$MODEL.yaml" \
+         "configs/runs/$SKILL_NAME.yaml" "configs/runs/$RANDOM_NAME.yaml"; do
   [[ -f "$f" ]] || missing+=("$f")
 done
 if (( ${#missing[@]} )); then
-  echo "missing config(s): ${missing[*]} (copy the qwen3_4b ones and change the model)" >&2
+  echo "missing config(s): ${missing[*]} (copy the qwen3_4b ones and change the model: configs/pipeline/*qwen3_4b*, configs/models/qwen3_4b.yaml)" >&2
   (( DRY )) || exit 2
 fi
 mkdir -p logs
@@ -78,8 +81,8 @@ merge_prof=$(submit merge-profile "$profile" --cpus-per-task 4 --mem 64G --time 
   $STAGE merge-profile --output_dir "$PROFILE_DIR" --num_shards "$PROFILE_SHARDS")
 base_eval=$(submit eval-base "$pool" --gpus-per-node 1 --cpus-per-task 16 --time 24:00:00 \
   $STAGE evaluate --config "$EVAL_CONFIG" --output_dir "$BASE_EVAL")
-train_skill=$(submit train-skill "$merge_prof" --nodes "$TRAIN_NODES" $TRAIN "$SKILL_CONFIG")
-train_random=$(submit train-random "$merge_attr" --nodes "$TRAIN_NODES" $TRAIN "$RANDOM_CONFIG")
+train_skill=$(submit train-skill "$merge_prof" --nodes "$TRAIN_NODES" $TRAIN "$MODEL" "$SKILL_NAME")
+train_random=$(submit train-random "$merge_attr" --nodes "$TRAIN_NODES" $TRAIN "$MODEL" "$RANDOM_NAME")
 for run in skill random; do
   if [[ $run == skill ]]; then dir=$SKILL_RUN; dep=$train_skill; else dir=$RANDOM_RUN; dep=$train_random; fi
   submit "eval-$run" "$dep:$base_eval" --gpus-per-node 1 --cpus-per-task 16 --time 24:00:00 \

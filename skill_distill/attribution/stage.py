@@ -15,12 +15,16 @@ from skill_distill.attribution.outputs import shard_stem, stats_name, write_stat
 from skill_distill.attribution.prompts import AttributionPreset, load_template
 from skill_distill.attribution.walk import DROP_KEYS, SkillAttributor, new_counters
 from skill_distill.corpus import CorpusFields, Example, load_corpus
+from skill_distill.generation.base import SamplingConfig
 from skill_distill.generation.factory import BackendConfig, make_backend  # light: backends load when built
-from skill_distill.io import DataError, JsonlAppender, read_json, read_jsonl, write_json, write_jsonl
+from skill_distill.io import ConfigError, DataError, JsonlAppender, read_json, read_jsonl, write_json, write_jsonl
 from skill_distill.labels import chains_from_labels
 from skill_distill.skill_tree import SkillTree
 
 log = logging.getLogger(__name__)
+
+ATTRIBUTION_SAMPLING = SamplingConfig(temperature=0.3, top_p=1.0, max_new_tokens=2048, n=1, seed=42)
+"""docs/METHOD.md §2: temperature 0.3, up to 2,048 new tokens per node reply."""
 
 def _select_shard(examples: list[Example], shard_index: int, num_shards: int) -> list[Example]:
     if num_shards < 1 or not 0 <= shard_index < num_shards:
@@ -49,15 +53,13 @@ def run_attribution(
     tree: str,
     output_dir: str,
     backend: BackendConfig | None = None,
-    temperature: float = 0.3,
-    max_new_tokens: int = 2048,
+    sampling: SamplingConfig = ATTRIBUTION_SAMPLING,
     max_input_chars: int = 20000,
     chunk_size: int = 2048,
     guided: bool = False,
     prompt_template: str | None = None,
     shard_index: int = 0,
     num_shards: int = 1,
-    seed: int = 42,
     limit: int | None = None,
     max_depth: int | None = None,
     display_names: str | None = None,
@@ -78,15 +80,14 @@ def run_attribution(
         tree: Skill tree JSON (``{"name", "children"}``).
         output_dir: Directory for the outputs; rerunning into it resumes.
         backend: The attributor LLM (paper: Qwen2.5-32B-Instruct on vLLM). Not needed with ``label_field``.
-        temperature: Sampling temperature of the attributor (paper: 0.3).
-        max_new_tokens: Reply length limit per node (paper: 2,048).
+        sampling: The attributor's sampling (paper: temperature 0.3, up to 2,048 new tokens per node reply, top-p
+            1.0, one reply); each request's seed is derived from (``seed``, example id, node path).
         max_input_chars: Problem plus written solution (text after ``</think>``) are cut to this many characters.
         chunk_size: Examples walked together; each tree level of a chunk is one backend call.
         guided: Constrain each reply to a JSON list of the node's children (vLLM structured outputs).
         prompt_template: Attribution prompt (inline text or a file); None uses DEFAULT_PROMPT_TEMPLATE.
         shard_index: This shard (0-based); shards take pool rows ``i`` with ``i % num_shards == shard_index``.
         num_shards: Number of shards that together cover the pool (each run on its own machine/GPU set).
-        seed: Base seed; each request's seed is derived from (seed, example id, node path).
         limit: Attribute only the first ``limit`` pool rows (smoke runs).
         max_depth: Cut the tree at this depth first (chains then end at nodes of this depth).
         display_names: Display-name map (EvalTree ``capability_to_distinction.json``): prompts show the short
@@ -100,6 +101,9 @@ def run_attribution(
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if sampling.n != 1 or sampling.top_p != 1.0:
+        raise ConfigError(f"sampling: n={sampling.n}, top_p={sampling.top_p}: attribution takes one reply per node "
+                          "at top_p 1.0; set temperature, max_new_tokens and seed only")
     out_dir = Path(output_dir)
     skill_tree = SkillTree.load(tree, display_names)
     if max_depth is not None:
@@ -116,10 +120,12 @@ def run_attribution(
                              on_unknown_label, out_dir, stem, extra)
 
     if backend is None:
-        raise DataError("attribute: no backend configured; set backend (kind, model, ...) or use label_field")
+        raise ConfigError("attribute: no backend configured; set backend (class_path VLLMConfig or OpenAIConfig, "
+                          "init_args model, ...) or use label_field")
     template = load_template(prompt_template, preset)
-    settings = {"temperature": temperature, "max_new_tokens": max_new_tokens, "max_input_chars": max_input_chars,
-                "guided": guided, "seed": seed, "model": backend.model, "fields": asdict(fields),
+    settings = {"temperature": sampling.temperature, "max_new_tokens": sampling.max_new_tokens,
+                "max_input_chars": max_input_chars, "guided": guided, "seed": sampling.seed, "model": backend.model,
+                "fields": asdict(fields),
                 "display_names": display_names, **({"preset": preset} if preset != "project" else {})}
     fingerprint = _fingerprint(skill_tree, template, settings)
     state_path = out_dir / f"{stem}.state.json"
@@ -140,8 +146,9 @@ def run_attribution(
         if pending or todo:
             engine = make_backend(backend)
             try:
-                walker = SkillAttributor(skill_tree, engine, _load_tokenizer(engine, backend), temperature,
-                                         max_new_tokens, max_input_chars, guided, template, seed, preset)
+                walker = SkillAttributor(skill_tree, engine, _load_tokenizer(engine, backend), sampling.temperature,
+                                         sampling.max_new_tokens, max_input_chars, guided, template, sampling.seed,
+                                         preset)
                 walker.counters = counters
 
                 def save(chunk_ids: list[str] | None, states: list[dict] | None, level: int) -> None:

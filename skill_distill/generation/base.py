@@ -10,6 +10,8 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from skill_distill.io import ConfigError
+
 
 class GenerationError(RuntimeError):
     """A backend failed (engine crash, endpoint unreachable after retries): one line saying which and why."""
@@ -38,13 +40,24 @@ class SamplingConfig:
     """Sampling for one request batch (docs/METHOD.md §3 and §7 defaults: temperature 0.6, top-p 1.0)."""
 
     temperature: float = 0.6
+    """Sampling temperature; 0 is greedy."""
     top_p: float = 1.0
+    """Nucleus sampling: the smallest token set with this probability mass."""
     max_new_tokens: int = 8192
+    """Longest completion; a longer one is cut and counted as truncated."""
     n: int = 1
     """Completions per prompt (avg@n)."""
     seed: int = 0
     """Base seed; request i uses ``seed + i`` (or the caller's per-prompt seeds), so results do not depend on
     how prompts are split across ranks or batches."""
+
+    def __post_init__(self) -> None:
+        for name, ok, why in (("temperature", self.temperature >= 0, "must be >= 0 (0: greedy)"),
+                              ("top_p", 0 < self.top_p <= 1, "must lie in (0, 1]"),
+                              ("max_new_tokens", self.max_new_tokens >= 1, "must be >= 1"),
+                              ("n", self.n >= 1, "must be >= 1")):
+            if not ok:
+                raise ConfigError(f"sampling.{name}={getattr(self, name)!r}: {why}")
 
 
 @dataclass

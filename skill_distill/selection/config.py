@@ -60,6 +60,9 @@ class SelectionConfig:
     correct / judged) or ``accuracy_shrunk`` (pulled toward the parent's, robust for leaves with few judged
     problems; needs a profile built with ``shrinkage > 0``)."""
 
+    def __post_init__(self) -> None:
+        self.validate()  # when the config is parsed, not when the selection first runs
+
     def validate(self) -> None:
         """Raise ConfigError (one line naming the field and what is accepted) for an impossible setting."""
         def bad(name: str, why: str) -> ConfigError:

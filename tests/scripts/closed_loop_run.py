@@ -54,10 +54,10 @@ def main() -> None:
                          examples_per_step=8, seed=42,
                          reselection=ReselectionConfig(every_n_epochs=args.every_n_epochs, per_leaf=2))
     from skill_distill.generation.base import SamplingConfig
-    from skill_distill.generation.factory import BackendConfig
+    from skill_distill.generation.factory import VLLMConfig
 
     reselect = ReselectionCallback(verdicts_dir=args.verdicts_dir, export_dtype=None, timeout_s=600,
-                                   backend=BackendConfig(kind="vllm", max_model_len=512),
+                                   backend=VLLMConfig(max_model_len=512),
                                    sampling=SamplingConfig(temperature=0.6, top_p=1.0, max_new_tokens=24, seed=7))
     # placed before the re-profile: its timer fires while the re-profile runs
     signal_first = [] if args.sigterm_during_reprofile is None else [

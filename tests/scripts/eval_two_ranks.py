@@ -47,7 +47,7 @@ def config(out: Path, devices: int, strategy: str = "ddp", tp: int = 1) -> dict:
     trainer["callbacks"] = [{"class_path": "callbacks.SkillEvalCallback", "init_args": {
         "benchmarks": BENCHMARKS, "sampling": SAMPLING, "baseline": True, "keep_exports": True, "export_dtype": None,
         "timeout_s": 600,
-        "backend": {"kind": "vllm", "tensor_parallel_size": tp}}}]
+        "backend": {"class_path": "VLLMConfig", "init_args": {"tensor_parallel_size": tp}}}}]
     return cfg
 
 
