@@ -42,15 +42,15 @@ def child(args) -> None:
 
     from skill_distill.decontamination import DecontaminationConfig
     from skill_distill.generation.base import SamplingConfig
-    from skill_distill.generation.factory import BackendConfig, make_backend
+    from skill_distill.generation.factory import HFConfig, VLLMConfig, make_backend
     from skill_distill.traces import run_generate_traces
 
     torch.set_num_threads(args.threads)
     if args.child == "vllm":
-        cfg = BackendConfig(kind="vllm", model="asset:smollm2-135m-instruct", dtype="float32", max_model_len=2048,
+        cfg = VLLMConfig(model="asset:smollm2-135m-instruct", dtype="float32", max_model_len=2048,
                             extra_engine_args={"max_num_seqs": args.batch_size})
     else:
-        cfg = BackendConfig(kind="hf", model="asset:smollm2-135m-instruct", dtype="float32",
+        cfg = HFConfig(model="asset:smollm2-135m-instruct", dtype="float32",
                             batch_size=args.batch_size)
     import skill_distill.traces as stage
 

@@ -50,7 +50,7 @@ from skill_distill.corpus import CANONICAL, CorpusFields, Example, load_corpus
 from skill_distill.decontamination import COUNTS_FILE, HITS_FILE, BenchmarkIndex, DecontaminationConfig, HitCounter
 from skill_distill.formatting import DEFAULT_INSTRUCTION, render_prompt, user_message
 from skill_distill.generation.base import Completion, GenerationError, SamplingConfig, request_seed
-from skill_distill.generation.factory import BackendConfig, make_backend
+from skill_distill.generation.factory import BackendConfig, VLLMConfig, make_backend
 from skill_distill.io import (
     ConfigError,
     DataError,
@@ -262,7 +262,7 @@ def _choose(indices: list[int], completions: Sequence[Completion], keep: int, ru
 def run_generate_traces(
     problems: str,
     output_dir: str,
-    backend: BackendConfig,
+    backend: BackendConfig = VLLMConfig(),
     teacher: str | None = None,
     fields: CorpusFields = CANONICAL,
     split: str = "train",

@@ -17,7 +17,7 @@ import pytest
 from scripted_endpoint import ScriptedEndpoint
 from skill_distill.decontamination import DecontaminationConfig
 from skill_distill.generation.base import SamplingConfig
-from skill_distill.generation.factory import BackendConfig
+from skill_distill.generation.factory import BackendConfig, HFConfig, OpenAIConfig
 from skill_distill.io import ConfigError, DataError
 from skill_distill.traces import (
     TEACHER_SAMPLING,
@@ -93,7 +93,7 @@ def endpoint():
 
 
 def _backend(endpoint, tokenizer, **kw) -> BackendConfig:
-    return BackendConfig(kind="openai", model="scripted-teacher", tokenizer=str(tokenizer),
+    return OpenAIConfig(model="scripted-teacher", tokenizer=str(tokenizer),
                          base_url=endpoint.base_url, **kw)
 
 
@@ -268,7 +268,7 @@ def test_kill_9_then_rerun_loses_no_row_and_redoes_no_graded_row(tmp_path, qwen_
         log = (tmp_path / "stage.log").open("w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "skill_distill", "generate-traces", f"--problems={problems}",
-             f"--output_dir={out}", "--backend.kind=openai", "--backend.model=t", f"--backend.base_url={ep.base_url}",
+             f"--output_dir={out}", "--backend=OpenAIConfig", "--backend.model=t", f"--backend.base_url={ep.base_url}",
              f"--backend.tokenizer={qwen_tokenizer_dir}", "--backend.max_concurrency=1", "--sampling.n=2",
              "--chunk_size=4", "--grader_workers=2", "--decontamination.enabled=false"],
             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -288,8 +288,8 @@ def test_kill_9_then_rerun_loses_no_row_and_redoes_no_graded_row(tmp_path, qwen_
         done_first = [r["id"] for r in _rows(out / "problems.jsonl")]
         assert 8 <= len(done_first) < 40
         calls_before = len(ep.calls)
-        result = run_generate_traces(str(problems), str(out), BackendConfig(
-            kind="openai", model="t", base_url=ep.base_url, tokenizer=str(qwen_tokenizer_dir), max_concurrency=1),
+        result = run_generate_traces(str(problems), str(out), OpenAIConfig(
+            model="t", base_url=ep.base_url, tokenizer=str(qwen_tokenizer_dir), max_concurrency=1),
             sampling=replace(TEACHER_SAMPLING, n=2), chunk_size=4, grader_workers=0, decontamination=OFF)
         asked_again = [c["prompt"].split("What is ")[1].split(" ")[0] for c in ep.calls[calls_before:]]
     assert not {f"q{i}" for i in asked_again} & set(done_first)  # no graded problem is sampled again
@@ -382,7 +382,7 @@ def test_problem_without_text_is_one_line(tmp_path, qwen_tokenizer_dir):
     problems = _write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "problem": "What is 1 + 1?"},
                                                    {"id": "b", "problem": "   "}])
     with pytest.raises(DataError, match=r"p\.jsonl: row 2 \(id 'b'\) has no problem text"):
-        run_generate_traces(str(problems), str(tmp_path / "out"), BackendConfig(kind="hf", model="x"),
+        run_generate_traces(str(problems), str(tmp_path / "out"), HFConfig(model="x"),
                             decontamination=OFF)
 
 
@@ -395,13 +395,13 @@ def test_bad_input_from_the_command_line(tmp_path, qwen_tokenizer_dir):
     assert "row 2: missing field 'problem'" in line
 
     problems = _write_jsonl(tmp_path / "ok.jsonl", [{"id": "a", "problem": "What is 2 + 3?", "answer": "5"}])
-    line = _one_error_line(_cli([f"--problems={problems}", "--output_dir=out2", "--backend.kind=vllm",
+    line = _one_error_line(_cli([f"--problems={problems}", "--output_dir=out2", "--backend=VLLMConfig",
                                  "--backend.model=./no/such/teacher", "--decontamination.enabled=false"], tmp_path))
     assert "unknown teacher" in line and "./no/such/teacher" in line
 
     # a served teacher the endpoint does not know: HTTP 404 fails at once
     with ScriptedEndpoint(lambda p, b: (404, "The model `r2` does not exist."), model="r1") as ep:
-        line = _one_error_line(_cli([f"--problems={problems}", "--output_dir=out3", "--backend.kind=openai",
+        line = _one_error_line(_cli([f"--problems={problems}", "--output_dir=out3", "--backend=OpenAIConfig",
                                      "--backend.model=r2", f"--backend.base_url={ep.base_url}",
                                      f"--backend.tokenizer={qwen_tokenizer_dir}", "--grader_workers=0",
                                      "--decontamination.enabled=false"], tmp_path))
@@ -409,7 +409,7 @@ def test_bad_input_from_the_command_line(tmp_path, qwen_tokenizer_dir):
 
     # an endpoint that errors on every request: bounded retries, then one line
     with ScriptedEndpoint(lambda p, b: (503, "overloaded"), model="r1") as ep:
-        line = _one_error_line(_cli([f"--problems={problems}", "--output_dir=out4", "--backend.kind=openai",
+        line = _one_error_line(_cli([f"--problems={problems}", "--output_dir=out4", "--backend=OpenAIConfig",
                                      "--backend.model=r1", f"--backend.base_url={ep.base_url}",
                                      f"--backend.tokenizer={qwen_tokenizer_dir}", "--backend.max_retries=2",
                                      "--grader_workers=0", "--decontamination.enabled=false"], tmp_path))
@@ -418,12 +418,12 @@ def test_bad_input_from_the_command_line(tmp_path, qwen_tokenizer_dir):
 
 
 def test_bad_settings_are_config_errors(tmp_path, problems_file):
-    backend = BackendConfig(kind="openai", model="t", base_url="http://127.0.0.1:9", tokenizer="x")
+    backend = OpenAIConfig(model="t", base_url="http://127.0.0.1:9", tokenizer="x")
     for kw, match in ((dict(keep=0), "keep must be >= 1"), (dict(min_agreement=1.5), "min_agreement"),
                       (dict(shard_index=2, num_shards=2), "shard_index")):
         with pytest.raises(ConfigError, match=match):
             run_generate_traces(str(problems_file), str(tmp_path / "o"), backend, decontamination=OFF, **kw)
     with pytest.raises(ConfigError, match="backend.tokenizer"):
-        run_generate_traces(str(problems_file), str(tmp_path / "o"), BackendConfig(kind="openai", model="t"))
+        run_generate_traces(str(problems_file), str(tmp_path / "o"), OpenAIConfig(model="t", base_url="http://127.0.0.1:9"))
     with pytest.raises(ConfigError, match="targeting.budget"):
         SkillTargeting(attribution="a", profile="p", tree="t", budget=0)

@@ -10,7 +10,7 @@ import pytest
 
 from skill_distill.decontamination import DecontaminationConfig
 from skill_distill.generation.base import GenerationBackend, SamplingConfig
-from skill_distill.generation.factory import BackendConfig, make_backend
+from skill_distill.generation.factory import VLLMConfig, make_backend
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "data" / "quickstart"
@@ -58,7 +58,7 @@ def test_smollm2_traces_feed_attribute_and_profile(tmp_path, smollm2_dir, monkey
     problems.write_text("".join(json.dumps({"id": r["id"], "problem": r["problem"],
                                             "answer": r["answer"] if k < 6 else ""}) + "\n"
                                 for k, r in enumerate(picked)))
-    cfg = BackendConfig(kind="vllm", model=str(smollm2_dir), max_model_len=1024, dtype="float32")
+    cfg = VLLMConfig(model=str(smollm2_dir), max_model_len=1024, dtype="float32")
     engine = make_backend(cfg)
     try:
         shared = _Shared(engine)
