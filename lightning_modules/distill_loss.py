@@ -35,6 +35,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from skill_distill.io import ConfigError
+
 Divergence = Literal["forward_kl", "reverse_kl", "jsd"]
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 LOG_FLOOR = -30.0
@@ -197,3 +199,84 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
         else:
             out.append(_chunk_token_logprobs(hidden[rows], weight, bias, targets[rows]))
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+
+
+@dataclass
+class DistillationConfig:
+    """Logit distillation: loss = alpha x CE + (1 - alpha) x tau^2 x D over the supervised positions (docs/METHOD.md,
+    "Logit distillation"). Give exactly one teacher source: ``teacher`` (a model run beside the student) or
+    ``teacher_logprobs`` (its top-k logprobs stored by ``python -m skill_distill teacher-logprobs``)."""
+
+    teacher: str | None = None
+    """The teacher run beside the student: HF hub name, local directory or asset:<name>. Its vocabulary must be the
+    student's (same size and token ids); frozen, never in checkpoints (its name and config hash are)."""
+    teacher_logprobs: str | None = None
+    """Directory of stored teacher top-k logprobs (the teacher-logprobs stage's output_dir), read by example id;
+    every trained example must be in it, tokenised as the datamodule tokenises it."""
+    alpha: float = 0.5
+    """Weight of the cross-entropy on the traces' tokens; 1 - alpha weighs the divergence. In [0, 1]."""
+    divergence: Divergence = "forward_kl"
+    """forward_kl = KL(teacher || student) (mode-covering), reverse_kl = KL(student || teacher) (mode-seeking), or
+    jsd: GKD's generalised Jensen-Shannon divergence with ``beta``."""
+    beta: float = 0.5
+    """jsd only: M = beta p_T + (1 - beta) p_S, D = beta KL(p_T || M) + (1 - beta) KL(p_S || M); in (0, 1) (its
+    limits are the two KLs: choose forward_kl or reverse_kl for them)."""
+    tau: float = 1.0
+    """Temperature of both distributions in D (the CE term uses 1); D is multiplied by tau^2. Stored logprobs: 1."""
+    chunk_size: int | None = None
+    """Supervised positions per chunk (one chunk's student and teacher fp32 logits exist at a time); None:
+    ``lm_loss.default_chunk_size`` of the student's hidden size."""
+    teacher_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    """dtype of the teacher's weights (float32 for exact tests on CPU)."""
+
+    def __post_init__(self):
+        if (self.teacher is None) == (self.teacher_logprobs is None):
+            raise ConfigError("model.distillation: set exactly one of teacher (a model beside the student) and "
+                              "teacher_logprobs (a directory written by python -m skill_distill teacher-logprobs)")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"model.distillation.alpha must be in [0, 1], got {self.alpha}")
+        if self.divergence not in DIVERGENCES:
+            raise ConfigError(f"model.distillation.divergence={self.divergence!r} is unknown; use one of "
+                              f"{', '.join(DIVERGENCES)}")
+        if not 0 < self.beta < 1:
+            raise ConfigError(f"model.distillation.beta must be in (0, 1), got {self.beta} (for its limits use "
+                              "divergence forward_kl or reverse_kl)")
+        if not self.tau > 0:
+            raise ConfigError(f"model.distillation.tau must be > 0, got {self.tau}")
+        if self.teacher_logprobs is not None and self.tau != 1:
+            raise ConfigError(f"model.distillation.tau={self.tau}: stored teacher logprobs are at temperature 1 and "
+                              "their tail cannot be re-tempered; use tau 1, or a teacher beside the student")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ConfigError(f"model.distillation.chunk_size must be >= 1, got {self.chunk_size}")
+        if self.teacher_dtype not in ("bfloat16", "float32"):
+            raise ConfigError(f"model.distillation.teacher_dtype={self.teacher_dtype!r}: use bfloat16 or float32")
+
+
+METHOD_NAME = "supervised_kd"
+
+
+def _supervised_kd_forward(lm, input_ids: torch.Tensor, labels: torch.Tensor, teacher, config: DistillationConfig,
+                           chunk_size: int, **model_kwargs):
+    """(loss sum, CE sum, D sum, supervised tokens) of the student ``lm``; ``teacher`` holds the rows of the
+    supervised positions (``labels != IGNORE_INDEX``, in row-major order)."""
+    from datamodules.batching import IGNORE_INDEX
+
+    hidden = lm.get_decoder()(input_ids=input_ids, use_cache=False, **model_kwargs).last_hidden_state
+    supervised = labels != IGNORE_INDEX
+    head = lm.get_output_embeddings()
+    loss, ce, d = supervised_kd(hidden[supervised], head.weight, getattr(head, "bias", None), labels[supervised],
+                                teacher, config.alpha, config.divergence, config.beta, config.tau, chunk_size)
+    return loss, ce, d, supervised.sum()
+
+
+def attach(model) -> None:
+    """Give an HF causal LM the method ``supervised_kd``; under FSDP2 it is registered as a forward of the root
+    (gathered output embedding, gradient hooks on its outputs), as ``lm_loss.supervised_ce`` is."""
+    import types
+
+    if not isinstance(getattr(model, METHOD_NAME, None), types.MethodType):
+        setattr(model, METHOD_NAME, types.MethodType(_supervised_kd_forward, model))
+    from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+
+    if isinstance(model, FSDPModule):
+        register_fsdp_forward_method(model, METHOD_NAME)

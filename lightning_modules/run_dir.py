@@ -27,7 +27,9 @@ RUN_OUTPUTS = (CHECKPOINTS, "logs/metrics.csv", "tb", "eval", "hf_export", "sele
 
 # settings a resumed run may not change: (section, key) -> why it is fixed
 FIXED_SETTINGS: dict[str, tuple[str, ...]] = {
-    "model": ("learning_rate", "weight_decay", "betas", "eps", "warmup_ratio", "min_lr_ratio", "max_grad_norm"),
+    # distillation: the teacher (by name; its config hash is checked by CausalLMModule.on_load_checkpoint) and loss
+    "model": ("learning_rate", "weight_decay", "betas", "eps", "warmup_ratio", "min_lr_ratio", "max_grad_norm",
+              "distillation"),
     "data": ("corpus", "fields", "split", "tree", "attribution", "profile", "verdicts", "display_names", "selection",
              "skill_format", "instruction", "enable_thinking", "max_length", "examples_per_step", "packing", "shuffle",
              "seed"),
