@@ -229,28 +229,37 @@ class CausalLMModule(L.LightningModule):
             return self._teacher_store.identity
         return None
 
+    def _stored_rows(self, example_id: str, targets: torch.Tensor):
+        """The stored top-k of one example, whose stored targets must be ``targets`` (this run's tokens)."""
+        stored = self._teacher_store.get(example_id)
+        if stored.targets.shape != targets.shape or not torch.equal(stored.targets.to(targets), targets):
+            raise DataError(f"{self._teacher_store.directory}: example {example_id!r}: the stored teacher logprobs are "
+                            "for other tokens than this run's tokenisation of it (another tokenizer, max_length, "
+                            "prompt or skill format?); rerun python -m skill_distill teacher-logprobs with the "
+                            "training run's data settings")
+        return stored
+
+    def on_train_start(self) -> None:
+        """Stored teacher logprobs: every training example must be stored, for this run's tokens (one line, before
+        the first step, naming the first example that is not)."""
+        examples = getattr(self.trainer.datamodule, "train_examples", None) if self._trainer is not None else None
+        if self._teacher_store is None or not examples:
+            return
+        for e in examples:
+            self._stored_rows(e.example_id, torch.tensor([t for t in e.labels if t != IGNORE_INDEX]))
+
     def _stored_teacher(self, batch: dict) -> distill_loss.TeacherTopK:
-        """The stored top-k rows of the batch's supervised positions, example by example in batch order; the
-        stored targets must be this datamodule's tokens."""
+        """The stored top-k rows of the batch's supervised positions, example by example in batch order."""
         labels = batch["labels"]
         if "cu_seq_lens_q" in batch:  # packed: one row, sequences at the cumulative lengths
             bounds = batch["cu_seq_lens_q"].tolist()
             per_example = [labels[0, a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         else:
             per_example = list(labels)
-        ids, logprobs = [], []
-        for example_id, example_labels in zip(batch["example_ids"], per_example, strict=True):
-            targets = example_labels[example_labels != IGNORE_INDEX]
-            stored = self._teacher_store.get(example_id)
-            if stored.targets.shape != targets.shape or not torch.equal(stored.targets.to(targets), targets):
-                raise DataError(f"{self._teacher_store.directory}: example {example_id!r}: the stored teacher "
-                                "logprobs are for other tokens than this run's tokenisation of it (another tokenizer, "
-                                "max_length, prompt or skill format?); rerun python -m skill_distill teacher-logprobs "
-                                "with the training run's data settings")
-            ids.append(stored.ids)
-            logprobs.append(stored.logprobs)
-        device = labels.device
-        return distill_loss.TeacherTopK(torch.cat(ids).to(device), torch.cat(logprobs).to(device))
+        rows = [self._stored_rows(example_id, example_labels[example_labels != IGNORE_INDEX])
+                for example_id, example_labels in zip(batch["example_ids"], per_example, strict=True)]
+        return distill_loss.TeacherTopK(torch.cat([r.ids for r in rows]).to(labels.device),
+                                        torch.cat([r.logprobs for r in rows]).to(labels.device))
 
     def forward_kd(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss sum, CE sum, divergence sum, supervised tokens) of the distillation objective on ``batch``."""

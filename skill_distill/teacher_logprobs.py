@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 from skill_distill import assets
-from skill_distill.corpus import CANONICAL, CorpusFields, Example, load_corpus
+from skill_distill.corpus import CorpusFields, Example, load_corpus
 from skill_distill.formatting import (
     DEFAULT_INSTRUCTION,
     SkillFormat,
@@ -218,7 +218,7 @@ def run_teacher_logprobs(
     output_dir: str,
     tokenizer: str | None = None,
     ids: str | None = None,
-    fields: CorpusFields = CANONICAL,
+    fields: CorpusFields = CorpusFields(),
     split: str = "train",
     instruction: str = DEFAULT_INSTRUCTION,
     enable_thinking: bool = True,
