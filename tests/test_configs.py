@@ -31,10 +31,12 @@ OVERRIDES = {REPO / "configs" / "qwen3_4b" / "closed_loop.yaml": REPO / "configs
              REPO / "configs" / "experiments" / "skill_selection_closed_loop.yaml":
              REPO / "configs" / "experiments" / "skill_selection_arm.yaml"}
 PRODUCTION = [p for p in RUN_FILES if p not in LENGTH_OVERRIDES and p not in OVERRIDES]
+# configs/distill/qwen3_32b_to_*: overrides of configs/qwen3_*/base.yaml, composed in tests/test_distill_configs.py
+DISTILL_OVERRIDES = sorted((REPO / "configs" / "distill").glob("qwen3_*.yaml"))
 # configs run alone: the quickstart, the experiment arm, and the bases
 TRAIN_CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml")
                        if "pipeline" not in p.parts and p not in EXPERIMENT_DRIVERS and p not in RUN_FILES
-                       and p not in OVERRIDES)
+                       and p not in OVERRIDES and p not in DISTILL_OVERRIDES)
 PIPELINE_CONFIGS = sorted((REPO / "configs" / "pipeline").glob("*.yaml"))
 
 
