@@ -28,21 +28,31 @@ def dense_reference(states, weight, bias, targets, teacher_logits, alpha, kind, 
     """Full logits at once; each divergence written with F.kl_div (input: log q of the 'other' side)."""
     logits = F.linear(states, weight, bias)
     ce = F.cross_entropy(logits, targets, reduction="sum")
-    s = F.log_softmax(logits / tau, -1)
-    t = F.log_softmax(teacher_logits / tau, -1)
-    if kind == "forward_kl":  # KL(p_T || p_S)
-        d = F.kl_div(s, t, reduction="sum", log_target=True)
-    elif kind == "reverse_kl":  # KL(p_S || p_T)
-        d = F.kl_div(t, s, reduction="sum", log_target=True)
-    else:
-        m = torch.log(beta * t.exp() + (1 - beta) * s.exp())
-        d = beta * F.kl_div(m, t, reduction="sum", log_target=True) \
-            + (1 - beta) * F.kl_div(m, s, reduction="sum", log_target=True)
+    d = reference_divergence(F.log_softmax(logits / tau, -1), F.log_softmax(teacher_logits / tau, -1), kind, beta)
     return alpha * ce + (1 - alpha) * tau**2 * d, ce, d
+
+
+def reference_divergence(s, t, kind, beta):
+    """D summed over rows from the student's and the teacher's log-distributions, written with F.kl_div (whose
+    input is the log-distribution of the second argument of KL)."""
+    if kind == "forward_kl":  # KL(p_T || p_S)
+        return F.kl_div(s, t, reduction="sum", log_target=True)
+    if kind == "reverse_kl":  # KL(p_S || p_T)
+        return F.kl_div(t, s, reduction="sum", log_target=True)
+    m = torch.log(beta * t.exp() + (1 - beta) * s.exp())
+    return beta * F.kl_div(m, t, reduction="sum", log_target=True) \
+        + (1 - beta) * F.kl_div(m, s, reduction="sum", log_target=True)
 
 
 def grads_of(loss, tensors):
     return torch.autograd.grad(loss, [t for t in tensors if t is not None])
+
+
+def assert_all_close(got, expected):
+    """Pairwise equal to 1e-5 (values and gradients alike)."""
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind,beta", [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.1)])
@@ -55,11 +65,7 @@ def test_in_process_teacher_equals_the_dense_reference(kind, beta, alpha, tau, c
     loss, ce, d = dl.supervised_kd(states, weight, b, targets, teacher, alpha, kind, beta, tau, chunk)
     grads = grads_of(loss, (states, weight, b))
     assert ref_d.item() > 1.0  # two random models disagree: the check below compares non-trivial numbers
-    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ce, ref_ce, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(d, ref_d, rtol=1e-5, atol=1e-5)
-    for g, r in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+    assert_all_close((loss, ce, d, *grads), (ref, ref_ce, ref_d, *ref_grads))
 
 
 @pytest.mark.parametrize("kind", dl.DIVERGENCES)
@@ -73,10 +79,7 @@ def test_topk_with_the_whole_vocabulary_equals_the_full_loss(kind):
     full_grads = grads_of(full, (states, weight))
     stored, _, stored_d = dl.supervised_kd(states, weight, None, targets, topk, 0.2, kind, 0.5, 1.0, 6)
     stored_grads = grads_of(stored, (states, weight))
-    torch.testing.assert_close(stored_d, full_d, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(stored, full, rtol=1e-5, atol=1e-5)
-    for g, r in zip(stored_grads, full_grads, strict=True):
-        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+    assert_all_close((stored_d, stored, *stored_grads), (full_d, full, *full_grads))
 
 
 @pytest.mark.parametrize("kind", dl.DIVERGENCES)
@@ -94,17 +97,8 @@ def test_topk_with_a_tail_equals_the_bucketed_dense_divergence(kind):
     s_buckets = torch.cat([s.gather(-1, top_ids), torch.logsumexp(s.masked_fill(in_top, -torch.inf), -1, True)], -1)
     p_top = top_lp.half().float()
     t_buckets = torch.cat([p_top, (1 - p_top.exp().sum(-1, keepdim=True)).log()], -1)
-    if kind == "forward_kl":
-        ref = F.kl_div(s_buckets, t_buckets, reduction="sum", log_target=True)
-    elif kind == "reverse_kl":
-        ref = F.kl_div(t_buckets, s_buckets, reduction="sum", log_target=True)
-    else:
-        m = torch.log(0.5 * t_buckets.exp() + 0.5 * s_buckets.exp())
-        ref = 0.5 * F.kl_div(m, t_buckets, reduction="sum", log_target=True) \
-            + 0.5 * F.kl_div(m, s_buckets, reduction="sum", log_target=True)
-    torch.testing.assert_close(d, ref, rtol=1e-5, atol=1e-5)
-    for g, r in zip(grads, grads_of(ref, (states, weight)), strict=True):
-        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+    ref = reference_divergence(s_buckets, t_buckets, kind, 0.5)
+    assert_all_close((d, *grads), (ref, *grads_of(ref, (states, weight))))
 
 
 def test_token_logprobs_equals_log_softmax_with_gradients():
@@ -112,9 +106,7 @@ def test_token_logprobs_equals_log_softmax_with_gradients():
     ref = F.log_softmax(F.linear(states, weight), -1).gather(-1, targets[:, None]).squeeze(-1)
     ref_grads = grads_of((ref * torch.arange(ROWS)).sum(), (states, weight))
     got = dl.token_logprobs(states, weight, targets, chunk_size=5)
-    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
-    for g, r in zip(grads_of((got * torch.arange(ROWS)).sum(), (states, weight)), ref_grads, strict=True):
-        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+    assert_all_close((got, *grads_of((got * torch.arange(ROWS)).sum(), (states, weight))), (ref, *ref_grads))
 
 
 def test_tied_weight_gradient_sums_both_uses():

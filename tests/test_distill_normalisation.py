@@ -1,6 +1,7 @@
 """Logit distillation keeps SFT's normalisation: the objective is summed over the step's supervised tokens and
 divided by their number across micro-batches and ranks, so 2 gloo ranks x 2 micro-batches give the one-process,
-one-micro-batch gradient (and logged loss) for the same 8 examples; the chunk size changes nothing."""
+one-micro-batch gradient (and logged loss) for the same 8 examples, under DDP and under FSDP2 (student and teacher
+sharded, the teacher loaded shard by shard); the chunk size changes nothing."""
 
 from __future__ import annotations
 
@@ -49,9 +50,13 @@ def test_two_ranks_and_micro_batches_give_the_one_process_gradient(tmp_path, sha
     base, base_metrics = run_step(tmp_path, "one", corpus, qwen_tokenizer_dir, teacher)
     ranks, rank_metrics = run_step(tmp_path, "ddp2", corpus, qwen_tokenizer_dir, teacher, devices=2, accumulate=2)
     chunks, chunk_metrics = run_step(tmp_path, "chunk7", corpus, qwen_tokenizer_dir, teacher, chunk_size=7)
+    # FSDP2 (ModelParallelStrategy): the student sharded, the teacher built on meta, sharded and loaded shard by shard
+    sharded, sharded_metrics = run_step(tmp_path, "fsdp2", corpus, qwen_tokenizer_dir, teacher, devices=2,
+                                        accumulate=2, strategy="fsdp2")
     assert_same_grads(base, ranks)
     assert_same_grads(base, chunks)
-    for other in (rank_metrics, chunk_metrics):
+    assert_same_grads(base, sharded)
+    for other in (rank_metrics, chunk_metrics, sharded_metrics):
         assert other.keys() == base_metrics.keys()
         for key, value in base_metrics.items():
             assert other[key] == pytest.approx(value, rel=1e-5), key
