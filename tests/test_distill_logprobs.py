@@ -144,27 +144,26 @@ def test_training_reads_stored_logprobs_by_example_id(tmp_path, teacher, qwen_to
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # a train.py child process; minutes on a shared, loaded 2-core machine
 def test_logprobs_made_with_another_tokenizer_are_refused_at_train_start(tmp_path, smollm2_dir, qwen_tokenizer_dir,
                                                                          shared_dir):
     """SmolLM2's teacher-logprobs, a Qwen3-tokenised run: ``train.py fit`` stops before the first step, one line
     naming the example, exit 2; a stage run whose tokenizer is not the teacher's is refused in one line."""
+    from test_distill_train import fit, write_corpus
+
     out = tmp_path / "smollm2_logprobs"
-    corpus = tmp_path / "corpus.jsonl"
-    rows = [json.loads(line) for line in (shared_dir / "data/benchmarks/math500/test.jsonl").open()][:4]
-    corpus.write_text("".join(json.dumps({"id": f"m{i}", "problem": r["problem"], "answer": r["answer"],
-                                          "trace": r["solution"][:120]}) + "\n" for i, r in enumerate(rows)))
-    run_teacher_logprobs(corpus=str(corpus), teacher=str(smollm2_dir), output_dir=str(out), max_length=96,
+    corpus = write_corpus(shared_dir, tmp_path / "corpus.jsonl")
+    run_teacher_logprobs(corpus=str(corpus), teacher=str(smollm2_dir), output_dir=str(out), max_length=128,
                          dtype="float32", top_k=4)
     with pytest.raises(ConfigError, match="^cross-tokenizer distillation is not supported"):
         run_teacher_logprobs(corpus=str(corpus), teacher=str(smollm2_dir), output_dir=str(tmp_path / "x"),
-                             tokenizer=str(qwen_tokenizer_dir), max_length=96)
-    from test_distill_train import fit
+                             tokenizer=str(qwen_tokenizer_dir), max_length=128)
 
     from skill_distill.assets import tiny_qwen3_dir
 
     code, err = fit(tmp_path, tmp_path / "run", tiny_qwen3_dir(tmp_path / "unused_teacher"), corpus,
                     qwen_tokenizer_dir, "--model.distillation.teacher=null",
-                    f"--model.distillation.teacher_logprobs={out}", "--data.max_length=96")
+                    f"--model.distillation.teacher_logprobs={out}")
     last = err.strip().splitlines()[-1]
     assert code == 2 and last.startswith(f"error: {out}: example 'm"), err[-3000:]
     assert "other tokens than this run's tokenisation" in last

@@ -42,6 +42,7 @@ def run_step(tmp_path, name, corpus, tokenizer, teacher, **kw) -> tuple[dict, di
 
 @pytest.mark.distributed
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # four training steps, two of them 2-process; over 15 minutes on a loaded 2-core machine
 def test_two_ranks_and_micro_batches_give_the_one_process_gradient(tmp_path, shared_dir, qwen_tokenizer_dir):
     from skill_distill.assets import tiny_qwen3_dir
 

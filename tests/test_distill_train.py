@@ -63,6 +63,7 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # four train.py child processes; over 15 minutes on a shared, loaded 2-core machine
 def test_logit_kd_trains_resumes_and_keeps_its_teacher(tmp_path, shared_dir, qwen_tokenizer_dir):
     from skill_distill.assets import tiny_qwen3_dir
 
