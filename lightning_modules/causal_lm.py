@@ -15,7 +15,10 @@ Features:
 - FSDP2 (``fully_shard`` per decoder layer, then the root) with a bf16/fp32 mixed-precision policy and per-layer
   activation checkpointing under Lightning's ``ModelParallelStrategy``; a pretrained model is then built on the meta
   device and each rank reads only its shards of the safetensors (``lightning_modules/sharding.py``);
-- ``export_hf()``: the one exporter to an HF directory (safetensors, config, tokenizer, generation config).
+- ``export_hf()``: the one exporter to an HF directory (safetensors, config, tokenizer, generation config);
+- logit distillation (``distillation``): loss = alpha x CE + (1 - alpha) x D against a frozen teacher beside the
+  student (``lightning_modules/teacher.py``) or its stored top-k logprobs, chunked like the CE
+  (``lightning_modules/distill_loss.py``); the teacher is never in a checkpoint, its identity is.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ import lightning as L
 import torch
 import torchmetrics
 
-from datamodules.batching import MODEL_INPUTS
-from lightning_modules import lm_loss, packed_attention
+from datamodules.batching import IGNORE_INDEX, MODEL_INPUTS
+from lightning_modules import distill_loss, lm_loss, packed_attention
+from lightning_modules.distill_loss import DistillationConfig
+from lightning_modules.hf_models import build_causal_lm
 from skill_distill import assets
-from skill_distill.io import ConfigError
+from skill_distill.io import ConfigError, DataError
 
 AttnImpl = Literal["auto", "flash_attention_2", "sdpa_packed", "sdpa", "eager"]
 LossImpl = Literal["auto", "dense", "linear_ce", "liger"]
@@ -114,6 +119,7 @@ class CausalLMModule(L.LightningModule):
         fsdp_reshard_after_forward: free each layer's gathered parameters after forward (less memory, one more
             all-gather in backward).
         compile: ``torch.compile`` each decoder layer.
+        distillation: logit distillation against a teacher (``distill_loss.DistillationConfig``); None: plain SFT.
     """
 
     def __init__(
@@ -136,6 +142,7 @@ class CausalLMModule(L.LightningModule):
         fsdp_mixed_precision: bool = True,
         fsdp_reshard_after_forward: bool = True,
         compile: bool = False,
+        distillation: DistillationConfig | None = None,
     ):
         super().__init__()
         if model is None and model_config is None:
@@ -154,65 +161,46 @@ class CausalLMModule(L.LightningModule):
         self.model_config = model_config
         self.tokenizer_name = tokenizer or model
         self.model = None
+        self.distillation = distillation
+        self.teacher = None  # a FrozenTeacher: a plain object, so never a submodule, never in a state_dict
+        self._teacher_store = None
+        if distillation is not None and distillation.teacher is not None:
+            from lightning_modules.teacher import check_same_vocabulary
+
+            check_same_vocabulary(distillation.teacher, model, model_config, tokenizer)
         self.val_loss = torchmetrics.MeanMetric()
+        self._step_kd = 0.0
+        self._step_objective = 0.0
         self._step_ce = 0.0
         self._step_tokens = 0
         self._step_start: float | None = None
 
     # ---- model --------------------------------------------------------------------------------------
-    def build_hf_model(self):
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        dtype = getattr(torch, self.hparams.model_dtype)
-        if self.model_config is not None:
-            cfg = dict(self.model_config)
-            config = AutoConfig.for_model(cfg.pop("model_type", "qwen3"), **cfg)
-            config._attn_implementation = self.attn_implementation
-        else:
-            config = assets.load_pretrained(AutoConfig.from_pretrained, self.model_name, "model.model")
-        packed_attention.check_model_config(config, self.attn_implementation)
-        if self.model_config is not None:
-            model = AutoModelForCausalLM.from_config(config, attn_implementation=self.attn_implementation, dtype=dtype)
-        else:  # the config read above is reused, not parsed again
-            model = AutoModelForCausalLM.from_pretrained(
-                assets.resolve(self.model_name), config=config, attn_implementation=self.attn_implementation,
-                dtype=dtype)
-        # a cache makes padding-free (packed) batches silently wrong, and training never needs it
-        model.config.use_cache = False
-        model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as they are
-        if self.hparams.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        lm_loss.attach(model)
-        return model
-
     def configure_model(self) -> None:
-        """Build the model. Under ModelParallelStrategy (a device mesh) it is FSDP2-sharded; a pretrained checkpoint
-        is then loaded shard by shard without ever materialising the full model on a rank."""
+        """Build the model (and the teacher). Under ModelParallelStrategy (a device mesh) they are FSDP2-sharded; a
+        pretrained checkpoint is then loaded shard by shard without ever materialising the full model on a rank."""
         if self.model is not None:
             return
         mesh = self.device_mesh  # set by ModelParallelStrategy before this hook
-        if mesh is not None and self.model_config is None:
-            from lightning_modules.sharding import build_sharded_pretrained
-
-            self.model = build_sharded_pretrained(
-                self.model_name, mesh, self._init_device(), getattr(torch, self.hparams.model_dtype),
-                self.attn_implementation, mixed_precision=self.hparams.fsdp_mixed_precision,
-                reshard_after_forward=self.hparams.fsdp_reshard_after_forward, compile_layers=self.hparams.compile,
-                gradient_checkpointing=self.hparams.gradient_checkpointing)
-            self._resolve_loss()
-            return
-        # randomly initialised (tiny test) models, or no mesh (single device / DDP): build in full
-        self.model = self.build_hf_model()
-        if mesh is not None:
-            from lightning_modules.sharding import apply_fsdp2
-
-            apply_fsdp2(self.model, mesh, mixed_precision=self.hparams.fsdp_mixed_precision,
-                        reshard_after_forward=self.hparams.fsdp_reshard_after_forward,
-                        compile_layers=self.hparams.compile)
-        elif self.hparams.compile:
-            for layer in self.model.model.layers:
-                layer.compile()
+        self.model = build_causal_lm(
+            self.model_name, self.model_config, self.attn_implementation, getattr(torch, self.hparams.model_dtype),
+            device_mesh=mesh, device=self._init_device(), mixed_precision=self.hparams.fsdp_mixed_precision,
+            reshard_after_forward=self.hparams.fsdp_reshard_after_forward, compile_layers=self.hparams.compile,
+            gradient_checkpointing=self.hparams.gradient_checkpointing)
         self._resolve_loss()
+        cfg = self.distillation
+        if cfg is None:
+            return
+        distill_loss.attach(self.model)
+        if cfg.teacher is not None:
+            from lightning_modules.teacher import FrozenTeacher
+
+            self.teacher = FrozenTeacher.build(cfg.teacher, self.attn_implementation, getattr(torch, cfg.teacher_dtype),
+                                               device_mesh=mesh, device=self._init_device())
+        else:
+            from skill_distill.teacher_logprobs import TeacherLogprobStore
+
+            self._teacher_store = TeacherLogprobStore(cfg.teacher_logprobs)
 
     def _resolve_loss(self) -> None:
         self.loss_implementation = lm_loss.pick_loss_implementation(self.hparams.loss_implementation,
@@ -233,6 +221,72 @@ class CausalLMModule(L.LightningModule):
         return self.model.supervised_ce(batch["input_ids"], batch["labels"], implementation=self.loss_implementation,
                                         chunk_size=self.hparams.loss_chunk_size, **kwargs)
 
+    def teacher_identity(self) -> dict | None:
+        """What a checkpoint records of the teacher (name, config hash; a store: its teacher's), None without one."""
+        if self.teacher is not None:
+            return self.teacher.identity
+        if self._teacher_store is not None:
+            return self._teacher_store.identity
+        return None
+
+    def _stored_rows(self, example_id: str, targets: torch.Tensor):
+        """The stored top-k of one example, whose stored targets must be ``targets`` (this run's tokens)."""
+        stored = self._teacher_store.get(example_id)
+        if stored.targets.shape != targets.shape or not torch.equal(stored.targets.to(targets), targets):
+            raise DataError(f"{self._teacher_store.directory}: example {example_id!r}: the stored teacher logprobs are "
+                            "for other tokens than this run's tokenisation of it (another tokenizer, max_length, "
+                            "prompt or skill format?); rerun python -m skill_distill teacher-logprobs with the "
+                            "training run's data settings")
+        return stored
+
+    def on_train_start(self) -> None:
+        """Stored teacher logprobs: every training example must be stored, for this run's tokens (one line, before
+        the first step, naming the first example that is not)."""
+        examples = getattr(self.trainer.datamodule, "train_examples", None) if self._trainer is not None else None
+        if self._teacher_store is None or not examples:
+            return
+        for e in examples:
+            self._stored_rows(e.example_id, torch.tensor([t for t in e.labels if t != IGNORE_INDEX]))
+
+    def _stored_teacher(self, batch: dict) -> distill_loss.TeacherTopK:
+        """The stored top-k rows of the batch's supervised positions, example by example in batch order."""
+        labels = batch["labels"]
+        if "cu_seq_lens_q" in batch:  # packed: one row, sequences at the cumulative lengths
+            bounds = batch["cu_seq_lens_q"].tolist()
+            per_example = [labels[0, a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        else:
+            per_example = list(labels)
+        rows = [self._stored_rows(example_id, example_labels[example_labels != IGNORE_INDEX])
+                for example_id, example_labels in zip(batch["example_ids"], per_example, strict=True)]
+        return distill_loss.TeacherTopK(torch.cat([r.ids for r in rows]).to(labels.device),
+                                        torch.cat([r.logprobs for r in rows]).to(labels.device))
+
+    def forward_kd(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss sum, CE sum, divergence sum, supervised tokens) of the distillation objective on ``batch``."""
+        kwargs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        if self.teacher is not None:
+            supervised = batch["labels"] != IGNORE_INDEX
+            hidden = self.teacher.final_hidden(batch["input_ids"], **kwargs)[supervised]
+            teacher = distill_loss.TeacherLogits(hidden, self.teacher.output_weight, self.teacher.output_bias)
+        else:
+            teacher = self._stored_teacher(batch)
+        chunk = self.distillation.chunk_size or lm_loss.default_chunk_size(self.model.config.hidden_size)
+        return self.model.supervised_kd(batch["input_ids"], batch["labels"], teacher, self.distillation, chunk,
+                                        **kwargs)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        identity = self.teacher_identity()
+        if identity is not None:
+            checkpoint["teacher_identity"] = identity
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved, current = checkpoint.get("teacher_identity"), self.teacher_identity()
+        if saved is not None and current is not None and saved.get("config_sha256") != current.get("config_sha256"):
+            raise ConfigError(f"the teacher {current['name']} (config sha256 {current['config_sha256'][:12]}) is not "
+                              f"the run's teacher {saved.get('name')} (config sha256 "
+                              f"{str(saved.get('config_sha256'))[:12]}): a resumed run keeps its teacher; start a "
+                              "new run with --trainer.default_root_dir <another directory>")
+
     def _data_parallel_size(self) -> int:
         mesh = getattr(self, "device_mesh", None)
         if mesh is not None and "data_parallel" in (mesh.mesh_dim_names or ()):
@@ -242,14 +296,20 @@ class CausalLMModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self._step_start is None:
             self._step_start = time.perf_counter()
-        ce, n = self.forward_ce(batch)
-        step_tokens = batch["step_num_tokens"].clamp(min=1).to(ce.dtype)
+        if self.distillation is None:
+            objective, n = self.forward_ce(batch)
+            ce = objective
+        else:
+            objective, ce, kd, n = self.forward_kd(batch)
+            self._step_kd += kd.item()
+        step_tokens = batch["step_num_tokens"].clamp(min=1).to(objective.dtype)
         self._step_ce += ce.detach().item()
+        self._step_objective += objective.detach().item()
         self._step_tokens += int(n)
         # Lightning divides by the accumulation count and DDP/FSDP average over ranks; undo both so the
-        # step's gradient is the gradient of (sum of CE over all the step's tokens) / (their number).
+        # step's gradient is the gradient of (sum of the loss over all the step's tokens) / (their number).
         scale = self.trainer.accumulate_grad_batches * self._data_parallel_size()
-        return ce * scale / step_tokens
+        return objective * scale / step_tokens
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grad_norm = None
@@ -257,19 +317,23 @@ class CausalLMModule(L.LightningModule):
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.hparams.max_grad_norm)
             if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
                 grad_norm = grad_norm.full_tensor()
-        totals = torch.tensor([self._step_ce, float(self._step_tokens)], dtype=torch.float64, device=self.device)
+        totals = torch.tensor([self._step_objective, self._step_ce, self._step_kd, float(self._step_tokens)],
+                              dtype=torch.float64, device=self.device)
         if self.trainer.world_size > 1:
             totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
-        ce_sum, tokens = totals.tolist()
+        objective_sum, ce_sum, kd_sum, tokens = totals.tolist()
         elapsed = time.perf_counter() - (self._step_start or time.perf_counter())
-        metrics = {"train/loss": ce_sum / max(tokens, 1.0), "train/lr": optimizer.param_groups[0]["lr"],
+        metrics = {"train/loss": objective_sum / max(tokens, 1.0), "train/lr": optimizer.param_groups[0]["lr"],
                    "train/supervised_tokens": tokens, "train/tokens_per_s": tokens / max(elapsed, 1e-9)}
+        if self.distillation is not None:  # train/loss is then the distillation objective
+            metrics["train/ce"] = ce_sum / max(tokens, 1.0)
+            metrics[f"train/{self.distillation.divergence}"] = kd_sum / max(tokens, 1.0)
         if grad_norm is not None:
             metrics["train/grad_norm"] = float(grad_norm)
         self.log_dict(metrics, prog_bar=False, on_step=True, on_epoch=False, rank_zero_only=True)
         self.log("loss", metrics["train/loss"], prog_bar=True, on_step=True, on_epoch=False, logger=False,
                  rank_zero_only=True)
-        self._step_ce, self._step_tokens, self._step_start = 0.0, 0, None
+        self._step_ce, self._step_objective, self._step_kd, self._step_tokens, self._step_start = 0.0, 0.0, 0.0, 0, None
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         ce, n = self.forward_ce(batch)

@@ -25,8 +25,9 @@ STEP_CHECKPOINT = re.compile(r"^step=(\d+)\.ckpt$")
 # settings a resumed run may not change: (section, key) -> why it is fixed
 # (the one list of what defines a run; ``trainer`` also holds ``seed_everything``, recorded by ResumableCheckpoint)
 FIXED_SETTINGS: dict[str, tuple[str, ...]] = {
+    # distillation: the teacher (by name; its config hash is checked by CausalLMModule.on_load_checkpoint) and loss
     "model": ("model", "model_dtype", "loss_implementation", "learning_rate", "weight_decay", "betas", "eps",
-              "warmup_ratio", "min_lr_ratio", "max_grad_norm"),
+              "warmup_ratio", "min_lr_ratio", "max_grad_norm", "distillation"),
     "data": ("corpus", "fields", "split", "tree", "attribution", "profile", "verdicts", "display_names", "selection",
              "skill_format", "instruction", "enable_thinking", "max_length", "examples_per_step", "packing", "shuffle",
              "seed", "tokenizer", "val_corpus", "reselection"),

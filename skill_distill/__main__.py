@@ -24,6 +24,8 @@ STAGES = {
     "merge-traces": ("skill_distill.traces", "merge_trace_shards", "merge generate-traces shards"),
     "select-report": ("skill_distill.selection_report", "run_selection_report",
                       "select a budget and report its skills"),
+    "teacher-logprobs": ("skill_distill.teacher_logprobs", "run_teacher_logprobs",
+                         "store the teacher's top-k logprobs at every supervised position (logit distillation)"),
     "evaluate": ("skill_distill.evaluation", "run_evaluate", "per-skill evaluation of a model on benchmarks"),
     "export": ("lightning_modules.checkpoint_export", "run_export",
                "consolidate a (sharded) training checkpoint into an HF directory"),

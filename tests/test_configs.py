@@ -38,10 +38,12 @@ PRODUCTION = [p for p in RUN_FILES if p not in LENGTH_OVERRIDES and p != CLOSED_
 OVERRIDES = {CLOSED_LOOP: [SFT_BASE, CONFIGS / "models" / "qwen3_4b.yaml"],
              CONFIGS / "experiments" / "skill_selection_closed_loop.yaml":
              [CONFIGS / "experiments" / "skill_selection_arm.yaml"]}
-# configs run alone: the quickstart and the experiment arm
+# configs/distill/qwen3_32b_to_*: overrides of a production composition, composed in tests/test_distill_configs.py
+DISTILL_OVERRIDES = sorted((CONFIGS / "distill").glob("qwen3_*.yaml"))
+# configs run alone: the quickstart, the experiment arm and the CPU distillation runs
 TRAIN_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml")
-                       if p.parent.name in ("configs", "experiments") and p not in EXPERIMENT_DRIVERS
-                       and p not in OVERRIDES)
+                       if p.parent.name in ("configs", "experiments", "distill") and p not in EXPERIMENT_DRIVERS
+                       and p not in OVERRIDES and p not in DISTILL_OVERRIDES)
 PIPELINE_CONFIGS = sorted((CONFIGS / "pipeline").glob("*.yaml"))
 
 
@@ -63,7 +65,7 @@ def test_there_are_configs():
     assert {p.stem for p in RUN_FILES} >= {"skill_sft", "random_sft", "skill_sft_2node", "random_sft_2node",
                                            "skill_sft_16k", "skill_sft_32k", "closed_loop"}
     every = set(CONFIGS.rglob("*.yaml"))  # every shipped YAML is one of the kinds tested here
-    assert every == {SFT_BASE, *MODEL_FILES, *RUN_FILES, *TRAIN_CONFIGS, *OVERRIDES, *EXPERIMENT_DRIVERS,
+    assert every == {SFT_BASE, *MODEL_FILES, *RUN_FILES, *TRAIN_CONFIGS, *OVERRIDES, *EXPERIMENT_DRIVERS, *DISTILL_OVERRIDES,
                      *PIPELINE_CONFIGS}
 
 

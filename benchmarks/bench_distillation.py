@@ -1,0 +1,204 @@
+"""Logit distillation's cost: a logit-KD step against an SFT step on the same tokens, and the chunked KD loss's peak
+memory against a KD step that builds both models' full logits.
+
+    nice .venv/bin/python benchmarks/bench_distillation.py                 # both parts
+    nice .venv/bin/python benchmarks/bench_distillation.py --only speed    # or memory
+
+Models: Qwen3 architecture, hidden 512 (8 q / 4 kv heads x 64), intermediate 1,536, 2 layers, tied embeddings, the
+real 151,936-token vocabulary, random init, fp32 weights and AdamW; the teacher has the student's size (another
+seed), in-process, fp32. One packed row of sequences of 1,024 random tokens, every position supervised; forward KL,
+alpha 0.5, the module's default chunk (hidden / 4 = 128 rows).
+
+1. speed: one process; an SFT step (``forward_ce``: the chunked CE, backward, AdamW step) and a logit-KD step
+   (``forward_kd``: teacher forward without gradients, the chunked KD loss, backward, AdamW step) on the same batch,
+   alternated ``--reps`` times after one warm-up each; median step-time ratio KD / SFT (target <= 1.6x).
+2. memory: one step per fresh process (peak RSS minus the RSS once the AdamW state exists, as
+   benchmarks/bench_long_traces.py measures): the chunked KD step against a dense KD step that computes both models'
+   full fp32 logits at every supervised position and the same loss from them (target <= 0.4x).
+The machine is shared (2 cores, other jobs): ratios are measured side by side in one run; absolute times are
+pessimistic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_long_traces import GB, REPO, mem_available, rss_now
+
+MODEL = dict(model_type="qwen3", vocab_size=151936, hidden_size=512, intermediate_size=1536, num_hidden_layers=2,
+             num_attention_heads=8, num_key_value_heads=4, head_dim=64, tie_word_embeddings=True,
+             max_position_embeddings=40960)
+SEQUENCE = 1024
+
+
+def teacher_dir(root: Path) -> Path:
+    """The teacher: the student's architecture, another seed, saved once."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    target = root / "bench_distillation_teacher"
+    if not (target / "config.json").is_file():
+        torch.manual_seed(1)
+        cfg = dict(MODEL)
+        AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg)).save_pretrained(target)
+    return target
+
+
+def build(teacher: str | None):
+    import torch
+
+    from lightning_modules import CausalLMModule
+    from lightning_modules.distill_loss import DistillationConfig
+
+    torch.manual_seed(0)
+    kd = DistillationConfig(teacher=teacher, alpha=0.5, teacher_dtype="float32") if teacher else None
+    module = CausalLMModule(model_config=MODEL, attn_implementation="sdpa_packed", distillation=kd)
+    module.configure_model()
+    return module
+
+
+def packed(tokens: int) -> dict:
+    import numpy as np
+
+    from datamodules.batching import SFTCollator, TokenizedExample
+
+    rng = np.random.default_rng(0)
+    exs = []
+    for i in range(max(tokens // SEQUENCE, 1)):
+        ids = rng.integers(0, MODEL["vocab_size"], SEQUENCE + 1).tolist()
+        exs.append(TokenizedExample(f"x{i}", ids[:SEQUENCE], ids[1:]))
+    return SFTCollator(pad_token_id=0, packing=True)([(e, None) for e in exs])
+
+
+def dense_kd(module, batch: dict):
+    """The reference a chunked loss avoids: both models' full fp32 logits at every supervised position at once."""
+    import torch
+    import torch.nn.functional as F
+
+    from datamodules.batching import IGNORE_INDEX, MODEL_INPUTS
+    from lightning_modules.distill_loss import divergence
+
+    kwargs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    supervised = batch["labels"] != IGNORE_INDEX
+    teacher_hidden = module.teacher.final_hidden(batch["input_ids"], **kwargs)[supervised]
+    with torch.no_grad():
+        teacher_logp = torch.log_softmax(F.linear(teacher_hidden, module.teacher.output_weight).float(), -1)
+    hidden = module.model.get_decoder()(input_ids=batch["input_ids"], use_cache=False, **kwargs).last_hidden_state
+    logits = F.linear(hidden[supervised], module.model.get_output_embeddings().weight).float()
+    ce = F.cross_entropy(logits, batch["labels"][supervised], reduction="sum")
+    d = divergence(torch.log_softmax(logits, -1), teacher_logp, "forward_kl").sum()
+    return 0.5 * ce + 0.5 * d, supervised.sum()
+
+
+def step(module, optimizer, batch, arm: str) -> float:
+    import torch
+
+    t0 = time.perf_counter()
+    if arm == "sft":
+        loss, n = module.forward_ce(batch)
+    elif arm == "kd":
+        loss, _, _, n = module.forward_kd(batch)
+    else:
+        loss, n = dense_kd(module, batch)
+    (loss / n).backward()
+    torch.nn.utils.clip_grad_norm_(module.model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
+
+
+def adamw_with_state(module):
+    import torch
+
+    optimizer = torch.optim.AdamW(module.model.parameters(), lr=1e-5)
+    for p in module.model.parameters():  # the AdamW state (m, v) exists before the measured step
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return optimizer
+
+
+# ---- workers (one process each) ----------------------------------------------------------------------------------
+def memory_worker(args) -> dict:
+    import torch
+
+    torch.set_num_threads(2)
+    module = build(args.teacher)
+    optimizer = adamw_with_state(module)
+    batch = packed(args.tokens)
+    base = rss_now()
+    seconds = step(module, optimizer, batch, args.arm)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"arm": args.arm, "tokens": args.tokens, "step_bytes": peak - base, "seconds": seconds}
+
+
+def speed_worker(args) -> dict:
+    import torch
+
+    torch.set_num_threads(2)
+    sft, kd = build(None), build(args.teacher)
+    optimizers = {"sft": adamw_with_state(sft), "kd": adamw_with_state(kd)}
+    batch = packed(args.tokens)
+    times: dict[str, list[float]] = {"sft": [], "kd": []}
+    for rep in range(args.reps + 1):
+        for arm, module in (("sft", sft), ("kd", kd)):
+            seconds = step(module, optimizers[arm], batch, arm)
+            if rep:  # the first of each is a warm-up
+                times[arm].append(seconds)
+    return times
+
+
+WORKERS = {"memory": memory_worker, "speed": speed_worker}
+
+
+def spawn(kind: str, **kw) -> dict:
+    """A worker of this file in a fresh process (bench_long_traces.spawn runs that file's workers)."""
+    cmd = [sys.executable, __file__, "--worker", kind, *[f"--{k}={v}" for k, v in kw.items()]]
+    env = dict(os.environ, PYTHONPATH=str(REPO), MALLOC_MMAP_THRESHOLD_="65536", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=7200)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} {kw} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", choices=["speed", "memory"])
+    ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    ap.add_argument("--arm", default="kd")
+    ap.add_argument("--teacher", default=None)
+    ap.add_argument("--tokens", type=int, default=2048)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](args)))
+        return
+    sys.path.insert(0, str(REPO))
+    teacher = str(teacher_dir(Path(tempfile.gettempdir())))
+    print(f"bench_distillation {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs, "
+          f"{mem_available() / GB:.1f} GB free; student and teacher {MODEL}; {args.tokens} supervised tokens")
+    if args.only in (None, "speed"):
+        times = spawn("speed", teacher=teacher, tokens=args.tokens, reps=args.reps)
+        sft, kd = statistics.median(times["sft"]), statistics.median(times["kd"])
+        print(f"[speed] SFT step {sft:.2f} s, logit-KD step {kd:.2f} s (medians of {args.reps}): "
+              f"KD / SFT = {kd / sft:.2f}x (target <= 1.6x)", flush=True)
+    if args.only in (None, "memory"):
+        chunked = spawn("memory", arm="kd", teacher=teacher, tokens=args.tokens)
+        dense = spawn("memory", arm="dense_kd", teacher=teacher, tokens=args.tokens)
+        print(f"[memory] step peak - state: chunked KD {chunked['step_bytes'] / GB:.2f} GB, KD with both full logits "
+              f"{dense['step_bytes'] / GB:.2f} GB: chunked / full = {chunked['step_bytes'] / dense['step_bytes']:.2f}x "
+              "(target <= 0.4x)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
