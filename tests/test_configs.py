@@ -65,8 +65,8 @@ def test_there_are_configs():
     assert {p.stem for p in RUN_FILES} >= {"skill_sft", "random_sft", "skill_sft_2node", "random_sft_2node",
                                            "skill_sft_16k", "skill_sft_32k", "closed_loop"}
     every = set(CONFIGS.rglob("*.yaml"))  # every shipped YAML is one of the kinds tested here
-    assert every == {SFT_BASE, *MODEL_FILES, *RUN_FILES, *TRAIN_CONFIGS, *OVERRIDES, *EXPERIMENT_DRIVERS, *DISTILL_OVERRIDES,
-                     *PIPELINE_CONFIGS}
+    assert every == {SFT_BASE, *MODEL_FILES, *RUN_FILES, *TRAIN_CONFIGS, *OVERRIDES, *EXPERIMENT_DRIVERS,
+                     *DISTILL_OVERRIDES, *PIPELINE_CONFIGS}
 
 
 KEY_LINE = re.compile(r"^\s*(?:- )?[A-Za-z_][\w.+]*:")
