@@ -1,6 +1,6 @@
 """The logit-distillation configs: the Qwen3-32B -> 4B/8B overrides compose after the base and their model file
-(the student, data and schedule of the paper's skill SFT run, the teacher beside it) and instantiate on this CPU with the tiny
-Qwen3 swapped in for both models; bad distillation values are refused when the config is parsed."""
+(the student, data and schedule of the paper's skill SFT run, the teacher beside it) and instantiate on this CPU
+with the tiny Qwen3 swapped in for both models; bad distillation values are refused when the config is parsed."""
 
 from __future__ import annotations
 
