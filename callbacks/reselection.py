@@ -79,7 +79,7 @@ class ReselectionCallback(L.Callback, RunDataCallback):
     # ---- checkpointed state -----------------------------------------------------------------------------------
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(dirpath=self.evaluation.dirpath, kind="reselection")
+        return self._generate_state_key(dirpath=self.dirpath, kind="reselection")
 
     def state_dict(self) -> dict[str, Any]:
         return {"pending": self.evaluation.pending, "counts": self.counts}
@@ -89,6 +89,11 @@ class ReselectionCallback(L.Callback, RunDataCallback):
         self.counts = dict(state_dict.get("counts") or {})
 
     # ---- set-up ----------------------------------------------------------------------------------------------
+    @property
+    def dirpath(self) -> str | None:
+        """The ``dirpath`` setting (``reports_dir`` resolves it inside the run directory)."""
+        return self.evaluation.dirpath
+
     def reports_dir(self, trainer) -> Path:
         return self.evaluation.reports_dir(trainer)
 

@@ -352,7 +352,7 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
     # ---- checkpointed state -----------------------------------------------------------------------------------
     @property
     def state_key(self) -> str:  # several may run
-        return self._generate_state_key(dirpath=self.evaluation.dirpath, benchmarks=repr(self.benchmarks))
+        return self._generate_state_key(dirpath=self.dirpath, benchmarks=repr(self.benchmarks))
 
     def state_dict(self) -> dict[str, Any]:
         return {"pending": self.evaluation.pending}
@@ -361,6 +361,11 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
         self.evaluation.pending = state_dict.get("pending")
 
     # ---- set-up ----------------------------------------------------------------------------------------------
+    @property
+    def dirpath(self) -> str | None:
+        """The ``dirpath`` setting (``reports_dir`` resolves it inside the run directory)."""
+        return self.evaluation.dirpath
+
     def reports_dir(self, trainer) -> Path:
         return self.evaluation.reports_dir(trainer)
 
