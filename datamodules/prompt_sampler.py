@@ -26,8 +26,9 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from datamodules.batching import IGNORE_INDEX, TokenizedExample
-from datamodules.skill_datamodule import SkillDataModule, manifest_path
+from datamodules.skill_datamodule import SkillDataModule
 from skill_distill.io import ConfigError, DataError, read_json
+from skill_distill.run_layout import RunLayout
 
 PromptWeighting = Literal["uniform", "skill"]
 
@@ -139,7 +140,7 @@ class OnPolicyDataModule(SkillDataModule):
 
     def selection_weights(self) -> tuple[dict | None, dict | None]:
         """(drawn leaf per id, leaf target) from the run's selection manifest; (None, None) without one."""
-        path = manifest_path(self.trainer) if self.trainer is not None else None
+        path = RunLayout.of(self.trainer).manifest if self.trainer is not None else None
         if path is None or not path.is_file():
             return None, None
         manifest = read_json(path, "selection manifest")

@@ -35,15 +35,13 @@ from __future__ import annotations
 import time
 import types
 from pathlib import Path
-from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from datamodules.batching import IGNORE_INDEX, MODEL_INPUTS, SFTCollator, build_example
+from lightning_modules import distill_loss
 from lightning_modules.causal_lm import CausalLMModule
 from lightning_modules.weight_sync import check_weight_sync, sync_weights
-from skill_distill import assets
 from skill_distill.generation.base import request_seed
 from skill_distill.generation.rollout import RolloutConfig, RolloutEngine, make_rollout_engine
 from skill_distill.io import ConfigError, JsonlAppender
@@ -54,19 +52,14 @@ ROLLOUTS_DIR = "rollouts"
 
 def token_logprobs(lm, input_ids: torch.Tensor, labels: torch.Tensor, chunk_size: int | None = None,
                    **model_kwargs) -> torch.Tensor:
-    """log p(label) at every position whose label is not IGNORE_INDEX, in order (1-D, float32).
-
-    The output embedding runs through torch's chunked ``F.linear_cross_entropy`` (``reduction="none"``), so the
-    (positions x vocabulary) logits never exist at once; bound to the HF model as a method so that FSDP2 runs it as
-    a root forward (like ``lm_loss.supervised_ce``)."""
+    """log p(label) at every position whose label is not IGNORE_INDEX, in order (1-D, float32), through the
+    project's one chunked ``distill_loss.token_logprobs`` (the positions x vocabulary logits never exist at once);
+    bound to the HF model as a method so that FSDP2 runs it as a root forward (like ``lm_loss.supervised_ce``)."""
     hidden = lm.get_decoder()(input_ids=input_ids, use_cache=False, **model_kwargs).last_hidden_state
     head = lm.get_output_embeddings()
     supervised = labels != IGNORE_INDEX
-    states, target = hidden[supervised], labels[supervised]
-    options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk_size) if chunk_size else None
-    ce = F.linear_cross_entropy(states, head.weight, target, linear_bias=getattr(head, "bias", None),
-                                reduction="none", options=options)
-    return -ce.float()
+    return distill_loss.token_logprobs(hidden[supervised], head.weight, labels[supervised], chunk_size or 256,
+                                       bias=getattr(head, "bias", None))
 
 
 def attach_token_logprobs(model) -> None:
@@ -117,8 +110,9 @@ class OnPolicyModule(CausalLMModule):
     a frozen teacher; see the module docstring.
 
     Args (beyond CausalLMModule's):
-        teacher: the teacher model (hub name, path or ``asset:``); same vocabulary as the student.
-        teacher_dtype: float32 | bfloat16 | auto (float32 on CPU, bfloat16 on CUDA).
+        distillation (CausalLMModule's): ``teacher`` names the frozen teacher (hub name, path or ``asset:``; same
+            vocabulary as the student), ``teacher_dtype`` its dtype; it is built like the student (one builder,
+            FSDP2-sharded under a device mesh) and kept out of checkpoints and the optimizer.
         rollout: how rollouts are sampled (``skill_distill.generation.rollout.RolloutConfig``).
         rollout_model: the weights the rollout engine starts from (default: ``model``); synced before sampling.
         lmbda: share of on-policy steps (GKD); the others train on the prompts' teacher traces.
@@ -129,13 +123,13 @@ class OnPolicyModule(CausalLMModule):
         canary_tokens: length of the canary's fixed token sequence (the first selected example's first tokens).
     """
 
-    def __init__(self, *args, teacher: str = "", teacher_dtype: Literal["auto", "float32", "bfloat16"] = "auto",
-                 rollout: RolloutConfig = RolloutConfig(),  # noqa: B008 - a dataclass default, as SkillDataModule's
+    def __init__(self, *args, rollout: RolloutConfig = RolloutConfig(),  # noqa: B008 - a dataclass default, as SkillDataModule's
                  rollout_model: str | None = None, lmbda: float = 1.0, sync_every_n_steps: int = 1,
                  canary_every_n_syncs: int = 10, canary_tolerance: float = 1e-3, canary_tokens: int = 64, **kwargs):
         super().__init__(*args, **kwargs)
-        if not teacher:
-            raise ConfigError("model.teacher is empty: set the teacher model (hub name, path or asset:<name>)")
+        if self.distillation is None or self.distillation.teacher is None:
+            raise ConfigError("model.distillation.teacher is not set: on-policy distillation scores the student's "
+                              "samples with a teacher beside it (hub name, path or asset:<name>)")
         if not 0.0 <= lmbda <= 1.0:
             raise ConfigError(f"model.lmbda={lmbda}: must lie in [0, 1] (the share of on-policy steps)")
         for name, value in (("sync_every_n_steps", sync_every_n_steps), ("canary_every_n_syncs", canary_every_n_syncs),
@@ -147,10 +141,8 @@ class OnPolicyModule(CausalLMModule):
         if rollout_model is None and self.model_name is None:
             raise ConfigError("model.rollout_model: the rollout engine needs weights to start from; set model.model "
                               "or model.rollout_model")
-        self.teacher_name, self.rollout = teacher, rollout
+        self.rollout = rollout
         self.rollout_model = rollout_model or self.model_name
-        # a list keeps the teacher out of the module tree: not in checkpoints, not in the optimizer
-        self._teacher: list[torch.nn.Module] = []
         self.engine: RolloutEngine | None = None
         self.rollout_log: RolloutLog | None = None
         self._synced_step: int | None = None
@@ -160,37 +152,12 @@ class OnPolicyModule(CausalLMModule):
 
     # ---- models -------------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        super().configure_model()
+        super().configure_model()  # the student, and the teacher (self.teacher, a FrozenTeacher)
         attach_token_logprobs(self.model)
         if self.device_mesh is not None:
             from torch.distributed.fsdp import register_fsdp_forward_method
 
             register_fsdp_forward_method(self.model, TOKEN_LOGPROBS)
-        if not self._teacher:
-            self._teacher.append(self._load_teacher())
-
-    def _load_teacher(self) -> torch.nn.Module:
-        from transformers import AutoModelForCausalLM
-
-        device = self._init_device()
-        dtype = self.hparams.teacher_dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if device.type == "cuda" else "float32"
-        path = assets.resolve(self.teacher_name)
-        teacher = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
-        teacher.requires_grad_(False)
-        student_vocab = self.model.get_output_embeddings().weight.shape[0]
-        teacher_vocab = teacher.get_output_embeddings().weight.shape[0]
-        if student_vocab != teacher_vocab:
-            raise ConfigError(f"model.teacher {self.teacher_name} has a vocabulary of {teacher_vocab} ids, the student "
-                              f"{student_vocab}: cross-tokenizer distillation is not supported; use a teacher of the "
-                              "student's family (same tokenizer)")
-        attach_token_logprobs(teacher)
-        return teacher
-
-    @property
-    def teacher(self) -> torch.nn.Module:
-        return self._teacher[0]
 
     def _ensure_engine(self) -> RolloutEngine:
         if self.engine is None:
@@ -254,7 +221,7 @@ class OnPolicyModule(CausalLMModule):
         if scored:
             batch = self._collate(scored)
             with torch.no_grad():
-                teacher_lp = self.teacher.token_logprobs(batch["input_ids"], batch["labels"],
+                teacher_lp = self.teacher.token_logprobs(batch["input_ids"], batch["labels"], IGNORE_INDEX,
                                                          **self._model_inputs(batch)).cpu()
             offset = 0
             for r in scored:

@@ -71,6 +71,17 @@ class FrozenTeacher:
     def final_hidden(self, input_ids: torch.Tensor, **model_kwargs) -> torch.Tensor:
         return getattr(self.model, FINAL_HIDDEN)(input_ids, **model_kwargs)
 
+    @torch.no_grad()
+    def token_logprobs(self, input_ids: torch.Tensor, labels: torch.Tensor, ignore_index: int,
+                       chunk_size: int = 256, **model_kwargs) -> torch.Tensor:
+        """The teacher's ``log p(label)`` at every position whose label is not ``ignore_index``, in order (1-D,
+        fp32), chunked (``distill_loss.token_logprobs``): what on-policy distillation scores sampled tokens with."""
+        from lightning_modules.distill_loss import token_logprobs
+
+        supervised = labels != ignore_index
+        hidden = self.final_hidden(input_ids, **model_kwargs)[supervised]
+        return token_logprobs(hidden, self.output_weight, labels[supervised], chunk_size, bias=self.output_bias)
+
     @staticmethod
     def _whole(t: torch.Tensor | None) -> torch.Tensor | None:
         return t.full_tensor() if t is not None and hasattr(t, "full_tensor") else t  # FSDP2: a DTensor shard
