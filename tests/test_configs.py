@@ -18,7 +18,8 @@ from skill_distill.eval_sets import PAPER_SUITE
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT_DRIVERS = {
     REPO / "configs" / "experiments" / "skill_selection_cpu.yaml": "experiments/skill_selection_cpu.py",
-    REPO / "configs" / "experiments" / "evidence_round2.yaml": "experiments/skill_selection_cpu.py"}
+    REPO / "configs" / "experiments" / "evidence_round2.yaml": "experiments/skill_selection_cpu.py",
+    REPO / "configs" / "experiments" / "evidence_round3.yaml": "experiments/skill_selection_cpu.py"}
 # configs/qwen3_*/base.yaml holds everything a model's runs share; every other file beside it is a run file with only
 # its differences, composed after the base: --config <dir>/base.yaml --config <dir>/<run>.yaml
 MODEL_DIRS = sorted(p for p in (REPO / "configs").glob("qwen3_*") if p.is_dir())
