@@ -40,6 +40,7 @@ import os
 import random
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -52,6 +53,7 @@ for _path in (REPO, REPO / "experiments"):  # the project, and this script's sib
         sys.path.insert(0, str(_path))
 
 from skill_distill.io import ConfigError, DataError, atomic_write, read_json, read_jsonl, write_json, write_jsonl  # noqa: E402 - after the sys.path.insert above
+from skill_distill.process_lifetime import _set_parent_death_signal  # noqa: E402 - the prctl part of die_with_parent: it survives exec
 
 ALL_ARMS = ("random", "random_format", "skill", "skill_format", "skill_t05", "skill_shrunk", "closed_loop")
 MAX_TRIES = 4
@@ -167,8 +169,11 @@ def run(cmd: list[str], log: Path, timings: Path | None = None, step: str = "") 
     log.parent.mkdir(parents=True, exist_ok=True)
     t = time.time()
     with log.open("a") as f:
+        # the step gets SIGTERM when this driver dies (kill -9 included), so a stopped experiment leaves nothing
+        # running; its own children (vLLM engines, graders) die with it through process_lifetime
         proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+                              env=dict(os.environ, PYTHONPATH=str(REPO)),
+                              preexec_fn=lambda: _set_parent_death_signal(signal.SIGTERM))
     if proc.returncode:
         raise DataError(f"step failed (exit {proc.returncode}); see {log}")
     seconds = time.time() - t

@@ -157,3 +157,54 @@ def test_shipped_round3_config_declares_the_design(tmp_path):
     assert set(p.arms) == {"random", "random_format", "skill", "skill_format", "skill_t05", "closed_loop"}
     assert conc.arms == ["random", "skill_t05"] and conc.order_free_keys
     assert cfg.report_file == "results/evidence/README.md" and not cfg.update_readme_section
+
+
+def test_the_report_file_is_written_from_finished_arms_and_names_a_regime_that_stopped(composed_data, tmp_path):
+    import json
+
+    data, leaves = composed_data
+    heldout = [json.loads(line) for line in (data / "heldout.jsonl").read_text().splitlines()]
+    chains = {r["id"]: r["chains"] for r in map(json.loads, (data / "attribution.jsonl").read_text().splitlines())}
+    pool_ids = [json.loads(line)["id"] for line in (data / "pool.jsonl").read_text().splitlines()]
+    arms = ["random", "random_format", "skill"]
+    rng = np.random.default_rng(2)
+    runs = {}
+    for seed in (0, 1):
+        runs[seed] = {}
+        for arm in arms:
+            path = tmp_path / f"records_{seed}_{arm}.jsonl"
+            path.write_text("".join(json.dumps({"id": r["id"], "correct": bool(rng.random() < 0.5),
+                                                "skills_written": (["->".join(chains[r["id"]][0])]
+                                                                   if arm == "random_format" else None)}) + "\n"
+                                    for r in heldout))
+            trained = pool_ids[:160] if arm != "skill" else pool_ids[100:260]
+            runs[seed][arm] = {"records": str(path), "trained_ids": trained * 3, "distinct_examples": 160}
+    timings = tmp_path / "timings.json"
+    write_json(timings, {"shared:warm-up": 600, "seed0:random:train": 900, "seed1:random:train": 960})
+    profile = dict.fromkeys(leaves, 0.5)
+    check = driver.precheck(driver.ExperimentConfig(precheck=driver.PreCheck(kind="concentration")), profile,
+                            dict.fromkeys(leaves, 1 / len(leaves)))
+    done = driver.ExperimentConfig(name="P", title="crafted", arms=arms, results_dir=str(tmp_path / "p"),
+                                   precheck=driver.PreCheck(kind="concentration"), bootstrap_resamples=200)
+    stopped = driver.ExperimentConfig(name="concentrated", title="stopped", results_dir=str(tmp_path / "c"))
+    write_json(tmp_path / "c" / "tries.json", [{"try": 0, "precheck": {"kind": "band", "leaves_in_band": 3,
+                                                                       "band": [0.05, 0.9], "leaves_at_zero": ["x"]},
+                                                 "profile_leaf_accuracy": {"x": 0.0, "y": 0.5}}])
+    prepared = {"P": {"data": data, "runs": runs, "timings": timings, "profile": profile, "precheck": check,
+                      "try": 0},
+                "concentrated": None}
+    report = tmp_path / "README.md"
+    driver.write_round3([done, stopped], prepared, [0, 1], report, "# Round 3 (crafted)")
+    text = report.read_text()
+    assert text.startswith("# Round 3 (crafted)\n\n### Regime P: crafted")
+    assert "effective leaves at T=1 25.0 of 25 (required >= 15.0), at zero: 0, without a share: 0 -> passed" in text
+    assert "| random_format | " in text and "| skill | " in text
+    assert "| format under random (random_format - random)" in text
+    # random_format writes the first of 2-3 attributed chains: never the exact set, every label right
+    assert "| 0% / 100% |" in text and "| no block |" in text
+    assert "seed 0 15 min, seed 1 16 min" in text
+    assert ("### Regime concentrated: stopped\n\nNo try passed the pre-check (try 0: 3 of 2 leaves in [0.05, 0.9], "
+            "at zero: 1;") in text
+    assert "- Regime concentrated: the pre-check failed, no arm was trained" in text
+    saved = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert saved["regime"] == "P" and set(saved["arms"]) == set(arms) and saved["seeds"] == [0, 1]
