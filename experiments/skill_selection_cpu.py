@@ -163,17 +163,30 @@ class ExperimentConfig:
                               f"got {self.precheck.kind!r}")
 
 
+KILLED_STEP_RETRIES = 3
+"""A step killed by a signal (the kernel's OOM killer on a shared machine) is started again this many times after
+``KILLED_STEP_WAIT_S``; every step resumes from its own checkpoint or output. A step that exits with an error stops
+the experiment at once."""
+KILLED_STEP_WAIT_S = 300
+
+
 def run(cmd: list[str], log: Path, timings: Path | None = None, step: str = "") -> None:
     """Run one project command; its output goes to ``log``; a failure stops the experiment with that log named."""
     print(f"$ {shlex.join(cmd)}", flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     t = time.time()
-    with log.open("a") as f:
-        # the step gets SIGTERM when this driver dies (kill -9 included), so a stopped experiment leaves nothing
-        # running; its own children (vLLM engines, graders) die with it through process_lifetime
-        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, PYTHONPATH=str(REPO)),
-                              preexec_fn=lambda: _set_parent_death_signal(signal.SIGTERM))
+    for attempt in range(KILLED_STEP_RETRIES + 1):
+        with log.open("a") as f:
+            # the step gets SIGTERM when this driver dies (kill -9 included), so a stopped experiment leaves nothing
+            # running; its own children (vLLM engines, graders) die with it through process_lifetime
+            proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                                  env=dict(os.environ, PYTHONPATH=str(REPO)),
+                                  preexec_fn=lambda: _set_parent_death_signal(signal.SIGTERM))
+        if proc.returncode >= 0 or attempt == KILLED_STEP_RETRIES:
+            break
+        print(f"  killed by signal {-proc.returncode} (see {log}); starting it again in {KILLED_STEP_WAIT_S} s "
+              f"({attempt + 1} of {KILLED_STEP_RETRIES})", flush=True)
+        time.sleep(KILLED_STEP_WAIT_S)
     if proc.returncode:
         raise DataError(f"step failed (exit {proc.returncode}); see {log}")
     seconds = time.time() - t

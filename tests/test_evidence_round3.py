@@ -208,3 +208,19 @@ def test_the_report_file_is_written_from_finished_arms_and_names_a_regime_that_s
     assert "- Regime concentrated: the pre-check failed, no arm was trained" in text
     saved = json.loads((tmp_path / "p" / "results.json").read_text())
     assert saved["regime"] == "P" and set(saved["arms"]) == set(arms) and saved["seeds"] == [0, 1]
+
+
+def test_a_step_killed_by_a_signal_is_started_again_and_a_failing_step_stops(tmp_path, monkeypatch):
+    monkeypatch.setattr(driver, "KILLED_STEP_WAIT_S", 0)
+    marker = tmp_path / "ran_once"
+    # killed (as by the OOM killer) the first time, succeeds the second
+    script = (f"import os, pathlib, signal; p = pathlib.Path({str(marker)!r})\n"
+              "if not p.exists():\n    p.touch(); os.kill(os.getpid(), signal.SIGKILL)\nprint('second run')")
+    timings = tmp_path / "timings.json"
+    driver.run([sys.executable, "-c", script], tmp_path / "step.log", timings, "seed0:x:train")
+    assert "second run" in (tmp_path / "step.log").read_text() and "seed0:x:train" in timings.read_text()
+    with pytest.raises(driver.DataError, match=r"step failed \(exit 3\); see .*bad.log"):
+        driver.run([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "bad.log")
+    always = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    with pytest.raises(driver.DataError, match=r"exit -9"):
+        driver.run(always, tmp_path / "killed.log")
