@@ -76,6 +76,12 @@ def label_accuracy(written: Mapping[str, Sequence[str] | None], attributed: Mapp
             "recall": n_found / max(n_attr, 1), "problems": len(attributed)}
 
 
+def _mean_defined(values: Sequence[float]) -> float:
+    """Mean of the values that are not NaN (precision is undefined for a seed whose arm wrote no label)."""
+    defined = [v for v in values if not math.isnan(v)]
+    return float(np.mean(defined)) if defined else math.nan
+
+
 def per_leaf_accuracy(correct: np.ndarray, leaf_rows: Sequence[Sequence[int]], n_leaves: int) -> np.ndarray:
     """Accuracy per leaf; a problem counts under each of its leaves."""
     sums, counts = np.zeros(n_leaves), np.zeros(n_leaves)
@@ -91,11 +97,13 @@ def analyse_round3(arms: Sequence[str], leaves: Sequence[str], heldout_ids: Sequ
                    correct: Mapping[int, Mapping[str, Mapping[str, float]]],
                    written: Mapping[int, Mapping[str, Mapping[str, Sequence[str] | None]]],
                    shares: Mapping[int, Mapping[str, Sequence[float]]], distinct: Mapping[int, Mapping[str, int]],
-                   contrasts: Mapping[str, tuple[str, str]], resamples: int = 2000) -> dict:
+                   contrasts: Mapping[str, tuple[str, str]], resamples: int = 2000,
+                   labelled_arms: Sequence[str] = ()) -> dict:
     """Everything the report states about one regime. ``correct[seed][arm][id]`` (0/1), ``written[seed][arm][id]``
     (the skill block's chains or None), ``shares[seed][arm]`` (selection share per leaf, chains of every trained
-    example counted), ``distinct[seed][arm]`` (distinct examples trained on). The stratum of a problem is its first
-    chain's leaf."""
+    example counted), ``distinct[seed][arm]`` (distinct examples trained on). ``labelled_arms``: the arms trained
+    to write a skill block (label accuracy is reported for them, and for any arm that wrote one). The stratum of a
+    problem is its first chain's leaf."""
     from scipy.stats import spearmanr
 
     index = {leaf: k for k, leaf in enumerate(leaves)}
@@ -114,9 +122,9 @@ def analyse_round3(arms: Sequence[str], leaves: Sequence[str], heldout_ids: Sequ
                  "accuracy_per_seed": [float(x) for x in vec[arm].mean(axis=1)],
                  "per_leaf": acc_leaf[arm].tolist(), "share": share[arm].tolist(),
                  "distinct_examples": [int(distinct[s][arm]) for s in seeds], "label_accuracy": None}
-        if any(written[s][arm].get(i) for s in seeds for i in heldout_ids):  # the arm writes a skill block
+        if arm in labelled_arms or any(written[s][arm].get(i) for s in seeds for i in heldout_ids):
             per_seed = [label_accuracy(written[s][arm], attributed) for s in seeds]
-            entry["label_accuracy"] = {k: float(np.nanmean([p[k] for p in per_seed])) for k in per_seed[0]}
+            entry["label_accuracy"] = {k: _mean_defined([p[k] for p in per_seed]) for k in per_seed[0]}
         if arm != "random":
             entry["minus_random"] = effect(vec[arm] - vec["random"], strata, resamples)
             d_share = share[arm] - share["random"]
@@ -158,7 +166,9 @@ def regime_section(name: str, title: str, r: dict, precheck_text: str, cost_text
                      + " / ".join(f"{100 * x:.1f}" for x in e["accuracy_per_seed"])
                      + f" | {signed(d['mean'], d['ci_low'], d['ci_high']) if d else ''} | "
                      f"{d['verdict'] if d else ''} | {', '.join(map(str, sorted(set(e['distinct_examples']))))} | "
-                     + (f"{100 * lab['exact']:.0f}% / {100 * lab['precision']:.0f}%" if lab else "no block") + " |")
+                     + (f"{100 * lab['exact']:.0f}% / " + ("no label written" if math.isnan(lab["precision"])
+                                                             else f"{100 * lab['precision']:.0f}%")
+                        if lab else "no block") + " |")
     for cname, c in r["contrasts"].items():
         lines.append(f"| {cname} ({c['arms'][0]} - {c['arms'][1]}) | | | "
                      f"{signed(c['mean'], c['ci_low'], c['ci_high'])} | {c['verdict'].replace('random', c['arms'][1])}"

@@ -711,14 +711,17 @@ def write_round3(regimes: list[ExperimentConfig], prepared: dict, seeds: list[in
                             f"`{cfg.results_dir}/tries.json`); the regime stopped there, no arm was trained.")
             continue
         r = er.analyse_round3(**round3_inputs(cfg, prep, seeds), contrasts=FORMAT_CONTRASTS,
-                              resamples=cfg.bootstrap_resamples)
+                              resamples=cfg.bootstrap_resamples,
+                              labelled_arms=[a for a in cfg.arms if ARMS[a].skill_format != "off"])
         r.update({"regime": cfg.name, "title": cfg.title, "precheck": prep["precheck"], "try": prep["try"],
                   "profile_leaf_accuracy": prep["profile"], "config": asdict(cfg)})
         write_json(results_dir / "results.json", r)
         results[cfg.name] = r
         sections.append(er.regime_section(cfg.name, cfg.title, r,
                                           f"try {prep['try']}, {precheck_line(prep['precheck'], len(prep['profile']))}"
-                                          f" -> passed; tries: `{cfg.results_dir}/tries.json`",
+                                          f" -> {'passed' if prep['precheck']['passed'] else 'failed'}"
+                                          f"{'' if prep['precheck']['enforced'] else ' (not enforced)'}; tries: "
+                                          f"`{cfg.results_dir}/tries.json`",
                                           cost_line(prep["timings"], seeds), cfg.results_dir))
     text = "\n\n".join([header.strip(), *sections, "### What to do (from these measurements only)",
                          "\n".join(er.advice(results)), produced_by(seeds)])
