@@ -3,24 +3,29 @@ on CPU, as one command.
 
     python experiments/skill_selection_cpu.py --config configs/experiments/skill_selection_cpu.yaml --seeds [0,1,2]
     python experiments/skill_selection_cpu.py --config configs/experiments/evidence_round2.yaml --seeds [0,1,2]
+    python experiments/skill_selection_cpu.py --config configs/experiments/evidence_round3.yaml --seeds [0,1,2,3]
 
 Every step is one of the project's own commands (run as a subprocess, printed before it runs) and is skipped when
 its output exists, so an interrupted run resumes where it stopped. A config holds one or more *regimes*; each has
 its own data, warm-up, profile and starting-point evaluations, shared by its seeds and arms.
 
-1. data      ``make-data`` (synthetic skill tree, verified worked traces, a difficulty level per leaf); a per-leaf
-             warm-up split is taken out of the pool.
+1. data      ``make-data`` (synthetic skill tree, verified worked traces, a difficulty level per leaf) or
+             ``make-composed-data`` (``data_kind: composed``: 2-3 leaves per problem); a per-leaf warm-up split is
+             taken out of the pool (a composed problem counts under its first step's leaf).
 2. warm-up   SmolLM2-135M-Instruct never writes ``\\boxed{}`` as released, which would make every skill weight
              w_max. An SFT on the warm-up split, shared by all arms, gives the student the answer format (and, when
              larger, some skill); it is the starting point of every arm.
 3. profile   ``profile``: the warmed-up student answers every pool problem (greedy), graded per skill, with a shrunk
              accuracy at ``shrinkage`` pseudo-counts toward the parent (docs/METHOD.md §3).
    pre-check A regime may declare a band: at least ``min_leaves_in_band`` leaves with profile accuracy inside it and
-             none at 0. A regime lists at most 4 *tries* (warm-up size and epochs, per-leaf difficulty); the first
-             try whose profile passes is used, every try's profile is recorded, and if none passes the regime stops
-             there (reported, never loosened). Tuning looks at profiles only, never at held-out results.
-4. arms      per seed, same budget and steps: ``random``; ``skill`` (paper-exact); ``skill_format`` (+ skill-aware
-             format); ``skill_shrunk`` (``selection.profile_value: accuracy_shrunk``); ``closed_loop`` (skill
+             none at 0; or (``kind: concentration``) effective leaves of the T=1 target shares of at least
+             ``min_effective_share`` of the leaves, none at 0 (the concentration is measured in every regime).
+             A regime lists at most 4 *tries* (warm-up size and epochs, per-leaf difficulty); the first try whose
+             profile passes is used, every try's profile is recorded, and if none passes the regime stops there
+             (reported, never loosened). Tuning looks at profiles only, never at held-out results.
+4. arms      per seed, same budget and steps (``ARMS``): ``random``; ``random_format`` (+ skill-aware format);
+             ``skill`` (paper-exact, T=1); ``skill_format`` (+ skill-aware format); ``skill_t05`` (T=0.5);
+             ``skill_shrunk`` (``selection.profile_value: accuracy_shrunk``); ``closed_loop`` (skill
              selection re-drawn every epoch from a re-profiled student, docs/METHOD.md §4). Seeds vary the
              selection, the data order and the shuffle; decoding is greedy (fixed).
 5. evaluate  ``evaluate`` on the held-out problems of every skill (greedy), per arm; the per-problem records of
@@ -29,7 +34,9 @@ its own data, warm-up, profile and starting-point evaluations, shared by its see
              paired differences against random, per seed and pooled over seeds; the Spearman correlation across
              leaves between (selection share in an arm minus in random) and (that arm's accuracy gain over random);
              a per-leaf table; a chart. Writes results.json, results.md, results.png per regime, and the README
-             section between the config's markers, whatever the outcome.
+             section between the config's markers, whatever the outcome. With ``report_file`` (the third round):
+             experiments/evidence_report.py's two-level bootstrap and verdicts, rewritten after every finished seed.
+             An arm's training checkpoints are deleted once its records are kept.
 """
 
 from __future__ import annotations
