@@ -170,11 +170,11 @@ class ExperimentConfig:
                               f"got {self.precheck.kind!r}")
 
 
-KILLED_STEP_RETRIES = 3
+KILLED_STEP_RETRIES = 10
 """A step killed by a signal (the kernel's OOM killer on a shared machine) is started again this many times after
 ``KILLED_STEP_WAIT_S``; every step resumes from its own checkpoint or output. A step that exits with an error stops
 the experiment at once."""
-KILLED_STEP_WAIT_S = 300
+KILLED_STEP_WAIT_S = 600
 
 
 def run(cmd: list[str], log: Path, timings: Path | None = None, step: str = "") -> None:
