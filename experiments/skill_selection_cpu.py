@@ -3,24 +3,29 @@ on CPU, as one command.
 
     python experiments/skill_selection_cpu.py --config configs/experiments/skill_selection_cpu.yaml --seeds [0,1,2]
     python experiments/skill_selection_cpu.py --config configs/experiments/evidence_round2.yaml --seeds [0,1,2]
+    python experiments/skill_selection_cpu.py --config configs/experiments/evidence_round3.yaml --seeds [0,1,2,3]
 
 Every step is one of the project's own commands (run as a subprocess, printed before it runs) and is skipped when
 its output exists, so an interrupted run resumes where it stopped. A config holds one or more *regimes*; each has
 its own data, warm-up, profile and starting-point evaluations, shared by its seeds and arms.
 
-1. data      ``make-data`` (synthetic skill tree, verified worked traces, a difficulty level per leaf); a per-leaf
-             warm-up split is taken out of the pool.
+1. data      ``make-data`` (synthetic skill tree, verified worked traces, a difficulty level per leaf) or
+             ``make-composed-data`` (``data_kind: composed``: 2-3 leaves per problem); a per-leaf warm-up split is
+             taken out of the pool (a composed problem counts under its first step's leaf).
 2. warm-up   SmolLM2-135M-Instruct never writes ``\\boxed{}`` as released, which would make every skill weight
              w_max. An SFT on the warm-up split, shared by all arms, gives the student the answer format (and, when
              larger, some skill); it is the starting point of every arm.
 3. profile   ``profile``: the warmed-up student answers every pool problem (greedy), graded per skill, with a shrunk
              accuracy at ``shrinkage`` pseudo-counts toward the parent (docs/METHOD.md §3).
    pre-check A regime may declare a band: at least ``min_leaves_in_band`` leaves with profile accuracy inside it and
-             none at 0. A regime lists at most 4 *tries* (warm-up size and epochs, per-leaf difficulty); the first
-             try whose profile passes is used, every try's profile is recorded, and if none passes the regime stops
-             there (reported, never loosened). Tuning looks at profiles only, never at held-out results.
-4. arms      per seed, same budget and steps: ``random``; ``skill`` (paper-exact); ``skill_format`` (+ skill-aware
-             format); ``skill_shrunk`` (``selection.profile_value: accuracy_shrunk``); ``closed_loop`` (skill
+             none at 0; or (``kind: concentration``) effective leaves of the T=1 target shares of at least
+             ``min_effective_share`` of the leaves, none at 0 (the concentration is measured in every regime).
+             A regime lists at most 4 *tries* (warm-up size and epochs, per-leaf difficulty); the first try whose
+             profile passes is used, every try's profile is recorded, and if none passes the regime stops there
+             (reported, never loosened). Tuning looks at profiles only, never at held-out results.
+4. arms      per seed, same budget and steps (``ARMS``): ``random``; ``random_format`` (+ skill-aware format);
+             ``skill`` (paper-exact, T=1); ``skill_format`` (+ skill-aware format); ``skill_t05`` (T=0.5);
+             ``skill_shrunk`` (``selection.profile_value: accuracy_shrunk``); ``closed_loop`` (skill
              selection re-drawn every epoch from a re-profiled student, docs/METHOD.md §4). Seeds vary the
              selection, the data order and the shuffle; decoding is greedy (fixed).
 5. evaluate  ``evaluate`` on the held-out problems of every skill (greedy), per arm; the per-problem records of
@@ -29,7 +34,9 @@ its own data, warm-up, profile and starting-point evaluations, shared by its see
              paired differences against random, per seed and pooled over seeds; the Spearman correlation across
              leaves between (selection share in an arm minus in random) and (that arm's accuracy gain over random);
              a per-leaf table; a chart. Writes results.json, results.md, results.png per regime, and the README
-             section between the config's markers, whatever the outcome.
+             section between the config's markers, whatever the outcome. With ``report_file`` (the third round):
+             experiments/evidence_report.py's two-level bootstrap and verdicts, rewritten after every finished seed.
+             An arm's training checkpoints are deleted once its records are kept.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import os
 import random
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -47,19 +55,45 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "experiments"):  # the project, and this script's sibling evidence_report
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from skill_distill.io import ConfigError, DataError, atomic_write, read_json, read_jsonl, write_json, write_jsonl  # noqa: E402 - after the sys.path.insert above
+from skill_distill.process_lifetime import _set_parent_death_signal  # noqa: E402 - the prctl part of die_with_parent: it survives exec
 from skill_distill.run_layout import RunLayout  # noqa: E402
 
-ALL_ARMS = ("random", "skill", "skill_format", "skill_shrunk", "closed_loop")
+ALL_ARMS = ("random", "random_format", "skill", "skill_format", "skill_t05", "skill_shrunk", "closed_loop")
 MAX_TRIES = 4
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """How one arm trains: selection strategy, skill-aware format, profile value, temperature, closed loop."""
+
+    strategy: str = "skill"
+    skill_format: str = "off"
+    profile_value: str = "accuracy"
+    temperature: float = 1.0
+    closed_loop: bool = False
+
+
+ARMS = {
+    "random": ArmSpec(strategy="random"),
+    "random_format": ArmSpec(strategy="random", skill_format="full"),  # the paper's format-only arm
+    "skill": ArmSpec(),  # the paper's selection, T = 1
+    "skill_format": ArmSpec(skill_format="full"),
+    "skill_t05": ArmSpec(temperature=0.5),  # the paper's own ablation value
+    "skill_shrunk": ArmSpec(profile_value="accuracy_shrunk"),
+    "closed_loop": ArmSpec(closed_loop=True),
+}
+FORMAT_CONTRASTS = {"format under random": ("random_format", "random"), "format under skill": ("skill_format", "skill")}
+"""Paired contrasts reported next to the arms' differences against random (when both arms ran)."""
 
 
 @dataclass
 class WarmupTry:
-    """One setting of the shared warm-up and the data's difficulty (what regime A's tuning may change)."""
+    """One setting of the shared warm-up and the data's difficulty (what a regime's tuning may change)."""
 
     warmup_per_leaf: int = 4
     """Problems per leaf taken out of the pool for the shared warm-up."""
@@ -74,9 +108,14 @@ class WarmupTry:
 class PreCheck:
     """What the profile must show before any arm trains (``enforce: false``: reported only)."""
 
+    kind: str = "band"
+    """band: at least ``min_leaves_in_band`` leaves with profile accuracy in [low, high]; concentration: at T=1 the
+    skill selection's target shares give effective leaves (1 / sum of squared shares) of at least
+    ``min_effective_share`` of the leaves, and no leaf has accuracy 0 or a zero share."""
     low: float = 0.05
     high: float = 0.90
     min_leaves_in_band: int = 10
+    min_effective_share: float = 0.6
     allow_zero: bool = False
     enforce: bool = False
 
@@ -91,10 +130,16 @@ class ExperimentConfig:
     results_dir: str = "results/evidence"
     """Where results.json/.md/.png and the per-problem records go (committed)."""
     student: str = "asset:smollm2-135m-instruct"
+    data_kind: str = "single"
+    """single: ``make-data`` (one leaf per problem); composed: ``make-composed-data`` (2-3 leaves per problem)."""
     pool_per_leaf: int = 200
-    """Pool problems per leaf skill (14 leaves), after the warm-up split is taken out."""
+    """single: pool problems per leaf skill (14 leaves), after the warm-up split is taken out."""
+    pool_size: int = 4000
+    """composed: pool problems (all leaves), after the warm-up split is taken out."""
     heldout_per_leaf: int = 40
-    """Held-out evaluation problems per leaf skill."""
+    """Held-out evaluation problems per leaf skill (composed: problems each leaf occurs in)."""
+    order_free_keys: bool = False
+    """single: dedup (and held-out eligibility) with operand order ignored (``make-data --order_free_keys``)."""
     data_seed: int = 0
     tries: list[WarmupTry] = field(default_factory=lambda: [WarmupTry()])
     precheck: PreCheck = field(default_factory=PreCheck)
@@ -110,6 +155,8 @@ class ExperimentConfig:
     max_new_tokens: int = 192
     """Generation budget of the profile and the evaluations (traces are about 50-140 tokens)."""
     bootstrap_resamples: int = 2000
+    closed_loop_keep_share: float = 0.0
+    """``data.reselection.keep_share`` of the closed-loop arm (share of each epoch's examples kept from the last)."""
 
     def validate(self) -> None:
         bad = [a for a in self.arms if a not in ALL_ARMS]
@@ -117,6 +164,18 @@ class ExperimentConfig:
             raise ConfigError(f"regime {self.name}: arms must include random and come from {ALL_ARMS}; got {bad}")
         if not 1 <= len(self.tries) <= MAX_TRIES:
             raise ConfigError(f"regime {self.name}: 1 to {MAX_TRIES} tries, got {len(self.tries)}")
+        if self.data_kind not in ("single", "composed"):
+            raise ConfigError(f"regime {self.name}: data_kind must be single or composed, got {self.data_kind!r}")
+        if self.precheck.kind not in ("band", "concentration"):
+            raise ConfigError(f"regime {self.name}: precheck.kind must be band or concentration, "
+                              f"got {self.precheck.kind!r}")
+
+
+KILLED_STEP_RETRIES = 10
+"""A step killed by a signal (the kernel's OOM killer on a shared machine) is started again this many times after
+``KILLED_STEP_WAIT_S``; every step resumes from its own checkpoint or output. A step that exits with an error stops
+the experiment at once."""
+KILLED_STEP_WAIT_S = 600
 
 
 def run(cmd: list[str], log: Path, timings: Path | None = None, step: str = "") -> None:
@@ -124,9 +183,18 @@ def run(cmd: list[str], log: Path, timings: Path | None = None, step: str = "") 
     print(f"$ {shlex.join(cmd)}", flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     t = time.time()
-    with log.open("a") as f:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+    for attempt in range(KILLED_STEP_RETRIES + 1):
+        with log.open("a") as f:
+            # the step gets SIGTERM when this driver dies (kill -9 included), so a stopped experiment leaves nothing
+            # running; its own children (vLLM engines, graders) die with it through process_lifetime
+            proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                                  env=dict(os.environ, PYTHONPATH=str(REPO)),
+                                  preexec_fn=lambda: _set_parent_death_signal(signal.SIGTERM))
+        if proc.returncode >= 0 or attempt == KILLED_STEP_RETRIES:
+            break
+        print(f"  killed by signal {-proc.returncode} (see {log}); starting it again in {KILLED_STEP_WAIT_S} s "
+              f"({attempt + 1} of {KILLED_STEP_RETRIES})", flush=True)
+        time.sleep(KILLED_STEP_WAIT_S)
     if proc.returncode:
         raise DataError(f"step failed (exit {proc.returncode}); see {log}")
     seconds = time.time() - t
@@ -140,14 +208,26 @@ def run(cmd: list[str], log: Path, timings: Path | None = None, step: str = "") 
 def prepare_data(cfg: ExperimentConfig, attempt: WarmupTry, work: Path, timings: Path) -> Path:
     data = work / "data"
     if not (data / "metadata.json").exists():
-        cmd = [sys.executable, "-m", "skill_distill", "make-data", "--output_dir", str(data), "--preset", "evidence",
-               "--seed", str(cfg.data_seed), "--pool_per_leaf", str(cfg.pool_per_leaf + attempt.warmup_per_leaf),
-               "--heldout_per_leaf", str(cfg.heldout_per_leaf)]
+        if cfg.data_kind == "composed":
+            from skill_distill.composed import LEAVES
+
+            cmd = [sys.executable, "-m", "skill_distill", "make-composed-data", "--output_dir", str(data),
+                   "--seed", str(cfg.data_seed),
+                   "--pool_size", str(cfg.pool_size + len(LEAVES) * attempt.warmup_per_leaf),
+                   "--heldout_per_leaf", str(cfg.heldout_per_leaf)]
+        else:
+            cmd = [sys.executable, "-m", "skill_distill", "make-data", "--output_dir", str(data), "--preset",
+                   "evidence", "--seed", str(cfg.data_seed),
+                   "--pool_per_leaf", str(cfg.pool_per_leaf + attempt.warmup_per_leaf),
+                   "--heldout_per_leaf", str(cfg.heldout_per_leaf)]
+            if cfg.order_free_keys:
+                cmd += ["--order_free_keys", "true"]
         if attempt.leaf_difficulty:
             cmd += ["--leaf_difficulty", json.dumps(attempt.leaf_difficulty)]
         run(cmd, work / "logs" / "make_data.log", timings, "shared:make-data")
     if not (data / "train_pool.jsonl").exists():
-        # the first warmup_per_leaf problems of each leaf go to the warm-up, the rest is the selection pool
+        # the first warmup_per_leaf problems of each leaf (a composed problem: of its first step's leaf) go to the
+        # warm-up, the rest is the selection pool
         chains = {r["id"]: tuple(r["chains"][0]) for r in read_jsonl(data / "attribution.jsonl")}
         taken: dict[tuple, int] = {}
         warm, pool = [], []
@@ -165,7 +245,7 @@ def prepare_data(cfg: ExperimentConfig, attempt: WarmupTry, work: Path, timings:
 
 def train_cmd(cfg: ExperimentConfig, run_dir: Path, model: str, corpus: Path, data: Path, *, epochs: int,
               strategy: str, seed: int, skill_format: str, profile: Path | None, profile_value: str = "accuracy",
-              closed_loop: bool = False) -> list[str]:
+              closed_loop: bool = False, temperature: float = 1.0) -> list[str]:
     configs = ["--config", "configs/experiments/skill_selection_arm.yaml"]
     if closed_loop:
         configs += ["--config", "configs/experiments/skill_selection_closed_loop.yaml"]
@@ -178,6 +258,8 @@ def train_cmd(cfg: ExperimentConfig, run_dir: Path, model: str, corpus: Path, da
             f"--data.profile={profile if profile else 'null'}", f"--data.selection.strategy={strategy}",
             f"--data.selection.profile_value={profile_value}",
             f"--data.selection.budget={cfg.budget}", f"--data.selection.seed={seed}", f"--data.seed={seed}",
+            f"--data.selection.temperature={temperature}",
+            *([f"--data.reselection.keep_share={cfg.closed_loop_keep_share}"] if closed_loop else []),
             f"--data.skill_format.mode={skill_format}", f"--data.max_length={cfg.max_length}",
             f"--data.examples_per_step={cfg.examples_per_step}", "--ckpt_path=last"]
 
@@ -208,13 +290,53 @@ def leaf_profile(profile_path: Path) -> dict[str, float]:
     return {n["chain"]: n["accuracy"] for n in read_json(profile_path)["nodes"] if n.get("is_leaf")}
 
 
-def precheck(cfg: ExperimentConfig, profile: dict[str, float]) -> dict:
+def target_shares(data: Path, profile_path: Path, budget: int, temperature: float = 1.0) -> dict[str, float]:
+    """The skill selection's target share per leaf (``select``'s own target, as an arm at ``temperature`` gets)."""
+    from skill_distill.selection import SelectionConfig
+    from skill_distill.selection.inputs import load_selection_inputs
+    from skill_distill.skill_tree import format_chain
+
+    inputs = load_selection_inputs(str(data / "train_pool.jsonl"), str(data / "tree.json"),
+                                   str(data / "attribution.jsonl"), str(profile_path))
+    result = inputs.select(SelectionConfig(strategy="skill", budget=budget, temperature=temperature))
+    return {format_chain(c): float(v) for c, v in result.target.items()}
+
+
+def concentration(target: dict[str, float], profile: dict[str, float], min_effective_share: float) -> dict:
+    """Effective leaves of a target distribution (1 / sum of squared shares) against the number of leaves, and the
+    leaves the check refuses: profile accuracy 0, or no share (``profile`` names every leaf)."""
+    effective = 1.0 / sum(v * v for v in target.values()) if target else 0.0
+    zero_share = sorted(k for k in profile if target.get(k, 0.0) <= 0)
+    at_zero = sorted(k for k, v in profile.items() if v == 0)
+    required = min_effective_share * len(profile)
+    return {"effective_leaves": effective, "leaves": len(profile), "required_effective": required,
+            "leaves_at_zero": at_zero, "leaves_without_share": zero_share,
+            "passed": effective >= required and not at_zero and not zero_share}
+
+
+def precheck(cfg: ExperimentConfig, profile: dict[str, float], target: dict[str, float] | None = None) -> dict:
     c = cfg.precheck
     in_band = sorted(k for k, v in profile.items() if c.low <= v <= c.high)
     zero = sorted(k for k, v in profile.items() if v == 0)
-    passed = len(in_band) >= c.min_leaves_in_band and (c.allow_zero or not zero)
-    return {"passed": passed, "leaves_in_band": len(in_band), "band": [c.low, c.high],
-            "required": c.min_leaves_in_band, "leaves_at_zero": zero, "enforced": c.enforce}
+    out = {"kind": c.kind, "leaves_in_band": len(in_band), "band": [c.low, c.high],
+           "required": c.min_leaves_in_band, "leaves_at_zero": zero, "enforced": c.enforce}
+    if target is not None:  # measured in every round-3 regime, decisive only for kind: concentration
+        out["concentration"] = concentration(target, profile, c.min_effective_share)
+    if c.kind == "concentration":
+        out["passed"] = out["concentration"]["passed"]
+    else:
+        out["passed"] = len(in_band) >= c.min_leaves_in_band and (c.allow_zero or not zero)
+    return out
+
+
+def precheck_line(check: dict, n_leaves: int) -> str:
+    if check.get("kind") == "concentration":
+        c = check["concentration"]
+        return (f"effective leaves at T=1 {c['effective_leaves']:.1f} of {c['leaves']} (required "
+                f">= {c['required_effective']:.1f}), at zero: {len(c['leaves_at_zero'])}, without a share: "
+                f"{len(c['leaves_without_share'])}")
+    return (f"{check['leaves_in_band']} of {n_leaves} leaves in [{check['band'][0]}, {check['band'][1]}], at zero: "
+            f"{len(check['leaves_at_zero'])}")
 
 
 def prepare_regime(cfg: ExperimentConfig) -> dict | None:
@@ -244,13 +366,12 @@ def prepare_regime(cfg: ExperimentConfig) -> dict | None:
                                           "init_args": {"model": student, "max_model_len": 1024}}),
                  "--sampling", greedy(cfg), "--grading.workers", "2"], logs / "profile.log", timings, "shared:profile")
         profile = leaf_profile(prof_dir / "profile.json")
-        check = precheck(cfg, profile)
+        check = precheck(cfg, profile, target_shares(data, prof_dir / "profile.json", cfg.budget))
         entry = {"try": k, **asdict(attempt), "precheck": check, "profile_leaf_accuracy": profile,
                  "profile": read_json(prof_dir / "profile.json")}
         tries_log = [t for t in tries_log if t["try"] != k] + [entry]
         write_json(log_path, sorted(tries_log, key=lambda t: t["try"]))
-        print(f"regime {cfg.name} try {k}: {check['leaves_in_band']} of {len(profile)} leaves in "
-              f"[{cfg.precheck.low}, {cfg.precheck.high}], at zero: {check['leaves_at_zero'] or 'none'} -> "
+        print(f"regime {cfg.name} try {k}: {precheck_line(check, len(profile))} -> "
               f"{'passed' if check['passed'] else 'failed'}", flush=True)
         if check["passed"] or not cfg.precheck.enforce:
             return {"try": k, "dir": try_dir, "data": data, "student": student, "profile_dir": prof_dir,
@@ -266,12 +387,12 @@ def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict:
     out = {}
     for arm in cfg.arms:
         run_dir = try_dir / f"seed{seed}" / arm
+        spec = ARMS[arm]
         if not exported(run_dir).exists():
             run(train_cmd(cfg, run_dir, student, data / "train_pool.jsonl", data, epochs=cfg.epochs,
-                          strategy="random" if arm == "random" else "skill", seed=seed,
-                          skill_format="full" if arm == "skill_format" else "off", profile=profile,
-                          profile_value="accuracy_shrunk" if arm == "skill_shrunk" else "accuracy",
-                          closed_loop=arm == "closed_loop"),
+                          strategy=spec.strategy, seed=seed, skill_format=spec.skill_format, profile=profile,
+                          profile_value=spec.profile_value, closed_loop=spec.closed_loop,
+                          temperature=spec.temperature),
                 logs / f"train_seed{seed}_{arm}.log", timings, f"seed{seed}:{arm}:train")
         layout = RunLayout(run_dir)
         manifest = layout.manifest
@@ -279,13 +400,16 @@ def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict:
                  f"seed{seed}:{arm}:evaluate", manifest)
         # the examples the arm trained on, over all epochs (re-selected epochs for the closed loop)
         ids = list(read_json(manifest)["ids"])
-        if arm == "closed_loop":
+        if spec.closed_loop:
             for epoch in range(1, cfg.epochs):
                 ids += read_json(layout.selection_for_epoch(epoch))["ids"]
         else:
             ids *= cfg.epochs
-        out[arm] = {"records": str(layout.eval_dir / "records.jsonl"), "trained_ids": ids}
+        out[arm] = {"records": str(layout.eval_dir / "records.jsonl"), "trained_ids": ids,
+                    "distinct_examples": len(set(ids))}
         keep_records(cfg, layout.eval_dir / "records.jsonl", f"seed{seed}_{arm}")
+        # the arm's results are recorded (evaluation records, exported model): its training checkpoints go
+        shutil.rmtree(layout.checkpoints, ignore_errors=True)
     return out
 
 
@@ -521,15 +645,15 @@ def weak_student_advice(results: dict[str, dict]) -> list[str]:
         else:
             line = (f"- With a weak student (most leaves near zero), none of the skill arms beat random here; the "
                     f"closest was `{best}` ({signed(m)}). Keep random selection")
-            strong = results.get("A") or {}
+            strong = results.get("concentrated") or {}
             a_wins = {a: v for a, v in (strong.get("pooled_minus_random") or {}).items() if v["ci_low"] > 0}
-            if a_wins:  # the advice to raise the profile first is drawn from regime A only when A shows it pays
+            if a_wins:  # advice to raise the profile first only when the concentrated regime shows it pays
                 a_best, a_m = max(a_wins.items(), key=lambda kv: kv[1]["accuracy"])
-                line += (f", or first raise the student's profile (in regime A, where most leaves are in the band, "
-                         f"`{a_best}` beat random by {signed(a_m)}).")
+                line += (f", or first raise the student's profile (in regime concentrated, where most leaves are in "
+                         f"the band, `{a_best}` beat random by {signed(a_m)}).")
             elif strong.get("pooled_minus_random"):
-                line += (": in regime A, where most leaves are in the band, no skill arm beat random either, so a "
-                         "stronger profile alone did not make skill weighting pay at this scale.")
+                line += (": in regime concentrated, where most leaves are in the band, no skill arm beat random "
+                         "either, so a stronger profile alone did not make skill weighting pay at this scale.")
             else:
                 line += "."
             lines.append(line)
@@ -539,6 +663,81 @@ def weak_student_advice(results: dict[str, dict]) -> list[str]:
                          f"(`selection.profile_value: accuracy_shrunk`, {weak['config']['shrinkage']:g} pseudo-counts) "
                          f"moved the pooled difference by {100 * d:+.1f} points against the paper-exact skill arm.")
     return lines
+
+
+def produced_by(seeds: list[int]) -> str:
+    kept, argv = [], iter(sys.argv[1:])
+    for a in argv:  # the command as given, without its seeds (written after, from the parsed value)
+        if a == "--seeds":
+            next(argv, None)
+        elif not a.startswith("--seeds="):
+            kept.append(a)
+    config_arg = " ".join(kept) or "(defaults)"
+    return (f"Produced by `python experiments/skill_selection_cpu.py {config_arg} --seeds {json.dumps(seeds)}` "
+            f"on {time.strftime('%Y-%m-%d')}.")
+
+
+def round3_inputs(cfg: ExperimentConfig, prep: dict, seeds: list[int]) -> dict:
+    """What ``evidence_report.analyse_round3`` reads, from one regime's data and finished arms."""
+    data = prep["data"]
+    chains_of = {r["id"]: ["->".join(c) for c in r["chains"]] for r in read_jsonl(data / "attribution.jsonl")}
+    heldout_ids = [r["id"] for r in read_jsonl(data / "heldout.jsonl")]
+    leaves = sorted({c for i in heldout_ids for c in chains_of[i]})
+    correct, written, shares, distinct = {}, {}, {}, {}
+    for seed in seeds:
+        runs = prep["runs"][seed]
+        rows = {arm: read_jsonl(Path(runs[arm]["records"]), allow_torn_tail=True) for arm in cfg.arms}
+        correct[seed] = {arm: {str(r["id"]): float(bool(r["correct"])) for r in rs} for arm, rs in rows.items()}
+        written[seed] = {arm: {str(r["id"]): r.get("skills_written") for r in rs} for arm, rs in rows.items()}
+        shares[seed], distinct[seed] = {}, {}
+        for arm in cfg.arms:
+            counts = dict.fromkeys(leaves, 0)
+            for i in runs[arm]["trained_ids"]:
+                for c in chains_of[i]:
+                    counts[c] = counts.get(c, 0) + 1
+            total = sum(counts[leaf] for leaf in leaves) or 1
+            shares[seed][arm] = [counts[leaf] / total for leaf in leaves]
+            distinct[seed][arm] = runs[arm]["distinct_examples"]
+    return {"arms": list(cfg.arms), "leaves": leaves, "heldout_ids": heldout_ids, "chains_of": chains_of,
+            "seeds": seeds, "correct": correct, "written": written, "shares": shares, "distinct": distinct}
+
+
+def write_round3(regimes: list[ExperimentConfig], prepared: dict, seeds: list[int], report: Path, header: str
+                 ) -> None:
+    """The third round's report over the finished ``seeds``: per regime its results.json and section, then the
+    advice; written whatever the outcome (a regime whose pre-check failed says so)."""
+    import evidence_report as er
+
+    sections, results = [], {}
+    for cfg in regimes:
+        prep = prepared[cfg.name]
+        results_dir = REPO / cfg.results_dir
+        if prep is None:
+            results[cfg.name] = None
+            tries = read_json(results_dir / "tries.json")
+            lines = "; ".join(f"try {t['try']}: {precheck_line(t['precheck'], len(t['profile_leaf_accuracy']))}"
+                              for t in tries)
+            sections.append(f"### Regime {cfg.name}: {cfg.title}\n\nNo try passed the pre-check ({lines}; "
+                            f"`{cfg.results_dir}/tries.json`); the regime stopped there, no arm was trained.")
+            continue
+        r = er.analyse_round3(**round3_inputs(cfg, prep, seeds), contrasts=FORMAT_CONTRASTS,
+                              resamples=cfg.bootstrap_resamples,
+                              labelled_arms=[a for a in cfg.arms if ARMS[a].skill_format != "off"])
+        r.update({"regime": cfg.name, "title": cfg.title, "precheck": prep["precheck"], "try": prep["try"],
+                  "profile_leaf_accuracy": prep["profile"], "config": asdict(cfg)})
+        write_json(results_dir / "results.json", r)
+        results[cfg.name] = r
+        sections.append(er.regime_section(cfg.name, cfg.title, r,
+                                          f"try {prep['try']}, {precheck_line(prep['precheck'], len(prep['profile']))}"
+                                          f" -> {'passed' if prep['precheck']['passed'] else 'failed'}"
+                                          f"{'' if prep['precheck']['enforced'] else ' (not enforced)'}; tries: "
+                                          f"`{cfg.results_dir}/tries.json`",
+                                          cost_line(prep["timings"], seeds), cfg.results_dir))
+    text = "\n\n".join([header.strip(), *sections, "### What to do (from these measurements only)",
+                         "\n".join(er.advice(results)), produced_by(seeds)])
+    with atomic_write(report) as f:
+        f.write(text + "\n")
+    print(f"report over seeds {seeds} -> {report}", flush=True)
 
 
 def update_readme(section: str, marker: str) -> None:
@@ -553,7 +752,8 @@ def update_readme(section: str, marker: str) -> None:
 
 
 def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int] = [0],  # noqa: B006 - shown in --help, never mutated
-         readme_marker: str = "evidence", update_readme_section: bool = True, only: list[str] = []) -> dict:  # noqa: B006 - shown in --help, never mutated
+         readme_marker: str = "evidence", update_readme_section: bool = True, only: list[str] = [],  # noqa: B006 - shown in --help, never mutated
+         report_file: str = "", report_header: str = "") -> dict:
     """Run (or resume) the experiment for ``seeds`` in every regime and write its report.
 
     Args:
@@ -563,6 +763,9 @@ def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int
             seeds while another's still run.
         readme_marker: the README section ``<!-- <marker>:start -->`` ... ``:end -->`` the report replaces.
         update_readme_section: write the README section.
+        report_file: the third round's report (two-level bootstrap, verdicts; experiments/evidence_report.py),
+            rewritten after every finished seed, instead of the README section.
+        report_header: the report's opening text (the declared design).
     """
     results: dict[str, dict | None] = {}
     sections = []
@@ -572,11 +775,19 @@ def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int
                          f"{[cfg.name for cfg in regimes]}")
     regimes = [cfg for cfg in regimes if not only or cfg.name in only]
     prepared = {cfg.name: prepare_regime(cfg) for cfg in regimes}
+    done: list[int] = []
     for seed in seeds:  # seed-major, so a stopped run has whole seeds of every regime
         for cfg in regimes:
             prep = prepared[cfg.name]
             if prep is not None:
                 prep.setdefault("runs", {})[seed] = run_arms(cfg, prep, seed)
+        done.append(seed)
+        if report_file:  # results per finished seed
+            write_round3(regimes, prepared, done, REPO / report_file, report_header)
+    if report_file:
+        if not seeds:
+            write_round3(regimes, prepared, done, REPO / report_file, report_header)
+        return {}
     for cfg in regimes:
         prep = prepared[cfg.name]
         results_dir = REPO / cfg.results_dir
@@ -604,18 +815,9 @@ def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int
                         f"{table}\n\n![regime {cfg.name}]({cfg.results_dir}/results.png)\n\n"
                         f"{cost_line(prep['timings'], seeds)} Per-problem records: `{cfg.results_dir}/records/`.")
         print(table)
-    kept, argv = [], iter(sys.argv[1:])
-    for a in argv:  # the command as given, without its seeds (written after, from the parsed value)
-        if a == "--seeds":
-            next(argv, None)
-        elif not a.startswith("--seeds="):
-            kept.append(a)
-    config_arg = " ".join(kept) or "(defaults)"
     advice = weak_student_advice(results)
     section = "\n\n".join(sections) + ("\n\n**What to do with a weak student** (from these measurements only):\n\n"
-                                       + "\n".join(advice) if advice else "") + (
-        f"\n\nProduced by `python experiments/skill_selection_cpu.py {config_arg} --seeds {json.dumps(seeds)}` "
-        f"on {time.strftime('%Y-%m-%d')}.")
+                                       + "\n".join(advice) if advice else "") + f"\n\n{produced_by(seeds)}"
     if update_readme_section:
         update_readme(section, readme_marker)
     return results

@@ -10,6 +10,8 @@ import sys
 
 STAGES = {
     "make-data": ("skill_distill.synthetic", "run_make_data", "generate a synthetic skill-tagged corpus"),
+    "make-composed-data": ("skill_distill.composed", "run_make_composed_data",
+                           "generate a synthetic corpus whose problems chain 2-3 skills"),
     "pool": ("skill_distill.pool", "run_pool", "build a seeded pool and held-out slice from a teacher corpus"),
     "decontaminate": ("skill_distill.decontamination", "run_decontaminate",
                       "drop pool problems that overlap a benchmark"),

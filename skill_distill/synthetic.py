@@ -29,7 +29,7 @@ import math
 import random
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -120,6 +120,16 @@ def render_trace(thinking: str, solution: str, answer: str) -> str:
     return f"<think>\n{thinking}\n</think>\n\n{solution} The answer is \\boxed{{{answer}}}."
 
 
+def order_free_key(key: str) -> str:
+    """A content key with the operands of a sum or product in sorted order (``9+6+3`` -> ``3+6+9``), so a
+    reordered twin of a problem is the same problem. Keys of other shapes are returned unchanged."""
+    for op in "+*":
+        parts = key.split(op)
+        if len(parts) > 1 and all(p.lstrip("-").isdigit() for p in parts):
+            return op.join(sorted(parts, key=int))
+    return key
+
+
 def generate_problem(chain: Chain, rng: random.Random, difficulty: int = 1) -> SyntheticProblem:
     """Draw one problem of leaf ``chain`` at ``difficulty`` (1 = the quickstart level, up to 3)."""
     if tuple(chain) not in _GENERATORS:
@@ -136,12 +146,13 @@ def heldout_eligible(chain: Chain, key: str) -> bool:
     return int.from_bytes(digest[:8], "big") % HELDOUT_SHARE == 0
 
 
-def generate_leaf(chain: Chain, n_pool: int, n_heldout: int, seed: int = 0,
-                  difficulty: int = 1) -> tuple[list[SyntheticProblem], list[SyntheticProblem]]:
+def generate_leaf(chain: Chain, n_pool: int, n_heldout: int, seed: int = 0, difficulty: int = 1,
+                  order_free: bool = False) -> tuple[list[SyntheticProblem], list[SyntheticProblem]]:
     """Draw ``n_pool`` pool and ``n_heldout`` held-out problems of one leaf, all distinct by content.
 
-    Deterministic in (seed, difficulty, chain). Raises DataError if the leaf has too few distinct problems
-    at this difficulty for the requested counts.
+    Deterministic in (seed, difficulty, chain). ``order_free``: content is compared (and held-out eligibility
+    hashed) by ``order_free_key``, so a reordered sum is the same problem (off by default: the shipped data keep
+    their bytes). Raises DataError if the leaf has too few distinct problems at this difficulty.
     """
     rng = random.Random(f"synthetic-v{GENERATOR_VERSION}:{seed}:{difficulty}:{format_chain(chain)}")
     pool: list[SyntheticProblem] = []
@@ -150,6 +161,8 @@ def generate_leaf(chain: Chain, n_pool: int, n_heldout: int, seed: int = 0,
     stale = 0  # draws since the last accepted problem: a long run means the leaf is exhausted
     while (len(pool) < n_pool or len(held) < n_heldout) and stale < MAX_STALE_DRAWS:
         p = generate_problem(chain, rng, difficulty)
+        if order_free:
+            p = replace(p, key=order_free_key(p.key))
         target, want = (held, n_heldout) if heldout_eligible(chain, p.key) else (pool, n_pool)
         if p.key in seen or len(target) >= want:
             stale += 1
@@ -194,7 +207,7 @@ def resolve_leaf_difficulty(tree: SkillTree, difficulty: int, leaf_difficulty: d
 
 def make_dataset(preset: Preset = "quickstart", seed: int = 0, pool_per_leaf: int | None = None,
                  heldout_per_leaf: int | None = None, difficulty: int = 1,
-                 leaf_difficulty: dict[str, int] | None = None) -> SyntheticData:
+                 leaf_difficulty: dict[str, int] | None = None, order_free_keys: bool = False) -> SyntheticData:
     """Generate every leaf, shuffle each split with ``seed`` and number the ids ``<prefix>-000000`` onwards
     (pool first, then held-out, so the two id sets are disjoint). Raises DataError for bad arguments."""
     if preset not in PRESETS:
@@ -210,7 +223,7 @@ def make_dataset(preset: Preset = "quickstart", seed: int = 0, pool_per_leaf: in
     held_problems: list[SyntheticProblem] = []
     counts: dict[str, dict[str, int]] = {}
     for chain in tree.leaf_chains:
-        p, h = generate_leaf(chain, n_pool, n_held, seed, levels[chain])
+        p, h = generate_leaf(chain, n_pool, n_held, seed, levels[chain], order_free_keys)
         pool_problems += p
         held_problems += h
         counts[format_chain(chain)] = {"pool": len(p), "heldout": len(h)}
@@ -231,6 +244,7 @@ def make_dataset(preset: Preset = "quickstart", seed: int = 0, pool_per_leaf: in
         # only when given, so level-1 metadata stays byte-identical to before
         **({"leaf_difficulty": {format_chain(c): v for c, v in levels.items() if v != difficulty}}
            if leaf_difficulty else {}),
+        **({"order_free_keys": True} if order_free_keys else {}),
         "pool_per_leaf": n_pool,
         "heldout_per_leaf": n_held,
         "totals": {"pool": len(pool), "heldout": len(heldout), "leaves": len(tree.leaf_chains)},
@@ -242,7 +256,7 @@ def make_dataset(preset: Preset = "quickstart", seed: int = 0, pool_per_leaf: in
 
 def run_make_data(output_dir: str, preset: Preset = "quickstart", seed: int = 0, pool_per_leaf: int | None = None,
                   heldout_per_leaf: int | None = None, difficulty: int = 1,
-                  leaf_difficulty: dict[str, int] | None = None) -> dict:
+                  leaf_difficulty: dict[str, int] | None = None, order_free_keys: bool = False) -> dict:
     """Generate a skill-tagged synthetic math corpus with verified worked solutions.
 
     Writes (atomically) into ``output_dir``: ``tree.json`` (the skill tree), ``pool.jsonl`` and
@@ -261,15 +275,24 @@ def run_make_data(output_dir: str, preset: Preset = "quickstart", seed: int = 0,
         difficulty: 1 (default, the quickstart level) to 3; larger numbers of digits and wider ranges.
         leaf_difficulty: Level per leaf, overriding ``difficulty`` (keys: leaf name or ``Topic->leaf``); level 0,
             an easier variant, exists for the leaves in ``EASY_LEAVES``.
+        order_free_keys: Compare problems (and decide held-out eligibility) with operand order ignored, so
+            ``9 + 6 + 3`` and ``3 + 6 + 9`` are one problem and never split between pool and held-out.
     """
-    data = make_dataset(preset, seed, pool_per_leaf, heldout_per_leaf, difficulty, leaf_difficulty)
-    out = Path(output_dir)
-    meta = dict(data.metadata)
+    data = make_dataset(preset, seed, pool_per_leaf, heldout_per_leaf, difficulty, leaf_difficulty, order_free_keys)
+    meta = data.metadata
     meta["command"] = ("python -m skill_distill make-data "
                        f"--output_dir {shlex.quote(str(output_dir))} --preset {preset} --seed {seed} "
                        f"--difficulty {difficulty} "
                        + (f"--leaf_difficulty {shlex.quote(json.dumps(leaf_difficulty))} " if leaf_difficulty else "")
+                       + ("--order_free_keys true " if order_free_keys else "")
                        + f"--pool_per_leaf {meta['pool_per_leaf']} --heldout_per_leaf {meta['heldout_per_leaf']}")
+    return write_dataset(output_dir, data)
+
+
+def write_dataset(output_dir: str, data: SyntheticData) -> dict:
+    """Write a generated data set's canonical files (atomically, metadata last) and return its metadata."""
+    out = Path(output_dir)
+    meta = dict(data.metadata)
     meta["files"] = ["tree.json", "pool.jsonl", "heldout.jsonl", "attribution.jsonl", "metadata.json"]
     write_json(out / "tree.json", data.tree.to_dict())
     write_jsonl(out / "pool.jsonl", (e.to_row() for e in data.pool))

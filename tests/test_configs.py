@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 EXPERIMENT_DRIVERS = {
     CONFIGS / "experiments" / "skill_selection_cpu.yaml": "experiments/skill_selection_cpu.py",
-    CONFIGS / "experiments" / "evidence_round2.yaml": "experiments/skill_selection_cpu.py"}
+    CONFIGS / "experiments" / "evidence_round2.yaml": "experiments/skill_selection_cpu.py",
+    CONFIGS / "experiments" / "evidence_round3.yaml": "experiments/skill_selection_cpu.py"}
 # A production run is composed of three files and its run directory:
 #   --config configs/base/sft.yaml --config configs/models/<model>.yaml --config configs/runs/<run>.yaml
 #   --trainer.default_root_dir runs/<model>/<run>

@@ -1,6 +1,7 @@
 """The evidence report's cost line, and its closing advice ("what to do with a weak student"), which follows the
 measured pooled differences: it recommends an arm only when its interval lies above zero, and advises raising the
-profile first only when regime A (the informative profile) shows a skill arm beating random."""
+profile first only when the concentrated regime (round 2's regime A, the informative profile) shows a skill arm
+beating random."""
 
 from __future__ import annotations
 
@@ -31,15 +32,17 @@ WEAK = regime("the degenerate regime", 5, ["fraction addition"], skill=(-0.045, 
 
 
 def test_no_arm_beats_random_in_either_regime_advises_random_and_says_a_stronger_profile_did_not_pay():
-    strong = regime("the paper's regime", 11, [], skill=(-0.046, -0.091, -0.004), closed_loop=(-0.023, -0.062, 0.014))
-    lines = driver.weak_student_advice({"A": strong, "B": WEAK})
-    assert lines[0].startswith("- Regime A, the paper's regime: 11 of 14 leaves in the profile band, 0 at zero.")
+    strong = regime("round 2's regime A", 11, [], skill=(-0.046, -0.091, -0.004), closed_loop=(-0.023, -0.062, 0.014))
+    lines = driver.weak_student_advice({"concentrated": strong, "B": WEAK})
+    assert lines[0].startswith("- Regime concentrated, round 2's regime A: 11 of 14 leaves in the profile band, 0 "
+                               "at zero.")
     assert "No arm beat random. Worse than random: skill. Not separable from random: closed_loop. " in lines[0]
     assert lines[0].endswith("Where `skill` gave a leaf a larger share than random (4 of 14 leaves) its held-out "
                              "accuracy changed by +10.0 points against random; on the 10 leaves it gave a smaller "
                              "share, by -5.0.")
     assert "Worse than random: skill_shrunk, skill. Not separable from random: skill_format." in lines[1]
-    assert "the closest was `skill_format` (-3.0 [-6.1, +0.2]). Keep random selection: in regime A" in lines[2]
+    assert ("the closest was `skill_format` (-3.0 [-6.1, +0.2]). Keep random selection: in regime concentrated"
+            in lines[2])
     assert "no skill arm beat random either" in lines[2] and "raise the student's profile" not in lines[2]
     assert lines[3].startswith("- With the weak student, shrinking leaf accuracies toward the parent")
     assert lines[3].endswith("20 pseudo-counts) moved the pooled difference by +0.7 points against the paper-exact "
@@ -47,12 +50,12 @@ def test_no_arm_beats_random_in_either_regime_advises_random_and_says_a_stronger
 
 
 def test_raising_the_profile_is_advised_only_with_regime_a_showing_an_arm_above_random():
-    strong = regime("the paper's regime", 11, [], skill=(0.031, 0.004, 0.060), closed_loop=(0.052, 0.020, 0.083))
-    lines = driver.weak_student_advice({"A": strong, "B": WEAK})
+    strong = regime("round 2's regime A", 11, [], skill=(0.031, 0.004, 0.060), closed_loop=(0.052, 0.020, 0.083))
+    lines = driver.weak_student_advice({"concentrated": strong, "B": WEAK})
     assert "Better than random: closed_loop, skill." in lines[0]
-    assert lines[2].endswith("or first raise the student's profile (in regime A, where most leaves are in the band, "
-                             "`closed_loop` beat random by +5.2 [+2.0, +8.3]).")
-    assert driver.weak_student_advice({"B": WEAK})[1].endswith("Keep random selection.")  # no regime A: no claim
+    assert lines[2].endswith("or first raise the student's profile (in regime concentrated, where most leaves are in "
+                             "the band, `closed_loop` beat random by +5.2 [+2.0, +8.3]).")
+    assert driver.weak_student_advice({"B": WEAK})[1].endswith("Keep random selection.")  # no concentrated: no claim
 
 
 def test_an_arm_above_random_with_the_weak_student_is_named():

@@ -310,3 +310,92 @@ def test_an_easy_level_a_leaf_does_not_have_is_one_line():
         make_dataset("quickstart", leaf_difficulty={"subtraction": 0})
     with pytest.raises(DataError, match="unknown leaf 'lcm'"):
         make_dataset("quickstart", leaf_difficulty={"lcm": 0})
+
+
+# ---- composed problems (regime P of the third evidence round) ------------------------------------------------
+def test_order_free_key_makes_reordered_sums_one_problem():
+    from skill_distill.synthetic import order_free_key
+
+    assert order_free_key("9+6+3") == order_free_key("3+6+9") == "3+6+9"
+    assert order_free_key("12*7") == order_free_key("7*12")
+    assert order_free_key("9-6") == "9-6" and order_free_key("3,9") == "3,9"  # not commutative: unchanged
+    chain = ("Arithmetic", "single-digit addition")
+    # the twin problem of round 2: with keys as written, reordered sums are split between pool and held-out ...
+    pool, held = generate_leaf(chain, 150, 40, seed=0)
+    twins = {order_free_key(p.key) for p in pool} & {order_free_key(p.key) for p in held}
+    assert twins
+    # ... with order-free keys, never
+    pool, held = generate_leaf(chain, 150, 40, seed=0, order_free=True)
+    assert not {p.key for p in pool} & {p.key for p in held}
+    assert len({p.key for p in pool + held}) == 190
+    assert make_dataset("quickstart", order_free_keys=True).metadata["order_free_keys"] is True
+
+
+@pytest.fixture(scope="module")
+def composed():
+    from skill_distill.composed import make_composed_dataset
+
+    return make_composed_dataset(seed=0, pool_size=1200, heldout_per_leaf=20)
+
+
+def test_composed_problems_chain_two_or_three_leaves_of_at_least_24(composed):
+    from skill_distill.composed import composed_tree
+
+    tree = composed_tree()
+    assert len(tree.leaf_chains) >= 24 and tree.depth == 2 and len(tree.topics()) == 5
+    rows = composed.pool + composed.heldout
+    steps = [len(composed.chains[e.id]) for e in rows]
+    assert set(steps) == {2, 3}
+    assert all(len(set(composed.chains[e.id])) == len(composed.chains[e.id]) for e in rows)  # distinct leaves
+    assert {c for e in rows for c in composed.chains[e.id]} == set(tree.leaf_chains)
+    # a later step reads the previous one's result, and the trace names every step's result
+    for e in rows[:200]:
+        n = len(composed.chains[e.id])
+        assert e.problem.count("Let ") == n and ("Let B be" in e.problem)
+        assert all(f"So {letter} = " in e.trace for letter in "ABC"[:n])
+        assert e.trace.endswith(f"The answer is \\boxed{{{e.answer}}}.")
+        last = re.search(rf"So {'ABC'[n - 1]} = (-?\d+)\.", e.trace).group(1)
+        assert last == e.answer
+
+
+def test_composed_traces_use_several_phrasings_per_leaf_and_every_written_step_is_true(composed):
+    from skill_distill.composed import LEAVES, Reject, Step
+
+    rng = random.Random(3)
+    for spec in LEAVES:
+        shapes = set()
+        for _ in range(400):  # a step's working with its numbers masked: the phrasing
+            try:
+                step: Step = spec.step(rng, spec.start(rng), "A")
+            except Reject:  # this input does not fit the step; draw again
+                continue
+            shapes.add(re.sub(r"\d+", "#", step.working))
+        assert len(shapes) >= 3, (spec.chain, shapes)
+    checked = 0
+    for e in composed.pool + composed.heldout:
+        n, false = _false_statements(e.trace)
+        assert not false, (false, e.trace)
+        checked += n
+    assert checked > 2 * len(composed.pool)
+
+
+def test_composed_heldout_covers_every_leaf_and_never_shares_a_problem_with_the_pool(tmp_path):
+    from skill_distill.composed import generate_composed, run_make_composed_data
+
+    pool, held = generate_composed(600, 12, seed=1)
+    assert len(pool) == 600
+    assert not {p.key for p in pool} & {p.key for p in held}
+    counts: dict = {}
+    for p in held:
+        for c in p.chains:
+            counts[c] = counts.get(c, 0) + 1
+    assert len(counts) >= 24 and min(counts.values()) >= 12
+    meta = run_make_composed_data(str(tmp_path / "a"), seed=1, pool_size=600, heldout_per_leaf=12)
+    run_make_composed_data(str(tmp_path / "b"), seed=1, pool_size=600, heldout_per_leaf=12)
+    for name in FILES[:-1]:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    attribution = read_jsonl(tmp_path / "a" / "attribution.jsonl")
+    assert all(2 <= len(r["chains"]) <= 3 for r in attribution)
+    assert meta["totals"]["pool"] == 600 and meta["command"].startswith("python -m skill_distill make-composed-data")
+    tree = SkillTree.load(tmp_path / "a" / "tree.json")
+    assert all(tree.validate_chain(c, r["id"]) for r in attribution for c in r["chains"])

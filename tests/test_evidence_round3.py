@@ -1,0 +1,226 @@
+"""The third evidence round's decision machinery on crafted inputs: the concentration pre-check (on crafted profiles,
+through the selection's own target), the two-level bootstrap and the verdict rule (a known effect is found, a null
+is not), and the report written from crafted per-problem records."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "experiments"))
+import evidence_report as er  # noqa: E402 - importable only after the sys.path.insert above
+import skill_selection_cpu as driver  # noqa: E402
+
+from skill_distill.composed import run_make_composed_data  # noqa: E402
+from skill_distill.io import ConfigError, write_json  # noqa: E402
+
+
+def _profile(path: Path, leaves: list[str], accuracy: dict[str, float]) -> Path:
+    nodes = [{"chain": leaf, "is_leaf": True, "judged": 40, "correct": round(40 * accuracy[leaf]),
+              "accuracy": accuracy[leaf]} for leaf in leaves]
+    topics = sorted({leaf.split("->")[0] for leaf in leaves})
+    nodes += [{"chain": t, "is_leaf": False, "judged": 40, "correct": 20, "accuracy": 0.5} for t in topics]
+    write_json(path, {"nodes": nodes})
+    return path
+
+
+@pytest.fixture(scope="module")
+def composed_data(tmp_path_factory):
+    data = tmp_path_factory.mktemp("composed")
+    run_make_composed_data(str(data), seed=0, pool_size=400, heldout_per_leaf=2)
+    (data / "train_pool.jsonl").write_bytes((data / "pool.jsonl").read_bytes())
+    import json
+
+    leaves = [f"{t['name']}->{leaf['name']}" for t in json.loads((data / "tree.json").read_text())["children"]
+              for leaf in t["children"]]
+    return data, leaves
+
+
+def test_concentration_check_passes_a_spread_profile_and_fails_concentrated_and_zero_ones(composed_data, tmp_path):
+    data, leaves = composed_data
+    cfg = driver.ExperimentConfig(precheck=driver.PreCheck(kind="concentration", min_effective_share=0.6,
+                                                           enforce=True))
+    spread = {leaf: 0.3 + 0.4 * k / (len(leaves) - 1) for k, leaf in enumerate(leaves)}  # 0.3 .. 0.7
+    target = driver.target_shares(data, _profile(tmp_path / "a.json", leaves, spread), budget=40)
+    assert abs(sum(target.values()) - 1) < 1e-9 and set(target) == set(leaves)
+    check = driver.precheck(cfg, spread, target)
+    assert check["passed"] and check["concentration"]["effective_leaves"] > 0.9 * len(leaves)
+    # a few weak leaves take the budget: 1/acc weights of 0.02 against 0.9 -> effective leaves far below 0.6 x 25
+    skewed = {leaf: (0.02 if k < 3 else 0.9) for k, leaf in enumerate(leaves)}
+    target = driver.target_shares(data, _profile(tmp_path / "b.json", leaves, skewed), budget=40)
+    check = driver.precheck(cfg, skewed, target)
+    assert not check["passed"] and check["concentration"]["effective_leaves"] < 0.6 * len(leaves)
+    # a spread profile with one leaf at zero accuracy is refused even though it is not concentrated
+    zero = dict(spread, **{leaves[0]: 0.0})
+    check = driver.precheck(cfg, zero, {leaf: 1 / len(leaves) for leaf in leaves})
+    assert not check["passed"] and check["concentration"]["leaves_at_zero"] == [leaves[0]]
+    assert "effective leaves at T=1 25.0 of 25 (required >= 15.0), at zero: 1" in driver.precheck_line(check, 25)
+    # and a leaf without a share fails too
+    no_share = driver.concentration({leaf: 1 / 24 for leaf in leaves[1:]}, spread, 0.6)
+    assert not no_share["passed"] and no_share["leaves_without_share"] == [leaves[0]]
+
+
+def test_bad_round3_settings_are_refused_in_one_line():
+    with pytest.raises(ConfigError, match="precheck.kind must be band or concentration"):
+        driver.ExperimentConfig(precheck=driver.PreCheck(kind="spread")).validate()
+    with pytest.raises(ConfigError, match="data_kind must be single or composed"):
+        driver.ExperimentConfig(data_kind="mixed").validate()
+
+
+def _records(rng, n_problems: int, p: float) -> np.ndarray:
+    return (rng.random(n_problems) < p).astype(float)
+
+
+def test_two_level_bootstrap_finds_a_known_effect_and_calls_a_null_not_separable():
+    rng = np.random.default_rng(0)
+    n, seeds = 600, 4
+    strata = np.repeat(np.arange(12), n // 12)
+    random_arm = np.array([_records(rng, n, 0.40) for _ in range(seeds)])
+    better = np.array([_records(rng, n, 0.55) for _ in range(seeds)])  # +15 points
+    null = np.array([_records(rng, n, 0.40) for _ in range(seeds)])
+    worse = np.array([_records(rng, n, 0.25) for _ in range(seeds)])
+    up = er.effect(better - random_arm, strata, 1000)
+    assert up["verdict"] == "beats random" and 0.10 < up["mean"] < 0.20 and up["ci_low"] > 0
+    flat = er.effect(null - random_arm, strata, 1000)
+    assert flat["verdict"] == "not separable" and flat["ci_low"] < 0 < flat["ci_high"]
+    assert er.effect(worse - random_arm, strata, 1000)["verdict"] == "worse"
+    assert 0 < flat["detectable"] < 0.15  # a 15-point effect is within what this design detects
+    # the seed level is resampled: seeds that disagree widen the interval beyond the problems-only one
+    split = np.vstack([np.ones((2, n)), -np.ones((2, n))]) * 0.2
+    wide = er.effect(split, strata, 1000)
+    assert wide["verdict"] == "not separable" and wide["ci_high"] - wide["ci_low"] > 0.2
+    assert er.verdict(0.01, 0.05) == "beats random" and er.verdict(-0.05, -0.01) == "worse"
+    assert er.verdict(-0.01, 0.05) == "not separable" and er.verdict(0.0, 0.05) == "not separable"
+
+
+def test_label_accuracy_compares_the_written_block_with_the_attributed_chains():
+    attributed = {"1": ["A->x", "B->y"], "2": ["A->x", "C->z"], "3": ["B->y", "C->z"]}
+    written = {"1": ["A->x", "B->y"], "2": ["A->x"], "3": None}
+    lab = er.label_accuracy(written, attributed)
+    assert lab["exact"] == pytest.approx(1 / 3) and lab["precision"] == 1.0 and lab["recall"] == pytest.approx(3 / 6)
+
+
+def test_report_from_crafted_records_states_table_verdicts_and_advice():
+    rng = np.random.default_rng(1)
+    leaves = [f"T->leaf {k}" for k in range(6)]
+    ids = [f"h{k}" for k in range(300)]
+    chains_of = {i: [leaves[k % 6], leaves[(k + 1) % 6]] for k, i in enumerate(ids)}
+    seeds = [0, 1, 2]
+    arms = ["random", "random_format", "skill", "skill_format"]
+    p = {"random": 0.4, "random_format": 0.4, "skill": 0.6, "skill_format": 0.1}
+    correct = {s: {a: dict(zip(ids, _records(rng, len(ids), p[a]), strict=True)) for a in arms} for s in seeds}
+    written = {s: {a: {i: (chains_of[i][:1] if a.endswith("format") else None) for i in ids} for a in arms}
+               for s in seeds}
+    shares = {s: {a: list(np.full(6, 1 / 6)) if a.startswith("random") else [0.5, 0.1, 0.1, 0.1, 0.1, 0.1]
+                  for a in arms} for s in seeds}
+    distinct = {s: dict.fromkeys(arms, 160) for s in seeds}
+    r = er.analyse_round3(arms, leaves, ids, chains_of, seeds, correct, written, shares, distinct,
+                          driver.FORMAT_CONTRASTS, resamples=500)
+    assert r["arms"]["skill"]["minus_random"]["verdict"] == "beats random"
+    assert r["arms"]["skill_format"]["minus_random"]["verdict"] == "worse"
+    assert r["arms"]["random_format"]["minus_random"]["verdict"] == "not separable"
+    assert r["contrasts"]["format under skill"]["verdict"] == "worse"
+    assert r["arms"]["skill_format"]["label_accuracy"]["exact"] == 0 and r["arms"]["skill"]["label_accuracy"] is None
+    assert r["arms"]["skill_format"]["leaves_10_below_random"] == leaves  # 30 points below on every leaf
+    assert r["min_occurrences"] == 100
+    text = er.regime_section("P", "crafted", r, "passed", "Cost: none.", "results/x")
+    assert "| skill | " in text and "| beats random | 160 | no block |" in text
+    assert "| skill_format | " in text and "| worse | 160 | 0% / 100% |" in text
+    assert "| format under skill (skill_format - skill) |" in text and "| worse than skill |" not in text
+    lines = er.advice({"P": r, "concentrated": None})
+    assert lines[0].startswith("- Regime P: skill beat random; the largest gain was `skill`")
+    assert "Worse than random: skill_format" in lines[0]
+    assert lines[1].startswith("- Regime concentrated: the pre-check failed")
+    assert lines[-1].startswith("- On-policy distillation")
+
+
+def test_shipped_round3_config_declares_the_design(tmp_path):
+    from jsonargparse import ArgumentParser
+
+    text = (REPO / "configs/experiments/evidence_round3.yaml").read_text()
+    assert "Declared before running (2026-12-06)" in text
+    parser = ArgumentParser()
+    parser.add_function_arguments(driver.main)
+    parser.add_argument("--config", action="config")
+    cfg = parser.parse_args(["--config", str(REPO / "configs/experiments/evidence_round3.yaml")])
+    regimes = parser.instantiate(cfg).regimes
+    assert [r.name for r in regimes] == ["P", "concentrated"]
+    p, conc = regimes
+    for r in regimes:
+        r.validate()
+    assert p.precheck.kind == "concentration" and p.precheck.enforce and len(p.tries) <= driver.MAX_TRIES
+    assert p.pool_size >= 20 * p.budget and p.heldout_per_leaf >= 100 and conc.heldout_per_leaf >= 100
+    assert set(p.arms) == {"random", "random_format", "skill", "skill_format", "skill_t05", "closed_loop"}
+    assert conc.arms == ["random", "skill_t05"] and conc.order_free_keys
+    assert cfg.report_file == "results/evidence/README.md" and not cfg.update_readme_section
+
+
+def test_the_report_file_is_written_from_finished_arms_and_names_a_regime_that_stopped(composed_data, tmp_path):
+    import json
+
+    data, leaves = composed_data
+    heldout = [json.loads(line) for line in (data / "heldout.jsonl").read_text().splitlines()]
+    chains = {r["id"]: r["chains"] for r in map(json.loads, (data / "attribution.jsonl").read_text().splitlines())}
+    pool_ids = [json.loads(line)["id"] for line in (data / "pool.jsonl").read_text().splitlines()]
+    arms = ["random", "random_format", "skill"]
+    rng = np.random.default_rng(2)
+    runs = {}
+    for seed in (0, 1):
+        runs[seed] = {}
+        for arm in arms:
+            path = tmp_path / f"records_{seed}_{arm}.jsonl"
+            path.write_text("".join(json.dumps({"id": r["id"], "correct": bool(rng.random() < 0.5),
+                                                "skills_written": (["->".join(chains[r["id"]][0])]
+                                                                   if arm == "random_format" else None)}) + "\n"
+                                    for r in heldout))
+            trained = pool_ids[:160] if arm != "skill" else pool_ids[100:260]
+            runs[seed][arm] = {"records": str(path), "trained_ids": trained * 3, "distinct_examples": 160}
+    timings = tmp_path / "timings.json"
+    write_json(timings, {"shared:warm-up": 600, "seed0:random:train": 900, "seed1:random:train": 960})
+    profile = dict.fromkeys(leaves, 0.5)
+    check = driver.precheck(driver.ExperimentConfig(precheck=driver.PreCheck(kind="concentration")), profile,
+                            dict.fromkeys(leaves, 1 / len(leaves)))
+    done = driver.ExperimentConfig(name="P", title="crafted", arms=arms, results_dir=str(tmp_path / "p"),
+                                   precheck=driver.PreCheck(kind="concentration"), bootstrap_resamples=200)
+    stopped = driver.ExperimentConfig(name="concentrated", title="stopped", results_dir=str(tmp_path / "c"))
+    write_json(tmp_path / "c" / "tries.json", [{"try": 0, "precheck": {"kind": "band", "leaves_in_band": 3,
+                                                                       "band": [0.05, 0.9], "leaves_at_zero": ["x"]},
+                                                 "profile_leaf_accuracy": {"x": 0.0, "y": 0.5}}])
+    prepared = {"P": {"data": data, "runs": runs, "timings": timings, "profile": profile, "precheck": check,
+                      "try": 0},
+                "concentrated": None}
+    report = tmp_path / "README.md"
+    driver.write_round3([done, stopped], prepared, [0, 1], report, "# Round 3 (crafted)")
+    text = report.read_text()
+    assert text.startswith("# Round 3 (crafted)\n\n### Regime P: crafted")
+    assert "effective leaves at T=1 25.0 of 25 (required >= 15.0), at zero: 0, without a share: 0 -> passed" in text
+    assert "| random_format | " in text and "| skill | " in text
+    assert "| format under random (random_format - random)" in text
+    # random_format writes the first of 2-3 attributed chains: never the exact set, every label right
+    assert "| 0% / 100% |" in text and "| no block |" in text
+    assert "seed 0 15 min, seed 1 16 min" in text
+    assert ("### Regime concentrated: stopped\n\nNo try passed the pre-check (try 0: 3 of 2 leaves in [0.05, 0.9], "
+            "at zero: 1;") in text
+    assert "- Regime concentrated: the pre-check failed, no arm was trained" in text
+    saved = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert saved["regime"] == "P" and set(saved["arms"]) == set(arms) and saved["seeds"] == [0, 1]
+
+
+def test_a_step_killed_by_a_signal_is_started_again_and_a_failing_step_stops(tmp_path, monkeypatch):
+    monkeypatch.setattr(driver, "KILLED_STEP_WAIT_S", 0)
+    marker = tmp_path / "ran_once"
+    # killed (as by the OOM killer) the first time, succeeds the second
+    script = (f"import os, pathlib, signal; p = pathlib.Path({str(marker)!r})\n"
+              "if not p.exists():\n    p.touch(); os.kill(os.getpid(), signal.SIGKILL)\nprint('second run')")
+    timings = tmp_path / "timings.json"
+    driver.run([sys.executable, "-c", script], tmp_path / "step.log", timings, "seed0:x:train")
+    assert "second run" in (tmp_path / "step.log").read_text() and "seed0:x:train" in timings.read_text()
+    with pytest.raises(driver.DataError, match=r"step failed \(exit 3\); see .*bad.log"):
+        driver.run([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "bad.log")
+    always = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    with pytest.raises(driver.DataError, match=r"exit -9"):
+        driver.run(always, tmp_path / "killed.log")
