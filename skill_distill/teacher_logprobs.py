@@ -1,8 +1,10 @@
 """The ``teacher-logprobs`` stage: the teacher's top-k logprobs at every supervised position, stored for training.
 
-    python -m skill_distill teacher-logprobs --config configs/pipeline/teacher_logprobs.yaml
-    python -m skill_distill teacher-logprobs --corpus data/omr/pool.jsonl --ids runs/x/selection_manifest.json \
+    python -m skill_distill teacher-logprobs --config configs/pipeline/teacher_logprobs_omr.yaml
+    python -m skill_distill teacher-logprobs --corpus data/omr/pool.jsonl --ids MANIFEST \
         --teacher Qwen/Qwen3-32B --output_dir data/omr/teacher_logprobs_qwen3_32b --backend vllm
+
+(``MANIFEST``: a training run's ``<run dir>/selection_manifest.json``.)
 
 Logit distillation from stored logprobs (``model.distillation.teacher_logprobs``) needs no teacher beside the student:
 this stage runs the teacher once over the selected examples (``ids``: a selection manifest) or a whole pool. The
