@@ -227,7 +227,8 @@ def test_stage_with_an_endpoint_down_is_one_line_exit_2(tmp_path, pool_file, tre
     with ScriptedEndpoint(make_script(), fail_after=0) as down:
         cfg = backend_config(down, qwen_tokenizer_dir, max_retries=1)
         args = ["attribute", "--pool", str(pool_file), "--tree", str(tree_file), "--output_dir", str(tmp_path / "o")]
-        args += [f"--backend.{k}={v}" for k, v in vars(cfg).items() if v is not None and not isinstance(v, dict)]
+        args += ["--backend=OpenAIConfig"] + [f"--backend.{k}={v}" for k, v in vars(cfg).items()
+                                              if v is not None and not isinstance(v, dict)]
         with pytest.raises(SystemExit) as exit_info:
             main(args)
     assert exit_info.value.code == 2
