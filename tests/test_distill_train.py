@@ -87,9 +87,9 @@ def test_logit_kd_trains_resumes_and_keeps_its_teacher(tmp_path, shared_dir, qwe
     assert len(first) == 1 and all(0 < float(r["train/forward_kl"]) < 20 for r in first)
     assert all(float(r["train/ce"]) > 5 for r in first)  # random students over a 152k vocabulary
 
-    # another teacher by name: the fixed setting model.distillation
+    # another teacher by name: the fixed setting model.distillation, reported by its key
     code, err = fit(tmp_path, run, other, corpus, qwen_tokenizer_dir, "--ckpt_path=last", log="b.log")
-    assert code == 2 and err.strip().splitlines()[-1].startswith("error: model.distillation is"), err[-3000:]
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: model.distillation.teacher is"), err[-3000:]
     # the same name with another config: the checkpoint's teacher identity
     saved_config = (teacher / "config.json").read_text()
     shutil.copy(other / "config.json", teacher / "config.json")
