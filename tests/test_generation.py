@@ -181,7 +181,7 @@ def test_generate_in_subprocess_tiny_qwen3(tiny_qwen3_dir, qwen_tokenizer):
 @pytest.mark.slow
 def test_generate_in_subprocess_reports_child_failure(tmp_path):
     cfg = HFConfig(model=str(tmp_path / "missing"))
-    with pytest.raises(GenerationError, match="generation subprocess failed: GenerationError: cannot load"):
+    with pytest.raises(GenerationError, match="generation subprocess failed: ConfigError: backend.model: cannot load"):
         generate_in_subprocess(cfg, ["hi"], SamplingConfig(max_new_tokens=2))
 
 
