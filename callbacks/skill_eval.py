@@ -65,8 +65,10 @@ class InTrainingEvaluation:
                  subdir: str | None = None):
         if on_error not in ("raise", "skip"):
             raise ConfigError(f"{owner}.on_error must be 'raise' or 'skip', got {on_error!r}")
-        if backend.tensor_parallel_size < 1:
-            raise ConfigError(f"{owner}: backend.tensor_parallel_size must be >= 1, got {backend.tensor_parallel_size}")
+        # HF generate has no tensor parallelism: one engine per rank
+        self.tensor_parallel_size = int(getattr(backend, "tensor_parallel_size", 1))
+        if self.tensor_parallel_size < 1:
+            raise ConfigError(f"{owner}: backend.tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
         if backend.kind == "openai":
             raise ConfigError(f"{owner} evaluates the weights being trained: use a VLLMConfig or HFConfig backend")
         self.owner = owner
@@ -92,7 +94,7 @@ class InTrainingEvaluation:
     def check_trainer(self, trainer) -> None:
         """ConfigError (one line) for a process-group timeout shorter than ``timeout_s``, or tensor-parallel groups
         that would span nodes."""
-        tp = self.backend.tensor_parallel_size
+        tp = self.tensor_parallel_size
         if tp > 1 and max(1, trainer.num_devices) % tp:
             raise ConfigError(f"{self.owner}: backend.tensor_parallel_size={tp} must divide the devices per node "
                               f"({trainer.num_devices}): an engine's ranks must share one node")
@@ -110,14 +112,14 @@ class InTrainingEvaluation:
     def engine_slot(self, trainer) -> tuple[int, int, bool]:
         """(this rank's engine, number of engines, whether this rank runs it): tensor-parallel groups are
         consecutive global ranks, which lie on one node because ``tp`` divides the devices per node."""
-        tp = self.backend.tensor_parallel_size
+        tp = self.tensor_parallel_size
         return trainer.global_rank // tp, max(1, trainer.world_size // tp), trainer.global_rank % tp == 0
 
     def _child_env(self, trainer, pl_module) -> dict[str, str]:
         """The engine's environment: the rank's GPU, or its group's GPUs; on CPU one core slice per engine worker."""
         from skill_distill.generation.vllm_backend import clean_child_env
 
-        tp = self.backend.tensor_parallel_size
+        tp = self.tensor_parallel_size
         device = pl_module.device
         if device.type == "cuda":
             env = clean_child_env(os.environ)

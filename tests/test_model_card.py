@@ -38,7 +38,7 @@ def test_exports_carry_a_model_card(tmp_path, monkeypatch, shared_dir, tiny_qwen
         if cb["class_path"].endswith("SkillEvalCallback"):
             args.update(benchmarks=[{"name": "heldout", "limit_per_skill": 1, "limit": 6, "k": 1}], baseline=False,
                         sampling={"temperature": 0.0, "max_new_tokens": 8, "seed": 0},
-                        backend={"kind": "hf", "dtype": "float32"})
+                        backend={"class_path": "HFConfig", "init_args": {"dtype": "float32"}})
         if not cb["class_path"].endswith("RichProgressBar"):
             callbacks.append(cb)
     cfg["trainer"]["callbacks"] = callbacks
