@@ -44,7 +44,7 @@ def test_smollm2_traces_feed_attribute_and_profile(tmp_path, smollm2_dir, monkey
     import skill_distill.profile as profile_stage
     import skill_distill.traces as traces_stage
     from skill_distill.attribution import run_attribution
-    from skill_distill.grading import grade
+    from skill_distill.grading import GradingConfig, grade
     from skill_distill.profile import run_profile
     from skill_distill.traces import run_generate_traces
 
@@ -83,15 +83,15 @@ def test_smollm2_traces_feed_attribute_and_profile(tmp_path, smollm2_dir, monkey
         assert all(v.correct for v in verdicts)
 
         attribution = run_attribution(str(out / "traces.jsonl"), str(QUICKSTART / "tree.json"),
-                                      str(tmp_path / "attribution"), cfg, max_new_tokens=48, max_input_chars=3000,
-                                      guided=True)
+                                      str(tmp_path / "attribution"), cfg, max_input_chars=3000, guided=True,
+                                      sampling=SamplingConfig(temperature=0.3, max_new_tokens=48, seed=42))
         attributed = _rows(tmp_path / "attribution" / "attribution.jsonl")
         assert sorted(r["id"] for r in attributed) == sorted(t["id"] for t in traces), attribution
 
         summary = run_profile(str(out / "traces.jsonl"), str(QUICKSTART / "tree.json"),
                               str(tmp_path / "attribution" / "attribution.jsonl"), str(tmp_path / "profile"), cfg,
                               sampling=SamplingConfig(temperature=0.6, max_new_tokens=64, n=1, seed=1),
-                              answer_fallback="last_number", grader_workers=0)
+                              answer_fallback="last_number", grading=GradingConfig(workers=0))
         profile = json.loads((tmp_path / "profile" / "profile.json").read_text())
         assert profile["examples"] == len(traces) and summary["overall_accuracy"] is not None
     finally:
