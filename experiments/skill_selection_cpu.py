@@ -368,7 +368,7 @@ def prepare_regime(cfg: ExperimentConfig) -> dict | None:
         profile = leaf_profile(prof_dir / "profile.json")
         check = precheck(cfg, profile, target_shares(data, prof_dir / "profile.json", cfg.budget))
         entry = {"try": k, **asdict(attempt), "precheck": check, "profile_leaf_accuracy": profile,
-                 "profile": read_json(prof_dir / "profile.json")}
+                 "profile": repo_relative(read_json(prof_dir / "profile.json"))}
         tries_log = [t for t in tries_log if t["try"] != k] + [entry]
         write_json(log_path, sorted(tries_log, key=lambda t: t["try"]))
         print(f"regime {cfg.name} try {k}: {precheck_line(check, len(profile))} -> "
@@ -378,6 +378,17 @@ def prepare_regime(cfg: ExperimentConfig) -> dict | None:
                     "profile": profile, "precheck": check, "timings": timings}
     print(f"regime {cfg.name}: no try passed the pre-check; the regime stops here (reported, not loosened)")
     return None
+
+
+def repo_relative(value):
+    """``value`` with this checkout's directory taken out of its paths: the committed results name no machine."""
+    if isinstance(value, str):
+        return value.replace(f"{REPO}/", "")
+    if isinstance(value, dict):
+        return {k: repo_relative(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [repo_relative(v) for v in value]
+    return value
 
 
 def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict:
@@ -725,7 +736,7 @@ def write_round3(regimes: list[ExperimentConfig], prepared: dict, seeds: list[in
                               labelled_arms=[a for a in cfg.arms if ARMS[a].skill_format != "off"])
         r.update({"regime": cfg.name, "title": cfg.title, "precheck": prep["precheck"], "try": prep["try"],
                   "profile_leaf_accuracy": prep["profile"], "config": asdict(cfg)})
-        write_json(results_dir / "results.json", r)
+        write_json(results_dir / "results.json", repo_relative(r))
         results[cfg.name] = r
         sections.append(er.regime_section(cfg.name, cfg.title, r,
                                           f"try {prep['try']}, {precheck_line(prep['precheck'], len(prep['profile']))}"
