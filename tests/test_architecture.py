@@ -12,12 +12,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("skill_distill", "lightning_modules", "datamodules", "callbacks", "experiments")
-LIGHTNING_SIDE = ("lightning_modules", "datamodules", "callbacks", "experiments", "train")
+LIGHTNING_SIDE = ("lightning_modules", "datamodules", "callbacks", "experiments", "train", "train_cli")
 LIGHTNING = ("lightning", "pytorch_lightning", "lightning_fabric")
 
 
 def project_modules() -> dict[str, Path]:
-    mods = {"train": REPO / "train.py"}
+    mods = {"train": REPO / "train.py", "train_cli": REPO / "train_cli.py"}
     for pkg in PACKAGES:
         for f in sorted((REPO / pkg).rglob("*.py")):
             parts = f.relative_to(REPO).with_suffix("").parts
@@ -126,3 +126,12 @@ def test_cli_help_does_not_import_vllm():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_train_py_imported_again_by_a_spawned_child_loads_nothing_heavy():
+    """A grader worker or a launched rank imports train.py again as its ``__main__`` ("spawn"): that import must not
+    load torch or Lightning (seconds of work, before the child's parent-death guard is armed)."""
+    code = ("import runpy, sys; runpy.run_path('train.py', run_name='__mp_main__'); "
+            "print(sorted(m for m in ('torch', 'lightning', 'transformers', 'train_cli') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -1,0 +1,347 @@
+"""The command line of ``train.py`` (LightningCLI): which run a run directory holds, the resume checks, one-line
+errors. Its use is in ``train.py``'s docstring."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+from jsonargparse import set_parsing_settings
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from datamodules import SkillDataModule
+from lightning_modules import CausalLMModule
+from lightning_modules import run_dir as runs
+from skill_distill.io import ConfigError, DataError, atomic_write
+from skill_distill.run_layout import RunLayout
+
+log = logging.getLogger("train")
+PROJECT_LOGGERS = ("train", "callbacks", "datamodules", "lightning_modules", "skill_distill")
+RESUME_ENV = "SKILL_DISTILL_RESUME_FROM"
+"""The first process's decision (checkpoint path, or empty for a new run), inherited by the ranks Lightning's
+launcher starts later, which must not re-judge a directory the first rank has begun to write."""
+
+
+class SkillArgumentParser(LightningArgumentParser):
+    """A user's mistake is one line (no ~100 lines of usage first), with "did you mean" for a misspelt key and the
+    file of a YAML syntax error."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # argparse's prefix matching took --trainer.max_step for max_steps
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None):
+        from jsonargparse._common import debug_mode_active
+
+        if not self.exit_on_error or debug_mode_active():  # jsonargparse parsing internally: it catches this
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        line = " ".join(message.split())
+        yaml_problem = _yaml_problem() if "Problems parsing config" in message else None
+        if yaml_problem:
+            line = yaml_problem
+        elif len(line) > 400:
+            line = line[:400] + " ..."
+        line += _did_you_mean(message, self)
+        prog = "python train.py" + (f" {parser.prog.split()[-1]}" if parser.prog.split()[-1] in ("fit", "validate")
+                                    else "")
+        sys.stderr.write(f"error: {line} (every option: {prog} --help)\n")
+        raise SystemExit(2)
+
+
+def _config_files(argv: list[str]) -> list[str]:
+    files = []
+    for i, a in enumerate(argv):
+        if a in ("--config", "-c") and i + 1 < len(argv):
+            files.append(argv[i + 1])
+        elif a.startswith("--config="):
+            files.append(a.split("=", 1)[1])
+    return files
+
+
+def _yaml_problem() -> str | None:
+    """The first --config file that is not valid YAML, as ``<file>:<line>:<column>: <problem>``."""
+    import yaml
+
+    for f in _config_files(_ARGV):
+        try:
+            yaml.safe_load(Path(f).read_text(encoding="utf-8"))
+        except yaml.MarkedYAMLError as e:
+            mark = e.problem_mark
+            return f"{f}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: {e.problem}"
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            return f"{f}: not a readable YAML file ({type(e).__name__}: {e})"
+    return None
+
+
+def _all_keys(parser) -> list[str]:
+    keys = []
+    stack = [parser]
+    while stack:
+        p = stack.pop()
+        for action in p._actions:
+            if getattr(action, "dest", None) and action.dest not in ("help", "config"):
+                keys.append(action.dest)
+            stack.extend((getattr(action, "_name_parser_map", None) or {}).values())
+    return sorted(set(keys))
+
+
+def _did_you_mean(message: str, parser) -> str:
+    """Close matches (difflib) among the parser's keys for the unknown key(s) in jsonargparse's message."""
+    unknown = re.findall(r"--([\w.]+)", message.split("unrecognized arguments:", 1)[1]) \
+        if "unrecognized arguments:" in message else []
+    for kind, group, option in re.findall(r"(Group|Subcommand) '([\w.]+)' does not accept option '([\w.]+)'", message):
+        unknown.append(f"{group}.{option}" if kind == "Group" else option)
+    for key in re.findall(r"[Kk]ey \"([\w.]+)\" is not expected", message):
+        unknown.append(key)
+    root = parser
+    while getattr(root, "parent_parser", None) is not None:
+        root = root.parent_parser
+    keys = _all_keys(_ROOT_PARSER or root)
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
+        if close:
+            hints.append(f"--{close[0]}" if "unrecognized" in message else close[0])
+    return f"; did you mean {', '.join(hints)}?" if hints else ""
+
+
+_ARGV: list[str] = []
+_ROOT_PARSER = None
+_HELD: RunLayout | None = None
+"""The run directory this process holds (released when ``main`` returns)."""
+
+
+def _first_process() -> bool:
+    """Global rank 0 of the job, before the process group exists (torchrun, SLURM, Lightning's launcher)."""
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+    return int(rank) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
+class SkillCLI(LightningCLI):
+    def init_parser(self, **kwargs):
+        global _ROOT_PARSER
+        parser = super().init_parser(**kwargs)
+        if _ROOT_PARSER is None or not kwargs.get("description"):  # the main parser (subcommands have one)
+            _ROOT_PARSER = parser
+        return parser
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # one tokenizer for data and export
+        parser.link_arguments("data.tokenizer", "model.tokenizer")
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning's version copies the checkpoint's model hyperparameters over the command line's, so a changed
+        # learning rate was silently dropped; before_instantiate_classes compares them and refuses a change instead
+        pass
+
+    # ---- the run directory --------------------------------------------------------------------------------------
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        root = config.trainer.get("default_root_dir")
+        if not root:
+            raise ConfigError("set trainer.default_root_dir: the run directory that holds this run's checkpoints, "
+                              "logs, evaluations and export")
+        root = Path(root)
+        for logger in _as_list(config.trainer.get("logger")):  # loggers write inside the run directory
+            init = getattr(logger, "init_args", None)
+            if init is not None and "save_dir" in init and not init.save_dir:
+                init.save_dir = str(root)
+        if self.subcommand == "fit":
+            self._decide_run(config, root)
+
+    def _decide_run(self, config, root: Path) -> None:
+        ckpt = config.get("ckpt_path")
+        if RESUME_ENV in os.environ and int(os.environ.get("LOCAL_RANK", "0")) > 0:  # started by Lightning's launcher
+            config.ckpt_path = os.environ[RESUME_ENV] or None
+            return
+        layout = RunLayout(root)
+        earlier = layout.earlier_run_outputs()
+        ckpt_dir = layout.checkpoints
+        resume = None
+        if ckpt is None:
+            if earlier:
+                raise ConfigError(f"{root} holds an earlier run ({', '.join(earlier)}): resume it with --ckpt_path "
+                                  "last, or start a new run with --trainer.default_root_dir <another directory>")
+        elif ckpt == "last":
+            resume = runs.resolve_resume(ckpt_dir, log=lambda line: print(line, file=sys.stderr))
+            if resume is None:
+                log.info("%s: no checkpoint yet, starting a new run", root)
+        else:
+            resume = Path(ckpt)
+            if not resume.exists():
+                raise DataError(f"--ckpt_path {ckpt}: no such checkpoint; use --ckpt_path last to resume the run in "
+                                f"{root}, or a path to an existing .ckpt")
+            problem = runs.checkpoint_problem(resume)
+            if problem:
+                raise DataError(f"--ckpt_path {ckpt}: {problem}; use another checkpoint (or --ckpt_path last for the "
+                                f"newest readable one of {ckpt_dir})")
+            if earlier and root.resolve() not in resume.resolve().parents:
+                raise ConfigError(f"{root} holds an earlier run ({', '.join(earlier)}) and --ckpt_path {ckpt} is from "
+                                  "another one: start from it in a new directory (--trainer.default_root_dir)")
+        if resume is not None:
+            self._check_fixed_settings(config, resume, root)
+            finished = runs.read_finished(layout)
+            if finished is not None:
+                print(f"{root}: this run already finished (step {finished.get('global_step', '?')}); nothing to do. "
+                      f"Its summary: {layout.finished}. To train again, use --trainer.default_root_dir "
+                      "<another directory>", file=sys.stderr)
+                raise SystemExit(0)
+            log.info("resuming %s from %s", root, resume)
+        if _first_process():  # the launched ranks and the other nodes work for the run that holds it
+            global _HELD
+            taken = layout.hold()
+            _HELD = layout
+            if taken is not None:
+                print(f"{root}: taking over the hold of pid {taken.get('pid')} on {taken.get('host')} (started "
+                      f"{taken.get('started')}), which no longer runs", file=sys.stderr)
+        config.ckpt_path = str(resume) if resume is not None else None
+        os.environ[RESUME_ENV] = config.ckpt_path or ""
+        # the config of every attempt is kept (LightningCLI writes it into the first logger's directory):
+        # config.yaml, then config.resume-<k>.yaml
+        log_dir, name, k = _log_dir(config, root), "config.yaml", 1
+        while (log_dir / name).exists():
+            name, k = f"config.resume-{k}.yaml", k + 1
+        self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": name}
+
+    def _check_fixed_settings(self, config, ckpt: Path, root: Path) -> None:
+        meta = runs.read_checkpoint_meta(ckpt)
+        trainer = {k: config.trainer[k] for k in runs.FIXED_SETTINGS["trainer"]
+                   if config.trainer.get(k) is not None}  # unset: Lightning's default, not compared
+        seed = config.get("seed_everything")
+        if seed is not True:  # True draws a new seed per run: nothing to compare
+            trainer["seed_everything"] = None if seed is False or seed is None else int(seed)
+        current = {"model": config.model, "data": config.data, "trainer": trainer}
+        changed = runs.changed_settings(runs.saved_settings(meta), current)
+        if changed:
+            name, old, new = changed[0]
+            more = f" (and {', '.join(c[0] for c in changed[1:])})" if len(changed) > 1 else ""
+            raise ConfigError(f"{name}{more} is {json.dumps(new)} here but {json.dumps(old)} in the checkpoint {ckpt}: "
+                              f"a resumed run keeps the settings it started with; drop the change to resume {root}, "
+                              "or start a new run with --trainer.default_root_dir <another directory>")
+
+    # ---- after training -------------------------------------------------------------------------------------------
+    def after_fit(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        summary = run_summary(self.trainer)
+        if not self.trainer.interrupted:
+            with atomic_write(RunLayout.of(self.trainer).finished) as f:
+                json.dump(summary, f, indent=1)
+        print(format_summary(summary), file=sys.stderr)
+
+
+def _as_list(value) -> list:
+    if value is None or isinstance(value, bool):
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _log_dir(config, root: Path) -> Path:
+    """Where LightningCLI saves the config: the first logger's directory (``trainer.log_dir``), else the run's."""
+    loggers = _as_list(config.trainer.get("logger"))
+    init = getattr(loggers[0], "init_args", None) if loggers else None
+    if init is None:
+        return root
+    d = Path(init.get("save_dir") or root)
+    if init.get("name"):
+        d /= init.name
+    if init.get("version") not in (None, ""):
+        d /= str(init.version)
+    return d
+
+
+def run_summary(trainer) -> dict:
+    """Where the run's outputs went and its latest evaluation: overall and weakest-skill accuracy per set."""
+    from callbacks import HFExportCallback, SkillEvalCallback
+    from callbacks.checkpointing import ResumableCheckpoint
+
+    out: dict = {"run_dir": str(trainer.default_root_dir), "global_step": trainer.global_step,
+                 "epochs": trainer.current_epoch, "checkpoints": None, "export": None, "evaluations": {},
+                 "metrics": [getattr(lg, "log_dir", None) for lg in trainer.loggers]}
+    for cb in trainer.callbacks:
+        if isinstance(cb, ResumableCheckpoint):
+            out["checkpoints"] = cb.dirpath
+        elif isinstance(cb, HFExportCallback) and cb.last_export:
+            out["export"] = cb.last_export
+        elif isinstance(cb, SkillEvalCallback) and cb.last_report:
+            report = cb.last_report
+            for name, s in report["summary"].items():
+                skills = [r for r in report["benchmarks"][name]["metrics"].get("skills", [])
+                          if r.get("accuracy") is not None]
+                weakest = min(skills, key=lambda r: (r["accuracy"], r["chain"]), default=None)
+                out["evaluations"][name] = {
+                    "tag": report.get("tag"), "accuracy": s.get("accuracy"),
+                    "report": cb.reports.get(report.get("tag")),
+                    "weakest_skill": None if weakest is None else {"chain": weakest["chain"],
+                                                                  "accuracy": weakest["accuracy"]}}
+    return out
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"run {s['run_dir']}: step {s['global_step']}"]
+    for name, e in s["evaluations"].items():
+        acc = "n/a" if e["accuracy"] is None else f"{100 * e['accuracy']:.1f}%"
+        weak = e["weakest_skill"]
+        weak = f"; weakest skill {weak['chain']} {100 * weak['accuracy']:.1f}%" if weak else ""
+        lines.append(f"  evaluation {name} ({e['tag']}): {acc}{weak} -> {e['report']}")
+    if s["checkpoints"]:
+        lines.append(f"  checkpoints: {s['checkpoints']}")
+    if s["export"]:
+        lines.append(f"  export: {s['export']}")
+    for d in s["metrics"]:
+        if d:
+            lines.append(f"  metrics: {d}")
+    return "\n".join(lines)
+
+
+def setup_logging() -> None:
+    """The project's own INFO lines (progress, evaluations, checkpoints) on stderr; other libraries keep theirs."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    for name in PROJECT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+
+
+def main(args: list[str] | None = None, run: bool = True) -> SkillCLI:
+    global _ARGV
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _ARGV = list(sys.argv[1:] if args is None else args)
+    setup_logging()
+    # dataclass fields document themselves in --help and --print_config through their attribute docstrings
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    try:
+        return SkillCLI(
+            CausalLMModule,
+            SkillDataModule,
+            trainer_defaults={"use_distributed_sampler": False},  # the data module plans batches per rank itself
+            save_config_kwargs={"overwrite": True},  # the file name is new per attempt (see _decide_run)
+            parser_class=SkillArgumentParser,
+            args=args,
+            run=run,
+        )
+    finally:
+        global _HELD
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            os.environ.pop(RESUME_ENV, None)  # for the launched ranks only, not for a later run in this process
+        if _HELD is not None:  # (with run=False the caller drives the trainer itself: nothing is held for it)
+            _HELD.release()
+            _HELD = None
+
+
+def run_from_command_line() -> None:
+    """``python train.py ...``: a user-fixable mistake is one line and exit code 2, no traceback."""
+    try:
+        main()  # None: LightningCLI reads sys.argv itself (a list here would warn "args parameter ...")
+    except (DataError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
