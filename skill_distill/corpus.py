@@ -7,10 +7,13 @@ Every later stage reads the *canonical* pool format, one JSON object per line:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from skill_distill.decontamination import normalise
 from skill_distill.io import DataError
 from skill_distill.rows import iter_row_batches, read_rows, source_name
 
@@ -36,6 +39,9 @@ class CorpusFields:
     pool's ``filters.generation_model``."""
     problem_type: str | None = None
     """Optional problem-type field (OpenMathReasoning: ``problem_type``), for ``filters.problem_type``."""
+    messages: str | None = None
+    """Optional chat field (a list of ``{"role", "content"}`` turns, e.g. ``messages``): the first user turn is the
+    problem and the last assistant turn the trace; ``problem`` and ``trace`` are then not read."""
 
 
 @dataclass
@@ -58,15 +64,86 @@ def _read_source(source: str, split: str) -> tuple[list[dict], str]:
     return read_rows(source, split)
 
 
+def _text(value, key: str, role: str, where: str) -> str:
+    """A text field's value; anything but a string (a chat list, a dict, a number) is refused, since ``str()`` of it
+    would silently become a Python repr in the prompt."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        fix = ("set fields.messages to this field (chat turns: user -> problem, assistant -> trace)"
+               if isinstance(value, list) else f"map fields.{role} to a text field")
+        raise DataError(f"{where}: field {key!r} ({role}) holds a {type(value).__name__}, not text; {fix}")
+    return value
+
+
+def _turn(row: dict, fields: CorpusFields, role: str, where: str) -> str:
+    """The first user turn (``role="user"``) or the last assistant turn of the row's chat field."""
+    key = fields.messages
+    turns = row.get(key)
+    if not isinstance(turns, list) or not all(isinstance(t, dict) and "role" in t for t in turns):
+        raise DataError(f"{where}: field {key!r} (messages) must be a list of {{\"role\", \"content\"}} turns, got "
+                        f"{type(turns).__name__}; fix the row or unset fields.messages")
+    found = [t for t in turns if t["role"] == role]
+    if not found:
+        return ""
+    return _text(found[0 if role == "user" else -1].get("content"), key, f"messages {role} turn", where)
+
+
+def _problem_of(row: dict, fields: CorpusFields, where: str) -> str:
+    """The problem text of a row (its field, or the first user turn of ``fields.messages``); a missing or empty
+    problem raises DataError naming ``where``."""
+    if fields.messages:
+        problem = _turn(row, fields, "user", where)
+        if not problem:
+            raise DataError(f"{where}: field {fields.messages!r} (messages) has no user turn with text; "
+                            "the first user turn is the problem")
+        return problem
+    if fields.problem not in row:
+        raise DataError(f"{where}: missing field {fields.problem!r} (problem); "
+                        "set the corpus field mapping (fields.problem)")
+    if row[fields.problem] is None:
+        raise DataError(f"{where}: field {fields.problem!r} (problem) is empty; fix the row or the mapping")
+    return _text(row[fields.problem], fields.problem, "problem", where)
+
+
 def _trace_of(row: dict, fields: CorpusFields, where: str) -> str:
-    """The full teacher trace of a row: the trace field, behind ``<think>\n{reasoning}\n</think>\n\n`` when the
-    corpus keeps the reasoning apart."""
-    trace = str(row.get(fields.trace, "") or "") if fields.trace else ""
+    """The full teacher trace of a row: the trace field (or the last assistant turn of ``fields.messages``), behind
+    ``<think>\n{reasoning}\n</think>\n\n`` when the corpus keeps the reasoning apart."""
+    if fields.messages:
+        trace = _turn(row, fields, "assistant", where)
+    else:
+        trace = _text(row.get(fields.trace), fields.trace, "trace", where) if fields.trace else ""
     if fields.reasoning:
         if row.get(fields.reasoning) is None:
             raise DataError(f"{where}: missing field {fields.reasoning!r} (reasoning); set fields.reasoning")
-        trace = f"<think>\n{str(row[fields.reasoning]).strip()}\n</think>\n\n{trace.strip()}"
+        reasoning = _text(row[fields.reasoning], fields.reasoning, "reasoning", where)
+        trace = f"<think>\n{reasoning.strip()}\n</think>\n\n{trace.strip()}"
     return trace
+
+
+def problem_key(seed: int, problem: str) -> int:
+    """The rank of a problem in a seeded draw: sha256 of the seed and the normalised problem text (which is also
+    the problem's identity: two rows with the same normalised text are traces of one problem)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{normalise(problem)}".encode()).digest()[:16], "big")
+
+
+LIMIT_SEED = 42
+"""Seed of the ``limit`` samples of the attribute and profile stages (one seed: both take the same problems)."""
+
+
+def seeded_positions(examples: Sequence[Example], limit: int | None, seed: int = LIMIT_SEED) -> list[int]:
+    """Positions of the ``limit`` examples whose problems rank first by ``problem_key(seed, problem)`` (the pool's
+    own draw rank), in input order: a uniform sample, unlike the first rows of a pool kept in source order (which
+    may be sorted by category). None keeps every position."""
+    if limit is None or limit >= len(examples):
+        return list(range(len(examples)))
+    ranked = sorted(range(len(examples)), key=lambda i: (problem_key(seed, examples[i].problem), i))
+    return sorted(ranked[:limit])
+
+
+def seeded_sample(examples: Sequence[Example], limit: int | None, seed: int = LIMIT_SEED) -> list[Example]:
+    """The examples at ``seeded_positions``."""
+    return [examples[i] for i in seeded_positions(examples, limit, seed)]
 
 
 def _answer_of(row: dict, fields: CorpusFields) -> str:
@@ -95,8 +172,8 @@ def load_corpus(source: str | os.PathLike, fields: CorpusFields = CANONICAL, spl
         raise DataError(f"{name}: the corpus is empty")
     out: list[Example] = []
     seen: dict[str, int] = {}
-    needed = [("problem", fields.problem)]
-    if require_trace and fields.trace:
+    needed = [] if fields.messages else [("problem", fields.problem)]
+    if require_trace and fields.trace and not fields.messages:
         needed.append(("trace", fields.trace))
     for i, row in enumerate(rows):
         where = f"{name}: row {i + 1}"
@@ -115,7 +192,7 @@ def load_corpus(source: str | os.PathLike, fields: CorpusFields = CANONICAL, spl
         seen[ex_id] = i
         out.append(Example(
             id=ex_id,
-            problem=str(row[fields.problem]),
+            problem=_problem_of(row, fields, where),
             trace=_trace_of(row, fields, where),
             answer=_answer_of(row, fields),
             pass_rate=_as_rate(row.get(fields.pass_rate) if fields.pass_rate else None),

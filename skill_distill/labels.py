@@ -27,6 +27,34 @@ MATH_SUBJECT_TO_SKILL_MIX: dict[str, list[str]] = {
 """MATH ``subject`` -> topic of ``skill_mix.json`` (the 7 MATH subjects are its 7 topics)."""
 
 
+def tree_from_labels(rows: Sequence[dict], field: str, name: str = "skills",
+                     source: str = "<rows>") -> tuple[SkillTree, dict[str, Chain]]:
+    """A skill tree built from the distinct values of a label column, and the identity label map onto it.
+
+    Each value is one chain: ``"Geometry"`` a topic leaf under the root, ``"Algebra->Linear equations"`` a leaf
+    under its topic (``skill_tree.CHAIN_SEPARATOR``); a list value contributes each of its items. Children are in
+    sorted order, so the tree does not depend on row order. Raises DataError for a row without the field or a
+    column with no value.
+    """
+    chains: set[Chain] = set()
+    for i, row in enumerate(rows):
+        if field not in row or row[field] is None:
+            raise DataError(f"{source}: row {i + 1}: missing label field {field!r}; set label_field to a field of "
+                            "the corpus (the pool keeps it with source.keep_fields)")
+        values = row[field] if isinstance(row[field], list) else [row[field]]
+        chains.update(c for c in (parse_chain(str(v)) for v in values) if c)
+    if not chains:
+        raise DataError(f"{source}: label field {field!r} holds no value to build a tree from")
+
+    def node(prefix: Chain) -> dict:
+        kids = sorted({c[len(prefix)] for c in chains if len(c) > len(prefix) and c[:len(prefix)] == prefix})
+        label = prefix[-1] if prefix else name
+        return {"name": label, "children": [node(prefix + (k,)) for k in kids]} if kids else {"name": label}
+
+    tree = SkillTree.from_dict(node(()), f"{source}[{field}]")
+    return tree, {format_chain(c): c for c in sorted(chains)}
+
+
 def chains_from_labels(rows: Sequence[dict], field: str, label_map: dict[str, Any], tree: SkillTree,
                        on_unknown: Literal["error", "drop"] = "error", id_field: str | None = "id",
                        source: str = "<rows>") -> tuple[dict[str, list[Chain]], SkillTree, dict]:

@@ -10,14 +10,21 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from skill_distill.corpus import CorpusFields, Example, _answer_of, _as_rate, _trace_of
+from skill_distill.corpus import (
+    CorpusFields,
+    Example,
+    _answer_of,
+    _as_rate,
+    _problem_of,
+    _trace_of,
+    problem_key,
+)
 from skill_distill.decontamination import (
     COUNTS_FILE,
     HITS_FILE,
     BenchmarkIndex,
     DecontaminationConfig,
     HitCounter,
-    normalise,
 )
 from skill_distill.io import ConfigError, DataError, atomic_write, read_json, write_json
 from skill_distill.rows import iter_row_batches, source_name
@@ -34,8 +41,12 @@ class PoolSource:
     """Dataset split of an HF dataset."""
     fields: CorpusFields = field(default_factory=CorpusFields)
     """Which source fields hold id, problem, trace (and reasoning), answer, pass rate, generator and type."""
+    keep_fields: list[str] = field(default_factory=list)
+    """Source fields copied unchanged into every pool row beside the canonical ones (e.g. ``[category]``, for
+    labelled attribution with ``label_field: category`` or ``tree_from_labels``); a row missing one is an error."""
     limit: int | None = None
-    """Read only the first this many rows of the source (quick runs); None reads all."""
+    """Read only the first this many rows of the source (a cap on reading for quick runs; the pool is then drawn
+    from those rows by ``draw``, so use ``draw.size`` for a uniform sample); None reads all."""
     batch_size: int = 1000
     """Source rows per read: the memory bound (the output is the same for any value)."""
 
@@ -46,6 +57,10 @@ class PoolSource:
             raise ConfigError(f"source.limit must be >= 1 (or null to read everything), got {self.limit}")
         if self.batch_size < 1:
             raise ConfigError(f"source.batch_size must be >= 1, got {self.batch_size}")
+        clash = sorted(set(self.keep_fields) & set(asdict(Example("", ""))))
+        if clash:
+            raise ConfigError(f"source.keep_fields {clash} would overwrite canonical pool fields; map them with "
+                              "source.fields instead")
 
 
 @dataclass
@@ -127,7 +142,7 @@ class PoolFilter:
         empty required field raises DataError naming ``where``."""
         for role in ("problem", "trace", "generation_model", "problem_type"):
             key = getattr(fields, role)
-            needed = role in ("problem", "trace") or getattr(self, role) is not None
+            needed = (role in ("problem", "trace") and not fields.messages) or getattr(self, role, None) is not None
             if key and needed and key not in row:
                 raise DataError(f"{where}: missing field {key!r} ({role}); "
                                 f"set the corpus field mapping (source.fields.{role})")
@@ -135,9 +150,7 @@ class PoolFilter:
             return "generation_model", "", ""
         if self.problem_type is not None and row.get(fields.problem_type) not in self.problem_type:
             return "problem_type", "", ""
-        if row[fields.problem] is None:
-            raise DataError(f"{where}: field {fields.problem!r} (problem) is empty; fix the row or the mapping")
-        problem = str(row[fields.problem])
+        problem = _problem_of(row, fields, where)
         if self.require_answer and not _answer_of(row, fields).strip():
             return "no_answer", problem, ""
         trace = _trace_of(row, fields, where)
@@ -152,12 +165,16 @@ class PoolFilter:
 
 DROP_REASONS = ("generation_model", "problem_type", "no_answer", "no_think_close", "problem_chars", "trace_chars",
                 "benchmark_overlap", "tokens")
+DROP_SETTINGS = {"generation_model": "filters.generation_model", "problem_type": "filters.problem_type",
+                 "no_answer": "filters.require_answer", "no_think_close": "filters.require_think_close",
+                 "problem_chars": "filters.max_problem_chars", "trace_chars": "filters.max_trace_chars",
+                 "benchmark_overlap": "decontamination.enabled", "tokens": "filters.max_tokens"}
+"""The setting behind each drop reason, named by the messages so that a user knows which key to relax."""
 
 
-def problem_key(seed: int, problem: str) -> int:
-    """The rank of a problem in the seeded draw: sha256 of the seed and the normalised problem text (which is also
-    the problem's identity: two rows with the same normalised text are traces of one problem)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}\0{normalise(problem)}".encode()).digest()[:16], "big")
+def dropped_text(dropped: dict[str, int]) -> str:
+    """``5 no_think_close (filters.require_think_close)``, ... for the drops that happened, or ``none``."""
+    return ", ".join(f"{n} {why} ({DROP_SETTINGS[why]})" for why, n in dropped.items() if n) or "none"
 
 
 def rendering_defects(text: str) -> int:
@@ -294,7 +311,8 @@ def _draw(source: PoolSource, draw: PoolDraw, filters: PoolFilter, meter: TokenM
     dropped = dict.fromkeys(DROP_REASONS, 0)
     hits: list[dict] = []
     read = 0
-    cols = _columns(fields, "id", "problem", "trace", "reasoning", "answer", "generation_model", "problem_type")
+    cols = _columns(fields, "id", "problem", "trace", "reasoning", "answer", "generation_model", "problem_type",
+                    "messages")
     for start, batch in _indexed_batches(source, cols, source.limit):
         for i, row in enumerate(batch, start):
             read += 1
@@ -335,7 +353,8 @@ def _write_rows(source: PoolSource, out: Path, part: dict[int, str], text_of: di
     fields = source.fields
     written = {"pool": 0, "heldout": 0}
     ids: dict[str, int] = {}
-    cols = _columns(fields, "id", "problem", "trace", "reasoning", "answer", "pass_rate")
+    cols = _columns(fields, "id", "problem", "trace", "reasoning", "answer", "pass_rate", "messages")
+    cols += [k for k in source.keep_fields if k not in cols]
     with atomic_write(out / "pool.jsonl") as fp, atomic_write(out / "heldout.jsonl") as fh:
         sinks = {"pool": fp, "heldout": fh}
         for start, batch in _indexed_batches(source, cols, max(part, default=-1) + 1):
@@ -355,7 +374,12 @@ def _write_rows(source: PoolSource, out: Path, part: dict[int, str], text_of: di
                 ex = Example(id=ex_id, problem=text_of[i], trace=_trace_of(row, fields, where),
                              answer=_answer_of(row, fields),
                              pass_rate=_as_rate(row.get(fields.pass_rate) if fields.pass_rate else None))
-                sinks[which].write(json.dumps(ex.to_row(), ensure_ascii=False) + "\n")
+                missing = [k for k in source.keep_fields if k not in row]
+                if missing:
+                    raise DataError(f"{where}: missing field {missing[0]!r} of source.keep_fields; fix the row or "
+                                    "drop it from keep_fields")
+                kept = {k: row[k] for k in source.keep_fields}
+                sinks[which].write(json.dumps({**ex.to_row(), **kept}, ensure_ascii=False, default=str) + "\n")
                 written[which] += 1
             del batch, row
     return written
@@ -400,8 +424,8 @@ def run_pool(source: PoolSource, output_dir: str, draw: PoolDraw = PoolDraw(), f
     want, heldout, limit = draw.problems_wanted, draw.heldout, source.limit
     ranked = sorted(sample.chosen)
     if not ranked:
-        raise DataError(f"{name}: no row of the {read} read passes the filters (dropped: "
-                        f"{ {k: v for k, v in dropped.items() if v} }); check fields and filters")
+        raise DataError(f"{name}: no row of the {read} read passes the filters (dropped: {dropped_text(dropped)}); "
+                        "check source.fields, or relax the setting named beside the drop")
     if want is not None and len(ranked) < want:
         raise DataError(f"{name}: pool of {draw.size} plus held-out {heldout} needs {want} problems, but only "
                         f"{len(ranked)} distinct problems pass the filters (of {read} rows read"
@@ -448,7 +472,7 @@ def run_pool(source: PoolSource, output_dir: str, draw: PoolDraw = PoolDraw(), f
 def _print_summary(stats: dict, out: Path, decontaminated: bool) -> None:
     from skill_distill.console import summary as print_summary
 
-    dropped = ", ".join(f"{n} {why}" for why, n in stats["dropped"].items() if n) or "none"
+    dropped = dropped_text(stats["dropped"])
     lines = [f"{stats['rows_read']} source rows, {stats['passed_filters']} pass the filters (dropped: {dropped}), "
              f"{stats['duplicates_merged']} duplicate traces of a problem merged",
              f"pool: {stats['pool']} examples -> {out / 'pool.jsonl'}",

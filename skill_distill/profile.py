@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from skill_distill.console import accuracy_text, progress, summary, weakest_text
-from skill_distill.corpus import Example, load_corpus
+from skill_distill.corpus import Example, load_corpus, seeded_sample
 from skill_distill.formatting import DEFAULT_INSTRUCTION, render_prompt, user_message
 from skill_distill.generation.base import SamplingConfig
 from skill_distill.generation.factory import BackendConfig, OpenAIConfig, VLLMConfig, make_backend
@@ -86,7 +86,7 @@ def _progress(msg: str) -> None:
 def _load_inputs(pool: str, tree: str, attribution: str, on_unknown: str, limit: int | None
                  ) -> tuple[list[Example], SkillTree, Attribution]:
     skill_tree = SkillTree.load(tree)
-    examples = load_corpus(pool, limit=limit, require_trace=False)
+    examples = seeded_sample(load_corpus(pool, require_trace=False), limit)  # attribute's limit takes the same
     for k, ex in enumerate(examples):
         if not ex.answer.strip():
             raise DataError(f"{pool}: row {k + 1} (id {ex.id!r}) has no reference answer; it cannot be graded. "
@@ -191,7 +191,8 @@ def run_profile(
         shrinkage: Pseudo-count strength pulling each node's accuracy toward its parent's (0: the paper's raw
             accuracies; > 0 adds ``accuracy_shrunk``).
         on_unknown_skill: ``error``: a chain not in the tree stops the run; ``drop``: such chains are ignored.
-        limit: Only the first ``limit`` pool problems (smoke runs).
+        limit: A seeded sample of ``limit`` pool problems (smoke runs; ``corpus.seeded_sample``, the same problems
+            as the attribute stage's ``limit``).
         keep_texts: Also store each completion's text in its verdict row (``"text"``), to inspect what was graded.
 
     Returns:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from skill_distill.attribution.walk import DROP_KEYS, new_counters
-from skill_distill.corpus import CorpusFields, load_corpus
+from skill_distill.corpus import CorpusFields, load_corpus, seeded_sample
 from skill_distill.io import DataError, read_json, read_jsonl, write_json, write_jsonl
 from skill_distill.skill_stats import load_attribution
 from skill_distill.skill_tree import SkillTree
@@ -105,7 +105,7 @@ def merge_attribution_shards(output_dir: str, num_shards: int, pool: str | None 
         raise DataError(f"{out_dir}: {len(dups)} duplicate id(s) across shards, e.g. {', '.join(dups[:5])}; "
                         "shards must come from one pool and one num_shards")
     if pool is not None:
-        order = [e.id for e in load_corpus(pool, fields, limit=limit, require_trace=False)]
+        order = [e.id for e in seeded_sample(load_corpus(pool, fields, require_trace=False), limit)]
         _check_coverage(set(seen), order, str(out_dir))
         position = {ex_id: k for k, ex_id in enumerate(order)}
         rows.sort(key=lambda r: position[str(r["id"])])

@@ -14,11 +14,11 @@ from typing import Any, Literal
 from skill_distill.attribution.outputs import shard_stem, stats_name, write_stats
 from skill_distill.attribution.prompts import AttributionPreset, load_template
 from skill_distill.attribution.walk import DROP_KEYS, SkillAttributor, new_counters
-from skill_distill.corpus import CorpusFields, Example, load_corpus
+from skill_distill.corpus import CorpusFields, Example, load_corpus, seeded_positions
 from skill_distill.generation.base import SamplingConfig
 from skill_distill.generation.factory import BackendConfig, make_backend  # light: backends load when built
 from skill_distill.io import ConfigError, DataError, JsonlAppender, read_json, read_jsonl, write_json, write_jsonl
-from skill_distill.labels import chains_from_labels
+from skill_distill.labels import chains_from_labels, tree_from_labels
 from skill_distill.skill_tree import SkillTree
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def _load_tokenizer(backend_obj: Any, cfg: BackendConfig) -> Any:
 
 def run_attribution(
     pool: str,
-    tree: str,
+    tree: str | None,
     output_dir: str,
     backend: BackendConfig | None = None,
     sampling: SamplingConfig = ATTRIBUTION_SAMPLING,
@@ -68,6 +68,8 @@ def run_attribution(
     label_map: dict[str, list[str]] | None = None,
     on_unknown_label: Literal["error", "drop"] = "error",
     preset: AttributionPreset = "project",
+    tree_from_labels: bool = False,
+    duplicate_siblings: Literal["merge", "error"] = "merge",
 ) -> dict:
     """Attribute every example of a corpus to skill chains (docs/METHOD.md §2) and write them to ``output_dir``.
 
@@ -77,7 +79,7 @@ def run_attribution(
 
     Args:
         pool: Corpus to attribute (canonical pool JSONL, or any source ``load_corpus`` reads, with ``fields``).
-        tree: Skill tree JSON (``{"name", "children"}``).
+        tree: Skill tree JSON (``{"name", "children"}``) or ``asset:`` name; null with ``tree_from_labels``.
         output_dir: Directory for the outputs; rerunning into it resumes.
         backend: The attributor LLM (paper: Qwen2.5-32B-Instruct on vLLM). Not needed with ``label_field``.
         sampling: The attributor's sampling (paper: temperature 0.3, up to 2,048 new tokens per node reply, top-p
@@ -88,7 +90,9 @@ def run_attribution(
         prompt_template: Attribution prompt (inline text or a file); None uses DEFAULT_PROMPT_TEMPLATE.
         shard_index: This shard (0-based); shards take pool rows ``i`` with ``i % num_shards == shard_index``.
         num_shards: Number of shards that together cover the pool (each run on its own machine/GPU set).
-        limit: Attribute only the first ``limit`` pool rows (smoke runs).
+        limit: Attribute a seeded sample of ``limit`` pool rows (smoke runs): the rows whose problems rank first
+            by the pool's draw rank (``corpus.seeded_sample``), so every category keeps its share; the profile
+            stage's ``limit`` takes the same problems.
         max_depth: Cut the tree at this depth first (chains then end at nodes of this depth).
         display_names: Display-name map (EvalTree ``capability_to_distinction.json``): prompts show the short
             names where they are unique among siblings; chains keep the tree's names.
@@ -98,6 +102,11 @@ def run_attribution(
         on_unknown_label: ``error`` (DataError) or ``drop`` (counted) for a label value missing from label_map.
         preset: ``project`` (default: the project's prompt and lenient parsing) or ``paper`` (the reference
             scripts' prompt, input rule, exact parsing and reply order; docs/METHOD.md, appendix).
+        tree_from_labels: Build the tree from the distinct values of ``label_field`` (each value a topic, or an
+            ``"A->b"`` chain) instead of reading ``tree``; it is written to ``skill_tree_used.json`` for the
+            later stages, and each value is its own label (no ``label_map``).
+        duplicate_siblings: ``merge`` (default) sibling nodes of ``tree`` that repeat a name, or ``error``: refuse
+            such a tree (for a user's own tree, where a repeat is a mistake; docs/METHOD.md §1).
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -105,10 +114,23 @@ def run_attribution(
         raise ConfigError(f"sampling: n={sampling.n}, top_p={sampling.top_p}: attribution takes one reply per node "
                           "at top_p 1.0; set temperature, max_new_tokens and seed only")
     out_dir = Path(output_dir)
-    skill_tree = SkillTree.load(tree, display_names)
+    all_examples = load_corpus(pool, fields, require_trace=False)
+    positions = seeded_positions(all_examples, limit)
+    examples = [all_examples[i] for i in positions]
+    if tree_from_labels:
+        if label_field is None or label_map:
+            raise ConfigError("tree_from_labels builds the tree from label_field's values: set label_field and "
+                              "leave label_map and tree unset")
+        return _run_labelled(pool, fields, positions, shard_index, num_shards, None, label_field, {},
+                             on_unknown_label, out_dir, shard_stem(shard_index, num_shards),
+                             {"pool": str(pool), "tree": None, "shard_index": shard_index, "num_shards": num_shards,
+                              "max_depth": max_depth, "tree_from_labels": True}, max_depth)
+    if tree is None:
+        raise ConfigError("attribute: no tree; set tree (a JSON file or asset:tree/...), or tree_from_labels: true "
+                          "with label_field")
+    skill_tree = SkillTree.load(tree, display_names, duplicate_siblings)
     if max_depth is not None:
         skill_tree = skill_tree.cut(max_depth)
-    examples = load_corpus(pool, fields, limit=limit, require_trace=False)
     shard = _select_shard(examples, shard_index, num_shards)
     stem = shard_stem(shard_index, num_shards)
     out_path = out_dir / f"{stem}.jsonl"
@@ -116,8 +138,8 @@ def run_attribution(
              "max_depth": max_depth}
 
     if label_field is not None:
-        return _run_labelled(pool, fields, limit, shard_index, num_shards, skill_tree, label_field, label_map or {},
-                             on_unknown_label, out_dir, stem, extra)
+        return _run_labelled(pool, fields, positions, shard_index, num_shards, skill_tree, label_field,
+                             label_map or {}, on_unknown_label, out_dir, stem, extra)
 
     if backend is None:
         raise ConfigError("attribute: no backend configured; set backend (class_path VLLMConfig or OpenAIConfig, "
@@ -191,23 +213,35 @@ def run_attribution(
     return stats
 
 
-def _run_labelled(pool: str, fields: CorpusFields, limit: int | None, shard_index: int, num_shards: int,
-                  tree: SkillTree, label_field: str, label_map: dict, on_unknown: str, out_dir: Path, stem: str,
-                  extra: dict) -> dict:
+def _run_labelled(pool: str, fields: CorpusFields, positions: list[int], shard_index: int, num_shards: int,
+                  tree: SkillTree | None, label_field: str, label_map: dict, on_unknown: str, out_dir: Path,
+                  stem: str, extra: dict, max_depth: int | None = None) -> dict:
+    """Chains from ``label_field`` for the pool rows at ``positions`` (the ``limit`` sample); with ``tree`` None the
+    tree is built from the labels of the whole pool (every shard builds the same one)."""
     from skill_distill.corpus import _read_source
 
-    rows, name = _read_source(str(pool), "train")
-    rows = rows[:limit] if limit is not None else rows
+    all_rows, name = _read_source(str(pool), "train")
     id_field = fields.id or "_row"  # no id field: ids are pool row numbers, as load_corpus numbers them
-    rows = [r if fields.id else {**r, "_row": str(i)} for i, r in enumerate(rows) if i % num_shards == shard_index]
+    rows = [all_rows[i] if fields.id else {**all_rows[i], "_row": str(i)} for i in positions]
+    rows = [r for k, r in enumerate(rows) if k % num_shards == shard_index]
     start = time.perf_counter()
+    built = tree is None
+    if built:
+        tree, label_map = tree_from_labels(all_rows, label_field, source=name)
+        if max_depth is not None:
+            tree = tree.cut(max_depth)
+            label_map = {v: c[:max_depth] for v, c in label_map.items()}
     chains, tree_used, info = chains_from_labels(rows, label_field, label_map, tree,
                                                  on_unknown, id_field, name)  # type: ignore[arg-type]
     ids = [str(r[id_field]) for r in rows]
     out = [{"id": i, "chains": [list(c) for c in chains.get(i, [])], "num_calls": 0,
             "dropped": {k: 0 for k in DROP_KEYS}} for i in ids]
     write_jsonl(out_dir / f"{stem}.jsonl", out)
-    if info["cut"]:
+    if built:
+        write_json(out_dir / "skill_tree_used.json", tree_used.to_dict())
+        log.info("tree built from %r: %d leaves (written to %s)", label_field, len(tree_used.leaf_chains),
+                 out_dir / "skill_tree_used.json")
+    elif info["cut"]:
         write_json(out_dir / "skill_tree_used.json", tree_used.to_dict())
         log.info("labelled attribution is %s-level (tree cut at depth %d, written to %s)", info["level"],
                  info["depth"], out_dir / "skill_tree_used.json")
