@@ -44,6 +44,11 @@ class PoolSource:
     keep_fields: list[str] = field(default_factory=list)
     """Source fields copied unchanged into every pool row beside the canonical ones (e.g. ``[category]``, for
     labelled attribution with ``label_field: category`` or ``tree_from_labels``); a row missing one is an error."""
+    append_boxed_answer: bool = False
+    """Append ``\\n\\nThe final answer is \\boxed{answer}.`` (the reference answer) to every trace without a
+    ``\\boxed{``: evaluation and the training target grade boxed answers only, so a corpus whose solutions end in
+    prose would teach an answer format that never passes grading. The pool summary warns when most traces lack a
+    box."""
     limit: int | None = None
     """Read only the first this many rows of the source (a cap on reading for quick runs; the pool is then drawn
     from those rows by ``draw``, so use ``draw.size`` for a uniform sample); None reads all."""
@@ -165,6 +170,26 @@ class PoolFilter:
 
 DROP_REASONS = ("generation_model", "problem_type", "no_answer", "no_think_close", "problem_chars", "trace_chars",
                 "benchmark_overlap", "tokens")
+UNBOXED_WARN_SHARE = 0.5
+"""The pool summary warns when more than this share of the kept traces has no ``\\boxed{``."""
+
+
+def with_boxed_answer(trace: str, answer: str) -> str:
+    """``trace`` with the reference answer appended in the graded format when it has no ``\\boxed{``."""
+    if "\\boxed{" in trace or not answer.strip():
+        return trace
+    return f"{trace.rstrip()}\n\nThe final answer is \\boxed{{{answer}}}."
+
+
+def unboxed_warning(unboxed: int, rows: int) -> str | None:
+    """The pool's warning when most traces lack ``\\boxed{`` (None otherwise)."""
+    if not rows or unboxed / rows <= UNBOXED_WARN_SHARE:
+        return None
+    return (f"{unboxed} of {rows} pool traces ({100 * unboxed / rows:.0f}%) have no \\boxed{{answer}}: evaluation "
+            "grades boxed answers only, so a student trained on them scores 0 by construction; set "
+            "source.append_boxed_answer: true to append the reference answer boxed (docs/OWN_DATA.md)")
+
+
 DROP_SETTINGS = {"generation_model": "filters.generation_model", "problem_type": "filters.problem_type",
                  "no_answer": "filters.require_answer", "no_think_close": "filters.require_think_close",
                  "problem_chars": "filters.max_problem_chars", "trace_chars": "filters.max_trace_chars",
@@ -351,7 +376,7 @@ def _write_rows(source: PoolSource, out: Path, part: dict[int, str], text_of: di
                 name: str) -> dict[str, int]:
     """Pass 2: write the chosen rows in source order, each with its problem's cleanest rendering."""
     fields = source.fields
-    written = {"pool": 0, "heldout": 0}
+    written = {"pool": 0, "heldout": 0, "unboxed": 0, "boxed_appended": 0}
     ids: dict[str, int] = {}
     cols = _columns(fields, "id", "problem", "trace", "reasoning", "answer", "pass_rate", "messages")
     cols += [k for k in source.keep_fields if k not in cols]
@@ -374,6 +399,11 @@ def _write_rows(source: PoolSource, out: Path, part: dict[int, str], text_of: di
                 ex = Example(id=ex_id, problem=text_of[i], trace=_trace_of(row, fields, where),
                              answer=_answer_of(row, fields),
                              pass_rate=_as_rate(row.get(fields.pass_rate) if fields.pass_rate else None))
+                if source.append_boxed_answer:
+                    boxed = with_boxed_answer(ex.trace, ex.answer)
+                    written["boxed_appended"] += boxed != ex.trace
+                    ex.trace = boxed
+                written["unboxed"] += "\\boxed{" not in ex.trace
                 missing = [k for k in source.keep_fields if k not in row]
                 if missing:
                     raise DataError(f"{where}: missing field {missing[0]!r} of source.keep_fields; fix the row or "
@@ -448,7 +478,8 @@ def run_pool(source: PoolSource, output_dir: str, draw: PoolDraw = PoolDraw(), f
         "corpus": str(source.corpus), "split": source.split, "rows_read": read, "dropped": dropped,
         "passed_filters": passed, "problems": sum(1 for c in passing.values() if c > 0),
         "duplicates_merged": sum(c - per_problem for c in passing.values() if c > per_problem),
-        "kept": written, "pool": written["pool"], "heldout": written["heldout"],
+        "kept": {k: written[k] for k in ("pool", "heldout")}, "pool": written["pool"], "heldout": written["heldout"],
+        "traces_without_boxed": written["unboxed"], "boxed_answers_appended": written["boxed_appended"],
         "pool_problems": max(0, len(ranked) - heldout), "heldout_problems": min(heldout, len(ranked)),
         "seed": draw.seed, "size": draw.size, "max_traces_per_problem": per_problem, "limit": limit,
         "fields": asdict(source.fields), "filters": asdict(filters),
@@ -464,6 +495,8 @@ def run_pool(source: PoolSource, output_dir: str, draw: PoolDraw = PoolDraw(), f
             for h in hits:
                 f.write(json.dumps(h, ensure_ascii=False) + "\n")
         write_json(out / COUNTS_FILE, summary)
+    warning = unboxed_warning(written["unboxed"], written["pool"] + written["heldout"])
+    stats["warnings"] = [warning] if warning else []
     write_json(out / STATS_FILE, stats)
     _print_summary(stats, out, counter is not None)
     return stats
@@ -480,4 +513,6 @@ def _print_summary(stats: dict, out: Path, decontaminated: bool) -> None:
     if decontaminated:
         overlap = stats["dropped"].get("benchmark_overlap", 0)
         lines.append(f"decontamination: {overlap} problems overlap an evaluation set -> {out / HITS_FILE}")
-    print_summary("pool", [*lines, f"stats: {out / STATS_FILE}"])
+    if stats["boxed_answers_appended"]:
+        lines.append(f"{stats['boxed_answers_appended']} traces got the reference answer appended as \\boxed{{}}")
+    print_summary("pool", [*lines, f"stats: {out / STATS_FILE}", *(f"warning: {w}" for w in stats["warnings"])])

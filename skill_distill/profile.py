@@ -236,7 +236,8 @@ def run_profile(
         result.update(profile=str(out_dir / PROFILE_FILE), overall_accuracy=profile["overall_accuracy"])
         summary("profile", [f"{len(shard)} problems ({len(todo)} answered this run), overall accuracy "
                             f"{accuracy_text(profile['overall_accuracy'])}", weakest_text(profile["nodes"]),
-                            f"profile: {out_dir / PROFILE_FILE}", f"verdicts: {path}"])
+                            f"profile: {out_dir / PROFILE_FILE}", f"verdicts: {path}",
+                            *(f"warning: {w}" for w in [extraction_warning(answer_fallback)] if w)])
         _warn_if_degenerate(profile)
     else:
         summary("profile", [f"shard {shard_index} of {num_shards}: {len(shard)} problems ({len(todo)} answered this "
@@ -440,6 +441,15 @@ def _collect_verdicts(out_dir: Path, num_shards: int, n: int, examples: Sequence
         verdicts.update(shard_rows)
         owner.update({k: i for k in shard_rows})
     return verdicts
+
+
+def extraction_warning(answer_fallback: str) -> str | None:
+    """The warning when the profile extracts answers unlike the evaluate stage (which grades ``\\boxed{}`` only)."""
+    if answer_fallback == "none":
+        return None
+    return (f"the profile grades an unboxed answer by its {answer_fallback.replace('_', ' ')} (answer_fallback: "
+            f"{answer_fallback}) but evaluate grades \\boxed{{}} answers only, so the profile and the held-out "
+            "accuracy measure different things; set answer_fallback: none to profile as evaluation grades")
 
 
 def _warn_if_degenerate(profile: dict) -> str | None:

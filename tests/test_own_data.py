@@ -140,3 +140,75 @@ def test_a_tree_with_repeated_siblings_can_be_refused_where_attribution_loads_it
                         duplicate_siblings="error")
     stats = run_attribution(str(pool), str(tree), str(tmp_path / "out"), label_field="label", label_map={"A": ["A"]})
     assert stats["examples_without_chain"] == 0  # merged by default
+
+
+# ---- warnings that name the fix, on crafted inputs ------------------------------------------------------------------
+def test_unboxed_traces_are_flagged_and_the_reference_answer_can_be_appended_boxed(tmp_path, capsys):
+    from skill_distill.grading import extract_answer
+
+    corpus = write_jsonl(tmp_path / "chat.jsonl", chat_rows(per_category=4, boxed=False))
+    stats = run_pool(PoolSource(corpus=str(corpus), fields=CHAT), str(tmp_path / "plain"),
+                     decontamination=NO_DECONTAMINATION)
+    assert stats["traces_without_boxed"] == 20 and len(stats["warnings"]) == 1
+    out = capsys.readouterr().out
+    assert "[pool] warning: 20 of 20 pool traces (100%) have no \\boxed{answer}" in out
+    assert "source.append_boxed_answer: true" in out
+
+    stats = run_pool(PoolSource(corpus=str(corpus), fields=CHAT, append_boxed_answer=True), str(tmp_path / "boxed"),
+                     decontamination=NO_DECONTAMINATION)
+    assert stats["warnings"] == [] and stats["boxed_answers_appended"] == 20 and stats["traces_without_boxed"] == 0
+    for row in read_jsonl(tmp_path / "boxed" / "pool.jsonl"):
+        assert row["trace"].endswith(f"The final answer is \\boxed{{{row['answer']}}}.")
+        assert extract_answer(row["trace"]) == row["answer"]  # what evaluation grades
+
+
+@pytest.mark.slow
+def test_junk_attribution_warns_on_cut_replies_and_too_many_chains(tmp_path, qwen_tokenizer_dir, capsys):
+    import re
+
+    from scripted_endpoint import ScriptedEndpoint
+    from skill_distill.generation.base import SamplingConfig
+    from skill_distill.generation.factory import OpenAIConfig
+
+    tree = tmp_path / "tree.json"  # depth 2, 4 topics of 5 skills: picking every child gives 20 chains
+    tree.write_text(json.dumps({"name": "Math", "children": [
+        {"name": f"T{t}", "children": [{"name": f"s{t}{k}"} for k in range(5)]} for t in range(4)]}))
+    pool = write_jsonl(tmp_path / "pool.jsonl", [
+        {"id": f"p{i}", "problem": f"Problem {i}", "trace": "<think>x</think>y", "answer": "1"} for i in range(3)])
+
+    def every_child_cut_off(prompt: str, body: dict):
+        listed = prompt.split("### Sub-skills of this category\n", 1)[1].split("\n\n", 1)[0]
+        return [(json.dumps(re.findall(r"^- (.+)$", listed, flags=re.M)), "length")]
+
+    with ScriptedEndpoint(every_child_cut_off) as endpoint:
+        backend = OpenAIConfig(model="scripted", tokenizer=str(qwen_tokenizer_dir), base_url=endpoint.base_url,
+                               max_retries=0)
+        stats = run_attribution(str(pool), str(tree), str(tmp_path / "out"), backend,
+                                sampling=SamplingConfig(temperature=0.3, max_new_tokens=16, seed=1))
+    assert stats["examples_without_chain"] == 0 and stats["chains"] == 60
+    out = capsys.readouterr().out
+    assert "[attribute] warning: 15 of 15 attributor replies (100%) were cut at sampling.max_new_tokens (16)" in out
+    assert "[attribute] warning: 20.0 chains per example, more than 3x the tree's depth 2 (> 6)" in out
+    assert len(json.loads((tmp_path / "out" / "attribution_stats.json").read_text())["warnings"]) == 2
+
+
+@pytest.mark.slow
+def test_a_profile_that_extracts_answers_unlike_evaluation_says_so(tmp_path, qwen_tokenizer_dir, capsys):
+    from scripted_endpoint import ScriptedEndpoint
+    from skill_distill.generation.factory import OpenAIConfig
+    from skill_distill.profile import run_profile
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", [
+        {"id": f"p{i}", "problem": f"Problem {i}", "trace": "", "answer": "3", "category": "A"} for i in range(2)])
+    run_attribution(str(pool), None, str(tmp_path / "attr"), label_field="category", tree_from_labels=True)
+    with ScriptedEndpoint(lambda prompt, body: "So it is 3.") as endpoint:
+        backend = OpenAIConfig(model="scripted", tokenizer=str(qwen_tokenizer_dir), base_url=endpoint.base_url,
+                               max_retries=0)
+        run = {"pool": str(pool), "tree": str(tmp_path / "attr" / "skill_tree_used.json"),
+               "attribution": str(tmp_path / "attr" / "attribution.jsonl"), "backend": backend}
+        fallback = run_profile(output_dir=str(tmp_path / "fallback"), answer_fallback="last_number", **run)
+        strict = run_profile(output_dir=str(tmp_path / "strict"), **run)
+    assert fallback["overall_accuracy"] == 1.0 and strict["overall_accuracy"] == 0.0  # the two measure differently
+    out = capsys.readouterr().out
+    assert out.count("[profile] warning: the profile grades an unboxed answer by its last number") == 1
+    assert "set answer_fallback: none" in out

@@ -25,7 +25,39 @@ def stats_name(stem: str) -> str:
     return stem.replace("attribution.", "attribution_stats.") + ".json"
 
 
-def write_stats(path: Path, rows: list[dict], counters: dict, extra: dict) -> dict:
+TRUNCATION_WARN_RATE = 0.05
+"""The attribute summary warns when more than this share of the attributor's replies hit the token limit."""
+CHAINS_WARN_FACTOR = 3.0
+"""... and when the mean chains per example exceed this many times the tree's depth (``quality_warnings``)."""
+
+
+def quality_warnings(stats: dict, depth: int | None, max_new_tokens: int | None = None) -> list[str]:
+    """Warnings, each naming its fix, for an attribution that looks like junk although every example got chains.
+
+    - More than ``TRUNCATION_WARN_RATE`` (5%) of replies were cut at the token limit: a cut reply lists children
+      that were never meant, or none.
+    - More than ``CHAINS_WARN_FACTOR`` (3) times ``depth`` chains per example. The expectation is about one chain
+      per level of the tree: a solution uses a few skills, and a walk that keeps one or two children per node
+      ends in about ``depth`` leaves. A mean above 3x that means the attributor picks most children at every node.
+    """
+    out = []
+    prompts, truncated = stats.get("prompts") or 0, stats.get("truncated_replies") or 0
+    if prompts and truncated / prompts > TRUNCATION_WARN_RATE:
+        limit = f" ({max_new_tokens})" if max_new_tokens else ""
+        out.append(f"{truncated} of {prompts} attributor replies ({100 * truncated / prompts:.0f}%) were cut at "
+                   f"sampling.max_new_tokens{limit}: raise it, or set guided: true so that a reply is a short list")
+    examples = stats.get("examples") or 0
+    if depth and examples:
+        mean, expected = stats.get("chains", 0) / examples, CHAINS_WARN_FACTOR * depth
+        if mean > expected:
+            out.append(f"{mean:.1f} chains per example, more than {CHAINS_WARN_FACTOR:g}x the tree's depth {depth} "
+                       f"(> {expected:g}): the attributor picks most children at every node; use a stronger "
+                       "attributor, guided: true, or label_field for labelled data (docs/OWN_DATA.md)")
+    return out
+
+
+def write_stats(path: Path, rows: list[dict], counters: dict, extra: dict, depth: int | None = None,
+                max_new_tokens: int | None = None) -> dict:
     dropped = {k: sum(r.get("dropped", {}).get(k, 0) for r in rows) for k in DROP_KEYS}
     wall = counters.get("wall_time_s", 0.0)
     stats = {
@@ -44,6 +76,7 @@ def write_stats(path: Path, rows: list[dict], counters: dict, extra: dict) -> di
     }
     if stats["prompt_tokens"] is not None:
         stats["total_tokens"] = stats["prompt_tokens"] + stats["completion_tokens"]
+    stats["warnings"] = quality_warnings(stats, depth, max_new_tokens)
     write_json(path, stats)
     return stats
 
@@ -121,8 +154,11 @@ def merge_attribution_shards(output_dir: str, num_shards: int, pool: str | None 
                     "prompt_tokens_reported": summed["prompt_tokens"] is not None,
                     "examples_walked": sum(s.get("examples", 0) for s in stats_parts)}
         first = stats_parts[0]
-        write_stats(out_dir / "attribution_stats.json", rows, counters,
+        stats = write_stats(out_dir / "attribution_stats.json", rows, counters,
                      {k: first.get(k) for k in ("pool", "tree", "level", "guided", "model", "backend")}
-                     | {"num_shards": num_shards, "merged_from": len(stats_parts)})
+                     | {"num_shards": num_shards, "merged_from": len(stats_parts)},
+                     skill_tree.depth if skill_tree else None)
+        for warning in stats["warnings"]:
+            log.warning("%s", warning)
     log.info("merged %d shards (%d examples) into %s", num_shards, len(rows), target)
     return str(target)

@@ -204,12 +204,15 @@ def run_attribution(
     stats = write_stats(out_dir / stats_name(stem), rows, counters,
                          {**extra, "level": "leaf" if max_depth is None else f"depth<={max_depth}",
                           "chunk_size": chunk_size, "guided": guided, "model": backend.model,
-                          "backend": getattr(backend, "kind", None)})
+                          "backend": getattr(backend, "kind", None)}, skill_tree.depth, sampling.max_new_tokens)
     from skill_distill.console import summary
 
+    chains = stats["chains"] / stats["examples"] if stats["examples"] else 0.0
     summary("attribute", [f"{stats['examples']} examples, {stats['examples_without_chain']} without a chain, "
-                          f"{stats['backend_calls']} backend calls", f"attribution: {out_path}",
-                          f"stats: {out_dir / stats_name(stem)}"])
+                          f"{chains:.1f} chains per example, {stats['truncated_replies']} of {stats['prompts']} "
+                          f"replies cut at the token limit, {stats['backend_calls']} backend calls",
+                          f"attribution: {out_path}", f"stats: {out_dir / stats_name(stem)}",
+                          *(f"warning: {w}" for w in stats["warnings"])])
     return stats
 
 
