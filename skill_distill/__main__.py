@@ -29,6 +29,8 @@ STAGES = {
     "teacher-logprobs": ("skill_distill.teacher_logprobs", "run_teacher_logprobs",
                          "store the teacher's top-k logprobs at every supervised position (logit distillation)"),
     "evaluate": ("skill_distill.evaluation", "run_evaluate", "per-skill evaluation of a model on benchmarks"),
+    "run": ("skill_distill.project", "run_project",
+            "run pool -> attribute -> profile -> select-report -> fit -> evaluate from one project config"),
     "export": ("lightning_modules.checkpoint_export", "run_export",
                "consolidate a (sharded) training checkpoint into an HF directory"),
 }

@@ -46,6 +46,8 @@ TRAIN_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml")
                        if p.parent.name in ("configs", "experiments", "distill") and p not in EXPERIMENT_DRIVERS
                        and p not in OVERRIDES and p not in DISTILL_OVERRIDES)
 PIPELINE_CONFIGS = sorted((CONFIGS / "pipeline").glob("*.yaml"))
+# project configs of `python -m skill_distill run`, parsed in tests/test_project_run.py
+EXAMPLE_CONFIGS = sorted((CONFIGS / "examples").glob("*.yaml"))
 
 
 def rel(p: Path) -> str:
@@ -67,7 +69,7 @@ def test_there_are_configs():
                                            "skill_sft_16k", "skill_sft_32k", "closed_loop"}
     every = set(CONFIGS.rglob("*.yaml"))  # every shipped YAML is one of the kinds tested here
     assert every == {SFT_BASE, *MODEL_FILES, *RUN_FILES, *TRAIN_CONFIGS, *OVERRIDES, *EXPERIMENT_DRIVERS,
-                     *DISTILL_OVERRIDES, *PIPELINE_CONFIGS}
+                     *DISTILL_OVERRIDES, *PIPELINE_CONFIGS, *EXAMPLE_CONFIGS}
 
 
 KEY_LINE = re.compile(r"^\s*(?:- )?[A-Za-z_][\w.+]*:")

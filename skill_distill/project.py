@@ -1,0 +1,466 @@
+"""One project config for a user's own data, and the ``run`` command that runs the whole chain from it:
+``python -m skill_distill run --config project.yaml [--until STAGE]`` (docs/OWN_DATA.md).
+
+The config names each shared thing once: the data (path or HF dataset, field map, kept fields, label field), the
+tree (a file or asset, or built from the label field), the attributor (or none: labels), the student, the
+evaluation sets and the run directory. Each stage then has a section with its own further settings, the keys of
+that stage's own config file (``python -m skill_distill <stage> --help``); the runner fills in what the project
+names once (inputs, outputs, models) and parses every section with the stage's own parser before anything runs.
+
+The chain is pool -> attribute -> profile -> select-report -> fit -> evaluate, each in ``<run_dir>/<stage>/``.
+Every stage has a key: sha256 of its parsed settings, of the files it reads from outside the run directory, and
+of the key of the stage before it. ``<run_dir>/run_state.json`` records each stage's key and whether it finished:
+
+- a finished stage whose key is unchanged is skipped (and says so);
+- a stage that started under the same key and did not finish is resumed (every stage is resumable);
+- a stage whose key changed starts afresh (its directory is cleared), and so does every stage after it, since
+  their keys contain its key.
+
+``fit`` runs ``train.py fit`` as a child process (Lightning stays out of ``skill_distill``), which dies with this
+process (``skill_distill.process_lifetime``) and resumes from its last checkpoint when rerun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from skill_distill.corpus import CorpusFields
+from skill_distill.generation.factory import BackendConfig
+from skill_distill.io import ConfigError, OutputError, read_json, write_json
+from skill_distill.rows import is_local
+
+STAGE_NAMES = ("pool", "attribute", "profile", "select-report", "fit", "evaluate")
+Stage = Literal["pool", "attribute", "profile", "select-report", "fit", "evaluate"]
+STATE_FILE = "run_state.json"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ProjectData:
+    """The corpus, read once by the pool stage; every later stage reads the pool."""
+
+    corpus: str
+    """.jsonl/.json/.parquet file, folder or glob of Parquet files, ``asset:`` name, or HF dataset name."""
+    split: str = "train"
+    """Split of an HF dataset."""
+    fields: CorpusFields = field(default_factory=CorpusFields)
+    """Which source field holds id, problem, trace, answer (or ``messages`` for chat rows)."""
+    keep_fields: list[str] = field(default_factory=list)
+    """Source fields carried into the pool rows (the label field is added to them)."""
+    label_field: str | None = None
+    """A label column (e.g. ``category``): attribution reads it instead of asking an LLM (when no ``attributor``
+    is set), and the held-out evaluation reports per label."""
+    label_map: dict[str, Any] | None = None
+    """Label value -> chain of ``tree.path`` (a list of names or ``"A->b"``); not needed with ``tree.from_labels``."""
+
+    def __post_init__(self):
+        if not str(self.corpus).strip():
+            raise ConfigError("data.corpus is empty; name your corpus file, folder, glob or HF dataset")
+        if self.label_field and self.label_field not in self.keep_fields:
+            self.keep_fields = [*self.keep_fields, self.label_field]
+
+
+@dataclass
+class ProjectTree:
+    """The skill tree: a file or asset, or built from the label column."""
+
+    path: str | None = None
+    """Tree JSON (``{"name", "children"}``) or asset (``asset:tree/skill_mix``)."""
+    from_labels: bool = False
+    """Build the tree from the distinct values of ``data.label_field`` (each value a topic, ``"A->b"`` a chain)."""
+    duplicate_siblings: Literal["merge", "error"] = "merge"
+    """Siblings of ``path`` repeating a name: merge them (the published tree needs it) or refuse the tree."""
+
+    def __post_init__(self):
+        if bool(self.path) == self.from_labels:
+            raise ConfigError("tree: set exactly one of tree.path (a tree file or asset) and tree.from_labels: true")
+
+
+@dataclass
+class ProjectStudent:
+    """The model that is profiled, trained and evaluated."""
+
+    model: str
+    """HF folder, hub name or ``asset:`` name (e.g. ``asset:smollm2-135m-instruct``)."""
+    tokenizer: str | None = None
+    """Its tokenizer when it differs from ``model``."""
+
+    def __post_init__(self):
+        if not str(self.model).strip():
+            raise ConfigError("student.model is empty; name the student model (HF folder, hub name or asset:)")
+
+
+@dataclass
+class ProjectEvaluation:
+    """What the evaluate stage grades the trained student on."""
+
+    heldout: bool = True
+    """The pool's held-out slice (``pool.draw.heldout`` problems), per label when ``data.label_field`` is set."""
+    benchmarks: list[str] = field(default_factory=list)
+    """Registered benchmark names as well (aime24, aime25, amc23, math500, math-l5, olympiadbench)."""
+
+    def __post_init__(self):
+        from skill_distill.eval_sets import REGISTRY
+
+        unknown = [b for b in self.benchmarks if b not in REGISTRY]
+        if unknown:
+            raise ConfigError(f"evaluation.benchmarks: unknown {unknown}; registered: {sorted(REGISTRY)}")
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    status: str
+    """``skipped`` (unchanged), ``ran``, ``resumed`` or ``rerun`` (its key changed)."""
+    seconds: float = 0.0
+
+
+def run_project(
+    run_dir: str,
+    data: ProjectData,
+    tree: ProjectTree,
+    student: ProjectStudent,
+    attributor: BackendConfig | None = None,
+    evaluation: ProjectEvaluation | None = None,
+    pool: dict[str, Any] | None = None,
+    attribute: dict[str, Any] | None = None,
+    profile: dict[str, Any] | None = None,
+    select: dict[str, Any] | None = None,
+    fit: dict[str, Any] | None = None,
+    evaluate: dict[str, Any] | None = None,
+    until: Stage | None = None,
+) -> list[StageOutcome]:
+    """Run the chain pool -> attribute -> profile -> select-report -> fit -> evaluate from one project config,
+    skipping every stage whose settings and inputs are unchanged (docs/OWN_DATA.md).
+
+    Args:
+        run_dir: Every stage writes into ``<run_dir>/<stage>/``; ``run_state.json`` records what is done.
+        data: The corpus, its field map, kept fields and label column.
+        tree: The skill tree (a file, an asset, or built from ``data.label_field``).
+        student: The student model (profiled, trained, evaluated).
+        attributor: The attributor LLM backend (``class_path: VLLMConfig``/``OpenAIConfig``/``HFConfig`` and
+            ``init_args``); None attributes from ``data.label_field``.
+        evaluation: The evaluation sets (None: the held-out slice only).
+        pool: Further settings of the pool stage (``draw``, ``filters``, ``tokens``, ``decontamination``,
+            ``source.append_boxed_answer``/``limit``/``batch_size``).
+        attribute: Further settings of the attribute stage (``sampling``, ``guided``, ``max_input_chars``, ``limit``,
+            ``max_depth``, ...).
+        profile: Further settings of the profile stage (``backend`` kind and engine settings: its model is the
+            student; ``sampling``, ``limit``, ``answer_fallback``, ...).
+        select: Settings of the selection (``selection: {strategy, budget, ...}``): the select-report stage reports
+            it and fit trains on it.
+        fit: ``config`` (the base training config, default ``configs/quickstart.yaml``) and ``overrides`` (a nested
+            dict merged over it, e.g. ``{trainer: {max_epochs: 1}}``).
+        evaluate: Further settings of the evaluate stage (``backend``, ``sampling``, ``grading``, ...).
+        until: Stop after this stage.
+    """
+    return project_run(run_dir, data, tree, student, attributor, evaluation, pool, attribute, profile, select, fit,
+                       evaluate).run(until)
+
+
+def project_run(run_dir: str, data: ProjectData, tree: ProjectTree, student: ProjectStudent,
+                attributor: BackendConfig | None = None, evaluation: ProjectEvaluation | None = None,
+                pool: dict | None = None, attribute: dict | None = None, profile: dict | None = None,
+                select: dict | None = None, fit: dict | None = None, evaluate: dict | None = None) -> ProjectRun:
+    """The chain of a parsed project config (``run_project``'s arguments without ``until``), checked, not run."""
+    sections = {"pool": pool or {}, "attribute": attribute or {}, "profile": profile or {},
+                "select-report": select or {}, "fit": fit or {}, "evaluate": evaluate or {}}
+    sections = {name: _as_specs(section) for name, section in sections.items()}
+    return ProjectRun(Path(run_dir), data, tree, student, _as_specs(attributor), evaluation or ProjectEvaluation(),
+                      sections)
+
+
+class ProjectRun:
+    """The chain over one run directory: each stage's settings built from the project, keyed, run or skipped."""
+
+    def __init__(self, root: Path, data: ProjectData, tree: ProjectTree, student: ProjectStudent,
+                 attributor: dict | None, evaluation: ProjectEvaluation, sections: dict[str, dict]):
+        self.root, self.data, self.tree, self.student = root, data, tree, student
+        self.attributor, self.evaluation, self.sections = attributor, evaluation, sections
+        if attributor is None and not data.label_field:
+            raise ConfigError("no attributor: set attributor (an LLM backend) or data.label_field (a label column)")
+        if tree.from_labels and not data.label_field:
+            raise ConfigError("tree.from_labels builds the tree from data.label_field: set data.label_field")
+        if tree.from_labels and attributor is not None:
+            raise ConfigError("tree.from_labels: the tree is the labels, so attribution reads them; drop attributor")
+        unknown = set(sections["fit"]) - {"config", "overrides"}
+        if unknown:
+            raise ConfigError(f"fit: unknown keys {sorted(unknown)}; fit takes config (a training config) and "
+                              "overrides (a nested dict merged over it)")
+        self.state_path = root / STATE_FILE
+        self.state: dict = read_json(self.state_path, "run state") if self.state_path.is_file() else {"stages": {}}
+
+    # ---- paths -----------------------------------------------------------------------------------------------
+    def dir(self, stage: str) -> Path:
+        """``<run_dir>/<stage>`` (select-report's is ``select``, its section's name)."""
+        return self.root / ("select" if stage == "select-report" else stage)
+
+    @property
+    def pool_file(self) -> Path:
+        return self.dir("pool") / "pool.jsonl"
+
+    @property
+    def heldout_file(self) -> Path:
+        return self.dir("pool") / "heldout.jsonl"
+
+    @property
+    def tree_file(self) -> str:
+        """The tree the stages after attribution read: the one attribution built or cut, else the configured."""
+        used = self.dir("attribute") / "skill_tree_used.json"
+        return str(used) if used.is_file() else str(self.tree.path)
+
+    @property
+    def final_model(self) -> Path:
+        from skill_distill.run_layout import RunLayout
+
+        return RunLayout(self.dir("fit")).final_export
+
+    # ---- each stage's settings (the keys of its own config file) ----------------------------------------------
+    def stage_config(self, stage: str) -> dict:
+        own = json.loads(json.dumps(self.sections[stage]))  # a deep copy
+        if stage == "pool":
+            source = {**own.pop("source", {}), "corpus": self.data.corpus, "split": self.data.split,
+                      "fields": asdict(self.data.fields), "keep_fields": self.data.keep_fields}
+            return {**own, "source": source, "output_dir": str(self.dir("pool"))}
+        if stage == "attribute":
+            cfg = {**own, "pool": str(self.pool_file), "output_dir": str(self.dir("attribute")),
+                   "tree": self.tree.path, "tree_from_labels": self.tree.from_labels,
+                   "duplicate_siblings": self.tree.duplicate_siblings}
+            if self.attributor is not None:
+                return {**cfg, "backend": self.attributor}
+            return {**cfg, "label_field": self.data.label_field, "label_map": self.data.label_map}
+        if stage == "profile":
+            backend = own.pop("backend", {"class_path": "VLLMConfig"})
+            backend = {**backend, "init_args": {**backend.get("init_args", {}), **self._student_args()}}
+            return {**own, "pool": str(self.pool_file), "tree": self.tree_file, "backend": backend,
+                    "attribution": str(self.dir("attribute") / "attribution.jsonl"),
+                    "output_dir": str(self.dir("profile"))}
+        if stage == "select-report":
+            return {**own, "pool": str(self.pool_file), "tree": self.tree_file,
+                    "attribution": str(self.dir("attribute") / "attribution.jsonl"),
+                    "profile": str(self.dir("profile") / "profile.json"),
+                    "verdicts": str(self.dir("profile") / "verdicts.jsonl"), "output_dir": str(self.dir("select"))}
+        if stage == "fit":
+            return {"config": own.get("config", str(REPO / "configs" / "quickstart.yaml")),
+                    "settings": _merge(self._fit_settings(), own.get("overrides") or {})}
+        if stage == "evaluate":
+            backend = own.pop("backend", {"class_path": "VLLMConfig"})
+            return {**own, "model": str(self.final_model), "output_dir": str(self.dir("evaluate")),
+                    "tree": self.tree_file, "benchmarks": self._benchmarks(), "backend": backend,
+                    **({"tokenizer": self.student.tokenizer} if self.student.tokenizer else {})}
+        raise ValueError(stage)
+
+    def _student_args(self) -> dict:
+        return {"model": self.student.model, **({"tokenizer": self.student.tokenizer} if self.student.tokenizer
+                                                 else {})}
+
+    def _fit_settings(self) -> dict:
+        heldout = self.heldout_file if self.heldout_file.is_file() and self.heldout_file.stat().st_size else None
+        data = {"corpus": str(self.pool_file), "tokenizer": self.student.tokenizer or self.student.model,
+                "tree": self.tree_file, "attribution": str(self.dir("attribute") / "attribution.jsonl"),
+                "profile": str(self.dir("profile") / "profile.json"),
+                "val_corpus": str(heldout) if heldout else None}
+        if "selection" in self.sections["select-report"]:
+            data["selection"] = self.sections["select-report"]["selection"]
+        return {"trainer": {"default_root_dir": str(self.dir("fit"))}, "model": {"model": self.student.model},
+                "data": data}
+
+    def _benchmarks(self) -> list:
+        sets: list = list(self.evaluation.benchmarks)
+        if self.evaluation.heldout:
+            spec: dict = {"name": "heldout", "path": str(self.heldout_file), "id_field": "id"}
+            if self.data.label_field:
+                from skill_distill.skill_tree import SkillTree, format_chain
+
+                label_map = self.data.label_map
+                if self.tree.from_labels and Path(self.tree_file).is_file():  # identity: each label its own chain
+                    label_map = {format_chain(c): list(c) for c in SkillTree.load(self.tree_file).leaf_chains}
+                spec["skills"] = {"label_field": self.data.label_field, "label_map": label_map, "on_unknown": "drop"}
+            sets.insert(0, spec)
+        return sets
+
+    # ---- parsing, keys, state -------------------------------------------------------------------------------
+    def parse(self, stage: str) -> tuple[Callable | None, Any, str]:
+        """The stage's function, its arguments parsed by the stage's own parser, and their canonical text (what
+        the key hashes). A bad key or value is a ConfigError naming the project section."""
+        cfg = self.stage_config(stage)
+        if stage == "fit":
+            return None, cfg, json.dumps(cfg, sort_keys=True)
+        from jsonargparse import ArgumentParser
+
+        fn = _stage_function(stage)
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_function_arguments(fn, as_positional=False)
+        section = "select" if stage == "select-report" else stage
+        try:
+            parsed = parser.parse_object(cfg)
+            init = parser.instantiate(parsed)
+        except ConfigError as e:
+            raise ConfigError(f"project section {section!r}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - jsonargparse reports a bad key or type as several exception types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"project section {section!r}: {first}; see python -m skill_distill {stage} --help") \
+                from None
+        return fn, init, parser.dump(parsed, skip_validation=True)
+
+    def key(self, stage: str, text: str, previous: str) -> str:
+        blob = {"stage": stage, "settings": text, "previous": previous, "inputs": self._outside_inputs(stage)}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _outside_inputs(self, stage: str) -> dict:
+        """Content hashes of the files a stage reads from outside the run directory."""
+        files = {"pool": [self.data.corpus], "attribute": [self.tree.path],
+                 "fit": [self.sections["fit"].get("config", str(REPO / "configs" / "quickstart.yaml"))]}
+        return {str(f): _fingerprint(str(f)) for f in files.get(stage, []) if f}
+
+    def _save_state(self) -> None:
+        write_json(self.state_path, self.state)
+
+    # ---- the chain ------------------------------------------------------------------------------------------
+    def run(self, until: str | None = None) -> list[StageOutcome]:
+        from skill_distill.console import progress, summary
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        stop = STAGE_NAMES.index(until) if until else len(STAGE_NAMES) - 1
+        for stage in STAGE_NAMES[:stop + 1]:  # every section checked by its stage's parser before anything runs
+            self.parse(stage)
+        outcomes: list[StageOutcome] = []
+        previous = ""
+        for stage in STAGE_NAMES[:stop + 1]:
+            fn, args, text = self.parse(stage)
+            key = self.key(stage, text, previous)
+            previous = key
+            saved = self.state["stages"].get(stage, {})
+            if saved.get("key") == key and saved.get("done"):
+                progress("run", f"{stage}: unchanged (key {key}), skipped")
+                outcomes.append(StageOutcome(stage, "skipped"))
+                continue
+            if saved.get("key") == key:
+                status = "resumed"
+            else:
+                status = "rerun" if saved or self.dir(stage).exists() else "ran"
+                if self.dir(stage).exists():  # other settings or inputs: the old outputs are not this stage's
+                    shutil.rmtree(self.dir(stage))
+            progress("run", f"{stage}: {'resuming' if status == 'resumed' else 'running'} (key {key})"
+                     + (", its settings or inputs changed" if status == "rerun" else ""))
+            self.state["stages"][stage] = {"key": key, "done": False}
+            for later in STAGE_NAMES[STAGE_NAMES.index(stage) + 1:]:
+                self.state["stages"].pop(later, None)  # they depend on this one: rerun
+            self._save_state()
+            start = time.perf_counter()
+            if stage == "fit":
+                self._run_fit(args)
+            else:
+                fn(**args.as_dict())
+            seconds = time.perf_counter() - start
+            self.state["stages"][stage] = {"key": key, "done": True, "seconds": round(seconds, 1)}
+            self._save_state()
+            outcomes.append(StageOutcome(stage, status, seconds))
+        summary("run", [*(f"{o.name}: {o.status}" + (f" in {o.seconds:.0f} s" if o.status != "skipped" else "")
+                          for o in outcomes),
+                        *(f"warning: {w}" for w in self.warnings()),
+                        f"peak memory: {peak_rss_gb():.1f} GB (this process and its largest child)",
+                        f"state: {self.state_path}"])
+        return outcomes
+
+    def _run_fit(self, args: dict) -> None:
+        import yaml
+
+        cfg = self.dir("fit") / "project_fit.yaml"
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        cfg.write_text(yaml.safe_dump(args["settings"], sort_keys=False))
+        cmd = [sys.executable, "-c", _FIT_BOOT, str(os.getpid()), str(REPO), str(REPO / "train.py"), "fit",
+               "--config", args["config"], "--config", str(cfg), "--ckpt_path", "last"]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+        code = subprocess.call(cmd, env=env)
+        if code != 0:
+            raise OutputError(f"fit: train.py exited with code {code} (its log is above); fix the cause and rerun "
+                              "the same run command: fit resumes from its last checkpoint")
+
+    def warnings(self) -> list[str]:
+        """The stages' warnings, from their stats files."""
+        out = []
+        for path in (self.dir("pool") / "pool_stats.json", self.dir("attribute") / "attribution_stats.json"):
+            if path.is_file():
+                out += read_json(path, "stage stats").get("warnings", [])
+        if self.dir("profile").exists():
+            from skill_distill.profile import extraction_warning
+
+            fallback = self.sections["profile"].get("answer_fallback", "none")
+            out += [w for w in [extraction_warning(fallback)] if w]
+        return out
+
+
+_FIT_BOOT = (
+    "import os, runpy, sys\n"
+    "from skill_distill.process_lifetime import die_with_parent\n"
+    "die_with_parent(kill_group=True)\n"  # train.py and its own children die with the run command
+    # the guard is armed now; a parent that died before that left this process to init: go too
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os.killpg(os.getpgrp(), 9)\n"
+    "sys.path.insert(0, sys.argv[2])\n"
+    "sys.argv = sys.argv[3:]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+)
+
+
+def _stage_function(stage: str) -> Callable:
+    import importlib
+
+    from skill_distill.__main__ import STAGES
+
+    module, func, _ = STAGES[stage]
+    return getattr(importlib.import_module(module), func)
+
+
+def _as_specs(value: Any) -> Any:
+    """``value`` with every backend config object turned back into its ``class_path``/``init_args`` spec, so that
+    each stage's own parser reads it (jsonargparse may hand a spec inside a dict section over as an object)."""
+    if isinstance(value, BackendConfig):
+        return {"class_path": type(value).__name__, "init_args": asdict(value)}
+    if isinstance(value, dict):
+        return {k: _as_specs(v) for k, v in value.items()}
+    return value
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` merged into ``base``, nested dicts key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _fingerprint(source: str) -> str:
+    """sha256 of a local file's bytes (files of a folder or glob: their names, sizes and times); a hub name or an
+    asset is its own fingerprint (assets are pinned by hash)."""
+    if source.startswith("asset:") or not is_local(source):
+        return source
+    p = Path(source)
+    if p.is_file():
+        h = hashlib.sha256()
+        with p.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    files = sorted(p.rglob("*")) if p.is_dir() else sorted(Path().glob(source))
+    return hashlib.sha256(json.dumps([(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files
+                                      if f.is_file()]).encode()).hexdigest()
+
+
+def peak_rss_gb() -> float:
+    """The larger of this process's and its largest finished child's peak resident memory (``getrusage``)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, child) / 1024 ** 2  # KiB on Linux

@@ -1,0 +1,171 @@
+"""``python -m skill_distill run --config project.yaml``: the chain pool -> attribute -> profile -> select-report ->
+fit -> evaluate on a tiny labelled chat corpus, with a tiny Qwen3 student on the HF backend (issue 27): a killed run
+resumes, an unchanged stage is skipped, a changed one reruns with every stage after it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from skill_distill.io import ConfigError, read_json, read_jsonl
+from skill_distill.project import STATE_FILE, project_run, run_project
+
+REPO = Path(__file__).resolve().parents[1]
+CATEGORIES = ["Algebra", "Geometry", "Number Theory"]
+
+
+def chat_corpus(path: Path, per_category: int = 10) -> Path:
+    rows = []
+    for c, category in enumerate(CATEGORIES):
+        for k in range(per_category):
+            answer = str(5 * k + c)
+            rows.append({"uid": f"{c}-{k}", "category": category, "answer": answer, "messages": [
+                {"role": "user", "content": f"{category} task {k}: what is 5*{k} + {c}?"},
+                {"role": "assistant", "content": f"<think>\n5*{k} + {c} = {answer}\n</think>\n\nIt is {answer}."}]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def lean_fit_config(path: Path) -> Path:
+    """The quickstart's training config without the in-training evaluation and the rich bar (the chain's evaluate
+    stage evaluates)."""
+    cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    cfg["trainer"]["callbacks"] = [c for c in cfg["trainer"]["callbacks"]
+                                   if not c["class_path"].endswith(("SkillEvalCallback", "RichProgressBar"))]
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def project(tmp_path: Path, model: Path, tokenizer: Path, max_new_tokens: int = 8) -> dict:
+    hf = {"class_path": "HFConfig", "init_args": {"dtype": "float32", "batch_size": 8}}
+    return {
+        "run_dir": str(tmp_path / "run"),
+        "data": {"corpus": str(chat_corpus(tmp_path / "chat.jsonl")),
+                 "fields": {"id": "uid", "messages": "messages", "answer": "answer"}, "label_field": "category"},
+        "tree": {"from_labels": True},
+        "student": {"model": str(model), "tokenizer": str(tokenizer)},
+        "pool": {"draw": {"heldout": 6, "seed": 1}, "decontamination": {"enabled": False},
+                 "source": {"append_boxed_answer": True}},
+        "profile": {"backend": hf, "sampling": {"temperature": 0.6, "max_new_tokens": max_new_tokens, "seed": 1},
+                    "enable_thinking": False, "grading": {"workers": 1}},
+        "select": {"selection": {"strategy": "skill", "budget": 12, "seed": 1}},
+        "fit": {"config": str(lean_fit_config(tmp_path / "fit_base.yaml")),
+                "overrides": {"trainer": {"max_steps": 2, "precision": "32-true", "limit_val_batches": 1},
+                              "data": {"max_length": 128, "examples_per_step": 4}}},
+        "evaluate": {"backend": hf, "sampling": {"temperature": 0.0, "max_new_tokens": 8, "seed": 0},
+                     "enable_thinking": False, "grading": {"workers": 1}},
+    }
+
+
+def statuses(outcomes) -> dict[str, str]:
+    return {o.name: o.status for o in outcomes}
+
+
+def call(cfg: dict, until: str | None = None):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_function_arguments(run_project, as_positional=False)
+    args = parser.instantiate(parser.parse_object({**cfg, "until": until})).as_dict()
+    return run_project(**args)
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def process_group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.mark.slow
+def test_the_chain_resumes_after_a_kill_skips_what_is_unchanged_and_reruns_from_a_change(
+        tmp_path, tiny_qwen3_dir, qwen_tokenizer_dir):
+    cfg = project(tmp_path, tiny_qwen3_dir, qwen_tokenizer_dir)
+    config_file = tmp_path / "project.yaml"
+    config_file.write_text(yaml.safe_dump(cfg))
+    run = Path(cfg["run_dir"])
+    state = run / STATE_FILE
+
+    # 1. the command, killed (SIGKILL) once train.py has started: train.py dies with it
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    first = subprocess.Popen([sys.executable, "-m", "skill_distill", "run", "--config", str(config_file)],
+                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def training() -> bool:
+        if first.poll() is not None:
+            pytest.fail(f"run ended before fit: {first.stderr.read().decode()[-2000:]}")
+        return (run / "fit" / "run.lock").is_file()  # train.py holds its run directory
+
+    wait_for(training, 900, "train.py to start training")
+    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(first.pid)], capture_output=True,
+                                               text=True).stdout.split()]
+    first.kill()
+    first.wait()
+    assert children, "train.py was not started as a child process"
+    wait_for(lambda: not any(process_group_alive(pid) for pid in children), 30, "train.py to die with run")
+    assert read_json(state)["stages"]["fit"]["done"] is False
+
+    # 2. rerun: the finished stages are skipped, fit resumes, evaluate runs
+    outcomes = call(cfg)
+    assert statuses(outcomes) == {"pool": "skipped", "attribute": "skipped", "profile": "skipped",
+                                  "select-report": "skipped", "fit": "resumed", "evaluate": "ran"}
+    pool = read_jsonl(run / "pool" / "pool.jsonl")
+    assert len(pool) == 24 and {r["category"] for r in pool} == set(CATEGORIES)  # kept into the pool
+    assert all(r["trace"].endswith(f"\\boxed{{{r['answer']}}}.") for r in pool)  # append_boxed_answer
+    assert json.loads((run / "attribute" / "skill_tree_used.json").read_text())["children"] == [
+        {"name": c} for c in CATEGORIES]
+    assert read_json(run / "fit" / "run_finished.json")
+    report = read_json(run / "evaluate" / "report.json")  # the trained export, on the held-out slice, per label
+    assert report["summary"]["heldout"]["problems"] == 6
+    skills = {r["chain"] for r in report["benchmarks"]["heldout"]["metrics"]["skills"]}
+    assert skills and skills <= set(CATEGORIES)
+
+    # 3. nothing changed: everything is skipped
+    assert set(statuses(call(cfg)).values()) == {"skipped"}
+
+    # 4. a changed profile setting reruns the profile and the stages after it, not those before
+    changed = project(tmp_path, tiny_qwen3_dir, qwen_tokenizer_dir, max_new_tokens=6)
+    assert statuses(call(changed, until="select-report")) == {
+        "pool": "skipped", "attribute": "skipped", "profile": "rerun", "select-report": "rerun"}
+    saved = read_json(state)["stages"]
+    assert "fit" not in saved and "evaluate" not in saved  # they must rerun too
+    assert read_json(run / "profile" / "profile_run.json")["sampling"]["max_new_tokens"] == 6
+
+
+def test_the_shipped_example_parses_section_by_section_with_each_stage_parser(tmp_path, monkeypatch):
+    from jsonargparse import ArgumentParser
+
+    monkeypatch.chdir(REPO)  # the example's paths are relative to the checkout
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_function_arguments(run_project, as_positional=False)
+    args = parser.instantiate(parser.parse_path(str(REPO / "configs" / "examples" / "own_data.yaml"))).as_dict()
+    args.pop("until")
+    args["run_dir"] = str(tmp_path / "run")
+    runner = project_run(**args)
+    parsed = {stage: runner.parse(stage)[1] for stage in runner.sections}
+    assert parsed["profile"].backend.model == "asset:smollm2-135m-instruct"  # the student, named once
+    assert parsed["attribute"].backend.model == "asset:smollm2-135m-instruct"
+    assert parsed["fit"]["settings"]["data"]["selection"]["budget"] == 96  # select's selection, trained on
+    assert parsed["pool"].source.corpus == "data/quickstart/pool.jsonl"
+
+    args["profile"] = {**args["profile"], "sampling": {"max_new_tokenz": 3}}
+    with pytest.raises(ConfigError, match="project section 'profile': .*max_new_tokenz"):
+        project_run(**args).run()
+    assert not (tmp_path / "run" / "pool").exists()  # refused before any stage ran
