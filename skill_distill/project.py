@@ -349,14 +349,18 @@ class ProjectRun:
             if saved.get("key") == key:
                 status = "resumed"
             else:
-                status = "rerun" if saved or self.dir(stage).exists() else "ran"
-                if self.dir(stage).exists():  # other settings or inputs: the old outputs are not this stage's
-                    shutil.rmtree(self.dir(stage))
+                status = "rerun" if saved else "ran"
+                if self.dir(stage).exists():
+                    if not saved:  # never delete what this run directory's state does not record as its own
+                        raise OutputError(f"{self.dir(stage)} exists but {self.state_path} does not record it; "
+                                          "choose a new run_dir, or move that folder away")
+                    shutil.rmtree(self.dir(stage))  # other settings or inputs: the old outputs are not this stage's
             progress("run", f"{stage}: {'resuming' if status == 'resumed' else 'running'} (key {key})"
                      + (", its settings or inputs changed" if status == "rerun" else ""))
             self.state["stages"][stage] = {"key": key, "done": False}
             for later in STAGE_NAMES[STAGE_NAMES.index(stage) + 1:]:
-                self.state["stages"].pop(later, None)  # they depend on this one: rerun
+                if later in self.state["stages"]:  # they depend on this one: rerun, even if this run stops here
+                    self.state["stages"][later]["done"] = False
             self._save_state()
             start = time.perf_counter()
             if stage == "fit":

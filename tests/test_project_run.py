@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from skill_distill.io import ConfigError, read_json, read_jsonl
+from skill_distill.io import ConfigError, OutputError, read_json, read_jsonl
 from skill_distill.project import STATE_FILE, project_run, run_project
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ def test_the_chain_resumes_after_a_kill_skips_what_is_unchanged_and_reruns_from_
     assert statuses(call(changed, until="select-report")) == {
         "pool": "skipped", "attribute": "skipped", "profile": "rerun", "select-report": "rerun"}
     saved = read_json(state)["stages"]
-    assert "fit" not in saved and "evaluate" not in saved  # they must rerun too
+    assert saved["fit"]["done"] is False and saved["evaluate"]["done"] is False  # they must rerun too
     assert read_json(run / "profile" / "profile_run.json")["sampling"]["max_new_tokens"] == 6
 
 
@@ -169,3 +169,7 @@ def test_the_shipped_example_parses_section_by_section_with_each_stage_parser(tm
     with pytest.raises(ConfigError, match="project section 'profile': .*max_new_tokenz"):
         project_run(**args).run()
     assert not (tmp_path / "run" / "pool").exists()  # refused before any stage ran
+
+    (tmp_path / "run" / "pool").mkdir(parents=True)  # a folder this run directory's state does not record
+    with pytest.raises(OutputError, match=r"run/pool exists but .*run_state.json does not record it"):
+        project_run(**args).run(until="pool")  # the bad profile section is not parsed: the run stops before it

@@ -118,7 +118,7 @@ def run_attribution(
     positions = seeded_positions(all_examples, limit)
     examples = [all_examples[i] for i in positions]
     if tree_from_labels:
-        if label_field is None or label_map:
+        if label_field is None or label_map or tree is not None:
             raise ConfigError("tree_from_labels builds the tree from label_field's values: set label_field and "
                               "leave label_map and tree unset")
         return _run_labelled(pool, fields, positions, shard_index, num_shards, None, label_field, {},
