@@ -145,7 +145,11 @@ def run_export(checkpoint: str, output_dir: str, dtype: str | None = None, model
     data = dict(meta.get("datamodule_hyper_parameters") or {})
     if run_dir is None:  # <run dir>/checkpoints/<name>.ckpt, unless the datamodule recorded one
         run_dir = data.get("run_dir") or str(Path(checkpoint).resolve().parent.parent)
-    write_model_card(out, card_for_run(model or hparams.get("model"), hparams, data, run_dir))
+    from lightning_modules.run_dir import saved_settings
+
+    # the trainer's rows (epochs, precision, accumulation) as the run recorded them, and the step trained to
+    training = {**hparams, **saved_settings(meta)["trainer"], "global_step": meta.get("global_step")}
+    write_model_card(out, card_for_run(model or hparams.get("model"), training, data, run_dir))
     from skill_distill.console import summary
 
     summary("export", [f"checkpoint: {checkpoint}", f"HF model directory (with its model card README.md): {out}"])

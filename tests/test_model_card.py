@@ -84,3 +84,7 @@ def test_exports_carry_a_model_card(tmp_path, monkeypatch, shared_dir, tiny_qwen
     staged = (Path(out) / "README.md").read_text()
     for title in ("Selection", "Format", "Decontamination", "Evaluation"):
         assert section(staged, title) == section(card, title), title
+    # with the trainer's rows, as the run recorded them (the callback's card also has the world size)
+    for row in ("| max_epochs | 1 |", "| precision | 32-true |", "| accumulate_grad_batches | 1 |",
+                f"| global_step | {read_json(run / 'run_finished.json')['global_step']} |"):
+        assert row in training.replace("`", "") and row in section(staged, "Training").replace("`", ""), row
