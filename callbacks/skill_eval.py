@@ -461,10 +461,10 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
         None when there is no teacher beside the student (``pl_module.teacher``; stored top-k logprobs cannot give the
         full KL), no held-out slice, or ``heldout`` is not among this callback's sets.
 
-        Every rank scores its share of the datamodule's held-out micro-batches (``val_dataloader``): per example the
-        mean over its supervised tokens of KL(teacher || student) at temperature 1, chunked
-        (``FrozenTeacher.example_divergence``); the per-example sums are gathered, and those of the problems the
-        ``heldout`` set evaluates (its ``limit``s applied) are aggregated with that set's skill chains. Under FSDP2
+        Only the held-out problems the ``heldout`` set evaluates (its limits applied) are scored: every rank scores its
+        share of them (``SkillDataModule.held_out_loader``), per example the mean over its supervised tokens of
+        KL(teacher || student) at temperature 1, chunked (``FrozenTeacher.example_divergence``); the per-example sums
+        are gathered and aggregated with that set's skill chains. Under FSDP2
         each forward is a collective, so a rank with fewer micro-batches repeats its last one (results dropped) until
         all are done."""
         teacher = getattr(pl_module, "teacher", None)
@@ -477,7 +477,9 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
         from lightning_modules.lm_loss import default_chunk_size
         from skill_distill.evaluation import summarize_divergence
 
-        batches = list(dm.val_dataloader())
+        heldout = next(b for b in self.evaluation.loaded if b.name == HELDOUT)
+        evaluated = {p.id for p in heldout.problems}  # the problems beside whose accuracy the divergence is shown
+        batches = list(dm.held_out_loader(evaluated))
         counts = InTrainingEvaluation._all_gather(trainer, len(batches))
         if max(counts) == 0:
             return None
@@ -500,11 +502,9 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
                     per_example.update(scored)
         finally:
             pl_module.train(training)
-        heldout = next(b for b in self.evaluation.loaded if b.name == HELDOUT)
-        evaluated = {p.id for p in heldout.problems}  # the problems beside whose accuracy the divergence is shown
         merged: dict[str, tuple[float, int]] = {}
         for part in InTrainingEvaluation._all_gather(trainer, per_example):
-            merged.update((ex, value) for ex, value in part.items() if ex in evaluated)
+            merged.update(part)
         grading = self.evaluation.grading
         out = summarize_divergence(merged, heldout.chains, heldout.tree, grading.confidence,
                                    grading.bootstrap_resamples)
@@ -532,7 +532,7 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
                                                         if k in ("dtype", "max_model_len", "tensor_parallel_size")}},
                 "tree": None if ev.tree is None else ev.tree.source,
                 "baseline": str(baseline_path) if baseline else None, "emphasised_skills": emphasised,
-                "timings": run.timings}
+                "timings": run.timings, "training": last_step_metrics(trainer)}
         if divergence is not None:
             add_divergence(run.summaries[HELDOUT], divergence)
         # printed, not logged: training leaves the root logger unconfigured, so INFO records never showed
@@ -552,6 +552,14 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
         self.last_report = report
         self.reports[tag] = str(RunLayout.report(root, tag))
         return report
+
+
+def last_step_metrics(trainer) -> dict[str, float]:
+    """The last logged value of every per-step training metric (``train/...``: loss, learning rate; with
+    distillation the divergence; on-policy the reverse KL, rollout length, truncated share, rollouts/s and teacher
+    tokens/s), for the evaluation report."""
+    return {k: float(v) for k, v in sorted(trainer.logged_metrics.items())
+            if k.startswith("train/") and getattr(v, "numel", lambda: 1)() == 1}
 
 
 def rank_cores(local_rank: int, local_world_size: int, cores: list[int] | None = None) -> list[int]:

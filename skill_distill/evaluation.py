@@ -481,8 +481,9 @@ def _nats(x: float | None) -> str:
 
 
 def report_markdown(report: Mapping) -> str:
-    """``report.md``: accuracy per set, then per set its skills (accuracy with interval, problems and, when a teacher
-    was configured, the held-out KL(teacher || student) beside it)."""
+    """``report.md``: accuracy per set, the training metrics of the last step (in-training evaluations), then per set
+    its skills (accuracy with interval, problems and, when a teacher was configured, the held-out KL(teacher ||
+    student) beside it)."""
     lines = [f"# Evaluation {report.get('tag', '')}".rstrip(), ""]
     summary = report.get("summary") or {}
     with_kl = any(s.get("kl") is not None for s in summary.values())
@@ -493,6 +494,10 @@ def report_markdown(report: Mapping) -> str:
         row = (f"| {name} | {_pct(s.get('accuracy'))} | {_pct(s.get('ci_low'))}-{_pct(s.get('ci_high'))} | "
                f"{s.get('problems')} | {s.get('k')} |")
         lines.append(row + (f" {_nats(s.get('kl'))} |" if with_kl else ""))
+    training = report.get("training") or {}
+    if training:
+        lines += ["", f"Training metrics at the last logged step (step {report.get('global_step')}):", "",
+                  "| metric | value |", "|---|---|", *(f"| {k} | {v:.6g} |" for k, v in training.items())]
     for name, entry in (report.get("benchmarks") or {}).items():
         metrics = entry.get("metrics") or {}
         skills = metrics.get("skills") or []

@@ -127,6 +127,7 @@ def test_divergence_is_aggregated_per_skill_like_accuracy():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a fit, an HF-generate evaluation in a child process, on a shared, loaded 2-core machine
 def test_a_fit_with_a_teacher_reports_the_per_skill_kl_beside_accuracy(tmp_path, monkeypatch, tiny_qwen3_dir,
                                                                         teacher_dir):
     import train
@@ -167,6 +168,9 @@ def test_a_fit_with_a_teacher_reports_the_per_skill_kl_beside_accuracy(tmp_path,
     assert "KL (nats/token)" in markdown and f"| {leaves[0]['chain']} | yes |" in markdown
     assert f"{leaves[0]['kl']:.4f} |" in markdown
     assert (run / "eval" / "epoch=1" / "skills_heldout.png").stat().st_size > 0
+    # the per-step training metrics of the last step reach the report (json and markdown)
+    assert {"train/loss", "train/forward_kl", "train/lr"} <= set(report["training"])
+    assert f"| train/forward_kl | {report['training']['train/forward_kl']:.6g} |" in markdown
     with (run / "logs" / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     logged = [float(r["eval/heldout/kl"]) for r in rows if r.get("eval/heldout/kl")]
