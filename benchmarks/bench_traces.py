@@ -116,13 +116,14 @@ def main() -> None:
     print(f"generate-traces, SmolLM2-135M-Instruct fp32, {args.problems} MATH-500 problems x {args.samples} samples, "
           f"temperature {args.temperature}, top-p {args.top_p}, max {args.max_new_tokens} new tokens, batch "
           f"{args.batch_size}, {args.threads} thread(s) each")
+    results = {}
     with tempfile.TemporaryDirectory(prefix="bench_traces.") as workdir:
-        results = {kind: run_child(kind, args, workdir) for kind in ("vllm", "hf")}
-    for kind, r in results.items():
-        dropped = ", ".join(f"{n} {why}" for why, n in r["dropped"].items() if n) or "none"
-        print(f"{kind:>4}: {r['tokens_per_second']:7.1f} sampled tokens/s ({r['tokens']} tokens in "
-              f"{r['gen_seconds']:.1f} s of generation; stage {r['wall_seconds']:.1f} s with grading and writing); "
-              f"{r['kept']} kept of {r['samples']} samples, dropped: {dropped}")
+        for kind in ("vllm", "hf"):  # each printed when it ends: a run stopped during the second keeps the first
+            r = results[kind] = run_child(kind, args, workdir)
+            dropped = ", ".join(f"{n} {why}" for why, n in r["dropped"].items() if n) or "none"
+            print(f"{kind:>4}: {r['tokens_per_second']:7.1f} sampled tokens/s ({r['tokens']} tokens in "
+                  f"{r['gen_seconds']:.1f} s of generation; stage {r['wall_seconds']:.1f} s with grading and "
+                  f"writing); {r['kept']} kept of {r['samples']} samples, dropped: {dropped}", flush=True)
     ratio = results["vllm"]["tokens_per_second"] / results["hf"]["tokens_per_second"]
     print(f"speed-up of the stage's sampling, vLLM / HF generate: {ratio:.2f}x (target >= 3x)")
 

@@ -25,6 +25,7 @@ from callbacks.skill_eval import EvaluationRun, InTrainingEvaluation
 from datamodules.skill_datamodule import EvalContext, RunDataCallback, SkillDataModule
 from skill_distill.generation.base import SamplingConfig
 from skill_distill.generation.factory import BackendConfig, VLLMConfig
+from skill_distill.grading import GradingConfig
 from skill_distill.io import ConfigError, write_json
 from skill_distill.run_layout import RunLayout
 from skill_distill.skill_tree import format_chain, parse_chain
@@ -63,12 +64,11 @@ class ReselectionCallback(L.Callback, RunDataCallback):
         dirpath: str | None = None,
         on_error: Literal["raise", "skip"] = "raise",
         timeout_s: float = 3 * 3600,
-        grader_workers: int = 0,
-        grade_timeout_s: float = 5.0,
+        grading: GradingConfig = GradingConfig(workers=0),
     ):
         self.evaluation = InTrainingEvaluation(
             "ReselectionCallback", backend, sampling, export_dtype, False, dirpath, on_error, timeout_s,
-            grader_workers, grade_timeout_s, subdir="reprofile")
+            grading, subdir="reprofile")
         self.verdicts_dir = verdicts_dir
         self.counts: dict[str, list[float]] = {}
         """Profile counts ``{chain: [correct, judged]}`` after the last re-profile (the next update's prior)."""

@@ -27,6 +27,7 @@ from datamodules.skill_datamodule import EvalContext, RunDataCallback, SkillData
 from skill_distill.eval_sets import HELDOUT, PAPER_SUITE, BenchmarkSpec, SkillSource, resolve_specs
 from skill_distill.generation.base import GenerationError, GenerationInterrupted, SamplingConfig
 from skill_distill.generation.factory import BackendConfig, VLLMConfig
+from skill_distill.grading import GradingConfig
 from skill_distill.io import ConfigError
 from skill_distill.run_layout import RunLayout
 
@@ -60,8 +61,7 @@ class InTrainingEvaluation:
     """
 
     def __init__(self, owner: str, backend: BackendConfig, sampling: SamplingConfig, export_dtype: str | None,
-                 keep_exports: bool, dirpath: str | None, on_error: str, timeout_s: float, grader_workers: int,
-                 grade_timeout_s: float, confidence: float = 0.95, bootstrap_resamples: int = 1000,
+                 keep_exports: bool, dirpath: str | None, on_error: str, timeout_s: float, grading: GradingConfig,
                  subdir: str | None = None):
         if on_error not in ("raise", "skip"):
             raise ConfigError(f"{owner}.on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -75,8 +75,7 @@ class InTrainingEvaluation:
         self.backend, self.sampling = backend, sampling
         self.export_dtype, self.keep_exports, self.dirpath, self.subdir = export_dtype, keep_exports, dirpath, subdir
         self.on_error, self.timeout_s = on_error, timeout_s
-        self.grader_workers, self.grade_timeout_s = grader_workers, grade_timeout_s
-        self.confidence, self.bootstrap_resamples = confidence, bootstrap_resamples
+        self.grading = grading
         self.loaded: list = []
         """The evaluated sets (``LoadedBenchmark``)."""
         self.tree = None
@@ -162,7 +161,6 @@ class InTrainingEvaluation:
         """
         from skill_distill.evaluation import InSubprocess, compute_summaries, evaluate_model
         from skill_distill.formatting import DEFAULT_INSTRUCTION
-        from skill_distill.grading import GradingConfig
 
         root = self.reports_dir(trainer)
         out_dir = root / tag
@@ -188,7 +186,7 @@ class InTrainingEvaluation:
                     in_subprocess=InSubprocess(
                         env=self._child_env(trainer, pl_module), timeout_s=self.timeout_s,
                         should_stop=(lambda: self._stop_requested(trainer)) if interruptible else None),
-                    grading=GradingConfig(workers=self.grader_workers, timeout_s=self.grade_timeout_s),
+                    grading=self.grading,
                     tree=self.tree, skill_format=self.skill_format)
         except GenerationInterrupted:
             interrupted = True
@@ -203,8 +201,8 @@ class InTrainingEvaluation:
         if any(i for *_, i in gathered):
             return self._interrupt(trainer, tag, export_dir)
 
-        summaries = compute_summaries(self.loaded, records, device=pl_module.device, confidence=self.confidence,
-                                      resamples=self.bootstrap_resamples)
+        summaries = compute_summaries(self.loaded, records, device=pl_module.device,
+                                      confidence=self.grading.confidence, resamples=self.grading.bootstrap_resamples)
         report, status = None, None
         if trainer.is_global_zero:
             try:
@@ -274,6 +272,12 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
       ... to the Lightning loggers at the current global step;
     - every rank leaves together (a final all-gather of the status, then a barrier).
 
+    With a teacher beside the student (``model.distillation.teacher``) and ``heldout`` among the sets, every epoch
+    (evaluated or not) also scores the held-out slice's teacher traces with both models: per leaf skill, the mean
+    per-token KL(teacher || student) (``held_out_divergence``), written beside the held-out accuracy (report.json's
+    skill rows ``kl``, its ``divergence``, ``report.md``, the right-hand panel of ``skills_heldout.png``) and logged as
+    ``eval/heldout/kl`` and ``eval/heldout/skill_kl/<topic>/<leaf>``.
+
     A stop signal (``PreemptionCallback``) that arrives during an epoch's evaluation, other than the last epoch's,
     kills the engines: the epoch-end checkpoint records the evaluation as pending, the run stops there, and the
     resumed run evaluates those same weights first. The baseline and the last epoch's evaluation run to the end
@@ -305,10 +309,10 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
         on_error: an evaluation failure (engine crash, timeout) on any rank either stops training (raise) or is
             logged and skipped (skip); every rank takes the same decision.
         timeout_s: time limit of one rank's generation.
-        grader_workers: grading processes per rank (0: grade in the training process).
-        grade_timeout_s: per-answer time limit of the equivalence check.
-        confidence: interval level.
-        bootstrap_resamples: resamples of the bootstrap intervals.
+        grading: how answers are graded and intervals computed (``GradingConfig``, as the evaluate and profile stages
+            take it): ``workers`` grading processes per rank (default here 0: grade in the training process),
+            ``timeout_s`` per-answer limit of the equivalence check, ``confidence`` interval level,
+            ``bootstrap_resamples``.
         emphasis_ratio: a skill counts as emphasised by the selection when its share of the selected examples is at
             least this many times its pool share.
     """
@@ -329,17 +333,13 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
         dirpath: str | None = None,
         on_error: Literal["raise", "skip"] = "raise",
         timeout_s: float = 3 * 3600,
-        grader_workers: int = 0,
-        grade_timeout_s: float = 5.0,
-        confidence: float = 0.95,
-        bootstrap_resamples: int = 1000,
+        grading: GradingConfig = GradingConfig(workers=0),
         emphasis_ratio: float = 1.2,
     ):
         if every_n_epochs < 0:
             raise ConfigError(f"SkillEvalCallback.every_n_epochs must be >= 0, got {every_n_epochs}")
         self.evaluation = InTrainingEvaluation(
-            "SkillEvalCallback", backend, sampling, export_dtype, keep_exports, dirpath, on_error, timeout_s,
-            grader_workers, grade_timeout_s, confidence, bootstrap_resamples)
+            "SkillEvalCallback", backend, sampling, export_dtype, keep_exports, dirpath, on_error, timeout_s, grading)
         self.benchmarks = list(benchmarks) if benchmarks is not None else [HELDOUT, *PAPER_SUITE]
         self.every_n_epochs = every_n_epochs
         self.baseline = baseline
@@ -441,15 +441,79 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
         due = self.every_n_epochs > 0 and (epoch + 1) % self.every_n_epochs == 0
         if last or due:
             self.evaluate(trainer, pl_module, f"epoch={epoch}", interruptible=not last)
+        else:  # the held-out divergence every epoch (it costs one forward of each model over the slice)
+            divergence = self.held_out_divergence(trainer, pl_module)
+            if divergence is not None and trainer.is_global_zero:
+                from skill_distill.evaluation import flat_metrics
+
+                self.evaluation.log_metrics(trainer, flat_metrics({HELDOUT: {"divergence": divergence}}))
 
     # ---- one evaluation -----------------------------------------------------------------------------------------
     def evaluate(self, trainer, pl_module, tag: str, interruptible: bool = False) -> dict | None:
-        """Run one evaluation on every rank (``InTrainingEvaluation.run``); the report on rank 0, else None."""
-        return self.evaluation.run(trainer, pl_module, tag, lambda run: self._write(trainer, run), interruptible)
+        """Run one evaluation on every rank (``InTrainingEvaluation.run``, after the held-out divergence); the report
+        on rank 0, else None."""
+        divergence = self.held_out_divergence(trainer, pl_module)
+        return self.evaluation.run(trainer, pl_module, tag, lambda run: self._write(trainer, run, divergence),
+                                   interruptible)
 
-    def _write(self, trainer, run: EvaluationRun) -> dict:
+    def held_out_divergence(self, trainer, pl_module) -> dict | None:
+        """The teacher-student divergence on the held-out slice per skill (``evaluation.summarize_divergence``), or
+        None when there is no teacher beside the student (``pl_module.teacher``; stored top-k logprobs cannot give the
+        full KL), no held-out slice, or ``heldout`` is not among this callback's sets.
+
+        Only the held-out problems the ``heldout`` set evaluates (its limits applied) are scored: every rank scores its
+        share of them (``SkillDataModule.held_out_loader``), per example the mean over its supervised tokens of
+        KL(teacher || student) at temperature 1, chunked (``FrozenTeacher.example_divergence``); the per-example sums
+        are gathered and aggregated with that set's skill chains. Under FSDP2
+        each forward is a collective, so a rank with fewer micro-batches repeats its last one (results dropped) until
+        all are done."""
+        teacher = getattr(pl_module, "teacher", None)
+        dm = getattr(trainer, "datamodule", None)
+        if teacher is None or not isinstance(dm, SkillDataModule) or \
+                all(b.name != HELDOUT for b in self.evaluation.loaded):
+            return None
+        from lightning.fabric.utilities.apply_func import move_data_to_device
+
+        from lightning_modules.lm_loss import default_chunk_size
+        from skill_distill.evaluation import summarize_divergence
+
+        heldout = next(b for b in self.evaluation.loaded if b.name == HELDOUT)
+        evaluated = {p.id for p in heldout.problems}  # the problems beside whose accuracy the divergence is shown
+        batches = list(dm.held_out_loader(evaluated))
+        counts = InTrainingEvaluation._all_gather(trainer, len(batches))
+        if max(counts) == 0:
+            return None
+        if min(counts) == 0:  # such a rank has no batch to take part in the collectives with
+            if trainer.is_global_zero:
+                log.warning("held-out divergence skipped: the held-out slice has fewer micro-batches (%d) than ranks",
+                            sum(counts))
+            return None
+        config = getattr(pl_module, "distillation", None)
+        chunk = (config.chunk_size if config else None) or default_chunk_size(pl_module.model.config.hidden_size)
+        t0 = time.time()
+        per_example: dict[str, tuple[float, int]] = {}
+        training = pl_module.training
+        pl_module.eval()
+        try:
+            for i in range(max(counts)):
+                batch = move_data_to_device(batches[min(i, len(batches) - 1)], pl_module.device)
+                scored = teacher.example_divergence(pl_module.model, batch, "forward_kl", chunk)
+                if i < len(batches):
+                    per_example.update(scored)
+        finally:
+            pl_module.train(training)
+        merged: dict[str, tuple[float, int]] = {}
+        for part in InTrainingEvaluation._all_gather(trainer, per_example):
+            merged.update(part)
+        grading = self.evaluation.grading
+        out = summarize_divergence(merged, heldout.chains, heldout.tree, grading.confidence,
+                                   grading.bootstrap_resamples)
+        out["seconds"] = round(time.time() - t0, 1)
+        return out
+
+    def _write(self, trainer, run: EvaluationRun, divergence: dict | None = None) -> dict:
         from skill_distill import console
-        from skill_distill.evaluation import flat_metrics, publish_report
+        from skill_distill.evaluation import add_divergence, flat_metrics, publish_report
         from skill_distill.skill_charts import emphasised_skills, load_report, write_history
 
         ev, tag = self.evaluation, run.tag
@@ -468,11 +532,16 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
                                                         if k in ("dtype", "max_model_len", "tensor_parallel_size")}},
                 "tree": None if ev.tree is None else ev.tree.source,
                 "baseline": str(baseline_path) if baseline else None, "emphasised_skills": emphasised,
-                "timings": run.timings}
+                "timings": run.timings, "training": last_step_metrics(trainer)}
+        if divergence is not None:
+            add_divergence(run.summaries[HELDOUT], divergence)
         # printed, not logged: training leaves the root logger unconfigured, so INFO records never showed
         lines = [f"{n}: {console.accuracy_text(s['accuracy'])} over {s['problems']} problems"
                  + (f"; {console.weakest_text(s['skills'])}" if s.get("skills") else "")
                  for n, s in run.summaries.items()]
+        if divergence is not None and divergence["kl"] is not None:
+            lines.append(f"{HELDOUT}: {divergence['direction']} {divergence['kl']:.4f} nats per token over "
+                         f"{divergence['examples']} teacher traces")
         report = publish_report(run.out_dir, ev.loaded, run.records, run.summaries, meta, baseline=baseline,
                                 emphasised=emphasised, title=f"skill evaluation {tag}", lines=lines, t0=run.t0)
         write_history(root)  # every evaluation so far, one chart per set
@@ -483,6 +552,14 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
         self.last_report = report
         self.reports[tag] = str(RunLayout.report(root, tag))
         return report
+
+
+def last_step_metrics(trainer) -> dict[str, float]:
+    """The last logged value of every per-step training metric (``train/...``: loss, learning rate; with
+    distillation the divergence; on-policy the reverse KL, rollout length, truncated share, rollouts/s and teacher
+    tokens/s), for the evaluation report."""
+    return {k: float(v) for k, v in sorted(trainer.logged_metrics.items())
+            if k.startswith("train/") and getattr(v, "numel", lambda: 1)() == 1}
 
 
 def rank_cores(local_rank: int, local_world_size: int, cores: list[int] | None = None) -> list[int]:

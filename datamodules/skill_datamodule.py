@@ -13,7 +13,7 @@ prompt and skill chains), e.g. for a stage that draws its prompts from the curre
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -454,13 +454,19 @@ class SkillDataModule(L.LightningDataModule):
         return self._train_loader
 
     def val_dataloader(self):
-        if not self.val_examples:
+        return self.held_out_loader()
+
+    def held_out_loader(self, ids: Collection[str] | None = None):
+        """This rank's share of the tokenised held-out examples (all, or those whose id is in ``ids``: e.g. the
+        problems an evaluation set kept) in collated micro-batches of ``val_micro_batch_size``; [] when none."""
+        examples = self.val_examples if ids is None else [e for e in self.val_examples if e.example_id in ids]
+        if not examples:
             return []
         world_size, rank, _ = self._world()
-        mine = list(range(rank, len(self.val_examples), world_size))
+        mine = list(range(rank, len(examples), world_size))
         m = self.val_micro_batch_size
         batches = [[(i, None) for i in mine[k:k + m]] for k in range(0, len(mine), m)]
-        return StatefulDataLoader(ExampleDataset(self.val_examples), batch_sampler=batches,
+        return StatefulDataLoader(ExampleDataset(examples), batch_sampler=batches,
                                   collate_fn=SFTCollator(self._pad_id(), self.packing), num_workers=0)
 
     def _pad_id(self) -> int:

@@ -13,6 +13,8 @@ Pure torch (no Lightning). The interface other code uses:
 - :func:`token_logprobs`: ``log p(targets)`` per row from hidden states and an output embedding, chunked (on-policy
   distillation scores sampled tokens with it); differentiable, each chunk's logits recomputed in backward.
 - :func:`divergence`: D per row from two log-distributions over the same buckets (the dense formula).
+- :func:`row_divergence`: D per row against an in-process teacher, chunked, without gradient (the held-out per-skill
+  divergence of the evaluation report).
 
 Chunking follows ``lm_loss.linear_ce``: rows are taken ``chunk_size`` at a time; a chunk's student logits (and the
 teacher's) are computed, the loss and its gradient with respect to those logits are computed at once (autograd on the
@@ -177,6 +179,25 @@ def supervised_kd(states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
                                       float(tau), int(chunk_size))
 
 
+@torch.no_grad()
+def row_divergence(states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, teacher: TeacherLogits,
+                   kind: Divergence = "forward_kl", beta: float = 0.5, tau: float = 1.0,
+                   chunk_size: int = 256) -> torch.Tensor:
+    """D per row (1-D, fp32, no gradient) of the student (``states @ weight.T + bias``) against an in-process teacher
+    at the same rows, ``chunk_size`` rows at a time (one chunk's logits of each model exist at once): what the held-out
+    per-skill divergence is made of (``FrozenTeacher.example_divergence``). Unscaled by tau^2."""
+    if kind not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {kind!r}; use one of {', '.join(DIVERGENCES)}")
+    out = []
+    for start in range(0, states.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        student = torch.log_softmax(F.linear(states[rows], weight, bias).float() / tau, dim=-1)
+        t_logp = torch.log_softmax(F.linear(teacher.states[rows], teacher.weight, teacher.bias).float() / tau, dim=-1)
+        out.append(divergence(student, t_logp, kind, beta))
+        del student, t_logp
+    return torch.cat(out) if out else states.new_zeros(0, dtype=torch.float32)
+
+
 def _chunk_token_logprobs(h, weight, bias, targets):
     logits = F.linear(h, weight, bias).float()
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
@@ -253,6 +274,7 @@ class DistillationConfig:
 
 
 METHOD_NAME = "supervised_kd"
+DIVERGENCE_METHOD_NAME = "supervised_divergence"
 
 
 def _supervised_kd_forward(lm, input_ids: torch.Tensor, labels: torch.Tensor, teacher, config: DistillationConfig,
@@ -269,14 +291,31 @@ def _supervised_kd_forward(lm, input_ids: torch.Tensor, labels: torch.Tensor, te
     return loss, ce, d, supervised.sum()
 
 
+def _supervised_divergence_forward(lm, input_ids: torch.Tensor, labels: torch.Tensor, teacher: TeacherLogits,
+                                   kind: Divergence = "forward_kl", chunk_size: int = 256, **model_kwargs):
+    """D per supervised position (``labels != IGNORE_INDEX``, row-major order; fp32, no gradient) of the student
+    ``lm`` against ``teacher`` at those positions (``row_divergence``)."""
+    from datamodules.batching import IGNORE_INDEX
+
+    with torch.no_grad():
+        hidden = lm.get_decoder()(input_ids=input_ids, use_cache=False, **model_kwargs).last_hidden_state
+        head = lm.get_output_embeddings()
+        return row_divergence(hidden[labels != IGNORE_INDEX], head.weight, getattr(head, "bias", None), teacher, kind,
+                              chunk_size=chunk_size)
+
+
 def attach(model) -> None:
-    """Give an HF causal LM the method ``supervised_kd``; under FSDP2 it is registered as a forward of the root
-    (gathered output embedding, gradient hooks on its outputs), as ``lm_loss.supervised_ce`` is."""
+    """Give an HF causal LM the methods ``supervised_kd`` and ``supervised_divergence``; under FSDP2 they are
+    registered as forwards of the root (gathered output embedding, gradient hooks on its outputs), as
+    ``lm_loss.supervised_ce`` is."""
     import types
 
-    if not isinstance(getattr(model, METHOD_NAME, None), types.MethodType):
-        setattr(model, METHOD_NAME, types.MethodType(_supervised_kd_forward, model))
+    for name, method in ((METHOD_NAME, _supervised_kd_forward),
+                         (DIVERGENCE_METHOD_NAME, _supervised_divergence_forward)):
+        if not isinstance(getattr(model, name, None), types.MethodType):
+            setattr(model, name, types.MethodType(method, model))
     from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 
     if isinstance(model, FSDPModule):
         register_fsdp_forward_method(model, METHOD_NAME)
+        register_fsdp_forward_method(model, DIVERGENCE_METHOD_NAME)

@@ -13,6 +13,8 @@ Interface (used by ``CausalLMModule`` and by on-policy distillation):
   FSDP2: vocabulary x hidden in the teacher's dtype). With ``final_hidden`` rows they are
   ``distill_loss.TeacherLogits``; ``distill_loss.token_logprobs(hidden, weight, targets, chunk_size)`` gives the
   teacher's log p of given tokens chunk by chunk, without full logits.
+- ``teacher.example_divergence(student, batch, kind, chunk_size)``: per example of a collated batch, the sum of the
+  per-token divergence over its supervised tokens and their number (the evaluation's held-out per-skill divergence).
 - ``teacher.identity``: ``{"name", "config_sha256"}``, written into checkpoints (the weights never are: the teacher
   is not a submodule of the LightningModule); a resume with another teacher is refused.
 - ``check_same_vocabulary(teacher, student, student_config, student_tokenizer)`` (from
@@ -82,6 +84,29 @@ class FrozenTeacher:
         hidden = self.final_hidden(input_ids, **model_kwargs)[supervised]
         return token_logprobs(hidden, self.output_weight, labels[supervised], chunk_size, bias=self.output_bias)
 
+    @torch.no_grad()
+    def example_divergence(self, student, batch: dict, kind: str = "forward_kl",
+                           chunk_size: int = 256) -> dict[str, tuple[float, int]]:
+        """Per example of a collated batch (``datamodules.batching.SFTCollator``, packed or padded): ``example id ->
+        (sum of the per-token divergence D over its supervised tokens, number of those tokens)``, D of
+        ``distill_loss.divergence`` (``forward_kl`` = KL(teacher || student)) at temperature 1. ``student`` is an HF
+        causal LM given ``supervised_divergence`` by ``distill_loss.attach`` (a root forward under FSDP2: call it on
+        every rank). Chunked: neither model's logits for a whole sequence exist."""
+        from datamodules.batching import IGNORE_INDEX, MODEL_INPUTS
+        from lightning_modules.distill_loss import TeacherLogits
+
+        kwargs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        labels = batch["labels"]
+        supervised = labels != IGNORE_INDEX
+        rows = TeacherLogits(self.final_hidden(batch["input_ids"], **kwargs)[supervised], self.output_weight,
+                             self.output_bias)
+        d = student.supervised_divergence(batch["input_ids"], labels, rows, kind, chunk_size, **kwargs)
+        owner = example_index(batch)[supervised]
+        n = len(batch["example_ids"])
+        sums = torch.zeros(n, dtype=torch.float64, device=d.device).index_add_(0, owner, d.double())
+        counts = torch.bincount(owner, minlength=n)
+        return {ex: (float(sums[i]), int(counts[i])) for i, ex in enumerate(batch["example_ids"]) if counts[i]}
+
     @staticmethod
     def _whole(t: torch.Tensor | None) -> torch.Tensor | None:
         return t.full_tensor() if t is not None and hasattr(t, "full_tensor") else t  # FSDP2: a DTensor shard
@@ -93,3 +118,14 @@ class FrozenTeacher:
     @property
     def output_bias(self) -> torch.Tensor | None:
         return self._whole(getattr(self.model.get_output_embeddings(), "bias", None))
+
+
+def example_index(batch: dict) -> torch.Tensor:
+    """The position in ``batch["example_ids"]`` of the example each token of ``batch["labels"]`` belongs to (same
+    shape): the row of a padded batch, or the packed sequence (``cu_seq_lens_q`` boundaries) of a packed one."""
+    labels = batch["labels"]
+    if "cu_seq_lens_q" in batch and labels.shape[0] == 1:
+        ends = batch["cu_seq_lens_q"][1:].to(labels.device, torch.long)
+        positions = torch.arange(labels.shape[1], device=labels.device)
+        return torch.searchsorted(ends, positions, right=True).unsqueeze(0)
+    return torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(labels)

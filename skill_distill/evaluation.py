@@ -42,7 +42,7 @@ from skill_distill.formatting import DEFAULT_INSTRUCTION, SkillFormat, parse_ski
 from skill_distill.generation.base import GenerationBackend, SamplingConfig, request_seed
 from skill_distill.generation.factory import BackendConfig, VLLMConfig
 from skill_distill.grading import GradingConfig
-from skill_distill.io import DataError, JsonlAppender, write_json
+from skill_distill.io import DataError, JsonlAppender, atomic_write, write_json
 from skill_distill.skill_tree import Chain, SkillTree, format_chain, parse_chain
 
 log = logging.getLogger(__name__)
@@ -361,6 +361,11 @@ def flat_metrics(summaries: Mapping[str, Mapping], prefix: str = "eval") -> dict
                 m[f"{base}/{metric}"] = float(s[key])
         for row in s.get("skills", []):
             m[f"{base}/skill/" + "/".join(_metric_name(x) for x in parse_chain(row["chain"]))] = float(row["accuracy"])
+        divergence = s.get("divergence")
+        if divergence and divergence.get("kl") is not None:
+            m[f"{base}/kl"] = float(divergence["kl"])
+            for row in divergence["skills"]:
+                m[f"{base}/skill_kl/" + "/".join(_metric_name(x) for x in parse_chain(row["chain"]))] = float(row["kl"])
         block = s.get("skill_block")
         if block:
             m[f"{base}/skill_block_rate"] = float(block["rate"])
@@ -389,6 +394,51 @@ def compute_summaries(benchmarks: Sequence[LoadedBenchmark], records: Sequence[M
     return out
 
 
+# ---- teacher-student divergence ----------------------------------------------------------------------------------
+DIVERGENCE_DIRECTION = "KL(teacher || student)"
+
+
+def summarize_divergence(per_example: Mapping[str, tuple[float, int]], chains: Mapping[str, Sequence[Chain]],
+                         tree: SkillTree | None = None, confidence: float = 0.95, resamples: int = 1000,
+                         seed: int = 0) -> dict:
+    """JSON-ready teacher-student divergence on held-out teacher traces, aggregated like per-skill accuracy.
+
+    ``per_example``: example id -> (sum over its supervised tokens of the per-token KL(teacher || student), tokens).
+    Each example's value is its mean per-token KL (nats); a skill node's ``kl`` is the mean of the values of the
+    examples whose chains pass through it (examples are the unit, as problems are for accuracy; ``SkillCounts``),
+    with a percentile bootstrap interval over examples; the root's is ``kl``."""
+    from skill_distill.skill_stats import ROOT, SkillCounts, bootstrap_interval
+
+    counts = SkillCounts()
+    tokens = 0
+    for ex_id, (total, n) in per_example.items():
+        counts.add(ex_id, chains.get(ex_id, ()), [total / n])
+        tokens += n
+    skills = []
+    for node in counts.nodes():
+        if node == ROOT:
+            continue
+        values = list(counts.problem_values(node).values())
+        lo, hi = bootstrap_interval(values, confidence, resamples, seed)
+        skills.append({"chain": format_chain(node), "depth": len(node),
+                       "is_leaf": tree.is_leaf_chain(node) if tree is not None else None,
+                       "examples": len(values), "kl": counts.accuracy(node), "ci_low": lo, "ci_high": hi})
+    values = list(counts.problem_values(ROOT).values())
+    lo, hi = bootstrap_interval(values, confidence, resamples, seed) if values else (None, None)
+    return {"direction": DIVERGENCE_DIRECTION, "unit": "nats per supervised token, mean over examples",
+            "examples": len(values), "tokens": tokens, "kl": counts.accuracy(ROOT), "ci_low": lo, "ci_high": hi,
+            "confidence": confidence, "skills": skills}
+
+
+def add_divergence(summary: dict, divergence: Mapping) -> None:
+    """Put a set's held-out divergence (``summarize_divergence``) into its summary: ``summary["divergence"]``, and
+    each skill row's ``kl`` (None where no example of that skill was scored) next to its accuracy."""
+    by_chain = {row["chain"]: row["kl"] for row in divergence["skills"]}
+    summary["divergence"] = dict(divergence)
+    for row in summary.get("skills", []):
+        row["kl"] = by_chain.get(row["chain"])
+
+
 # ---- reports ----------------------------------------------------------------------------------------------------
 def build_report(benchmarks: Sequence[LoadedBenchmark], records: Sequence[Mapping], summaries: Mapping[str, dict],
                  meta: Mapping[str, Any]) -> dict:
@@ -415,8 +465,58 @@ def build_report(benchmarks: Sequence[LoadedBenchmark], records: Sequence[Mappin
     summary = {name: {k: s.get(k) for k in ("accuracy", "ci_low", "ci_high", "k", "problems", "samples",
                                             "mean_tokens", "truncation_rate")}
                for name, s in summaries.items()}
+    for name, s in summaries.items():
+        if s.get("divergence"):
+            summary[name]["kl"] = s["divergence"]["kl"]
     return {"version": REPORT_VERSION, **dict(meta), "summary": summary, "metrics": flat_metrics(summaries),
             "benchmarks": sets}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _nats(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def report_markdown(report: Mapping) -> str:
+    """``report.md``: accuracy per set, the training metrics of the last step (in-training evaluations), then per set
+    its skills (accuracy with interval, problems and, when a teacher was configured, the held-out KL(teacher ||
+    student) beside it)."""
+    lines = [f"# Evaluation {report.get('tag', '')}".rstrip(), ""]
+    summary = report.get("summary") or {}
+    with_kl = any(s.get("kl") is not None for s in summary.values())
+    header = "| set | accuracy (%) | interval | problems | k |" + (" KL(teacher \\|\\| student), nats/token |"
+                                                                 if with_kl else "")
+    lines += [header, "|---|---|---|---|---|" + ("---|" if with_kl else "")]
+    for name, s in summary.items():
+        row = (f"| {name} | {_pct(s.get('accuracy'))} | {_pct(s.get('ci_low'))}-{_pct(s.get('ci_high'))} | "
+               f"{s.get('problems')} | {s.get('k')} |")
+        lines.append(row + (f" {_nats(s.get('kl'))} |" if with_kl else ""))
+    training = report.get("training") or {}
+    if training:
+        lines += ["", f"Training metrics at the last logged step (step {report.get('global_step')}):", "",
+                  "| metric | value |", "|---|---|", *(f"| {k} | {v:.6g} |" for k, v in training.items())]
+    for name, entry in (report.get("benchmarks") or {}).items():
+        metrics = entry.get("metrics") or {}
+        skills = metrics.get("skills") or []
+        if not skills:
+            continue
+        kl = metrics.get("divergence") is not None
+        lines += ["", f"## {name}: per skill", ""]
+        if kl:
+            d = metrics["divergence"]
+            lines += [f"KL: mean per-token {d['direction']} over each held-out example's supervised tokens of the "
+                      f"teacher's trace, averaged over the examples of the skill ({d['examples']} examples, "
+                      f"{d['tokens']} tokens).", ""]
+        lines += ["| skill | leaf | accuracy (%) | interval | problems |" + (" KL (nats/token) |" if kl else ""),
+                  "|---|---|---|---|---|" + ("---|" if kl else "")]
+        for r in skills:
+            row = (f"| {r['chain']} | {'yes' if r.get('is_leaf') else ''} | {_pct(r.get('accuracy'))} | "
+                   f"{_pct(r.get('ci_low'))}-{_pct(r.get('ci_high'))} | {r.get('judged')} |")
+            lines.append(row + (f" {_nats(r.get('kl'))} |" if kl else ""))
+    return "\n".join(lines) + "\n"
 
 
 def write_report(out_dir: str | os.PathLike, report: Mapping, baseline: Mapping | None = None,
@@ -427,6 +527,8 @@ def write_report(out_dir: str | os.PathLike, report: Mapping, baseline: Mapping 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
+    with atomic_write(out / "report.md", "w") as f:
+        f.write(report_markdown(report))
     paths = {"report": str(out / "report.json")}
     paths.update(write_charts(report, out, baseline=baseline, emphasised=emphasised))
     return paths

@@ -4,7 +4,8 @@
   accuracy over all of the topic's problems, then its leaves), topics and leaves sorted by accuracy; bars with
   their confidence intervals, the problem count, the set's overall accuracy as a dashed line, the baseline
   evaluation's accuracy as a hollow diamond with the change in points, and the skills the training selection
-  emphasised marked with a star and an orange bar.
+  emphasised marked with a star and an orange bar. When the set has a held-out teacher-student divergence (a run with
+  a teacher), a right-hand panel beside the accuracy bars shows each skill's KL(teacher || student), nats per token.
 - ``summary.png``: avg@k per set with intervals (and the baseline).
 - ``history_<set>.png`` (``write_history``): every evaluation of a run so far (baseline, epoch 0, 1, ...), one
   column each, one row per skill (the rows of the latest ``skills_<set>.png``), each cell its accuracy: how every
@@ -26,7 +27,7 @@ from skill_distill.skill_tree import parse_chain
 MAX_LEAF_ROWS = 80
 LABEL_CHARS = 48
 COLORS = {"leaf": "#4C72B0", "topic": "#2F3E5C", "emphasised": "#DD8452", "up": "#2E7D32", "down": "#C62828",
-          "baseline": "black", "overall": "#7F7F7F"}
+          "baseline": "black", "overall": "#7F7F7F", "kl": "#8172B3"}
 
 
 def load_report(path: str | os.PathLike) -> dict:
@@ -110,8 +111,12 @@ def plot_skills(report: Mapping, name: str, path: str | os.PathLike, baseline: M
     emphasised = dict(emphasised or {})
     base = _baseline_skills(baseline, name)
     n = len(rows)
-    fig = Figure(figsize=(11, 1.6 + 0.32 * n))
-    ax = fig.add_subplot(1, 1, 1)
+    with_kl = any(row.get("kl") is not None for _, row in rows)
+    fig = Figure(figsize=(15 if with_kl else 11, 1.6 + 0.32 * n))
+    if with_kl:
+        ax, ax_kl = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 1], "wspace": 0.12})
+    else:
+        ax = fig.add_subplot(1, 1, 1)
     ys = list(range(n))[::-1]
     labels = []
     for y, (kind, row) in zip(ys, rows, strict=True):
@@ -148,6 +153,8 @@ def plot_skills(report: Mapping, name: str, path: str | os.PathLike, baseline: M
     overall = metrics.get("accuracy")
     if overall is not None:
         ax.axvline(100 * overall, color=COLORS["overall"], linestyle="--", linewidth=1)
+    if with_kl:
+        _plot_kl(ax_kl, ys, rows, metrics["divergence"])
     ax.set_xlim(0, 100)
     ax.set_ylim(-0.7, n - 0.3)
     ax.set_xlabel(f"accuracy (%), avg@{metrics['k']}; bars: {int(100 * metrics.get('confidence', 0.95))}% interval "
@@ -177,6 +184,21 @@ def plot_skills(report: Mapping, name: str, path: str | os.PathLike, baseline: M
               ncol=min(3, len(handles)), fontsize=8, frameon=False)
     _save(fig, Path(path))
     return True
+
+
+def _plot_kl(ax, ys: list[int], rows: list[tuple[str, dict]], divergence: Mapping) -> None:
+    """The per-skill KL(teacher || student) panel beside the accuracy bars (rows without a value stay empty)."""
+    for y, (kind, row) in zip(ys, rows, strict=True):
+        if row.get("kl") is not None:
+            ax.barh(y, row["kl"], height=0.7, color=COLORS["topic"] if kind == "topic" else COLORS["kl"],
+                    alpha=0.9 if kind == "topic" else 0.8)
+    if divergence.get("kl") is not None:
+        ax.axvline(divergence["kl"], color=COLORS["overall"], linestyle="--", linewidth=1)
+    ax.set_xlim(left=0)
+    ax.set_xlabel(f"{divergence['direction']}, nats per token\n(held-out teacher traces; dashed: all "
+                  f"{divergence['examples']} examples)", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    ax.tick_params(axis="y", left=False)
 
 
 def plot_summary(report: Mapping, path: str | os.PathLike, baseline: Mapping | None = None) -> bool:

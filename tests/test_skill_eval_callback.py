@@ -77,7 +77,8 @@ def test_callback_reports_each_evaluation_and_the_run_continues(tmp_path, monkey
     assert sorted(p.name for p in evals.iterdir()) == ["baseline", "epoch=1", "history_heldout.png"]
     reports = {}
     for tag in ("baseline", "epoch=1"):
-        assert {p.name for p in (evals / tag).iterdir()} == {"report.json", "summary.png", "skills_heldout.png"}
+        assert {p.name for p in (evals / tag).iterdir()} == {"report.json", "report.md", "summary.png",
+                                                           "skills_heldout.png"}
         reports[tag] = json.loads((evals / tag / "report.json").read_text())
     for tag, report in reports.items():
         assert report["tag"] == tag and report["world_size"] == 1

@@ -1,0 +1,179 @@
+"""The held-out teacher-student divergence per skill (issue 23 part 5): a tiny Qwen3 student and a different tiny
+Qwen3 teacher on the real Qwen3 tokenizer, real quickstart held-out rows.
+
+- ``FrozenTeacher.example_divergence`` (chunked, packed or padded batches) equals, per example, the mean over its
+  supervised tokens of a dense ``F.kl_div`` over both models' full logits (each example run alone), to 1e-5 in fp32;
+  a student identical to the teacher gives 0.
+- ``summarize_divergence`` aggregates per skill node as per-skill accuracy is (examples as the unit).
+- A ``train.py fit`` with a teacher and SkillEvalCallback (HF generate backend): every epoch's report holds the
+  per-skill KL beside the per-skill accuracy (report.json, report.md, the chart) and the metrics are logged.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from datamodules.batching import IGNORE_INDEX, SFTCollator, encode_example
+from skill_distill.formatting import end_of_turn_token, render_prompt, user_turn
+
+REPO = Path(__file__).resolve().parents[1]
+QS = REPO / "data" / "quickstart"
+
+
+def heldout_rows(n: int) -> list[dict]:
+    return [json.loads(line) for line in (QS / "heldout.jsonl").read_text().splitlines()[:n]]
+
+
+def tokenized(tokenizer, rows: list[dict]):
+    eot = end_of_turn_token(tokenizer)
+    return [encode_example(tokenizer, r["id"], render_prompt(tokenizer, user_turn(r["problem"])), r["trace"] + eot,
+                           512) for r in rows]
+
+
+def student_with_teacher(student: Path, teacher: Path):
+    from lightning_modules import CausalLMModule
+    from lightning_modules.distill_loss import DistillationConfig
+
+    module = CausalLMModule(model=str(student), attn_implementation="sdpa_packed",
+                            distillation=DistillationConfig(teacher=str(teacher), teacher_dtype="float32"))
+    module.configure_model()
+    return module.model.eval(), module.teacher
+
+
+def dense_reference(student, teacher, example) -> float:
+    """Mean over the example's supervised tokens of KL(teacher || student) from both models' full logits."""
+    ids = torch.tensor([example.input_ids])
+    labels = torch.tensor([example.labels])
+    with torch.no_grad():
+        student_logits = student(input_ids=ids, use_cache=False).logits[0]
+        teacher_logits = teacher.model(input_ids=ids, use_cache=False).logits[0]
+    supervised = labels[0] != IGNORE_INDEX
+    # F.kl_div(input = log q_student, target = log p_teacher) = sum p_teacher (log p_teacher - log q_student)
+    kl = F.kl_div(torch.log_softmax(student_logits[supervised].double(), -1),
+                  torch.log_softmax(teacher_logits[supervised].double(), -1), log_target=True,
+                  reduction="none").sum(-1)
+    return float(kl.mean())
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> Path:
+    from skill_distill.assets import tiny_qwen3_dir
+
+    return tiny_qwen3_dir(tmp_path_factory.mktemp("teacher") / "tiny-qwen3-seed1", seed=1)
+
+
+@pytest.mark.slow
+def test_per_example_divergence_equals_a_dense_kl_div_and_is_zero_for_the_teacher_itself(
+        tiny_qwen3_dir, teacher_dir, qwen_tokenizer):
+    examples = tokenized(qwen_tokenizer, heldout_rows(5))
+    student, teacher = student_with_teacher(tiny_qwen3_dir, teacher_dir)
+    reference = {e.example_id: dense_reference(student, teacher, e) for e in examples}
+    assert all(v > 0.01 for v in reference.values())  # two different random models: far from 0
+    for packing in (True, False):
+        batch = SFTCollator(pad_token_id=0, packing=packing).collate(examples)
+        scored = teacher.example_divergence(student, batch, "forward_kl", chunk_size=7)  # chunks cross examples
+        assert set(scored) == set(reference)
+        for e in examples:
+            total, tokens = scored[e.example_id]
+            assert tokens == e.num_supervised
+            assert total / tokens == pytest.approx(reference[e.example_id], abs=1e-5, rel=1e-5), (packing, e.example_id)
+
+    same_student, same_teacher = student_with_teacher(tiny_qwen3_dir, tiny_qwen3_dir)
+    batch = SFTCollator(pad_token_id=0, packing=True).collate(examples)
+    scored = same_teacher.example_divergence(same_student, batch, "forward_kl", chunk_size=7)
+    assert len(scored) == len(examples) and all(abs(total) < 1e-5 * tokens for total, tokens in scored.values())
+
+
+def test_divergence_is_aggregated_per_skill_like_accuracy():
+    from skill_distill.evaluation import add_divergence, flat_metrics, summarize_divergence
+    from skill_distill.skill_tree import SkillTree, parse_chain
+
+    tree = SkillTree.load(str(QS / "tree.json"))
+    chains = {}
+    for line in (QS / "attribution.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        chains[row["id"]] = [tuple(c) for c in row["chains"]]
+    ids = [r["id"] for r in heldout_rows(40) if chains.get(r["id"])][:30]
+    per_example = {ex: (0.1 * (i + 1) * (i % 4 + 1), i % 4 + 1) for i, ex in enumerate(ids)}  # sum, tokens
+    mean = {ex: total / n for ex, (total, n) in per_example.items()}
+    out = summarize_divergence(per_example, chains, tree, resamples=200)
+    assert out["direction"] == "KL(teacher || student)" and out["examples"] == len(ids)
+    assert out["tokens"] == sum(n for _, n in per_example.values())
+    assert out["kl"] == pytest.approx(sum(mean.values()) / len(mean))
+    leaves = [r for r in out["skills"] if r["is_leaf"]]
+    assert leaves
+    for row in out["skills"]:
+        node = parse_chain(row["chain"])
+        under = [mean[ex] for ex in ids if any(tuple(c[:len(node)]) == node for c in chains[ex])]
+        assert row["examples"] == len(under) and row["kl"] == pytest.approx(sum(under) / len(under))
+        assert row["ci_low"] <= row["kl"] <= row["ci_high"]
+    summary = {"skills": [{"chain": r["chain"], "accuracy": 0.5} for r in out["skills"]] + [
+        {"chain": "not->scored", "accuracy": 1.0}]}
+    add_divergence(summary, out)
+    assert [r["kl"] for r in summary["skills"][:-1]] == [r["kl"] for r in out["skills"]]
+    assert summary["skills"][-1]["kl"] is None
+    metrics = flat_metrics({"heldout": summary})
+    assert metrics["eval/heldout/kl"] == pytest.approx(out["kl"])
+    leaf = leaves[0]
+    assert metrics["eval/heldout/skill_kl/" + "/".join(x.replace("/", "_").strip() for x in parse_chain(
+        leaf["chain"]))] == pytest.approx(leaf["kl"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # a fit, an HF-generate evaluation in a child process, on a shared, loaded 2-core machine
+def test_a_fit_with_a_teacher_reports_the_per_skill_kl_beside_accuracy(tmp_path, monkeypatch, tiny_qwen3_dir,
+                                                                        teacher_dir):
+    import train
+
+    monkeypatch.chdir(tmp_path)
+    cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    for key in ("corpus", "tree", "attribution", "val_corpus"):
+        cfg["data"][key] = str(REPO / cfg["data"][key])
+    cfg["trainer"]["logger"] = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                 "init_args": {"save_dir": "runs/q", "name": "logs", "version": ""}}]
+    callbacks = [c for c in cfg["trainer"]["callbacks"]
+                 if not any(k in c["class_path"] for k in ("RichProgressBar", "HFExport"))]
+    entry = next(c for c in callbacks if c["class_path"] == "callbacks.SkillEvalCallback")
+    entry["init_args"].update(
+        benchmarks=[{"name": "heldout", "limit_per_skill": 1, "k": 1}], baseline=False, every_n_epochs=2,
+        export_dtype=None, sampling={"temperature": 0.0, "max_new_tokens": 4},
+        backend={"class_path": "HFConfig", "init_args": {"batch_size": 8}}, grading={"workers": 0})
+    cfg["trainer"]["callbacks"] = callbacks
+    config = tmp_path / "q.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    cli = train.main(["fit", "--config", str(config), f"--model.model={tiny_qwen3_dir}",
+                      f"--data.tokenizer={tiny_qwen3_dir}", f"--model.distillation.teacher={teacher_dir}",
+                      "--model.distillation.teacher_dtype=float32", "--data.selection.strategy=random",
+                      "--data.selection.budget=16", "--data.profile=null", "--trainer.precision=32-true",
+                      "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+                      "--trainer.max_epochs=2", "--trainer.default_root_dir=runs/q"])
+    assert cli.trainer.global_step == 4
+    run = tmp_path / "runs" / "q"
+    report = json.loads((run / "eval" / "epoch=1" / "report.json").read_text())
+    metrics = report["benchmarks"]["heldout"]["metrics"]
+    divergence = metrics["divergence"]
+    assert divergence["direction"] == "KL(teacher || student)" and divergence["kl"] > 0.01
+    assert divergence["examples"] == metrics["judged_problems"]  # the problems whose accuracy is shown
+    assert report["summary"]["heldout"]["kl"] == divergence["kl"]
+    leaves = [r for r in metrics["skills"] if r["is_leaf"]]
+    assert leaves and all(r["accuracy"] is not None and r["kl"] > 0 for r in leaves)
+    markdown = (run / "eval" / "epoch=1" / "report.md").read_text()
+    assert "KL (nats/token)" in markdown and f"| {leaves[0]['chain']} | yes |" in markdown
+    assert f"{leaves[0]['kl']:.4f} |" in markdown
+    assert (run / "eval" / "epoch=1" / "skills_heldout.png").stat().st_size > 0
+    # the per-step training metrics of the last step reach the report (json and markdown)
+    assert {"train/loss", "train/forward_kl", "train/lr"} <= set(report["training"])
+    assert f"| train/forward_kl | {report['training']['train/forward_kl']:.6g} |" in markdown
+    with (run / "logs" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    logged = [float(r["eval/heldout/kl"]) for r in rows if r.get("eval/heldout/kl")]
+    # every epoch: epoch 0 logged only (every_n_epochs=2), epoch 1 in the report as well
+    assert len(logged) == 2 and logged[-1] == pytest.approx(divergence["kl"])
+    assert any(r.get("eval/heldout/acc") for r in rows)
