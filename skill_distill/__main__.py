@@ -29,6 +29,8 @@ STAGES = {
     "teacher-logprobs": ("skill_distill.teacher_logprobs", "run_teacher_logprobs",
                          "store the teacher's top-k logprobs at every supervised position (logit distillation)"),
     "evaluate": ("skill_distill.evaluation", "run_evaluate", "per-skill evaluation of a model on benchmarks"),
+    # the one stage on the Lightning side (it reads Lightning's checkpoint layout, importing no Lightning itself):
+    # tests/test_architecture.py reads these strings as imports and allows only this one
     "export": ("lightning_modules.checkpoint_export", "run_export",
                "consolidate a (sharded) training checkpoint into an HF directory"),
 }
