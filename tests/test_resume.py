@@ -86,6 +86,13 @@ def test_publish_replaces_and_last_link_switches_atomically(tmp_path):
     assert (ckpts / "last.ckpt" / "shard").read_text() == "again"
     remove_path(ckpts / "step=2.ckpt")
     assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step=4.ckpt"]
+    # a single-file checkpoint (other strategies) replaces a directory of the same name, and a file a file
+    for content in ("file", "file again"):
+        tmp = ckpts / f"{TMP_PREFIX}step=4.ckpt"
+        tmp.write_text(content)
+        publish_path(tmp, ckpts / "step=4.ckpt")
+        assert (ckpts / "last.ckpt").read_text() == content
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step=4.ckpt"]  # no temporary, no trash left
 
 
 def test_rotation_keeps_the_newest_and_last_never_dangles(tmp_path, monkeypatch):
