@@ -159,6 +159,7 @@ def worker(args) -> None:
     from datamodules import SkillDataModule
     from lightning_modules import CausalLMModule
     from skill_distill.assets import smollm2_dir
+    from skill_distill.run_layout import RunLayout
 
     torch.set_num_threads(1)
     L.seed_everything(0, verbose=False)
@@ -208,7 +209,9 @@ def worker(args) -> None:
                         use_distributed_sampler=False, default_root_dir=args.run_dir, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         callbacks=callbacks)
-    trainer.fit(model, datamodule=data, ckpt_path="last" if args.resume else None)
+    # the link train.py resolves --ckpt_path last to (Lightning's own "last" lookup knows only ModelCheckpoint)
+    resume = RunLayout.of(trainer).last_checkpoint if args.resume else None
+    trainer.fit(model, datamodule=data, ckpt_path=resume)
 
 
 def launch(name: str, out: Path, run_dir: Path, strategy: str, resume: bool = False, measure_at: int = STEPS,

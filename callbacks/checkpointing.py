@@ -12,22 +12,19 @@ import logging
 import os
 import random
 import shutil
-import uuid
 from pathlib import Path
+from weakref import proxy
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint
 from torch.distributed.checkpoint.api import CheckpointException
 
 from callbacks.preemption import PreemptionCallback, StopSaver, is_final_epoch
-from skill_distill.io import ConfigError, DataError
+from skill_distill.io import TMP_PREFIX, TRASH_PREFIX, ConfigError, DataError, point_link, publish_path, remove_path
 from skill_distill.run_layout import RunLayout
 
 log = logging.getLogger(__name__)
-
-TMP_PREFIX = ".tmp-"
-TRASH_PREFIX = ".trash-"
 
 
 def _root_cause(error: BaseException) -> BaseException:
@@ -37,50 +34,6 @@ def _root_cause(error: BaseException) -> BaseException:
         if inner is None or isinstance(error, OSError):
             return error
         error = inner
-
-
-def remove_path(path: Path) -> None:
-    """Delete a checkpoint (file, directory or symlink) so that a crash never leaves a half-deleted one that looks
-    valid: rename it to a hidden trash name first, then delete."""
-    if not (path.exists() or path.is_symlink()):
-        return
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-        return
-    trash = path.with_name(f"{TRASH_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
-    os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def publish(tmp: Path, final: Path) -> None:
-    """Move a fully written checkpoint ``tmp`` to ``final`` (replacing an older one of the same name)."""
-    if final.exists() or final.is_symlink():
-        remove_path(final)
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-
-
-def point_link(link: Path, target: Path) -> None:
-    """Make ``link`` a relative symlink to ``target``, switched atomically (readers see the old or the new one)."""
-    tmp = link.with_name(f"{TMP_PREFIX}{link.name}-{uuid.uuid4().hex[:8]}")
-    os.symlink(os.path.relpath(target, link.parent), tmp)
-    if link.is_dir() and not link.is_symlink():  # a real directory (e.g. written by stock ModelCheckpoint)
-        remove_path(link)
-    os.replace(tmp, link)
-    _fsync_dir(link.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def project_classes(*objects) -> set[type]:
@@ -144,17 +97,99 @@ def step_seed(base: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([base, step, rank]).generate_state(1)[0])
 
 
-# ModelCheckpoint's private members this class overrides (_save_checkpoint, _link_checkpoint, _remove_checkpoint,
-# _should_remove_checkpoint), calls (_save_topk_checkpoint, _save_last_checkpoint) or reads
-# (_should_skip_saving_checkpoint, _monitor_candidates, _every_n_train_steps, _last_global_step_saved,
-# _last_checkpoint_saved): checked with Lightning 2.6.6; tests/test_lightning_private_members.py fails when one goes.
-MODEL_CHECKPOINT_PRIVATE_MEMBERS = ("_save_checkpoint", "_link_checkpoint", "_remove_checkpoint",
-                                    "_should_remove_checkpoint", "_save_topk_checkpoint", "_save_last_checkpoint",
-                                    "_should_skip_saving_checkpoint", "_monitor_candidates", "_every_n_train_steps",
-                                    "_last_global_step_saved", "_last_checkpoint_saved")
+class CheckpointDirectory:
+    """The run's checkpoint directory, torchtitan's shape: a plain component around the public
+    ``Trainer.save_checkpoint``. A save writes a temporary, publishes it under its step's name, points ``last`` at it
+    and then rotates (deletes what falls out of the ``keep_last`` newest), so a crash at any moment leaves ``last``
+    on a complete checkpoint. Every method is a collective: every rank calls it.
+
+    ``kept`` (names, oldest first) is checkpointed by ``ResumableCheckpoint``: a resumed run goes on rotating what
+    the earlier one wrote, also after the run directory moved (names, not paths)."""
+
+    def __init__(self, layout: RunLayout, keep_last: int):
+        self.dirpath = layout.checkpoints
+        self.last = layout.last_checkpoint
+        self.keep_last = keep_last
+        self.kept: list[str] = []
+
+    def path_for(self, step: int) -> Path:
+        return self.dirpath / f"step={step:07d}.ckpt"
+
+    def remove_leftovers(self, trainer) -> None:
+        """Delete what an interrupted save or delete of an earlier attempt left (hidden temporaries, trash)."""
+        if trainer.is_global_zero and self.dirpath.is_dir():
+            for leftover in self.dirpath.iterdir():
+                if leftover.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
+                    log.info("removing incomplete checkpoint %s", leftover)
+                    if leftover.is_dir() and not leftover.is_symlink():
+                        shutil.rmtree(leftover, ignore_errors=True)
+                    else:
+                        leftover.unlink(missing_ok=True)
+        trainer.strategy.barrier()
+
+    def save(self, trainer, weights_only: bool = False) -> Path:
+        """Write the current step (temporary -> publish -> link -> rotate) and return its path."""
+        final = self.path_for(trainer.global_step)
+        before = list(self.kept)
+        # the list the checkpoint records already names itself and no longer names what it rotates out
+        self.kept = [name for name in before if name != final.name] + [final.name]
+        dropped, self.kept = self.kept[:-self.keep_last], self.kept[-self.keep_last:]
+        try:
+            self._write(trainer, final, weights_only)
+        except BaseException:
+            self.kept = before
+            raise
+        if trainer.is_global_zero:
+            point_link(self.last, final)
+            for name in dropped:  # only now: `last` no longer points at any of them
+                remove_path(self.dirpath / name)
+        trainer.strategy.barrier()
+        return final
+
+    def _write(self, trainer, final: Path, weights_only: bool) -> None:
+        tmp = final.with_name(TMP_PREFIX + final.name)
+        if trainer.is_global_zero:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if tmp.exists() or tmp.is_symlink():
+                remove_path(tmp)
+        trainer.strategy.barrier()
+        error: BaseException | None = None
+        try:
+            trainer.save_checkpoint(str(tmp), weights_only)  # ends with a barrier: every shard is written
+        except CheckpointException as e:  # torch.distributed.checkpoint: every rank gets the failures of all
+            error = next(iter(e.failures.values()))[0] if e.failures else e  # (exception, traceback) per rank
+        except OSError as e:  # one writer (rank 0) failed before the closing barrier the other ranks wait in
+            error = e
+            if trainer.world_size > 1:
+                trainer.strategy.barrier("Trainer.save_checkpoint")
+        # every rank learns that the save failed, so none waits in a collective the others never reach
+        failed = trainer.strategy.reduce_boolean_decision(error is not None, all=False)
+        if failed:
+            if trainer.is_global_zero:
+                remove_path(tmp)  # a partial checkpoint must not keep the disk full (one remover: a shared directory)
+            trainer.strategy.barrier()
+            codes = (errno.ENOSPC, errno.EDQUOT)
+            if error is None or getattr(_root_cause(error), "errno", None) in codes:  # another rank's disk full
+                free = shutil.disk_usage(final.parent).free
+                raise DataError(f"no space left on the device of {final.parent} while saving a checkpoint: one needs "
+                                f"about {_gb(checkpoint_bytes(trainer))} ({_gb(free)} free); free space there or move "
+                                "trainer.default_root_dir, then resume with --ckpt_path last (the previous checkpoint "
+                                "is intact)") from None
+            raise error
+        if trainer.is_global_zero:
+            publish_path(tmp, final)
+            log.info("saved checkpoint %s", final)
+        trainer.strategy.barrier()
 
 
-class ResumableCheckpoint(ModelCheckpoint, StopSaver):
+# Lightning private members this module still uses (tests/test_lightning_private_members.py fails when one goes;
+# checked with Lightning 2.6.6): ``Trainer._logger_connector.update_train_step_metrics`` hands a step's logged
+# metrics to the loggers. Lightning does that only after ``on_train_batch_end``, and it has no public call that
+# flushes the current step's logged metrics early, which a pre-emption exit at a step's end needs.
+TRAINER_PRIVATE_MEMBERS = ("_logger_connector.update_train_step_metrics",)
+
+
+class ResumableCheckpoint(Checkpoint, StopSaver):
     """Periodic checkpoints from which a run resumes exactly (``python train.py fit ... --ckpt_path last``).
 
     - Saved every ``every_n_train_steps`` optimizer steps, at the end of every training epoch, and when training
@@ -163,10 +198,11 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
     - Atomic: every rank writes into ``.tmp-step=....ckpt``; after a barrier rank 0 renames it into place. A crash
       mid-save leaves only the hidden temporary (removed at the next start) and the previous checkpoint stays valid.
     - ``last.ckpt`` is a relative symlink to the newest complete checkpoint, switched atomically after publishing.
-    - Rotation is ModelCheckpoint's own top-k (``save_top_k=keep_last`` on ``monitor="step", mode="max"``: the
-      ``keep_last`` newest stay, their list is in the checkpoint, so a resumed run goes on rotating them). Only the
-      order is ours: the checkpoint top-k drops is deleted after ``last`` points at the new one, so with
-      ``keep_last: 1`` a crash never leaves ``last`` dangling.
+    - Rotation: the ``keep_last`` newest stay; their list is in the checkpoint, so a resumed run goes on rotating
+      them (the one it resumed from included). A checkpoint rotated out is deleted after ``last`` points at the new
+      one, so with ``keep_last: 1`` a crash never leaves ``last`` dangling. (``CheckpointDirectory`` does the
+      saving; this callback decides when. Lightning's ``Checkpoint`` base class makes the trainer treat it as its
+      checkpoint callback: run last among callbacks, no default ``ModelCheckpoint`` added.)
     - Randomness: with ``reseed_every_step`` the Python, NumPy and torch (CPU and CUDA) generators are re-seeded at
       the start of every optimizer step from (seed, step, global rank), so a resumed run draws the same random
       numbers as an uninterrupted one without storing generator states (also at epoch boundaries, where the data
@@ -196,41 +232,32 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
             raise ConfigError(f"ResumableCheckpoint.keep_last must be >= 1, got {keep_last}")
         if every_n_train_steps < 0:
             raise ConfigError(f"ResumableCheckpoint.every_n_train_steps must be >= 0, got {every_n_train_steps}")
-        super().__init__(dirpath=None, filename="step={step:07d}", auto_insert_metric_name=False,
-                         monitor="step", mode="max", save_top_k=keep_last, save_last="link",
-                         every_n_train_steps=every_n_train_steps or None,
-                         every_n_epochs=0, save_on_train_epoch_end=True,  # epoch ends: our own hook
-                         enable_version_counter=False)
+        self.every_n_train_steps = every_n_train_steps
         self.keep_last = keep_last
-        self._dropped: list[str] = []  # checkpoints top-k let go during the current save
         self.save_on_epoch_end = save_on_epoch_end
         self.reseed_every_step = reseed_every_step
         self.seed = seed
         self.run_settings: dict = {}
+        self.directory: CheckpointDirectory | None = None  # set in setup (the run directory is known then)
+        self.dirpath: str | None = None
+        self.last_model_path = ""  # the newest checkpoint this run saved (as on ModelCheckpoint, for loggers)
+        self._kept: list[str] = []  # restored before setup when resuming
+        self._last_step_saved = -1
 
     # ---- checkpointed state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "run_settings": self.run_settings}
+        return {"kept": list(self.directory.kept if self.directory else self._kept), "run_settings": self.run_settings}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        # a run directory that moved (copied to another disk, renamed) goes on rotating its checkpoints: Lightning
-        # restores top-k's list only when the saved dirpath is the current one, and would keep the others forever
-        old = state_dict.get("dirpath")
-        if old and self.dirpath and old != self.dirpath:
-            def moved(path):
-                if path and Path(path).is_relative_to(old):
-                    return str(Path(self.dirpath) / Path(path).relative_to(old))
-                return path
-
-            state_dict = {**state_dict, "dirpath": self.dirpath,
-                          "best_k_models": {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()},
-                          **{key: moved(state_dict.get(key)) for key in
-                             ("best_model_path", "kth_best_model_path", "last_model_path")}}
-        super().load_state_dict(state_dict)
+        self._kept = list(state_dict.get("kept", []))
+        if self.directory is not None:
+            self.directory.kept = list(self._kept)
 
     # ---- hooks ----------------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
-        self.dirpath = str(RunLayout.of(trainer).checkpoints)
+        self.directory = CheckpointDirectory(RunLayout.of(trainer), self.keep_last)
+        self.directory.kept = list(self._kept)
+        self.dirpath = str(self.directory.dirpath)
         others = [type(cb).__name__ for cb in trainer.checkpoint_callbacks if cb is not self]
         if others:
             raise ConfigError(f"trainer.callbacks has {', '.join(others)} besides ResumableCheckpoint: every "
@@ -241,27 +268,17 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
                              "accumulate_grad_batches": trainer.accumulate_grad_batches,
                              "precision": str(trainer.precision),
                              "seed_everything": int(global_seed) if global_seed is not None else None}
-        super().setup(trainer, pl_module, stage)
         # checkpoints load with torch.load(weights_only=True); hyperparameters and callback states hold the
         # project's dataclasses (CorpusFields, SkillFormat, ...), which are allow-listed, nothing else
-        candidates = [Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"] if self.dirpath else []
+        candidates = [self.directory.last]
         if trainer.ckpt_path:
             candidates.append(Path(trainer.ckpt_path))
         allow_project_classes(trainer, pl_module, candidates)
-        if trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
-            for leftover in Path(self.dirpath).iterdir():  # an interrupted save or delete of an earlier run
-                if leftover.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
-                    log.info("removing incomplete checkpoint %s", leftover)
-                    if leftover.is_dir() and not leftover.is_symlink():
-                        shutil.rmtree(leftover, ignore_errors=True)
-                    else:
-                        leftover.unlink(missing_ok=True)
-        trainer.strategy.barrier()
+        self.directory.remove_leftovers(trainer)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        super().on_train_start(trainer, pl_module)
         if trainer.ckpt_path:  # the checkpoint we resumed from is this step's: do not write it again
-            self._last_global_step_saved = trainer.global_step
+            self._last_step_saved = trainer.global_step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.reseed_every_step and batch_idx % trainer.accumulate_grad_batches == 0:
@@ -278,14 +295,13 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
         step_closed = (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or last_batch
         if not step_closed:
             return
-        n = self._every_n_train_steps
-        if (n >= 1 and trainer.global_step % n == 0 and not (last_batch and self.save_on_epoch_end)
-                and not self._should_skip_saving_checkpoint(trainer)):
+        n = self.every_n_train_steps
+        if n >= 1 and trainer.global_step % n == 0 and not (last_batch and self.save_on_epoch_end):
             self.save(trainer)
         self._stop_if_requested(trainer, at_step_end=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self.save_on_epoch_end and not self._should_skip_saving_checkpoint(trainer):
+        if self.save_on_epoch_end:
             self.save(trainer)
         # a signal that came during this epoch's end (an evaluation) stops here, on the weights it recorded as
         # pending; after the last epoch the run finishes instead (final checkpoint and export in on_train_end)
@@ -300,90 +316,27 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
                 # Lightning hands a step's metrics to the loggers only after this hook: the process leaves before
                 # that, and a resume starts after this step, so its row would be missing from the history
                 if at_step_end:
-                    trainer._logger_connector.update_train_step_metrics()
+                    trainer._logger_connector.update_train_step_metrics()  # private: see TRAINER_PRIVATE_MEMBERS
                 for logger in trainer.loggers:
                     logger.save()
                 cb.exit(trainer)
 
-    def on_validation_end(self, trainer, pl_module) -> None:
-        pass  # saving is driven by steps and epochs only
-
-    def on_exception(self, trainer, pl_module, exception) -> None:
-        pass  # a failing run's state is suspect; the last published checkpoint stays the resume point
-
     def on_train_end(self, trainer, pl_module) -> None:
-        if not self._should_skip_saving_checkpoint(trainer):
-            self.save(trainer)
+        self.save(trainer)
 
     # ---- saving ---------------------------------------------------------------------------------------
     def save(self, trainer) -> str | None:
         """Save the current step now (a collective: every rank calls), publish it, point ``last`` at it, rotate.
-        Returns the checkpoint path (None if this step is already saved)."""
-        if self._last_global_step_saved == trainer.global_step:
+        Returns the checkpoint path (None if this step is already saved or nothing may be saved now)."""
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        if (self._last_step_saved == trainer.global_step or trainer.fast_dev_run or trainer.sanity_checking
+                or trainer.state.fn != TrainerFn.FITTING):
             return None
-        candidates = self._monitor_candidates(trainer)
-        self._dropped = []
-        self._save_topk_checkpoint(trainer, candidates)  # saves; top-k names the one it drops (_remove_checkpoint)
-        self._save_last_checkpoint(trainer, candidates)  # save_last="link": last -> the new checkpoint
+        path = self.directory.save(trainer)
+        self._last_step_saved = trainer.global_step
+        self.last_model_path = str(path)
         if trainer.is_global_zero:
-            for path in self._dropped:
-                remove_path(Path(path))
-        trainer.strategy.barrier()
-        return self._last_checkpoint_saved
-
-    def _save_checkpoint(self, trainer, filepath: str) -> None:
-        final = Path(filepath)
-        tmp = final.with_name(TMP_PREFIX + final.name)
-        if trainer.is_global_zero:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if tmp.exists() or tmp.is_symlink():
-                remove_path(tmp)
-        trainer.strategy.barrier()
-        error: BaseException | None = None
-        try:
-            trainer.save_checkpoint(str(tmp), self.save_weights_only)  # ends with a barrier: every shard is written
-        except CheckpointException as e:  # torch.distributed.checkpoint: every rank gets the failures of all
-            error = next(iter(e.failures.values()))[0] if e.failures else e  # (exception, traceback) per rank
-        except OSError as e:  # one writer (rank 0) failed before the closing barrier the other ranks wait in
-            error = e
-            if trainer.world_size > 1:
-                trainer.strategy.barrier("Trainer.save_checkpoint")
-        # every rank learns that the save failed, so none waits in a collective the others never reach
-        failed = trainer.strategy.reduce_boolean_decision(error is not None, all=False)
-        if failed:
-            if trainer.is_global_zero:
-                remove_path(tmp)  # a partial checkpoint must not keep the disk full (one remover: a shared directory)
-            trainer.strategy.barrier()
-            codes = (errno.ENOSPC, errno.EDQUOT)
-            if error is None or getattr(_root_cause(error), "errno", None) in codes:  # another rank's disk full
-                free = shutil.disk_usage(final.parent).free
-                raise DataError(f"no space left on the device of {final.parent} while saving a checkpoint: one needs "
-                                f"about {_gb(checkpoint_bytes(trainer))} ({_gb(free)} free); free space there or move "
-                                "trainer.default_root_dir, then resume with --ckpt_path last (the previous checkpoint "
-                                "is intact)") from None
-            raise error
-        if trainer.is_global_zero:
-            publish(tmp, final)
-            log.info("saved checkpoint %s", final)
-        trainer.strategy.barrier()
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            from weakref import proxy
-
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
-
-    @staticmethod
-    def _link_checkpoint(trainer, filepath: str, linkpath: str) -> None:
-        if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
-            point_link(Path(linkpath), Path(filepath))
-        trainer.strategy.barrier()
-
-    def _should_remove_checkpoint(self, trainer, previous: str, current: str) -> bool:
-        # Lightning never removes the checkpoint a run resumed from: a pre-empted run resumed N times would keep N
-        # checkpoints beyond keep_last (98 GB each for Qwen3-8B with AdamW). Inside our directory it rotates too.
-        return previous != current and Path(self.dirpath).absolute() in Path(previous).absolute().parents
-
-    def _remove_checkpoint(self, trainer, filepath: str) -> None:
-        self._dropped.append(filepath)  # deleted by save() once `last` no longer points at it
+        return self.last_model_path

@@ -10,54 +10,21 @@ carries the step's global count of supervised tokens so that the loss can be nor
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+# the batch contract lives in skill_distill.batch_contract (the model imports it from there); re-exported here for
+# the data side's callers
+from skill_distill.batch_contract import (  # noqa: F401
+    IGNORE_INDEX,
+    MODEL_INPUTS,
+    PACKED_BOUNDARIES,
+    TokenizedExample,
+    build_example,
+    encode_example,
+)
 from skill_distill.io import ConfigError
-
-IGNORE_INDEX = -100
-# what the model's forward receives from a collated batch: the packed-sequence boundaries are the keyword arguments
-# of transformers' flash-attention path (modeling_flash_attention_utils.FlashAttentionKwargs), read by sdpa_packed too
-PACKED_BOUNDARIES = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
-MODEL_INPUTS = ("position_ids", "attention_mask", *PACKED_BOUNDARIES)
-
-
-@dataclass
-class TokenizedExample:
-    example_id: str
-    input_ids: list[int]
-    labels: list[int]
-    """Already shifted: ``labels[t]`` is the token to predict at position ``t`` (IGNORE_INDEX where unsupervised).
-    Pre-shifting per example keeps packed sequences from predicting across a boundary."""
-    truncated: bool = False
-
-    @property
-    def num_supervised(self) -> int:
-        return sum(1 for x in self.labels if x != IGNORE_INDEX)
-
-
-def encode_example(tokenizer, example_id: str, prompt_text: str, target_text: str,
-                   max_length: int) -> TokenizedExample | None:
-    """Tokenise prompt and target separately (as at inference, where the prompt is tokenised alone) and build
-    shifted labels that supervise exactly the target tokens. Returns None if the prompt alone fills max_length."""
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    target_ids = tokenizer(target_text, add_special_tokens=False)["input_ids"]
-    return build_example(example_id, prompt_ids, target_ids, max_length)
-
-
-def build_example(example_id: str, prompt_ids: Sequence[int], target_ids: Sequence[int],
-                  max_length: int) -> TokenizedExample | None:
-    if len(prompt_ids) >= max_length:
-        return None
-    ids = list(prompt_ids) + list(target_ids)
-    truncated = len(ids) > max_length
-    ids = ids[:max_length]
-    unshifted = [IGNORE_INDEX] * len(prompt_ids) + list(target_ids)
-    unshifted = unshifted[: len(ids)]
-    labels = unshifted[1:] + [IGNORE_INDEX]
-    return TokenizedExample(example_id, ids, labels, truncated)
 
 
 def _balanced_split(indices: Sequence[int], lengths: Sequence[int], parts: int) -> list[list[int]]:

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from datamodules.batching import IGNORE_INDEX, TokenizedExample
 from datamodules.skill_datamodule import SkillDataModule
+from skill_distill.batch_contract import IGNORE_INDEX, TokenizedExample
 from skill_distill.io import ConfigError, DataError, read_json
 from skill_distill.run_layout import RunLayout
 

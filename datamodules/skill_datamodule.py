@@ -20,19 +20,13 @@ from pathlib import Path
 import lightning as L
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from datamodules.batching import (
-    ExampleDataset,
-    SFTCollator,
-    StepBatchSampler,
-    TokenizedExample,
-    encode_example,
-)
+from datamodules.batching import ExampleDataset, SFTCollator, StepBatchSampler
 from skill_distill import assets
+from skill_distill.batch_contract import TokenizedExample, tokenize_example
 from skill_distill.corpus import CorpusFields, Example, load_corpus
 from skill_distill.formatting import (
     DEFAULT_INSTRUCTION,
     SkillFormat,
-    assistant_target,
     end_of_turn_token,
     render_prompt,
     user_turn,
@@ -276,14 +270,11 @@ class SkillDataModule(L.LightningDataModule):
         return self.trainer is None or self.trainer.is_global_zero
 
     def format_and_tokenize(self, examples: list[Example]) -> tuple[list[TokenizedExample], dict]:
-        tok = self.tokenizer
-        eot = end_of_turn_token(tok)
+        eot = end_of_turn_token(self.tokenizer)
         out, dropped, truncated = [], 0, 0
         for e in examples:
-            prompt = self._prompt(e)
-            chains = self._chains.get(e.id, []) if self.skill_format.mode != "off" else []
-            target = assistant_target(e.trace, chains, self.skill_format, self._tree) + eot
-            t = encode_example(tok, e.id, prompt, target, self.max_length)
+            t = tokenize_example(self.tokenizer, e, self.instruction, self.enable_thinking, self.max_length,
+                                 self.skill_format, self._tree, self._chains, end_of_turn=eot)
             if t is None:
                 dropped += 1
                 continue

@@ -60,7 +60,7 @@ for _path in (REPO, REPO / "experiments"):  # the project, and this script's sib
         sys.path.insert(0, str(_path))
 
 from skill_distill.io import ConfigError, DataError, atomic_write, read_json, read_jsonl, write_json, write_jsonl  # noqa: E402 - after the sys.path.insert above
-from skill_distill.process_lifetime import _set_parent_death_signal  # noqa: E402 - the prctl part of die_with_parent: it survives exec
+from skill_distill.process_lifetime import set_parent_death_signal  # noqa: E402 - the prctl part of die_with_parent: it survives exec
 from skill_distill.run_layout import RunLayout  # noqa: E402
 
 ALL_ARMS = ("random", "random_format", "skill", "skill_format", "skill_t05", "skill_shrunk", "closed_loop")
@@ -189,7 +189,7 @@ def run(cmd: list[str], log: Path, timings: Path | None = None, step: str = "") 
             # running; its own children (vLLM engines, graders) die with it through process_lifetime
             proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
                                   env=dict(os.environ, PYTHONPATH=str(REPO)),
-                                  preexec_fn=lambda: _set_parent_death_signal(signal.SIGTERM))
+                                  preexec_fn=lambda: set_parent_death_signal(signal.SIGTERM))
         if proc.returncode >= 0 or attempt == KILLED_STEP_RETRIES:
             break
         print(f"  killed by signal {-proc.returncode} (see {log}); starting it again in {KILLED_STEP_WAIT_S} s "

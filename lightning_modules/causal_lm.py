@@ -31,11 +31,11 @@ import lightning as L
 import torch
 import torchmetrics
 
-from datamodules.batching import IGNORE_INDEX, MODEL_INPUTS
 from lightning_modules import distill_loss, lm_loss, packed_attention
 from lightning_modules.distill_loss import DistillationConfig
 from lightning_modules.hf_models import build_causal_lm
 from skill_distill import assets
+from skill_distill.batch_contract import IGNORE_INDEX, MODEL_INPUTS
 from skill_distill.io import ConfigError, DataError
 
 AttnImpl = Literal["auto", "flash_attention_2", "sdpa_packed", "sdpa", "eager"]

@@ -281,7 +281,7 @@ def _supervised_kd_forward(lm, input_ids: torch.Tensor, labels: torch.Tensor, te
                            chunk_size: int, **model_kwargs):
     """(loss sum, CE sum, D sum, supervised tokens) of the student ``lm``; ``teacher`` holds the rows of the
     supervised positions (``labels != IGNORE_INDEX``, in row-major order)."""
-    from datamodules.batching import IGNORE_INDEX
+    from skill_distill.batch_contract import IGNORE_INDEX
 
     hidden = lm.get_decoder()(input_ids=input_ids, use_cache=False, **model_kwargs).last_hidden_state
     supervised = labels != IGNORE_INDEX

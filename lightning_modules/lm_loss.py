@@ -27,7 +27,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-from datamodules.batching import IGNORE_INDEX
+from skill_distill.batch_contract import IGNORE_INDEX
 from skill_distill.io import ConfigError
 
 LOSS_IMPLEMENTATIONS = ("auto", "dense", "linear_ce", "liger")

@@ -31,6 +31,8 @@ STAGES = {
     "evaluate": ("skill_distill.evaluation", "run_evaluate", "per-skill evaluation of a model on benchmarks"),
     "run": ("skill_distill.project", "run_project",
             "run pool -> attribute -> profile -> select-report -> fit -> evaluate from one project config"),
+    # the one stage on the Lightning side (it reads Lightning's checkpoint layout, importing no Lightning itself):
+    # tests/test_architecture.py reads these strings as imports and allows only this one
     "export": ("lightning_modules.checkpoint_export", "run_export",
                "consolidate a (sharded) training checkpoint into an HF directory"),
 }

@@ -388,8 +388,7 @@ def compute_summaries(benchmarks: Sequence[LoadedBenchmark], records: Sequence[M
         metric = BenchmarkMetric(b)
         if device is not None:
             metric = metric.to(device)
-        metric.update(records)
-        metric._update_count = max(metric._update_count, 1)  # a rank with an empty share still takes part in sync
+        metric.update(records)  # an empty share counts as an update too (torchmetrics counts calls): every rank syncs
         out[b.name] = summarize(b, metric.compute(), confidence, resamples, seed)
     return out
 

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -179,14 +180,74 @@ def _published_mode() -> tuple[int, int]:
     return 0o777 & ~umask, 0o666 & ~umask
 
 
+TMP_PREFIX = ".tmp-"  # a path being written: not complete, removed by whoever finds it at the next start
+TRASH_PREFIX = ".trash-"  # a path being deleted: never mistaken for a complete one
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Make the renames inside ``directory`` durable (best effort: some filesystems refuse a directory fsync)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_path(path: str | os.PathLike) -> None:
+    """Delete a published file, directory or symlink so that a crash never leaves a half-deleted directory that
+    looks complete: a directory is renamed to a hidden trash name first, then deleted."""
+    p = Path(path)
+    if not (p.exists() or p.is_symlink()):
+        return
+    if p.is_symlink() or not p.is_dir():
+        p.unlink()
+        return
+    trash = p.with_name(f"{TRASH_PREFIX}{p.name}-{uuid.uuid4().hex[:8]}")
+    os.replace(p, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def publish_path(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Rename a completely written file or directory ``tmp`` to ``final``, replacing an older ``final``: readers see
+    the old one, then (after a moment without any, for a directory) the new one, never a partial one."""
+    tmp, final = Path(tmp), Path(final)
+    old = None
+    if final.is_dir() and not final.is_symlink():  # os.replace replaces a file in one step, not a directory
+        old = final.with_name(f"{TRASH_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+    elif final.is_symlink() or (final.exists() and tmp.is_dir()):
+        final.unlink()
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def point_link(link: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Make ``link`` a relative symlink to ``target`` (the two may move together), switched atomically: readers
+    see the old or the new target."""
+    link, target = Path(link), Path(target)
+    tmp = link.with_name(f"{TMP_PREFIX}{link.name}-{uuid.uuid4().hex[:8]}")
+    os.symlink(os.path.relpath(target, link.parent), tmp)
+    if link.is_dir() and not link.is_symlink():  # a real directory in its place (e.g. written by another tool)
+        remove_path(link)
+    os.replace(tmp, link)
+    fsync_dir(link.parent)
+
+
 @contextmanager
 def atomic_directory(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary directory beside ``path`` to fill; on success it is renamed to ``path``.
 
-    The project's one way to publish a directory (exports, cached assets): a crash or exception leaves any previous
-    ``path`` untouched and no partial directory under its name. ``replace``: an existing ``path`` is moved aside and
-    deleted after the new one is in place; otherwise an existing ``path`` (another process published first) is kept
-    and the new one discarded.
+    The project's one way to publish a directory (exports, cached assets, checkpoints through ``publish_path``): a
+    crash or exception leaves any previous ``path`` untouched and no partial directory under its name.
+    ``replace``: an existing ``path`` is replaced (``publish_path``); otherwise an existing ``path`` (another
+    process published first) is kept and the new one discarded.
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -204,17 +265,13 @@ def atomic_directory(path: str | os.PathLike, replace: bool = True) -> Iterator[
         for f in tmp.iterdir():
             if f.is_file():
                 os.chmod(f, file_mode)
-        if replace and p.exists():
-            old = p.with_name(f".{p.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(p, old)
-            os.replace(tmp, p)
-            shutil.rmtree(old, ignore_errors=True)
+        if replace:
+            publish_path(tmp, p)
         else:
             try:
                 os.replace(tmp, p)
             except OSError:
-                if replace or not p.is_dir():
+                if not p.is_dir():
                     raise
                 # another process published first: keep its directory
     finally:

@@ -29,7 +29,10 @@ import time
 _PR_SET_PDEATHSIG = 1
 
 
-def _set_parent_death_signal(sig: int) -> bool:
+def set_parent_death_signal(sig: int) -> bool:
+    """Ask Linux to send ``sig`` to this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``). Unlike the
+    watcher thread of ``die_with_parent`` it survives ``exec``, so it also serves as a ``preexec_fn`` of a child
+    process. Returns whether it was set (False off Linux)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -59,9 +62,9 @@ def die_with_parent(kill_group: bool = False, poll_s: float = 0.5) -> None:
     if kill_group:
         # a catchable signal, so that the handler can take the grandchildren down first
         signal.signal(signal.SIGTERM, lambda signum, frame: _kill_own_group())
-        _set_parent_death_signal(signal.SIGTERM)
+        set_parent_death_signal(signal.SIGTERM)
     else:
-        _set_parent_death_signal(signal.SIGKILL)
+        set_parent_death_signal(signal.SIGKILL)
     die = _kill_own_group if kill_group else (lambda: os._exit(1))
     if os.getppid() != parent_pid:  # the parent died before the guards were armed
         die()

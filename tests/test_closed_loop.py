@@ -186,11 +186,15 @@ def test_quickstart_manifest_keeps_its_bytes(tmp_path, caplog):
 
 
 def test_fit_warns_before_training(tmp_path, caplog):
-    profile, _ = one_more_leaf_at_zero(tmp_path / "profile.json")
+    profile, at_zero = one_more_leaf_at_zero(tmp_path / "profile.json")
     dm = quickstart_datamodule(tmp_path / "run", profile=str(profile))
     with caplog.at_level("WARNING", logger="datamodules.skill_datamodule"):
         dm.setup("fit")
-    assert [r.getMessage() for r in caplog.records if "degenerate skill weights" in r.getMessage()]
+    # the one-line warning of METHOD §4, with the selection's own settings and the leaves it names
+    warnings = [r.getMessage() for r in caplog.records if "degenerate skill weights" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert "8 of 14 judged leaves sit at w_max ** T = 1000" in warnings[0], warnings[0]
+    assert all(repr(chain) in warnings[0] for chain in at_zero), warnings[0]
 
 
 # ---- the pure re-selection ----------------------------------------------------------------------------------
@@ -313,24 +317,27 @@ def test_bad_slices_and_configs_are_one_line(tmp_path):
     taken, _ = carve_slice(pool, chains, tree, per_leaf=2, seed=0, exclude=set())
     rest = [e for e in pool if e not in taken]
 
-    def one_line(call, *words):
-        with pytest.raises((DataError, ConfigError)) as err:
+    def one_line(call, kind, *words):  # a bad input file is a DataError, a bad setting a ConfigError
+        with pytest.raises(Exception) as err:
             call()
+        assert type(err.value) is kind, f"{type(err.value).__name__}: {err.value}"
         assert "\n" not in str(err.value) and all(w in str(err.value) for w in words), str(err.value)
 
     check_slice(taken, chains, tree, rest, "slice.jsonl", set())  # a good slice passes
-    one_line(lambda: check_slice(taken, chains, tree, pool, "slice.jsonl", set()), "slice.jsonl", "training pool")
+    one_line(lambda: check_slice(taken, chains, tree, pool, "slice.jsonl", set()), DataError, "slice.jsonl",
+             "training pool")
     one_leaf = [e for e in taken if chains[e.id][0] == tree.leaf_chains[0]]
-    one_line(lambda: check_slice(one_leaf, chains, tree, rest, "slice.jsonl", set()), "no problem for 13 leaves")
+    one_line(lambda: check_slice(one_leaf, chains, tree, rest, "slice.jsonl", set()), DataError,
+             "no problem for 13 leaves")
     one_line(lambda: check_slice(taken + [Example("x", "What is 1+1?")], chains, tree, rest, "slice.jsonl", set()),
-             "no skill chain")
+             DataError, "no skill chain")
     held = {normalise_problem(taken[0].problem)}
-    one_line(lambda: check_slice(taken, chains, tree, rest, "slice.jsonl", held), "held-out")
+    one_line(lambda: check_slice(taken, chains, tree, rest, "slice.jsonl", held), DataError, "held-out")
     on = ReselectionConfig(every_n_epochs=1)
-    one_line(lambda: on.validate(SelectionConfig(), None, None), "data.tree", "data.attribution")
-    one_line(lambda: on.validate(SelectionConfig(strategy="random"), "t", "a"), "strategy: skill")
+    one_line(lambda: on.validate(SelectionConfig(), None, None), ConfigError, "data.tree", "data.attribution")
+    one_line(lambda: on.validate(SelectionConfig(strategy="random"), "t", "a"), ConfigError, "strategy: skill")
     one_line(lambda: ReselectionConfig(every_n_epochs=1, discount=2.0).validate(SelectionConfig(), "t", "a"),
-             "discount")
+             ConfigError, "discount")
     ReselectionConfig().validate(SelectionConfig(strategy="random"), None, None)  # off: nothing is needed
 
 

@@ -17,6 +17,7 @@ import torch
 from datamodules import SkillDataModule
 from datamodules.batching import IGNORE_INDEX, SFTCollator
 from skill_distill.formatting import SkillFormat
+from skill_distill.generation.factory import HFConfig, OpenAIConfig, VLLMConfig
 from skill_distill.io import ConfigError, DataError
 from skill_distill.teacher_logprobs import TeacherLogprobStore, run_teacher_logprobs
 
@@ -56,7 +57,8 @@ def stage(out: Path, teacher: Path, tokenizer: Path, ids_file: Path, **kw) -> di
     return run_teacher_logprobs(corpus=str(QUICKSTART / "pool.jsonl"), teacher=str(teacher), output_dir=str(out),
                                 tokenizer=str(tokenizer), ids=str(ids_file), skill_format=SkillFormat(mode="full"),
                                 tree=str(QUICKSTART / "tree.json"), attribution=str(QUICKSTART / "attribution.jsonl"),
-                                max_length=kw.pop("max_length", 160), dtype="float32", examples_per_part=2,
+                                max_length=kw.pop("max_length", 160), backend=HFConfig(dtype="float32"),
+                                examples_per_part=2,
                                 chunk_size=kw.pop("chunk_size", 16), **kw)
 
 
@@ -154,7 +156,7 @@ def test_logprobs_made_with_another_tokenizer_are_refused_at_train_start(tmp_pat
     out = tmp_path / "smollm2_logprobs"
     corpus = write_corpus(shared_dir, tmp_path / "corpus.jsonl")
     run_teacher_logprobs(corpus=str(corpus), teacher=str(smollm2_dir), output_dir=str(out), max_length=128,
-                         dtype="float32", top_k=4)
+                         backend=HFConfig(dtype="float32"), top_k=4)
     with pytest.raises(ConfigError, match="^cross-tokenizer distillation is not supported"):
         run_teacher_logprobs(corpus=str(corpus), teacher=str(smollm2_dir), output_dir=str(tmp_path / "x"),
                              tokenizer=str(qwen_tokenizer_dir), max_length=128)
@@ -167,6 +169,28 @@ def test_logprobs_made_with_another_tokenizer_are_refused_at_train_start(tmp_pat
     last = err.strip().splitlines()[-1]
     assert code == 2 and last.startswith(f"error: {out}: example 'm"), err[-3000:]
     assert "other tokens than this run's tokenisation" in last
+
+
+def test_a_backend_without_prompt_logprobs_is_refused_in_one_line(tmp_path):
+    """The backend is chosen by class_path as in the other stages; an OpenAI-compatible server cannot score every
+    prompt position, so it is refused before any input is read."""
+    with pytest.raises(ConfigError, match="^backend: OpenAIConfig cannot give the teacher's logprobs"):
+        run_teacher_logprobs(corpus=str(tmp_path / "absent.jsonl"), teacher="unused", output_dir=str(tmp_path / "o"),
+                             backend=OpenAIConfig(base_url="http://127.0.0.1:9"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_shipped_config_chooses_the_backend_by_class_path():
+    """configs/pipeline/teacher_logprobs_omr.yaml's backend is a VLLMConfig (class_path), with its settings."""
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_function_arguments(run_teacher_logprobs)
+    config = yaml.safe_load((REPO / "configs/pipeline/teacher_logprobs_omr.yaml").read_text())
+    backend = parser.instantiate_classes(parser.parse_object(config)).backend
+    assert isinstance(backend, VLLMConfig)
+    assert (backend.dtype, backend.tensor_parallel_size) == ("bfloat16", 1)
 
 
 def test_the_stage_is_registered():

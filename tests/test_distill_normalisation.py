@@ -16,21 +16,22 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "scripts"))
-import kd_step_grads  # noqa: E402 - importable only after the sys.path.insert above
 from test_loss_normalisation import assert_same_grads  # noqa: E402
 
 import launch  # noqa: E402
+import one_step_grads  # noqa: E402 - importable only after the sys.path.insert above
 
-SCRIPT = REPO / "tests" / "scripts" / "kd_step_grads.py"
+SCRIPT = REPO / "tests" / "scripts" / "one_step_grads.py"
 
 
 def run_step(tmp_path, name, corpus, tokenizer, teacher, **kw) -> tuple[dict, dict]:
     out = tmp_path / f"{name}.pt"
-    args = ["--corpus", str(corpus), "--tokenizer", str(tokenizer), "--teacher", str(teacher), "--out", str(out)]
+    args = ["--objective", "kd", "--corpus", str(corpus), "--tokenizer", str(tokenizer), "--teacher", str(teacher),
+            "--out", str(out)]
     for k, v in kw.items():
         args += [f"--{k}", str(v)]
     if kw.get("devices", 1) == 1:
-        kd_step_grads.main(args)
+        one_step_grads.main(args)
     else:
         env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests' / 'scripts'}",
                    MASTER_PORT=str(launch.free_port()))

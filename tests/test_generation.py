@@ -26,12 +26,8 @@ def prompts(smollm2_dir):
 
 
 @pytest.fixture(scope="module")
-def vllm_smollm(smollm2_dir):
-    # float32: vLLM's batched bf16 kernels round differently with the batch's composition, which can flip a
-    # near-tie token of a sampled prompt; the seed logic is what these tests check
-    backend = make_backend(VLLMConfig(model=str(smollm2_dir), max_model_len=1024, dtype="float32"))
-    yield backend
-    backend.close()
+def vllm_smollm(smollm2_vllm):
+    return smollm2_vllm  # the session's engine (tests/conftest.py), float32: the seed logic is what these tests check
 
 
 def _texts(result: list[list[Completion]]) -> list[list[str]]:

@@ -10,27 +10,25 @@ import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
-from callbacks.checkpointing import MODEL_CHECKPOINT_PRIVATE_MEMBERS, ResumableCheckpoint
-
-SIGNATURES = {  # the overridden methods: their parameters as Lightning calls them
-    "_save_checkpoint": ["self", "trainer", "filepath"],
-    "_link_checkpoint": ["trainer", "filepath", "linkpath"],  # a staticmethod
-    "_remove_checkpoint": ["self", "trainer", "filepath"],
-    "_should_skip_saving_checkpoint": ["self", "trainer"],
-    "_monitor_candidates": ["self", "trainer"],
-}
+from callbacks.checkpointing import TRAINER_PRIVATE_MEMBERS, ResumableCheckpoint
 
 
-@pytest.mark.parametrize("name", MODEL_CHECKPOINT_PRIVATE_MEMBERS)
-def test_model_checkpoint_still_has_the_member(name):
-    stock = ModelCheckpoint(every_n_train_steps=3)
-    assert hasattr(stock, name), (f"lightning {lightning.__version__}: ModelCheckpoint.{name} is gone; "
-                                  "callbacks/checkpointing.ResumableCheckpoint relies on it")
-    if name in SIGNATURES:
-        assert list(inspect.signature(getattr(ModelCheckpoint, name)).parameters) == SIGNATURES[name], name
-        assert getattr(ResumableCheckpoint, name) is not getattr(ModelCheckpoint, name) or name in (
-            "_should_skip_saving_checkpoint", "_monitor_candidates")  # read, not overridden
-    assert isinstance(inspect.getattr_static(ModelCheckpoint, "_link_checkpoint"), staticmethod)
+def test_the_checkpoint_callback_uses_only_public_checkpoint_apis():
+    """ResumableCheckpoint is a plain ``Checkpoint`` around the public ``Trainer.save_checkpoint``: it inherits no
+    ModelCheckpoint machinery whose private members could change under it."""
+    assert not issubclass(ResumableCheckpoint, ModelCheckpoint)
+    assert issubclass(ResumableCheckpoint, lightning.pytorch.callbacks.Checkpoint)
+
+
+@pytest.mark.parametrize("name", TRAINER_PRIVATE_MEMBERS)
+def test_trainer_still_has_the_member(name):
+    obj = lightning.pytorch.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                                    accelerator="cpu", devices=1)
+    for part in name.split("."):
+        assert hasattr(obj, part), (f"lightning {lightning.__version__}: Trainer.{name} is gone; "
+                                    "callbacks/checkpointing.ResumableCheckpoint relies on it")
+        obj = getattr(obj, part)
+    assert callable(obj) and list(inspect.signature(obj).parameters) == [], name
 
 
 @pytest.mark.parametrize("strategy", [DDPStrategy, ModelParallelStrategy])

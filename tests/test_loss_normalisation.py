@@ -47,7 +47,7 @@ def run_step(tmp_path, corpus, tokenizer_dir, name, **kw) -> tuple[dict, float]:
         proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
-    return torch.load(out), json.loads(Path(str(out) + ".json").read_text())["loss"]
+    return torch.load(out), json.loads(Path(str(out) + ".json").read_text())["train/loss"]
 
 
 def assert_same_grads(a: dict, b: dict, tol: float = 1e-5) -> None:

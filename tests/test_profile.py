@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from skill_distill.generation.base import GenerationBackend, SamplingConfig
-from skill_distill.generation.factory import BackendConfig, VLLMConfig, make_backend
+from skill_distill.generation.factory import BackendConfig
 from skill_distill.grading import GradingConfig
 from skill_distill.io import DataError
 from skill_distill.profile import load_profile, merge_profile_shards, reference_answers, run_profile
@@ -199,12 +199,13 @@ def inputs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def backend_cfg(smollm2_dir) -> BackendConfig:
-    return VLLMConfig(model=str(smollm2_dir), max_model_len=1024, dtype="float32")
+def backend_cfg(smollm2_vllm_config) -> BackendConfig:
+    return smollm2_vllm_config
 
 
 class _Reused(GenerationBackend):
-    """The module's real vLLM engine, handed out again by the factory (starting one per run is the slow part)."""
+    """The session's real vLLM engine (tests/conftest.py), handed out again by the factory (starting one per run is
+    the slow part), counting this module's calls."""
 
     def __init__(self, inner):
         self.inner = inner
@@ -214,15 +215,13 @@ class _Reused(GenerationBackend):
         self.calls += 1
         return self.inner.generate(*args, **kwargs)
 
-    def close(self):  # the module fixture closes the engine
+    def close(self):  # the session fixture closes the engine
         pass
 
 
 @pytest.fixture(scope="module")
-def student(backend_cfg):
-    backend = make_backend(backend_cfg)
-    yield _Reused(backend)
-    backend.close()
+def student(smollm2_vllm):
+    return _Reused(smollm2_vllm)
 
 
 @pytest.fixture

@@ -66,7 +66,7 @@ def test_ddp_two_ranks_padded_resume_equals_uninterrupted(setup):
 
 # ---- checkpoint file mechanics (no training) ------------------------------------------------------------------
 def test_publish_replaces_and_last_link_switches_atomically(tmp_path):
-    from callbacks.checkpointing import TMP_PREFIX, point_link, publish, remove_path
+    from skill_distill.io import TMP_PREFIX, point_link, publish_path, remove_path
 
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
@@ -74,7 +74,7 @@ def test_publish_replaces_and_last_link_switches_atomically(tmp_path):
         tmp = ckpts / f"{TMP_PREFIX}step={step}.ckpt"
         tmp.mkdir()
         (tmp / "shard").write_text(str(step))
-        publish(tmp, ckpts / f"step={step}.ckpt")
+        publish_path(tmp, ckpts / f"step={step}.ckpt")
         point_link(ckpts / "last.ckpt", ckpts / f"step={step}.ckpt")
         assert (ckpts / "last.ckpt" / "shard").read_text() == str(step)
     assert (ckpts / "last.ckpt").readlink() == Path("step=4.ckpt")  # relative: the run directory can move
@@ -82,15 +82,22 @@ def test_publish_replaces_and_last_link_switches_atomically(tmp_path):
     tmp = ckpts / f"{TMP_PREFIX}step=4.ckpt"
     tmp.mkdir()
     (tmp / "shard").write_text("again")
-    publish(tmp, ckpts / "step=4.ckpt")
+    publish_path(tmp, ckpts / "step=4.ckpt")
     assert (ckpts / "last.ckpt" / "shard").read_text() == "again"
     remove_path(ckpts / "step=2.ckpt")
     assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step=4.ckpt"]
+    # a single-file checkpoint (other strategies) replaces a directory of the same name, and a file a file
+    for content in ("file", "file again"):
+        tmp = ckpts / f"{TMP_PREFIX}step=4.ckpt"
+        tmp.write_text(content)
+        publish_path(tmp, ckpts / "step=4.ckpt")
+        assert (ckpts / "last.ckpt").read_text() == content
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step=4.ckpt"]  # no temporary, no trash left
 
 
-def test_rotation_is_model_checkpoints_top_k_and_last_never_dangles(tmp_path, monkeypatch):
+def test_rotation_keeps_the_newest_and_last_never_dangles(tmp_path, monkeypatch):
     """keep_last=1 with a tiny real Trainer: each save drops the previous checkpoint only after `last` points at the
-    new one, and a resumed run goes on rotating the checkpoints the first one wrote (top-k's list is checkpointed),
+    new one, and a resumed run goes on rotating the checkpoints the first one wrote (the kept list is checkpointed),
     the one it resumed from included, also after its run directory moved."""
     import lightning.pytorch as pl
     from lightning.pytorch.demos.boring_classes import BoringModel

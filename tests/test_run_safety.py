@@ -86,11 +86,8 @@ def side_by_side(**jobs) -> dict[str, Future]:
         return {name: pool.submit(job) for name, job in jobs.items()}
 
 
-def user_mistakes(inputs) -> list[tuple[list[str], str, Path]]:
-    """train.py with each user mistake (its arguments, the expected last line, its log), all side by side."""
-    root = inputs["root"] / "mistakes"
-    root.mkdir()
-    plain = quickstart_config(root / "plain.yaml", inputs["tiny"], inputs["tok"], inputs["corpus"])
+def user_mistakes(root: Path, plain: Path) -> list[tuple[list[str], str]]:
+    """Each user mistake: its train.py arguments and the expected last line."""
     cases = [
         (["--trainer.max_step=2"], ("error: unrecognized arguments: --trainer.max_step=2; did you mean "
                                     "--trainer.max_steps? (every option: python train.py fit --help)")),
@@ -106,12 +103,23 @@ def user_mistakes(inputs) -> list[tuple[list[str], str, Path]]:
     typo.write_text("model:\n  lerning_rate: 1.0\n")
     cases.append((["--config", str(typo)], ("error: Subcommand 'fit' does not accept option 'model.lerning_rate'; "
                                             "did you mean model.learning_rate?")))
-    procs = [(args, expected, root / f"case{i}.log", train(root, plain, *args, log=root / f"case{i}.log", wait=False))
-             for i, (args, expected) in enumerate(cases)]
-    for _, _, log, proc in procs:
-        launch.finish(proc, log, expect=2)
-    assert not (root / "runs" / "quickstart" / "selection_manifest.json").exists()
-    return [(args, expected, log) for args, expected, log, _ in procs]
+    return cases
+
+
+def train_in_process(monkeypatch, capfd, cwd: Path, config: Path, *args: str) -> tuple[int, str]:
+    """``python train.py fit --config CONFIG ARGS`` in this process (its entry point, ``run_from_command_line``,
+    reading sys.argv): (exit code, everything it wrote). For runs that end before training, where a new process
+    would spend most of its time importing torch and Lightning."""
+    import train_cli
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [str(REPO / "train.py"), "fit", "--config", str(config), *args])
+    monkeypatch.delenv("SKILL_DISTILL_RESUME_FROM", raising=False)
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        train_cli.run_from_command_line()
+    out, err = capfd.readouterr()
+    return exit_.value.code, out + err
 
 
 def full_disk(inputs) -> tuple[Path, Path]:
@@ -127,7 +135,7 @@ def full_disk(inputs) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def first_wave(inputs) -> dict[str, Future]:
     """Side by side: an uninterrupted run and one stopped by SIGTERM after step 3, both of the quickstart config;
-    a run whose disk fills during a save; the user mistakes."""
+    a run whose disk fills during a save."""
     root, corpus, tiny, qwen_tokenizer_dir = inputs["root"], inputs["corpus"], inputs["tiny"], inputs["tok"]
     plain = quickstart_config(root / "plain.yaml", tiny, qwen_tokenizer_dir, corpus)
     signalled = quickstart_config(root / "sigterm.yaml", tiny, qwen_tokenizer_dir, corpus, [
@@ -137,7 +145,7 @@ def first_wave(inputs) -> dict[str, Future]:
     return side_by_side(
         ref=lambda: train(root / "ref", plain, log=root / "ref.log"),
         stopped=lambda: train(root / "stopped", signalled, log=root / "stopped.log", expect=143),
-        full_disk=lambda: full_disk(inputs), mistakes=lambda: user_mistakes(inputs))
+        full_disk=lambda: full_disk(inputs))
 
 
 @pytest.fixture(scope="module")
@@ -292,11 +300,16 @@ def test_full_disk_during_a_save_removes_its_temporary_and_fails_in_one_line(fir
 
 
 @pytest.mark.slow
-def test_user_mistakes_are_one_line(first_wave):
-    for args, expected, log in first_wave["mistakes"].result():
-        text = log.read_text()
-        assert last_line(log).startswith(expected), (args, last_line(log))
+def test_user_mistakes_are_one_line(inputs, monkeypatch, capfd):
+    root = inputs["root"] / "mistakes"
+    root.mkdir()
+    plain = quickstart_config(root / "plain.yaml", inputs["tiny"], inputs["tok"], inputs["corpus"])
+    for args, expected in user_mistakes(root, plain):
+        code, text = train_in_process(monkeypatch, capfd, root, plain, *args)
+        last = text.strip().splitlines()[-1] if text.strip() else ""
+        assert code == 2 and last.startswith(expected), (args, code, last)
         assert "usage:" not in text and "Traceback" not in text, text[-2000:]
+    assert not (root / "runs" / "quickstart" / "selection_manifest.json").exists()
     proc = subprocess.run([sys.executable, "-m", "skill_distill", "pool", "--nope"], cwd=REPO, capture_output=True,
                           text=True, timeout=120, env=launch.script_env(launch.free_port()), check=False)
     assert proc.returncode == 2 and "python -m skill_distill pool --help" in proc.stderr

@@ -48,10 +48,28 @@ def test_leaf_and_topic_tables_hold_the_selections_numbers():
 
 
 def test_plot_is_written(tmp_path):
+    """The PNG decodes, is 11 inches wide at 110 dpi and at least 4 inches high, and shows bars of each of its three
+    series (pool grey, target blue, selection red; each covers about 4 % of the image here) on a white background."""
+    import numpy as np
+    from PIL import Image
+
     tree, _, result = _selection()
     path = tmp_path / "selection.png"
     plot_selection(result, tree, path)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    height, width, _ = pixels.shape
+    assert width == 11 * 110 and height >= 4 * 110, (width, height)
+
+    def share(color: str) -> float:
+        rgb = np.array([int(color[i:i + 2], 16) for i in (1, 3, 5)])
+        return float((np.abs(pixels - rgb).sum(axis=-1) <= 24).mean())
+
+    shares = {name: share(color) for name, color in (("pool", "#9e9e9e"), ("target", "#1f77b4"),
+                                                     ("selection", "#d62728"))}
+    assert all(v > 0.01 for v in shares.values()), shares  # every series is drawn
+    assert (pixels.sum(axis=-1) < 3 * 250).mean() < 0.6, "mostly ink: not a bar chart on a white background"
 
 
 def quickstart_rows(n: int) -> list[dict]:

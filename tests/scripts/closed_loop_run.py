@@ -23,6 +23,7 @@ from callbacks.reselection import ReselectionCallback
 from datamodules import SkillDataModule
 from lightning_modules import CausalLMModule
 from skill_distill.reselection import ReselectionConfig
+from skill_distill.run_layout import RunLayout
 from skill_distill.selection import SelectionConfig
 
 
@@ -70,7 +71,9 @@ def main() -> None:
                         max_epochs=args.max_epochs, precision="32-true", use_distributed_sampler=False,
                         default_root_dir=args.run_dir, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks)
-    trainer.fit(model, datamodule=dm, ckpt_path="last" if args.resume else None)
+    # the link train.py resolves --ckpt_path last to (Lightning's own "last" lookup knows only ModelCheckpoint)
+    resume = RunLayout.of(trainer).last_checkpoint if args.resume else None
+    trainer.fit(model, datamodule=dm, ckpt_path=resume)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from callbacks.checkpointing import ResumableCheckpoint
 from callbacks.preemption import PreemptionCallback
 from datamodules import SkillDataModule
 from lightning_modules import CausalLMModule
+from skill_distill.run_layout import RunLayout
 
 PROMPT_IDS = [151644, 872, 198, 3838, 374, 220, 17, 10, 17, 30, 151645, 198, 151644, 77091, 198]
 
@@ -79,7 +80,9 @@ def main() -> None:
                         max_epochs=args.max_epochs, precision="32-true", use_distributed_sampler=False,
                         default_root_dir=args.run_dir, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks)
-    trainer.fit(model, datamodule=data, ckpt_path="last" if args.resume else None)
+    # the link train.py resolves --ckpt_path last to (Lightning's own "last" lookup knows only ModelCheckpoint)
+    resume = RunLayout.of(trainer).last_checkpoint if args.resume else None
+    trainer.fit(model, datamodule=data, ckpt_path=resume)
 
     if args.logits_out:
         model.model.eval()
