@@ -82,3 +82,29 @@ def test_a_bad_model_or_data_key_is_one_line(args, expected, tiny_qwen3_dir, qwe
                     *cpu_overrides(tiny_qwen3_dir, qwen_tokenizer_dir, CORPUS), *args], run=True)
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and err[-1].startswith(expected), err[-3:]
+
+
+@pytest.mark.parametrize("recorded", [{"_class_path": "lightning_modules.CausalLMModule"}, {}],
+                         ids=["recorded", "before-class-selection"])
+def test_a_resume_with_another_module_class_is_refused(recorded, tiny_qwen3_dir, qwen_tokenizer_dir, tmp_path,
+                                                       monkeypatch):
+    """An SFT run's checkpoint (its class recorded by LightningCLI as ``_class_path``, or not at all: written before
+    classes could be chosen) resumed with the on-policy config: refused in one line naming model.class_path."""
+    import torch
+
+    from skill_distill.io import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "step=0000001.ckpt"
+    torch.save({"global_step": 1, "hyper_parameters": {**recorded, "learning_rate": 1e-4},
+                "datamodule_hyper_parameters": {}, "callbacks": {}}, ckpt)
+    with pytest.raises(ConfigError) as refused:
+        train.main(["fit", "--config", str(REPO / "configs" / "distill" / "on_policy_cpu.yaml"),
+                    *cpu_overrides(tiny_qwen3_dir, qwen_tokenizer_dir, CORPUS), f"--trainer.default_root_dir={run}",
+                    f"--ckpt_path={ckpt}"], run=True)
+    line = str(refused.value)
+    assert line.startswith('model.class_path (and data.class_path) is "lightning_modules.OnPolicyModule" here but '
+                           '"lightning_modules.CausalLMModule" in the checkpoint'), line
+    assert "\n" not in line and not (run / "logs").exists()
