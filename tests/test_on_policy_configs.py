@@ -45,7 +45,8 @@ def test_override_composes_after_its_base(path, tiny_qwen3_dir, qwen_tokenizer_d
     assert m.rollout.max_new_tokens + 1024 <= m.rollout.max_model_len == d.max_length == 8192
     assert m.hparams.learning_rate == 1e-5 and m.hparams.gradient_checkpointing  # the base's, kept
     assert d.selection.budget == 1000 and d.selection.strategy == "skill" and d.prompt_weighting == "skill"
-    assert d.examples_per_step == 64 and d.steps_per_epoch == 40
+    per_rank = {"4b": 4, "8b": 2}[path.stem.split("_to_")[1].split("_")[0]]  # sized in docs/SCALING.md
+    assert d.examples_per_step == 8 * per_rank and d.steps_per_epoch == 40 and m.rollout.gpu_memory_utilization == 0.4
     assert cli.trainer.default_root_dir == f"runs/distill/{path.stem}"
 
 
