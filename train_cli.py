@@ -184,6 +184,18 @@ class SkillCLI(LightningCLI):
         # one tokenizer for data and export
         parser.link_arguments("data.init_args.tokenizer", "model.init_args.tokenizer")
 
+    def instantiate_classes(self) -> None:
+        # subclass mode builds model: and data: as a union with None, which turns a user's mistake found while
+        # building (a ConfigError / DataError from a class or its dataclass settings) into a ValueError listing the
+        # union's members: raise the user's one line itself
+        try:
+            super().instantiate_classes()
+        except ValueError as e:
+            mistake = _user_mistake(e)
+            if mistake is None:
+                raise
+            raise mistake from None
+
     def _parse_ckpt_path(self) -> None:
         # Lightning's version copies the checkpoint's model hyperparameters over the command line's, so a changed
         # learning rate was silently dropped; before_instantiate_classes compares them and refuses a change instead
@@ -287,6 +299,17 @@ class SkillCLI(LightningCLI):
             with atomic_write(RunLayout.of(self.trainer).finished) as f:
                 json.dump(summary, f, indent=1)
         print(format_summary(summary), file=sys.stderr)
+
+
+def _user_mistake(error: BaseException) -> ConfigError | DataError | None:
+    """The first ConfigError / DataError among the causes of ``error``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (ConfigError, DataError)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def section_settings(section) -> dict:
