@@ -22,6 +22,9 @@ from skill_distill.run_layout import RunLayout
 
 log = logging.getLogger("train")
 PROJECT_LOGGERS = ("train", "callbacks", "datamodules", "lightning_modules", "skill_distill")
+DEFAULT_CLASSES = {"model": "lightning_modules.CausalLMModule", "data": "datamodules.SkillDataModule"}
+"""The classes of a config whose ``model:`` / ``data:`` names none (every SFT config), spelt as jsonargparse
+normalises a class path (the shortest import), which checkpoints record as ``_class_path``."""
 RESUME_ENV = "SKILL_DISTILL_RESUME_FROM"
 """The first process's decision (checkpoint path, or empty for a new run), inherited by the ranks Lightning's
 launcher starts later, which must not re-judge a directory the first rank has begun to write."""
@@ -36,11 +39,12 @@ class SkillArgumentParser(LightningArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
-        from jsonargparse._common import debug_mode_active
-
-        if not self.exit_on_error or debug_mode_active():  # jsonargparse parsing internally: it catches this
+        # JSONARGPARSE_DEBUG is jsonargparse's documented switch for full errors; its reader is private
+        debug = os.environ.get("JSONARGPARSE_DEBUG", "").lower() == "true"
+        if not self.exit_on_error or debug:  # jsonargparse parsing internally: it catches this
             return super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
+        message = _class_section_problem(message, parser.prog.split()[-1])
         line = " ".join(message.split())
         yaml_problem = _yaml_problem() if "Problems parsing config" in message else None
         if yaml_problem:
@@ -52,6 +56,32 @@ class SkillArgumentParser(LightningArgumentParser):
                                     else "")
         sys.stderr.write(f"error: {line} (every option: {prog} --help)\n")
         raise SystemExit(2)
+
+
+_CLASS_PROBLEM = re.compile(r"Parser key \"(model|data)\":.*?Problem with given class_path '([\w.]+)':\s*(.*?)"
+                            r"(?:\s+- Expected a <class 'NoneType'>.*)?$", re.S)
+
+
+def _class_section_problem(message: str, subcommand: str) -> str:
+    """jsonargparse reports a bad key of a ``model`` / ``data`` section (subclass mode) as a failed union of the
+    class and None; say it as for any other group: ``unrecognized arguments: --model.lerning_rate=1`` (command
+    line), ``Subcommand 'fit' does not accept option 'model.lerning_rate'`` (config file), ``model.learning_rate:
+    Expected a <class 'float'> ...``."""
+    found = _CLASS_PROBLEM.search(message)
+    if not found:
+        return message
+    section, _, problem = found.groups()
+    problem = problem.strip()
+    unknown = re.match(r"Option '([\w.]+)' is not accepted", problem)
+    if unknown:
+        key = f"{section}.{unknown.group(1)}"
+        given = [a for a in _ARGV if a == f"--{key}" or a.startswith(f"--{key}=")]
+        if given:  # on the command line: said as argparse says it
+            return f"unrecognized arguments: {' '.join(given)}"
+        return f"Subcommand '{subcommand}' does not accept option '{key}'"
+    if problem.startswith("unrecognized arguments:"):  # a nested key comes back without its section
+        return re.sub(r"--([\w.]+)", rf"--{section}.\1", problem)
+    return re.sub(r"^Parser key \"([\w.]+)\":", rf"{section}.\1:", problem)
 
 
 def _config_files(argv: list[str]) -> list[str]:
@@ -88,7 +118,23 @@ def _all_keys(parser) -> list[str]:
             if getattr(action, "dest", None) and action.dest not in ("help", "config"):
                 keys.append(action.dest)
             stack.extend((getattr(action, "_name_parser_map", None) or {}).values())
-    return sorted(set(keys))
+    return sorted(k for k in set(keys) | set(_class_keys()) if not k.endswith(".help"))
+
+
+def _class_keys() -> list[str]:
+    """``model.*`` / ``data.*`` keys of the classes a config may choose (subclass mode has one action per section,
+    so the parser itself lists no such key)."""
+    from jsonargparse import ArgumentParser
+
+    from datamodules import OnPolicyDataModule
+    from lightning_modules import OnPolicyModule
+
+    keys = []
+    for section, cls in (("model", OnPolicyModule), ("data", OnPolicyDataModule)):  # subclasses: all keys
+        p = ArgumentParser(exit_on_error=False)
+        p.add_class_arguments(cls, section, fail_untyped=False)
+        keys += [a.dest for a in p._actions if getattr(a, "dest", None) not in (None, "help", "config")]
+    return keys
 
 
 def _did_you_mean(message: str, parser) -> str:
@@ -132,8 +178,23 @@ class SkillCLI(LightningCLI):
         return parser
 
     def add_arguments_to_parser(self, parser) -> None:
+        # model: and data: name their class (class_path + init_args, LightningCLI's subclass mode); a config without
+        # class_path means these defaults, so `model: {model: ..., learning_rate: ...}` and --model.x keep working
+        parser.set_defaults({section: {"class_path": path} for section, path in DEFAULT_CLASSES.items()})
         # one tokenizer for data and export
-        parser.link_arguments("data.tokenizer", "model.tokenizer")
+        parser.link_arguments("data.init_args.tokenizer", "model.init_args.tokenizer")
+
+    def instantiate_classes(self) -> None:
+        # subclass mode builds model: and data: as a union with None, which turns a user's mistake found while
+        # building (a ConfigError / DataError from a class or its dataclass settings) into a ValueError listing the
+        # union's members: raise the user's one line itself
+        try:
+            super().instantiate_classes()
+        except ValueError as e:
+            mistake = _user_mistake(e)
+            if mistake is None:
+                raise
+            raise mistake from None
 
     def _parse_ckpt_path(self) -> None:
         # Lightning's version copies the checkpoint's model hyperparameters over the command line's, so a changed
@@ -216,8 +277,12 @@ class SkillCLI(LightningCLI):
         seed = config.get("seed_everything")
         if seed is not True:  # True draws a new seed per run: nothing to compare
             trainer["seed_everything"] = None if seed is False or seed is None else int(seed)
-        current = {"model": config.model, "data": config.data, "trainer": trainer}
-        changed = runs.changed_settings(runs.saved_settings(meta), current)
+        current = {section: section_settings(config[section]) for section in DEFAULT_CLASSES}
+        current["trainer"] = trainer
+        saved = runs.saved_settings(meta)
+        for section, path in DEFAULT_CLASSES.items():  # checkpoints from before class selection: the defaults
+            saved[section].setdefault("class_path", path)
+        changed = runs.changed_settings(saved, current)
         if changed:
             name, old, new = changed[0]
             more = f" (and {', '.join(c[0] for c in changed[1:])})" if len(changed) > 1 else ""
@@ -234,6 +299,23 @@ class SkillCLI(LightningCLI):
             with atomic_write(RunLayout.of(self.trainer).finished) as f:
                 json.dump(summary, f, indent=1)
         print(format_summary(summary), file=sys.stderr)
+
+
+def _user_mistake(error: BaseException) -> ConfigError | DataError | None:
+    """The first ConfigError / DataError among the causes of ``error``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (ConfigError, DataError)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def section_settings(section) -> dict:
+    """A parsed ``model`` / ``data`` section (``class_path`` + ``init_args``) as one flat mapping: its init
+    arguments and its ``class_path``, the shape of a checkpoint's hyperparameters (``run_dir.saved_settings``)."""
+    return {**section.init_args.as_dict(), "class_path": section.class_path}
 
 
 def _as_list(value) -> list:
@@ -323,6 +405,8 @@ def main(args: list[str] | None = None, run: bool = True) -> SkillCLI:
         return SkillCLI(
             CausalLMModule,
             SkillDataModule,
+            subclass_mode_model=True,  # e.g. lightning_modules.OnPolicyModule with datamodules.OnPolicyDataModule
+            subclass_mode_data=True,
             trainer_defaults={"use_distributed_sampler": False},  # the data module plans batches per rank itself
             save_config_kwargs={"overwrite": True},  # the file name is new per attempt (see _decide_run)
             parser_class=SkillArgumentParser,

@@ -1,3 +1,4 @@
+from datamodules.prompt_sampler import OnPolicyDataModule
 from datamodules.skill_datamodule import SkillDataModule
 
-__all__ = ["SkillDataModule"]
+__all__ = ["OnPolicyDataModule", "SkillDataModule"]

@@ -29,6 +29,7 @@ from datamodules.skill_datamodule import SkillDataModule
 from skill_distill.batch_contract import IGNORE_INDEX, TokenizedExample
 from skill_distill.io import ConfigError, DataError, read_json
 from skill_distill.run_layout import RunLayout
+from skill_distill.skill_tree import format_chain
 
 PromptWeighting = Literal["uniform", "skill"]
 
@@ -136,29 +137,50 @@ class OnPolicyDataModule(SkillDataModule):
         self.prompt_weighting = prompt_weighting
         self.steps_per_epoch = steps_per_epoch
         self._sampler: PromptSampler | None = None
-        self._sampler_ids: list[str] | None = None
+        self._sampler_key: tuple | None = None
+        self._epoch_weights: dict[int, tuple[dict, dict]] = {}
+        """Re-selected epoch -> (drawn leaf per id, leaf target) of its selection (kept in the checkpoint)."""
 
-    def selection_weights(self) -> tuple[dict | None, dict | None]:
-        """(drawn leaf per id, leaf target) from the run's selection manifest; (None, None) without one."""
-        path = RunLayout.of(self.trainer).manifest if self.trainer is not None else None
-        if path is None or not path.is_file():
+    def reselect_epoch(self, epoch: int, node_accuracy: dict, judged: dict, previous: list[str] | None = None):
+        """SkillDataModule's re-selection, keeping the new selection's leaf weights: prompts of epoch ``epoch`` on are
+        drawn by them (every rank computes the same re-selection, so no rank needs rank 0's record file)."""
+        result, ids = super().reselect_epoch(epoch, node_accuracy, judged, previous)
+        self._epoch_weights[epoch] = (
+            {i: (None if c is None else format_chain(c)) for i, c in result.drawn_leaf.items()},
+            {format_chain(c): float(w) for c, w in result.target.items()})
+        return result, ids
+
+    def selection_weights(self, epoch: int = 0) -> tuple[dict | None, dict | None]:
+        """(drawn leaf per id, leaf target) of the selection epoch ``epoch`` trains on: the closed loop's latest
+        re-selection up to ``epoch`` (``SkillDataModule.use_selection``), else the run's selection manifest; (None,
+        None) without either."""
+        chosen = max((k for k in self.reselected_epochs() if k <= epoch), default=None)
+        if chosen is not None and chosen in self._epoch_weights:
+            return self._epoch_weights[chosen]
+        layout = RunLayout.of(self.trainer) if self.trainer is not None else None
+        if layout is None:
             return None, None
-        manifest = read_json(path, "selection manifest")
-        return manifest.get("drawn_leaf") or None, manifest.get("target") or None
+        path = layout.manifest if chosen is None else layout.selection_for_epoch(chosen)
+        if not path.is_file():
+            return None, None
+        record = read_json(path, "selection manifest" if chosen is None else "epoch selection")
+        return record.get("drawn_leaf") or None, record.get("target") or None
 
-    def prompt_sampler(self) -> PromptSampler:
-        """The sampler over the examples installed now (rebuilt when re-selection installs others)."""
+    def prompt_sampler(self, epoch: int = 0) -> PromptSampler:
+        """The sampler over the examples epoch ``epoch`` trains on (``epoch_ids``), by that selection's weights;
+        rebuilt when the closed loop hands over another selection."""
+        self._train_on(epoch)  # the epoch's examples installed (a no-op when they already are)
         ids = [e.example_id for e in self.train_examples]
-        if self._sampler is None or ids != self._sampler_ids:
-            drawn_leaf, target = self.selection_weights()
-            self._sampler = PromptSampler(ids, drawn_leaf, target, self.prompt_weighting, self.seed)
-            self._sampler_ids = ids
+        weights = self.selection_weights(epoch)
+        if self._sampler is None or (ids, weights) != self._sampler_key:
+            self._sampler = PromptSampler(ids, *weights, self.prompt_weighting, self.seed)
+            self._sampler_key = (ids, weights)
         return self._sampler
 
     def step_prompts(self, step: int) -> dict:
         """The prompts of step ``step`` of the current epoch, as ``{"epoch", "step", "prompts": [PromptItem]}``."""
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        picks = self.prompt_sampler().draw(self.examples_per_step, epoch, step)
+        picks = self.prompt_sampler(epoch).draw(self.examples_per_step, epoch, step)
         items = []
         for index, leaf in picks:
             example = self.train_examples[index]
@@ -166,6 +188,13 @@ class OnPolicyDataModule(SkillDataModule):
                                     [list(c) for c in self._chains.get(example.example_id, [])],
                                     None if leaf is None else str(leaf), example))
         return {"epoch": epoch, "step": step, "prompts": items}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "prompt_weights": {str(k): list(v) for k, v in self._epoch_weights.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._epoch_weights = {int(k): tuple(v) for k, v in (state_dict.get("prompt_weights") or {}).items()}
 
     def train_dataloader(self) -> StatefulDataLoader:
         steps = self.steps_per_epoch or len(self.train_examples) // self.examples_per_step

@@ -12,13 +12,18 @@ Each optimizer step (``OnPolicyModule.training_step``):
    (``skill_distill/generation/rollout.py``), scores them with the frozen teacher, and appends the step to
    ``<run dir>/rollouts/rank<r>.jsonl`` (one line per step, fsynced) BEFORE training on it. A resumed run therefore
    trains on exactly the rollouts the interrupted one drew, and the file is the data for analysis;
-3. loss: with ``r_t = log p_S(y_t) - log p_T(y_t)`` on the sampled tokens, the advantage is ``-r_t`` (no gradient
-   through it, no discounting) and the loss is ``-advantage * log p_S(y_t)`` summed over the step's completion
-   tokens and divided by their number across all ranks (token-normalised like SFT). Its gradient is an unbiased
+3. loss (``on_policy_loss: sampled_reverse_kl``): with ``r_t = log p_S(y_t) - log p_T(y_t)`` on the sampled
+   tokens, the advantage is ``-r_t`` (no gradient through it, no discounting) and the loss is
+   ``-advantage * log p_S(y_t)`` summed over the step's completion tokens and divided by their number across all
+   ranks (token-normalised like SFT). Its gradient is an unbiased
    estimate of the gradient of the per-token reverse KL ``KL(p_S || p_T)`` along the student's own samples
    (``E_y~p_S[grad log p_S(y)] = 0`` removes the other term; ``tests/test_on_policy.py`` checks it exactly and by
    Monte Carlo). The advantage uses the learner's log-probabilities; the engine's (sampler's) are recorded too and
-   equal them after a sync (the canary checks that);
+   equal them after a sync (the canary checks that).
+   With ``on_policy_loss: full_vocabulary`` (GKD, Agarwal et al. 2024) the loss is instead ``model.distillation``'s
+   chunked logit-distillation loss (``distill_loss.supervised_kd``: e.g. the generalised JSD with ``beta``, alpha 0)
+   between the student's and the in-process teacher's whole next-token distributions at every completion position,
+   normalised over the step's completion tokens the same way;
 4. GKD's ``lmbda`` (Agarwal et al. 2024; TRL's meaning): the share of steps that are on-policy; the other steps train
    on the same prompts' teacher traces (cross-entropy, i.e. sequence-level KD), decided per step by a seeded draw.
 
@@ -35,6 +40,7 @@ from __future__ import annotations
 import time
 import types
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -47,6 +53,7 @@ from skill_distill.generation.rollout import RolloutConfig, RolloutEngine, make_
 from skill_distill.io import ConfigError, JsonlAppender
 
 TOKEN_LOGPROBS = "token_logprobs"
+OnPolicyLoss = Literal["sampled_reverse_kl", "full_vocabulary"]
 ROLLOUTS_DIR = "rollouts"
 
 
@@ -114,6 +121,10 @@ class OnPolicyModule(CausalLMModule):
             vocabulary as the student), ``teacher_dtype`` its dtype; it is built like the student (one builder,
             FSDP2-sharded under a device mesh) and kept out of checkpoints and the optimizer.
         rollout: how rollouts are sampled (``skill_distill.generation.rollout.RolloutConfig``).
+        on_policy_loss: sampled_reverse_kl (the per-token reverse KL estimated on the sampled tokens) or
+            full_vocabulary (GKD: ``distillation``'s loss, alpha x CE + (1 - alpha) x tau^2 x D with D its
+            ``divergence``, e.g. jsd with ``beta``, over the whole vocabulary at every completion position; alpha 0
+            is GKD's on-policy objective).
         rollout_model: the weights the rollout engine starts from (default: ``model``); synced before sampling.
         lmbda: share of on-policy steps (GKD); the others train on the prompts' teacher traces.
         sync_every_n_steps: load the student's weights into the engine every N on-policy steps (1: on-policy;
@@ -124,12 +135,15 @@ class OnPolicyModule(CausalLMModule):
     """
 
     def __init__(self, *args, rollout: RolloutConfig = RolloutConfig(),  # noqa: B008 - a dataclass default, as SkillDataModule's
+                 on_policy_loss: OnPolicyLoss = "sampled_reverse_kl",
                  rollout_model: str | None = None, lmbda: float = 1.0, sync_every_n_steps: int = 1,
                  canary_every_n_syncs: int = 10, canary_tolerance: float = 1e-3, canary_tokens: int = 64, **kwargs):
         super().__init__(*args, **kwargs)
         if self.distillation is None or self.distillation.teacher is None:
             raise ConfigError("model.distillation.teacher is not set: on-policy distillation scores the student's "
                               "samples with a teacher beside it (hub name, path or asset:<name>)")
+        if on_policy_loss not in ("sampled_reverse_kl", "full_vocabulary"):
+            raise ConfigError(f"model.on_policy_loss={on_policy_loss!r}: use sampled_reverse_kl or full_vocabulary")
         if not 0.0 <= lmbda <= 1.0:
             raise ConfigError(f"model.lmbda={lmbda}: must lie in [0, 1] (the share of on-policy steps)")
         for name, value in (("sync_every_n_steps", sync_every_n_steps), ("canary_every_n_syncs", canary_every_n_syncs),
@@ -279,11 +293,20 @@ class OnPolicyModule(CausalLMModule):
             self._log_step(0.0)
             return loss
         batch_t = self._collate(scored)
-        student = self.model.token_logprobs(batch_t["input_ids"], batch_t["labels"],
-                                            chunk_size=self.hparams.loss_chunk_size, **self._model_inputs(batch_t))
-        teacher = torch.tensor([x for r in scored for x in r["teacher_logprobs"]], device=student.device)
-        loss_sum = sampled_reverse_kl_loss(student, teacher)
-        rkl = self._global_sum(float((student.detach() - teacher).sum())) / max(tokens, 1.0)
+        teacher = torch.tensor([x for r in scored for x in r["teacher_logprobs"]], device=self.device)
+        if self.hparams.on_policy_loss == "full_vocabulary":
+            # GKD on the student's samples: model.distillation's divergence (jsd with beta, or a KL) between the
+            # student's and the teacher's whole next-token distributions at every completion position, chunked
+            loss_sum, _, d_sum, _ = self.forward_kd(batch_t)
+            sampler = torch.tensor([x for r in scored for x in r["student_logprobs"]], device=self.device)
+            rkl = self._global_sum(float((sampler - teacher).sum())) / max(tokens, 1.0)
+            self._step_metrics[f"train/{self.distillation.divergence}"] = self._global_sum(float(d_sum)) / max(tokens,
+                                                                                                            1.0)
+        else:
+            student = self.model.token_logprobs(batch_t["input_ids"], batch_t["labels"],
+                                                chunk_size=self.hparams.loss_chunk_size, **self._model_inputs(batch_t))
+            loss_sum = sampled_reverse_kl_loss(student, teacher)
+            rkl = self._global_sum(float((student.detach() - teacher).sum())) / max(tokens, 1.0)
         self._step_metrics["train/reverse_kl"] = rkl
         self._log_step(float(loss_sum.detach()) / max(float(sum(lengths)), 1.0))
         return loss_sum * scale / max(tokens, 1.0)

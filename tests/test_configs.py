@@ -204,7 +204,10 @@ def composed(model: Path, run: Path, tiny_dir: Path, tok_dir: Path) -> tuple:
     this CPU): the instantiated CLI and the parsed config."""
     corpus = REPO / "data" / "quickstart" / "pool.jsonl"
     cli = train.main([*composition(model, run), *cpu_overrides(tiny_dir, tok_dir, corpus)], run=False)
-    return cli, cli.parser.parse_args(composition(model, run)).as_dict()
+    cfg = cli.parser.parse_args(composition(model, run)).as_dict()
+    for section in ("model", "data"):  # a chosen class's settings are its init_args (LightningCLI subclass mode)
+        cfg[section] = {**cfg[section]["init_args"], "class_path": cfg[section]["class_path"]}
+    return cli, cfg
 
 
 @pytest.mark.parametrize("model,run", COMPOSITIONS, ids=lambda p: p.stem)

@@ -185,3 +185,141 @@ def test_on_policy_training_lowers_the_reverse_kl(peaked_student_and_teacher, tm
                           "finished"}
         assert len(r["completion_tokens"]) == len(r["student_logprobs"]) == len(r["teacher_logprobs"]) <= 6
         assert r["finished"] or len(r["completion_tokens"]) == 6
+
+
+@pytest.mark.slow
+def test_prompts_follow_the_closed_loops_selection_of_each_epoch(tmp_path, qwen_tokenizer_dir):
+    """The quickstart's closed-loop on-policy data module: epoch 0's prompts come from the selection manifest by its
+    target; after the closed loop re-selects epoch 1 from another profile (accuracies flipped) and hands it over
+    (``use_selection``), epoch 1's prompts are that selection's examples, their leaves follow ITS target (chi-square
+    p > 1e-3) and not epoch 0's (p < 1e-6); the weights are data-module state, so a resumed module draws the same."""
+    import lightning as L
+
+    from callbacks import ReselectionCallback
+    from datamodules.prompt_sampler import OnPolicyDataModule
+    from skill_distill.formatting import SkillFormat
+    from skill_distill.profile_file import read_profile_nodes
+    from skill_distill.reselection import ReselectionConfig
+    from skill_distill.skill_tree import format_chain
+
+    quickstart = REPO / "data" / "quickstart"
+
+    def datamodule() -> OnPolicyDataModule:
+        dm = OnPolicyDataModule(corpus=str(quickstart / "pool.jsonl"), tokenizer=str(qwen_tokenizer_dir),
+                                tree=str(quickstart / "tree.json"), attribution=str(quickstart / "attribution.jsonl"),
+                                profile=str(quickstart / "profile" / "profile.json"),
+                                selection=SelectionConfig(strategy="skill", budget=24, seed=42),
+                                skill_format=SkillFormat(mode="full"), max_length=160, examples_per_step=4,
+                                steps_per_epoch=5, reselection=ReselectionConfig(every_n_epochs=1, per_leaf=2))
+        dm.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                               enable_checkpointing=False, default_root_dir=str(tmp_path / "run"),
+                               callbacks=[ReselectionCallback()])
+        dm.setup("fit")
+        return dm
+
+    def leaf_counts(sampler, epoch: int, ids: set) -> Counter:
+        counts = Counter()
+        for step in range(1500):
+            for index, leaf in sampler.draw(4, epoch, step):
+                assert sampler.example_ids[index] in ids
+                counts[leaf] += 1
+        return counts
+
+    def chi2_pvalue(counts: Counter, target: dict) -> float:
+        order = sorted(target)
+        observed = np.array([counts[k] for k in order])
+        expected = np.array([target[k] for k in order]) / sum(target.values()) * observed.sum()
+        return stats.chisquare(observed, expected).pvalue
+
+    dm = datamodule()
+    manifest = json.loads((tmp_path / "run" / "selection_manifest.json").read_text())
+    first = dm.epoch_ids(0)
+    sampler0 = dm.prompt_sampler(0)
+    assert sampler0.example_ids == first and set(first) <= set(manifest["ids"])
+    leaves0 = sampler0.leaf_probabilities  # the manifest's target over the leaves its examples were drawn through
+    assert leaves0 and set(leaves0) <= set(manifest["target"])
+    total0 = sum(manifest["target"][k] for k in leaves0)
+    assert leaves0 == pytest.approx({k: manifest["target"][k] / total0 for k in leaves0})
+
+    accuracy, judged = read_profile_nodes(dm.profile_path, dm.eval_context().skill_tree)
+    flipped = {chain: 1.0 - a for chain, a in accuracy.items()}  # the weakest leaves are now the strongest
+    result, ids = dm.reselect_epoch(1, flipped, judged, first)
+    dm.use_selection(1, ids)
+    sampler1 = dm.prompt_sampler(1)
+    assert sampler1.example_ids == ids != first
+    target1 = sampler1.leaf_probabilities
+    total1 = sum(float(result.target[c]) for c in result.target if format_chain(c) in target1)
+    assert target1 == pytest.approx({format_chain(c): float(w) / total1 for c, w in result.target.items()
+                                     if format_chain(c) in target1})  # the re-selection's own target
+    assert target1 != pytest.approx(leaves0)
+    counts = leaf_counts(sampler1, 1, set(ids))
+    assert chi2_pvalue(counts, target1) > 1e-3
+    epoch0_target = {k: leaves0.get(k, 1e-9) for k in target1}
+    assert chi2_pvalue(counts, epoch0_target) < 1e-6
+    # step_prompts draws epoch 1 from the handed-over selection (the trainer's current epoch)
+    dm.trainer.fit_loop.epoch_progress.current.completed = 1
+    assert dm.trainer.current_epoch == 1
+    prompts = dm.step_prompts(0)["prompts"]
+    assert {p.example_id for p in prompts} <= set(ids) and all(p.leaf in target1 for p in prompts)
+    # a resumed module: the re-selection's weights come back from the checkpointed state (no record file needed)
+    resumed = datamodule()
+    resumed.load_state_dict(dm.state_dict())
+    again = resumed.prompt_sampler(1)
+    assert again.example_ids == ids and again.leaf_probabilities == pytest.approx(target1)
+    assert again.draw(4, 1, 3) == sampler1.draw(4, 1, 3)
+
+
+@pytest.mark.slow
+def test_gkd_full_vocabulary_loss_on_the_students_samples_equals_a_dense_reference(peaked_student_and_teacher):
+    """``on_policy_loss: full_vocabulary`` with GKD's generalised JSD (beta 0.3, tau 1.5, alpha 0): the chunked loss
+    over the completion positions of the student's own samples, and its gradient, equal a dense reference built from
+    both models' full logits with ``F.kl_div`` (fp32: the loss to 1e-5, gradients to 1e-5 of each tensor's largest
+    entry)."""
+    import torch.nn.functional as F
+
+    from lightning_modules.distill_loss import DistillationConfig
+    from lightning_modules.on_policy import OnPolicyModule
+    from skill_distill.generation.rollout import HFRolloutEngine, RolloutConfig
+
+    student_dir, teacher_dir = peaked_student_and_teacher
+    beta, tau = 0.3, 1.5
+    module = OnPolicyModule(model=str(student_dir), attn_implementation="sdpa", on_policy_loss="full_vocabulary",
+                            distillation=DistillationConfig(teacher=str(teacher_dir), teacher_dtype="float32",
+                                                            divergence="jsd", beta=beta, tau=tau, alpha=0.0,
+                                                            chunk_size=3),
+                            rollout=RolloutConfig(backend="hf"))
+    module.configure_model()
+    prompts = [[151644, 872, 198, 16, 10, 16, 28], [151644, 872, 198, 17, 9, 18]]
+    with HFRolloutEngine(str(student_dir)) as engine:
+        sampled = engine.sample(prompts, [1, 2], 2, 5)
+    rows = [{"prompt_tokens": p, "completion_tokens": r.token_ids} for p, outs in zip(prompts, sampled, strict=True)
+            for r in outs]
+    assert sum(len(r["completion_tokens"]) for r in rows) >= 8
+    batch = module._collate(rows)
+    loss, _, d_sum, n = module.forward_kd(batch)
+    loss.backward()
+    chunked = {k: p.grad.clone() for k, p in module.model.named_parameters()}
+    module.model.zero_grad()
+
+    reference = torch.zeros((), dtype=torch.float64)
+    for r in rows:
+        ids = torch.tensor([r["prompt_tokens"] + r["completion_tokens"]])
+        positions = slice(len(r["prompt_tokens"]) - 1, ids.shape[1] - 1)  # each predicts a completion token
+        s = module.model(input_ids=ids, use_cache=False).logits[0, positions].float() / tau
+        with torch.no_grad():
+            t = module.teacher.model(input_ids=ids, use_cache=False).logits[0, positions].float() / tau
+        log_s, log_t = F.log_softmax(s, -1), F.log_softmax(t, -1)
+        log_m = torch.logsumexp(torch.stack([log_t + np.log(beta), log_s + np.log(1 - beta)]), 0)
+        jsd = beta * F.kl_div(log_m, log_t, log_target=True, reduction="sum") \
+            + (1 - beta) * F.kl_div(log_m, log_s, log_target=True, reduction="sum")
+        (tau * tau * jsd).backward()
+        reference = reference + tau * tau * jsd.detach().double()
+    assert int(n) == sum(len(r["completion_tokens"]) for r in rows)
+    assert float(loss.detach()) == pytest.approx(float(reference), rel=1e-5, abs=1e-6)
+    assert float(d_sum) * tau * tau == pytest.approx(float(reference), rel=1e-5)
+    assert float(reference) > 1e-3  # the two models really differ on these samples
+    # gradients: the same fp32 sums in another order (chunks of 3 positions vs whole sequences), so to 1e-5 of each
+    # tensor's largest entry (measured: 20 of 19.4M entries of the tied embedding differ by up to 7.7e-6)
+    for k, p in module.model.named_parameters():
+        scale = float(p.grad.abs().max())
+        torch.testing.assert_close(chunked[k], p.grad, rtol=1e-4, atol=1e-5 * scale, msg=lambda m, k=k: f"{k}: {m}")

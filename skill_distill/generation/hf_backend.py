@@ -114,6 +114,21 @@ class HFBackend(GenerationBackend):
 
     def _generate_batch(self, prompt_ids: list[list[int]], row_seeds: list[int], sampling: SamplingConfig,
                         greedy: bool) -> list[Completion]:
+        comps = []
+        for toks, _, finished in self.generate_ids(prompt_ids, row_seeds, sampling.max_new_tokens,
+                                                   None if greedy else sampling.temperature, sampling.top_p):
+            comps.append(Completion(text=self.tokenizer.decode(toks, skip_special_tokens=True),
+                                    num_tokens=len(toks), finished=finished))
+        return comps
+
+    def generate_ids(self, prompt_ids: list[list[int]], row_seeds: list[int], max_new_tokens: int,
+                     temperature: float | None, top_p: float = 1.0, logprobs: bool = False) \
+            -> list[tuple[list[int], list[float] | None, bool]]:
+        """One batch of rows (token ids of a prompt each, left-padded together): per row the new tokens up to and
+        including the first EOS, their log-probabilities under ``logits / temperature`` (with ``logprobs``, else
+        None), and whether an EOS ended it. ``temperature`` None decodes greedily; otherwise row r samples with its
+        own generator seeded ``row_seeds[r]`` (``_PerRowSampler``), so a row's sample does not depend on the batch.
+        The one generate of this backend and of the on-policy rollout engine (``rollout.HFRolloutEngine``)."""
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
@@ -123,25 +138,29 @@ class HFBackend(GenerationBackend):
         for r, p in enumerate(prompt_ids):  # left padding: every prompt ends where generation starts
             input_ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
             attention[r, width - len(p):] = 1
-        config = GenerationConfig(max_new_tokens=sampling.max_new_tokens, do_sample=False, num_beams=1,
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                   eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
-                                  temperature=None, top_p=None, top_k=None)
+                                  temperature=None, top_p=None, top_k=None, return_dict_in_generate=True,
+                                  output_logits=logprobs)
         processors = LogitsProcessorList()
-        if not greedy:
+        if temperature is not None:
             generators = [torch.Generator(device=self.device).manual_seed(s) for s in row_seeds]
-            processors.append(_PerRowSampler(generators, sampling.temperature, sampling.top_p))
+            processors.append(_PerRowSampler(generators, temperature, top_p))
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
                                       generation_config=config, logits_processor=processors)
-        new = out[:, width:].cpu().tolist()
+        new = out.sequences[:, width:]
+        picked = [None] * len(prompt_ids)
+        if logprobs:  # the raw logits of every step; the chosen token's log-probability under logits / temperature
+            scores = torch.stack(out.logits, dim=1).float().div(temperature or 1.0).log_softmax(-1)
+            picked = scores.gather(-1, new[..., None]).squeeze(-1).cpu().tolist()
         eos = set(self.eos_ids)
-        comps = []
-        for toks in new:
+        rows = []
+        for toks, lps in zip(new.cpu().tolist(), picked, strict=True):
             end = next((k for k, t in enumerate(toks) if t in eos), None)
-            kept = toks if end is None else toks[: end + 1]
-            comps.append(Completion(text=self.tokenizer.decode(kept, skip_special_tokens=True),
-                                    num_tokens=len(kept), finished=end is not None))
-        return comps
+            keep = len(toks) if end is None else end + 1
+            rows.append((toks[:keep], None if lps is None else lps[:keep], end is not None))
+        return rows
 
     def close(self) -> None:
         self.model = None

@@ -29,7 +29,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from skill_distill.generation.base import GenerationError, one_line
 from skill_distill.io import ConfigError
 
 
@@ -139,37 +138,8 @@ class HFRolloutEngine(RolloutEngine):
         return [done[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def _sample_batch(self, prompt_ids, row_seeds, max_new_tokens, temperature) -> list[Rollout]:
-        import torch
-        from transformers import GenerationConfig, LogitsProcessorList
-
-        from skill_distill.generation.hf_backend import _PerRowSampler
-
-        b = self._backend
-        width = max(len(p) for p in prompt_ids)
-        input_ids = torch.full((len(prompt_ids), width), b.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-        for r, p in enumerate(prompt_ids):  # left padding: every prompt ends where generation starts
-            input_ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            attention[r, width - len(p):] = 1
-        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                  eos_token_id=b.eos_ids, pad_token_id=b.pad_id, temperature=None, top_p=None,
-                                  top_k=None, return_dict_in_generate=True, output_logits=True)
-        generators = [torch.Generator().manual_seed(s) for s in row_seeds]
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
-                                      logits_processor=LogitsProcessorList([_PerRowSampler(generators, temperature,
-                                                                                           1.0)]))
-        new = out.sequences[:, width:]
-        # the raw logits of every step; the sampled token's log-probability under logits / temperature
-        logprobs = torch.stack(out.logits, dim=1).float().div(temperature).log_softmax(-1)
-        picked = logprobs.gather(-1, new[..., None]).squeeze(-1)
-        eos = set(b.eos_ids)
-        result = []
-        for toks, lps in zip(new.tolist(), picked.tolist(), strict=True):
-            end = next((k for k, t in enumerate(toks) if t in eos), None)
-            keep = len(toks) if end is None else end + 1
-            result.append(Rollout(toks[:keep], lps[:keep], finished=end is not None))
-        return result
+        return [Rollout(toks, lps, finished) for toks, lps, finished in
+                self._backend.generate_ids(prompt_ids, row_seeds, max_new_tokens, temperature, logprobs=True)]
 
     def load_weights(self, weights):
         import torch
@@ -242,11 +212,8 @@ class VLLMRolloutEngine(RolloutEngine):
         requests = [{"prompt_token_ids": list(p)} for p in prompts]
         params = [SamplingParams(n=n, temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_new_tokens,
                                  seed=int(s), logprobs=0) for s in seeds]
-        try:
+        with self._backend.failures(f"rollouts failed ({len(prompts)} prompts, model {self.model})"):
             outputs = self.llm.generate(requests, params, use_tqdm=False)
-        except Exception as e:  # noqa: BLE001 - vLLM raises many types; the user needs one line
-            raise GenerationError(f"vLLM rollouts failed ({len(prompts)} prompts, model {self.model}): "
-                                  f"{one_line(e)}") from e
         result = []
         for out in outputs:
             rollouts = []
@@ -266,12 +233,10 @@ class VLLMRolloutEngine(RolloutEngine):
                 yield item
 
         self.wake_up()
-        try:
+        with self._backend.failures(f"in-place weight load into {self.model} failed"):
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counting(weights),
                                                               "is_checkpoint_format": True})
             self.llm.apply_model(_refresh_tied_output_embedding)
-        except Exception as e:  # noqa: BLE001 - vLLM raises many types; the user needs one line
-            raise GenerationError(f"vLLM in-place weight load into {self.model} failed: {one_line(e)}") from e
         self.llm.reset_prefix_cache()  # cached KV blocks hold the old weights' keys and values
         return counted[0]
 
@@ -281,7 +246,8 @@ class VLLMRolloutEngine(RolloutEngine):
         self.wake_up()
         ids = list(token_ids)
         params = SamplingParams(max_tokens=1, temperature=1.0, top_p=1.0, top_k=0, prompt_logprobs=0, seed=0)
-        out = self.llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
+        with self._backend.failures(f"prompt logprobs of the weight-sync canary failed (model {self.model})"):
+            out = self.llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
         # position 0 has no prediction; each later position holds the prompt token's logprob (and maybe a top-1)
         return [float(pos[t].logprob) for t, pos in zip(ids[1:], out.prompt_logprobs[1:], strict=True)]
 

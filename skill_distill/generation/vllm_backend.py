@@ -200,6 +200,18 @@ class VLLMBackend(GenerationBackend):
         except Exception as e:  # noqa: BLE001 - vLLM raises many types; the user needs one line
             raise GenerationError(f"vLLM engine failed to start for {self.model}: {_one_line(e)}") from e
 
+    @contextlib.contextmanager
+    def failures(self, what: str):
+        """Any error of the engine inside the block as one GenerationError line, ``vLLM <what>: <error>`` (vLLM
+        raises many types; the user needs one line). Shared by ``generate`` and the on-policy rollout engine
+        (``rollout.VLLMRolloutEngine``: sampling, in-place weight loads, the canary's prompt logprobs)."""
+        try:
+            yield
+        except GenerationError:
+            raise
+        except Exception as e:  # noqa: BLE001 - see above
+            raise GenerationError(f"vLLM {what}: {_one_line(e)}") from e
+
     def _params(self, sampling: SamplingConfig, seed: int, allowed: Sequence[str] | None):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
@@ -225,15 +237,12 @@ class VLLMBackend(GenerationBackend):
         if not prompts:
             return []
         seeds = list(seeds) if seeds is not None else [sampling.seed + i for i in range(len(prompts))]
-        try:
+        with self.failures(f"generate failed ({len(prompts)} prompts, model {self.model})"):
             ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
             requests = [{"prompt_token_ids": list(t)} for t in ids]
             params = [self._params(sampling, seeds[i], allowed_lists[i] if allowed_lists is not None else None)
                       for i in range(len(prompts))]
             outputs = self.llm.generate(requests, params, use_tqdm=progress_lines)
-        except Exception as e:  # noqa: BLE001 - vLLM raises many types; the user needs one line
-            raise GenerationError(f"vLLM generate failed ({len(prompts)} prompts, model {self.model}): "
-                                  f"{_one_line(e)}") from e
         result = []
         for out in outputs:
             comps = [Completion(text=c.text, num_tokens=len(c.token_ids), finished=c.finish_reason != "length")
