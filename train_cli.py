@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from datamodules import SkillDataModule
 from lightning_modules import CausalLMModule
 from lightning_modules import run_dir as runs
+from lightning_modules.checkpoint_export import saved_settings
 from skill_distill.io import ConfigError, DataError, atomic_write
 from skill_distill.run_layout import RunLayout
 
@@ -279,7 +280,7 @@ class SkillCLI(LightningCLI):
             trainer["seed_everything"] = None if seed is False or seed is None else int(seed)
         current = {section: section_settings(config[section]) for section in DEFAULT_CLASSES}
         current["trainer"] = trainer
-        saved = runs.saved_settings(meta)
+        saved = saved_settings(meta)
         for section, path in DEFAULT_CLASSES.items():  # checkpoints from before class selection: the defaults
             saved[section].setdefault("class_path", path)
         changed = runs.changed_settings(saved, current)
@@ -314,7 +315,8 @@ def _user_mistake(error: BaseException) -> ConfigError | DataError | None:
 
 def section_settings(section) -> dict:
     """A parsed ``model`` / ``data`` section (``class_path`` + ``init_args``) as one flat mapping: its init
-    arguments and its ``class_path``, the shape of a checkpoint's hyperparameters (``run_dir.saved_settings``)."""
+    arguments and its ``class_path``, the shape of a checkpoint's hyperparameters
+    (``checkpoint_export.saved_settings``)."""
     return {**section.init_args.as_dict(), "class_path": section.class_path}
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from skill_distill.export import model_skeleton, tied_output_key, write_hf_dir
 
@@ -108,6 +110,22 @@ def read_training_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     return state, meta
 
 
+def saved_settings(meta: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The fixed settings a checkpoint written by train.py records: the module's and the data module's
+    hyperparameters, and the trainer's settings kept in ResumableCheckpoint's state (``run_settings``)."""
+    trainer: dict[str, Any] = {}
+    for state in (meta.get("callbacks") or {}).values():
+        if isinstance(state, Mapping) and isinstance(state.get("run_settings"), Mapping):
+            trainer = dict(state["run_settings"])
+            break
+    sections = {"model": dict(meta.get("hyper_parameters") or {}),
+                "data": dict(meta.get("datamodule_hyper_parameters") or {})}
+    for hparams in sections.values():  # LightningCLI's subclass mode records the class as ``_class_path``
+        if "_class_path" in hparams:
+            hparams["class_path"] = hparams.pop("_class_path")
+    return {**sections, "trainer": trainer}
+
+
 def run_export(checkpoint: str, output_dir: str, dtype: str | None = None, model: str | None = None,
                tokenizer: str | None = None, run_dir: str | None = None) -> str:
     """Consolidate a training checkpoint into an HF directory (safetensors, config, generation config, tokenizer)
@@ -145,8 +163,6 @@ def run_export(checkpoint: str, output_dir: str, dtype: str | None = None, model
     data = dict(meta.get("datamodule_hyper_parameters") or {})
     if run_dir is None:  # <run dir>/checkpoints/<name>.ckpt, unless the datamodule recorded one
         run_dir = data.get("run_dir") or str(Path(checkpoint).resolve().parent.parent)
-    from lightning_modules.run_dir import saved_settings
-
     # the trainer's rows (epochs, precision, accumulation) as the run recorded them, and the step trained to
     training = {**hparams, **saved_settings(meta)["trainer"], "global_step": meta.get("global_step")}
     write_model_card(out, card_for_run(model or hparams.get("model"), training, data, run_dir))

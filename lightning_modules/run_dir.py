@@ -201,22 +201,6 @@ def changed_settings(saved: Mapping[str, Mapping[str, Any]], current: Mapping[st
     return [(DISPLAY_NAMES.get(name, name), old, new) for name, old, new in changed]
 
 
-def saved_settings(meta: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The fixed settings a checkpoint written by train.py records: the module's and the data module's
-    hyperparameters, and the trainer's settings kept in ResumableCheckpoint's state (``run_settings``)."""
-    trainer: dict[str, Any] = {}
-    for state in (meta.get("callbacks") or {}).values():
-        if isinstance(state, Mapping) and isinstance(state.get("run_settings"), Mapping):
-            trainer = dict(state["run_settings"])
-            break
-    sections = {"model": dict(meta.get("hyper_parameters") or {}),
-                "data": dict(meta.get("datamodule_hyper_parameters") or {})}
-    for hparams in sections.values():  # LightningCLI's subclass mode records the class as ``_class_path``
-        if "_class_path" in hparams:
-            hparams["class_path"] = hparams.pop("_class_path")
-    return {**sections, "trainer": trainer}
-
-
 def read_finished(layout: RunLayout) -> dict | None:
     """The summary of a run that finished (None: it did not)."""
     p = layout.finished
