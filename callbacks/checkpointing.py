@@ -158,8 +158,9 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
     """Periodic checkpoints from which a run resumes exactly (``python train.py fit ... --ckpt_path last``).
 
     - Saved every ``every_n_train_steps`` optimizer steps, at the end of every training epoch, and when training
-      ends, as ``<dirpath>/step=<global step>.ckpt``. The step checkpoint of an epoch's last batch is skipped when
-      the epoch-end one follows, so a resume never skips that epoch's validation.
+      ends, as ``<dirpath>/step=<global step>.ckpt``. An epoch's last step is saved by the epoch end instead (also a
+      stop requested at that step), so a resume never skips that epoch's validation, nor the following epochs (the
+      data loader's state at the last batch is at the end of its data).
     - Atomic: every rank writes into ``.tmp-step=....ckpt``; after a barrier rank 0 renames it into place. A crash
       mid-save leaves only the hidden temporary (removed at the next start) and the previous checkpoint stays valid.
     - ``last.ckpt`` is a relative symlink to the newest complete checkpoint, switched atomically after publishing.
@@ -278,14 +279,22 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
         step_closed = (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or last_batch
         if not step_closed:
             return
-        n = self._every_n_train_steps
-        if (n >= 1 and trainer.global_step % n == 0 and not (last_batch and self.save_on_epoch_end)
-                and not self._should_skip_saving_checkpoint(trainer)):
+        if last_batch:
+            # the epoch end saves (and stops) instead: a checkpoint taken here holds the data loader's position at
+            # the end of its data, so a run resumed from it would start the next epoch on an exhausted loader,
+            # find no batch and count every remaining epoch as done
+            return
+        if self._step_save_due(trainer):
             self.save(trainer)
         self._stop_if_requested(trainer, at_step_end=True)
 
+    def _step_save_due(self, trainer) -> bool:
+        n = self._every_n_train_steps
+        return n >= 1 and trainer.global_step % n == 0 and not self._should_skip_saving_checkpoint(trainer)
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self.save_on_epoch_end and not self._should_skip_saving_checkpoint(trainer):
+        if (self.save_on_epoch_end and not self._should_skip_saving_checkpoint(trainer)) \
+                or self._step_save_due(trainer):
             self.save(trainer)
         # a signal that came during this epoch's end (an evaluation) stops here, on the weights it recorded as
         # pending; after the last epoch the run finishes instead (final checkpoint and export in on_train_end)
