@@ -115,6 +115,10 @@ _ARGV: list[str] = []
 _ROOT_PARSER = None
 _HELD: RunLayout | None = None
 """The run directory this process holds (released when ``main`` returns)."""
+_NEW_RUN: tuple[RunLayout, set[str] | None] | None = None
+"""A new run's directory and the names it held before this attempt (``run_dir.discard_setup_leftovers``)."""
+_TRAINER = None
+"""The trainer of the run ``main`` fits (set just before ``fit``)."""
 
 
 def _first_process() -> bool:
@@ -194,7 +198,9 @@ class SkillCLI(LightningCLI):
                 raise SystemExit(0)
             log.info("resuming %s from %s", root, resume)
         if _first_process():  # the launched ranks and the other nodes work for the run that holds it
-            global _HELD
+            global _HELD, _NEW_RUN
+            if resume is None:  # a refusal during set-up takes back what it wrote (main)
+                _NEW_RUN = (layout, runs.entries(root))
             taken = layout.hold()
             _HELD = layout
             if taken is not None:
@@ -224,6 +230,10 @@ class SkillCLI(LightningCLI):
             raise ConfigError(f"{name}{more} is {json.dumps(new)} here but {json.dumps(old)} in the checkpoint {ckpt}: "
                               f"a resumed run keeps the settings it started with; drop the change to resume {root}, "
                               "or start a new run with --trainer.default_root_dir <another directory>")
+
+    def before_fit(self) -> None:
+        global _TRAINER
+        _TRAINER = self.trainer  # main: a failure after its first step is not a refused set-up
 
     # ---- after training -------------------------------------------------------------------------------------------
     def after_fit(self) -> None:
@@ -313,7 +323,7 @@ def setup_logging() -> None:
 
 
 def main(args: list[str] | None = None, run: bool = True) -> SkillCLI:
-    global _ARGV
+    global _ARGV, _HELD, _NEW_RUN, _TRAINER
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _ARGV = list(sys.argv[1:] if args is None else args)
     setup_logging()
@@ -329,8 +339,13 @@ def main(args: list[str] | None = None, run: bool = True) -> SkillCLI:
             args=args,
             run=run,
         )
+    except (DataError, ConfigError):
+        # refused before its first step: the corrected command starts it anew
+        if _NEW_RUN is not None and (_TRAINER is None or _TRAINER.global_step == 0):
+            runs.discard_setup_leftovers(*_NEW_RUN)
+        raise
     finally:
-        global _HELD
+        _NEW_RUN = _TRAINER = None
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:
             os.environ.pop(RESUME_ENV, None)  # for the launched ranks only, not for a later run in this process
         if _HELD is not None:  # (with run=False the caller drives the trainer itself: nothing is held for it)

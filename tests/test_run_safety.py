@@ -435,3 +435,39 @@ def test_full_disk_on_rank_0_of_two_stops_both_ranks_in_one_line_without_leftove
                            "saving a checkpoint"), line
     assert "Traceback" not in log.read_text()
     assert list((cwd / "runs" / "quickstart" / "checkpoints").iterdir()) == []  # the half-written file is gone
+
+
+@pytest.mark.slow
+def test_a_run_refused_during_setup_leaves_its_directory_to_the_corrected_command(inputs, tmp_path):
+    """Bad bytes in the corpus, an empty corpus, a bad selection budget, a too short max_length: each refused in one
+    line, exit 2. Lightning had already created tb/ and logs/ by then, and the corrected command was refused as
+    "holds an earlier run (tb)" (issue 28 §2). Now the run directory is left as it was, and the corrected command
+    starts the run."""
+    bad_bytes = tmp_path / "bad_bytes.jsonl"
+    rows = inputs["corpus"].read_bytes().splitlines(keepends=True)
+    bad_bytes.write_bytes(b"".join(rows[:3]) + rows[3].replace(b'"problem": "', b'"problem": "\xff\xfe', 1)
+                          + b"".join(rows[4:]))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    plain = quickstart_config(tmp_path / "plain.yaml", inputs["tiny"], inputs["tok"], inputs["corpus"])
+    cases = {"bad_bytes": [f"--data.corpus={bad_bytes}"], "empty": [f"--data.corpus={empty}"],
+             "budget": ["--data.selection.budget=-3"], "max_length": ["--data.max_length=16"]}
+
+    def refused(name: str, args: list[str]) -> tuple[str, list[str]]:
+        cwd = tmp_path / name
+        cwd.mkdir()
+        log = tmp_path / f"{name}.log"
+        train(cwd, plain, *args, log=log, expect=2)
+        return last_line(log), sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*") if p.name != "runs")
+
+    results = side_by_side(**{name: (lambda name=name, args=args: refused(name, args))
+                              for name, args in cases.items()})
+    for name in cases:
+        line, left = results[name].result()
+        assert line.startswith("error: ") and len(line) < 400, (name, line)
+        assert left == [], (name, line, left)  # not even the run directory (runs/quickstart)
+    # the corrected command starts the run where the refused one was
+    log = tmp_path / "corrected.log"
+    train(tmp_path / "empty", plain, "--trainer.max_steps=1", log=log)
+    run = tmp_path / "empty" / "runs" / "quickstart"
+    assert (run / "run_finished.json").is_file() and metric_steps(run) == [0]
