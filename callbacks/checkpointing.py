@@ -39,6 +39,15 @@ def _root_cause(error: BaseException) -> BaseException:
         error = inner
 
 
+def cut_logs_to_checkpoint(trainer) -> None:
+    """A resumed run redoes the steps after its checkpoint (``trainer.global_step`` once restored): loggers that
+    can (``RunCSVLogger.resume_at``) drop what an earlier attempt logged after it, before the first step logs."""
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            if callable(getattr(logger, "resume_at", None)):
+                logger.resume_at(trainer.global_step)
+
+
 def remove_path(path: Path) -> None:
     """Delete a checkpoint (file, directory or symlink) so that a crash never leaves a half-deleted one that looks
     valid: rename it to a hidden trash name first, then delete."""
@@ -263,6 +272,7 @@ class ResumableCheckpoint(ModelCheckpoint, StopSaver):
         super().on_train_start(trainer, pl_module)
         if trainer.ckpt_path:  # the checkpoint we resumed from is this step's: do not write it again
             self._last_global_step_saved = trainer.global_step
+            cut_logs_to_checkpoint(trainer)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.reseed_every_step and batch_idx % trainer.accumulate_grad_batches == 0:
