@@ -157,6 +157,7 @@ class SkillCLI(LightningCLI):
             if init is not None and "save_dir" in init and not init.save_dir:
                 init.save_dir = str(root)
         if self.subcommand == "fit":
+            _check_training_length(config.trainer)
             self._decide_run(config, root)
 
     def _decide_run(self, config, root: Path) -> None:
@@ -246,6 +247,17 @@ class SkillCLI(LightningCLI):
         print(format_summary(summary), file=sys.stderr)
 
 
+def _check_training_length(trainer) -> None:
+    """Refuse a run that would train nothing (it "finished" with an untrained export) or never end."""
+    epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps")
+    if steps is not None and steps != -1 and steps < 1:
+        raise ConfigError(f"trainer.max_steps is {steps}: a run trains at least 1 step; set a positive number, or -1 "
+                          "(no step limit)")
+    if epochs is not None and epochs < 1 and not (epochs == -1 and steps not in (None, -1)):
+        raise ConfigError(f"trainer.max_epochs is {epochs}: a run trains at least 1 epoch; set a positive number "
+                          "(-1, no epoch limit, only with a positive trainer.max_steps)")
+
+
 def _as_list(value) -> list:
     if value is None or isinstance(value, bool):
         return []
@@ -279,18 +291,38 @@ def run_summary(trainer) -> dict:
             out["checkpoints"] = cb.dirpath
         elif isinstance(cb, HFExportCallback) and cb.last_export:
             out["export"] = cb.last_export
-        elif isinstance(cb, SkillEvalCallback) and cb.last_report:
-            report = cb.last_report
+        elif isinstance(cb, SkillEvalCallback):
+            # a resumed run with nothing left to train (killed after its final checkpoint) evaluated nothing itself:
+            # its summary is the newest report the run wrote
+            report, path = (cb.last_report, cb.reports.get(cb.last_report.get("tag"))) if cb.last_report \
+                else _newest_report(cb.reports_dir(trainer))
+            if report is None:
+                continue
             for name, s in report["summary"].items():
                 skills = [r for r in report["benchmarks"][name]["metrics"].get("skills", [])
                           if r.get("accuracy") is not None]
                 weakest = min(skills, key=lambda r: (r["accuracy"], r["chain"]), default=None)
                 out["evaluations"][name] = {
-                    "tag": report.get("tag"), "accuracy": s.get("accuracy"),
-                    "report": cb.reports.get(report.get("tag")),
+                    "tag": report.get("tag"), "accuracy": s.get("accuracy"), "report": path,
                     "weakest_skill": None if weakest is None else {"chain": weakest["chain"],
                                                                   "accuracy": weakest["accuracy"]}}
     return out
+
+
+def _newest_report(reports_dir: Path) -> tuple[dict | None, str | None]:
+    """The report of the latest step in an evaluation directory, and its path ((None, None): there is none)."""
+    from skill_distill.skill_charts import load_report
+
+    newest: tuple[tuple, dict, str] | None = None
+    for path in reports_dir.glob("*/report.json"):
+        try:
+            report = load_report(path)
+        except DataError:
+            continue  # a damaged report is not a summary
+        order = (report.get("global_step") or 0, report.get("tag") != "baseline", path.stat().st_mtime)
+        if newest is None or order > newest[0]:
+            newest = (order, report, str(path))
+    return (newest[1], newest[2]) if newest else (None, None)
 
 
 def format_summary(s: dict) -> str:
