@@ -3,11 +3,9 @@ errors. Its use is in ``train.py``'s docstring."""
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from datamodules import SkillDataModule
 from lightning_modules import CausalLMModule
 from lightning_modules import run_dir as runs
+from skill_distill.cli_errors import OneLineErrors
 from skill_distill.io import ConfigError, DataError, atomic_write
 from skill_distill.run_layout import RunLayout
 
@@ -27,91 +26,18 @@ RESUME_ENV = "SKILL_DISTILL_RESUME_FROM"
 launcher starts later, which must not re-judge a directory the first rank has begun to write."""
 
 
-class SkillArgumentParser(LightningArgumentParser):
+class SkillArgumentParser(OneLineErrors, LightningArgumentParser):
     """A user's mistake is one line (no ~100 lines of usage first), with "did you mean" for a misspelt key and the
-    file of a YAML syntax error."""
+    file of a YAML syntax error (``skill_distill.cli_errors``, shared with the stage commands)."""
 
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)  # argparse's prefix matching took --trainer.max_step for max_steps
-        super().__init__(*args, **kwargs)
+    def root_parser(self):
+        return _ROOT_PARSER or super().root_parser()  # LightningCLI builds the subcommands' parsers apart
 
-    def error(self, message: str, ex: Exception | None = None):
-        from jsonargparse._common import debug_mode_active
-
-        if not self.exit_on_error or debug_mode_active():  # jsonargparse parsing internally: it catches this
-            return super().error(message, ex)
-        parser = getattr(ex, "subcommand_parser", None) or self
-        line = " ".join(message.split())
-        yaml_problem = _yaml_problem() if "Problems parsing config" in message else None
-        if yaml_problem:
-            line = yaml_problem
-        elif len(line) > 400:
-            line = line[:400] + " ..."
-        line += _did_you_mean(message, self)
-        prog = "python train.py" + (f" {parser.prog.split()[-1]}" if parser.prog.split()[-1] in ("fit", "validate")
-                                    else "")
-        sys.stderr.write(f"error: {line} (every option: {prog} --help)\n")
-        raise SystemExit(2)
+    def help_command(self, parser) -> str:
+        sub = parser.prog.split()[-1]
+        return "python train.py" + (f" {sub}" if sub in ("fit", "validate") else "")
 
 
-def _config_files(argv: list[str]) -> list[str]:
-    files = []
-    for i, a in enumerate(argv):
-        if a in ("--config", "-c") and i + 1 < len(argv):
-            files.append(argv[i + 1])
-        elif a.startswith("--config="):
-            files.append(a.split("=", 1)[1])
-    return files
-
-
-def _yaml_problem() -> str | None:
-    """The first --config file that is not valid YAML, as ``<file>:<line>:<column>: <problem>``."""
-    import yaml
-
-    for f in _config_files(_ARGV):
-        try:
-            yaml.safe_load(Path(f).read_text(encoding="utf-8"))
-        except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark
-            return f"{f}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: {e.problem}"
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            return f"{f}: not a readable YAML file ({type(e).__name__}: {e})"
-    return None
-
-
-def _all_keys(parser) -> list[str]:
-    keys = []
-    stack = [parser]
-    while stack:
-        p = stack.pop()
-        for action in p._actions:
-            if getattr(action, "dest", None) and action.dest not in ("help", "config"):
-                keys.append(action.dest)
-            stack.extend((getattr(action, "_name_parser_map", None) or {}).values())
-    return sorted(set(keys))
-
-
-def _did_you_mean(message: str, parser) -> str:
-    """Close matches (difflib) among the parser's keys for the unknown key(s) in jsonargparse's message."""
-    unknown = re.findall(r"--([\w.]+)", message.split("unrecognized arguments:", 1)[1]) \
-        if "unrecognized arguments:" in message else []
-    for kind, group, option in re.findall(r"(Group|Subcommand) '([\w.]+)' does not accept option '([\w.]+)'", message):
-        unknown.append(f"{group}.{option}" if kind == "Group" else option)
-    for key in re.findall(r"[Kk]ey \"([\w.]+)\" is not expected", message):
-        unknown.append(key)
-    root = parser
-    while getattr(root, "parent_parser", None) is not None:
-        root = root.parent_parser
-    keys = _all_keys(_ROOT_PARSER or root)
-    hints = []
-    for key in unknown:
-        close = difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
-        if close:
-            hints.append(f"--{close[0]}" if "unrecognized" in message else close[0])
-    return f"; did you mean {', '.join(hints)}?" if hints else ""
-
-
-_ARGV: list[str] = []
 _ROOT_PARSER = None
 _HELD: RunLayout | None = None
 """The run directory this process holds (released when ``main`` returns)."""
@@ -355,9 +281,9 @@ def setup_logging() -> None:
 
 
 def main(args: list[str] | None = None, run: bool = True) -> SkillCLI:
-    global _ARGV, _HELD, _NEW_RUN, _TRAINER
+    global _HELD, _NEW_RUN, _TRAINER
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _ARGV = list(sys.argv[1:] if args is None else args)
+    SkillArgumentParser.argv = list(sys.argv[1:] if args is None else args)  # a YAML error names its --config file
     setup_logging()
     # dataclass fields document themselves in --help and --print_config through their attribute docstrings
     set_parsing_settings(docstring_parse_attribute_docstrings=True)

@@ -113,3 +113,20 @@ def test_the_summary_of_a_run_with_nothing_left_to_train_is_read_from_its_newest
     assert evaluation == {"tag": "epoch=1", "accuracy": 0.5, "report": str(tmp_path / "eval" / "epoch=1" /
                                                                           "report.json"),
                           "weakest_skill": {"chain": "Algebra -> Linear", "accuracy": 0.25}}
+
+
+@pytest.mark.slow
+def test_a_train_argument_mistake_is_one_line_with_did_you_mean(tmp_path, capsys):
+    """train.py's parser errors go through the stage commands' path (skill_distill.cli_errors): one line, exit 2."""
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("model:\n  lerning_rate: 1.0\n")
+    config = ["fit", "--config", str(REPO / "configs" / "quickstart.yaml")]
+    cases = [(["--trainer.max_step=2"], "error: unrecognized arguments: --trainer.max_step=2; did you mean "
+                                        "--trainer.max_steps? (every option: python train.py fit --help)"),
+             (["--config", str(typo)], "error: Subcommand 'fit' does not accept option 'model.lerning_rate'; did you "
+                                       "mean model.learning_rate? (every option: python train.py fit --help)")]
+    for args, expected in cases:
+        with pytest.raises(SystemExit) as stop:
+            train.main([*config, *args])
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1:] == [expected]
