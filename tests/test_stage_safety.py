@@ -278,15 +278,15 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _kill_9_and_wait(proc, children: list[int], who: str) -> None:
-    """kill -9 ``proc``, then give its ``children`` 10 s to die with it; fail naming any still alive."""
+def _kill_9_and_wait(proc, children, who: str, within_s: float = 10.0) -> None:
+    """kill -9 ``proc``, then give its ``children`` ``within_s`` seconds to die with it; fail naming any alive."""
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     t0 = time.monotonic()
-    while any(_alive(c) for c in children) and time.monotonic() - t0 < 10:
-        time.sleep(0.2)
+    while any(_alive(c) for c in children) and time.monotonic() - t0 < within_s:
+        time.sleep(0.05)
     left = {c: _cmdline(c) for c in children if _alive(c)}
-    assert not left, f"still alive 10 s after kill -9 of {who}: {left}"
+    assert not left, f"still alive {within_s} s after kill -9 of {who}: {left}"
 
 
 def _descendants(pid: int) -> set[int]:
