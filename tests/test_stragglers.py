@@ -1,6 +1,7 @@
 """Nothing outlives a killed process (issue 28 §6): kill -9 of a process running a real vLLM engine whose core has a
-process of its own (``engine_process: true``, as on GPUs) leaves, within a second, no child alive (the engine core,
-its ``VLLM::Worker``, multiprocessing's helpers) and no ``vllm_dist_*`` rendezvous file in its temporary directory."""
+process of its own (``engine_process: true``, as on GPUs) leaves no child alive (the engine core, its
+``VLLM::Worker``, multiprocessing's helpers; the guards act within a second) and no ``vllm_dist_*`` rendezvous file
+in its temporary directory."""
 
 from __future__ import annotations
 
@@ -52,7 +53,9 @@ def test_kill_9_of_an_engine_process_parent_leaves_no_child_and_no_tmp_file(tmp_
         children = _descendants(proc.pid)
         names = " | ".join(_cmdline(c) for c in children)
         assert children, "the engine core runs in a process of its own"
-        _kill_9_and_wait(proc, children, f"their parent (children: {names})", within_s=1.0)
+        # the guards act within 0.1-0.5 s; the bound is generous for a loaded machine (tests assert no timing), yet
+        # far below the 37 s an unguarded VLLM::Worker lived
+        _kill_9_and_wait(proc, children, f"their parent (children: {names})", within_s=10.0)
         assert sorted(p.name for p in tmp.iterdir() if p.name.startswith("vllm_dist_")) == []
     finally:
         if proc.poll() is None:

@@ -88,8 +88,10 @@ def _engine_core_main(*args, **kwargs):
     from skill_distill.process_lifetime import die_with_parent
 
     # its own process group, killed whole when the parent dies: the core's workers (VLLM::Worker) watch only the
-    # core, and outlived a killed parent by half a minute
-    die_with_parent(kill_group=True)
+    # core, and outlived a killed parent by half a minute. A short poll: vLLM replaces the SIGTERM handler the
+    # parent-death signal would run, so the watchdog is what kills the group (and then multiprocessing's resource
+    # tracker, which waits for every holder of its pipe, can end too)
+    die_with_parent(kill_group=True, poll_s=0.1)
     _rendezvous_without_files()  # this module was imported afresh in the spawned core
     # in a spawned core this module was imported afresh, so the class holds vLLM's own entry again
     original = _ORIGINAL_ENGINE_CORE_MAIN or EngineCoreProc.run_engine_core
