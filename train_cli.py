@@ -126,10 +126,11 @@ class SkillCLI(LightningCLI):
             log.info("resuming %s from %s", root, resume)
         if _first_process():  # the launched ranks and the other nodes work for the run that holds it
             global _HELD, _NEW_RUN
-            if resume is None:  # a refusal during set-up takes back what it wrote (main)
-                _NEW_RUN = (layout, runs.entries(root))
-            taken = layout.hold()
+            before = runs.entries(root)
+            taken = layout.hold()  # (refused while another run holds it: nothing here is ours to take back)
             _HELD = layout
+            if resume is None:  # a refusal during set-up takes back what it wrote (main)
+                _NEW_RUN = (layout, before)
             if taken is not None:
                 print(f"{root}: taking over the hold of pid {taken.get('pid')} on {taken.get('host')} (started "
                       f"{taken.get('started')}), which no longer runs", file=sys.stderr)
