@@ -3,7 +3,6 @@ errors. Its use is in ``train.py``'s docstring."""
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from datamodules import SkillDataModule
 from lightning_modules import CausalLMModule
 from lightning_modules import run_dir as runs
 from lightning_modules.checkpoint_export import saved_settings
+from skill_distill.cli_errors import OneLineErrors
 from skill_distill.io import ConfigError, DataError, atomic_write
 from skill_distill.run_layout import RunLayout
 
@@ -31,32 +31,25 @@ RESUME_ENV = "SKILL_DISTILL_RESUME_FROM"
 launcher starts later, which must not re-judge a directory the first rank has begun to write."""
 
 
-class SkillArgumentParser(LightningArgumentParser):
+class SkillArgumentParser(OneLineErrors, LightningArgumentParser):
     """A user's mistake is one line (no ~100 lines of usage first), with "did you mean" for a misspelt key and the
-    file of a YAML syntax error."""
+    file of a YAML syntax error (``skill_distill.cli_errors``, shared with the stage commands)."""
 
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)  # argparse's prefix matching took --trainer.max_step for max_steps
-        super().__init__(*args, **kwargs)
+    def root_parser(self):
+        return _ROOT_PARSER or super().root_parser()  # LightningCLI builds the subcommands' parsers apart
+
+    def help_command(self, parser) -> str:
+        sub = parser.prog.split()[-1]
+        return "python train.py" + (f" {sub}" if sub in ("fit", "validate") else "")
 
     def error(self, message: str, ex: Exception | None = None):
-        # JSONARGPARSE_DEBUG is jsonargparse's documented switch for full errors; its reader is private
-        debug = os.environ.get("JSONARGPARSE_DEBUG", "").lower() == "true"
-        if not self.exit_on_error or debug:  # jsonargparse parsing internally: it catches this
-            return super().error(message, ex)
-        parser = getattr(ex, "subcommand_parser", None) or self
-        message = _class_section_problem(message, parser.prog.split()[-1])
-        line = " ".join(message.split())
-        yaml_problem = _yaml_problem() if "Problems parsing config" in message else None
-        if yaml_problem:
-            line = yaml_problem
-        elif len(line) > 400:
-            line = line[:400] + " ..."
-        line += _did_you_mean(message, self)
-        prog = "python train.py" + (f" {parser.prog.split()[-1]}" if parser.prog.split()[-1] in ("fit", "validate")
-                                    else "")
-        sys.stderr.write(f"error: {line} (every option: {prog} --help)\n")
-        raise SystemExit(2)
+        if self.exit_on_error:  # a bad key of a class-chosen section, said as for any other group
+            parser = getattr(ex, "subcommand_parser", None) or self
+            message = _class_section_problem(message, parser.prog.split()[-1])
+        return super().error(message, ex)
+
+    def known_keys(self) -> list[str]:
+        return sorted(set(super().known_keys()) | {k for k in _class_keys() if not k.endswith(".help")})
 
 
 _CLASS_PROBLEM = re.compile(r"Parser key \"(model|data)\":.*?Problem with given class_path '([\w.]+)':\s*(.*?)"
@@ -76,50 +69,13 @@ def _class_section_problem(message: str, subcommand: str) -> str:
     unknown = re.match(r"Option '([\w.]+)' is not accepted", problem)
     if unknown:
         key = f"{section}.{unknown.group(1)}"
-        given = [a for a in _ARGV if a == f"--{key}" or a.startswith(f"--{key}=")]
+        given = [a for a in SkillArgumentParser.argv if a == f"--{key}" or a.startswith(f"--{key}=")]
         if given:  # on the command line: said as argparse says it
             return f"unrecognized arguments: {' '.join(given)}"
         return f"Subcommand '{subcommand}' does not accept option '{key}'"
     if problem.startswith("unrecognized arguments:"):  # a nested key comes back without its section
         return re.sub(r"--([\w.]+)", rf"--{section}.\1", problem)
     return re.sub(r"^Parser key \"([\w.]+)\":", rf"{section}.\1:", problem)
-
-
-def _config_files(argv: list[str]) -> list[str]:
-    files = []
-    for i, a in enumerate(argv):
-        if a in ("--config", "-c") and i + 1 < len(argv):
-            files.append(argv[i + 1])
-        elif a.startswith("--config="):
-            files.append(a.split("=", 1)[1])
-    return files
-
-
-def _yaml_problem() -> str | None:
-    """The first --config file that is not valid YAML, as ``<file>:<line>:<column>: <problem>``."""
-    import yaml
-
-    for f in _config_files(_ARGV):
-        try:
-            yaml.safe_load(Path(f).read_text(encoding="utf-8"))
-        except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark
-            return f"{f}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: {e.problem}"
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            return f"{f}: not a readable YAML file ({type(e).__name__}: {e})"
-    return None
-
-
-def _all_keys(parser) -> list[str]:
-    keys = []
-    stack = [parser]
-    while stack:
-        p = stack.pop()
-        for action in p._actions:
-            if getattr(action, "dest", None) and action.dest not in ("help", "config"):
-                keys.append(action.dest)
-            stack.extend((getattr(action, "_name_parser_map", None) or {}).values())
-    return sorted(k for k in set(keys) | set(_class_keys()) if not k.endswith(".help"))
 
 
 def _class_keys() -> list[str]:
@@ -138,30 +94,13 @@ def _class_keys() -> list[str]:
     return keys
 
 
-def _did_you_mean(message: str, parser) -> str:
-    """Close matches (difflib) among the parser's keys for the unknown key(s) in jsonargparse's message."""
-    unknown = re.findall(r"--([\w.]+)", message.split("unrecognized arguments:", 1)[1]) \
-        if "unrecognized arguments:" in message else []
-    for kind, group, option in re.findall(r"(Group|Subcommand) '([\w.]+)' does not accept option '([\w.]+)'", message):
-        unknown.append(f"{group}.{option}" if kind == "Group" else option)
-    for key in re.findall(r"[Kk]ey \"([\w.]+)\" is not expected", message):
-        unknown.append(key)
-    root = parser
-    while getattr(root, "parent_parser", None) is not None:
-        root = root.parent_parser
-    keys = _all_keys(_ROOT_PARSER or root)
-    hints = []
-    for key in unknown:
-        close = difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
-        if close:
-            hints.append(f"--{close[0]}" if "unrecognized" in message else close[0])
-    return f"; did you mean {', '.join(hints)}?" if hints else ""
-
-
-_ARGV: list[str] = []
 _ROOT_PARSER = None
 _HELD: RunLayout | None = None
 """The run directory this process holds (released when ``main`` returns)."""
+_NEW_RUN: tuple[RunLayout, set[str] | None] | None = None
+"""A new run's directory and the names it held before this attempt (``run_dir.discard_setup_leftovers``)."""
+_TRAINER = None
+"""The trainer of the run ``main`` fits (set just before ``fit``)."""
 
 
 def _first_process() -> bool:
@@ -215,6 +154,7 @@ class SkillCLI(LightningCLI):
             if init is not None and "save_dir" in init and not init.save_dir:
                 init.save_dir = str(root)
         if self.subcommand == "fit":
+            _check_training_length(config.trainer)
             self._decide_run(config, root)
 
     def _decide_run(self, config, root: Path) -> None:
@@ -256,9 +196,12 @@ class SkillCLI(LightningCLI):
                 raise SystemExit(0)
             log.info("resuming %s from %s", root, resume)
         if _first_process():  # the launched ranks and the other nodes work for the run that holds it
-            global _HELD
-            taken = layout.hold()
+            global _HELD, _NEW_RUN
+            before = runs.entries(root)
+            taken = layout.hold()  # (refused while another run holds it: nothing here is ours to take back)
             _HELD = layout
+            if resume is None:  # a refusal during set-up takes back what it wrote (main)
+                _NEW_RUN = (layout, before)
             if taken is not None:
                 print(f"{root}: taking over the hold of pid {taken.get('pid')} on {taken.get('host')} (started "
                       f"{taken.get('started')}), which no longer runs", file=sys.stderr)
@@ -291,6 +234,10 @@ class SkillCLI(LightningCLI):
                               f"a resumed run keeps the settings it started with; drop the change to resume {root}, "
                               "or start a new run with --trainer.default_root_dir <another directory>")
 
+    def before_fit(self) -> None:
+        global _TRAINER
+        _TRAINER = self.trainer  # main: a failure after its first step is not a refused set-up
+
     # ---- after training -------------------------------------------------------------------------------------------
     def after_fit(self) -> None:
         if not self.trainer.is_global_zero:
@@ -318,6 +265,17 @@ def section_settings(section) -> dict:
     arguments and its ``class_path``, the shape of a checkpoint's hyperparameters
     (``checkpoint_export.saved_settings``)."""
     return {**section.init_args.as_dict(), "class_path": section.class_path}
+
+
+def _check_training_length(trainer) -> None:
+    """Refuse a run that would train nothing (it "finished" with an untrained export) or never end."""
+    epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps")
+    if steps is not None and steps != -1 and steps < 1:
+        raise ConfigError(f"trainer.max_steps is {steps}: a run trains at least 1 step; set a positive number, or -1 "
+                          "(no step limit)")
+    if epochs is not None and epochs < 1 and not (epochs == -1 and steps not in (None, -1)):
+        raise ConfigError(f"trainer.max_epochs is {epochs}: a run trains at least 1 epoch; set a positive number "
+                          "(-1, no epoch limit, only with a positive trainer.max_steps)")
 
 
 def _as_list(value) -> list:
@@ -353,18 +311,38 @@ def run_summary(trainer) -> dict:
             out["checkpoints"] = cb.dirpath
         elif isinstance(cb, HFExportCallback) and cb.last_export:
             out["export"] = cb.last_export
-        elif isinstance(cb, SkillEvalCallback) and cb.last_report:
-            report = cb.last_report
+        elif isinstance(cb, SkillEvalCallback):
+            # a resumed run with nothing left to train (killed after its final checkpoint) evaluated nothing itself:
+            # its summary is the newest report the run wrote
+            report, path = (cb.last_report, cb.reports.get(cb.last_report.get("tag"))) if cb.last_report \
+                else _newest_report(cb.reports_dir(trainer))
+            if report is None:
+                continue
             for name, s in report["summary"].items():
                 skills = [r for r in report["benchmarks"][name]["metrics"].get("skills", [])
                           if r.get("accuracy") is not None]
                 weakest = min(skills, key=lambda r: (r["accuracy"], r["chain"]), default=None)
                 out["evaluations"][name] = {
-                    "tag": report.get("tag"), "accuracy": s.get("accuracy"),
-                    "report": cb.reports.get(report.get("tag")),
+                    "tag": report.get("tag"), "accuracy": s.get("accuracy"), "report": path,
                     "weakest_skill": None if weakest is None else {"chain": weakest["chain"],
                                                                   "accuracy": weakest["accuracy"]}}
     return out
+
+
+def _newest_report(reports_dir: Path) -> tuple[dict | None, str | None]:
+    """The report of the latest step in an evaluation directory, and its path ((None, None): there is none)."""
+    from skill_distill.skill_charts import load_report
+
+    newest: tuple[tuple, dict, str] | None = None
+    for path in reports_dir.glob("*/report.json"):
+        try:
+            report = load_report(path)
+        except DataError:
+            continue  # a damaged report is not a summary
+        order = (report.get("global_step") or 0, report.get("tag") != "baseline", path.stat().st_mtime)
+        if newest is None or order > newest[0]:
+            newest = (order, report, str(path))
+    return (newest[1], newest[2]) if newest else (None, None)
 
 
 def format_summary(s: dict) -> str:
@@ -397,9 +375,9 @@ def setup_logging() -> None:
 
 
 def main(args: list[str] | None = None, run: bool = True) -> SkillCLI:
-    global _ARGV
+    global _HELD, _NEW_RUN, _TRAINER
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _ARGV = list(sys.argv[1:] if args is None else args)
+    SkillArgumentParser.argv = list(sys.argv[1:] if args is None else args)  # a YAML error names its --config file
     setup_logging()
     # dataclass fields document themselves in --help and --print_config through their attribute docstrings
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -415,8 +393,13 @@ def main(args: list[str] | None = None, run: bool = True) -> SkillCLI:
             args=args,
             run=run,
         )
+    except (DataError, ConfigError):
+        # refused before its first step: the corrected command starts it anew
+        if _NEW_RUN is not None and (_TRAINER is None or _TRAINER.global_step == 0):
+            runs.discard_setup_leftovers(*_NEW_RUN)
+        raise
     finally:
-        global _HELD
+        _NEW_RUN = _TRAINER = None
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:
             os.environ.pop(RESUME_ENV, None)  # for the launched ranks only, not for a later run in this process
         if _HELD is not None:  # (with run=False the caller drives the trainer itself: nothing is held for it)

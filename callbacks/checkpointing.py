@@ -36,6 +36,15 @@ def _root_cause(error: BaseException) -> BaseException:
         error = inner
 
 
+def cut_logs_to_checkpoint(trainer) -> None:
+    """A resumed run redoes the steps after its checkpoint (``trainer.global_step`` once restored): loggers that
+    can (``RunCSVLogger.resume_at``) drop what an earlier attempt logged after it, before the first step logs."""
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            if callable(getattr(logger, "resume_at", None)):
+                logger.resume_at(trainer.global_step)
+
+
 def project_classes(*objects) -> set[type]:
     """The project's own config classes (dataclasses, enums) found inside ``objects`` (hyperparameters)."""
     import dataclasses
@@ -193,8 +202,9 @@ class ResumableCheckpoint(Checkpoint, StopSaver):
     """Periodic checkpoints from which a run resumes exactly (``python train.py fit ... --ckpt_path last``).
 
     - Saved every ``every_n_train_steps`` optimizer steps, at the end of every training epoch, and when training
-      ends, as ``<dirpath>/step=<global step>.ckpt``. The step checkpoint of an epoch's last batch is skipped when
-      the epoch-end one follows, so a resume never skips that epoch's validation.
+      ends, as ``<dirpath>/step=<global step>.ckpt``. An epoch's last step is saved by the epoch end instead (also a
+      stop requested at that step), so a resume never skips that epoch's validation, nor the following epochs (the
+      data loader's state at the last batch is at the end of its data).
     - Atomic: every rank writes into ``.tmp-step=....ckpt``; after a barrier rank 0 renames it into place. A crash
       mid-save leaves only the hidden temporary (removed at the next start) and the previous checkpoint stays valid.
     - ``last.ckpt`` is a relative symlink to the newest complete checkpoint, switched atomically after publishing.
@@ -279,6 +289,7 @@ class ResumableCheckpoint(Checkpoint, StopSaver):
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.ckpt_path:  # the checkpoint we resumed from is this step's: do not write it again
             self._last_step_saved = trainer.global_step
+            cut_logs_to_checkpoint(trainer)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.reseed_every_step and batch_idx % trainer.accumulate_grad_batches == 0:
@@ -295,13 +306,21 @@ class ResumableCheckpoint(Checkpoint, StopSaver):
         step_closed = (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or last_batch
         if not step_closed:
             return
-        n = self.every_n_train_steps
-        if n >= 1 and trainer.global_step % n == 0 and not (last_batch and self.save_on_epoch_end):
+        if last_batch:
+            # the epoch end saves (and stops) instead: a checkpoint taken here holds the data loader's position at
+            # the end of its data, so a run resumed from it would start the next epoch on an exhausted loader,
+            # find no batch and count every remaining epoch as done
+            return
+        if self._step_save_due(trainer):
             self.save(trainer)
         self._stop_if_requested(trainer, at_step_end=True)
 
+    def _step_save_due(self, trainer) -> bool:
+        n = self.every_n_train_steps
+        return n >= 1 and trainer.global_step % n == 0  # (save() skips a step already saved)
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self.save_on_epoch_end:
+        if self.save_on_epoch_end or self._step_save_due(trainer):
             self.save(trainer)
         # a signal that came during this epoch's end (an evaluation) stops here, on the weights it recorded as
         # pending; after the last epoch the run finishes instead (final checkpoint and export in on_train_end)

@@ -2,17 +2,25 @@
 
 Lightning's CSVLogger deletes an existing ``metrics.csv`` when a run starts in its directory (resumed runs included:
 "Previous log files in this directory will be deleted"), so every requeue lost the history; ``RunCSVLogger`` appends
-to it instead (same columns; a new column rewrites the file atomically with the union header).
+to it instead (same columns; a new column rewrites the file atomically with the union header). A resumed run first
+drops the rows written after the checkpoint it starts from (``RunCSVLogger.resume_at``), so no step appears twice.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from skill_distill.io import ConfigError, atomic_write
+
+log = logging.getLogger(__name__)
+
+
+TRAINING_STEP_PREFIXES = ("train/", "lr-")
+"""Metric names an optimizer step logs (the module's ``train/...``, LearningRateMonitor's ``lr-...``)."""
 
 
 class AppendingExperimentWriter(ExperimentWriter):
@@ -23,6 +31,34 @@ class AppendingExperimentWriter(ExperimentWriter):
             with self._fs.open(self.metrics_file_path, "r", newline="") as f:
                 header = next(csv.reader(f), [])
             self.metrics_keys = sorted(header)
+
+    def drop_rows_after(self, step: int) -> int:
+        """Remove the rows written after the checkpoint of optimizer step ``step`` (a resume redoes them): those of
+        a later step, and at ``step`` itself those of a training step (``train/...``, LearningRateMonitor's
+        ``lr-...``: Lightning logs optimizer step k+1 at step k). The epoch-end rows of ``step`` (validation,
+        evaluations), logged before its checkpoint, stay. Rows not yet written (this run's) are kept. Returns the
+        number of rows removed; the file is rewritten atomically."""
+        if not self._fs.isfile(self.metrics_file_path):
+            return 0
+        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+            reader = csv.DictReader(f)
+            header, rows = list(reader.fieldnames or []), list(reader)
+
+        def redone(row: dict) -> bool:
+            try:
+                row_step = int(float(row.get("step") or ""))
+            except ValueError:
+                return False
+            return row_step > step or (row_step == step and any(
+                value not in (None, "") and key.startswith(TRAINING_STEP_PREFIXES) for key, value in row.items()))
+
+        kept = [row for row in rows if not redone(row)]
+        if len(kept) < len(rows):
+            with atomic_write(self.metrics_file_path) as f:  # a crash keeps the old file whole
+                writer = csv.DictWriter(f, fieldnames=header)
+                writer.writeheader()
+                writer.writerows(kept)
+        return len(rows) - len(kept)
 
     def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
         with self._fs.open(self.metrics_file_path, "r", newline="") as f:
@@ -61,6 +97,15 @@ class RunCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
         return self._experiment
+
+    def resume_at(self, step: int) -> None:
+        """A resumed run starts after the checkpoint of optimizer step ``step``: drop the rows an earlier attempt
+        wrote after it (it was killed later), so that no step appears twice (``ResumableCheckpoint`` calls this on
+        rank 0 when training starts, before the first step logs)."""
+        dropped = self.experiment.drop_rows_after(step)
+        if dropped:
+            log.info("%s: dropped %d rows written after the checkpoint of step %d (they are redone)",
+                     self.experiment.metrics_file_path, dropped, step)
 
     def after_save_checkpoint(self, checkpoint_callback) -> None:
         self.save()

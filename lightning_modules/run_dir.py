@@ -210,3 +210,38 @@ def read_finished(layout: RunLayout) -> dict | None:
         return json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return {}
+
+
+def entries(root: Path) -> set[str] | None:
+    """The names in a run directory before an attempt starts (None: it does not exist yet)."""
+    return {p.name for p in root.iterdir()} if root.is_dir() else None
+
+
+def discard_setup_leftovers(layout: RunLayout, before: set[str] | None) -> list[str]:
+    """Remove what a new run refused during set-up (bad input, a bad setting) wrote into its run directory: the
+    loggers' ``tb/`` and ``logs/``, the saved config, the manifest. Left there, they made the corrected command
+    refuse the directory as holding an earlier run. ``before``: the directory's names before the attempt
+    (``entries``). Nothing is removed once the run has a checkpoint; an evaluation report is kept (a resume reuses
+    it). Returns the names removed."""
+    import shutil
+
+    root = layout.root
+    if not root.is_dir() or any(layout.checkpoints.glob("step=*.ckpt")):
+        return []
+    reports = {p.relative_to(root).parts[0] for p in layout.evaluation_reports()}
+    removed = []
+    for path in sorted(root.iterdir()):
+        if path.name in (before or set()) or path.name in reports or path == layout.lock:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path.name)
+    if before is None and not any(p != layout.lock for p in root.iterdir()):
+        layout.release()
+        try:
+            root.rmdir()
+        except OSError:  # another process's hold appeared meanwhile
+            pass
+    return removed

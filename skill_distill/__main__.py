@@ -50,12 +50,16 @@ def main(argv: list[str] | None = None) -> None:
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
+    from skill_distill.cli_errors import StageArgumentParser
     from skill_distill.generation.base import GenerationError, GenerationInterrupted
     from skill_distill.io import ConfigError, DataError, OutputError
 
     fn = getattr(importlib.import_module(module), func)
+    StageArgumentParser.argv = argv  # a YAML syntax error names its --config file
     try:  # jsonargparse's CLI over a dict of functions: only the chosen stage's function (and module) is loaded
-        CLI({argv[0]: fn}, args=argv, as_positional=False, prog="python -m skill_distill")  # the tip's command
+        # a bad argument is one error line (StageArgumentParser), the same path as train.py's
+        CLI({argv[0]: fn}, args=argv, as_positional=False, prog="python -m skill_distill",
+            parser_class=StageArgumentParser)
     except GenerationInterrupted:
         raise
     # user-fixable problems (an input, a setting, an endpoint or engine, a full disk): one line, no traceback

@@ -181,3 +181,23 @@ def test_changed_settings_names_the_changed_key_and_compares_identities(tmp_path
     assert changed_settings(saved, changed) == [
         ("data.selection.budget", 1000, 500), ("data.reselection.discount", 1.0, 0.9),
         ("trainer.precision", "32-true", "bf16-mixed"), ("seed_everything", 42, 7)]
+
+
+@pytest.mark.slow
+def test_sigterm_at_an_epochs_last_step_resumes_the_remaining_epochs(setup):
+    """A stop requested at the last step of an epoch is saved at that epoch's end: a checkpoint of the last batch
+    itself held the data loader at the end of its data, and the resumed run found no batch and stopped at once
+    ("max_epochs reached" at step 2 of 4)."""
+    root, common = setup
+    two_steps = {"examples_per_step": 8, **common}  # 2 steps per epoch, 2 epochs
+    ref, run = root / "epoch_end_ref", root / "epoch_end_run"
+    procs = [(launch.start("resume_run.py", log=root / "epoch_end_ref.log", run_dir=ref, **two_steps),
+              root / "epoch_end_ref.log", 0),
+             (launch.start("resume_run.py", log=root / "epoch_end_a.log", run_dir=run, sigterm_at_step=2,
+                           **two_steps), root / "epoch_end_a.log", 143)]
+    for proc, log, rc in procs:
+        launch.finish(proc, log, expect=rc)
+    launch.run("resume_run.py", log=root / "epoch_end_b.log", run_dir=run, resume=True, **two_steps)
+    launch.assert_same_training(ref, run, ranks=1, steps=4)
+    assert launch.redone_steps_match(run, 0) == []  # the stop saved step 2: nothing is trained twice
+    assert (run / "checkpoints" / "last.ckpt").resolve().name == "step=0000004.ckpt"

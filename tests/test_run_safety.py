@@ -448,3 +448,89 @@ def test_full_disk_on_rank_0_of_two_stops_both_ranks_in_one_line_without_leftove
                            "saving a checkpoint"), line
     assert "Traceback" not in log.read_text()
     assert list((cwd / "runs" / "quickstart" / "checkpoints").iterdir()) == []  # the half-written file is gone
+
+
+@pytest.mark.slow
+def test_a_run_refused_during_setup_leaves_its_directory_to_the_corrected_command(inputs, tmp_path):
+    """Bad bytes in the corpus, an empty corpus, a bad selection budget, a too short max_length: each refused in one
+    line, exit 2. Lightning had already created tb/ and logs/ by then, and the corrected command was refused as
+    "holds an earlier run (tb)" (issue 28 §2). Now the run directory is left as it was, and the corrected command
+    starts the run."""
+    bad_bytes = tmp_path / "bad_bytes.jsonl"
+    rows = inputs["corpus"].read_bytes().splitlines(keepends=True)
+    bad_bytes.write_bytes(b"".join(rows[:3]) + rows[3].replace(b'"problem": "', b'"problem": "\xff\xfe', 1)
+                          + b"".join(rows[4:]))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    plain = quickstart_config(tmp_path / "plain.yaml", inputs["tiny"], inputs["tok"], inputs["corpus"])
+    cases = {"bad_bytes": [f"--data.corpus={bad_bytes}"], "empty": [f"--data.corpus={empty}"],
+             "budget": ["--data.selection.budget=-3"], "max_length": ["--data.max_length=16"]}
+
+    def refused(name: str, args: list[str]) -> tuple[str, list[str]]:
+        cwd = tmp_path / name
+        cwd.mkdir()
+        log = tmp_path / f"{name}.log"
+        train(cwd, plain, *args, log=log, expect=2)
+        return last_line(log), sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*") if p.name != "runs")
+
+    results = side_by_side(**{name: (lambda name=name, args=args: refused(name, args))
+                              for name, args in cases.items()})
+    for name in cases:
+        line, left = results[name].result()
+        assert line.startswith("error: ") and len(line) < 400, (name, line)
+        assert left == [], (name, line, left)  # not even the run directory (runs/quickstart)
+    # the corrected command starts the run where the refused one was
+    log = tmp_path / "corrected.log"
+    train(tmp_path / "empty", plain, "--trainer.max_steps=1", log=log)
+    run = tmp_path / "empty" / "runs" / "quickstart"
+    assert (run / "run_finished.json").is_file() and metric_steps(run) == [0]
+
+
+def test_a_resumed_csv_history_drops_the_rows_after_its_checkpoint(tmp_path):
+    """The rows an attempt wrote after its last checkpoint (step 4) are dropped when the next attempt resumes from
+    it: the later steps', and at step 4 the next optimizer step's (Lightning logs step k+1 at step k); the epoch-end
+    evaluation logged at step 4 before that checkpoint stays (issue 28 §3: redone steps appeared 2-3 times)."""
+    from callbacks.run_loggers import RunCSVLogger
+
+    first = RunCSVLogger(save_dir=str(tmp_path))
+    for step in range(6):  # optimizer steps 1..6, logged at 0..5
+        first.log_metrics({"lr-AdamW": 0.1, "epoch": 0}, step=step)
+        first.log_metrics({"train/loss": 1.0 / (step + 1), "epoch": 0}, step=step)
+        if step == 3:  # epoch end after optimizer step 4: its evaluation, then its checkpoint
+            first.log_metrics({"eval/heldout/acc": 0.25}, step=4)
+    first.save()
+    resumed = RunCSVLogger(save_dir=str(tmp_path))
+    resumed.resume_at(4)
+    resumed.log_metrics({"train/loss": 0.2, "epoch": 1}, step=4)
+    resumed.save()
+    with (tmp_path / "logs" / "metrics.csv").open() as f:
+        rows = [(r["step"], next(k for k in sorted(r) if r[k] and k not in ("step", "epoch")))
+                for r in csv.DictReader(f)]
+    assert rows == [(str(s), k) for s in range(4) for k in ("lr-AdamW", "train/loss")] + [
+        ("4", "eval/heldout/acc"), ("4", "train/loss")]
+    assert RunCSVLogger(save_dir=str(tmp_path)).experiment.drop_rows_after(5) == 0  # nothing after: no rewrite
+
+
+@pytest.mark.slow
+def test_kill_9_after_a_flush_past_the_checkpoint_then_resume_logs_every_step_once(inputs, tmp_path):
+    """Rows flushed after the checkpoint (here every row at once) are redone by the resume: each step once."""
+    # the process dies (os._exit, as kill -9) when step 6 starts, after step 5's row is written; checkpoint: step 4
+    killed = quickstart_config(tmp_path / "kill9.yaml", inputs["tiny"], inputs["tok"], inputs["corpus"], [
+        {"class_path": "faults.CrashAfterStep", "init_args": {"step": 5}}])
+    cfg = yaml.safe_load(killed.read_text())
+    for logger in cfg["trainer"]["logger"]:
+        if logger["class_path"].endswith("RunCSVLogger"):
+            logger["init_args"] = {"flush_logs_every_n_steps": 1}
+    killed.write_text(yaml.safe_dump(cfg))
+    cwd = tmp_path / "run"
+    cwd.mkdir()
+    train(cwd, killed, log=tmp_path / "killed.log", expect=17)
+    run = cwd / "runs" / "quickstart"
+    assert (run / "checkpoints" / "last.ckpt").resolve().name == "step=0000004.ckpt"
+    assert metric_steps(run) == [0, 1, 2, 3, 4]  # step 5's row (logged at 4) was flushed before the kill
+    cfg["trainer"]["callbacks"] = [c for c in cfg["trainer"]["callbacks"] if c["class_path"] != "faults.CrashAfterStep"]
+    killed.write_text(yaml.safe_dump(cfg))
+    train(cwd, killed, "--ckpt_path", "last", log=tmp_path / "resumed.log")
+    with (run / "logs" / "metrics.csv").open() as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert steps == list(range(STEPS)), steps

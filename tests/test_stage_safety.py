@@ -182,6 +182,26 @@ def test_pool_and_profile_stages_print_one_line_and_exit_2(tmp_path, tree_file):
         "re-encode the file as UTF-8"]
 
 
+@pytest.mark.slow
+def test_a_stage_argument_mistake_is_one_line_with_did_you_mean(tmp_path):
+    """A misspelt key on the command line or in a config, and a YAML syntax error: one `error:` line (no usage
+    block first, which was 13-24 lines), exit 2, through the parser train.py uses (skill_distill.cli_errors)."""
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("source:\n  corpsu: x.jsonl\n")
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("source:\n  corpus: [x\n")
+    help_ = " (every option: python -m skill_distill pool --help)"
+    cases = [(["--source.corpsu=x.jsonl"], "error: unrecognized arguments: --source.corpsu=x.jsonl; did you mean "
+                                           "--source.corpus?" + help_),
+             (["--config", str(typo)], "error: Subcommand 'pool' does not accept option 'source.corpsu'; did you "
+                                       "mean source.corpus?" + help_),
+             (["--config", str(bad_yaml)], f"error: {bad_yaml}:3:1: YAML syntax error: expected ',' or ']', but got "
+                                           "'<stream end>'" + help_)]
+    for args, expected in cases:
+        proc = _stage("pool", *args, cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.splitlines() == [expected], (args, proc.stderr)
+
+
 # ---- resumable JSONL outputs --------------------------------------------------------------------------
 def test_appender_drops_only_a_torn_last_line(tmp_path):
     p = tmp_path / "out.jsonl"
@@ -258,15 +278,15 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _kill_9_and_wait(proc, children: list[int], who: str) -> None:
-    """kill -9 ``proc``, then give its ``children`` 10 s to die with it; fail naming any still alive."""
+def _kill_9_and_wait(proc, children, who: str, within_s: float = 10.0) -> None:
+    """kill -9 ``proc``, then give its ``children`` ``within_s`` seconds to die with it; fail naming any alive."""
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     t0 = time.monotonic()
-    while any(_alive(c) for c in children) and time.monotonic() - t0 < 10:
-        time.sleep(0.2)
+    while any(_alive(c) for c in children) and time.monotonic() - t0 < within_s:
+        time.sleep(0.05)
     left = {c: _cmdline(c) for c in children if _alive(c)}
-    assert not left, f"still alive 10 s after kill -9 of {who}: {left}"
+    assert not left, f"still alive {within_s} s after kill -9 of {who}: {left}"
 
 
 def _descendants(pid: int) -> set[int]:

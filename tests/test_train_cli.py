@@ -66,3 +66,67 @@ def test_fit_writes_checkpoint_and_export_with_identical_logits(tmp_path, monkey
     w = state["model.model.layers.0.self_attn.q_proj.weight"]
     torch.testing.assert_close(w.to(torch.bfloat16).float(), reloaded.model.layers[0].self_attn.q_proj.weight,
                                rtol=0, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("length", [["--trainer.max_epochs=0"], ["--trainer.max_epochs=-3"],
+                                    ["--trainer.max_steps=0"]], ids=["epochs-0", "epochs-negative", "steps-0"])
+def test_a_run_that_would_train_nothing_is_refused_in_one_line(tmp_path, monkeypatch, shared_dir, tiny_qwen3_dir,
+                                                               qwen_tokenizer_dir, length):
+    """max_epochs 0 made a "finished" run with an untrained export (issue 28 §7): refused before anything is
+    written."""
+    from skill_distill.io import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    corpus = write_corpus(shared_dir, tmp_path / "c.jsonl", n=4)
+    args = ["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), f"--model.model={tiny_qwen3_dir}",
+            f"--data.tokenizer={qwen_tokenizer_dir}", f"--data.corpus={corpus}", "--data.val_corpus=null",
+            "--trainer.default_root_dir=run", "--trainer.callbacks=[]", *length]
+    with pytest.raises(ConfigError, match=r"^trainer\.max_(epochs|steps) is -?\d+: a run trains at least 1 "):
+        train.main(args)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_summary_of_a_run_with_nothing_left_to_train_is_read_from_its_newest_report(tmp_path):
+    """Killed between its final checkpoint and the end of fit, the resumed run trains and evaluates nothing: its
+    run_finished.json took no evaluation (issue 28 §7). The newest report on disk is the summary."""
+    import lightning.pytorch as pl
+
+    from callbacks import SkillEvalCallback
+    from train_cli import run_summary
+
+    def report(tag: str, step: int, accuracy: float) -> None:
+        path = tmp_path / "eval" / tag / "report.json"
+        path.parent.mkdir(parents=True)
+        skills = [{"chain": "Algebra -> Linear", "accuracy": accuracy / 2}, {"chain": "Number", "accuracy": accuracy}]
+        path.write_text(json.dumps({"tag": tag, "global_step": step, "summary": {"heldout": {"accuracy": accuracy}},
+                                    "benchmarks": {"heldout": {"metrics": {"skills": skills}}}}))
+
+    report("baseline", 0, 0.25)
+    report("epoch=1", 8, 0.5)
+    report("epoch=0", 4, 0.375)
+    (tmp_path / "eval" / "broken").mkdir()
+    (tmp_path / "eval" / "broken" / "report.json").write_text("{")
+    trainer = pl.Trainer(default_root_dir=tmp_path, callbacks=[SkillEvalCallback(benchmarks=["heldout"])],
+                         logger=False, enable_progress_bar=False, enable_model_summary=False)
+    evaluation = run_summary(trainer)["evaluations"]["heldout"]
+    assert evaluation == {"tag": "epoch=1", "accuracy": 0.5, "report": str(tmp_path / "eval" / "epoch=1" /
+                                                                          "report.json"),
+                          "weakest_skill": {"chain": "Algebra -> Linear", "accuracy": 0.25}}
+
+
+@pytest.mark.slow
+def test_a_train_argument_mistake_is_one_line_with_did_you_mean(tmp_path, capsys):
+    """train.py's parser errors go through the stage commands' path (skill_distill.cli_errors): one line, exit 2."""
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("model:\n  lerning_rate: 1.0\n")
+    config = ["fit", "--config", str(REPO / "configs" / "quickstart.yaml")]
+    cases = [(["--trainer.max_step=2"], "error: unrecognized arguments: --trainer.max_step=2; did you mean "
+                                        "--trainer.max_steps? (every option: python train.py fit --help)"),
+             (["--config", str(typo)], "error: Subcommand 'fit' does not accept option 'model.lerning_rate'; did you "
+                                       "mean model.learning_rate? (every option: python train.py fit --help)")]
+    for args, expected in cases:
+        with pytest.raises(SystemExit) as stop:
+            train.main([*config, *args])
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1:] == [expected]

@@ -87,7 +87,12 @@ def _engine_core_main(*args, **kwargs):
 
     from skill_distill.process_lifetime import die_with_parent
 
-    die_with_parent()
+    # its own process group, killed whole when the parent dies: the core's workers (VLLM::Worker) watch only the
+    # core, and outlived a killed parent by half a minute. A short poll: vLLM replaces the SIGTERM handler the
+    # parent-death signal would run, so the watchdog is what kills the group (and then multiprocessing's resource
+    # tracker, which waits for every holder of its pipe, can end too)
+    die_with_parent(kill_group=True, poll_s=0.1)
+    _rendezvous_without_files()  # this module was imported afresh in the spawned core
     # in a spawned core this module was imported afresh, so the class holds vLLM's own entry again
     original = _ORIGINAL_ENGINE_CORE_MAIN or EngineCoreProc.run_engine_core
     return original(*args, **kwargs)
@@ -109,6 +114,27 @@ def _guard_engine_core() -> None:
         return
     _ORIGINAL_ENGINE_CORE_MAIN = current.__func__ if isinstance(current, staticmethod) else current
     EngineCoreProc.run_engine_core = staticmethod(_engine_core_main)
+
+
+def _tcp_rendezvous() -> str:
+    from vllm.utils.network_utils import get_distributed_init_method, get_loopback_ip, get_open_port
+
+    return get_distributed_init_method(get_loopback_ip(), get_open_port())
+
+
+def _rendezvous_without_files() -> None:
+    """vLLM's executors meet their workers through a torch FileStore, ``/tmp/vllm_dist_<uuid>``, which only the
+    last process to close it deletes: a killed engine left one per start. Route them through the loopback TCP store
+    vLLM uses for AITER instead (nothing on disk). No-op if vLLM's layout differs."""
+    import importlib
+
+    for name in ("vllm.v1.executor.uniproc_executor", "vllm.v1.executor.multiproc_executor"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "get_file_store_init_method"):
+            module.get_file_store_init_method = _tcp_rendezvous
 
 
 _MULTIPROCESSING_VAR = "VLLM_ENABLE_V1_MULTIPROCESSING"
@@ -194,6 +220,7 @@ class VLLMBackend(GenerationBackend):
                 # split across scheduler steps; whole-prompt prefill avoids it (GPUs keep chunked prefill)
                 args.setdefault("enable_chunked_prefill", False)
             _guard_engine_core()
+            _rendezvous_without_files()
             with _engine_core_mode(engine_process_for(engine_process, cpu)):
                 self.llm = LLM(**args)
             self.tokenizer = self.llm.get_tokenizer()

@@ -10,11 +10,11 @@ import json
 
 import lightning as L
 import torch
-from kd_step_grads import FullGradCapture
 
 from datamodules import OnPolicyDataModule
 from lightning_modules import OnPolicyModule
 from lightning_modules.distill_loss import DistillationConfig
+from one_step_grads import FullGradCapture
 from skill_distill.generation.rollout import RolloutConfig
 from skill_distill.selection import SelectionConfig
 

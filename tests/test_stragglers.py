@@ -1,0 +1,65 @@
+"""Nothing outlives a killed process (issue 28 §6): kill -9 of a process running a real vLLM engine whose core has a
+process of its own (``engine_process: true``, as on GPUs) leaves no child alive (the engine core, its
+``VLLM::Worker``, multiprocessing's helpers; the guards act within a second) and no ``vllm_dist_*`` rendezvous file
+in its temporary directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_stage_safety import _alive, _cmdline, _descendants, _kill_9_and_wait
+
+REPO = Path(__file__).resolve().parents[1]
+
+_ENGINE_PARENT = """
+import sys, time
+from skill_distill.generation.base import SamplingConfig
+from skill_distill.generation.factory import VLLMConfig, make_backend
+
+if __name__ == "__main__":
+    backend = make_backend(VLLMConfig(model=sys.argv[1], max_model_len=512, engine_process=True))
+    backend.generate(["Count to ten."], SamplingConfig(temperature=0.0, max_new_tokens=8))
+    print("generated", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_kill_9_of_an_engine_process_parent_leaves_no_child_and_no_tmp_file(tmp_path, tiny_qwen3_dir):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    script = tmp_path / "parent.py"
+    script.write_text(_ENGINE_PARENT)
+    env = dict(os.environ, PYTHONPATH=str(REPO), VLLM_CPU_KVCACHE_SPACE="1", TMPDIR=str(tmp))
+    log_path = tmp_path / "parent.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, str(script), str(tiny_qwen3_dir)], cwd=tmp_path, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 400
+        while "generated" not in log_path.read_text():
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the engine did not generate in time"
+            time.sleep(0.5)
+        children = _descendants(proc.pid)
+        names = " | ".join(_cmdline(c) for c in children)
+        assert children, "the engine core runs in a process of its own"
+        # the guards act within 0.1-0.5 s; the bound is generous for a loaded machine (tests assert no timing), yet
+        # far below the 37 s an unguarded VLLM::Worker lived
+        _kill_9_and_wait(proc, children, f"their parent (children: {names})", within_s=10.0)
+        assert sorted(p.name for p in tmp.iterdir() if p.name.startswith("vllm_dist_")) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for c in children:  # stragglers of a failed check are not left to the next test
+            if _alive(c):
+                os.kill(c, signal.SIGKILL)
