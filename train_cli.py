@@ -374,9 +374,40 @@ def setup_logging() -> None:
             logger.propagate = False
 
 
+CLASS_SECTIONS = ("model", "data")
+NULLS = ("null", "~", "None")
+
+
+def nested_nulls_as_dicts(argv: list[str]) -> list[str]:
+    """``--data.selection.max_depth=null`` as ``--data.selection={"max_depth": null}``: in a section whose class a
+    config may choose (LightningCLI's subclass mode), jsonargparse 4.53 refuses a null given for a key of a nested
+    dataclass ("Expected a <class 'int'>") or keeps it as the string "None"; the one-key dict form is merged into
+    the dataclass as expected. Other arguments pass unchanged."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        key, value, used = None, None, 1
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg[2:].split("=", 1)
+        elif arg.startswith("--") and i + 1 < len(argv):
+            key, value, used = arg[2:], argv[i + 1], 2
+        parts = [p for p in (key or "").split(".") if p != "init_args"]
+        if value in NULLS and len(parts) >= 3 and parts[0] in CLASS_SECTIONS:
+            out.append(f"--{'.'.join(parts[:-1])}={json.dumps({parts[-1]: None})}")
+            i += used
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def main(args: list[str] | None = None, run: bool = True) -> SkillCLI:
     global _HELD, _NEW_RUN, _TRAINER
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args is None:  # LightningCLI reads sys.argv itself (and the launched ranks run it again)
+        sys.argv[1:] = nested_nulls_as_dicts(sys.argv[1:])
+    else:
+        args = nested_nulls_as_dicts(list(args))
     SkillArgumentParser.argv = list(sys.argv[1:] if args is None else args)  # a YAML error names its --config file
     setup_logging()
     # dataclass fields document themselves in --help and --print_config through their attribute docstrings

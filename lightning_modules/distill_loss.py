@@ -276,11 +276,6 @@ class DistillationConfig:
     """dtype of the teacher's weights (float32 for exact tests on CPU)."""
 
     def __post_init__(self):
-        # `--model.distillation.teacher=null` reaches a dataclass nested in a class_path section's init_args as the
-        # string "None" (jsonargparse 4 subclass mode; a top-level `--model.x=null` parses to None): read it as unset
-        for name in ("teacher", "teacher_logprobs"):
-            if getattr(self, name) in ("None", "null"):
-                setattr(self, name, None)
         if (self.teacher is None) == (self.teacher_logprobs is None):
             raise ConfigError("model.distillation: set exactly one of teacher (a model beside the student) and "
                               "teacher_logprobs (a directory written by python -m skill_distill teacher-logprobs)")

@@ -130,3 +130,19 @@ def test_a_train_argument_mistake_is_one_line_with_did_you_mean(tmp_path, capsys
             train.main([*config, *args])
         assert stop.value.code == 2
         assert capsys.readouterr().err.strip().splitlines()[-1:] == [expected]
+
+
+def test_a_null_override_of_a_nested_setting_unsets_it(tmp_path, monkeypatch):
+    """``--data.selection.max_depth=null`` (a dataclass inside a class-chosen section) unsets the setting: jsonargparse
+    alone refuses it there ("Expected a <class 'int'>") or keeps the string "None"."""
+    assert train.nested_nulls_as_dicts(["--data.selection.max_depth=null", "--model.distillation.teacher", "~",
+                                        "--data.tree=null", "--trainer.max_epochs", "2"]) == [
+        '--data.selection={"max_depth": null}', '--model.distillation={"teacher": null}', "--data.tree=null",
+        "--trainer.max_epochs", "2"]
+    monkeypatch.chdir(tmp_path)
+    cli = train.main(["--config", str(REPO / "configs" / "quickstart.yaml"),
+                      f"--trainer.default_root_dir={tmp_path / 'run'}", "--data.selection.max_depth=3",
+                      "--data.selection.only_skill=Algebra", "--data.selection.budget=50",
+                      "--data.selection.max_depth=null", "--data.selection.only_skill", "null"], run=False)
+    selection = cli.datamodule.selection
+    assert selection.max_depth is None and selection.only_skill is None and selection.budget == 50
