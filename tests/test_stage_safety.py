@@ -278,6 +278,15 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _wait_for_log(proc, log_path: Path, marker: str, within_s: float, what: str) -> None:
+    """Until ``proc``'s log holds ``marker``; fails with the log's tail if ``proc`` exits first."""
+    deadline = time.monotonic() + within_s
+    while marker not in log_path.read_text():
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.5)
+
+
 def _kill_9_and_wait(proc, children, who: str, within_s: float = 10.0) -> None:
     """kill -9 ``proc``, then give its ``children`` ``within_s`` seconds to die with it; fail naming any alive."""
     proc.send_signal(signal.SIGKILL)
@@ -380,11 +389,8 @@ def test_kill_9_during_generate_in_subprocess_leaves_no_child_alive(tmp_path, ti
         proc = subprocess.Popen([sys.executable, "-c", _GENERATING_PARENT, str(tiny_qwen3_dir)], cwd=tmp_path, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 300
-            while "init engine (profile, create kv cache, warmup model) took" not in log_path.read_text():
-                assert proc.poll() is None, log_path.read_text()[-3000:]
-                assert time.monotonic() < deadline, "the engine did not start in time"
-                time.sleep(0.5)
+            _wait_for_log(proc, log_path, "init engine (profile, create kv cache, warmup model) took", 300,
+                          "the engine did not start in time")
             time.sleep(2)
             children = _descendants(proc.pid)
             names = " | ".join(_cmdline(c) for c in children)

@@ -9,11 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from test_stage_safety import _alive, _cmdline, _descendants, _kill_9_and_wait
+from test_stage_safety import _alive, _cmdline, _descendants, _kill_9_and_wait, _wait_for_log
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,11 +44,7 @@ def test_kill_9_of_an_engine_process_parent_leaves_no_child_and_no_tmp_file(tmp_
                                 stdout=log, stderr=subprocess.STDOUT)
     children: set[int] = set()
     try:
-        deadline = time.monotonic() + 400
-        while "generated" not in log_path.read_text():
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the engine did not generate in time"
-            time.sleep(0.5)
+        _wait_for_log(proc, log_path, "generated", 400, "the engine did not generate in time")
         children = _descendants(proc.pid)
         names = " | ".join(_cmdline(c) for c in children)
         assert children, "the engine core runs in a process of its own"
