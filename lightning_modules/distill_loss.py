@@ -122,12 +122,14 @@ def _forward_kl_chunk(logits, targets, teacher_logp, alpha, tau):
     log_q = logits - log_z[:, None] if tau == 1 else torch.log_softmax(logits / tau, dim=-1)
     p = teacher_logp.exp()
     d = (torch.xlogy(p, p) - p * log_q).sum()
-    g = log_q.exp_().sub_(p).mul_((1 - alpha) * tau)  # (1 - alpha) tau (q_tau - p_T), in log_q's memory
-    if alpha:
-        if tau == 1:
-            g.add_(torch.exp(logits - log_z[:, None]), alpha=alpha)
-        else:
+    q = log_q.exp_()  # in log_q's memory
+    if tau == 1:  # q is softmax(z) itself: alpha q + (1 - alpha) (q - p_T) = q - (1 - alpha) p_T
+        g = q.sub_(p, alpha=1 - alpha)
+    else:
+        g = q.sub_(p).mul_((1 - alpha) * tau)
+        if alpha:
             g.add_(torch.softmax(logits, dim=-1), alpha=alpha)
+    if alpha:
         g[rows, targets] -= alpha
     return alpha * ce + (1 - alpha) * tau * tau * d, ce, d, g
 

@@ -56,7 +56,8 @@ def assert_all_close(got, expected):
 
 
 @pytest.mark.parametrize("kind,beta", [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.1)])
-@pytest.mark.parametrize("alpha,tau,chunk,bias", [(0.0, 1.0, 5, False), (0.3, 2.0, 8, True), (0.5, 0.7, 1000, False)])
+@pytest.mark.parametrize("alpha,tau,chunk,bias", [(0.0, 1.0, 5, False), (0.5, 1.0, 7, True), (0.3, 2.0, 8, True),
+                                                (0.5, 0.7, 1000, False)])
 def test_in_process_teacher_equals_the_dense_reference(kind, beta, alpha, tau, chunk, bias):
     states, weight, b, targets, teacher = inputs(bias=bias)
     teacher_logits = F.linear(teacher.states, teacher.weight)
