@@ -286,3 +286,34 @@ def test_a_fit_with_a_teacher_reports_the_per_skill_kl_beside_accuracy(tmp_path,
     # every epoch: epoch 0 logged only (every_n_epochs=2), epoch 1 in the report as well
     assert len(logged) == 2 and logged[-1] == pytest.approx(divergence["kl"])
     assert any(r.get("eval/heldout/acc") for r in rows)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_two_fsdp2_ranks_give_the_one_process_held_out_kl(tmp_path, tiny_qwen3_dir, teacher_dir):
+    """``held_out_divergence`` under ModelParallelStrategy (FSDP2, 2 gloo ranks, each scoring its share of the
+    held-out slice, the per-example sums gathered) equals the one-process value per skill, to 1e-5."""
+    import os
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "scripts"))
+    import heldout_kl_ranks
+
+    import launch
+
+    common = ["--student", str(tiny_qwen3_dir), "--teacher", str(teacher_dir)]
+    heldout_kl_ranks.main([*common, "--run_dir", str(tmp_path / "one"), "--out", str(tmp_path / "one.json")])
+    env = launch.script_env(launch.free_port(), PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests' / 'scripts'}")
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "heldout_kl_ranks.py"), *common,
+                           "--run_dir", str(tmp_path / "two"), "--out", str(tmp_path / "two.json"), "--devices", "2"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two"))
+    assert one["kl"] > 0.01 and one["examples"] >= 4 and len(one["skills"]) >= 2
+    assert (two["examples"], two["tokens"]) == (one["examples"], one["tokens"])
+    assert two["kl"] == pytest.approx(one["kl"], rel=1e-5, abs=1e-5)
+    assert [r["chain"] for r in two["skills"]] == [r["chain"] for r in one["skills"]]
+    for a, b in zip(one["skills"], two["skills"], strict=True):
+        assert (b["examples"], b["kl"]) == (a["examples"], pytest.approx(a["kl"], rel=1e-5, abs=1e-5)), a["chain"]
