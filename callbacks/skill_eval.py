@@ -511,6 +511,47 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
         out["seconds"] = round(time.time() - t0, 1)
         return out
 
+    def held_out_sample_divergence(self, trainer, run: EvaluationRun) -> dict | None:
+        """On-policy runs (a module with a rollout engine and a teacher): the per-skill mean per-token KL(student ||
+        teacher) on the student's own held-out samples, those this evaluation just generated (``run.records``),
+        aggregated like ``held_out_divergence`` (``summarize_divergence``; a problem's value pools the tokens of its
+        samples). None for other modules, without a ``heldout`` set, or when the student is sharded: this runs in
+        the report writer, on rank 0 alone, and an FSDP2 forward is a collective (logged once)."""
+        pl_module = trainer.lightning_module
+        teacher = getattr(pl_module, "teacher", None)
+        if teacher is None or not hasattr(pl_module, "rollout") or HELDOUT not in run.summaries:
+            return None
+        if any(hasattr(p, "full_tensor") for p in pl_module.model.parameters()):
+            log.warning("held-out KL on the student's samples skipped: the student is FSDP2-sharded and the report "
+                        "writer runs on rank 0 alone")
+            return None
+        from lightning_modules.lm_loss import default_chunk_size
+        from skill_distill.assets import load_tokenizer
+        from skill_distill.evaluation import summarize_divergence
+
+        ev = self.evaluation
+        heldout = next(b for b in ev.loaded if b.name == HELDOUT)
+        records = [r for r in run.records if r["benchmark"] == HELDOUT]
+        config = pl_module.distillation
+        chunk = config.chunk_size or default_chunk_size(pl_module.model.config.hidden_size)
+        dm = getattr(trainer, "datamodule", None)
+        per_batch = getattr(dm, "val_micro_batch_size", 4)
+        t0 = time.time()
+        training = pl_module.training
+        pl_module.eval()
+        try:
+            per_problem = score_own_samples(
+                pl_module.model, teacher, load_tokenizer(pl_module.tokenizer_name), heldout, records,
+                ev.prompt["instruction"], ev.prompt["enable_thinking"], ev.skill_format, ev.tree, chunk, per_batch,
+                pl_module.device)
+        finally:
+            pl_module.train(training)
+        out = summarize_divergence(per_problem, heldout.chains, heldout.tree, ev.grading.confidence,
+                                   ev.grading.bootstrap_resamples)
+        out.update(direction=SAMPLE_DIVERGENCE_DIRECTION, unit="nats per sampled token, mean over problems",
+                   samples=len(records), seconds=round(time.time() - t0, 1))
+        return out
+
     def _write(self, trainer, run: EvaluationRun, divergence: dict | None = None) -> dict:
         from skill_distill import console
         from skill_distill.evaluation import add_divergence, flat_metrics, publish_report
@@ -535,6 +576,9 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
                 "timings": run.timings, "training": last_step_metrics(trainer)}
         if divergence is not None:
             add_divergence(run.summaries[HELDOUT], divergence)
+        samples_divergence = self.held_out_sample_divergence(trainer, run)
+        if samples_divergence is not None:
+            add_divergence(run.summaries[HELDOUT], samples_divergence, key=SAMPLE_DIVERGENCE, row_key="sample_kl")
         # printed, not logged: training leaves the root logger unconfigured, so INFO records never showed
         lines = [f"{n}: {console.accuracy_text(s['accuracy'])} over {s['problems']} problems"
                  + (f"; {console.weakest_text(s['skills'])}" if s.get("skills") else "")
@@ -542,6 +586,9 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
         if divergence is not None and divergence["kl"] is not None:
             lines.append(f"{HELDOUT}: {divergence['direction']} {divergence['kl']:.4f} nats per token over "
                          f"{divergence['examples']} teacher traces")
+        if samples_divergence is not None and samples_divergence["kl"] is not None:
+            lines.append(f"{HELDOUT}: {samples_divergence['direction']} {samples_divergence['kl']:.4f} nats per token "
+                         f"over the student's samples of {samples_divergence['examples']} problems")
         report = publish_report(run.out_dir, ev.loaded, run.records, run.summaries, meta, baseline=baseline,
                                 emphasised=emphasised, title=f"skill evaluation {tag}", lines=lines, t0=run.t0)
         write_history(root)  # every evaluation so far, one chart per set
@@ -552,6 +599,48 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
         self.last_report = report
         self.reports[tag] = str(RunLayout.report(root, tag))
         return report
+
+
+SAMPLE_DIVERGENCE = "sample_divergence"
+"""The key of a set summary's KL on the student's own samples (on-policy runs), beside ``divergence``."""
+SAMPLE_DIVERGENCE_DIRECTION = "KL(student || teacher)"
+
+
+def score_own_samples(student, teacher, tokenizer, heldout, records: list[dict], instruction: str | None,
+                      enable_thinking: bool, skill_format, tree, chunk_size: int, examples_per_batch: int,
+                      device) -> dict[str, tuple[float, int]]:
+    """``problem id -> (sum over its samples' completion tokens of KL(student || teacher), tokens)``: each evaluation
+    record's completion text, tokenised after the prompt the evaluation rendered for it (``user_turn`` and
+    ``render_prompt``, as ``evaluation.evaluate_model``), scored chunk by chunk by ``FrozenTeacher.example_divergence``
+    in packed micro-batches of ``examples_per_batch`` samples. Empty completions are left out."""
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    from datamodules.batching import SFTCollator
+    from skill_distill.batch_contract import build_example
+    from skill_distill.formatting import DEFAULT_INSTRUCTION, render_prompt, user_turn
+
+    prompts: dict[int, list[int]] = {}
+    examples, owner = [], {}
+    for r in records:
+        completion = tokenizer(r["text"] or "", add_special_tokens=False)["input_ids"]
+        if not completion:
+            continue
+        index = r["index"]
+        if index not in prompts:
+            user = user_turn(heldout.problems[index].problem, instruction or DEFAULT_INSTRUCTION, skill_format, tree)
+            prompts[index] = tokenizer(render_prompt(tokenizer, user, enable_thinking),
+                                       add_special_tokens=False)["input_ids"]
+        key = f"{index}/{r['sample']}"
+        examples.append(build_example(key, prompts[index], completion, 1 << 62))  # every completion token scored
+        owner[key] = heldout.problems[index].id
+    per_problem: dict[str, tuple[float, int]] = {}
+    for start in range(0, len(examples), examples_per_batch):
+        batch = SFTCollator(0, packing=True).collate(examples[start:start + examples_per_batch])
+        scored = teacher.example_divergence(student, move_data_to_device(batch, device), "reverse_kl", chunk_size)
+        for key, (total, n) in scored.items():
+            was = per_problem.get(owner[key], (0.0, 0))
+            per_problem[owner[key]] = (was[0] + total, was[1] + n)
+    return per_problem
 
 
 def last_step_metrics(trainer) -> dict[str, float]:

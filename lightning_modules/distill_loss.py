@@ -115,13 +115,19 @@ def _forward_kl_chunk(logits, targets, teacher_logp, alpha, tau):
     """(loss sum, CE sum, D sum, d loss / d logits) of one chunk for forward KL against full teacher logits, in
     closed form: d/dz [alpha CE + (1 - alpha) tau^2 KL(p_T || q_tau)] = alpha (softmax(z) - onehot(y)) +
     (1 - alpha) tau (q_tau - p_T). Autograd through ``_chunk_loss`` runs about 15 vocabulary-wide kernels per chunk
-    for this; these are 6, and they made the KD step 2.83x an SFT step's time (benchmarks/bench_distillation.py)."""
+    for this, which made the KD step 2.83x an SFT step's time (benchmarks/bench_distillation.py). Here: one fused
+    log-softmax of the student, KL = sum p_T (log p_T - log q) as one batched dot product, CE gathered from log q
+    (at tau 1), the gradient built in log q's memory; ``teacher_logp`` (finite: an in-process teacher's
+    log-softmax) is overwritten."""
     rows = torch.arange(logits.shape[0], device=logits.device)
-    log_z = torch.logsumexp(logits, dim=-1)
-    ce = (log_z - logits[rows, targets]).sum()
-    log_q = logits - log_z[:, None] if tau == 1 else torch.log_softmax(logits / tau, dim=-1)
+    log_q = torch.log_softmax(logits if tau == 1 else logits / tau, dim=-1)
+    if tau == 1:
+        ce = -log_q[rows, targets].sum()
+    else:
+        ce = (torch.logsumexp(logits, dim=-1) - logits[rows, targets]).sum()
     p = teacher_logp.exp()
-    d = (torch.xlogy(p, p) - p * log_q).sum()
+    # sum_v p (log p - log q) per row, as a (rows x 1 x V) @ (rows x V x 1) product: one pass, no product tensor
+    d = torch.bmm(p.unsqueeze(1), teacher_logp.sub_(log_q).unsqueeze(2)).sum()
     q = log_q.exp_()  # in log_q's memory
     if tau == 1:  # q is softmax(z) itself: alpha q + (1 - alpha) (q - p_T) = q - (1 - alpha) p_T
         g = q.sub_(p, alpha=1 - alpha)
@@ -151,7 +157,8 @@ class _ChunkedDistillation(torch.autograd.Function):
             with torch.no_grad():
                 if isinstance(teacher, TeacherLogits):
                     t_logits = F.linear(teacher.states[rows], teacher.weight, teacher.bias).float()
-                    teacher_logp, teacher_ids = torch.log_softmax(t_logits / tau, dim=-1), None
+                    teacher_logp = torch.log_softmax(t_logits if tau == 1 else t_logits / tau, dim=-1)
+                    teacher_ids = None
                     del t_logits
                 else:
                     teacher_ids = teacher.ids[rows].long()
@@ -172,8 +179,11 @@ class _ChunkedDistillation(torch.autograd.Function):
             g = g_logits.to(weight.dtype)
             if g_states is not None:
                 g_states[rows] = g @ weight
-            if g_weight is not None:  # accumulated in fp32 whatever the weight's dtype
-                g_weight.add_(g.t() @ h)
+            if g_weight is not None:  # accumulated in fp32 whatever the weight's dtype, without a temporary
+                if g.dtype == torch.float32 and h.dtype == torch.float32:
+                    g_weight.addmm_(g.t(), h)
+                else:
+                    g_weight.add_(g.t() @ h)
             if g_bias is not None:
                 g_bias.add_(g_logits.sum(0))
             del g_logits, g

