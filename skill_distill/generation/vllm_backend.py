@@ -68,7 +68,10 @@ def guided_list_schema(allowed: Sequence[str]) -> dict:
 def quiet_vllm_logs() -> None:
     """vLLM logs about a hundred INFO lines per engine start: keep warnings and errors only, unless the user set
     ``VLLM_LOGGING_LEVEL`` (child processes inherit the variable; the logger of an already imported vLLM is set
-    too)."""
+    too). The warnings that carry nothing to act on are dropped as well (``console.quiet_library_noise``)."""
+    from skill_distill.console import quiet_library_noise
+
+    quiet_library_noise()
     if "VLLM_LOGGING_LEVEL" in os.environ:
         return
     os.environ["VLLM_LOGGING_LEVEL"] = "WARNING"
