@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> None:
         print("usage: python -m skill_distill <stage> [--config FILE] [--help]\n\nstages:\n" + "\n".join(lines))
         raise SystemExit(0 if argv and argv[0] in {"-h", "--help"} else 2)
     module, func, _ = STAGES[argv[0]]
+    if argv[0] == "run":  # --profile.sampling.max_new_tokens=512 keeps the section's other keys
+        from skill_distill.project import nested_section_overrides
+
+        argv = [argv[0], *nested_section_overrides(argv[1:])]
     from jsonargparse import CLI, set_parsing_settings
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
