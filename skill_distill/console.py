@@ -37,6 +37,10 @@ QUIET_LOG_LINES: tuple[tuple[str, str, str], ...] = (
     ("vllm.v1.worker.cpu_worker", "CPU backend doesn't allow to use `torch.set_num_threads`",
      "the engine binds its own threads (VLLM_CPU_OMP_THREADS_BIND); repeated once per request batch"),
     ("vllm.utils.torch_utils", "OMP_NUM_THREADS=", "reports the thread count it keeps"),
+    # a second engine in one process (attribution, then profile, in one `run`)
+    ("vllm.triton_utils.dispatcher", "Kernel ", "a second engine in one process registers vLLM's kernels again"),
+    ("vllm.platforms.interface", "Unknown vLLM environment variable detected: VLLM_DIST_IDENT",
+     "vllm-cpu's first engine set this variable itself; the next one does not recognise it"),
 )
 # (warning category, start of its message, why it is dropped): deprecations inside libraries, not in this code
 QUIET_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
