@@ -49,10 +49,6 @@ def main(argv: list[str] | None = None) -> None:
         print("usage: python -m skill_distill <stage> [--config FILE] [--help]\n\nstages:\n" + "\n".join(lines))
         raise SystemExit(0 if argv and argv[0] in {"-h", "--help"} else 2)
     module, func, _ = STAGES[argv[0]]
-    if argv[0] == "run":  # --profile.sampling.max_new_tokens=512 keeps the section's other keys
-        from skill_distill.project import nested_section_overrides
-
-        argv = [argv[0], *nested_section_overrides(argv[1:])]
     from jsonargparse import CLI, set_parsing_settings
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -63,7 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     from skill_distill.io import ConfigError, DataError, OutputError
 
     quiet_library_noise()
-    fn = getattr(importlib.import_module(module), func)
+    stage_module = importlib.import_module(module)
+    fn = getattr(stage_module, func)
+    if hasattr(stage_module, "prepare_argv"):  # e.g. run: --profile.sampling.max_new_tokens=512 keeps the other keys
+        argv = [argv[0], *stage_module.prepare_argv(argv[1:])]
     StageArgumentParser.argv = argv  # a YAML syntax error names its --config file
     try:  # jsonargparse's CLI over a dict of functions: only the chosen stage's function (and module) is loaded
         # a bad argument is one error line (StageArgumentParser), the same path as train.py's

@@ -502,6 +502,9 @@ def nested_section_overrides(argv: list[str]) -> list[str]:
     return rest
 
 
+prepare_argv = nested_section_overrides  # python -m skill_distill applies a stage module's prepare_argv first
+
+
 def _stage_function(stage: str) -> Callable:
     import importlib
 
