@@ -18,6 +18,7 @@ from lightning_modules import CausalLMModule
 from lightning_modules import run_dir as runs
 from lightning_modules.checkpoint_export import saved_settings
 from skill_distill.cli_errors import OneLineErrors
+from skill_distill.console import quiet_library_noise, take_verbose_flag
 from skill_distill.io import ConfigError, DataError, atomic_write
 from skill_distill.run_layout import RunLayout
 
@@ -363,7 +364,9 @@ def format_summary(s: dict) -> str:
 
 
 def setup_logging() -> None:
-    """The project's own INFO lines (progress, evaluations, checkpoints) on stderr; other libraries keep theirs."""
+    """The project's own INFO lines (progress, evaluations, checkpoints) on stderr; other libraries keep theirs, but
+    for the lines that carry nothing to act on (``skill_distill.console.QUIET_LOG_LINES``; ``--verbose`` keeps them)."""
+    quiet_library_noise()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     for name in PROJECT_LOGGERS:
@@ -405,9 +408,9 @@ def main(args: list[str] | None = None, run: bool = True) -> SkillCLI:
     global _HELD, _NEW_RUN, _TRAINER
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args is None:  # LightningCLI reads sys.argv itself (and the launched ranks run it again)
-        sys.argv[1:] = nested_nulls_as_dicts(sys.argv[1:])
+        sys.argv[1:] = nested_nulls_as_dicts(take_verbose_flag(sys.argv[1:]))
     else:
-        args = nested_nulls_as_dicts(list(args))
+        args = nested_nulls_as_dicts(take_verbose_flag(list(args)))
     SkillArgumentParser.argv = list(sys.argv[1:] if args is None else args)  # a YAML error names its --config file
     setup_logging()
     # dataclass fields document themselves in --help and --print_config through their attribute docstrings

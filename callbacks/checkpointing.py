@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 from weakref import proxy
 
@@ -101,6 +102,11 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
+def _bytes_on_disk(path: Path) -> int:
+    """A checkpoint file's size, or the total of a sharded checkpoint directory's files."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
 def step_seed(base: int, step: int, rank: int) -> int:
     """A seed that depends only on (base seed, optimizer step, global rank)."""
     return int(np.random.SeedSequence([base, step, rank]).generate_state(1)[0])
@@ -162,6 +168,7 @@ class CheckpointDirectory:
             if tmp.exists() or tmp.is_symlink():
                 remove_path(tmp)
         trainer.strategy.barrier()
+        start = time.monotonic()
         error: BaseException | None = None
         try:
             trainer.save_checkpoint(str(tmp), weights_only)  # ends with a barrier: every shard is written
@@ -187,7 +194,9 @@ class CheckpointDirectory:
             raise error
         if trainer.is_global_zero:
             publish_path(tmp, final)
-            log.info("saved checkpoint %s", final)
+            log.info("saved checkpoint of step %d (%s, %s) to %s in %.1f s", trainer.global_step,
+                     "weights" if weights_only else "weights and training state", _gb(_bytes_on_disk(final)), final,
+                     time.monotonic() - start)
         trainer.strategy.barrier()
 
 

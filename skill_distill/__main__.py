@@ -39,7 +39,10 @@ STAGES = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from skill_distill.console import take_verbose_flag
+
+    # --verbose (anywhere): also the library lines skill_distill.console.QUIET_LOG_LINES lists as noise
+    argv = take_verbose_flag(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] not in STAGES:
         width = max(map(len, STAGES))
         lines = [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in STAGES.items()]
@@ -51,10 +54,15 @@ def main(argv: list[str] | None = None) -> None:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
     from skill_distill.cli_errors import StageArgumentParser
+    from skill_distill.console import quiet_library_noise
     from skill_distill.generation.base import GenerationError, GenerationInterrupted
     from skill_distill.io import ConfigError, DataError, OutputError
 
-    fn = getattr(importlib.import_module(module), func)
+    quiet_library_noise()
+    stage_module = importlib.import_module(module)
+    fn = getattr(stage_module, func)
+    if hasattr(stage_module, "prepare_argv"):  # e.g. run: --profile.sampling.max_new_tokens=512 keeps the other keys
+        argv = [argv[0], *stage_module.prepare_argv(argv[1:])]
     StageArgumentParser.argv = argv  # a YAML syntax error names its --config file
     try:  # jsonargparse's CLI over a dict of functions: only the chosen stage's function (and module) is loaded
         # a bad argument is one error line (StageArgumentParser), the same path as train.py's

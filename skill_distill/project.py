@@ -140,6 +140,7 @@ def run_project(
     fit: dict[str, Any] | None = None,
     evaluate: dict[str, Any] | None = None,
     until: Stage | None = None,
+    plan: bool = False,
 ) -> list[StageOutcome]:
     """Run the chain pool -> attribute -> profile -> select-report -> fit -> evaluate from one project config,
     skipping every stage whose settings and inputs are unchanged (docs/OWN_DATA.md).
@@ -164,9 +165,11 @@ def run_project(
             dict merged over it, e.g. ``{trainer: {max_epochs: 1}}``).
         evaluate: Further settings of the evaluate stage (``backend``, ``sampling``, ``grading``, ...).
         until: Stop after this stage.
+        plan: Only parse every section and print what each stage would do (run, resume, rerun or skip); nothing
+            runs and nothing is written (scripts/slurm/pipeline.sh checks a project this way before submitting).
     """
     return project_run(run_dir, data, tree, student, attributor, evaluation, pool, attribute, profile, select, fit,
-                       evaluate).run(until)
+                       evaluate).run(until, plan)
 
 
 def project_run(run_dir: str, data: ProjectData, tree: ProjectTree, student: ProjectStudent,
@@ -328,9 +331,12 @@ class ProjectRun:
         write_json(self.state_path, self.state)
 
     # ---- the chain ------------------------------------------------------------------------------------------
-    def run(self, until: str | None = None) -> list[StageOutcome]:
+    def run(self, until: str | None = None, plan: bool = False) -> list[StageOutcome]:
+        """Run (or with ``plan``, only report) the chain up to ``until``."""
         from skill_distill.console import progress, summary
 
+        if plan:
+            return self._plan(until)
         self.root.mkdir(parents=True, exist_ok=True)
         stop = STAGE_NAMES.index(until) if until else len(STAGE_NAMES) - 1
         for stage in STAGE_NAMES[:stop + 1]:  # every section checked by its stage's parser before anything runs
@@ -378,6 +384,26 @@ class ProjectRun:
                         f"state: {self.state_path}"])
         return outcomes
 
+    def _plan(self, until: str | None) -> list[StageOutcome]:
+        """What ``run`` would do per stage (``would skip``/``would resume``/``would run``/``would rerun``), parsed and
+        keyed as ``run`` does, without running or writing anything."""
+        from skill_distill.console import progress
+
+        stages = STAGE_NAMES[:STAGE_NAMES.index(until) + 1] if until else STAGE_NAMES
+        outcomes, previous, changed = [], "", False
+        for stage in stages:
+            _, _, text = self.parse(stage)
+            previous = key = self.key(stage, text, previous)
+            saved = self.state["stages"].get(stage, {})
+            if saved.get("key") == key and saved.get("done") and not changed:
+                status = "would skip"
+            else:
+                status = ("would resume" if saved.get("key") == key else "would rerun" if saved else "would run")
+                changed = True  # the stages after it run too (run marks them unfinished)
+            progress("run", f"plan: {stage}: {status} (key {key})")
+            outcomes.append(StageOutcome(stage, status))
+        return outcomes
+
     def _run_fit(self, args: dict) -> None:
         import yaml
 
@@ -417,6 +443,66 @@ _FIT_BOOT = (
     "sys.argv = sys.argv[3:]\n"
     "runpy.run_path(sys.argv[0], run_name='__main__')\n"
 )
+
+
+SECTIONS = ("pool", "attribute", "profile", "select", "fit", "evaluate")
+"""The project config's free-form sections: each holds its stage's own settings."""
+
+
+def nested_section_overrides(argv: list[str]) -> list[str]:
+    """The ``run`` command line with every ``--<section>.<key>...=<value>`` merged into that section as the
+    ``--config`` files give it, and passed on as one ``--<section>=<the whole section>``.
+
+    jsonargparse (4.53) sets a nested key of a free-form dict section by replacing the dict above it:
+    ``--pool.draw.size=24`` dropped the config's ``draw.heldout`` and ``draw.seed``, silently, and kept ``"24"`` a
+    string. Here each value is read as YAML (``24`` an int, ``null``, ``[a, b]``) and set inside the section. Other
+    arguments pass unchanged; config files that cannot be read are left to the parser's own error."""
+    import yaml
+
+    configs: list[str] = []
+    overrides: dict[str, list[tuple[list[str], Any]]] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg, used = argv[i], 1
+        key = value = None
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg[2:].split("=", 1)
+        elif arg.startswith("--") and i + 1 < len(argv):
+            key, value, used = arg[2:], argv[i + 1], 2
+        parts = (key or "").split(".")
+        if key == "config":
+            configs.append(value)
+        if len(parts) >= 2 and parts[0] in SECTIONS and all(parts):
+            overrides.setdefault(parts[0], []).append((parts[1:], yaml.safe_load(value)))
+        else:
+            rest += argv[i:i + used]
+        i += used
+    if not overrides:
+        return argv
+    sections: dict[str, Any] = {}
+    for path in configs:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError):
+            return argv  # the parser names the unreadable file
+        for name in SECTIONS:
+            if isinstance(loaded, dict) and name in loaded:
+                sections[name] = loaded[name]  # a later config's section replaces an earlier one's, as in the parser
+    for name, items in overrides.items():
+        section = json.loads(json.dumps(sections.get(name) or {}))  # a deep copy
+        for keys, value in items:
+            node = section
+            for k in keys[:-1]:
+                if not isinstance(node.get(k), dict):
+                    node[k] = {}
+                node = node[k]
+            node[keys[-1]] = value
+        rest.append(f"--{name}={json.dumps(section)}")
+    return rest
+
+
+prepare_argv = nested_section_overrides  # python -m skill_distill applies a stage module's prepare_argv first
 
 
 def _stage_function(stage: str) -> Callable:

@@ -68,12 +68,12 @@ def statuses(outcomes) -> dict[str, str]:
     return {o.name: o.status for o in outcomes}
 
 
-def call(cfg: dict, until: str | None = None):
+def call(cfg: dict, until: str | None = None, plan: bool = False):
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_function_arguments(run_project, as_positional=False)
-    args = parser.instantiate(parser.parse_object({**cfg, "until": until})).as_dict()
+    args = parser.instantiate(parser.parse_object({**cfg, "until": until, "plan": plan})).as_dict()
     return run_project(**args)
 
 
@@ -137,11 +137,17 @@ def test_the_chain_resumes_after_a_kill_skips_what_is_unchanged_and_reruns_from_
     skills = {r["chain"] for r in report["benchmarks"]["heldout"]["metrics"]["skills"]}
     assert skills and skills <= set(CATEGORIES)
 
-    # 3. nothing changed: everything is skipped
+    # 3. nothing changed: everything is skipped (and the plan said so, writing nothing)
+    written = state.stat().st_mtime_ns
+    assert set(statuses(call(cfg, plan=True)).values()) == {"would skip"}
+    assert state.stat().st_mtime_ns == written
     assert set(statuses(call(cfg)).values()) == {"skipped"}
 
     # 4. a changed profile setting reruns the profile and the stages after it, not those before
     changed = project(tmp_path, tiny_qwen3_dir, qwen_tokenizer_dir, max_new_tokens=6)
+    assert statuses(call(changed, plan=True)) == {"pool": "would skip", "attribute": "would skip",
+                                                  **{s: "would rerun" for s in ("profile", "select-report", "fit",
+                                                                                "evaluate")}}
     assert statuses(call(changed, until="select-report")) == {
         "pool": "skipped", "attribute": "skipped", "profile": "rerun", "select-report": "rerun"}
     saved = read_json(state)["stages"]
@@ -156,7 +162,7 @@ def test_the_shipped_example_parses_section_by_section_with_each_stage_parser(tm
     parser = ArgumentParser(exit_on_error=False)
     parser.add_function_arguments(run_project, as_positional=False)
     args = parser.instantiate(parser.parse_path(str(REPO / "configs" / "examples" / "own_data.yaml"))).as_dict()
-    args.pop("until")
+    args.pop("until"), args.pop("plan")
     args["run_dir"] = str(tmp_path / "run")
     runner = project_run(**args)
     parsed = {stage: runner.parse(stage)[1] for stage in runner.sections}
@@ -173,3 +179,77 @@ def test_the_shipped_example_parses_section_by_section_with_each_stage_parser(tm
     (tmp_path / "run" / "pool").mkdir(parents=True)  # a folder this run directory's state does not record
     with pytest.raises(OutputError, match=r"run/pool exists but .*run_state.json does not record it"):
         project_run(**args).run(until="pool")  # the bad profile section is not parsed: the run stops before it
+
+
+# ---- the SLURM pipeline runs the same project config ----------------------------------------------------------------
+@pytest.mark.slow
+def test_the_slurm_pipeline_submits_the_projects_chain_after_parsing_it(tmp_path):
+    """scripts/slurm/pipeline.sh --config PROJECT: one job per stage, each ``run --config PROJECT --until STAGE``,
+    chained afterok; the project is parsed first (``run --plan true``), and a bad one queues nothing. ``sbatch`` (the
+    cluster, the one external service here) is a script that records its arguments and answers a job id."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    for part in ("configs", "scripts/slurm", "data/quickstart"):
+        shutil.copytree(REPO / part, repo / part)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\necho "$@" >> "$SUBMITTED"\nwc -l < "$SUBMITTED" | tr -d " "\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    submitted = tmp_path / "submitted.txt"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SUBMITTED": str(submitted),
+           "PYTHON": sys.executable, "PYTHONPATH": str(REPO)}
+    for script in (repo / "scripts" / "slurm").iterdir():
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0, script
+
+    def pipeline(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "scripts/slurm/pipeline.sh", "--config", "configs/examples/own_data.yaml",
+                               "--run_dir", str(tmp_path / "run"), *args], cwd=repo, env=env, capture_output=True,
+                              text=True, timeout=600)
+
+    stages = ["pool", "attribute", "profile", "select-report", "fit", "evaluate"]
+    dry = pipeline("--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert [f"[run] plan: {s}: would run" for s in stages] == [
+        line.split(" (key")[0] for line in dry.stderr.splitlines() if line.startswith("[run] plan:")]
+    assert not submitted.exists() and not (tmp_path / "run").exists()  # printed only; nothing ran or was written
+
+    done = pipeline()
+    assert done.returncode == 0, done.stderr
+    jobs = submitted.read_text().splitlines()
+    for i, (job, stage) in enumerate(zip(jobs, stages, strict=True)):
+        assert job.endswith(f"scripts/slurm/stage.sbatch run --config configs/examples/own_data.yaml --run_dir "
+                            f"{tmp_path / 'run'} --until {stage}"), job
+        assert (f"--dependency afterok:{i}" in job) == (i > 0), job  # each after the one before
+        assert ("--gpus-per-node 1" in job) == (stage not in ("pool", "select-report")), job
+    assert done.stdout.strip() == "submitted: " + " ".join(f"{s}={i + 1}" for i, s in enumerate(stages))
+
+    submitted.unlink()
+    bad = pipeline("--profile.sampling.max_new_tokenz=3")
+    assert bad.returncode == 2 and "project section 'profile'" in bad.stderr and "max_new_tokenz" in bad.stderr
+    assert not submitted.exists()
+
+
+def test_a_nested_override_keeps_the_other_keys_of_its_section():
+    """``--pool.draw.size=24`` on the run command sets that key only: jsonargparse alone replaced ``pool.draw`` with
+    ``{"size": "24"}``, dropping the config's held-out size and seed (found running the example with overrides)."""
+    from jsonargparse import ArgumentParser
+
+    from skill_distill.project import nested_section_overrides
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_function_arguments(run_project, as_positional=False)
+    parser.add_argument("--config", action="config")
+    example = str(REPO / "configs" / "examples" / "own_data.yaml")
+    argv = ["--config", example, "--pool.draw.size=24", "--profile.sampling.max_new_tokens", "512",
+            "--select.selection.budget=16", "--fit.overrides.trainer.max_steps=3", "--run_dir=/tmp/x"]
+    parsed = parser.parse_args(nested_section_overrides(argv))
+    assert parsed.pool["draw"] == {"size": 24, "heldout": 40, "seed": 42}
+    assert parsed.pool["decontamination"] == {"enabled": False}
+    assert parsed.profile["sampling"] == {"temperature": 0.6, "top_p": 1.0, "max_new_tokens": 512, "n": 1, "seed": 42}
+    assert parsed.profile["backend"]["class_path"] == "VLLMConfig"
+    assert parsed.select["selection"] == {"strategy": "skill", "budget": 16, "seed": 42}
+    assert parsed.fit["overrides"]["trainer"] == {"max_epochs": 1, "max_steps": 3}
+    assert parsed.run_dir == "/tmp/x"
+    untouched = ["--config", example, "--until", "pool"]
+    assert nested_section_overrides(untouched) == untouched

@@ -10,6 +10,12 @@
 #   scripts/slurm/pipeline.sh --dry-run    # print the sbatch commands only
 #   SIZE=4b TRAIN_NODES=2 ATTR_SHARDS=16 scripts/slurm/pipeline.sh
 #
+# Your own project instead (docs/OWN_DATA.md): the chain of `python -m skill_distill run`, one job per stage, each
+# `run --config PROJECT --until STAGE` (the stages before it are skipped as unchanged). Everything but the jobs'
+# resources comes from the project config; it is parsed (`run --plan true`) before anything is submitted:
+#   scripts/slurm/pipeline.sh --config configs/examples/own_data.yaml [--dry-run] [run overrides, e.g. --run_dir x]
+#   GPUS_FIT=8 TIME_PROFILE=48:00:00 scripts/slurm/pipeline.sh --config my_project.yaml
+#
 # Every job is requeue-safe: stages resume their outputs, training resumes from its newest complete checkpoint.
 # A failed job cancels nothing by itself; its dependents stay pending (DependencyNeverSatisfied): fix, then
 # resubmit the failed stage and `scontrol update job=<id> dependency=afterok:<new id>` the next one (or rerun this
@@ -18,7 +24,58 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 DRY=0
-[[ "${1:-}" == "--dry-run" ]] && DRY=1
+PROJECT=
+overrides=()
+while (( $# )); do
+  case "$1" in
+    --dry-run) DRY=1 ;;
+    --config) PROJECT=${2:?--config needs a project config file}; shift ;;
+    *) [[ -n "$PROJECT" ]] || { echo "unknown argument $1 (--dry-run, or --config PROJECT [overrides])" >&2; exit 2; }
+       overrides+=("$1") ;;
+  esac
+  shift
+done
+PYTHON=${PYTHON:-.venv/bin/python}
+
+n=0
+submit() {  # submit NAME DEPENDENCY SBATCH_ARGS... -> prints the job id
+  local name=$1 dep=$2
+  shift 2
+  local args=(--parsable --job-name "sd-$name")
+  [[ -n "$dep" ]] && args+=(--dependency "afterok:$dep" --kill-on-invalid-dep=no)
+  if (( DRY )); then
+    n=$((n + 1))
+    echo "sbatch ${args[*]} $*" >&2
+    echo "<$name>"
+  else
+    sbatch "${args[@]}" "$@"
+  fi
+}
+STAGE=scripts/slurm/stage.sbatch
+
+if [[ -n "$PROJECT" ]]; then
+  [[ -f "$PROJECT" ]] || { echo "project config $PROJECT does not exist" >&2; exit 2; }
+  # parsed section by section and keyed as the jobs will: a bad key stops here, before any job is queued
+  "$PYTHON" -m skill_distill run --config "$PROJECT" "${overrides[@]}" --plan true >&2 || exit 2
+  mkdir -p logs
+  prev=""
+  ids=()
+  for stage in $("$PYTHON" -c 'from skill_distill.project import STAGE_NAMES; print(*STAGE_NAMES)'); do
+    var=${stage//-/_}
+    case $stage in  # a job's resources: GPUS_<STAGE>, CPUS_<STAGE>, TIME_<STAGE> (select-report: _select_report)
+      pool|select-report) gpus=0 ;;
+      *) gpus=1 ;;  # fit: GPUS_FIT=8 for a training config on 8 GPUs
+
+    esac
+    gpus_var=GPUS_${var^^}; cpus_var=CPUS_${var^^}; time_var=TIME_${var^^}
+    res=(--cpus-per-task "${!cpus_var:-16}" --time "${!time_var:-24:00:00}")
+    (( ${!gpus_var:-$gpus} )) && res+=(--gpus-per-node "${!gpus_var:-$gpus}")
+    prev=$(submit "$stage" "$prev" "${res[@]}" $STAGE run --config "$PROJECT" "${overrides[@]}" --until "$stage")
+    ids+=("$stage=$prev")
+  done
+  echo "submitted: ${ids[*]}"
+  exit 0
+fi
 
 SIZE=${SIZE:-8b}                   # the student: 4b | 8b
 TRAIN_NODES=${TRAIN_NODES:-1}      # 1: the paper's effective batch 8; 2: batch 16 (see configs/runs/*_2node.yaml)
@@ -52,22 +109,6 @@ if (( ${#missing[@]} )); then
 fi
 mkdir -p logs
 
-n=0
-submit() {  # submit NAME DEPENDENCY SBATCH_ARGS... -> prints the job id
-  local name=$1 dep=$2
-  shift 2
-  local args=(--parsable --job-name "sd-$name")
-  [[ -n "$dep" ]] && args+=(--dependency "afterok:$dep" --kill-on-invalid-dep=no)
-  if (( DRY )); then
-    n=$((n + 1))
-    echo "sbatch ${args[*]} $*" >&2
-    echo "<$name>"
-  else
-    sbatch "${args[@]}" "$@"
-  fi
-}
-
-STAGE=scripts/slurm/stage.sbatch
 TRAIN=scripts/slurm/train.sbatch
 pool=$(submit pool "" --cpus-per-task 16 --mem 128G --time 4:00:00 \
   $STAGE pool --config "$POOL_CONFIG")

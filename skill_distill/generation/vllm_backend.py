@@ -67,16 +67,19 @@ def guided_list_schema(allowed: Sequence[str]) -> dict:
 
 def quiet_vllm_logs() -> None:
     """vLLM logs about a hundred INFO lines per engine start: keep warnings and errors only, unless the user set
-    ``VLLM_LOGGING_LEVEL`` (child processes inherit the variable; the logger of an already imported vLLM is set
-    too)."""
+    ``VLLM_LOGGING_LEVEL`` (child processes inherit the variable; vLLM's logger in this process is set too). The
+    warnings that carry nothing to act on are dropped as well (``console.quiet_library_noise``)."""
+    from skill_distill.console import quiet_library_noise
+
+    quiet_library_noise()
     if "VLLM_LOGGING_LEVEL" in os.environ:
         return
     os.environ["VLLM_LOGGING_LEVEL"] = "WARNING"
     import logging
-    import sys
 
-    if "vllm" in sys.modules:
-        logging.getLogger("vllm").setLevel(logging.WARNING)
+    # also before vLLM is imported: it logs INFO lines at import, before it configures its logger from the variable,
+    # and a stage that set up the root logger at INFO (attribution) printed them
+    logging.getLogger("vllm").setLevel(logging.WARNING)
 
 
 def _engine_core_main(*args, **kwargs):
