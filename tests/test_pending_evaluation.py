@@ -119,9 +119,10 @@ def _metric_rows(run: Path, key: str) -> list[tuple[int, str]]:
 
 
 def _stable(report: dict) -> dict:
-    """A report without what a rerun cannot repeat (how long it took)."""
+    """A report without what a rerun cannot repeat (when it was made, how long it took)."""
     if isinstance(report, dict):
-        return {k: _stable(v) for k, v in report.items() if k != "timings" and not k.endswith(("time_s", "seconds"))}
+        return {k: _stable(v) for k, v in report.items()
+                if k not in ("timings", "created") and not k.endswith(("time_s", "seconds"))}
     if isinstance(report, list):
         return [_stable(v) for v in report]
     return report
@@ -135,6 +136,7 @@ def _callback_state(ckpt: Path, prefix: str) -> dict:
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 @pytest.mark.vllm
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # three train.py runs, four evaluations; over 15 minutes on a shared, loaded 2-core machine
 def test_kill_9_during_the_epoch_end_evaluations_redoes_them_without_retraining(tmp_path, tiny_qwen3_dir):
     """One run killed three times over: (1) by itself right after epoch 0's evaluation finished and logged, before
     the epoch-end checkpoint; (2) with kill -9 while the last epoch's evaluation starts, with grader workers and a
@@ -242,6 +244,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # three closed-loop runs (6.5 minutes seen on a loaded 2-core machine)
 def test_kill_9_after_the_reprofile_redoes_it_and_trains_on_the_same_selection(tmp_path, qwen_tokenizer_dir):
     """A closed-loop run killed right after epoch 0's re-profile and re-selection, before the epoch-end checkpoint,
     resumes from the checkpoint taken before the re-profile: it re-profiles (nothing would, had that checkpoint not
