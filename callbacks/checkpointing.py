@@ -37,13 +37,39 @@ def _root_cause(error: BaseException) -> BaseException:
         error = inner
 
 
+class EpochEndEvaluation:
+    """A callback that evaluates the trained weights in its ``on_train_epoch_end`` (``SkillEvalCallback``,
+    ``ReselectionCallback``). Before the first of them runs, ``ResumableCheckpoint.save_before_evaluations`` asks each
+    to mark what it will run at this epoch end as pending and checkpoints the trained weights with those marks, so a
+    run killed during an evaluation (kill -9, the OOM killer) resumes from that checkpoint and runs the pending
+    evaluations first instead of training the epoch again."""
+
+    def mark_pending_at_epoch_end(self, trainer) -> bool:
+        """Record the evaluation this callback runs at the end of the current epoch as pending (its checkpointed
+        state); False when it runs none at this epoch end."""
+        raise NotImplementedError
+
+    def pending_metrics_prefix(self) -> str | None:
+        """The prefix of the metrics a pending evaluation logs (``eval/``), None when nothing is pending: a resume
+        that redoes it drops what an earlier attempt logged of it at the checkpoint's step."""
+        raise NotImplementedError
+
+
 def cut_logs_to_checkpoint(trainer) -> None:
-    """A resumed run redoes the steps after its checkpoint (``trainer.global_step`` once restored): loggers that
-    can (``RunCSVLogger.resume_at``) drop what an earlier attempt logged after it, before the first step logs."""
+    """A resumed run redoes the steps after its checkpoint (``trainer.global_step`` once restored), and the
+    evaluations its checkpoint marks pending: loggers that can (``RunCSVLogger.resume_at``) drop what an earlier
+    attempt logged of them, before the first redone step or evaluation logs."""
     if trainer.is_global_zero:
+        redone = tuple(prefix for cb in trainer.callbacks if isinstance(cb, EpochEndEvaluation)
+                       for prefix in [cb.pending_metrics_prefix()] if prefix)
         for logger in trainer.loggers:
             if callable(getattr(logger, "resume_at", None)):
-                logger.resume_at(trainer.global_step)
+                logger.resume_at(trainer.global_step, redone)
+
+
+def resumable_checkpoint(trainer) -> ResumableCheckpoint | None:
+    """The run's ``ResumableCheckpoint`` (None when it has none: nothing is checkpointed)."""
+    return next((cb for cb in trainer.callbacks if isinstance(cb, ResumableCheckpoint)), None)
 
 
 def project_classes(*objects) -> set[type]:
@@ -143,7 +169,8 @@ class CheckpointDirectory:
         trainer.strategy.barrier()
 
     def save(self, trainer, weights_only: bool = False) -> Path:
-        """Write the current step (temporary -> publish -> link -> rotate) and return its path."""
+        """Write the current step (temporary -> publish -> link -> rotate; an earlier checkpoint of the same step is
+        replaced) and return its path."""
         final = self.path_for(trainer.global_step)
         before = list(self.kept)
         # the list the checkpoint records already names itself and no longer names what it rotates out
@@ -229,6 +256,12 @@ class ResumableCheckpoint(Checkpoint, StopSaver):
     - Everything else that resumes (model, optimizer, LR scheduler, loop counters and the data loader position,
       callback states such as evaluation history) is in the checkpoint through Lightning.
 
+    - Epoch-end evaluations (``EpochEndEvaluation``: ``SkillEvalCallback``, ``ReselectionCallback``'s re-profile) are
+      preceded by a checkpoint of the trained weights whose callback states mark them pending
+      (``save_before_evaluations``); the epoch-end save after them replaces it with one where nothing is pending. A
+      run killed during an evaluation resumes from the first: it runs the pending evaluations (same tags, reports and
+      re-selection) and goes on with the next epoch, instead of training the epoch again. What the killed attempt had
+      logged of them at that step is dropped first (``resume_logs``), so each appears once in the history.
     - A failed save (e.g. a full disk) removes its temporary and stops the run with one line naming the directory
       and the space a checkpoint needs; the previous checkpoint stays the resume point.
     - The trainer settings a resume may not change (epochs, steps, accumulation) are kept in this callback's state
@@ -262,6 +295,8 @@ class ResumableCheckpoint(Checkpoint, StopSaver):
         self.last_model_path = ""  # the newest checkpoint this run saved (as on ModelCheckpoint, for loggers)
         self._kept: list[str] = []  # restored before setup when resuming
         self._last_step_saved = -1
+        self._saved_before_evaluations: tuple[int, int] | None = None  # (epoch, step) of this epoch end's pending save
+        self._logs_cut = False
 
     # ---- checkpointed state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -274,6 +309,7 @@ class ResumableCheckpoint(Checkpoint, StopSaver):
 
     # ---- hooks ----------------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
+        self._logs_cut = False
         self.directory = CheckpointDirectory(RunLayout.of(trainer), self.keep_last)
         self.directory.kept = list(self._kept)
         self.dirpath = str(self.directory.dirpath)
@@ -298,6 +334,15 @@ class ResumableCheckpoint(Checkpoint, StopSaver):
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.ckpt_path:  # the checkpoint we resumed from is this step's: do not write it again
             self._last_step_saved = trainer.global_step
+            self.resume_logs(trainer)
+
+    def resume_logs(self, trainer) -> None:
+        """Once per resumed fit, before anything is redone: drop what the earlier attempt logged after the checkpoint
+        (``cut_logs_to_checkpoint``). The evaluation callbacks call it before redoing a pending evaluation, which
+        happens in their ``on_train_start`` (before this callback's, which Lightning runs last) or, resumed at the
+        last epoch's end, in their ``on_fit_end``."""
+        if trainer.ckpt_path and not self._logs_cut:
+            self._logs_cut = True
             cut_logs_to_checkpoint(trainer)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -328,9 +373,32 @@ class ResumableCheckpoint(Checkpoint, StopSaver):
         n = self.every_n_train_steps
         return n >= 1 and trainer.global_step % n == 0  # (save() skips a step already saved)
 
+    def save_before_evaluations(self, trainer) -> str | None:
+        """At an epoch end, before its first evaluation (a collective: every ``EpochEndEvaluation`` calls it first
+        thing in its ``on_train_epoch_end``, on every rank): every evaluation due now is marked pending
+        (``mark_pending_at_epoch_end``) and the trained weights are checkpointed with those marks. Once per epoch end;
+        the epoch-end save then replaces this checkpoint. Returns its path (None: nothing due, or no epoch-end saves).
+
+        Placed before every epoch-end callback without the marks, the checkpoint would make a resumed run skip the
+        evaluations (nothing would say they are still to run), the re-profile and its re-selection included."""
+        key = (trainer.current_epoch, trainer.global_step)
+        if not self.save_on_epoch_end or self._saved_before_evaluations == key:
+            return None
+        self._saved_before_evaluations = key
+        due = [cb for cb in trainer.callbacks
+               if isinstance(cb, EpochEndEvaluation) and cb.mark_pending_at_epoch_end(trainer)]
+        if not due:
+            return None
+        path = self.save(trainer, again=True)
+        if path and trainer.is_global_zero:
+            log.info("checkpoint of the trained weights before the epoch-end evaluations (%s pending): %s",
+                     ", ".join(type(cb).__name__ for cb in due), path)
+        return path
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.save_on_epoch_end or self._step_save_due(trainer):
-            self.save(trainer)
+            # replaces this step's checkpoint taken before the evaluations: nothing is pending now
+            self.save(trainer, again=self._saved_before_evaluations == (trainer.current_epoch, trainer.global_step))
         # a signal that came during this epoch's end (an evaluation) stops here, on the weights it recorded as
         # pending; after the last epoch the run finishes instead (final checkpoint and export in on_train_end)
         if not is_final_epoch(trainer):
@@ -353,12 +421,14 @@ class ResumableCheckpoint(Checkpoint, StopSaver):
         self.save(trainer)
 
     # ---- saving ---------------------------------------------------------------------------------------
-    def save(self, trainer) -> str | None:
+    def save(self, trainer, again: bool = False) -> str | None:
         """Save the current step now (a collective: every rank calls), publish it, point ``last`` at it, rotate.
-        Returns the checkpoint path (None if this step is already saved or nothing may be saved now)."""
+        Returns the checkpoint path (None if this step is already saved or nothing may be saved now).
+        ``again``: replace a checkpoint of this step already written (the callback states changed since)."""
         from lightning.pytorch.trainer.states import TrainerFn
 
-        if (self._last_step_saved == trainer.global_step or trainer.fast_dev_run or trainer.sanity_checking
+        if ((self._last_step_saved == trainer.global_step and not again) or trainer.fast_dev_run
+                or trainer.sanity_checking
                 or trainer.state.fn != TrainerFn.FITTING):
             return None
         path = self.directory.save(trainer)

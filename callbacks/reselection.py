@@ -4,7 +4,8 @@ re-profiled on the profiling slice and the next epoch's examples are re-selected
 The re-profile is an in-training evaluation (``callbacks.skill_eval.InTrainingEvaluation``, as ``SkillEvalCallback``
 uses): the weights are exported with a collective, every rank generates its share of the slice in its own vLLM
 child engine at the profile stage's sampling, the verdicts are gathered, and a stop signal during it leaves it
-pending (stop at the epoch-end checkpoint; the resumed run redoes it on the same weights before training). The
+pending (stop at the epoch-end checkpoint; the resumed run redoes it on the same weights before training), and so
+does a kill during it (the checkpoint taken before it marks it pending: ``EpochEndEvaluation``). The
 update rule is ``skill_distill.reselection``; the data module draws the coming epoch's ids
 (``SkillDataModule.reselect_epoch``, as many examples as epoch 0, so the step plan and the LR schedule do not move)
 and trains on them once handed over (``SkillDataModule.use_selection``).
@@ -20,6 +21,7 @@ from typing import Any, Literal
 
 import lightning as L
 
+from callbacks.checkpointing import EpochEndEvaluation, resumable_checkpoint
 from callbacks.preemption import is_final_epoch
 from callbacks.skill_eval import EvaluationRun, InTrainingEvaluation
 from datamodules.skill_datamodule import EvalContext, RunDataCallback, SkillDataModule
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 SLICE_NAME = "profiling_slice"
 
 
-class ReselectionCallback(L.Callback, RunDataCallback):
+class ReselectionCallback(L.Callback, RunDataCallback, EpochEndEvaluation):
     """Re-profile the student and re-select the coming epoch's data (needs ``data.reselection.every_n_epochs``).
 
     Per re-profile after epoch ``k``: ``<dirpath>/reprofile/epoch=<k>/report.json`` (+ charts) with every
@@ -82,11 +84,20 @@ class ReselectionCallback(L.Callback, RunDataCallback):
         return self._generate_state_key(dirpath=self.dirpath, kind="reselection")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pending": self.evaluation.pending, "counts": self.counts}
+        return {**self.evaluation.state(), "counts": self.counts}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.evaluation.pending = state_dict.get("pending")
+        self.evaluation.load_state(state_dict)
         self.counts = dict(state_dict.get("counts") or {})
+
+    def mark_pending_at_epoch_end(self, trainer) -> bool:
+        due = self._reprofiles_now(trainer)
+        if due:
+            self.evaluation.mark_pending(trainer, f"epoch={trainer.current_epoch}")
+        return due
+
+    def pending_metrics_prefix(self) -> str | None:
+        return "reprofile/" if self.evaluation.pending else None
 
     # ---- set-up ----------------------------------------------------------------------------------------------
     @property
@@ -130,33 +141,49 @@ class ReselectionCallback(L.Callback, RunDataCallback):
     # ---- hooks ------------------------------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
         ev = self.evaluation
-        if ev.pending is not None and not trainer.fast_dev_run:  # a stop signal came during it: same weights
-            epoch, ev.pending = int(ev.pending), None
-            log.info("re-profile after epoch %d was interrupted by a stop signal: running it now", epoch)
-            self._reprofile(trainer, pl_module, epoch)
+        if ev.pending is not None and not trainer.fast_dev_run:  # a stop signal or a kill came during it
+            checkpoint = resumable_checkpoint(trainer)
+            if checkpoint is not None:  # what the killed attempt logged of it goes, before it is logged again
+                checkpoint.resume_logs(trainer)
+            _, weights = ev.take_pending()
+            log.info("re-profile after epoch %d did not finish before the run stopped: running it now",
+                     weights["epoch"])
+            self._reprofile(trainer, pl_module, weights["epoch"], weights)
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
+    def _due(self, trainer) -> bool:
+        """Whether the end of the current epoch re-selects the next one (now, or after resumption)."""
         epoch = trainer.current_epoch
         dm = trainer.datamodule
-        if trainer.fast_dev_run or (epoch + 1) % dm.reselection.every_n_epochs \
-                or (epoch + 1) in dm.reselected_epochs():
+        return not (trainer.fast_dev_run or (epoch + 1) % dm.reselection.every_n_epochs
+                    or (epoch + 1) in dm.reselected_epochs())
+
+    def _reprofiles_now(self, trainer) -> bool:
+        return self._due(trainer) and not is_final_epoch(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not self._due(trainer):
             return
+        epoch = trainer.current_epoch
         if is_final_epoch(trainer):
             if trainer.max_epochs is None or epoch + 1 < trainer.max_epochs:  # stopping to resume: redo it then
-                self.evaluation.pending = str(epoch)
+                self.evaluation.mark_pending(trainer, f"epoch={epoch}")
             return
+        checkpoint = resumable_checkpoint(trainer)
+        if checkpoint is not None:  # the trained weights first, with this re-profile marked pending
+            checkpoint.save_before_evaluations(trainer)
         self._reprofile(trainer, pl_module, epoch)
 
     # ---- one re-profile ----------------------------------------------------------------------------------------
-    def _reprofile(self, trainer, pl_module, epoch: int) -> None:
+    def _reprofile(self, trainer, pl_module, epoch: int, weights: dict | None = None) -> None:
         """Profile the weights at the end of ``epoch`` on the slice, update the profile, and hand the ids drawn
-        for epoch + 1 to the data module."""
+        for epoch + 1 to the data module (``weights``: a pending re-profile's, see ``InTrainingEvaluation.run``)."""
         from skill_distill import reselection as rs
 
         dm = trainer.datamodule
         context = self._context
         t0 = time.time()
         self._records = []
+        self.evaluation.pending = None  # running now (the checkpoint taken before it marks it pending)
         if self.verdicts_dir:
             from skill_distill.selection import read_mean_correctness
 
@@ -165,9 +192,8 @@ class ReselectionCallback(L.Callback, RunDataCallback):
             timings = {"read_s": round(time.time() - t0, 1)}
         else:
             self.evaluation.run(trainer, pl_module, f"epoch={epoch}", lambda run: self._write(trainer, run),
-                                interruptible=True)
-            if self.evaluation.pending is not None:  # interrupted: keep the epoch, redo it after resumption
-                self.evaluation.pending = str(epoch)
+                                interruptible=True, weights=weights)
+            if self.evaluation.pending is not None:  # interrupted: redone after resumption
                 return
             verdicts: dict[str, list[bool]] = {}
             for r in self._records:  # rank 0 holds the gathered records; the others get the verdicts only
@@ -213,7 +239,7 @@ class ReselectionCallback(L.Callback, RunDataCallback):
         from skill_distill.evaluation import flat_metrics, publish_report
 
         ev = self.evaluation
-        meta = {"tag": run.tag, "epoch": trainer.current_epoch, "global_step": trainer.global_step,
+        meta = {"tag": run.tag, "epoch": run.epoch, "global_step": trainer.global_step,
                 "world_size": trainer.world_size,
                 "sampling": {k: getattr(ev.sampling, k) for k in ("temperature", "top_p", "max_new_tokens", "seed")},
                 "timings": run.timings}

@@ -32,12 +32,14 @@ class AppendingExperimentWriter(ExperimentWriter):
                 header = next(csv.reader(f), [])
             self.metrics_keys = sorted(header)
 
-    def drop_rows_after(self, step: int) -> int:
+    def drop_rows_after(self, step: int, redone_prefixes: tuple[str, ...] = ()) -> int:
         """Remove the rows written after the checkpoint of optimizer step ``step`` (a resume redoes them): those of
         a later step, and at ``step`` itself those of a training step (``train/...``, LearningRateMonitor's
-        ``lr-...``: Lightning logs optimizer step k+1 at step k). The epoch-end rows of ``step`` (validation,
-        evaluations), logged before its checkpoint, stay. Rows not yet written (this run's) are kept. Returns the
-        number of rows removed; the file is rewritten atomically."""
+        ``lr-...``: Lightning logs optimizer step k+1 at step k) and those of the evaluations the checkpoint marks
+        pending (metrics starting with one of ``redone_prefixes``: an attempt killed after one finished logged it
+        after the checkpoint taken before it). The other epoch-end rows of ``step`` (validation, evaluations),
+        logged before its checkpoint, stay. Rows not yet written (this run's) are kept. Returns the number of rows
+        removed; the file is rewritten atomically."""
         if not self._fs.isfile(self.metrics_file_path):
             return 0
         with self._fs.open(self.metrics_file_path, "r", newline="") as f:
@@ -50,7 +52,8 @@ class AppendingExperimentWriter(ExperimentWriter):
             except ValueError:
                 return False
             return row_step > step or (row_step == step and any(
-                value not in (None, "") and key.startswith(TRAINING_STEP_PREFIXES) for key, value in row.items()))
+                value not in (None, "") and key.startswith(TRAINING_STEP_PREFIXES + redone_prefixes)
+                for key, value in row.items()))
 
         kept = [row for row in rows if not redone(row)]
         if len(kept) < len(rows):
@@ -98,11 +101,12 @@ class RunCSVLogger(CSVLogger):
             self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
         return self._experiment
 
-    def resume_at(self, step: int) -> None:
+    def resume_at(self, step: int, redone_prefixes: tuple[str, ...] = ()) -> None:
         """A resumed run starts after the checkpoint of optimizer step ``step``: drop the rows an earlier attempt
-        wrote after it (it was killed later), so that no step appears twice (``ResumableCheckpoint`` calls this on
-        rank 0 when training starts, before the first step logs)."""
-        dropped = self.experiment.drop_rows_after(step)
+        wrote after it (it was killed later), those of the pending evaluations it redoes included
+        (``redone_prefixes``), so that no step or evaluation appears twice (``ResumableCheckpoint`` calls this on
+        rank 0 before the first step or redone evaluation logs)."""
+        dropped = self.experiment.drop_rows_after(step, tuple(redone_prefixes))
         if dropped:
             log.info("%s: dropped %d rows written after the checkpoint of step %d (they are redone)",
                      self.experiment.metrics_file_path, dropped, step)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
+from callbacks.checkpointing import EpochEndEvaluation, resumable_checkpoint
 from callbacks.preemption import PreemptionCallback, is_final_epoch
 from datamodules.skill_datamodule import EvalContext, RunDataCallback, SkillDataModule
 from skill_distill.eval_sets import HELDOUT, PAPER_SUITE, BenchmarkSpec, SkillSource, resolve_specs
@@ -49,6 +50,10 @@ class EvaluationRun:
     """When the evaluation started (``time.time()``)."""
     out_dir: Path
     """Where its report goes (``<reports dir>/<tag>``)."""
+    epoch: int
+    """The epoch whose end the evaluated weights are from (the run's current epoch, or a pending evaluation's)."""
+    training: dict
+    """The last logged per-step training metrics of those weights (``last_step_metrics``)."""
 
 
 class InTrainingEvaluation:
@@ -82,7 +87,35 @@ class InTrainingEvaluation:
         self.prompt: dict[str, Any] = {"enable_thinking": True, "instruction": None}
         self.skill_format = None
         self.pending: str | None = None
-        """Tag of an evaluation a stop signal interrupted (the owner checkpoints it and runs it after resumption)."""
+        """Tag of an evaluation still to run on the checkpointed weights: marked before an epoch-end evaluation
+        starts (``mark_pending``), or left by a stop signal that interrupted it. The owner checkpoints it and runs
+        it first after resumption."""
+        self.pending_weights: dict = {}
+        """What the pending evaluation's report records of its weights (``weights_now`` when it was marked)."""
+
+    # ---- pending evaluations (checkpointed by the owner) ---------------------------------------------------------
+    @staticmethod
+    def weights_now(trainer) -> dict:
+        """The epoch and the last logged training metrics of the current weights (a resumed run has neither)."""
+        return {"epoch": trainer.current_epoch, "training": last_step_metrics(trainer)}
+
+    def mark_pending(self, trainer, tag: str, weights: dict | None = None) -> None:
+        """Record ``tag`` as pending on the current weights (before a checkpoint that precedes it)."""
+        self.pending, self.pending_weights = tag, dict(weights if weights is not None else self.weights_now(trainer))
+
+    def take_pending(self) -> tuple[str, dict]:
+        """The pending evaluation's tag and weights (see ``pending_weights``); it is no longer pending."""
+        tag, weights = self.pending, dict(self.pending_weights)
+        if "epoch" not in weights:  # recorded by a stop signal before the weights were kept: tag epoch=<k> or <k>
+            weights["epoch"] = int(tag.removeprefix("epoch="))
+        self.pending, self.pending_weights = None, {}
+        return tag, weights
+
+    def state(self) -> dict:
+        return {"pending": self.pending, "pending_weights": self.pending_weights}
+
+    def load_state(self, state: dict) -> None:
+        self.pending, self.pending_weights = state.get("pending"), dict(state.get("pending_weights") or {})
 
     def reports_dir(self, trainer) -> Path:
         """Where the reports go: ``dirpath`` inside the run directory when relative (default ``eval``)."""
@@ -152,13 +185,16 @@ class InTrainingEvaluation:
             logger.save()
 
     def run(self, trainer, pl_module, tag: str, write: Callable[[EvaluationRun], Any],
-            interruptible: bool = False) -> Any:
+            interruptible: bool = False, weights: dict | None = None) -> Any:
         """Run one evaluation on every rank; returns what ``write`` returned on rank 0 (the report), else None.
 
         ``interruptible``: a stop signal on this rank kills its engine; the evaluation is then recorded as pending
         on every rank and None returned. Raises GenerationError (every rank) when it failed on any rank, writing
-        the report included, and ``on_error`` is raise.
+        the report included, and ``on_error`` is raise. ``weights``: what the report records of the evaluated
+        weights (a pending evaluation's, taken with ``take_pending``; default ``weights_now``).
         """
+        weights = weights if weights is not None else self.weights_now(trainer)
+        self.pending = None  # running now: only an interruption leaves it pending (the checkpoint before it says so)
         from skill_distill.evaluation import InSubprocess, compute_summaries, evaluate_model
         from skill_distill.formatting import DEFAULT_INSTRUCTION
 
@@ -199,7 +235,7 @@ class InTrainingEvaluation:
         if failures:
             return self._fail(trainer, tag, failures)
         if any(i for *_, i in gathered):
-            return self._interrupt(trainer, tag, export_dir)
+            return self._interrupt(trainer, tag, export_dir, weights)
 
         summaries = compute_summaries(self.loaded, records, device=pl_module.device,
                                       confidence=self.grading.confidence, resamples=self.grading.bootstrap_resamples)
@@ -213,7 +249,8 @@ class InTrainingEvaluation:
                         raise RuntimeError(f"{b.name}: {summaries[b.name]['samples']} synced samples, {got} gathered, "
                                            f"{len(b.problems) * b.k} expected")
                 timings = {"export_s": round(t_export, 1), "generate_and_grade_s": round(t_generate, 1)}
-                report = write(EvaluationRun(tag, all_records, summaries, timings, t0, out_dir))
+                report = write(EvaluationRun(tag, all_records, summaries, timings, t0, out_dir, weights["epoch"],
+                                             weights["training"]))
             except Exception as e:  # noqa: BLE001 - reported to every rank below
                 log.error("writing the evaluation report %s failed:\n%s", tag, traceback.format_exc())
                 status = f"report: {type(e).__name__}: {e}"
@@ -226,8 +263,8 @@ class InTrainingEvaluation:
             return self._fail(trainer, tag, [(0, bad[0])])
         return report
 
-    def _interrupt(self, trainer, tag: str, export_dir: Path) -> None:
-        self.pending = tag
+    def _interrupt(self, trainer, tag: str, export_dir: Path, weights: dict) -> None:
+        self.mark_pending(trainer, tag, weights)
         if trainer.is_global_zero:
             log.warning("skill evaluation %s interrupted by a stop signal: it is saved as pending and runs first "
                         "when the run resumes", tag)
@@ -251,7 +288,7 @@ class InTrainingEvaluation:
         return None
 
 
-class SkillEvalCallback(L.Callback, RunDataCallback):
+class SkillEvalCallback(L.Callback, RunDataCallback, EpochEndEvaluation):
     """Evaluate the model being trained on benchmarks, per set and per skill, with vLLM on the training machines.
 
     Per evaluation (tag ``baseline`` before training, ``epoch=<k>`` after epoch k):
@@ -280,8 +317,11 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
 
     A stop signal (``PreemptionCallback``) that arrives during an epoch's evaluation, other than the last epoch's,
     kills the engines: the epoch-end checkpoint records the evaluation as pending, the run stops there, and the
-    resumed run evaluates those same weights first. The baseline and the last epoch's evaluation run to the end
-    (their results could not be redone on the same weights after resumption).
+    resumed run evaluates those same weights first. The baseline and the last epoch's evaluation run to the end.
+    A run killed outright during an epoch's evaluation (kill -9, the OOM killer) resumes from the checkpoint
+    ``ResumableCheckpoint`` takes before it with the evaluation marked pending (``mark_pending_at_epoch_end``): the
+    resumed run evaluates those weights first (same tag and report), then trains the next epoch; resumed at the last
+    epoch's end, where Lightning skips the whole training loop, it evaluates in ``on_fit_end``.
 
     Ranks wait for each other inside collectives while the slowest rank generates, so the process-group timeout
     must exceed ``timeout_s``: set it on the strategy, e.g. ``trainer.strategy.init_args.timeout: "3:00:00"``
@@ -357,10 +397,19 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
         return self._generate_state_key(dirpath=self.dirpath, benchmarks=repr(self.benchmarks))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pending": self.evaluation.pending}
+        return self.evaluation.state()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.evaluation.pending = state_dict.get("pending")
+        self.evaluation.load_state(state_dict)
+
+    def mark_pending_at_epoch_end(self, trainer) -> bool:
+        tag = self._tag_at_epoch_end(trainer)
+        if tag is not None:
+            self.evaluation.mark_pending(trainer, tag)
+        return tag is not None
+
+    def pending_metrics_prefix(self) -> str | None:
+        return "eval/" if self.evaluation.pending else None
 
     # ---- set-up ----------------------------------------------------------------------------------------------
     @property
@@ -423,24 +472,54 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
 
     # ---- hooks ------------------------------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
-        if self.evaluation.pending and not trainer.fast_dev_run:  # interrupted before the resumed checkpoint's save
-            tag, self.evaluation.pending = self.evaluation.pending, None
-            log.info("skill evaluation %s was interrupted by a stop signal: running it now, on the same weights", tag)
-            self.evaluate(trainer, pl_module, tag)
+        self._run_pending(trainer, pl_module)
         if not self.baseline or trainer.fast_dev_run:
             return
         if trainer.global_step > 0 or RunLayout.report(self.reports_dir(trainer), "baseline").exists():
             return  # resumed: the baseline was taken by the first attempt
         self.evaluate(trainer, pl_module, "baseline")
 
+    def on_fit_end(self, trainer, pl_module) -> None:
+        # resumed from the checkpoint taken before the last epoch's evaluation: Lightning skips the whole training
+        # loop (on_train_start included), so the evaluation runs here
+        if trainer.interrupted or not self._run_pending(trainer, pl_module):
+            return
+        from callbacks.hf_export import HFExportCallback
+
+        for cb in trainer.callbacks:  # an export written before this (its on_fit_end ran first) gets this result
+            if isinstance(cb, HFExportCallback) and cb.last_export:
+                cb.on_fit_end(trainer, pl_module)  # with an export already written, it only rewrites the card
+
+    def _run_pending(self, trainer, pl_module) -> bool:
+        """Run the evaluation the resumed checkpoint marks pending (a stop signal or a kill came during it), on
+        those weights, under its own tag and with what its report records of them. Returns whether one ran."""
+        if not self.evaluation.pending or trainer.fast_dev_run:
+            return False
+        checkpoint = resumable_checkpoint(trainer)
+        if checkpoint is not None:  # what the killed attempt logged of it goes, before it is logged again
+            checkpoint.resume_logs(trainer)
+        tag, weights = self.evaluation.take_pending()
+        log.info("skill evaluation %s did not finish before the run stopped: running it now, on the same weights", tag)
+        self.evaluate(trainer, pl_module, tag, weights=weights)
+        return True
+
+    def _tag_at_epoch_end(self, trainer) -> str | None:
+        """The evaluation this epoch's end runs (the last epoch always, else every ``every_n_epochs``), or None."""
+        if trainer.fast_dev_run:
+            return None
+        epoch = trainer.current_epoch
+        due = self.every_n_epochs > 0 and (epoch + 1) % self.every_n_epochs == 0
+        return f"epoch={epoch}" if is_final_epoch(trainer) or due else None
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.fast_dev_run:
             return
-        epoch = trainer.current_epoch
-        last = is_final_epoch(trainer)
-        due = self.every_n_epochs > 0 and (epoch + 1) % self.every_n_epochs == 0
-        if last or due:
-            self.evaluate(trainer, pl_module, f"epoch={epoch}", interruptible=not last)
+        tag = self._tag_at_epoch_end(trainer)
+        if tag is not None:
+            checkpoint = resumable_checkpoint(trainer)
+            if checkpoint is not None:  # the trained weights first, with this evaluation marked pending
+                checkpoint.save_before_evaluations(trainer)
+            self.evaluate(trainer, pl_module, tag, interruptible=not is_final_epoch(trainer))
         else:  # the held-out divergence every epoch (it costs one forward of each model over the slice)
             divergence = self.held_out_divergence(trainer, pl_module)
             if divergence is not None and trainer.is_global_zero:
@@ -449,12 +528,13 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
                 self.evaluation.log_metrics(trainer, flat_metrics({HELDOUT: {"divergence": divergence}}))
 
     # ---- one evaluation -----------------------------------------------------------------------------------------
-    def evaluate(self, trainer, pl_module, tag: str, interruptible: bool = False) -> dict | None:
+    def evaluate(self, trainer, pl_module, tag: str, interruptible: bool = False,
+                 weights: dict | None = None) -> dict | None:
         """Run one evaluation on every rank (``InTrainingEvaluation.run``, after the held-out divergence); the report
         on rank 0, else None."""
         divergence = self.held_out_divergence(trainer, pl_module)
         return self.evaluation.run(trainer, pl_module, tag, lambda run: self._write(trainer, run, divergence),
-                                   interruptible)
+                                   interruptible, weights)
 
     def held_out_divergence(self, trainer, pl_module) -> dict | None:
         """The teacher-student divergence on the held-out slice per skill (``evaluation.summarize_divergence``), or
@@ -563,9 +643,9 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
         baseline = load_report(baseline_path) if tag != "baseline" and baseline_path.exists() else None
         # the selection this epoch trained on: a re-selected epoch's record (closed loop), else the run's manifest
         layout = RunLayout.of(trainer)
-        selection = layout.trained_selection(0 if tag == "baseline" else trainer.current_epoch)
+        selection = layout.trained_selection(0 if tag == "baseline" else run.epoch)
         emphasised = emphasised_skills(selection, self.emphasis_ratio) if self._context else {}
-        meta = {"tag": tag, "epoch": trainer.current_epoch if tag != "baseline" else None,
+        meta = {"tag": tag, "epoch": run.epoch if tag != "baseline" else None,
                 "global_step": trainer.global_step, "world_size": trainer.world_size,
                 "sampling": asdict(ev.sampling), "enable_thinking": ev.prompt["enable_thinking"],
                 "skill_format": asdict(self._context.skill_format) if self._context else None,
@@ -573,7 +653,7 @@ class SkillEvalCallback(L.Callback, RunDataCallback):
                                                         if k in ("dtype", "max_model_len", "tensor_parallel_size")}},
                 "tree": None if ev.tree is None else ev.tree.source,
                 "baseline": str(baseline_path) if baseline else None, "emphasised_skills": emphasised,
-                "timings": run.timings, "training": last_step_metrics(trainer)}
+                "timings": run.timings, "training": run.training}
         if divergence is not None:
             add_divergence(run.summaries[HELDOUT], divergence)
         samples_divergence = self.held_out_sample_divergence(trainer, run)

@@ -112,11 +112,18 @@ def _guard_engine_core() -> None:
         from vllm.v1.engine.core import EngineCoreProc
     except ImportError:
         return
-    current = EngineCoreProc.__dict__.get("run_engine_core")
-    if current is None or getattr(current, "__func__", None) is _engine_core_main:
-        return
-    _ORIGINAL_ENGINE_CORE_MAIN = current.__func__ if isinstance(current, staticmethod) else current
-    EngineCoreProc.run_engine_core = staticmethod(_engine_core_main)
+    _ORIGINAL_ENGINE_CORE_MAIN = _route_entry(EngineCoreProc, "run_engine_core", _engine_core_main) \
+        or _ORIGINAL_ENGINE_CORE_MAIN
+
+
+def _route_entry(cls, name: str, entry):
+    """Make the static method ``cls.<name>`` (a vLLM process entry) ``entry``; returns the original (None when
+    already routed or absent)."""
+    current = cls.__dict__.get(name)
+    if current is None or getattr(current, "__func__", None) is entry:
+        return None
+    setattr(cls, name, staticmethod(entry))
+    return current.__func__ if isinstance(current, staticmethod) else current
 
 
 def _tcp_rendezvous() -> str:
@@ -125,19 +132,55 @@ def _tcp_rendezvous() -> str:
     return get_distributed_init_method(get_loopback_ip(), get_open_port())
 
 
+def _zmq_tcp_address() -> str:
+    from vllm.utils.network_utils import get_loopback_ip, get_open_port, get_tcp_uri
+
+    return get_tcp_uri(get_loopback_ip(), get_open_port())
+
+
 def _rendezvous_without_files() -> None:
     """vLLM's executors meet their workers through a torch FileStore, ``/tmp/vllm_dist_<uuid>``, which only the
     last process to close it deletes: a killed engine left one per start. Route them through the loopback TCP store
-    vLLM uses for AITER instead (nothing on disk). No-op if vLLM's layout differs."""
+    vLLM uses for AITER instead (nothing on disk). Likewise its ZMQ channels (client and engine core, executor and
+    workers) bind Unix sockets ``$TMPDIR/<uuid>`` that nobody removes: a killed engine with a process of its own left
+    seven; they go over loopback TCP instead, as vLLM's own multi-node channels do. No-op if vLLM's layout
+    differs."""
     import importlib
 
-    for name in ("vllm.v1.executor.uniproc_executor", "vllm.v1.executor.multiproc_executor"):
+    routes = [(name, "get_file_store_init_method", _tcp_rendezvous)
+              for name in ("vllm.v1.executor.uniproc_executor", "vllm.v1.executor.multiproc_executor")]
+    routes += [(name, "get_open_zmq_ipc_path", _zmq_tcp_address) for name in (
+        "vllm.v1.engine.utils", "vllm.v1.utils", "vllm.distributed.device_communicators.shm_broadcast")]
+    for name, attribute, replacement in routes:
         try:
             module = importlib.import_module(name)
         except ImportError:
             continue
-        if hasattr(module, "get_file_store_init_method"):
-            module.get_file_store_init_method = _tcp_rendezvous
+        if hasattr(module, attribute):
+            setattr(module, attribute, replacement)
+    _route_workers()
+
+
+def _worker_main(*args, **kwargs):
+    """vLLM's worker process entry (``VLLM::Worker``), after ``_rendezvous_without_files``: a worker binds channels
+    of its own (its response queue), and a spawned one imported vLLM afresh."""
+    _rendezvous_without_files()
+    from vllm.v1.executor.multiproc_executor import WorkerProc
+
+    return (_ORIGINAL_WORKER_MAIN or WorkerProc.worker_main)(*args, **kwargs)
+
+
+_ORIGINAL_WORKER_MAIN = None
+
+
+def _route_workers() -> None:
+    """Start vLLM's workers through ``_worker_main`` (by reference, as ``_guard_engine_core`` does the core)."""
+    global _ORIGINAL_WORKER_MAIN
+    try:
+        from vllm.v1.executor.multiproc_executor import WorkerProc
+    except ImportError:
+        return
+    _ORIGINAL_WORKER_MAIN = _route_entry(WorkerProc, "worker_main", _worker_main) or _ORIGINAL_WORKER_MAIN
 
 
 _MULTIPROCESSING_VAR = "VLLM_ENABLE_V1_MULTIPROCESSING"
