@@ -138,7 +138,11 @@ class SkillCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         # Lightning's version copies the checkpoint's model hyperparameters over the command line's, so a changed
-        # learning rate was silently dropped; before_instantiate_classes compares them and refuses a change instead
+        # learning rate was silently dropped; before_instantiate_classes compares them and refuses a change instead.
+        # Private on purpose: LightningCLI (2.6) has no public switch for that merge, and it runs between the public
+        # parse_arguments and before_instantiate_classes, so no public hook can skip it. It acts only when ckpt_path
+        # is a file at parse time ("last" is resolved later, in _decide_run). Guarded by
+        # tests/test_lightning_private_members.py; the behaviour by test_run_safety's explicit-checkpoint case.
         pass
 
     # ---- the run directory --------------------------------------------------------------------------------------
