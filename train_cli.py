@@ -139,7 +139,13 @@ class SkillCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         # Lightning's version copies the checkpoint's model hyperparameters over the command line's, so a changed
-        # learning rate was silently dropped; before_instantiate_classes compares them and refuses a change instead
+        # learning rate was silently dropped; before_instantiate_classes compares them and refuses a change instead.
+        # Private on purpose: LightningCLI (2.6) has no public switch for that merge, and it runs between the public
+        # parse_arguments and before_instantiate_classes, so no public hook can skip it. It acts only when ckpt_path
+        # is a file at parse time ("last" is resolved later, in _decide_run). Measured with Lightning 2.6.6 without
+        # this override: `--ckpt_path <run>/checkpoints/step=0000003.ckpt --model.learning_rate=0.002` resumed,
+        # exit 0, and config.resume-1.yaml recorded learning_rate 0.001. Guarded by
+        # tests/test_lightning_private_members.py; the behaviour by test_run_safety's explicit-checkpoint case.
         pass
 
     # ---- the run directory --------------------------------------------------------------------------------------

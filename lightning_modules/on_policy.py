@@ -44,10 +44,11 @@ from typing import Literal
 
 import torch
 
-from datamodules.batching import IGNORE_INDEX, MODEL_INPUTS, SFTCollator, build_example
+from datamodules.batching import SFTCollator
 from lightning_modules import distill_loss
 from lightning_modules.causal_lm import CausalLMModule
 from lightning_modules.weight_sync import check_weight_sync, sync_weights
+from skill_distill.batch_contract import IGNORE_INDEX, MODEL_INPUTS, build_example
 from skill_distill.generation.base import request_seed
 from skill_distill.generation.rollout import RolloutConfig, RolloutEngine, make_rollout_engine
 from skill_distill.io import ConfigError, JsonlAppender

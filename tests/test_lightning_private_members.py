@@ -39,3 +39,19 @@ def test_strategies_keep_their_process_group_timeout(strategy):
 
 def test_callback_state_key_helper_exists():
     assert "kwargs" in inspect.signature(lightning.pytorch.Callback._generate_state_key).parameters
+
+
+def test_the_cli_still_merges_checkpoint_hyperparameters_in_the_member_train_cli_overrides():
+    """``train_cli.SkillCLI`` no-ops ``LightningCLI._parse_ckpt_path``: Lightning has no public switch for its merge of
+    a checkpoint file's hyperparameters over the command line's (it runs between ``parse_arguments`` and
+    ``before_instantiate_classes``). Renamed or moved, the override would silently stop applying;
+    tests/test_run_safety.py's explicit-checkpoint changed-learning-rate case shows what it then does."""
+    from lightning.pytorch.cli import LightningCLI
+
+    import train_cli
+
+    assert list(inspect.signature(LightningCLI._parse_ckpt_path).parameters) == ["self"]
+    init = inspect.getsource(LightningCLI.__init__)
+    assert init.index("self.parse_arguments(") < init.index("self._parse_ckpt_path()") \
+        < init.index("self.before_instantiate_classes()"), f"lightning {lightning.__version__}: the order changed"
+    assert "_parse_ckpt_path" in vars(train_cli.SkillCLI)

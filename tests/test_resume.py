@@ -1,7 +1,8 @@
 """Interrupted-then-resumed training equals uninterrupted training: same samples per rank in the same order, same
 losses (fp32, to 1e-6), same learning rates, same random draws. Single process (resumed mid-epoch) and 2-rank DDP
-(padded batches). The FSDP2 cases (sharded and full checkpoints, crash mid-save, 2 -> 1 ranks, 2-node SIGTERM) are
-in tests/test_fsdp2.py. Plus the checkpoint file mechanics (atomic publish, ``last`` link, rotation)."""
+(padded batches, through train.py's resume hand-off to the launched rank). The FSDP2 cases (sharded and full
+checkpoints, crash mid-save, 2 -> 1 ranks, 2-node SIGTERM) are in tests/test_fsdp2.py. Plus the checkpoint file
+mechanics (atomic publish, ``last`` link, rotation)."""
 
 from __future__ import annotations
 
@@ -49,19 +50,40 @@ def test_single_process_mid_epoch_resume_equals_uninterrupted(setup):
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_ddp_two_ranks_padded_resume_equals_uninterrupted(setup):
+def test_ddp_two_ranks_padded_resume_through_train_py_equals_uninterrupted(setup):
+    """``train.py fit`` of the quickstart config on 2 gloo DDP ranks, padded batches. A SIGTERM to the launcher (rank
+    0, which started rank 1) after step 3 stops both ranks with a checkpoint and exit 143; ``--ckpt_path last`` goes
+    through train.py's resume hand-off to the launched rank; that attempt crashes on both ranks when step 6 starts
+    (its checkpoint: step 4) and is resumed the same way. Per step and rank it equals the uninterrupted run."""
     root, common = setup
-    ddp = {"strategy": "ddp", "devices": 2, "packing": 0, **common}
-    ref, run = root / "ddp_ref", root / "ddp_run"
-    launch.run("resume_run.py", log=root / "ddp_ref.log", run_dir=ref, **ddp)
-    launch.run("resume_run.py", log=root / "ddp_a.log", run_dir=run, crash_after_step=3, expect=17, **ddp)
-    launch.run("resume_run.py", log=root / "ddp_b.log", run_dir=run, resume=True, **ddp)
+    cfg = {"tiny": common["model"], "tok": common["tokenizer"], "corpus": common["corpus"]}
+    ddp = ["--trainer.devices=2", "--trainer.strategy=ddp", "--data.packing=false"]
+    one_thread = {"OMP_NUM_THREADS": "1"}  # two ranks share the 2 cores
+    probe = {"class_path": "faults.RandomProbe"}
+    plain = launch.quickstart_config(root / "ddp_plain.yaml", **cfg, extra_callbacks=[probe])
+    stopped = launch.quickstart_config(root / "ddp_sigterm.yaml", **cfg, extra_callbacks=[
+        probe, {"class_path": "faults.SignalAtStep", "init_args": {"step": 3, "signum": 15}}])
+    crashing = launch.quickstart_config(root / "ddp_crash.yaml", **cfg, extra_callbacks=[
+        probe, {"class_path": "faults.CrashAfterStep", "init_args": {"step": 5}}])
+    (root / "ddp_ref").mkdir()
+    (root / "ddp_run").mkdir()
+    ref, run = root / "ddp_ref" / "runs" / "quickstart", root / "ddp_run" / "runs" / "quickstart"
+    launch.train(root / "ddp_ref", plain, *ddp, log=root / "ddp_ref.log", env_extra=one_thread)
+    launch.train(root / "ddp_run", stopped, *ddp, log=root / "ddp_a.log", expect=143, env_extra=one_thread)
+    assert "stop requested by signal (SIGTERM): checkpoint saved at step 3" in (root / "ddp_a.log").read_text()
+    assert (run / "checkpoints" / "last.ckpt").resolve().name == "step=0000003.ckpt"
+    launch.train(root / "ddp_run", crashing, *ddp, "--ckpt_path", "last", log=root / "ddp_b.log", expect=17,
+                 env_extra=one_thread)
+    assert (run / "checkpoints" / "last.ckpt").resolve().name == "step=0000004.ckpt"
+    launch.train(root / "ddp_run", plain, *ddp, "--ckpt_path", "last", log=root / "ddp_c.log", env_extra=one_thread)
     launch.assert_same_training(ref, run, ranks=2, steps=STEPS)
     for rank in (0, 1):
-        assert launch.redone_steps_match(run, rank) == [3]
+        assert launch.redone_steps_match(run, rank) == [5]  # trained before the crash and again after the resume
+        assert len(launch.read_rows(run / f"rng.rank{rank}.jsonl")) > 0  # the random draws were compared
     # the two ranks trained on disjoint halves of every step
     a, b = launch.trace_by_step(run, 0), launch.trace_by_step(run, 1)
     assert all(not set(a[s]["ids"]) & set(b[s]["ids"]) and len(a[s]["ids"]) == 2 for s in a)
+    assert (run / "run_finished.json").is_file() and (run / "hf_export" / "final" / "model.safetensors").is_file()
 
 
 # ---- checkpoint file mechanics (no training) ------------------------------------------------------------------

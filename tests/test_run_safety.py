@@ -8,7 +8,7 @@ mistakes are one line."""
 from __future__ import annotations
 
 import csv
-import os
+import logging
 import shutil
 import subprocess
 import sys
@@ -20,43 +20,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
 import launch
+from launch import quickstart_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 8  # 16 examples, 4 per step, 2 epochs
-TRACE = {"class_path": "callbacks.StepTraceCallback"}
-
-
-def quickstart_config(path: Path, tiny: Path, tok: Path, corpus: Path, extra_callbacks=()) -> Path:
-    """configs/quickstart.yaml as shipped (loggers, checkpointing, pre-emption, export, progress), with the tiny
-    Qwen3, a 16-example corpus, fp32, and without its vLLM evaluation (too slow for a test)."""
-    cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
-    t = cfg["trainer"]
-    t["callbacks"] = [c for c in t["callbacks"] if c["class_path"] not in
-                      ("callbacks.SkillEvalCallback", "lightning.pytorch.callbacks.RichProgressBar")]
-    kinds = [c["class_path"] for c in t["callbacks"]]
-    assert "callbacks.checkpointing.ResumableCheckpoint" in kinds and "callbacks.preemption.PreemptionCallback" in kinds
-    for c in t["callbacks"]:
-        if c["class_path"] == "callbacks.checkpointing.ResumableCheckpoint":
-            c["init_args"].update(every_n_train_steps=2, keep_last=2)
-    t["callbacks"] += [TRACE, *extra_callbacks]
-    t.update(precision="32-true", enable_progress_bar=False, enable_model_summary=False)
-    cfg["model"].update(model=str(tiny), attn_implementation="sdpa", learning_rate=1e-3, warmup_ratio=0.25)
-    cfg["data"].update(corpus=str(corpus), tokenizer=str(tok), tree=None, attribution=None, profile=None,
-                       val_corpus=None, selection={"strategy": "all"}, skill_format={"mode": "off"}, max_length=96,
-                       examples_per_step=4)
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def train(cwd: Path, config: Path, *args: str, log: Path, expect: int | None = 0, wait: bool = True):
-    env = launch.script_env(launch.free_port(), PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests' / 'scripts'}")
-    env.pop("SKILL_DISTILL_RESUME_FROM", None)
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "fit", "--config", str(config), *args],
-                                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return launch.finish(proc, log, expect) if wait else proc
-
-
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every file under ``root`` with its size and modification time (ns)."""
     return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in sorted(root.rglob("*"))}
@@ -108,18 +75,38 @@ def user_mistakes(root: Path, plain: Path) -> list[tuple[list[str], str]]:
 
 def train_in_process(monkeypatch, capfd, cwd: Path, config: Path, *args: str) -> tuple[int, str]:
     """``python train.py fit --config CONFIG ARGS`` in this process (its entry point, ``run_from_command_line``,
-    reading sys.argv): (exit code, everything it wrote). For runs that end before training, where a new process
-    would spend most of its time importing torch and Lightning."""
+    reading sys.argv): (exit code, everything it wrote). For single-process runs that end before training or train
+    a few steps, where a new process would spend most of its time importing torch and Lightning (kill -9 and
+    several ranks keep their own processes)."""
     import train_cli
 
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(sys, "argv", [str(REPO / "train.py"), "fit", "--config", str(config), *args])
     monkeypatch.delenv("SKILL_DISTILL_RESUME_FROM", raising=False)
     capfd.readouterr()
-    with pytest.raises(SystemExit) as exit_:
+    log_to(sys.stderr)  # this test's captured stderr, as a train.py process's log
+    try:
         train_cli.run_from_command_line()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        log_to(sys.__stderr__)  # not this test's capture, closed when it ends ("--- Logging error ---" later)
     out, err = capfd.readouterr()
-    return exit_.value.code, out + err
+    return code, out + err
+
+
+def log_to(stream) -> None:
+    """Point the stderr handlers of Lightning's and the project's loggers at ``stream``: they are made once per
+    process, with the ``sys.stderr`` of their time (pytest's own handlers are left alone)."""
+    import train_cli
+
+    roots = ("lightning", *train_cli.PROJECT_LOGGERS)
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name.split(".")[0] in roots and isinstance(logger, logging.Logger):
+            for handler in logger.handlers:
+                if type(handler) is logging.StreamHandler:
+                    handler.setStream(stream)
 
 
 def full_disk(inputs) -> tuple[Path, Path]:
@@ -171,25 +158,6 @@ def resume_stopped(runs) -> tuple[Path, Path]:
     return run, log
 
 
-def resume_with_a_changed_learning_rate(runs) -> tuple[dict, dict, Path]:
-    cwd, _ = copy_run(runs, "changed_lr")
-    before = snapshot(cwd)
-    log = runs["root"] / "changed_lr.log"
-    train(cwd, runs["plain"], "--ckpt_path", "last", "--model.learning_rate=0.002", log=log, expect=2)
-    return before, snapshot(cwd), log
-
-
-def rerun_a_finished_run(runs) -> dict:
-    cwd, _ = copy_run(runs, "finished", source="ref")
-    before = snapshot(cwd)
-    resumed, rerun = runs["root"] / "finished.log", runs["root"] / "finished_rerun.log"
-    train(cwd, runs["plain"], "--ckpt_path", "last", log=resumed, expect=0)
-    after_resume = snapshot(cwd)
-    train(cwd, runs["plain"], log=rerun, expect=2)
-    return {"before": before, "after_resume": after_resume, "after_rerun": snapshot(cwd), "resumed_log": resumed,
-            "rerun_log": rerun}
-
-
 def resume_from_a_truncated_checkpoint(runs) -> tuple[Path, Path]:
     cwd, run = copy_run(runs, "truncated")
     newest = run / "checkpoints" / "step=0000003.ckpt"
@@ -214,8 +182,7 @@ def run_elsewhere(runs) -> dict:
 def second_wave(runs) -> dict[str, Future]:
     """Side by side, each on its own copy of a first-wave run directory."""
     return side_by_side(**{job.__name__: (lambda job=job: job(runs)) for job in (
-        resume_stopped, resume_with_a_changed_learning_rate, rerun_a_finished_run, resume_from_a_truncated_checkpoint,
-        run_elsewhere)})
+        resume_stopped, resume_from_a_truncated_checkpoint, run_elsewhere)})
 
 
 @pytest.mark.slow
@@ -245,24 +212,35 @@ def test_sigterm_on_quickstart_exits_143_with_checkpoint_and_resume_equals_unint
 
 
 @pytest.mark.slow
-def test_changed_learning_rate_on_resume_is_refused_and_changes_no_file(second_wave):
-    before, after, log = second_wave["resume_with_a_changed_learning_rate"].result()
-    assert last_line(log).startswith("error: model.learning_rate is 0.002 here but 0.001 in the checkpoint "
-                                     "runs/quickstart/checkpoints/step=0000003.ckpt")
-    assert "Traceback" not in log.read_text()
-    assert after == before
+@pytest.mark.parametrize("ckpt_path", ["last", "runs/quickstart/checkpoints/step=0000003.ckpt"])
+def test_changed_learning_rate_on_resume_is_refused_and_changes_no_file(runs, ckpt_path, monkeypatch, capfd):
+    # refused before training: in this process (a train.py process spends most of its time importing).
+    # An explicit checkpoint file is the case Lightning's LightningCLI._parse_ckpt_path would have answered by
+    # copying the checkpoint's learning rate over the command line's (train_cli.SkillCLI overrides it)
+    cwd, _ = copy_run(runs, "changed_lr_" + ckpt_path.replace("/", "_"))
+    before = snapshot(cwd)
+    code, text = train_in_process(monkeypatch, capfd, cwd, runs["plain"], "--ckpt_path", ckpt_path,
+                                  "--model.learning_rate=0.002")
+    assert code == 2
+    assert text.strip().splitlines()[-1].startswith("error: model.learning_rate is 0.002 here but 0.001 in the "
+                                                    "checkpoint runs/quickstart/checkpoints/step=0000003.ckpt")
+    assert "Traceback" not in text
+    assert snapshot(cwd) == before
 
 
 @pytest.mark.slow
-def test_finished_run_resumed_is_a_no_op_and_rerun_without_resume_is_refused(second_wave):
-    out = second_wave["rerun_a_finished_run"].result()
-    assert "runs/quickstart: this run already finished (step 8); nothing to do" in out["resumed_log"].read_text()
-    assert out["after_resume"] == out["before"]
-    line = last_line(out["rerun_log"])
-    assert line.startswith("error: runs/quickstart holds an earlier run (checkpoints, logs/metrics.csv, tb, "
-                           "hf_export, run_finished.json): resume it with --ckpt_path last, or start a new run with "
-                           "--trainer.default_root_dir"), line
-    assert out["after_rerun"] == out["before"]
+def test_finished_run_resumed_is_a_no_op_and_rerun_without_resume_is_refused(runs, monkeypatch, capfd):
+    cwd, _ = copy_run(runs, "finished", source="ref")
+    before = snapshot(cwd)
+    code, text = train_in_process(monkeypatch, capfd, cwd, runs["plain"], "--ckpt_path", "last")
+    assert code == 0 and "runs/quickstart: this run already finished (step 8); nothing to do" in text
+    assert snapshot(cwd) == before
+    code, text = train_in_process(monkeypatch, capfd, cwd, runs["plain"])
+    line = text.strip().splitlines()[-1]
+    assert code == 2 and line.startswith(
+        "error: runs/quickstart holds an earlier run (checkpoints, logs/metrics.csv, tb, hf_export, "
+        "run_finished.json): resume it with --ckpt_path last, or start a new run with --trainer.default_root_dir"), line
+    assert snapshot(cwd) == before
 
 
 @pytest.mark.slow
@@ -356,28 +334,31 @@ def test_profile_missing_leaves_is_said_when_training_starts(tmp_path, qwen_toke
 
 
 @pytest.mark.slow
-def test_kill_between_the_final_checkpoint_and_the_end_of_fit_resumes_to_the_export_and_summary(runs):
+def test_kill_between_the_final_checkpoint_and_the_end_of_fit_resumes_to_the_export_and_summary(runs, monkeypatch,
+                                                                                                 capfd):
     # the state a kill leaves after the last step's checkpoint and before the export and the summary were written
     cwd, run = copy_run(runs, "killed_at_end", source="ref")
     shutil.rmtree(run / "hf_export")
     (run / "run_finished.json").unlink()
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
-    log = runs["root"] / "killed_at_end.log"
-    train(cwd, runs["plain"], "--ckpt_path", "last", log=log)
+    code, text = train_in_process(monkeypatch, capfd, cwd, runs["plain"], "--ckpt_path", "last")  # trains nothing
+    assert code == 0, text[-3000:]
     assert (run / "hf_export" / "final" / "model.safetensors").is_file()
     assert (run / "run_finished.json").is_file()
     assert metric_steps(run) == list(range(STEPS))  # nothing retrained
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == checkpoints
-    assert "export: runs/quickstart/hf_export/final" in log.read_text()
+    assert "export: runs/quickstart/hf_export/final" in text
 
 
 @pytest.mark.slow
-def test_a_data_file_moved_with_the_same_bytes_resumes_and_changed_bytes_are_refused(runs):
+def test_a_data_file_moved_with_the_same_bytes_resumes_and_changed_bytes_are_refused(runs, monkeypatch, capfd):
     cwd, _ = copy_run(runs, "moved_corpus")
     moved = cwd / "moved.jsonl"
     shutil.copyfile(runs["corpus"], moved)
-    log = runs["root"] / "moved_corpus.log"
-    train(cwd, runs["plain"], "--ckpt_path", "last", f"--data.corpus={moved}", log=log)
+    # one process, steps 4-8: in this one
+    code, text = train_in_process(monkeypatch, capfd, cwd, runs["plain"], "--ckpt_path", "last",
+                                  f"--data.corpus={moved}")
+    assert code == 0, text[-3000:]
     launch.assert_same_training(runs["ref"], cwd / "runs" / "quickstart", ranks=1, steps=STEPS)
 
     cwd, _ = copy_run(runs, "changed_corpus")
@@ -385,35 +366,30 @@ def test_a_data_file_moved_with_the_same_bytes_resumes_and_changed_bytes_are_ref
     rows = runs["corpus"].read_text().splitlines()
     changed.write_text("\n".join(rows[1:]) + "\n")  # one example fewer
     before = snapshot(cwd)
-    log = runs["root"] / "changed_corpus.log"
-    train(cwd, runs["plain"], "--ckpt_path", "last", f"--data.corpus={changed}", log=log, expect=2)
-    assert last_line(log).startswith("error: data.corpus is "), last_line(log)
-    assert "different content" in last_line(log)
+    code, text = train_in_process(monkeypatch, capfd, cwd, runs["plain"], "--ckpt_path", "last",
+                                  f"--data.corpus={changed}")  # refused before training: in this process
+    line = text.strip().splitlines()[-1]
+    assert code == 2 and line.startswith("error: data.corpus is "), line
+    assert "different content" in line
     assert snapshot(cwd) == before
 
 
 @pytest.mark.slow
-def test_every_setting_that_defines_the_run_is_refused_on_resume_by_its_key(runs):
+def test_every_setting_that_defines_the_run_is_refused_on_resume_by_its_key(runs, monkeypatch, capfd):
     """Precision, the global seed and a key inside a settings group, changed on resume: each refused in one line
-    naming that key (issue 28: they trained on, and a changed budget was reported as the whole selection block)."""
+    naming that key (issue 28: they trained on, and a changed budget was reported as the whole selection block).
+    Refused before training, so in this process."""
     jobs = {"precision": (["--trainer.precision=bf16-mixed"], 'error: trainer.precision is "bf16-mixed" here but '
                                                                '"32-true" in the checkpoint'),
             "seed": (["--seed_everything=7"], "error: seed_everything is 7 here but 42 in the checkpoint"),
             "budget": (["--data.selection.budget=12"], "error: data.selection.budget is 12 here but ")}
-
-    def refused(name: str, args: list[str]) -> tuple[str, dict, dict]:
+    for name, (args, expected) in jobs.items():
         cwd, _ = copy_run(runs, f"changed_{name}")
         before = snapshot(cwd)
-        log = runs["root"] / f"changed_{name}.log"
-        train(cwd, runs["plain"], "--ckpt_path", "last", *args, log=log, expect=2)
-        return last_line(log), before, snapshot(cwd)
-
-    results = side_by_side(**{name: (lambda name=name, args=args: refused(name, args))
-                              for name, (args, _) in jobs.items()})
-    for name, (_, expected) in jobs.items():
-        line, before, after = results[name].result()
-        assert line.startswith(expected), line
-        assert len(line) < 400 and after == before
+        code, text = train_in_process(monkeypatch, capfd, cwd, runs["plain"], "--ckpt_path", "last", *args)
+        line = text.strip().splitlines()[-1]
+        assert code == 2 and line.startswith(expected), (name, code, line)
+        assert len(line) < 400 and snapshot(cwd) == before
 
 
 @pytest.mark.slow
@@ -451,7 +427,8 @@ def test_full_disk_on_rank_0_of_two_stops_both_ranks_in_one_line_without_leftove
 
 
 @pytest.mark.slow
-def test_a_run_refused_during_setup_leaves_its_directory_to_the_corrected_command(inputs, tmp_path):
+def test_a_run_refused_during_setup_leaves_its_directory_to_the_corrected_command(inputs, tmp_path, monkeypatch,
+                                                                                    capfd):
     """Bad bytes in the corpus, an empty corpus, a bad selection budget, a too short max_length: each refused in one
     line, exit 2. Lightning had already created tb/ and logs/ by then, and the corrected command was refused as
     "holds an earlier run (tb)" (issue 28 §2). Now the run directory is left as it was, and the corrected command
@@ -466,18 +443,14 @@ def test_a_run_refused_during_setup_leaves_its_directory_to_the_corrected_comman
     cases = {"bad_bytes": [f"--data.corpus={bad_bytes}"], "empty": [f"--data.corpus={empty}"],
              "budget": ["--data.selection.budget=-3"], "max_length": ["--data.max_length=16"]}
 
-    def refused(name: str, args: list[str]) -> tuple[str, list[str]]:
+    for name, args in cases.items():  # refused before training: in this process
         cwd = tmp_path / name
         cwd.mkdir()
-        log = tmp_path / f"{name}.log"
-        train(cwd, plain, *args, log=log, expect=2)
-        return last_line(log), sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*") if p.name != "runs")
-
-    results = side_by_side(**{name: (lambda name=name, args=args: refused(name, args))
-                              for name, args in cases.items()})
-    for name in cases:
-        line, left = results[name].result()
-        assert line.startswith("error: ") and len(line) < 400, (name, line)
+        code, text = train_in_process(monkeypatch, capfd, cwd, plain, *args)
+        line = text.strip().splitlines()[-1]
+        left = sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*") if p.name != "runs")
+        assert code == 2 and line.startswith("error: ") and len(line) < 400, (name, code, line)
+        assert "Traceback" not in text, (name, text[-2000:])
         assert left == [], (name, line, left)  # not even the run directory (runs/quickstart)
     # the corrected command starts the run where the refused one was
     log = tmp_path / "corrected.log"

@@ -227,7 +227,7 @@ def one_rank_evaluation(tiny_qwen3_dir, shared_dir):  # shared_dir: aime24 is re
         BenchmarkSpec(**aime)], str(QS / "tree.json"))
     records = evaluate_model(str(tiny_qwen3_dir), str(tiny_qwen3_dir), loaded, VLLMConfig(),
                              SamplingConfig(**script.SAMPLING))
-    return records, compute_summaries(loaded, records)
+    return records, compute_summaries(loaded, records), loaded
 
 
 # ddp: one engine per rank; fsdp2 (the production strategy) with the two ranks sharing one tensor-parallel engine
@@ -267,7 +267,7 @@ def test_two_ranks_generate_disjoint_shares_equal_to_one_rank(strategy, tp, tmp_
         assert set(engines) == {0}
 
     # the same sets on one rank, from the same (initial) weights
-    records, summaries = one_rank_evaluation
+    records, summaries, loaded = one_rank_evaluation
     single = {(r["benchmark"], r["id"], r["sample"]): r for r in records}
     assert len(records) == len(single) == 14 * 2 + 2 * 3
     assert set(single) == set(samples)  # every (problem, sample) generated exactly once across the two ranks
@@ -277,7 +277,23 @@ def test_two_ranks_generate_disjoint_shares_equal_to_one_rank(strategy, tp, tmp_
         assert same == len(single)
         for name, s in summaries.items():
             assert report["benchmarks"][name]["metrics"] == json.loads(json.dumps(s))
-    else:  # a tensor-parallel engine sums in another order: the random tiny model's near-ties may flip a token
+    else:
+        # Why the texts cannot all match: the tensor-parallel engine splits each layer's matmuls over two workers and
+        # sums the partial products, in another order than one engine does; the random tiny model's logits are
+        # near-uniform, so a last-bit difference flips a near-tie token now and then and the completion goes on
+        # differently from there. What is compared instead: most completions equal the single engine's; every
+        # equal completion got the single engine's verdict (grading is per text, wherever it ran); and the
+        # report's metrics, gathered across the two ranks, equal the metrics of the same samples computed in one
+        # process.
+        from skill_distill.evaluation import compute_summaries
+
         assert same >= 0.75 * len(single), f"{same}/{len(single)} completions equal the single-engine ones"
-        for name, s in summaries.items():
-            assert report["benchmarks"][name]["metrics"]["samples"] == s["samples"]
+        verdict = ("extracted", "correct", "timed_out", "num_tokens", "finished", "skills_written")
+        for key, r in single.items():
+            if samples[key]["text"] == r["text"]:
+                assert {k: samples[key][k] for k in verdict} == {k: r[k] for k in verdict}, key
+        gathered = [{**s, "benchmark": name, "index": index} for name, b in report["benchmarks"].items()
+                    for index, p in enumerate(b["problems"]) for s in p["samples"]]
+        for name, s in compute_summaries(loaded, gathered).items():
+            assert report["benchmarks"][name]["metrics"] == json.loads(json.dumps(s)), name
+            assert s["samples"] == summaries[name]["samples"]

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "tests" / "scripts"
 TIMEOUT = 600
@@ -140,3 +142,41 @@ def redone_steps_match(run: Path, rank: int) -> list[int]:
             twice.append(row["step"])
         seen[row["step"]] = row
     return twice
+
+
+# ---- train.py runs of the shipped quickstart config -------------------------------------------------------------
+TRACE = {"class_path": "callbacks.StepTraceCallback"}
+
+
+def quickstart_config(path: Path, tiny: Path, tok: Path, corpus: Path, extra_callbacks=()) -> Path:
+    """configs/quickstart.yaml as shipped (loggers, checkpointing, pre-emption, export, progress), with the tiny
+    Qwen3, a 16-example corpus, fp32, and without its vLLM evaluation (too slow for a test)."""
+    cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    t = cfg["trainer"]
+    t["callbacks"] = [c for c in t["callbacks"] if c["class_path"] not in
+                      ("callbacks.SkillEvalCallback", "lightning.pytorch.callbacks.RichProgressBar")]
+    kinds = [c["class_path"] for c in t["callbacks"]]
+    assert "callbacks.checkpointing.ResumableCheckpoint" in kinds and "callbacks.preemption.PreemptionCallback" in kinds
+    for c in t["callbacks"]:
+        if c["class_path"] == "callbacks.checkpointing.ResumableCheckpoint":
+            c["init_args"].update(every_n_train_steps=2, keep_last=2)
+    t["callbacks"] += [TRACE, *extra_callbacks]
+    t.update(precision="32-true", enable_progress_bar=False, enable_model_summary=False)
+    cfg["model"].update(model=str(tiny), attn_implementation="sdpa", learning_rate=1e-3, warmup_ratio=0.25)
+    cfg["data"].update(corpus=str(corpus), tokenizer=str(tok), tree=None, attribution=None, profile=None,
+                       val_corpus=None, selection={"strategy": "all"}, skill_format={"mode": "off"}, max_length=96,
+                       examples_per_step=4)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def train(cwd: Path, config: Path, *args: str, log: Path, expect: int | None = 0, wait: bool = True,
+          env_extra: dict | None = None):
+    """``python train.py fit --config CONFIG ARGS`` in ``cwd``, its output in ``log``; waits and checks the exit code
+    (``wait=False``: returns the process)."""
+    env = script_env(free_port(), PYTHONPATH=f"{REPO}{os.pathsep}{SCRIPTS}", **(env_extra or {}))
+    env.pop("SKILL_DISTILL_RESUME_FROM", None)
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "fit", "--config", str(config), *args],
+                                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return finish(proc, log, expect) if wait else proc
