@@ -369,18 +369,26 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+STDERR_HANDLER = "skill_distill.stderr"
+"""The name of the handler ``setup_logging`` gives the project's loggers."""
+
+
 def setup_logging() -> None:
     """The project's own INFO lines (progress, evaluations, checkpoints) on stderr; other libraries keep theirs, but
     for the lines that carry nothing to act on (``skill_distill.console.QUIET_LOG_LINES``; ``--verbose`` keeps them)."""
     quiet_library_noise()
     handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(STDERR_HANDLER)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     for name in PROJECT_LOGGERS:
         logger = logging.getLogger(name)
-        if not logger.handlers:
-            logger.addHandler(handler)
-            logger.setLevel(logging.INFO)
-            logger.propagate = False
+        # a second run in this process (a notebook, a test) writes to today's sys.stderr, not to the first run's;
+        # handlers others added (a capture) do not take the place of this one
+        for earlier in [h for h in logger.handlers if h.get_name() == STDERR_HANDLER]:
+            logger.removeHandler(earlier)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 CLASS_SECTIONS = ("model", "data")
