@@ -169,19 +169,15 @@ def on_policy_worker(args) -> dict:
     import lightning as L
     import torch
 
-    from datamodules.prompt_sampler import OnPolicyDataModule
     from lightning_modules.distill_loss import DistillationConfig
     from lightning_modules.on_policy import OnPolicyModule
     from skill_distill.assets import smollm2_dir
     from skill_distill.generation.rollout import RolloutConfig
-    from skill_distill.selection import SelectionConfig
 
     torch.set_num_threads(2)
     model = str(smollm2_dir())
     steps = args.warmup + args.reps
-    data = OnPolicyDataModule(corpus=str(REPO / "data/quickstart/pool.jsonl"), tokenizer=model,
-                              selection=SelectionConfig(strategy="random", budget=64, seed=0), max_length=512,
-                              examples_per_step=args.prompts, steps_per_epoch=steps, enable_thinking=False)
+    data = bench_prompts(args, model, steps)
     module = OnPolicyModule(
         model=model, distillation=DistillationConfig(teacher=model, teacher_dtype="float32"),
         rollout=RolloutConfig(backend="vllm", n=args.n, max_new_tokens=args.max_new_tokens, dtype="float32",
@@ -214,6 +210,17 @@ def on_policy_worker(args) -> dict:
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
+def bench_prompts(args, model: str, steps: int):
+    """The prompts both on-policy workers train on: 64 randomly selected quickstart problems, ``args.prompts`` per
+    step, rendered without thinking."""
+    from datamodules.prompt_sampler import OnPolicyDataModule
+    from skill_distill.selection import SelectionConfig
+
+    return OnPolicyDataModule(corpus=str(REPO / "data/quickstart/pool.jsonl"), tokenizer=model,
+                              selection=SelectionConfig(strategy="random", budget=64, seed=0), max_length=512,
+                              examples_per_step=args.prompts, steps_per_epoch=steps, enable_thinking=False)
+
+
 def trl_on_policy_worker(args) -> dict:
     """TRL's on-policy trainer (``trl.DistillationTrainer`` of the pinned trl 1.16.0; it has no ``lmbda``: every step
     is on-policy) on the same student, teacher, prompts, completions per prompt and maximum new tokens as
@@ -226,16 +233,13 @@ def trl_on_policy_worker(args) -> dict:
     from trl import DistillationConfig as TRLDistillationConfig
     from trl import DistillationTrainer
 
-    from datamodules.prompt_sampler import OnPolicyDataModule, prompt_length
+    from datamodules.prompt_sampler import prompt_length
     from skill_distill.assets import smollm2_dir
-    from skill_distill.selection import SelectionConfig
 
     torch.set_num_threads(2)
     model = str(smollm2_dir())
     steps = args.warmup + args.reps
-    data = OnPolicyDataModule(corpus=str(REPO / "data/quickstart/pool.jsonl"), tokenizer=model,
-                              selection=SelectionConfig(strategy="random", budget=64, seed=0), max_length=512,
-                              examples_per_step=args.prompts, steps_per_epoch=steps, enable_thinking=False)
+    data = bench_prompts(args, model, steps)
     data.setup("fit")
     tok = AutoTokenizer.from_pretrained(model)
     texts = [tok.decode(e.input_ids[: prompt_length(e)]) for e in data.train_examples]
