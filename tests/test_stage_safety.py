@@ -289,14 +289,18 @@ def _wait_for_log(proc, log_path: Path, marker: str, within_s: float, what: str)
 
 def _kill_9_and_wait(proc, children, who: str, within_s: float = 10.0) -> None:
     """kill -9 ``proc``, then give its ``children`` ``within_s`` seconds to die with it; fail naming any alive."""
+    names = {c: _cmdline(c)[:60] for c in children}
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     t0 = time.monotonic()
-    while any(_alive(c) for c in children) and time.monotonic() - t0 < within_s:
+    gone_after: dict[int, float] = {}
+    while len(gone_after) < len(children) and time.monotonic() - t0 < within_s:
+        gone_after.update({c: time.monotonic() - t0 for c in children if c not in gone_after and not _alive(c)})
         time.sleep(0.05)
     left = {c: _cmdline(c) for c in children if _alive(c)}
     assert not left, f"still alive {within_s} s after kill -9 of {who}: {left}"
-    print(f"children of {who} gone {time.monotonic() - t0:.2f} s after its kill -9")  # shown with -s
+    each = ", ".join(f"{names[c].strip()} {t:.2f} s" for c, t in sorted(gone_after.items(), key=lambda kv: kv[1]))
+    print(f"children of {who} gone {time.monotonic() - t0:.2f} s after its kill -9 ({each})")  # shown with -s
 
 
 def _descendants(pid: int) -> set[int]:
