@@ -253,3 +253,45 @@ def test_a_nested_override_keeps_the_other_keys_of_its_section():
     assert parsed.run_dir == "/tmp/x"
     untouched = ["--config", example, "--until", "pool"]
     assert nested_section_overrides(untouched) == untouched
+
+
+
+_HOLD = """
+import subprocess, sys, time
+from pathlib import Path
+mib, ready, below = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+held = bytearray(mib << 20)
+held[::4096] = b"x" * len(held[::4096])  # every page written: resident
+if below:  # start the next process down the tree and wait until it holds its memory
+    sub = subprocess.Popen([sys.executable, "-c", __doc__ or sys.argv[0], *below])
+    while not Path(below[1]).exists():
+        time.sleep(0.02)
+ready.write_text("ready")
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_the_run_memory_peak_is_the_whole_process_tree(tmp_path):
+    """A child holding 200 MiB and its own child (this process's grandchild, as vLLM's worker is under its engine
+    core) holding 300 MiB: the tree's peak counts both beside this process's own memory, above any single process."""
+    from skill_distill.project import TreeMemory, process_tree
+
+    script = f"__doc__ = {_HOLD!r}\n{_HOLD}"  # the grandchild runs the same code
+    mib = 1 << 20
+    with TreeMemory(interval_s=0.05) as memory:
+        proc = subprocess.Popen([sys.executable, "-c", script, "200", str(tmp_path / "child"),
+                                 "300", str(tmp_path / "grandchild")])
+        try:
+            wait_for((tmp_path / "child").exists, 60, "the child and the grandchild to hold their memory")
+            tree = process_tree(os.getpid())
+            assert proc.pid in tree and len(tree) >= 3, tree  # this process, the child, the grandchild
+            time.sleep(0.3)  # a few samples
+            own = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            peak = memory.mark()
+        finally:
+            for pid in process_tree(proc.pid)[::-1]:  # the grandchild first
+                os.kill(pid, 9)
+            proc.wait()
+    assert peak >= own + 490 * mib, (peak / mib, own / mib)
+    assert peak > max(own, 300 * mib)  # more than the largest single process of the three
