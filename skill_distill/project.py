@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from skill_distill.corpus import CorpusFields
+from skill_distill.formatting import DEFAULT_INSTRUCTION
 from skill_distill.generation.factory import BackendConfig
 from skill_distill.io import ConfigError, OutputError, read_json, write_json
 from skill_distill.rows import is_local
@@ -43,6 +44,8 @@ from skill_distill.rows import is_local
 STAGE_NAMES = ("pool", "attribute", "profile", "select-report", "fit", "evaluate")
 Stage = Literal["pool", "attribute", "profile", "select-report", "fit", "evaluate"]
 STATE_FILE = "run_state.json"
+PROMPT_KEYS = ("instruction", "enable_thinking")
+"""Prompt settings given once, under ``student``: a stage section that sets one is refused."""
 REPO = Path(__file__).resolve().parents[1]
 GIB = 1024 ** 3
 
@@ -96,10 +99,17 @@ class ProjectStudent:
     """HF folder, hub name or ``asset:`` name (e.g. ``asset:smollm2-135m-instruct``)."""
     tokenizer: str | None = None
     """Its tokenizer when it differs from ``model``."""
+    instruction: str = DEFAULT_INSTRUCTION
+    """The user turn's instruction: the profile, training (and its evaluations) and the evaluate stage all ask with
+    it, so the profile measures what evaluation grades (issue 27)."""
+    enable_thinking: bool = True
+    """Chat-template thinking mode (Qwen3) of the profile, training and evaluation prompts."""
 
     def __post_init__(self):
         if not str(self.model).strip():
             raise ConfigError("student.model is empty; name the student model (HF folder, hub name or asset:)")
+        if not str(self.instruction).strip():
+            raise ConfigError("student.instruction is empty; give the instruction line of the user turn")
 
 
 @dataclass
@@ -204,6 +214,13 @@ class ProjectRun:
             raise ConfigError("tree.from_labels builds the tree from data.label_field: set data.label_field")
         if tree.from_labels and attributor is not None:
             raise ConfigError("tree.from_labels: the tree is the labels, so attribution reads them; drop attributor")
+        data_overrides = ((sections["fit"].get("overrides") or {}).get("data") or {})
+        for where, section in (("profile", sections["profile"]), ("evaluate", sections["evaluate"]),
+                               ("fit.overrides.data", data_overrides)):
+            for key in PROMPT_KEYS:
+                if key in section:
+                    raise ConfigError(f"{where}.{key}: the prompt is set once, as student.{key} (the profile, fit "
+                                      "and evaluate stages all use it); move it there")
         unknown = set(sections["fit"]) - {"config", "overrides"}
         if unknown:
             raise ConfigError(f"fit: unknown keys {sorted(unknown)}; fit takes config (a training config) and "
@@ -255,7 +272,7 @@ class ProjectRun:
             backend = {**backend, "init_args": {**backend.get("init_args", {}), **self._student_args()}}
             return {**own, "pool": str(self.pool_file), "tree": self.tree_file, "backend": backend,
                     "attribution": str(self.dir("attribute") / "attribution.jsonl"),
-                    "output_dir": str(self.dir("profile"))}
+                    "output_dir": str(self.dir("profile")), **self.prompt}
         if stage == "select-report":
             return {**own, "pool": str(self.pool_file), "tree": self.tree_file,
                     "attribution": str(self.dir("attribute") / "attribution.jsonl"),
@@ -267,9 +284,15 @@ class ProjectRun:
         if stage == "evaluate":
             backend = own.pop("backend", {"class_path": "VLLMConfig"})
             return {**own, "model": str(self.final_model), "output_dir": str(self.dir("evaluate")),
-                    "tree": self.tree_file, "benchmarks": self._benchmarks(), "backend": backend,
+                    "tree": self.tree_file, "benchmarks": self._benchmarks(), "backend": backend, **self.prompt,
                     **({"tokenizer": self.student.tokenizer} if self.student.tokenizer else {})}
         raise ValueError(stage)
+
+    @property
+    def prompt(self) -> dict:
+        """The student's prompt settings, the same in the profile, fit (its data, so its evaluations too) and
+        evaluate stages."""
+        return {key: getattr(self.student, key) for key in PROMPT_KEYS}
 
     def _student_args(self) -> dict:
         return {"model": self.student.model, **({"tokenizer": self.student.tokenizer} if self.student.tokenizer
@@ -280,7 +303,7 @@ class ProjectRun:
         data = {"corpus": str(self.pool_file), "tokenizer": self.student.tokenizer or self.student.model,
                 "tree": self.tree_file, "attribution": str(self.dir("attribute") / "attribution.jsonl"),
                 "profile": str(self.dir("profile") / "profile.json"),
-                "val_corpus": str(heldout) if heldout else None}
+                "val_corpus": str(heldout) if heldout else None, **self.prompt}
         if "selection" in self.sections["select-report"]:
             data["selection"] = self.sections["select-report"]["selection"]
         return {"trainer": {"default_root_dir": str(self.dir("fit"))}, "model": {"model": self.student.model},

@@ -50,17 +50,17 @@ def project(tmp_path: Path, model: Path, tokenizer: Path, max_new_tokens: int = 
         "data": {"corpus": str(chat_corpus(tmp_path / "chat.jsonl")),
                  "fields": {"id": "uid", "messages": "messages", "answer": "answer"}, "label_field": "category"},
         "tree": {"from_labels": True},
-        "student": {"model": str(model), "tokenizer": str(tokenizer)},
+        "student": {"model": str(model), "tokenizer": str(tokenizer), "enable_thinking": False},
         "pool": {"draw": {"heldout": 6, "seed": 1}, "decontamination": {"enabled": False},
                  "source": {"append_boxed_answer": True}},
         "profile": {"backend": hf, "sampling": {"temperature": 0.6, "max_new_tokens": max_new_tokens, "seed": 1},
-                    "enable_thinking": False, "grading": {"workers": 1}},
+                    "grading": {"workers": 1}},
         "select": {"selection": {"strategy": "skill", "budget": 12, "seed": 1}},
         "fit": {"config": str(lean_fit_config(tmp_path / "fit_base.yaml")),
                 "overrides": {"trainer": {"max_steps": 2, "precision": "32-true", "limit_val_batches": 1},
                               "data": {"max_length": 128, "examples_per_step": 4}}},
         "evaluate": {"backend": hf, "sampling": {"temperature": 0.0, "max_new_tokens": 8, "seed": 0},
-                     "enable_thinking": False, "grading": {"workers": 1}},
+                     "grading": {"workers": 1}},
     }
 
 
@@ -170,6 +170,18 @@ def test_the_shipped_example_parses_section_by_section_with_each_stage_parser(tm
     assert parsed["attribute"].backend.model == "asset:smollm2-135m-instruct"
     assert parsed["fit"]["settings"]["data"]["selection"]["budget"] == 96  # select's selection, trained on
     assert parsed["pool"].source.corpus == "data/quickstart/pool.jsonl"
+    # the profile asks and grades as evaluation does (issue 27): one prompt, from student, and boxed answers only
+    prompt = {key: getattr(parsed["profile"], key) for key in ("instruction", "enable_thinking")}
+    assert prompt == {key: getattr(parsed["evaluate"], key) for key in prompt} == {
+        key: parsed["fit"]["settings"]["data"][key] for key in prompt}  # training and its evaluations too
+    assert prompt["instruction"] == args["student"].instruction and "\\boxed{}" in prompt["instruction"]
+    assert parsed["profile"].answer_fallback == "none"  # evaluate grades the last \boxed{} only
+    for section, where in (("profile", "profile"), ("evaluate", "evaluate")):
+        with pytest.raises(ConfigError, match=rf"{where}.instruction: the prompt is set once, as student.instruction"):
+            project_run(**{**args, section: {**args[section], "instruction": "Answer."}})
+    fit = {**args["fit"], "overrides": {"data": {"enable_thinking": True}}}
+    with pytest.raises(ConfigError, match=r"fit.overrides.data.enable_thinking: .* student.enable_thinking"):
+        project_run(**{**args, "fit": fit})
 
     args["profile"] = {**args["profile"], "sampling": {"max_new_tokenz": 3}}
     with pytest.raises(ConfigError, match="project section 'profile': .*max_new_tokenz"):
