@@ -37,12 +37,16 @@ class HFExportCallback(L.Callback):
         self._write_card(trainer, pl_module)
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        if self.last_export is None and not trainer.interrupted and trainer.fit_loop.done \
-                and not (self._root(trainer) / "final").exists():
-            # resumed from a checkpoint of the last step (a kill after it, before the export): Lightning skips the
-            # whole fit loop then, on_train_end included, so the export is written here
-            self.on_train_end(trainer, pl_module)
-            return
+        if self.last_export is None and not trainer.interrupted and trainer.fit_loop.done:
+            # resumed from a checkpoint of the last step: Lightning skips the whole fit loop then, on_train_end
+            # included, so the export is written here (a kill after that checkpoint, before the export) ...
+            final = self._root(trainer) / "final"
+            if not final.exists():
+                self.on_train_end(trainer, pl_module)
+                return
+            # ... or was written by an attempt killed after it, during the last evaluation: the same weights, whose
+            # card gets that evaluation once it is redone (the evaluation callback calls this again then)
+            self.last_export = str(final)
         if self.last_export:  # again, with the evaluations that ran after the export (final-weights benchmarks)
             self._write_card(trainer, pl_module)
 
@@ -61,5 +65,9 @@ class HFExportCallback(L.Callback):
         data = dict(dm.hparams) if dm is not None and hasattr(dm, "hparams") else {}
         reports = [cb.last_report for cb in trainer.callbacks if getattr(cb, "last_report", None)]
         evaluation = max(reports, key=lambda r: len(r.get("summary") or {}), default=None)  # the widest evaluation
-        card = card_for_run(hp.get("model"), training, data, trainer.default_root_dir, evaluation)
+        # an evaluation of these weights a resume redoes after the export: the card says so until it is rewritten
+        # (found like the reports above: callbacks.skill_eval imports this module)
+        pending = next((cb.evaluation.pending for cb in trainer.callbacks if hasattr(cb, "last_report")
+                        and getattr(getattr(cb, "evaluation", None), "pending", None)), None)
+        card = card_for_run(hp.get("model"), training, data, trainer.default_root_dir, evaluation, pending=pending)
         write_model_card(self.last_export, card)

@@ -85,11 +85,12 @@ def _as_dict(value: Any) -> dict:
 def build_model_card(base_model: str | None, training: Mapping[str, Any], data: Mapping[str, Any],
                      manifest: Mapping | None = None, decontamination: Mapping | None = None,
                      evaluation: Mapping | None = None, baseline: Mapping | None = None,
-                     title: str | None = None) -> str:
+                     title: str | None = None, pending: str | None = None) -> str:
     """The card's Markdown (HF front matter first). ``training``: the LightningModule's hyperparameters plus trainer
     facts (epochs, precision, steps); ``data``: the datamodule's hyperparameters (selection, skill format, lengths);
     ``manifest``: the selection manifest; ``decontamination``: the pool's counts; ``evaluation``/``baseline``: the
-    final and the before-training evaluation reports (``skill_distill.evaluation.build_report``)."""
+    final and the before-training evaluation reports (``skill_distill.evaluation.build_report``); ``pending``: the
+    tag of an evaluation of these weights that has not run yet (the card is written again once it has)."""
     front = ["---", "library_name: transformers", "tags: [skill-distill, reasoning-distillation, math]"]
     if base_model and _HUB_ID.match(base_model) and not Path(base_model).exists():
         front.append(f"base_model: {base_model}")
@@ -160,7 +161,15 @@ def build_model_card(base_model: str | None, training: Mapping[str, Any], data: 
     lines.append("")
 
     lines += ["## Evaluation", ""]
+    if pending:
+        lines += [f"The evaluation `{pending}` of these weights had not finished when this card was written"
+                  + (f"; shown below is the run's newest report, `{evaluation.get('tag')}`." if evaluation else "."),
+                  ""]
     if evaluation:
+        where = [f"epoch {evaluation['epoch']}" if evaluation.get("epoch") is not None else None,
+                 f"step {evaluation['global_step']}" if evaluation.get("global_step") is not None else None]
+        where = ", ".join(w for w in where if w)
+        lines += [f"Report `{evaluation.get('tag')}`" + (f" ({where})" if where else "") + ":", ""]
         summary = evaluation.get("summary") or {}
         base = (baseline or {}).get("summary") or {}
         header = ["benchmark", "k", "problems", "accuracy %", "95% CI"] + (["before training %"] if base else [])
@@ -195,7 +204,8 @@ def write_model_card(out_dir: str | os.PathLike, card: str) -> Path:
 
 
 def card_for_run(base_model: str | None, training: Mapping[str, Any], data: Mapping[str, Any],
-                 run_dir: str | os.PathLike | None, evaluation: Mapping | None = None, title: str | None = None) -> str:
+                 run_dir: str | os.PathLike | None, evaluation: Mapping | None = None, title: str | None = None,
+                 pending: str | None = None) -> str:
     """``build_model_card`` with the manifest, evaluation reports and decontamination counts found from the run
     directory and the training corpus (``evaluation`` overrides the newest report on disk)."""
     from skill_distill.decontamination import read_counts
@@ -215,4 +225,4 @@ def card_for_run(base_model: str | None, training: Mapping[str, Any], data: Mapp
 
     return build_model_card(named(base_model), {k: named(v) for k, v in training.items()},
                             {k: named(v) for k, v in data.items()}, manifest, decontamination,
-                            evaluation or facts["evaluation"], facts["baseline"], title)
+                            evaluation or facts["evaluation"], facts["baseline"], title, pending)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from skill_distill.corpus import CorpusFields
+from skill_distill.formatting import DEFAULT_INSTRUCTION
 from skill_distill.generation.factory import BackendConfig
 from skill_distill.io import ConfigError, OutputError, read_json, write_json
 from skill_distill.rows import is_local
@@ -43,7 +44,10 @@ from skill_distill.rows import is_local
 STAGE_NAMES = ("pool", "attribute", "profile", "select-report", "fit", "evaluate")
 Stage = Literal["pool", "attribute", "profile", "select-report", "fit", "evaluate"]
 STATE_FILE = "run_state.json"
+PROMPT_KEYS = ("instruction", "enable_thinking")
+"""Prompt settings given once, under ``student``: a stage section that sets one is refused."""
 REPO = Path(__file__).resolve().parents[1]
+GIB = 1024 ** 3
 
 
 @dataclass
@@ -95,10 +99,17 @@ class ProjectStudent:
     """HF folder, hub name or ``asset:`` name (e.g. ``asset:smollm2-135m-instruct``)."""
     tokenizer: str | None = None
     """Its tokenizer when it differs from ``model``."""
+    instruction: str = DEFAULT_INSTRUCTION
+    """The user turn's instruction: the profile, training (and its evaluations) and the evaluate stage all ask with
+    it, so the profile measures what evaluation grades (issue 27)."""
+    enable_thinking: bool = True
+    """Chat-template thinking mode (Qwen3) of the profile, training and evaluation prompts."""
 
     def __post_init__(self):
         if not str(self.model).strip():
             raise ConfigError("student.model is empty; name the student model (HF folder, hub name or asset:)")
+        if not str(self.instruction).strip():
+            raise ConfigError("student.instruction is empty; give the instruction line of the user turn")
 
 
 @dataclass
@@ -124,6 +135,12 @@ class StageOutcome:
     status: str
     """``skipped`` (unchanged), ``ran``, ``resumed`` or ``rerun`` (its key changed)."""
     seconds: float = 0.0
+    tree_peak_gb: float | None = None
+    """Peak summed resident memory of the ``run`` process and all its descendants while the stage ran (GiB)."""
+
+
+MEMORY_SAMPLE_S = 1.0
+"""How often ``run`` samples its process tree's resident memory (``TreeMemory``)."""
 
 
 def run_project(
@@ -197,6 +214,13 @@ class ProjectRun:
             raise ConfigError("tree.from_labels builds the tree from data.label_field: set data.label_field")
         if tree.from_labels and attributor is not None:
             raise ConfigError("tree.from_labels: the tree is the labels, so attribution reads them; drop attributor")
+        data_overrides = ((sections["fit"].get("overrides") or {}).get("data") or {})
+        for where, section in (("profile", sections["profile"]), ("evaluate", sections["evaluate"]),
+                               ("fit.overrides.data", data_overrides)):
+            for key in PROMPT_KEYS:
+                if key in section:
+                    raise ConfigError(f"{where}.{key}: the prompt is set once, as student.{key} (the profile, fit "
+                                      "and evaluate stages all use it); move it there")
         unknown = set(sections["fit"]) - {"config", "overrides"}
         if unknown:
             raise ConfigError(f"fit: unknown keys {sorted(unknown)}; fit takes config (a training config) and "
@@ -248,7 +272,7 @@ class ProjectRun:
             backend = {**backend, "init_args": {**backend.get("init_args", {}), **self._student_args()}}
             return {**own, "pool": str(self.pool_file), "tree": self.tree_file, "backend": backend,
                     "attribution": str(self.dir("attribute") / "attribution.jsonl"),
-                    "output_dir": str(self.dir("profile"))}
+                    "output_dir": str(self.dir("profile")), **self.prompt}
         if stage == "select-report":
             return {**own, "pool": str(self.pool_file), "tree": self.tree_file,
                     "attribution": str(self.dir("attribute") / "attribution.jsonl"),
@@ -260,9 +284,15 @@ class ProjectRun:
         if stage == "evaluate":
             backend = own.pop("backend", {"class_path": "VLLMConfig"})
             return {**own, "model": str(self.final_model), "output_dir": str(self.dir("evaluate")),
-                    "tree": self.tree_file, "benchmarks": self._benchmarks(), "backend": backend,
+                    "tree": self.tree_file, "benchmarks": self._benchmarks(), "backend": backend, **self.prompt,
                     **({"tokenizer": self.student.tokenizer} if self.student.tokenizer else {})}
         raise ValueError(stage)
+
+    @property
+    def prompt(self) -> dict:
+        """The student's prompt settings, the same in the profile, fit (its data, so its evaluations too) and
+        evaluate stages."""
+        return {key: getattr(self.student, key) for key in PROMPT_KEYS}
 
     def _student_args(self) -> dict:
         return {"model": self.student.model, **({"tokenizer": self.student.tokenizer} if self.student.tokenizer
@@ -273,7 +303,7 @@ class ProjectRun:
         data = {"corpus": str(self.pool_file), "tokenizer": self.student.tokenizer or self.student.model,
                 "tree": self.tree_file, "attribution": str(self.dir("attribute") / "attribution.jsonl"),
                 "profile": str(self.dir("profile") / "profile.json"),
-                "val_corpus": str(heldout) if heldout else None}
+                "val_corpus": str(heldout) if heldout else None, **self.prompt}
         if "selection" in self.sections["select-report"]:
             data["selection"] = self.sections["select-report"]["selection"]
         return {"trainer": {"default_root_dir": str(self.dir("fit"))}, "model": {"model": self.student.model},
@@ -333,7 +363,7 @@ class ProjectRun:
     # ---- the chain ------------------------------------------------------------------------------------------
     def run(self, until: str | None = None, plan: bool = False) -> list[StageOutcome]:
         """Run (or with ``plan``, only report) the chain up to ``until``."""
-        from skill_distill.console import progress, summary
+        from skill_distill.console import summary
 
         if plan:
             return self._plan(until)
@@ -342,8 +372,24 @@ class ProjectRun:
         for stage in STAGE_NAMES[:stop + 1]:  # every section checked by its stage's parser before anything runs
             self.parse(stage)
         outcomes: list[StageOutcome] = []
+        with TreeMemory(MEMORY_SAMPLE_S) as memory:
+            self._run_stages(STAGE_NAMES[:stop + 1], outcomes, memory)
+        ran = [o for o in outcomes if o.tree_peak_gb is not None]
+        top = max(ran, key=lambda o: o.tree_peak_gb, default=None)
+        summary("run", [*(f"{o.name}: {o.status}" + (f" in {o.seconds:.0f} s, peak memory {o.tree_peak_gb:.1f} GB"
+                                                     if o.status != "skipped" else "") for o in outcomes),
+                        *(f"warning: {w}" for w in self.warnings()),
+                        f"peak memory: {memory.peak / GIB:.1f} GB, this process and all its descendants together"
+                        + (f" (during {top.name})" if top else "")
+                        + f", sampled every {MEMORY_SAMPLE_S:g} s; the largest single process: {peak_rss_gb():.1f} GB",
+                        f"state: {self.state_path}"])
+        return outcomes
+
+    def _run_stages(self, stages: tuple[str, ...], outcomes: list[StageOutcome], memory: TreeMemory) -> None:
+        from skill_distill.console import progress
+
         previous = ""
-        for stage in STAGE_NAMES[:stop + 1]:
+        for stage in stages:
             fn, args, text = self.parse(stage)
             key = self.key(stage, text, previous)
             previous = key
@@ -369,20 +415,17 @@ class ProjectRun:
                     self.state["stages"][later]["done"] = False
             self._save_state()
             start = time.perf_counter()
+            memory.mark()
             if stage == "fit":
                 self._run_fit(args)
             else:
                 fn(**args.as_dict())
             seconds = time.perf_counter() - start
-            self.state["stages"][stage] = {"key": key, "done": True, "seconds": round(seconds, 1)}
+            peak = memory.mark() / GIB
+            self.state["stages"][stage] = {"key": key, "done": True, "seconds": round(seconds, 1),
+                                           "peak_memory_gb": round(peak, 2)}
             self._save_state()
-            outcomes.append(StageOutcome(stage, status, seconds))
-        summary("run", [*(f"{o.name}: {o.status}" + (f" in {o.seconds:.0f} s" if o.status != "skipped" else "")
-                          for o in outcomes),
-                        *(f"warning: {w}" for w in self.warnings()),
-                        f"peak memory: {peak_rss_gb():.1f} GB (this process and its largest child)",
-                        f"state: {self.state_path}"])
-        return outcomes
+            outcomes.append(StageOutcome(stage, status, seconds, peak))
 
     def _plan(self, until: str | None) -> list[StageOutcome]:
         """What ``run`` would do per stage (``would skip``/``would resume``/``would run``/``would rerun``), parsed and
@@ -554,3 +597,79 @@ def peak_rss_gb() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, child) / 1024 ** 2  # KiB on Linux
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its living descendants (Linux ``/proc/<pid>/task/<tid>/children``); [] without ``/proc``."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue  # ended meanwhile
+        for task in tasks:
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split() if int(c) not in found]
+            except OSError:
+                pass
+    return found if Path(f"/proc/{pid}").is_dir() else []
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Summed resident memory of ``pid`` and its descendants now (``/proc/<pid>/statm``). Pages two processes share
+    (libraries, copy-on-write after fork) count in each, so the sum can exceed what the machine gives them."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            total += int(Path(f"/proc/{member}/statm").read_text().split()[1]) * _PAGE_BYTES
+        except (OSError, IndexError, ValueError):
+            pass  # ended meanwhile
+    return total
+
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class TreeMemory:
+    """The peak of this process tree's summed resident memory (``tree_rss_bytes``), sampled every ``interval_s``
+    seconds by a daemon thread: ``getrusage`` knows only single processes (this one, and its largest waited-for
+    child), while a stage's vLLM engine core, workers and grading processes are alive beside it (issue 27).
+    ``mark()`` starts a new interval (one per stage) and returns the previous one's peak. A peak shorter than the
+    interval can be missed."""
+
+    def __init__(self, interval_s: float = 1.0, pid: int | None = None):
+        import threading
+
+        self.interval_s, self.pid = interval_s, pid or os.getpid()
+        self.peak = self.interval_peak = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._sample_until_stopped, name="tree-memory", daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _sample(self) -> None:
+        now = tree_rss_bytes(self.pid)
+        with self._lock:
+            self.peak, self.interval_peak = max(self.peak, now), max(self.interval_peak, now)
+
+    def _sample_until_stopped(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def mark(self) -> int:
+        """The peak (bytes) since the last ``mark`` (or the start), and a new interval from now."""
+        self._sample()
+        with self._lock:
+            peak, self.interval_peak = self.interval_peak, 0
+        return peak

@@ -311,3 +311,75 @@ def test_a_resume_that_redoes_an_evaluation_drops_what_the_killed_attempt_logged
         rows = [(r["step"], sorted(k for k in r if r[k] and k != "step")) for r in csv.DictReader(f)]
     assert rows == [("1", ["train/loss"]), ("2", ["val/loss"]), ("2", ["reprofile/profiling_slice/acc"]),
                     ("2", ["eval/heldout/acc", "eval/time_s"])]
+
+
+_FAIL_EVALUATION = '''
+import lightning as L
+
+
+class FailEvaluations(L.Callback):
+    """Every evaluation of this process fails while generating (as an OOM kill or a dead engine would end it), after
+    the checkpoint of the trained weights taken before it."""
+
+    def __init__(self):
+        import skill_distill.evaluation as evaluation
+
+        def failing(*args, **kwargs):
+            raise RuntimeError("injected: the evaluation's engine died")
+
+        evaluation.evaluate_model = failing
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_model_card_after_a_resume_at_the_last_epochs_end_has_the_redone_evaluation(tmp_path, tiny_qwen3_dir):
+    """A one-epoch run whose final evaluation fails stops after the checkpoint taken before it. Resumed with
+    ``--ckpt_path last`` (Lightning skips the training loop), it exports and writes the card, then redoes the pending
+    evaluation, which fails again: the card says that evaluation is pending. Resumed once more, the export is kept
+    and its card gets the redone evaluation (issue 26 part 6: it kept the stale card): that evaluation's accuracy,
+    tag, epoch and step, and the trainer rows."""
+    (tmp_path / "faults").mkdir()
+    (tmp_path / "faults" / "pending_faults.py").write_text(_FAIL_EVALUATION)
+    run = tmp_path / "run"
+    ckpt, card_path = run / "checkpoints" / "last.ckpt", run / "hf_export" / "final" / "README.md"
+    hf_backend = {"class_path": "HFConfig", "init_args": {"dtype": "float32", "batch_size": 8}}
+
+    def attempt(name: str, failing: bool, resume: bool) -> None:
+        path = _config(tmp_path, tiny_qwen3_dir, name, [], [], grading_workers=0)
+        cfg = yaml.safe_load(path.read_text())
+        cfg["trainer"]["max_epochs"] = 1
+        evaluation = next(c for c in cfg["trainer"]["callbacks"] if c["class_path"] == "callbacks.SkillEvalCallback")
+        evaluation["init_args"]["backend"] = hf_backend  # no engine needed to check the card
+        if failing:
+            cfg["trainer"]["callbacks"].insert(0, {"class_path": "pending_faults.FailEvaluations"})
+        path.write_text(yaml.safe_dump(cfg))
+        log = tmp_path / f"{name}.log"
+        proc = _start(tmp_path, path, log, resume=resume)
+        _done(proc, log, None)
+        assert (proc.returncode != 0) == failing, log.read_text()[-3000:]
+        if failing:
+            assert "injected: the evaluation's engine died" in log.read_text(), log.read_text()[-3000:]
+            assert _callback_state(ckpt, "SkillEvalCallback")["pending"] == "epoch=0"
+
+    attempt("trained", failing=True, resume=False)
+    assert not card_path.parent.exists()
+    attempt("exported", failing=True, resume=True)
+    card = card_path.read_text()
+    assert "The evaluation `epoch=0` of these weights had not finished when this card was written" in card, card
+    assert "has no evaluation report" in card  # and no older one to show
+    exported = sorted((p.name, p.stat().st_mtime_ns) for p in card_path.parent.iterdir() if p.name != "README.md")
+
+    attempt("evaluated", failing=False, resume=True)
+    report = json.loads((run / "eval" / "epoch=0" / "report.json").read_text())
+    card = card_path.read_text()
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in card_path.parent.iterdir()
+                  if p.name != "README.md") == exported  # the same export, its card rewritten
+    accuracy = f"{100 * report['summary']['heldout']['accuracy']:.1f}"
+    heldout_row = next((line for line in card.splitlines() if line.startswith("| heldout |")), None)
+    assert heldout_row is not None and f"| {accuracy} |" in heldout_row, card
+    assert "Report `epoch=0` (epoch 0, step 2):" in card, card
+    assert "had not finished" not in card and "has no evaluation report" not in card
+    for setting, value in (("global_step", 2), ("max_epochs", 1), ("precision", "`32-true`"), ("world_size", 1)):
+        assert f"| {setting} | {value} |" in card, (setting, card)
+    assert str(tmp_path) not in card  # paths relative to the run directory

@@ -50,17 +50,17 @@ def project(tmp_path: Path, model: Path, tokenizer: Path, max_new_tokens: int = 
         "data": {"corpus": str(chat_corpus(tmp_path / "chat.jsonl")),
                  "fields": {"id": "uid", "messages": "messages", "answer": "answer"}, "label_field": "category"},
         "tree": {"from_labels": True},
-        "student": {"model": str(model), "tokenizer": str(tokenizer)},
+        "student": {"model": str(model), "tokenizer": str(tokenizer), "enable_thinking": False},
         "pool": {"draw": {"heldout": 6, "seed": 1}, "decontamination": {"enabled": False},
                  "source": {"append_boxed_answer": True}},
         "profile": {"backend": hf, "sampling": {"temperature": 0.6, "max_new_tokens": max_new_tokens, "seed": 1},
-                    "enable_thinking": False, "grading": {"workers": 1}},
+                    "grading": {"workers": 1}},
         "select": {"selection": {"strategy": "skill", "budget": 12, "seed": 1}},
         "fit": {"config": str(lean_fit_config(tmp_path / "fit_base.yaml")),
                 "overrides": {"trainer": {"max_steps": 2, "precision": "32-true", "limit_val_batches": 1},
                               "data": {"max_length": 128, "examples_per_step": 4}}},
         "evaluate": {"backend": hf, "sampling": {"temperature": 0.0, "max_new_tokens": 8, "seed": 0},
-                     "enable_thinking": False, "grading": {"workers": 1}},
+                     "grading": {"workers": 1}},
     }
 
 
@@ -170,6 +170,18 @@ def test_the_shipped_example_parses_section_by_section_with_each_stage_parser(tm
     assert parsed["attribute"].backend.model == "asset:smollm2-135m-instruct"
     assert parsed["fit"]["settings"]["data"]["selection"]["budget"] == 96  # select's selection, trained on
     assert parsed["pool"].source.corpus == "data/quickstart/pool.jsonl"
+    # the profile asks and grades as evaluation does (issue 27): one prompt, from student, and boxed answers only
+    prompt = {key: getattr(parsed["profile"], key) for key in ("instruction", "enable_thinking")}
+    assert prompt == {key: getattr(parsed["evaluate"], key) for key in prompt} == {
+        key: parsed["fit"]["settings"]["data"][key] for key in prompt}  # training and its evaluations too
+    assert prompt["instruction"] == args["student"].instruction and "\\boxed{}" in prompt["instruction"]
+    assert parsed["profile"].answer_fallback == "none"  # evaluate grades the last \boxed{} only
+    for section, where in (("profile", "profile"), ("evaluate", "evaluate")):
+        with pytest.raises(ConfigError, match=rf"{where}.instruction: the prompt is set once, as student.instruction"):
+            project_run(**{**args, section: {**args[section], "instruction": "Answer."}})
+    fit = {**args["fit"], "overrides": {"data": {"enable_thinking": True}}}
+    with pytest.raises(ConfigError, match=r"fit.overrides.data.enable_thinking: .* student.enable_thinking"):
+        project_run(**{**args, "fit": fit})
 
     args["profile"] = {**args["profile"], "sampling": {"max_new_tokenz": 3}}
     with pytest.raises(ConfigError, match="project section 'profile': .*max_new_tokenz"):
@@ -253,3 +265,45 @@ def test_a_nested_override_keeps_the_other_keys_of_its_section():
     assert parsed.run_dir == "/tmp/x"
     untouched = ["--config", example, "--until", "pool"]
     assert nested_section_overrides(untouched) == untouched
+
+
+
+_HOLD = """
+import subprocess, sys, time
+from pathlib import Path
+mib, ready, below = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+held = bytearray(mib << 20)
+held[::4096] = b"x" * len(held[::4096])  # every page written: resident
+if below:  # start the next process down the tree and wait until it holds its memory
+    sub = subprocess.Popen([sys.executable, "-c", __doc__ or sys.argv[0], *below])
+    while not Path(below[1]).exists():
+        time.sleep(0.02)
+ready.write_text("ready")
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_the_run_memory_peak_is_the_whole_process_tree(tmp_path):
+    """A child holding 200 MiB and its own child (this process's grandchild, as vLLM's worker is under its engine
+    core) holding 300 MiB: the tree's peak counts both beside this process's own memory, above any single process."""
+    from skill_distill.project import TreeMemory, process_tree
+
+    script = f"__doc__ = {_HOLD!r}\n{_HOLD}"  # the grandchild runs the same code
+    mib = 1 << 20
+    with TreeMemory(interval_s=0.05) as memory:
+        proc = subprocess.Popen([sys.executable, "-c", script, "200", str(tmp_path / "child"),
+                                 "300", str(tmp_path / "grandchild")])
+        try:
+            wait_for((tmp_path / "child").exists, 60, "the child and the grandchild to hold their memory")
+            tree = process_tree(os.getpid())
+            assert proc.pid in tree and len(tree) >= 3, tree  # this process, the child, the grandchild
+            time.sleep(0.3)  # a few samples
+            own = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            peak = memory.mark()
+        finally:
+            for pid in process_tree(proc.pid)[::-1]:  # the grandchild first
+                os.kill(pid, 9)
+            proc.wait()
+    assert peak >= own + 490 * mib, (peak / mib, own / mib)
+    assert peak > max(own, 300 * mib)  # more than the largest single process of the three

