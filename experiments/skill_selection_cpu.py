@@ -464,7 +464,7 @@ def ensure_teacher(cfg: ExperimentConfig, prep: dict) -> str:
     keep_records(cfg, layout.eval_dir / "records.jsonl", TEACHER_RECORDS)
     shutil.rmtree(layout.checkpoints, ignore_errors=True)
     prep["teacher"] = {"model": str(exported(run_dir)), "records": str(layout.eval_dir / "records.jsonl"),
-                       "examples": len(read_json(layout.manifest)["ids"]), "epochs": cfg.teacher_epochs}
+                       "examples": len(read_jsonl(data / "train_pool.jsonl")), "epochs": cfg.teacher_epochs}
     return prep["teacher"]["model"]
 
 
