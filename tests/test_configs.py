@@ -41,10 +41,12 @@ OVERRIDES = {CLOSED_LOOP: [SFT_BASE, CONFIGS / "models" / "qwen3_4b.yaml"],
              [CONFIGS / "experiments" / "skill_selection_arm.yaml"]}
 # configs/distill/qwen3_32b_to_*: overrides of a production composition, composed in tests/test_distill_configs.py
 DISTILL_OVERRIDES = sorted((CONFIGS / "distill").glob("qwen3_*.yaml"))
+# the evidence round's on-policy arm, composed after the arm config in tests/test_evidence_on_policy.py
+EVIDENCE_ON_POLICY = CONFIGS / "experiments" / "skill_selection_on_policy.yaml"
 # configs run alone: the quickstart, the experiment arm and the CPU distillation runs
 TRAIN_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml")
                        if p.parent.name in ("configs", "experiments", "distill") and p not in EXPERIMENT_DRIVERS
-                       and p not in OVERRIDES and p not in DISTILL_OVERRIDES)
+                       and p not in OVERRIDES and p not in DISTILL_OVERRIDES and p != EVIDENCE_ON_POLICY)
 PIPELINE_CONFIGS = sorted((CONFIGS / "pipeline").glob("*.yaml"))
 # project configs of `python -m skill_distill run`, parsed in tests/test_project_run.py
 EXAMPLE_CONFIGS = sorted((CONFIGS / "examples").glob("*.yaml"))
@@ -69,7 +71,7 @@ def test_there_are_configs():
                                            "skill_sft_16k", "skill_sft_32k", "closed_loop"}
     every = set(CONFIGS.rglob("*.yaml"))  # every shipped YAML is one of the kinds tested here
     assert every == {SFT_BASE, *MODEL_FILES, *RUN_FILES, *TRAIN_CONFIGS, *OVERRIDES, *EXPERIMENT_DRIVERS,
-                     *DISTILL_OVERRIDES, *PIPELINE_CONFIGS, *EXAMPLE_CONFIGS}
+                     *DISTILL_OVERRIDES, EVIDENCE_ON_POLICY, *PIPELINE_CONFIGS, *EXAMPLE_CONFIGS}
 
 
 KEY_LINE = re.compile(r"^\s*(?:- )?[A-Za-z_][\w.+]*:")

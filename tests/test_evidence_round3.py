@@ -154,7 +154,8 @@ def test_shipped_round3_config_declares_the_design(tmp_path):
         r.validate()
     assert p.precheck.kind == "concentration" and p.precheck.enforce and len(p.tries) <= driver.MAX_TRIES
     assert p.pool_size >= 20 * p.budget and p.heldout_per_leaf >= 100 and conc.heldout_per_leaf >= 100
-    assert set(p.arms) == {"random", "random_format", "skill", "skill_format", "skill_t05", "closed_loop"}
+    assert set(p.arms) == {"random", "random_format", "skill", "skill_format", "skill_t05", "closed_loop", "on_policy",
+                           "on_policy_skill"}
     assert conc.arms == ["random", "skill_t05"] and conc.order_free_keys
     assert cfg.report_file == "results/evidence/README.md" and not cfg.update_readme_section
 
