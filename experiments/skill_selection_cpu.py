@@ -51,7 +51,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -478,6 +478,11 @@ def drawn_prompts(run_dir: Path) -> list[str]:
     return ids
 
 
+def arms_of(cfg: ExperimentConfig, on_policy: bool) -> ExperimentConfig:
+    """``cfg`` with only its on-policy arms (``on_policy``) or only its SFT arms, in their configured order."""
+    return replace(cfg, arms=[arm for arm in cfg.arms if ARMS[arm].on_policy == on_policy])
+
+
 def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict:
     try_dir, data, student, timings = prep["dir"], prep["data"], prep["student"], prep["timings"]
     logs = try_dir / "logs"
@@ -885,14 +890,21 @@ def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int
                          f"{[cfg.name for cfg in regimes]}")
     regimes = [cfg for cfg in regimes if not only or cfg.name in only]
     prepared = {cfg.name: prepare_regime(cfg) for cfg in regimes}
-    done: list[int] = []
-    for seed in seeds:  # seed-major, so a stopped run has whole seeds of every regime
-        for cfg in regimes:
-            prep = prepared[cfg.name]
-            if prep is not None:
-                prep.setdefault("runs", {})[seed] = run_arms(cfg, prep, seed)
-        done.append(seed)
-        if report_file:  # results per finished seed
+    # the SFT arms of every seed first, then the on-policy arms (their teacher and rollouts cost several SFT arms
+    # each): a stopped run has whole seeds of every regime's SFT arms, which the verdicts need most
+    sft = [arms_of(cfg, on_policy=False) for cfg in regimes]
+    on_policy = [arms_of(cfg, on_policy=True) for cfg in regimes]
+    for pass_regimes in [sft] + ([on_policy] if any(cfg.arms for cfg in on_policy) else []):
+        done: list[int] = []
+        for seed in seeds:  # seed-major, so a stopped run has whole seeds of every regime
+            for cfg in pass_regimes:
+                prep = prepared[cfg.name]
+                if prep is not None and cfg.arms:
+                    prep.setdefault("runs", {}).setdefault(seed, {}).update(run_arms(cfg, prep, seed))
+            done.append(seed)
+            if report_file and pass_regimes is sft:  # results per finished seed
+                write_round3(sft, prepared, done, REPO / report_file, report_header)
+        if report_file and pass_regimes is on_policy:  # every arm, once every seed has them all
             write_round3(regimes, prepared, done, REPO / report_file, report_header)
     if report_file:
         if not seeds:

@@ -179,3 +179,24 @@ def test_a_finished_work_dir_gains_the_teacher_and_an_on_policy_arm_without_redo
     drawn = saved["arms"]["on_policy"]["distinct_examples"][0]
     assert 1 <= drawn <= 8 and saved["teacher"]["examples"] == len(
         (Path(cfg.work_dir) / "try0" / "data" / "train_pool.jsonl").read_text().splitlines())
+
+
+def test_every_seeds_sft_arms_run_before_any_on_policy_arm(tmp_path, monkeypatch):
+    """The driver's order: the SFT arms of all seeds, then the on-policy arms (each costs several SFT arms), with the
+    report rewritten per seed over the SFT arms and once, at the end, over every arm."""
+    calls: list[tuple] = []
+
+    def run_arms(cfg, prep, seed):
+        calls.append(("train", seed, tuple(cfg.arms)))
+        return {arm: {"seed": seed} for arm in cfg.arms}
+
+    monkeypatch.setattr(driver, "prepare_regime", lambda cfg: {"dir": tmp_path})
+    monkeypatch.setattr(driver, "run_arms", run_arms)
+    monkeypatch.setattr(driver, "write_round3", lambda regimes, prepared, seeds, report, header: calls.append(
+        ("report", tuple(seeds), tuple(a for cfg in regimes for a in cfg.arms))))
+    cfg = driver.ExperimentConfig(name="P", arms=["random", "on_policy", "skill", "on_policy_skill"])
+    driver.main([cfg], seeds=[0, 1], report_file=str(tmp_path / "README.md"))
+    sft, on_policy = ("random", "skill"), ("on_policy", "on_policy_skill")
+    assert calls == [("train", 0, sft), ("report", (0,), sft), ("train", 1, sft), ("report", (0, 1), sft),
+                     ("train", 0, on_policy), ("train", 1, on_policy),
+                     ("report", (0, 1), ("random", "on_policy", "skill", "on_policy_skill"))]  # the configured order
