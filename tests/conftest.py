@@ -132,65 +132,42 @@ def serve_shared_engine(monkeypatch, smollm2_vllm, smollm2_vllm_config):
     return serve
 
 
-# ---- pytest-xdist (`make test` runs `-n 2 --dist loadgroup`): what must stay on one worker -------------------------
-# Each worker is its own pytest session, so a module- or session-scoped fixture is built once per worker that runs one
-# of its users. Tests that share such work therefore go to one worker as one xdist group: the users of a fixture their
-# own module defines (a reference run, a teacher, an engine built once per module), and the shared engine's users.
-# Tests where every rank starts its own vLLM engine (marked vllm and distributed: two training ranks and two engine
-# processes, several GB) share one group too, so two of them never run at once. Groups that share a test are one group.
-SHARED_SESSION_FIXTURES = (SHARED_ENGINE_FIXTURE,)
-ENGINE_PER_RANK_GROUP = "engine_per_rank"
-COST_ORDER = ("distributed", "vllm", "slow")
-
-
-def xdist_groups(items) -> dict[int, str]:
-    """id(item) -> the name of the one group it must run in (items that may run anywhere are left out)."""
-    parent: dict[str, str] = {}
-
-    def root(key: str) -> str:
-        while parent.setdefault(key, key) != key:
-            key = parent[key]
-        return key
-
-    keys_of: dict[int, list[str]] = {}
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        module = item.nodeid.split("::")[0]
-        keys = [f"fixture-{name}" for name in SHARED_SESSION_FIXTURES if name in getattr(item, "fixturenames", ())]
-        if info is not None:
-            for defs in info.name2fixturedefs.values():
-                if any(d.scope != "function" and d.baseid == module for d in defs):
-                    keys.append(f"module-{module}")
-                    break
-        if item.get_closest_marker("vllm") and item.get_closest_marker("distributed"):
-            keys.append(ENGINE_PER_RANK_GROUP)
-        if keys:
-            keys_of[id(item)] = keys
-            for key in keys[1:]:
-                parent[root(key)] = root(keys[0])
-    return {i: root(keys[0]).replace("/", ".") for i, keys in keys_of.items()}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks (its own modifyitems hook)
 def pytest_collection_modifyitems(session, config, items):
     """Run the shared engine's users as one block where the first of them stands (the relative order of all tests
-    is otherwise kept), so the engine lives only while they run; mark the xdist groups (above)."""
+    is otherwise kept), so the engine lives only while they run."""
     users = [item for item in items if SHARED_ENGINE_FIXTURE in getattr(item, "fixturenames", ())]
-    if len(users) >= 2:
-        first = items.index(users[0])
-        user_ids = {id(item) for item in users}
-        rest = [item for item in items if id(item) not in user_ids]
-        items[:] = rest[:first] + users + rest[first:]
-    if config.pluginmanager.has_plugin("xdist"):
-        groups = xdist_groups(items)
-        for item in items:
-            if id(item) in groups:
-                item.add_marker(pytest.mark.xdist_group(groups[id(item)]))
-        if os.environ.get("PYTEST_XDIST_WORKER"):
-            # xdist hands out the groups first (most tests first), then the other tests in this order: the costly
-            # kinds first, so that the quick tests at the end even out the two workers (every worker sorts alike)
-            items.sort(key=lambda item: 0 if id(item) in groups else next(
-                (rank for rank, mark in enumerate(COST_ORDER) if item.get_closest_marker(mark)), len(COST_ORDER)))
+    if len(users) < 2:
+        return
+    first = items.index(users[0])
+    user_ids = {id(item) for item in users}
+    rest = [item for item in items if id(item) not in user_ids]
+    items[:] = rest[:first] + users + rest[first:]
+
+
+# ---- pytest-xdist (`make test` runs `-n 2 --dist loadscope`): what stays on one worker ------------------------------
+# Each worker is its own pytest session: a module- or session-scoped fixture is built once per worker that runs one of
+# its users. `--dist loadscope` hands out whole modules, so a module's reference runs, teachers and engines are built
+# once, and tests where every rank starts its own engine (all in test_skill_eval_callback) never overlap. The shared
+# engine's users span three modules: they are one unit here, so one worker starts that engine once.
+# (`--dist loadgroup` with xdist_group marks would be finer, but with pytest 9.2 pytest-xdist 3.8 silently ignores
+# the groups: it appends them to a node id field pytest no longer reads, pytest-dev/pytest-xdist#1386.)
+SHARED_ENGINE_MODULES = ("tests/test_attribution.py", "tests/test_generation.py", "tests/test_profile.py")
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown without the plugin
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        """loadscope with the shared engine's modules as one unit."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return SHARED_ENGINE_FIXTURE if scope.split("::")[0] in SHARED_ENGINE_MODULES else scope
+
+    return ModuleScheduling(config, log)
 
 
 def pytest_runtest_teardown(item, nextitem):
