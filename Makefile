@@ -43,8 +43,9 @@ train: install
 
 # The tests run on TEST_WORKERS pytest-xdist worker processes (0: all in one process). A full `make test` used 44 min
 # of user CPU in 45 min 42 s of wall time on 2 cores: one core idled. Measured: the fast suite passed under `-n 2`
-# with no more CPU (228 s; 230 s in one process earlier that day); the slow tests were not run under `-n 2`. `--dist loadscope` hands out whole modules, so a
-# module's costly fixtures are built once (tests/conftest.py, docs/TESTING.md). TEST_WORKERS=0 runs as before.
+# with no more CPU (228 s; 230 s in one process earlier that day); the slow tests were not run under `-n 2`.
+# `--dist loadscope` hands out whole modules, so a module's costly fixtures are built once (tests/conftest.py,
+# docs/TESTING.md). TEST_WORKERS=0 runs as before.
 TEST_WORKERS ?= 2
 PYTEST_WORKERS := -n $(TEST_WORKERS) --dist loadscope
 
