@@ -144,6 +144,32 @@ def pytest_collection_modifyitems(session, config, items):
     items[:] = rest[:first] + users + rest[first:]
 
 
+# ---- pytest-xdist (`make test` runs `-n 2 --dist loadscope`): what stays on one worker ------------------------------
+# Each worker is its own pytest session: a module- or session-scoped fixture is built once per worker that runs one of
+# its users. `--dist loadscope` hands out whole modules, so a module's reference runs, teachers and engines are built
+# once, and tests where every rank starts its own engine (all in test_skill_eval_callback) never overlap. The shared
+# engine's users span three modules: they are one unit here, so one worker starts that engine once.
+# (`--dist loadgroup` with xdist_group marks would be finer, but with pytest 9.2 pytest-xdist 3.8 silently ignores
+# the groups: it appends them to a node id field pytest no longer reads, pytest-dev/pytest-xdist#1386.)
+SHARED_ENGINE_MODULES = ("tests/test_attribution.py", "tests/test_generation.py", "tests/test_profile.py")
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown without the plugin
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        """loadscope with the shared engine's modules as one unit."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return SHARED_ENGINE_FIXTURE if scope.split("::")[0] in SHARED_ENGINE_MODULES else scope
+
+    return ModuleScheduling(config, log)
+
+
 def pytest_runtest_teardown(item, nextitem):
     if not _shared_engines or _shared_engines[-1].closed:
         return

@@ -4,7 +4,7 @@ of each epoch's data from an updated profile."""
 from __future__ import annotations
 
 import hashlib
-import json
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -39,6 +39,10 @@ from skill_distill.skill_tree import SkillTree, parse_chain
 from skill_distill.synthetic import synthetic_tree
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "scripts"))
+import launch  # noqa: E402 - importable only after the sys.path.insert above
+from slice_verdicts import write_slice_verdicts  # noqa: E402
+
 EVIDENCE_PROFILE = REPO / "results" / "evidence" / "profile.json"
 QUICKSTART = REPO / "data" / "quickstart"
 FRACTION_ADDITION = "Fractions and Percentages->fraction addition"
@@ -342,33 +346,12 @@ def test_bad_slices_and_configs_are_one_line(tmp_path):
 
 
 # ---- in the run ---------------------------------------------------------------------------------------------
-def write_slice_verdicts(out: Path) -> list[str]:
-    """Verdict files of the profiling slice the run carves (2 per leaf, seed 0): after epoch 0 the student gets
-    the Fractions problems right and the rest wrong, after epoch 1 the Arithmetic problems. Returns the slice ids."""
-    from skill_distill.skill_stats import load_attribution
-
-    tree = SkillTree.load(QUICKSTART / "tree.json")
-    chains = load_attribution(QUICKSTART / "attribution.jsonl", tree)
-    taken, _ = carve_slice(corpus_examples(QUICKSTART / "pool.jsonl"), chains, tree, per_leaf=2, seed=0, exclude=set())
-    out.mkdir(parents=True)
-    for epoch, good in ((0, "Fractions and Percentages"), (1, "Arithmetic")):
-        with (out / f"epoch={epoch}.jsonl").open("w") as f:
-            for e in taken:
-                f.write(json.dumps({"id": e.id, "sample": 0, "correct": chains[e.id][0][0] == good}) + "\n")
-    return [e.id for e in taken]
-
-
 def topic_share(target: dict, topic: str) -> float:
     return sum(v for k, v in target.items() if k.startswith(topic + "->"))
 
 
 @pytest.mark.slow
 def test_fit_reselects_every_epoch_and_resumes_exactly(tmp_path, qwen_tokenizer_dir):
-    import sys
-
-    sys.path.insert(0, str(REPO / "tests" / "scripts"))
-    import launch
-
     slice_ids = write_slice_verdicts(tmp_path / "verdicts")
     common = {"data": QUICKSTART, "tokenizer": qwen_tokenizer_dir, "model": launch.tiny_model_dir(),
               "verdicts_dir": tmp_path / "verdicts"}
@@ -419,11 +402,6 @@ def test_fit_reselects_every_epoch_and_resumes_exactly(tmp_path, qwen_tokenizer_
 def test_fit_reprofiles_the_slice_with_vllm_child_engines(tmp_path, qwen_tokenizer_dir):
     """The re-profile generated in the run: export, the rank's vLLM child engine on the slice, grading, then the
     next epoch drawn from the updated profile."""
-    import sys
-
-    sys.path.insert(0, str(REPO / "tests" / "scripts"))
-    import launch
-
     run = tmp_path / "run"
     launch.run("closed_loop_run.py", log=tmp_path / "run.log", run_dir=run, data=QUICKSTART,
                tokenizer=qwen_tokenizer_dir, model=launch.tiny_model_dir(), max_epochs=2)
@@ -450,11 +428,6 @@ def test_stop_signal_during_the_reprofile_stops_at_the_epoch_end_and_the_resume_
     """SIGTERM while epoch 0's re-profile runs (export, engine, generation): the run stops with the epoch-end
     checkpoint and exit 143, and re-selects nothing; resumed, it re-profiles the same weights (epoch 0's end) before
     epoch 1 trains on the re-selection."""
-    import sys
-
-    sys.path.insert(0, str(REPO / "tests" / "scripts"))
-    import launch
-
     run = tmp_path / "run"
     common = {"run_dir": run, "data": QUICKSTART, "tokenizer": qwen_tokenizer_dir, "model": launch.tiny_model_dir(),
               "max_epochs": 2, "every_n_steps": 100}
@@ -531,11 +504,6 @@ def test_the_datamodule_owns_what_each_epoch_trains_on(tmp_path):
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_two_ddp_ranks_train_on_the_same_reselection(tmp_path, qwen_tokenizer_dir):
-    import sys
-
-    sys.path.insert(0, str(REPO / "tests" / "scripts"))
-    import launch
-
     write_slice_verdicts(tmp_path / "verdicts")
     run = tmp_path / "run"
     launch.run("closed_loop_run.py", log=tmp_path / "run.log", run_dir=run, data=QUICKSTART,

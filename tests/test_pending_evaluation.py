@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 QS = REPO / "data" / "quickstart"
 sys.path.insert(0, str(REPO / "tests" / "scripts"))
 import launch  # noqa: E402 - importable only after the sys.path.insert above
+from slice_verdicts import write_slice_verdicts  # noqa: E402
 
 # loaded by the train.py runs below (PYTHONPATH): kills at chosen moments of an epoch's end
 _FAULTS = '''
@@ -254,8 +255,6 @@ def test_kill_9_after_the_reprofile_redoes_it_and_trains_on_the_same_selection(t
 
     verdicts = tmp_path / "verdicts"
     verdicts.mkdir()
-    from test_closed_loop import write_slice_verdicts
-
     write_slice_verdicts(verdicts / "slice")
     runner = tmp_path / "killed_after_reprofile.py"
     runner.write_text(_CLOSED_LOOP)
