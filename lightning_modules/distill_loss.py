@@ -128,7 +128,7 @@ def _forward_kl_chunk(logits, targets, teacher_logits, scratch, alpha, tau):
     for this, which made the KD step 2.83x an SFT step's time (benchmarks/bench_distillation.py). Here, in three
     (rows x vocabulary) fp32 buffers that the caller reuses for every chunk (``logits``, ``teacher_logits``: both
     models' raw logits, overwritten; ``scratch``): log q by one fused log-softmax, CE gathered from it (at tau 1), the
-    teacher's log p and p, KL = sum p (log p - log q) as one batched dot product, and the gradient built in log q's
+    teacher's log p and p, KL = sum p (log p - log q) in place, and the gradient built in log q's
     memory (returned: a view of ``scratch``)."""
     rows = torch.arange(logits.shape[0], device=logits.device)
     log_q = scratch
@@ -143,8 +143,9 @@ def _forward_kl_chunk(logits, targets, teacher_logits, scratch, alpha, tau):
         teacher_logits.div_(tau)
     log_p = torch.log_softmax(teacher_logits, dim=-1, out=logits)  # the student's logits are no longer needed
     p = torch.exp(log_p, out=teacher_logits)
-    # sum_v p (log p - log q) per row, as a (rows x 1 x V) @ (rows x V x 1) product: one pass, no product tensor
-    d = torch.bmm(p.unsqueeze(1), log_p.sub_(log_q).unsqueeze(2)).sum()
+    # sum p (log p - log q) in log p's memory (no longer needed after): two elementwise passes and a cascade sum,
+    # several times faster on CPU than the (rows x 1 x V) @ (rows x V x 1) batched product it replaces
+    d = log_p.sub_(log_q).mul_(p).sum()
     q = log_q.exp_()
     if tau == 1:  # q is softmax(z) itself: alpha q + (1 - alpha) (q - p_T) = q - (1 - alpha) p_T
         g = q.sub_(p, alpha=1 - alpha)
