@@ -185,13 +185,17 @@ class InTrainingEvaluation:
             logger.save()
 
     def run(self, trainer, pl_module, tag: str, write: Callable[[EvaluationRun], Any],
-            interruptible: bool = False, weights: dict | None = None) -> Any:
+            interruptible: bool = False, weights: dict | None = None,
+            score: Callable[[list[dict]], Any] | None = None) -> Any:
         """Run one evaluation on every rank; returns what ``write`` returned on rank 0 (the report), else None.
 
         ``interruptible``: a stop signal on this rank kills its engine; the evaluation is then recorded as pending
         on every rank and None returned. Raises GenerationError (every rank) when it failed on any rank, writing
         the report included, and ``on_error`` is raise. ``weights``: what the report records of the evaluated
-        weights (a pending evaluation's, taken with ``take_pending``; default ``weights_now``).
+        weights (a pending evaluation's, taken with ``take_pending``; default ``weights_now``). ``score``: called on
+        every rank with that rank's own records once every rank's generation succeeded, before the records are
+        gathered; it may add per-record values in place, which travel with the records to ``write`` (the KL on the
+        student's own samples: a forward of the sharded models, i.e. a collective, so never on rank 0 alone).
         """
         weights = weights if weights is not None else self.weights_now(trainer)
         self.pending = None  # running now: only an interruption leaves it pending (the checkpoint before it says so)
@@ -230,19 +234,32 @@ class InTrainingEvaluation:
             log.error("skill evaluation %s failed on rank %d:\n%s", tag, rank, traceback.format_exc())
             error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
         t_generate = time.time() - t0 - t_export
-        gathered = self._all_gather(trainer, (rank, error, records, interrupted))
-        failures = [(r, e) for r, e, _, _ in gathered if e]
+        # the status first: ``score`` takes part in collectives, so it runs only when every rank has its records
+        statuses = self._all_gather(trainer, (rank, error, interrupted))
+        failures = [(r, e) for r, e, _ in statuses if e]
         if failures:
             return self._fail(trainer, tag, failures)
-        if any(i for *_, i in gathered):
+        if any(i for *_, i in statuses):
             return self._interrupt(trainer, tag, export_dir, weights)
+        if score is not None:
+            try:
+                score(records)
+            except Exception as e:  # noqa: BLE001 - every rank must learn of it (a failure inside a collective
+                # leaves the other ranks waiting until the process-group timeout)
+                log.error("scoring the samples of evaluation %s failed on rank %d:\n%s", tag, rank,
+                          traceback.format_exc())
+                error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+        gathered = self._all_gather(trainer, (rank, error, records))
+        failures = [(r, e) for r, e, _ in gathered if e]
+        if failures:
+            return self._fail(trainer, tag, failures)
 
         summaries = compute_summaries(self.loaded, records, device=pl_module.device,
                                       confidence=self.grading.confidence, resamples=self.grading.bootstrap_resamples)
         report, status = None, None
         if trainer.is_global_zero:
             try:
-                all_records = [rec for _, _, recs, _ in gathered for rec in recs]
+                all_records = [rec for _, _, recs in gathered for rec in recs]
                 for b in self.loaded:  # the synced totals must equal the gathered samples
                     got = sum(1 for r in all_records if r["benchmark"] == b.name)
                     if summaries[b.name]["samples"] != got or got != len(b.problems) * b.k:
@@ -313,7 +330,11 @@ class SkillEvalCallback(L.Callback, RunDataCallback, EpochEndEvaluation):
     (evaluated or not) also scores the held-out slice's teacher traces with both models: per leaf skill, the mean
     per-token KL(teacher || student) (``held_out_divergence``), written beside the held-out accuracy (report.json's
     skill rows ``kl``, its ``divergence``, ``report.md``, the right-hand panel of ``skills_heldout.png``) and logged as
-    ``eval/heldout/kl`` and ``eval/heldout/skill_kl/<topic>/<leaf>``.
+    ``eval/heldout/kl`` and ``eval/heldout/skill_kl/<topic>/<leaf>``. In on-policy runs (``OnPolicyModule``) every
+    evaluation also scores the student's own held-out samples: each rank, on the samples it generated and before they
+    are gathered, the per-token KL(student || teacher) of each sample (``score_held_out_samples``, sharded models
+    included); the report holds it per skill as ``sample_divergence`` / the rows' ``sample_kl``, logged as
+    ``eval/heldout/sample_kl`` and ``eval/heldout/skill_sample_kl/<topic>/<leaf>``.
 
     A stop signal (``PreemptionCallback``) that arrives during an epoch's evaluation, other than the last epoch's,
     kills the engines: the epoch-end checkpoint records the evaluation as pending, the run stops there, and the
@@ -390,6 +411,8 @@ class SkillEvalCallback(L.Callback, RunDataCallback, EpochEndEvaluation):
         self.reports: dict[str, str] = {}
         """tag -> report.json path of every evaluation of this run (rank 0)."""
         self._context: EvalContext | None = None
+        self._sample_scoring_s = 0.0
+        """How long this rank's scoring of its own held-out samples took (``score_held_out_samples``)."""
 
     # ---- checkpointed state -----------------------------------------------------------------------------------
     @property
@@ -533,8 +556,12 @@ class SkillEvalCallback(L.Callback, RunDataCallback, EpochEndEvaluation):
         """Run one evaluation on every rank (``InTrainingEvaluation.run``, after the held-out divergence); the report
         on rank 0, else None."""
         divergence = self.held_out_divergence(trainer, pl_module)
+        score = None
+        if self._scores_own_samples(pl_module):
+            def score(records: list[dict]) -> None:
+                self.score_held_out_samples(trainer, pl_module, records)
         return self.evaluation.run(trainer, pl_module, tag, lambda run: self._write(trainer, run, divergence),
-                                   interruptible, weights)
+                                   interruptible, weights, score=score)
 
     def held_out_divergence(self, trainer, pl_module) -> dict | None:
         """The teacher-student divergence on the held-out slice per skill (``evaluation.summarize_divergence``), or
@@ -546,7 +573,7 @@ class SkillEvalCallback(L.Callback, RunDataCallback, EpochEndEvaluation):
         KL(teacher || student) at temperature 1, chunked (``FrozenTeacher.example_divergence``); the per-example sums
         are gathered and aggregated with that set's skill chains. Under FSDP2
         each forward is a collective, so a rank with fewer micro-batches repeats its last one (results dropped) until
-        all are done."""
+        all are done; a rank without any scores a one-token filler (``_filler_batches``)."""
         teacher = getattr(pl_module, "teacher", None)
         dm = getattr(trainer, "datamodule", None)
         if teacher is None or not isinstance(dm, SkillDataModule) or \
@@ -563,11 +590,7 @@ class SkillEvalCallback(L.Callback, RunDataCallback, EpochEndEvaluation):
         counts = InTrainingEvaluation._all_gather(trainer, len(batches))
         if max(counts) == 0:
             return None
-        if min(counts) == 0:  # such a rank has no batch to take part in the collectives with
-            if trainer.is_global_zero:
-                log.warning("held-out divergence skipped: the held-out slice has fewer micro-batches (%d) than ranks",
-                            sum(counts))
-            return None
+        forwards = batches or self._filler_batches(pl_module)  # no example in this rank's share: it still takes part
         config = getattr(pl_module, "distillation", None)
         chunk = (config.chunk_size if config else None) or default_chunk_size(pl_module.model.config.hidden_size)
         t0 = time.time()
@@ -576,7 +599,7 @@ class SkillEvalCallback(L.Callback, RunDataCallback, EpochEndEvaluation):
         pl_module.eval()
         try:
             for i in range(max(counts)):
-                batch = move_data_to_device(batches[min(i, len(batches) - 1)], pl_module.device)
+                batch = move_data_to_device(forwards[min(i, len(forwards) - 1)], pl_module.device)
                 scored = teacher.example_divergence(pl_module.model, batch, "forward_kl", chunk)
                 if i < len(batches):
                     per_example.update(scored)
@@ -591,45 +614,68 @@ class SkillEvalCallback(L.Callback, RunDataCallback, EpochEndEvaluation):
         out["seconds"] = round(time.time() - t0, 1)
         return out
 
-    def held_out_sample_divergence(self, trainer, run: EvaluationRun) -> dict | None:
-        """On-policy runs (a module with a rollout engine and a teacher): the per-skill mean per-token KL(student ||
-        teacher) on the student's own held-out samples, those this evaluation just generated (``run.records``),
-        aggregated like ``held_out_divergence`` (``summarize_divergence``; a problem's value pools the tokens of its
-        samples). None for other modules, without a ``heldout`` set, or when the student is sharded: this runs in
-        the report writer, on rank 0 alone, and an FSDP2 forward is a collective (logged once)."""
-        pl_module = trainer.lightning_module
-        teacher = getattr(pl_module, "teacher", None)
-        if teacher is None or not hasattr(pl_module, "rollout") or HELDOUT not in run.summaries:
-            return None
-        if any(hasattr(p, "full_tensor") for p in pl_module.model.parameters()):
-            log.warning("held-out KL on the student's samples skipped: the student is FSDP2-sharded and the report "
-                        "writer runs on rank 0 alone")
-            return None
-        from lightning_modules.lm_loss import default_chunk_size
+    def _filler_batches(self, pl_module) -> list[dict]:
+        """One micro-batch of one held-out prompt and a one-token completion: what a rank without held-out examples
+        scores (results dropped) so that it takes part in every collective forward of the sharded models."""
         from skill_distill.assets import load_tokenizer
-        from skill_distill.evaluation import summarize_divergence
 
         ev = self.evaluation
         heldout = next(b for b in ev.loaded if b.name == HELDOUT)
-        records = [r for r in run.records if r["benchmark"] == HELDOUT]
-        config = pl_module.distillation
-        chunk = config.chunk_size or default_chunk_size(pl_module.model.config.hidden_size)
+        return own_sample_batches(load_tokenizer(pl_module.tokenizer_name), heldout, [FILLER_RECORD],
+                                  ev.prompt["instruction"], ev.prompt["enable_thinking"], ev.skill_format, ev.tree, 1)
+
+    def _scores_own_samples(self, pl_module) -> bool:
+        """On-policy runs (a module with a rollout engine and a teacher beside the student) with ``heldout`` among
+        the sets score the student's own held-out samples (``score_held_out_samples``)."""
+        return getattr(pl_module, "teacher", None) is not None and hasattr(pl_module, "rollout") and \
+            any(b.name == HELDOUT for b in self.evaluation.loaded)
+
+    def score_held_out_samples(self, trainer, pl_module, records: list[dict]) -> None:
+        """Every rank, on its own records before they are gathered (``InTrainingEvaluation.run``'s ``score``): each
+        held-out sample of this rank gets ``record[SAMPLE_KL] = [sum over its completion tokens of KL(student ||
+        teacher), tokens]`` (``score_own_samples``). A forward of a sharded student or teacher is a collective under
+        FSDP2, so every rank runs as many micro-batches as the rank with the most: a rank with fewer repeats its last
+        one, a rank with none (fewer held-out samples than ranks, a tensor-parallel peer) scores a one-token filler,
+        and those results are dropped."""
+        from lightning_modules.lm_loss import default_chunk_size
+        from skill_distill.assets import load_tokenizer
+
+        ev = self.evaluation
+        heldout = next(b for b in ev.loaded if b.name == HELDOUT)
+        own = [r for r in records if r["benchmark"] == HELDOUT]
         dm = getattr(trainer, "datamodule", None)
-        per_batch = getattr(dm, "val_micro_batch_size", 4)
         t0 = time.time()
+        tokenizer = load_tokenizer(pl_module.tokenizer_name)
+        batches = own_sample_batches(tokenizer, heldout, own, ev.prompt["instruction"], ev.prompt["enable_thinking"],
+                                     ev.skill_format, ev.tree, getattr(dm, "val_micro_batch_size", 4))
+        rounds = max(InTrainingEvaluation._all_gather(trainer, len(batches)))
+        if rounds and not batches:
+            batches, own = self._filler_batches(pl_module), []
+        chunk = pl_module.distillation.chunk_size or default_chunk_size(pl_module.model.config.hidden_size)
         training = pl_module.training
         pl_module.eval()
         try:
-            per_problem = score_own_samples(
-                pl_module.model, teacher, load_tokenizer(pl_module.tokenizer_name), heldout, records,
-                ev.prompt["instruction"], ev.prompt["enable_thinking"], ev.skill_format, ev.tree, chunk, per_batch,
-                pl_module.device)
+            score_own_samples(pl_module.model, pl_module.teacher, batches, own, chunk, pl_module.device, rounds)
         finally:
             pl_module.train(training)
-        out = summarize_divergence(per_problem, heldout.chains, heldout.tree, ev.grading.confidence,
-                                   ev.grading.bootstrap_resamples)
+        self._sample_scoring_s = time.time() - t0
+
+    def held_out_sample_divergence(self, run: EvaluationRun) -> dict | None:
+        """The per-skill mean per-token KL(student || teacher) on the student's own held-out samples, aggregated from
+        the per-sample values every rank added before the gather (``score_held_out_samples``) like
+        ``held_out_divergence`` (``summarize_divergence``; a problem's value pools the tokens of its samples). None
+        when no sample was scored (not an on-policy run, no ``heldout`` set)."""
+        from skill_distill.evaluation import summarize_divergence
+
+        ev = self.evaluation
+        records = [r for r in run.records if r["benchmark"] == HELDOUT]
+        if not any(SAMPLE_KL in r for r in records):
+            return None
+        heldout = next(b for b in ev.loaded if b.name == HELDOUT)
+        out = summarize_divergence(pool_own_samples(heldout, records), heldout.chains, heldout.tree,
+                                   ev.grading.confidence, ev.grading.bootstrap_resamples)
         out.update(direction=SAMPLE_DIVERGENCE_DIRECTION, unit="nats per sampled token, mean over problems",
-                   samples=len(records), seconds=round(time.time() - t0, 1))
+                   samples=len(records), seconds=round(self._sample_scoring_s, 1))
         return out
 
     def _write(self, trainer, run: EvaluationRun, divergence: dict | None = None) -> dict:
@@ -656,7 +702,7 @@ class SkillEvalCallback(L.Callback, RunDataCallback, EpochEndEvaluation):
                 "timings": run.timings, "training": run.training}
         if divergence is not None:
             add_divergence(run.summaries[HELDOUT], divergence)
-        samples_divergence = self.held_out_sample_divergence(trainer, run)
+        samples_divergence = self.held_out_sample_divergence(run)
         if samples_divergence is not None:
             add_divergence(run.summaries[HELDOUT], samples_divergence, key=SAMPLE_DIVERGENCE, row_key="sample_kl")
         # printed, not logged: training leaves the root logger unconfigured, so INFO records never showed
@@ -686,21 +732,29 @@ SAMPLE_DIVERGENCE = "sample_divergence"
 SAMPLE_DIVERGENCE_DIRECTION = "KL(student || teacher)"
 
 
-def score_own_samples(student, teacher, tokenizer, heldout, records: list[dict], instruction: str | None,
-                      enable_thinking: bool, skill_format, tree, chunk_size: int, examples_per_batch: int,
-                      device) -> dict[str, tuple[float, int]]:
-    """``problem id -> (sum over its samples' completion tokens of KL(student || teacher), tokens)``: each evaluation
-    record's completion text, tokenised after the prompt the evaluation rendered for it (``user_turn`` and
-    ``render_prompt``, as ``evaluation.evaluate_model``), scored chunk by chunk by ``FrozenTeacher.example_divergence``
-    in packed micro-batches of ``examples_per_batch`` samples. Empty completions are left out."""
-    from lightning.fabric.utilities.apply_func import move_data_to_device
+SAMPLE_KL = "sample_kl"
+"""A held-out evaluation record's ``[sum over its completion tokens of KL(student || teacher), tokens]``, added by
+the rank that generated it (on-policy runs)."""
+FILLER_RECORD = {"benchmark": HELDOUT, "index": 0, "sample": -1, "text": "0"}
+"""What a rank without held-out samples scores so that it takes part in every collective forward (dropped)."""
 
+
+def own_sample_key(record: dict) -> str:
+    return f"{record['index']}/{record['sample']}"
+
+
+def own_sample_batches(tokenizer, heldout, records: list[dict], instruction: str | None, enable_thinking: bool,
+                       skill_format, tree, examples_per_batch: int) -> list[dict]:
+    """Packed micro-batches (``SFTCollator``) of ``examples_per_batch`` evaluation records each, example id
+    ``own_sample_key``: a record's completion text, tokenised after the prompt the evaluation rendered for it
+    (``user_turn`` and ``render_prompt``, as ``evaluation.evaluate_model``), every completion token supervised.
+    Empty completions are left out."""
     from datamodules.batching import SFTCollator
     from skill_distill.batch_contract import build_example
     from skill_distill.formatting import DEFAULT_INSTRUCTION, render_prompt, user_turn
 
     prompts: dict[int, list[int]] = {}
-    examples, owner = [], {}
+    examples = []
     for r in records:
         completion = tokenizer(r["text"] or "", add_special_tokens=False)["input_ids"]
         if not completion:
@@ -710,16 +764,37 @@ def score_own_samples(student, teacher, tokenizer, heldout, records: list[dict],
             user = user_turn(heldout.problems[index].problem, instruction or DEFAULT_INSTRUCTION, skill_format, tree)
             prompts[index] = tokenizer(render_prompt(tokenizer, user, enable_thinking),
                                        add_special_tokens=False)["input_ids"]
-        key = f"{index}/{r['sample']}"
-        examples.append(build_example(key, prompts[index], completion, 1 << 62))  # every completion token scored
-        owner[key] = heldout.problems[index].id
+        examples.append(build_example(own_sample_key(r), prompts[index], completion, 1 << 62))  # every token scored
+    return [SFTCollator(0, packing=True).collate(examples[start:start + examples_per_batch])
+            for start in range(0, len(examples), examples_per_batch)]
+
+
+def score_own_samples(student, teacher, batches: list[dict], records: list[dict], chunk_size: int, device,
+                      rounds: int | None = None) -> None:
+    """Add ``SAMPLE_KL`` to each of ``records`` scored in ``batches`` (``own_sample_batches``), chunk by chunk
+    (``FrozenTeacher.example_divergence``). ``rounds``: run that many forwards, repeating the last batch (results
+    dropped), so that every rank of a sharded model takes part in the same number of collectives."""
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    by_key = {own_sample_key(r): r for r in records}
+    for i in range(max(rounds or 0, len(batches))):
+        batch = move_data_to_device(batches[min(i, len(batches) - 1)], device)
+        scored = teacher.example_divergence(student, batch, "reverse_kl", chunk_size)
+        if i < len(batches):
+            for key, (total, tokens) in scored.items():
+                if key in by_key:
+                    by_key[key][SAMPLE_KL] = [total, tokens]
+
+
+def pool_own_samples(heldout, records: list[dict]) -> dict[str, tuple[float, int]]:
+    """``problem id -> (sum over its scored samples' tokens of KL(student || teacher), tokens)``."""
     per_problem: dict[str, tuple[float, int]] = {}
-    for start in range(0, len(examples), examples_per_batch):
-        batch = SFTCollator(0, packing=True).collate(examples[start:start + examples_per_batch])
-        scored = teacher.example_divergence(student, move_data_to_device(batch, device), "reverse_kl", chunk_size)
-        for key, (total, n) in scored.items():
-            was = per_problem.get(owner[key], (0.0, 0))
-            per_problem[owner[key]] = (was[0] + total, was[1] + n)
+    for r in records:
+        if SAMPLE_KL in r:
+            total, tokens = r[SAMPLE_KL]
+            problem = heldout.problems[r["index"]].id
+            was = per_problem.get(problem, (0.0, 0))
+            per_problem[problem] = (was[0] + total, was[1] + tokens)
     return per_problem
 
 

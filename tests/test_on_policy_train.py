@@ -133,3 +133,38 @@ def test_on_policy_fit_resumes_exactly_after_sigterm_and_sigkill(tmp_path):
     assert all(0 < m["train/lr"] for m in metrics.values())
     assert len({round(m["train/reverse_kl"], 6) for m in metrics.values()}) > 1  # real, changing values
     assert (ref / "run_finished.json").is_file() and (killed / "run_finished.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)  # a train.py process with an HF-generate evaluation in a child, on a loaded 2-core machine
+def test_on_policy_fit_reports_the_kl_on_the_students_own_samples_per_skill(tmp_path):
+    """``train.py fit`` of the shipped on-policy config with a SkillEvalCallback on the held-out slice: the epoch-end
+    report holds, beside per-skill accuracy, the per-skill KL(student || teacher) on the student's own samples
+    (``sample_divergence``, each rank scoring its own samples) and the KL on teacher traces, and the metrics log
+    ``eval/heldout/sample_kl``."""
+    from skill_distill.assets import tiny_qwen3_dir
+
+    student, teacher = launch.tiny_model_dir(), tiny_qwen3_dir()
+    config = write_config(tmp_path / "eval.yaml", [{"class_path": "callbacks.SkillEvalCallback", "init_args": {
+        "benchmarks": [{"name": "heldout", "limit_per_skill": 1, "k": 2}], "every_n_epochs": EPOCHS,
+        "export_dtype": None, "sampling": {"temperature": 1.0, "max_new_tokens": 8},
+        "backend": {"class_path": "HFConfig", "init_args": {"batch_size": 8}}, "grading": {"workers": 0}}}])
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"]["init_args"]["val_corpus"] = str(REPO / "data" / "quickstart" / "heldout.jsonl")
+    config.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    finish(start_fit(tmp_path, run, config, student, teacher, "fit.log"), 0)
+    report = json.loads((run / "eval" / f"epoch={EPOCHS - 1}" / "report.json").read_text())
+    metrics = report["benchmarks"]["heldout"]["metrics"]
+    own = metrics["sample_divergence"]
+    assert own["direction"] == "KL(student || teacher)" and own["kl"] > 0.01
+    assert own["samples"] == metrics["samples"] == 2 * metrics["problems"] and own["tokens"] > own["samples"]
+    assert report["summary"]["heldout"]["sample_kl"] == own["kl"]
+    assert metrics["divergence"]["direction"] == "KL(teacher || student)" and metrics["divergence"]["kl"] > 0.01
+    leaves = [r for r in metrics["skills"] if r["is_leaf"]]
+    assert leaves and all(r["accuracy"] is not None and r["sample_kl"] > 0 and r["kl"] > 0 for r in leaves)
+    by_chain = {r["chain"]: r["kl"] for r in own["skills"]}
+    assert all(r["sample_kl"] == by_chain[r["chain"]] for r in leaves)
+    with (run / "logs" / "metrics.csv").open() as f:
+        logged = [float(r["eval/heldout/sample_kl"]) for r in csv.DictReader(f) if r.get("eval/heldout/sample_kl")]
+    assert logged == [pytest.approx(own["kl"])]

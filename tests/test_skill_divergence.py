@@ -176,10 +176,11 @@ def dense_reverse_reference(student, teacher, tokenizer, rows, records) -> dict[
 @pytest.mark.slow
 def test_kl_on_the_students_own_samples_equals_a_dense_reverse_kl_and_is_zero_for_the_teacher_itself(
         tiny_qwen3_dir, teacher_dir, qwen_tokenizer):
-    """On-policy runs' held-out KL(student || teacher) on the student's own samples (``score_own_samples``): per
-    problem, pooled over its samples, chunked (chunks and micro-batches cross samples and problems), equal to a dense
-    reference to 1e-5 in fp32; 0 for a student identical to the teacher."""
-    from callbacks.skill_eval import score_own_samples
+    """On-policy runs' held-out KL(student || teacher) on the student's own samples (``own_sample_batches``,
+    ``score_own_samples``, ``pool_own_samples``): per problem, pooled over its samples, chunked (chunks and
+    micro-batches cross samples and problems), equal to a dense reference to 1e-5 in fp32; padding rounds (a rank
+    with fewer micro-batches repeats its last one) change nothing; 0 for a student identical to the teacher."""
+    from callbacks.skill_eval import SAMPLE_KL, own_sample_batches, pool_own_samples, score_own_samples
 
     rows = heldout_rows(3)
     heldout = SimpleNamespace(problems=[SimpleNamespace(id=r["id"], problem=r["problem"]) for r in rows])
@@ -187,15 +188,20 @@ def test_kl_on_the_students_own_samples_equals_a_dense_reverse_kl_and_is_zero_fo
     records = own_samples(student, qwen_tokenizer, rows, n=2, max_new_tokens=12)
     reference = dense_reverse_reference(student, teacher, qwen_tokenizer, rows, records)
     assert len(reference) == 3 and all(v > 0.01 for v in reference.values())  # two different random models
-    scored = score_own_samples(student, teacher, qwen_tokenizer, heldout, records, None, True, None, None,
-                               chunk_size=7, examples_per_batch=4, device=torch.device("cpu"))
+    batches = own_sample_batches(qwen_tokenizer, heldout, records, None, True, None, None, examples_per_batch=4)
+    assert len(batches) == 2
+    score_own_samples(student, teacher, batches, records, chunk_size=7, device=torch.device("cpu"), rounds=3)
+    assert all(len(r[SAMPLE_KL]) == 2 and r[SAMPLE_KL][1] > 0 for r in records)
+    scored = pool_own_samples(heldout, records)
     assert set(scored) == set(reference)
     for problem_id, (total, tokens) in scored.items():
         assert total / tokens == pytest.approx(reference[problem_id], abs=1e-5, rel=1e-5), problem_id
 
     same_student, same_teacher = student_with_teacher(tiny_qwen3_dir, tiny_qwen3_dir)
-    scored = score_own_samples(same_student, same_teacher, qwen_tokenizer, heldout, records, None, True, None, None,
-                               chunk_size=7, examples_per_batch=4, device=torch.device("cpu"))
+    for r in records:
+        del r[SAMPLE_KL]
+    score_own_samples(same_student, same_teacher, batches, records, chunk_size=7, device=torch.device("cpu"))
+    scored = pool_own_samples(heldout, records)
     assert len(scored) == 3 and all(abs(total) < 1e-5 * tokens for total, tokens in scored.values())
 
 
@@ -288,12 +294,8 @@ def test_a_fit_with_a_teacher_reports_the_per_skill_kl_beside_accuracy(tmp_path,
     assert any(r.get("eval/heldout/acc") for r in rows)
 
 
-@pytest.mark.distributed
-@pytest.mark.slow
-@pytest.mark.timeout(2400)
-def test_two_fsdp2_ranks_give_the_one_process_held_out_kl(tmp_path, tiny_qwen3_dir, teacher_dir):
-    """``held_out_divergence`` under ModelParallelStrategy (FSDP2, 2 gloo ranks, each scoring its share of the
-    held-out slice, the per-example sums gathered) equals the one-process value per skill, to 1e-5."""
+def one_process_and_two_ranks(tmp_path: Path, *args: str) -> tuple[dict, dict]:
+    """What tests/scripts/heldout_kl_ranks.py writes in one process and on 2 gloo ranks (FSDP2)."""
     import os
     import subprocess
     import sys
@@ -303,17 +305,47 @@ def test_two_fsdp2_ranks_give_the_one_process_held_out_kl(tmp_path, tiny_qwen3_d
 
     import launch
 
-    common = ["--student", str(tiny_qwen3_dir), "--teacher", str(teacher_dir)]
-    heldout_kl_ranks.main([*common, "--run_dir", str(tmp_path / "one"), "--out", str(tmp_path / "one.json")])
+    heldout_kl_ranks.main([*args, "--run_dir", str(tmp_path / "one"), "--out", str(tmp_path / "one.json")])
     env = launch.script_env(launch.free_port(), PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests' / 'scripts'}")
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "heldout_kl_ranks.py"), *common,
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "heldout_kl_ranks.py"), *args,
                            "--run_dir", str(tmp_path / "two"), "--out", str(tmp_path / "two.json"), "--devices", "2"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two"))
-    assert one["kl"] > 0.01 and one["examples"] >= 4 and len(one["skills"]) >= 2
-    assert (two["examples"], two["tokens"]) == (one["examples"], one["tokens"])
+    return one, two
+
+
+def assert_same_per_skill(one: dict, two: dict) -> None:
     assert two["kl"] == pytest.approx(one["kl"], rel=1e-5, abs=1e-5)
     assert [r["chain"] for r in two["skills"]] == [r["chain"] for r in one["skills"]]
     for a, b in zip(one["skills"], two["skills"], strict=True):
         assert (b["examples"], b["kl"]) == (a["examples"], pytest.approx(a["kl"], rel=1e-5, abs=1e-5)), a["chain"]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_two_fsdp2_ranks_give_the_one_process_held_out_kl(tmp_path, tiny_qwen3_dir, teacher_dir):
+    """``held_out_divergence`` under ModelParallelStrategy (FSDP2, 2 gloo ranks, each scoring its share of the
+    held-out slice, the per-example sums gathered) equals the one-process value per skill, to 1e-5."""
+    one, two = one_process_and_two_ranks(tmp_path, "--student", str(tiny_qwen3_dir), "--teacher", str(teacher_dir))
+    assert one["kl"] > 0.01 and one["examples"] >= 4 and len(one["skills"]) >= 2
+    assert (two["examples"], two["tokens"]) == (one["examples"], one["tokens"])
+    assert_same_per_skill(one, two)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_two_fsdp2_ranks_give_the_one_process_kl_on_the_students_own_samples(tmp_path, tiny_qwen3_dir, teacher_dir):
+    """An on-policy student's held-out evaluation (``SkillEvalCallback.evaluate``: export, generation, each rank
+    scoring KL(student || teacher) on its own samples before the gather, the report) under ModelParallelStrategy
+    (FSDP2, student and teacher sharded, 2 gloo ranks) equals the one-process evaluation per skill, to 1e-5, with
+    the same sample, problem and token counts."""
+    one, two = one_process_and_two_ranks(tmp_path, "--student", str(tiny_qwen3_dir), "--teacher", str(teacher_dir),
+                                         "--own_samples")
+    assert one["direction"] == "KL(student || teacher)" and one["kl"] > 0.01
+    assert one["samples"] == 2 * one["examples"] and one["examples"] >= 4 and len(one["skills"]) >= 2
+    assert one["tokens"] > one["samples"]  # sampled completions of several tokens
+    assert (two["samples"], two["examples"], two["tokens"]) == (one["samples"], one["examples"], one["tokens"])
+    assert_same_per_skill(one, two)

@@ -1,7 +1,12 @@
 """The held-out per-skill KL(teacher || student) of ``SkillEvalCallback.held_out_divergence`` at the start of
 training, through the real stack: one process, or 2 gloo ranks under ModelParallelStrategy (student and teacher
 FSDP2-sharded, each rank scoring its share of the held-out slice). Rank 0 writes the divergence to ``--out``
-(tests/test_skill_divergence.py compares the two)."""
+(tests/test_skill_divergence.py compares the two).
+
+``--own_samples``: an on-policy module (``OnPolicyModule``); at the start of training a whole in-training evaluation
+of the held-out set (``SkillEvalCallback.evaluate``: export, HF generate in a child process per rank, each rank
+scoring the KL(student || teacher) of its own samples before the gather, the report), then the run stops. Rank 0
+writes the report's ``sample_divergence`` to ``--out``."""
 
 from __future__ import annotations
 
@@ -14,8 +19,9 @@ import torch
 
 from callbacks.skill_eval import SkillEvalCallback
 from datamodules import SkillDataModule
-from lightning_modules import CausalLMModule
+from lightning_modules import CausalLMModule, OnPolicyModule
 from lightning_modules.distill_loss import DistillationConfig
+from skill_distill.generation.base import SamplingConfig
 from skill_distill.generation.factory import HFConfig
 from skill_distill.grading import GradingConfig
 from skill_distill.selection import SelectionConfig
@@ -41,6 +47,25 @@ class HeldOutKL(L.Callback):
             Path(self.out).write_text(json.dumps(divergence))
 
 
+class OwnSampleKL(HeldOutKL):
+    """Runs a whole held-out evaluation of the on-policy student before the first step (sampled: every sequence
+    from its own seeded generator, so the same texts on 1 or 2 ranks; a problem's two samples may lie on different
+    ranks), writes its ``sample_divergence`` and stops."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.skill_eval = SkillEvalCallback(
+            benchmarks=[{"name": "heldout", "limit_per_skill": 1, "k": 2}], export_dtype=None,
+            backend=HFConfig(batch_size=1), sampling=SamplingConfig(temperature=1.0, max_new_tokens=8),
+            grading=GradingConfig(workers=0), timeout_s=600)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        report = self.skill_eval.evaluate(trainer, pl_module, "own_samples")
+        if trainer.is_global_zero:
+            Path(self.out).write_text(json.dumps(report["benchmarks"]["heldout"]["metrics"]["sample_divergence"]))
+        trainer.should_stop = True
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--student", required=True)
@@ -48,12 +73,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run_dir", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--devices", type=int, default=1)
+    ap.add_argument("--own_samples", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     L.seed_everything(0)
-    model = CausalLMModule(model=args.student, attn_implementation="sdpa_packed", fsdp_mixed_precision=False,
-                           distillation=DistillationConfig(teacher=args.teacher, teacher_dtype="float32",
-                                                           chunk_size=7))
+    module = OnPolicyModule if args.own_samples else CausalLMModule
+    model = module(model=args.student, attn_implementation="sdpa_packed", fsdp_mixed_precision=False,
+                   distillation=DistillationConfig(teacher=args.teacher, teacher_dtype="float32", chunk_size=7))
     data = SkillDataModule(corpus=str(QS / "pool.jsonl"), tokenizer=args.student, tree=str(QS / "tree.json"),
                            attribution=str(QS / "attribution.jsonl"), val_corpus=str(QS / "heldout.jsonl"),
                            max_length=256, examples_per_step=2, val_micro_batch_size=3,
@@ -66,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer = L.Trainer(accelerator="cpu", devices=args.devices, strategy=strategy, max_steps=1,
                         use_distributed_sampler=False, limit_val_batches=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=args.run_dir,
-                        callbacks=[HeldOutKL(args.out)])
+                        callbacks=[(OwnSampleKL if args.own_samples else HeldOutKL)(args.out)])
     trainer.fit(model, datamodule=data)
 
 
