@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import signal
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -137,8 +138,28 @@ class _ItemTimeout(BaseException):
     """Raised by the interval timer; a BaseException so that math-verify's ``except Exception`` cannot swallow it."""
 
 
+class _Timer:
+    armed = False
+    """True while an item's check runs: only then does an alarm stop it."""
+
+
 def _on_alarm(signum, frame):
-    raise _ItemTimeout()
+    # a late alarm (the timer repeats every 50 ms) whose handler runs after the item was handled is ignored: raised
+    # then, it would stop the next item's check
+    if _Timer.armed:
+        raise _ItemTimeout()
+
+
+def _drop_timeouts_in_finalizers(previous):
+    """An unraisable hook that drops ``_ItemTimeout``: the timer landed in a finalizer (sympy's weakref callbacks),
+    where Python cannot raise it, and the repeating timer stops the item 50 ms later. Other unraisable exceptions go
+    to ``previous``. Without it every such landing printed an "Exception ignored" traceback, and under pytest the next
+    alarm could land inside pytest's own hook while it formatted the first, which failed the test (seen at load 3)."""
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, _ItemTimeout):
+            previous(unraisable)
+
+    return hook
 
 
 @lru_cache(maxsize=4096)
@@ -165,30 +186,49 @@ def _quiet_math_verify() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+@lru_cache(maxsize=1)
+def _warm_up() -> None:
+    """One untimed check per process: math-verify and sympy import parts of themselves on first use (the parser on
+    the first parse, the comparison on the first verify), which took more than 0.5 s under load and was charged to
+    whichever item came first: a bare "5" timed out after a slow item had been stopped before its verify."""
+    _check("\\frac{1}{2}", ("0.5",))
+
+
 def _grade_items(items: list[tuple[str | None, tuple[str, ...]]], timeout_s: float) -> list[tuple[bool, bool]]:
     """(correct, timed_out) per (extracted, golds) item; a timer bounds each item when on the main thread."""
     _quiet_math_verify()
+    if items:
+        _warm_up()
     use_timer = timeout_s > 0 and threading.current_thread() is threading.main_thread()
     out = []
     old = signal.signal(signal.SIGALRM, _on_alarm) if use_timer else None
+    old_hook = sys.unraisablehook
+    if use_timer:
+        sys.unraisablehook = _drop_timeouts_in_finalizers(old_hook)
     try:
         for extracted, golds in items:
+            # ``_Timer.armed = False`` comes first after the check and first in the handler: CPython runs signal
+            # handlers only at calls and backward jumps, so no alarm can be raised between the end of the check (or
+            # the raise) and that store, and any alarm after it is ignored
             try:
                 if use_timer:
-                    # repeating: an alarm that lands in a finalizer (sympy's weakref callbacks) is printed as
-                    # "Exception ignored" and lost; the next one, 50 ms later, stops the item (seen under load)
+                    _Timer.armed = True
+                    # repeating: an alarm that lands in a finalizer (sympy's weakref callbacks) cannot be raised
+                    # there (``_drop_timeouts_in_finalizers``); the next one, 50 ms later, stops the item
                     signal.setitimer(signal.ITIMER_REAL, timeout_s, 0.05)
-                try:
-                    ok = _check(extracted, golds)
-                finally:
-                    if use_timer:
-                        signal.setitimer(signal.ITIMER_REAL, 0)
+                ok = _check(extracted, golds)
+                _Timer.armed = False
                 out.append((bool(ok), False))
             except _ItemTimeout:
+                _Timer.armed = False
                 out.append((False, True))
+            finally:
+                if use_timer:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
     finally:
         if use_timer:
             signal.signal(signal.SIGALRM, old)
+            sys.unraisablehook = old_hook
     return out
 
 

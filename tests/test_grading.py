@@ -134,3 +134,31 @@ def test_last_number_fallback_only_when_allowed():
         verdicts = g.grade(["The answer is 7.", "The answer is 7.", "ratio 3/4", "no number"], ["7", "7", "0.75", "1"],
                            allow_fallback=[True, False, True, True])
     assert verdicts == [Verdict(True, "7"), Verdict(False, None), Verdict(True, "3/4"), Verdict(False, None)]
+
+
+def test_a_timeout_that_lands_in_a_finalizer_is_dropped_and_other_unraisables_are_kept():
+    """The repeating timer can land in a finalizer, where Python reports it through ``sys.unraisablehook``; the hook
+    the grader installs while it times items drops those and passes every other unraisable exception on."""
+    import gc
+    import sys
+
+    from skill_distill.grading import _drop_timeouts_in_finalizers, _ItemTimeout
+
+    seen = []
+    hook = _drop_timeouts_in_finalizers(seen.append)
+    old = sys.unraisablehook
+    sys.unraisablehook = hook
+    try:
+        class RaisesInFinalizer:
+            def __init__(self, exc):
+                self.exc = exc
+
+            def __del__(self):
+                raise self.exc
+
+        RaisesInFinalizer(_ItemTimeout())  # dropped at once (reference count 0)
+        RaisesInFinalizer(ValueError("kept"))
+        gc.collect()
+    finally:
+        sys.unraisablehook = old
+    assert [type(u.exc_value) for u in seen] == [ValueError]
