@@ -24,6 +24,7 @@ from skill_distill.generation.factory import VLLMConfig
 from skill_distill.grading import GradingConfig
 from skill_distill.io import DataError, JsonlAppender, read_jsonl
 from skill_distill.profile import load_profile, run_profile
+from skill_distill.project import process_tree
 from skill_distill.selection import read_mean_correctness, read_profile_nodes
 from skill_distill.skill_stats import load_attribution
 from skill_distill.skill_tree import SkillTree
@@ -268,16 +269,6 @@ def test_profile_rerun_with_a_corrupted_middle_verdict_stops_and_discards_nothin
 
 
 # ---- kill -9 of a stage ---------------------------------------------------------------------------------
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
-
-
 def _wait_for_log(proc, log_path: Path, marker: str, within_s: float, what: str) -> None:
     """Until ``proc``'s log holds ``marker``; fails with the log's tail if ``proc`` exits first."""
     deadline = time.monotonic() + within_s
@@ -304,13 +295,7 @@ def _kill_9_and_wait(proc, children, who: str, within_s: float = 10.0) -> None:
 
 
 def _descendants(pid: int) -> set[int]:
-    found, todo = set(), [pid]
-    while todo:
-        for child in _children(todo.pop()):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
+    return set(process_tree(pid)) - {pid}  # the run summary's walk of the process tree
 
 
 def _alive(pid: int) -> bool:
