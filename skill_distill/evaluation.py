@@ -305,7 +305,8 @@ def summarize(benchmark: LoadedBenchmark, state: Mapping[str, Any], confidence: 
 
     def arr(name: str):
         v = state[name]
-        return np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v, dtype=np.float64)
+        # at least 1-D: torchmetrics' compute() squeezes a one-element result, i.e. a set of one problem
+        return np.atleast_1d(np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v, dtype=np.float64))
 
     correct, samples, tokens, truncated = arr("correct"), arr("samples"), arr("tokens"), arr("truncated")
     judged = samples > 0

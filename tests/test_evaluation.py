@@ -335,3 +335,17 @@ def test_history_chart_has_every_evaluation_of_a_run(scripted, loaded, tmp_path,
     assert plot_history([baseline, report, later], "heldout", tmp_path / "h.png")
     assert drawn["columns"] == ["baseline", "epoch=0", "epoch=1"]
     assert (drawn["cells"][:, 2] == 100).all()  # epoch=1 at 1.0 in every skill
+
+
+def test_a_set_of_one_problem_is_summarised_per_skill(tree):
+    """torchmetrics' compute() squeezes a one-element state to a scalar; a held-out set of one problem (``limit:
+    1``) must still be summarised, with its skill rows (it raised IndexError before)."""
+    one = load_benchmarks([BenchmarkSpec("heldout", path=str(QS / "heldout.jsonl"), limit=1, k=2,
+                                         skills=SkillSource(attribution=str(QS / "attribution.jsonl")))], tree)
+    problem = one[0].problems[0]
+    records = [{"benchmark": "heldout", "index": 0, "id": problem.id, "correct": correct, "num_tokens": 5,
+                "finished": True, "skills_written": None} for correct in (True, False)]
+    s = compute_summaries(one, records)["heldout"]
+    assert (s["problems"], s["samples"], s["correct_samples"], s["accuracy"]) == (1, 2, 1, 0.5)
+    leaf = "->".join(one[0].chains[problem.id][0])
+    assert {row["chain"]: row["accuracy"] for row in s["skills"]}[leaf] == 0.5
