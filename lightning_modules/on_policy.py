@@ -174,9 +174,10 @@ class OnPolicyModule(CausalLMModule):
 
             register_fsdp_forward_method(self.model, TOKEN_LOGPROBS)
 
-    def _ensure_engine(self) -> RolloutEngine:
-        if self.engine is None:
-            self.engine = make_rollout_engine(self.rollout, self.rollout_model, self.tokenizer_name)
+    def _ensure_engine(self, prompts: int) -> RolloutEngine:
+        if self.engine is None:  # sized for one step's rollouts of this rank
+            self.engine = make_rollout_engine(self.rollout, self.rollout_model, self.tokenizer_name,
+                                              sequences=prompts * self.rollout.n)
         return self.engine
 
     def _ensure_log(self) -> RolloutLog:
@@ -194,9 +195,8 @@ class OnPolicyModule(CausalLMModule):
             self.rollout_log = None
 
     # ---- rollouts -----------------------------------------------------------------------------------
-    def _sync(self, step: int) -> None:
+    def _sync(self, step: int, engine: RolloutEngine) -> None:
         """Load the student's weights into the engine when due, and run the canary when due."""
-        engine = self._ensure_engine()
         if self._synced_step is not None and step - self._synced_step < self.hparams.sync_every_n_steps:
             return
         sync_weights(engine, self.model)
@@ -216,8 +216,8 @@ class OnPolicyModule(CausalLMModule):
         return {k: batch[k] for k in MODEL_INPUTS if k in batch}
 
     def _make_rollouts(self, step: int, prompts: list) -> list[dict]:
-        engine = self._ensure_engine()
-        self._sync(step)
+        engine = self._ensure_engine(len(prompts))
+        self._sync(step, engine)
         rc = self.rollout
         start = time.perf_counter()
         sampled = engine.sample([p.prompt_ids for p in prompts],

