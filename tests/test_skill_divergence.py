@@ -327,11 +327,16 @@ def assert_same_per_skill(one: dict, two: dict) -> None:
 @pytest.mark.timeout(2400)
 def test_two_fsdp2_ranks_give_the_one_process_held_out_kl(tmp_path, tiny_qwen3_dir, teacher_dir):
     """``held_out_divergence`` under ModelParallelStrategy (FSDP2, 2 gloo ranks, each scoring its share of the
-    held-out slice, the per-example sums gathered) equals the one-process value per skill, to 1e-5."""
+    held-out slice, the per-example sums gathered) equals the one-process value per skill, to 1e-5. With a held-out
+    set of one problem, the rank without an example takes part in the sharded forwards with the filler and the
+    value still equals the one-process one."""
     one, two = one_process_and_two_ranks(tmp_path, "--student", str(tiny_qwen3_dir), "--teacher", str(teacher_dir))
-    assert one["kl"] > 0.01 and one["examples"] >= 4 and len(one["skills"]) >= 2
-    assert (two["examples"], two["tokens"]) == (one["examples"], one["tokens"])
-    assert_same_per_skill(one, two)
+    assert one["slice"]["kl"] > 0.01 and one["slice"]["examples"] >= 4 and len(one["slice"]["skills"]) >= 2
+    assert one["one_problem"]["examples"] == 1 and one["one_problem"]["kl"] > 0.01
+    for measure in ("slice", "one_problem"):
+        assert (two[measure]["examples"], two[measure]["tokens"]) == (one[measure]["examples"],
+                                                                      one[measure]["tokens"]), measure
+        assert_same_per_skill(one[measure], two[measure])
 
 
 @pytest.mark.distributed
@@ -341,11 +346,17 @@ def test_two_fsdp2_ranks_give_the_one_process_kl_on_the_students_own_samples(tmp
     """An on-policy student's held-out evaluation (``SkillEvalCallback.evaluate``: export, generation, each rank
     scoring KL(student || teacher) on its own samples before the gather, the report) under ModelParallelStrategy
     (FSDP2, student and teacher sharded, 2 gloo ranks) equals the one-process evaluation per skill, to 1e-5, with
-    the same sample, problem and token counts."""
-    one, two = one_process_and_two_ranks(tmp_path, "--student", str(tiny_qwen3_dir), "--teacher", str(teacher_dir),
-                                         "--own_samples")
+    the same sample, problem and token counts. With one held-out problem and one sample, the rank without a sample
+    scores the filler in every sharded forward and the value still equals the one-process one."""
+    both = one_process_and_two_ranks(tmp_path, "--student", str(tiny_qwen3_dir), "--teacher", str(teacher_dir),
+                                     "--own_samples")
+    one, two = (measured["slice"] for measured in both)
     assert one["direction"] == "KL(student || teacher)" and one["kl"] > 0.01
     assert one["samples"] == 2 * one["examples"] and one["examples"] >= 4 and len(one["skills"]) >= 2
     assert one["tokens"] > one["samples"]  # sampled completions of several tokens
+    assert (two["samples"], two["examples"], two["tokens"]) == (one["samples"], one["examples"], one["tokens"])
+    assert_same_per_skill(one, two)
+    one, two = (measured["one_problem"] for measured in both)
+    assert (one["samples"], one["examples"]) == (1, 1) and one["tokens"] > 1 and one["kl"] > 0.01
     assert (two["samples"], two["examples"], two["tokens"]) == (one["samples"], one["examples"], one["tokens"])
     assert_same_per_skill(one, two)

@@ -1,7 +1,9 @@
 """The held-out per-skill KL(teacher || student) of ``SkillEvalCallback.held_out_divergence`` at the start of
 training, through the real stack: one process, or 2 gloo ranks under ModelParallelStrategy (student and teacher
 FSDP2-sharded, each rank scoring its share of the held-out slice). Rank 0 writes the divergence to ``--out``
-(tests/test_skill_divergence.py compares the two).
+(tests/test_skill_divergence.py compares the two), as ``{"slice": ..., "one_problem": ...}``: the second is the same
+measure on a held-out set of one problem, so that on 2 ranks one rank has nothing of its own and scores the filler
+(``SkillEvalCallback._filler_batches``) in every collective forward.
 
 ``--own_samples``: an on-policy module (``OnPolicyModule``); at the start of training a whole in-training evaluation
 of the held-out set (``SkillEvalCallback.evaluate``: export, HF generate in a child process per rank, each rank
@@ -35,16 +37,20 @@ class HeldOutKL(L.Callback):
 
     def __init__(self, out: str):
         self.out = out
-        self.skill_eval = SkillEvalCallback(benchmarks=[{"name": "heldout", "limit_per_skill": 2, "k": 1}],
-                                            backend=HFConfig(), grading=GradingConfig(workers=0), timeout_s=600)
+        self.skill_eval, self.one_problem = (
+            SkillEvalCallback(benchmarks=[{"name": "heldout", **limits, "k": 1}], backend=HFConfig(),
+                              grading=GradingConfig(workers=0), timeout_s=600)
+            for limits in ({"limit_per_skill": 2}, {"limit": 1}))
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.skill_eval.setup(trainer, pl_module, stage)
+        self.one_problem.setup(trainer, pl_module, stage)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        divergence = self.skill_eval.held_out_divergence(trainer, pl_module)
+        measured = {name: callback.held_out_divergence(trainer, pl_module)
+                    for name, callback in (("slice", self.skill_eval), ("one_problem", self.one_problem))}
         if trainer.is_global_zero:
-            Path(self.out).write_text(json.dumps(divergence))
+            Path(self.out).write_text(json.dumps(measured))
 
 
 class OwnSampleKL(HeldOutKL):
@@ -54,15 +60,20 @@ class OwnSampleKL(HeldOutKL):
 
     def __init__(self, out: str):
         self.out = out
-        self.skill_eval = SkillEvalCallback(
-            benchmarks=[{"name": "heldout", "limit_per_skill": 1, "k": 2}], export_dtype=None,
-            backend=HFConfig(batch_size=1), sampling=SamplingConfig(temperature=1.0, max_new_tokens=8),
-            grading=GradingConfig(workers=0), timeout_s=600)
+        self.skill_eval, self.one_problem = (
+            SkillEvalCallback(benchmarks=[{"name": "heldout", **limits}], export_dtype=None,
+                              backend=HFConfig(batch_size=1), sampling=SamplingConfig(temperature=1.0,
+                                                                                      max_new_tokens=8),
+                              grading=GradingConfig(workers=0), timeout_s=600)
+            for limits in ({"limit_per_skill": 1, "k": 2}, {"limit": 1, "k": 1}))
 
     def on_train_start(self, trainer, pl_module) -> None:
-        report = self.skill_eval.evaluate(trainer, pl_module, "own_samples")
+        reports = {name: callback.evaluate(trainer, pl_module, tag)  # the report on rank 0, None on the others
+                   for name, callback, tag in (("slice", self.skill_eval, "own_samples"),
+                                               ("one_problem", self.one_problem, "own_samples_one"))}
         if trainer.is_global_zero:
-            Path(self.out).write_text(json.dumps(report["benchmarks"]["heldout"]["metrics"]["sample_divergence"]))
+            Path(self.out).write_text(json.dumps({name: report["benchmarks"]["heldout"]["metrics"]["sample_divergence"]
+                                                  for name, report in reports.items()}))
         trainer.should_stop = True
 
 
