@@ -244,12 +244,24 @@ class SkillCLI(LightningCLI):
     def before_fit(self) -> None:
         global _TRAINER
         _TRAINER = self.trainer  # main: a failure after its first step is not a refused set-up
+        if self.trainer.is_global_zero:  # this node's whole tree: its launched ranks and vLLM children are in it
+            from skill_distill.project import MEMORY_SAMPLE_S, TreeMemory
+
+            self._memory = TreeMemory(MEMORY_SAMPLE_S).__enter__()  # a daemon thread; read in after_fit
 
     # ---- after training -------------------------------------------------------------------------------------------
     def after_fit(self) -> None:
         if not self.trainer.is_global_zero:
             return
         summary = run_summary(self.trainer)
+        memory = getattr(self, "_memory", None)
+        if memory is not None:
+            from skill_distill.project import GIB, MEMORY_SAMPLE_S, peak_rss_gb
+
+            memory.__exit__(None, None, None)
+            summary["peak_memory_gb"] = {"process_tree": round(memory.peak / GIB, 2),
+                                         "largest_process": round(peak_rss_gb(), 2),
+                                         "sampled_every_s": MEMORY_SAMPLE_S}
         if not self.trainer.interrupted:
             with atomic_write(RunLayout.of(self.trainer).finished) as f:
                 json.dump(summary, f, indent=1)
@@ -366,6 +378,11 @@ def format_summary(s: dict) -> str:
     for d in s["metrics"]:
         if d:
             lines.append(f"  metrics: {d}")
+    if s.get("peak_memory_gb"):
+        m = s["peak_memory_gb"]
+        lines.append(f"  peak memory of this run: {m['process_tree']:.1f} GB, this node's processes together "
+                     f"(training, its ranks, evaluation children; sampled every {m['sampled_every_s']:g} s); the "
+                     f"largest single process {m['largest_process']:.1f} GB")
     return "\n".join(lines)
 
 

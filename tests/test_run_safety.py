@@ -8,6 +8,7 @@ mistakes are one line."""
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import shutil
 import subprocess
@@ -261,6 +262,10 @@ def test_default_root_dir_moves_everything_and_last_never_takes_another_runs_che
     assert out["after"] == out["before"]  # the other run is untouched
     names = {p.name for p in other.iterdir()}
     assert {"checkpoints", "logs", "tb", "hf_export", "step_trace.rank0.jsonl", "run_finished.json"} <= names, names
+    # the summary gives the run's peak memory: the whole process tree's (sampled) and the largest process's
+    memory = json.loads((other / "run_finished.json").read_text())["peak_memory_gb"]
+    assert 0.3 < memory["largest_process"] < 64 and 0.3 < memory["process_tree"] < 64, memory
+    assert f"peak memory of this run: {memory['process_tree']:.1f} GB" in out["log"].read_text()
     assert (other / "checkpoints" / "last.ckpt").resolve().name == "step=0000002.ckpt"
     assert metric_steps(other) == [0, 1]
     assert launch.trace_by_step(other, 0).keys() == {1, 2}  # trained from step 0, not from the other run's step 3
