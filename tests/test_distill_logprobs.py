@@ -151,7 +151,7 @@ def test_logprobs_made_with_another_tokenizer_are_refused_at_train_start(tmp_pat
                                                                          shared_dir, monkeypatch, capfd):
     """SmolLM2's teacher-logprobs, a Qwen3-tokenised run: ``train.py fit`` stops before the first step, one line
     naming the example, exit 2; a stage run whose tokenizer is not the teacher's is refused in one line."""
-    from test_distill_train import refused_in_process, write_corpus
+    from test_distill_train import fit_in_process, write_corpus
 
     out = tmp_path / "smollm2_logprobs"
     corpus = write_corpus(shared_dir, tmp_path / "corpus.jsonl")
@@ -163,7 +163,7 @@ def test_logprobs_made_with_another_tokenizer_are_refused_at_train_start(tmp_pat
 
     from skill_distill.assets import tiny_qwen3_dir
 
-    code, err = refused_in_process(monkeypatch, capfd, tmp_path, tmp_path / "run",
+    code, err = fit_in_process(monkeypatch, capfd, tmp_path, tmp_path / "run",
                                    tiny_qwen3_dir(tmp_path / "unused_teacher"), corpus, qwen_tokenizer_dir,
                                    "--model.distillation.teacher=null", f"--model.distillation.teacher_logprobs={out}")
     last = err.strip().splitlines()[-1]

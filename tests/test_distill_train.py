@@ -64,11 +64,11 @@ def fit(tmp_path: Path, run_dir: Path, teacher: Path, corpus: Path, tokenizer: P
     return proc.returncode, proc.stderr
 
 
-def refused_in_process(monkeypatch, capfd, tmp_path: Path, run_dir: Path, teacher: Path, corpus: Path,
+def fit_in_process(monkeypatch, capfd, tmp_path: Path, run_dir: Path, teacher: Path, corpus: Path,
                        tokenizer: Path, *extra: str, log: str = "fit.log") -> tuple[int, str]:
-    """``fit`` of a run that is refused before its first step, through train.py's entry point in this process
-    (``test_run_safety.train_in_process``): a new process would spend most of its time importing torch and
-    Lightning. (exit code, everything it wrote)."""
+    """``fit`` through train.py's entry point in this process (``test_run_safety.train_in_process``), for a run
+    refused before its first step or a short single-process resume: a new process would spend most of its time
+    importing torch and Lightning. (exit code, everything it wrote)."""
     from test_run_safety import train_in_process
 
     command = fit_command(tmp_path, run_dir, teacher, corpus, tokenizer, *extra, log=log)
@@ -83,7 +83,7 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # two train.py child processes, two refusals in this one; minutes on a loaded 2-core machine
+@pytest.mark.timeout(2400)  # a train.py child process, three runs in this one; minutes on a loaded 2-core machine
 def test_logit_kd_trains_resumes_and_keeps_its_teacher(tmp_path, shared_dir, qwen_tokenizer_dir, monkeypatch, capfd):
     from skill_distill.assets import tiny_qwen3_dir
 
@@ -108,21 +108,22 @@ def test_logit_kd_trains_resumes_and_keeps_its_teacher(tmp_path, shared_dir, qwe
     assert all(float(r["train/ce"]) > 5 for r in first)  # random students over a 152k vocabulary
 
     # another teacher by name: the fixed setting model.distillation, reported by its key
-    code, err = refused_in_process(monkeypatch, capfd, tmp_path, run, other, corpus, qwen_tokenizer_dir,
+    code, err = fit_in_process(monkeypatch, capfd, tmp_path, run, other, corpus, qwen_tokenizer_dir,
                                    "--ckpt_path=last", log="b.log")
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: model.distillation.teacher is"), err[-3000:]
     # the same name with another config: the checkpoint's teacher identity
     saved_config = (teacher / "config.json").read_text()
     shutil.copy(other / "config.json", teacher / "config.json")
     try:
-        code, err = refused_in_process(monkeypatch, capfd, tmp_path, run, teacher, corpus, qwen_tokenizer_dir,
+        code, err = fit_in_process(monkeypatch, capfd, tmp_path, run, teacher, corpus, qwen_tokenizer_dir,
                                        "--ckpt_path=last", log="c.log")
     finally:
         (teacher / "config.json").write_text(saved_config)
     last = err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("error: the teacher") and "is not the run's teacher" in last, err[-3000:]
 
-    code, err = fit(tmp_path, run, teacher, corpus, qwen_tokenizer_dir, "--ckpt_path=last", log="d.log")
+    code, err = fit_in_process(monkeypatch, capfd, tmp_path, run, teacher, corpus, qwen_tokenizer_dir,
+                               "--ckpt_path=last", log="d.log")
     assert code == 0, err[-3000:]
     rows = metrics(run)
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
@@ -139,7 +140,7 @@ def test_a_teacher_with_another_vocabulary_is_refused_in_one_line(tmp_path, shar
 
     teacher = tiny_qwen3_dir(tmp_path / "small_vocab", vocab_size=151680)
     corpus = write_corpus(shared_dir, tmp_path / "corpus.jsonl")
-    code, err = refused_in_process(monkeypatch, capfd, tmp_path, tmp_path / "run", teacher, corpus, qwen_tokenizer_dir)
+    code, err = fit_in_process(monkeypatch, capfd, tmp_path, tmp_path / "run", teacher, corpus, qwen_tokenizer_dir)
     lines = err.strip().splitlines()
     assert code == 2 and lines[-1].startswith("error: cross-tokenizer distillation is not supported: teacher"), err
     assert "151680" in lines[-1] and "151936" in lines[-1]
