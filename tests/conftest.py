@@ -62,10 +62,10 @@ def smollm2_dir() -> Path:
 
 
 # ---- one SmolLM2 vLLM engine for the whole session ------------------------------------------------------------------
-# test_attribution, test_generation and test_profile all need a real SmolLM2-135M engine; starting one takes 14-31 s
-# on 2 cores, so they share this one. Its users run as one block (pytest_collection_modifyitems) and it is closed
-# as soon as the last of them is done (pytest_runtest_teardown), so it does not hold memory and threads while the
-# rest of the suite trains.
+# test_attribution, test_generation, test_profile and test_traces_vllm all need a real SmolLM2-135M engine; starting
+# one takes 14-31 s on 2 cores, so they share this one. Its users run as one block (pytest_collection_modifyitems)
+# and it is closed as soon as the last of them is done (pytest_runtest_teardown), so it does not hold memory and
+# threads while the rest of the suite trains.
 SHARED_ENGINE_FIXTURE = "smollm2_vllm"
 
 
@@ -87,6 +87,12 @@ class SharedEngine:
 
     def close(self) -> None:
         pass
+
+    def __enter__(self):  # ``with make_backend(cfg) as backend:`` (generate-traces): leaving it keeps the engine
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def shutdown(self) -> None:
         if not self.closed:
@@ -148,10 +154,11 @@ def pytest_collection_modifyitems(session, config, items):
 # Each worker is its own pytest session: a module- or session-scoped fixture is built once per worker that runs one of
 # its users. `--dist loadscope` hands out whole modules, so a module's reference runs, teachers and engines are built
 # once, and tests where every rank starts its own engine (all in test_skill_eval_callback) never overlap. The shared
-# engine's users span three modules: they are one unit here, so one worker starts that engine once.
+# engine's users span four modules: they are one unit here, so one worker starts that engine once.
 # (`--dist loadgroup` with xdist_group marks would be finer, but with pytest 9.2 pytest-xdist 3.8 silently ignores
 # the groups: it appends them to a node id field pytest no longer reads, pytest-dev/pytest-xdist#1386.)
-SHARED_ENGINE_MODULES = ("tests/test_attribution.py", "tests/test_generation.py", "tests/test_profile.py")
+SHARED_ENGINE_MODULES = ("tests/test_attribution.py", "tests/test_generation.py", "tests/test_profile.py",
+                         "tests/test_traces_vllm.py")
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown without the plugin

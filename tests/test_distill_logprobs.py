@@ -146,12 +146,12 @@ def test_training_reads_stored_logprobs_by_example_id(tmp_path, teacher, qwen_to
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # a train.py child process; minutes on a shared, loaded 2-core machine
+@pytest.mark.timeout(2400)  # a refused train.py run (in this process); minutes on a shared, loaded 2-core machine
 def test_logprobs_made_with_another_tokenizer_are_refused_at_train_start(tmp_path, smollm2_dir, qwen_tokenizer_dir,
-                                                                         shared_dir):
+                                                                         shared_dir, monkeypatch, capfd):
     """SmolLM2's teacher-logprobs, a Qwen3-tokenised run: ``train.py fit`` stops before the first step, one line
     naming the example, exit 2; a stage run whose tokenizer is not the teacher's is refused in one line."""
-    from test_distill_train import fit, write_corpus
+    from test_distill_train import fit_in_process, write_corpus
 
     out = tmp_path / "smollm2_logprobs"
     corpus = write_corpus(shared_dir, tmp_path / "corpus.jsonl")
@@ -163,9 +163,9 @@ def test_logprobs_made_with_another_tokenizer_are_refused_at_train_start(tmp_pat
 
     from skill_distill.assets import tiny_qwen3_dir
 
-    code, err = fit(tmp_path, tmp_path / "run", tiny_qwen3_dir(tmp_path / "unused_teacher"), corpus,
-                    qwen_tokenizer_dir, "--model.distillation.teacher=null",
-                    f"--model.distillation.teacher_logprobs={out}")
+    code, err = fit_in_process(monkeypatch, capfd, tmp_path, tmp_path / "run",
+                                   tiny_qwen3_dir(tmp_path / "unused_teacher"), corpus, qwen_tokenizer_dir,
+                                   "--model.distillation.teacher=null", f"--model.distillation.teacher_logprobs={out}")
     last = err.strip().splitlines()[-1]
     assert code == 2 and last.startswith(f"error: {out}: example 'm"), err[-3000:]
     assert "other tokens than this run's tokenisation" in last

@@ -33,10 +33,10 @@ def write_corpus(shared_dir: Path, path: Path, n: int = 8) -> Path:
     return path
 
 
-def fit(tmp_path: Path, run_dir: Path, teacher: Path, corpus: Path, tokenizer: Path, *extra: str,
-        log: str = "fit.log", sigterm_at_step: int | None = None) -> tuple[int, str]:
-    """``train.py fit`` in a child process (train.py's own error handling, exit codes and signals), 2 steps an epoch
-    of 4 examples, 2 epochs, a checkpoint after every step; SIGTERM after step ``sigterm_at_step``."""
+def fit_command(tmp_path: Path, run_dir: Path, teacher: Path, corpus: Path, tokenizer: Path, *extra: str,
+                log: str = "fit.log", sigterm_at_step: int | None = None) -> list[str]:
+    """The arguments of ``train.py`` for a run of 2 steps an epoch of 4 examples, 2 epochs, a checkpoint after every
+    step; SIGTERM after step ``sigterm_at_step``."""
     cfg = yaml.safe_load(CONFIG.read_text())
     for cb in cfg["trainer"]["callbacks"]:
         if cb["class_path"].endswith("ResumableCheckpoint"):
@@ -46,15 +46,35 @@ def fit(tmp_path: Path, run_dir: Path, teacher: Path, corpus: Path, tokenizer: P
                                             "init_args": {"step": sigterm_at_step, "signum": 15}})
     config = tmp_path / f"{log}.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    args = [sys.executable, str(REPO / "train.py"), "fit", "--config", str(config),
-            f"--trainer.default_root_dir={run_dir}", "--trainer.max_epochs=2",
+    return ["fit", "--config", str(config), f"--trainer.default_root_dir={run_dir}", "--trainer.max_epochs=2",
             f"--model.distillation.teacher={teacher}", f"--data.corpus={corpus}", f"--data.tokenizer={tokenizer}",
             "--data.tree=null", "--data.attribution=null", "--data.profile=null", "--data.selection.strategy=all",
             "--data.skill_format.mode=off", "--data.max_length=128", "--data.examples_per_step=4", *extra]
+
+
+def fit(tmp_path: Path, run_dir: Path, teacher: Path, corpus: Path, tokenizer: Path, *extra: str,
+        log: str = "fit.log", sigterm_at_step: int | None = None) -> tuple[int, str]:
+    """``train.py fit`` (``fit_command``) in a child process (train.py's own error handling, exit codes and
+    signals)."""
+    args = [sys.executable, str(REPO / "train.py"), *fit_command(tmp_path, run_dir, teacher, corpus, tokenizer, *extra,
+                                                                 log=log, sigterm_at_step=sigterm_at_step)]
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests' / 'scripts'}", OMP_NUM_THREADS="2")
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     (tmp_path / log).write_text(proc.stdout + proc.stderr)
     return proc.returncode, proc.stderr
+
+
+def fit_in_process(monkeypatch, capfd, tmp_path: Path, run_dir: Path, teacher: Path, corpus: Path,
+                       tokenizer: Path, *extra: str, log: str = "fit.log") -> tuple[int, str]:
+    """``fit`` through train.py's entry point in this process (``test_run_safety.train_in_process``), for a run
+    refused before its first step or a short single-process resume: a new process would spend most of its time
+    importing torch and Lightning. (exit code, everything it wrote)."""
+    from test_run_safety import train_in_process
+
+    command = fit_command(tmp_path, run_dir, teacher, corpus, tokenizer, *extra, log=log)
+    code, out = train_in_process(monkeypatch, capfd, tmp_path, Path(command[2]), *command[3:])
+    (tmp_path / log).write_text(out)
+    return code, out
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -63,8 +83,8 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # four train.py child processes; over 15 minutes on a shared, loaded 2-core machine
-def test_logit_kd_trains_resumes_and_keeps_its_teacher(tmp_path, shared_dir, qwen_tokenizer_dir):
+@pytest.mark.timeout(2400)  # a train.py child process, three runs in this one; minutes on a loaded 2-core machine
+def test_logit_kd_trains_resumes_and_keeps_its_teacher(tmp_path, shared_dir, qwen_tokenizer_dir, monkeypatch, capfd):
     from skill_distill.assets import tiny_qwen3_dir
 
     teacher = tiny_qwen3_dir(tmp_path / "teacher", seed=1)
@@ -88,19 +108,22 @@ def test_logit_kd_trains_resumes_and_keeps_its_teacher(tmp_path, shared_dir, qwe
     assert all(float(r["train/ce"]) > 5 for r in first)  # random students over a 152k vocabulary
 
     # another teacher by name: the fixed setting model.distillation, reported by its key
-    code, err = fit(tmp_path, run, other, corpus, qwen_tokenizer_dir, "--ckpt_path=last", log="b.log")
+    code, err = fit_in_process(monkeypatch, capfd, tmp_path, run, other, corpus, qwen_tokenizer_dir,
+                                   "--ckpt_path=last", log="b.log")
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: model.distillation.teacher is"), err[-3000:]
     # the same name with another config: the checkpoint's teacher identity
     saved_config = (teacher / "config.json").read_text()
     shutil.copy(other / "config.json", teacher / "config.json")
     try:
-        code, err = fit(tmp_path, run, teacher, corpus, qwen_tokenizer_dir, "--ckpt_path=last", log="c.log")
+        code, err = fit_in_process(monkeypatch, capfd, tmp_path, run, teacher, corpus, qwen_tokenizer_dir,
+                                       "--ckpt_path=last", log="c.log")
     finally:
         (teacher / "config.json").write_text(saved_config)
     last = err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("error: the teacher") and "is not the run's teacher" in last, err[-3000:]
 
-    code, err = fit(tmp_path, run, teacher, corpus, qwen_tokenizer_dir, "--ckpt_path=last", log="d.log")
+    code, err = fit_in_process(monkeypatch, capfd, tmp_path, run, teacher, corpus, qwen_tokenizer_dir,
+                               "--ckpt_path=last", log="d.log")
     assert code == 0, err[-3000:]
     rows = metrics(run)
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
@@ -111,12 +134,13 @@ def test_logit_kd_trains_resumes_and_keeps_its_teacher(tmp_path, shared_dir, qwe
 
 
 @pytest.mark.slow
-def test_a_teacher_with_another_vocabulary_is_refused_in_one_line(tmp_path, shared_dir, qwen_tokenizer_dir):
+def test_a_teacher_with_another_vocabulary_is_refused_in_one_line(tmp_path, shared_dir, qwen_tokenizer_dir, monkeypatch,
+                                                                   capfd):
     from skill_distill.assets import tiny_qwen3_dir
 
     teacher = tiny_qwen3_dir(tmp_path / "small_vocab", vocab_size=151680)
     corpus = write_corpus(shared_dir, tmp_path / "corpus.jsonl")
-    code, err = fit(tmp_path, tmp_path / "run", teacher, corpus, qwen_tokenizer_dir)
+    code, err = fit_in_process(monkeypatch, capfd, tmp_path, tmp_path / "run", teacher, corpus, qwen_tokenizer_dir)
     lines = err.strip().splitlines()
     assert code == 2 and lines[-1].startswith("error: cross-tokenizer distillation is not supported: teacher"), err
     assert "151680" in lines[-1] and "151936" in lines[-1]

