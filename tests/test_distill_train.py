@@ -18,6 +18,7 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "scripts"))  # launch.train_in_process
 CONFIG = REPO / "configs" / "distill" / "logit_kd_cpu.yaml"
 
 
@@ -66,10 +67,10 @@ def fit(tmp_path: Path, run_dir: Path, teacher: Path, corpus: Path, tokenizer: P
 
 def fit_in_process(monkeypatch, capfd, tmp_path: Path, run_dir: Path, teacher: Path, corpus: Path,
                        tokenizer: Path, *extra: str, log: str = "fit.log") -> tuple[int, str]:
-    """``fit`` through train.py's entry point in this process (``test_run_safety.train_in_process``), for a run
+    """``fit`` through train.py's entry point in this process (``launch.train_in_process``), for a run
     refused before its first step or a short single-process resume: a new process would spend most of its time
     importing torch and Lightning. (exit code, everything it wrote)."""
-    from test_run_safety import train_in_process
+    from launch import train_in_process
 
     command = fit_command(tmp_path, run_dir, teacher, corpus, tokenizer, *extra, log=log)
     code, out = train_in_process(monkeypatch, capfd, tmp_path, Path(command[2]), *command[3:])

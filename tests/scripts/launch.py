@@ -4,6 +4,7 @@ Lightning's launchers re-run the command line in the child ranks)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -180,3 +181,39 @@ def train(cwd: Path, config: Path, *args: str, log: Path, expect: int | None = 0
         proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "fit", "--config", str(config), *args],
                                 cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     return finish(proc, log, expect) if wait else proc
+
+
+def train_in_process(monkeypatch, capfd, cwd: Path, config: Path, *args: str) -> tuple[int, str]:
+    """``python train.py fit --config CONFIG ARGS`` in this process (its entry point, ``run_from_command_line``,
+    reading sys.argv): (exit code, everything it wrote). For single-process runs that end before training or train
+    a few steps, where a new process would spend most of its time importing torch and Lightning (kill -9 and
+    several ranks keep their own processes)."""
+    import train_cli
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [str(REPO / "train.py"), "fit", "--config", str(config), *args])
+    monkeypatch.delenv("SKILL_DISTILL_RESUME_FROM", raising=False)
+    capfd.readouterr()
+    log_to(sys.stderr)  # this test's captured stderr, as a train.py process's log
+    try:
+        train_cli.run_from_command_line()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        log_to(sys.__stderr__)  # not this test's capture, closed when it ends ("--- Logging error ---" later)
+    out, err = capfd.readouterr()
+    return code, out + err
+
+
+def log_to(stream) -> None:
+    """Point the stderr handlers of Lightning's and the project's loggers at ``stream``: they are made once per
+    process, with the ``sys.stderr`` of their time (pytest's own handlers are left alone)."""
+    import train_cli
+
+    roots = ("lightning", *train_cli.PROJECT_LOGGERS)
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name.split(".")[0] in roots and isinstance(logger, logging.Logger):
+            for handler in logger.handlers:
+                if type(handler) is logging.StreamHandler:
+                    handler.setStream(stream)
