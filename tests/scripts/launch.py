@@ -216,4 +216,7 @@ def log_to(stream) -> None:
         if name.split(".")[0] in roots and isinstance(logger, logging.Logger):
             for handler in logger.handlers:
                 if type(handler) is logging.StreamHandler:
-                    handler.setStream(stream)
+                    if getattr(handler.stream, "closed", False):  # an earlier test's capture: setStream would flush it
+                        handler.stream = stream
+                    else:
+                        handler.setStream(stream)
