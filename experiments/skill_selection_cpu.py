@@ -810,10 +810,11 @@ def round3_inputs(cfg: ExperimentConfig, prep: dict, seeds: list[int]) -> dict:
             "seeds": seeds, "correct": correct, "written": written, "shares": shares, "distinct": distinct}
 
 
-def write_round3(regimes: list[ExperimentConfig], prepared: dict, seeds: list[int], report: Path, header: str
-                 ) -> None:
-    """The third round's report over the finished ``seeds``: per regime its results.json and section, then the
-    advice; written whatever the outcome (a regime whose pre-check failed says so)."""
+def write_round3(regimes: list[ExperimentConfig], prepared: dict, seeds: dict[str, list[int]], report: Path,
+                 header: str) -> None:
+    """The third round's report over each regime's finished ``seeds`` (regime name -> seeds): per regime its
+    results.json and section, then the advice; written whatever the outcome (a regime whose pre-check failed says
+    so)."""
     import evidence_report as er
 
     sections, results = [], {}
@@ -828,7 +829,7 @@ def write_round3(regimes: list[ExperimentConfig], prepared: dict, seeds: list[in
             sections.append(f"### Regime {cfg.name}: {cfg.title}\n\nNo try passed the pre-check ({lines}; "
                             f"`{cfg.results_dir}/tries.json`); the regime stopped there, no arm was trained.")
             continue
-        inputs = round3_inputs(cfg, prep, seeds)
+        inputs = round3_inputs(cfg, prep, seeds[cfg.name])
         r = er.analyse_round3(**inputs, contrasts={**FORMAT_CONTRASTS, **er.ON_POLICY_CONTRASTS},
                               resamples=cfg.bootstrap_resamples,
                               labelled_arms=[a for a in cfg.arms if ARMS[a].skill_format != "off"])
@@ -847,12 +848,18 @@ def write_round3(regimes: list[ExperimentConfig], prepared: dict, seeds: list[in
                                           f" -> {'passed' if prep['precheck']['passed'] else 'failed'}"
                                           f"{'' if prep['precheck']['enforced'] else ' (not enforced)'}; tries: "
                                           f"`{cfg.results_dir}/tries.json`",
-                                          cost_line(prep["timings"], seeds), cfg.results_dir))
+                                          cost_line(prep["timings"], seeds[cfg.name]), cfg.results_dir))
     text = "\n\n".join([header.strip(), *sections, "### What to do (from these measurements only)",
-                         "\n".join(er.advice(results)), produced_by(seeds)])
+                         "\n".join(er.advice(results)), produced_by(sorted(set().union(*seeds.values())))])
     with atomic_write(report) as f:
         f.write(text + "\n")
     print(f"report over seeds {seeds} -> {report}", flush=True)
+
+
+def arms_finished(cfg: ExperimentConfig, prep: dict, seed: int) -> bool:
+    """Every arm of ``cfg`` has its exported model and its evaluation for ``seed`` (an earlier run finished them)."""
+    runs = [prep["dir"] / f"seed{seed}" / arm for arm in cfg.arms]
+    return all(exported(d).exists() and (RunLayout(d).eval_dir / "report.json").exists() for d in runs)
 
 
 def update_readme(section: str, marker: str) -> None:
@@ -868,14 +875,17 @@ def update_readme(section: str, marker: str) -> None:
 
 def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int] = [0],  # noqa: B006 - shown in --help, never mutated
          readme_marker: str = "evidence", update_readme_section: bool = True, only: list[str] = [],  # noqa: B006 - shown in --help, never mutated
-         report_file: str = "", report_header: str = "") -> dict:
+         report_file: str = "", report_header: str = "", regime_major: bool = False) -> dict:
     """Run (or resume) the experiment for ``seeds`` in every regime and write its report.
 
     Args:
         regimes: the regimes' settings (data, tries, pre-check, arms).
         seeds: selection / data-order seeds, one set of trained arms each.
         only: run and report only the regimes of these names (empty: all), e.g. to report one regime's finished
-            seeds while another's still run.
+            seeds while another's still run; with ``regime_major`` they run in this order.
+        regime_major: every seed of one regime before the next regime (default: seed-major, one seed of every
+            regime at a time), e.g. to finish a cheap regime's seeds first. The report covers each regime's finished
+            seeds, those of earlier runs included.
         readme_marker: the README section ``<!-- <marker>:start -->`` ... ``:end -->`` the report replaces.
         update_readme_section: write the README section.
         report_file: the third round's report (two-level bootstrap, verdicts; experiments/evidence_report.py),
@@ -894,21 +904,34 @@ def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int
     # each): a stopped run has whole seeds of every regime's SFT arms, which the verdicts need most
     sft = [arms_of(cfg, on_policy=False) for cfg in regimes]
     on_policy = [arms_of(cfg, on_policy=True) for cfg in regimes]
+    done: dict[str, list[int]] = {}
     for pass_regimes in [sft] + ([on_policy] if any(cfg.arms for cfg in on_policy) else []):
-        done: list[int] = []
-        for seed in seeds:  # seed-major, so a stopped run has whole seeds of every regime
-            for cfg in pass_regimes:
-                prep = prepared[cfg.name]
-                if prep is not None and cfg.arms:
-                    prep.setdefault("runs", {}).setdefault(seed, {}).update(run_arms(cfg, prep, seed))
-            done.append(seed)
+        active = [cfg for cfg in pass_regimes if prepared[cfg.name] is not None and cfg.arms]
+        # a regime without arms in this pass keeps the seeds it finished in the last one
+        done = {cfg.name: [] if cfg in active else done.get(cfg.name, list(seeds)) for cfg in pass_regimes}
+        for cfg in active:  # seeds an earlier run finished count in the report from its first rewrite
+            for seed in seeds:
+                if arms_finished(cfg, prepared[cfg.name], seed):
+                    prepared[cfg.name].setdefault("runs", {}).setdefault(seed, {}).update(
+                        run_arms(cfg, prepared[cfg.name], seed))
+                    done[cfg.name].append(seed)
+        order = sorted(active, key=lambda cfg: only.index(cfg.name)) if regime_major and only else active
+        # seed-major by default, so a stopped run has whole seeds of every regime
+        schedule = ([(cfg, seed) for cfg in order for seed in seeds] if regime_major
+                    else [(cfg, seed) for seed in seeds for cfg in order])
+        for cfg, seed in schedule:
+            if seed in done[cfg.name]:
+                continue
+            prep = prepared[cfg.name]
+            prep.setdefault("runs", {}).setdefault(seed, {}).update(run_arms(cfg, prep, seed))
+            done[cfg.name] = sorted([*done[cfg.name], seed])
             if report_file and pass_regimes is sft:  # results per finished seed
                 write_round3(sft, prepared, done, REPO / report_file, report_header)
         if report_file and pass_regimes is on_policy:  # every arm, once every seed has them all
             write_round3(regimes, prepared, done, REPO / report_file, report_header)
     if report_file:
         if not seeds:
-            write_round3(regimes, prepared, done, REPO / report_file, report_header)
+            write_round3(regimes, prepared, {cfg.name: [] for cfg in regimes}, REPO / report_file, report_header)
         return {}
     for cfg in regimes:
         prep = prepared[cfg.name]

@@ -193,10 +193,40 @@ def test_every_seeds_sft_arms_run_before_any_on_policy_arm(tmp_path, monkeypatch
     monkeypatch.setattr(driver, "prepare_regime", lambda cfg: {"dir": tmp_path})
     monkeypatch.setattr(driver, "run_arms", run_arms)
     monkeypatch.setattr(driver, "write_round3", lambda regimes, prepared, seeds, report, header: calls.append(
-        ("report", tuple(seeds), tuple(a for cfg in regimes for a in cfg.arms))))
+        ("report", tuple(seeds["P"]), tuple(a for cfg in regimes for a in cfg.arms))))
     cfg = driver.ExperimentConfig(name="P", arms=["random", "on_policy", "skill", "on_policy_skill"])
     driver.main([cfg], seeds=[0, 1], report_file=str(tmp_path / "README.md"))
     sft, on_policy = ("random", "skill"), ("on_policy", "on_policy_skill")
     assert calls == [("train", 0, sft), ("report", (0,), sft), ("train", 1, sft), ("report", (0, 1), sft),
                      ("train", 0, on_policy), ("train", 1, on_policy),
                      ("report", (0, 1), ("random", "on_policy", "skill", "on_policy_skill"))]  # the configured order
+
+
+def test_regime_major_finishes_the_named_regimes_seeds_in_order_and_reports_each_over_its_own(tmp_path, monkeypatch):
+    """``--regime_major --only [concentrated, P]``: every seed of the cheap regime first, then the other's; a seed an
+    earlier run finished (exported model and evaluation on disk) is not run again and is in the report from the
+    first rewrite; each regime is reported over its own finished seeds."""
+    calls: list[tuple] = []
+
+    def run_arms(cfg, prep, seed):
+        calls.append(("train", cfg.name, seed))
+        return {arm: {"seed": seed} for arm in cfg.arms}
+
+    monkeypatch.setattr(driver, "prepare_regime", lambda cfg: {"dir": tmp_path / cfg.name})
+    monkeypatch.setattr(driver, "run_arms", run_arms)
+    monkeypatch.setattr(driver, "write_round3", lambda regimes, prepared, seeds, report, header: calls.append(
+        ("report", [cfg.name for cfg in regimes], {k: tuple(v) for k, v in seeds.items()})))
+    # seed 0 of P was finished by an earlier run
+    for arm in ("random", "skill"):
+        run_dir = tmp_path / "P" / "seed0" / arm
+        driver.exported(run_dir).mkdir(parents=True)
+        driver.write_json(driver.RunLayout(run_dir).eval_dir / "report.json", {})
+    p = driver.ExperimentConfig(name="P", arms=["random", "skill"])
+    c = driver.ExperimentConfig(name="concentrated", arms=["random", "skill_t05"])
+    driver.main([p, c], seeds=[0, 1], only=["concentrated", "P"], regime_major=True,
+                report_file=str(tmp_path / "README.md"))
+    regimes = ["P", "concentrated"]  # the report keeps the config's order
+    assert calls == [("train", "P", 0),  # collected, not trained: run_arms of a finished seed only reads its files
+                     ("train", "concentrated", 0), ("report", regimes, {"P": (0,), "concentrated": (0,)}),
+                     ("train", "concentrated", 1), ("report", regimes, {"P": (0,), "concentrated": (0, 1)}),
+                     ("train", "P", 1), ("report", regimes, {"P": (0, 1), "concentrated": (0, 1)})]

@@ -195,7 +195,7 @@ def test_the_report_file_is_written_from_finished_arms_and_names_a_regime_that_s
                       "try": 0},
                 "concentrated": None}
     report = tmp_path / "README.md"
-    driver.write_round3([done, stopped], prepared, [0, 1], report, "# Round 3 (crafted)")
+    driver.write_round3([done, stopped], prepared, {"P": [0, 1], "concentrated": []}, report, "# Round 3 (crafted)")
     text = report.read_text()
     assert text.startswith("# Round 3 (crafted)\n\n### Regime P: crafted")
     assert "effective leaves at T=1 25.0 of 25 (required >= 15.0), at zero: 0, without a share: 0 -> passed" in text
