@@ -20,6 +20,8 @@ from skill_distill.batch_contract import (  # noqa: F401
     IGNORE_INDEX,
     MODEL_INPUTS,
     PACKED_BOUNDARIES,
+    SHARED_PREFIX,
+    SharedPrefixLayout,
     TokenizedExample,
     build_example,
     encode_example,
@@ -169,3 +171,39 @@ class SFTCollator:
         batch["example_ids"] = [e.example_id for e in exs]
         batch["num_tokens"] = torch.tensor(sum(e.num_supervised for e in exs))
         return batch
+
+
+def pack_shared_prefix(groups: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]) -> dict:
+    """One packed row of prompts each followed by its completions, every prompt held once: for a prompt p with
+    completions c_1..c_n, the row holds p without its last token, then per completion that last token followed by
+    c_i (positions continuing from the prompt's), so each completion is an ordinary pre-shifted sequence (its first
+    label, c_i's first token, sits at the prompt's last position) that attends to the shared prompt part
+    (``SharedPrefixLayout``). Supervised positions come in the order of ``groups`` and their completions, as in the
+    plain packing of every (prompt, completion) pair; the prompt's computation is paid once instead of n times.
+    Needs ``attn_implementation: sdpa_packed`` (the one attention function that reads the layout)."""
+    ids, labels, positions, lengths, prefix_start, prefix_len = [], [], [], [], [], []
+    supervised = 0
+    for prompt, completions in groups:
+        if not prompt:
+            raise ValueError("pack_shared_prefix: an empty prompt (the completions' first label needs a position)")
+        head, last = list(prompt[:-1]), prompt[-1]
+        start = len(ids)
+        if head:
+            ids += head
+            labels += [IGNORE_INDEX] * len(head)
+            positions += range(len(head))
+            lengths.append(len(head))
+            prefix_start.append(start)
+            prefix_len.append(0)
+        for completion in completions:
+            ids += [last, *completion]
+            labels += [*completion, IGNORE_INDEX]
+            positions += range(len(head), len(head) + 1 + len(completion))
+            lengths.append(1 + len(completion))
+            prefix_start.append(start)
+            prefix_len.append(len(head))
+            supervised += len(completion)
+    return {"input_ids": torch.tensor(ids).unsqueeze(0), "labels": torch.tensor(labels).unsqueeze(0),
+            "position_ids": torch.tensor(positions).unsqueeze(0),
+            SHARED_PREFIX: SharedPrefixLayout(lengths, prefix_start, prefix_len),
+            "num_tokens": torch.tensor(supervised)}

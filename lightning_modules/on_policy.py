@@ -44,9 +44,10 @@ from typing import Literal
 
 import torch
 
-from datamodules.batching import SFTCollator
+from datamodules.batching import SFTCollator, pack_shared_prefix
 from lightning_modules import distill_loss
 from lightning_modules.causal_lm import CausalLMModule
+from lightning_modules.packed_attention import PACKED_SDPA
 from lightning_modules.weight_sync import check_weight_sync, sync_weights
 from skill_distill.batch_contract import IGNORE_INDEX, MODEL_INPUTS, build_example
 from skill_distill.generation.base import request_seed
@@ -133,12 +134,17 @@ class OnPolicyModule(CausalLMModule):
         canary_every_n_syncs: run the weight-sync canary after every N-th sync (1 in tests).
         canary_tolerance: largest allowed log-probability difference between engine and trainer (1e-3 in fp32).
         canary_tokens: length of the canary's fixed token sequence (the first selected example's first tokens).
+        share_prompts: pack each prompt once, followed by its n completions (each attends to the prompt and
+            itself), for the teacher's scoring and the student's loss: the same log-probabilities as packing every
+            (prompt, completion) pair, with the prompt computed once instead of n times. Only the ``sdpa_packed``
+            attention reads that layout, so under any other (flash_attention_2 on GPUs) the pairs are packed.
     """
 
     def __init__(self, *args, rollout: RolloutConfig = RolloutConfig(),  # noqa: B008 - a dataclass default, as SkillDataModule's
                  on_policy_loss: OnPolicyLoss = "sampled_reverse_kl",
                  rollout_model: str | None = None, lmbda: float = 1.0, sync_every_n_steps: int = 1,
-                 canary_every_n_syncs: int = 10, canary_tolerance: float = 1e-3, canary_tokens: int = 64, **kwargs):
+                 canary_every_n_syncs: int = 10, canary_tolerance: float = 1e-3, canary_tokens: int = 64,
+                 share_prompts: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         if self.distillation is None or self.distillation.teacher is None:
             raise ConfigError("model.distillation.teacher is not set: on-policy distillation scores the student's "
@@ -174,10 +180,11 @@ class OnPolicyModule(CausalLMModule):
 
             register_fsdp_forward_method(self.model, TOKEN_LOGPROBS)
 
-    def _ensure_engine(self, prompts: int) -> RolloutEngine:
-        if self.engine is None:  # sized for one step's rollouts of this rank
+    def _ensure_engine(self, prompts: list) -> RolloutEngine:
+        if self.engine is None:  # a CPU engine's KV cache sized for the first step's rollouts of this rank
+            longest = max(len(p.prompt_ids) for p in prompts) + self.rollout.max_new_tokens
             self.engine = make_rollout_engine(self.rollout, self.rollout_model, self.tokenizer_name,
-                                              sequences=prompts * self.rollout.n)
+                                              sequences=len(prompts) * self.rollout.n, tokens_per_sequence=longest)
         return self.engine
 
     def _ensure_log(self) -> RolloutLog:
@@ -206,17 +213,34 @@ class OnPolicyModule(CausalLMModule):
             self._step_metrics["train/canary_error"] = check_weight_sync(
                 engine, self.model, self._canary_ids, self.hparams.canary_tolerance, step=step)
 
+    def _shares_prompts(self) -> bool:
+        """Whether rollouts are packed with each prompt held once: asked for, and both models attend through the one
+        implementation that reads the layout."""
+        models = [self.model, self.teacher.model]
+        return self.hparams.share_prompts and all(m.config._attn_implementation == PACKED_SDPA for m in models)
+
     def _collate(self, rollouts: list[dict]) -> dict:
-        examples = [build_example(str(i), r["prompt_tokens"], r["completion_tokens"], 1 << 62)
-                    for i, r in enumerate(rollouts)]
-        batch = SFTCollator(0, packing=True).collate(examples)
+        """One packed row of ``rollouts`` (consecutive rollouts of one prompt share it when ``_shares_prompts``);
+        supervised positions in the order of ``rollouts`` and their completion tokens."""
+        if self._shares_prompts():
+            groups: list[tuple[list[int], list[list[int]]]] = []
+            for r in rollouts:
+                if groups and groups[-1][0] == r["prompt_tokens"]:
+                    groups[-1][1].append(r["completion_tokens"])
+                else:
+                    groups.append((r["prompt_tokens"], [r["completion_tokens"]]))
+            batch = pack_shared_prefix(groups)
+        else:
+            examples = [build_example(str(i), r["prompt_tokens"], r["completion_tokens"], 1 << 62)
+                        for i, r in enumerate(rollouts)]
+            batch = SFTCollator(0, packing=True).collate(examples)
         return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def _model_inputs(self, batch: dict) -> dict:
         return {k: batch[k] for k in MODEL_INPUTS if k in batch}
 
     def _make_rollouts(self, step: int, prompts: list) -> list[dict]:
-        engine = self._ensure_engine(len(prompts))
+        engine = self._ensure_engine(prompts)
         self._sync(step, engine)
         rc = self.rollout
         start = time.perf_counter()

@@ -10,11 +10,17 @@ on CPU spends most of the step on masked-out pairs. Here the row is split at the
 the causal kernel alone:
 the same result (the masked pairs contribute nothing), with work proportional to the sum of squared lengths.
 
+A row whose sequences share a prefix held once (``shared_prefix``, a ``SharedPrefixLayout``: a prompt followed by
+its n completions, on-policy distillation) runs each completion's queries over the prompt's keys and its own, with a
+bottom-right causal mask; the prompt is computed once instead of n times. Only this function reads the layout: the
+other implementations would attend across the row, so the on-policy module packs that way only under this one.
+
 Padded batches (a 2-D ``attention_mask``) and generation with a cache take the ordinary SDPA path unchanged.
 """
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
@@ -22,6 +28,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from skill_distill.batch_contract import SharedPrefixLayout
 from skill_distill.io import ConfigError
 
 PACKED_SDPA = "sdpa_packed"
@@ -56,12 +63,43 @@ def lengths_from_cu_seq_lens(cu_seq_lens: torch.Tensor) -> list[int]:
     return lengths
 
 
+@functools.lru_cache(maxsize=4096)
+def _after_prefix_mask(length: int, prefix: int, device: torch.device) -> torch.Tensor:
+    """(1, 1, length, prefix + length) boolean: query i sees the whole prefix and its own keys 0..i."""
+    keys = torch.arange(prefix + length, device=device)
+    return (keys[None, :] <= prefix + torch.arange(length, device=device)[:, None]).view(1, 1, length, prefix + length)
+
+
+def shared_prefix_attention(module, query, key, value, layout: SharedPrefixLayout, **kwargs) -> torch.Tensor:
+    """Causal SDPA per segment of ``layout``, each after its shared prefix's keys (see the module docstring)."""
+    if sum(layout.lengths) != query.shape[2]:
+        raise ValueError(f"shared_prefix covers {sum(layout.lengths)} positions but the row has {query.shape[2]}")
+    pieces, start = [], 0
+    for length, p_start, p_len in zip(layout.lengths, layout.prefix_start, layout.prefix_len, strict=True):
+        q = query[:, :, start:start + length]
+        k, v = key[:, :, start:start + length], value[:, :, start:start + length]
+        if p_len:
+            k = torch.cat([key[:, :, p_start:p_start + p_len], k], dim=2)
+            v = torch.cat([value[:, :, p_start:p_start + p_len], v], dim=2)
+            mask = _after_prefix_mask(length, p_len, query.device)
+        else:
+            mask = None  # the causal kernel
+        pieces.append(sdpa_attention_forward(module, q, k, v, mask, **kwargs)[0])
+        start += length
+    return torch.cat(pieces, dim=1)
+
+
 def packed_sdpa_attention(module, query, key, value, attention_mask, position_ids=None, cu_seq_lens_q=None,
-                          cu_seq_lens_k=None, max_length_q=None, max_length_k=None, **kwargs):
+                          cu_seq_lens_k=None, max_length_q=None, max_length_k=None, shared_prefix=None, **kwargs):
     """Causal SDPA per packed sequence; falls back to ``sdpa`` for masks, caches and batches of several rows.
 
-    The boundaries come from ``cu_seq_lens_q`` (given by the collator) or else from where ``position_ids`` restart."""
+    The boundaries come from ``shared_prefix`` (a row with shared prefixes), ``cu_seq_lens_q`` (given by the
+    collator) or else from where ``position_ids`` restart."""
     rows_of_one = attention_mask is None and query.shape[0] == 1 and query.shape[2] == key.shape[2] > 1
+    if shared_prefix is not None:
+        if not rows_of_one or kwargs.get("sliding_window") is not None:
+            raise ValueError("shared_prefix needs one packed row without a mask, a cache or a sliding window")
+        return shared_prefix_attention(module, query, key, value, shared_prefix, **kwargs), None
     packed = rows_of_one and (cu_seq_lens_q is not None or position_ids is not None)
     if not packed:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)

@@ -19,7 +19,21 @@ IGNORE_INDEX = -100  # the label of an unsupervised position (what transformers'
 # the packed-sequence boundaries are the keyword arguments of transformers' flash-attention path
 # (modeling_flash_attention_utils.FlashAttentionKwargs), read by sdpa_packed too
 PACKED_BOUNDARIES = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
-MODEL_INPUTS = ("position_ids", "attention_mask", *PACKED_BOUNDARIES)
+# a row whose sequences share a prefix held once (``SharedPrefixLayout``); only ``sdpa_packed`` reads it
+SHARED_PREFIX = "shared_prefix"
+MODEL_INPUTS = ("position_ids", "attention_mask", *PACKED_BOUNDARIES, SHARED_PREFIX)
+
+
+@dataclass
+class SharedPrefixLayout:
+    """One packed row whose sequences share prefixes held once (``datamodules.batching.pack_shared_prefix``): the row
+    is cut into ``lengths`` segments in row order; segment s attends causally to itself after the ``prefix_len[s]``
+    row positions from ``prefix_start[s]`` (0: none). A prompt with its n completions becomes its prompt segment and n
+    completion segments, so the prompt is computed once instead of n times, with the same result."""
+
+    lengths: list[int]
+    prefix_start: list[int]
+    prefix_len: list[int]
 
 
 @dataclass

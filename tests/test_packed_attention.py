@@ -105,3 +105,50 @@ def test_sliding_window_models_are_refused_before_training(tiny_qwen3_dir, smoll
     assert plain.model.config.layer_types == ["full_attention", "sliding_attention"]
     for directory in (tiny_qwen3_dir, smollm2_dir):  # the project's models have no sliding window
         packed_attention.check_model_config(AutoConfig.from_pretrained(directory), packed_attention.PACKED_SDPA)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_prompts_held_once_give_the_per_pair_log_probabilities_and_gradients(tiny_qwen3_dir, checkpointing):
+    """``pack_shared_prefix`` (each prompt once, then its completions) through ``sdpa_packed`` equals packing every
+    (prompt, completion) pair: the completion tokens' log-probabilities and the gradients of their sum, with
+    activation checkpointing too (the layout must reach the recompute); prompts of one token included."""
+    from datamodules.batching import SFTCollator, build_example, pack_shared_prefix
+    from lightning_modules.on_policy import token_logprobs
+
+    g = torch.Generator().manual_seed(3)
+    rand = lambda n: torch.randint(0, 1000, (n,), generator=g).tolist()  # noqa: E731
+    groups = [(rand(11), [rand(4), rand(9), rand(1)]), (rand(1), [rand(6), rand(2)]), (rand(7), [rand(5)])]
+    pairs = SFTCollator(0, packing=True).collate(
+        [build_example(str(i), p, c, 1 << 30) for i, (p, cs) in enumerate(groups) for c in cs])
+    shared = pack_shared_prefix(groups)
+    assert shared["input_ids"].shape[1] < pairs["input_ids"].shape[1]
+    assert int(shared["num_tokens"]) == int(pairs["num_tokens"]) == sum(len(c) for _, cs in groups for c in cs)
+    model = load(tiny_qwen3_dir, packed_attention.PACKED_SDPA)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+    results = []
+    for batch, inputs in ((pairs, ("position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")),
+                          (shared, ("position_ids", "shared_prefix"))):
+        model.zero_grad()
+        lp = token_logprobs(model, batch["input_ids"], batch["labels"], **{k: batch[k] for k in inputs})
+        lp.sum().backward()
+        results.append((lp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (lp_pairs, grads_pairs), (lp_shared, grads_shared) = results
+    torch.testing.assert_close(lp_shared, lp_pairs, rtol=1e-5, atol=1e-5)
+    assert grads_pairs.keys() == grads_shared.keys() and len(grads_pairs) > 0
+    for name, grad in grads_pairs.items():
+        torch.testing.assert_close(grads_shared[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_shared_prefix_row_is_refused_by_the_padded_path(tiny_qwen3_dir):
+    """The layout describes one unpadded row; with a padding mask it would be silently wrong, so it is refused."""
+    from datamodules.batching import pack_shared_prefix
+
+    batch = pack_shared_prefix([([5, 6, 7], [[8, 9], [10]])])
+    padding = torch.ones_like(batch["input_ids"])
+    padding[0, -1] = 0
+    model = load(tiny_qwen3_dir, packed_attention.PACKED_SDPA)
+    with pytest.raises(ValueError, match="shared_prefix needs one packed row"):
+        model(input_ids=batch["input_ids"], attention_mask=padding, shared_prefix=batch["shared_prefix"],
+              use_cache=False)

