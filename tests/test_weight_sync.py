@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lightning_modules.weight_sync import WeightSyncError, check_weight_sync, gathered_weights, sync_weights
+from skill_distill.generation.base import GenerationError
 from skill_distill.generation.rollout import HFRolloutEngine, RolloutConfig, VLLMRolloutEngine, cpu_kv_cache_bytes
 
 
@@ -84,7 +85,9 @@ def test_vllm_rollouts_weight_sync_and_canary(smollm2_dir, monkeypatch):
     tokens (1e-3), n rollouts per prompt are seeded, and the canary passes on fresh weights, fails (by far more than
     1e-3) after a training step that was not synced, and passes after the in-place sync (tied embeddings included:
     vLLM's reload alone left the CPU output head stale). The engine's KV cache is sized for the 6 sequences it is
-    told it samples at once, of the configured 256 tokens (``cpu_kv_cache_bytes``), not the CPU default's 2 GiB."""
+    told it samples at once, of the configured 256 tokens (``cpu_kv_cache_bytes``), not the CPU default's 2 GiB.
+    Sleeping on CPU (KV pages returned; with discard_weights the weight kernels dropped and rebuilt by the next
+    load) leaves the samples of the same seeds unchanged."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
@@ -108,6 +111,20 @@ def test_vllm_rollouts_weight_sync_and_canary(smollm2_dir, monkeypatch):
                     logp = model(input_ids=full).logits[0, len(prompt) - 1:-1].log_softmax(-1)
                 expected = logp.gather(-1, full[0, len(prompt):, None]).squeeze(-1)
                 torch.testing.assert_close(torch.tensor(r.logprobs), expected, atol=1e-3, rtol=0)
+        # CPU sleep: the KV cache's pages go and come back empty; the same seeds sample the same rollouts
+        awake = engine.kv_cache_bytes()
+        engine.sleep()
+        assert engine.kv_cache_bytes() == 0 < awake
+        assert engine.sample(prompts, seeds=[1, 2], n=3, max_new_tokens=8) == rollouts
+        assert engine.kv_cache_bytes() == awake
+        # with discard_weights the kernels go too: sampling refuses until weights are loaded, then is unchanged
+        engine.sleep(discard_weights=True)
+        with pytest.raises(GenerationError, match="dropped its weights while asleep"):
+            engine.sample(prompts, seeds=[1, 2], n=3, max_new_tokens=8)
+        sync_weights(engine, model)
+        assert engine.sample(prompts, seeds=[1, 2], n=3, max_new_tokens=8) == rollouts
+        engine.sleep(discard_weights=True)  # and the canary cycle below starts from a load, as training does
+        sync_weights(engine, model)
         fresh, stale, synced = check_canary_cycle(engine, model, ids, lr=0.5)
     assert fresh < 1e-3 and synced < 1e-3
     assert stale > 1e-2

