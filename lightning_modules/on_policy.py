@@ -289,6 +289,11 @@ class OnPolicyModule(CausalLMModule):
                               "is a whole step (data.examples_per_step prompts)")
         step = self.global_step
         self._step_metrics = {}
+        # Lightning zeroes gradients after training_step, just before backward; this step's rollouts, weight sync
+        # and teacher scoring would otherwise run beside the last step's dead gradients (a whole model's worth: the
+        # peak of an on-policy step on CPU, measured). One loader item is a whole optimizer step (checked above),
+        # so nothing accumulated is lost.
+        self.model.zero_grad(set_to_none=True)
         world, rank = self.trainer.world_size, self.global_rank
         prompts = batch["prompts"][rank::world]
         if self._canary_ids is None:
