@@ -9,7 +9,9 @@ Two engines behind one interface (``RolloutEngine``):
   ``reload_weights`` (vLLM's in-place reload: the model's own ``load_weights``, which maps HF names onto its fused
   layers), nothing is written to disk or serialised. The prefix cache is reset after a load: cached KV blocks were
   computed with the old weights. On GPU the engine is colocated with training and started with sleep mode, so
-  ``sleep()`` frees its weights and KV cache while the trainer steps and ``wake_up()`` brings them back.
+  ``sleep()`` frees its weights and KV cache while the trainer steps and ``wake_up()`` brings them back. On CPU,
+  where vLLM has no sleep mode, ``sleep()`` returns the KV cache's pages and, with ``discard_weights`` (the caller
+  loads weights before sampling again), drops the prepacked weight kernels, which the next load rebuilds.
   Sampler log-probabilities are vLLM's ``processed_logprobs`` (after temperature), i.e. of the distribution the
   token was drawn from.
 - ``hf``: transformers ``generate`` on a copy of the model, for tiny tests only (slow). Each (prompt, sample) row
