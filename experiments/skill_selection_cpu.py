@@ -904,17 +904,22 @@ def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int
     # each): a stopped run has whole seeds of every regime's SFT arms, which the verdicts need most
     sft = [arms_of(cfg, on_policy=False) for cfg in regimes]
     on_policy = [arms_of(cfg, on_policy=True) for cfg in regimes]
-    done: dict[str, list[int]] = {}
+    done: dict[str, list[int]] = {}  # per regime, the seeds whose arms of the current pass are finished
+
+    def record(cfg: ExperimentConfig, seed: int) -> None:  # run (or, when finished, only read) a seed's arms
+        prep = prepared[cfg.name]
+        prep.setdefault("runs", {}).setdefault(seed, {}).update(run_arms(cfg, prep, seed))
+        done[cfg.name] = sorted([*done[cfg.name], seed])
+
     for pass_regimes in [sft] + ([on_policy] if any(cfg.arms for cfg in on_policy) else []):
         active = [cfg for cfg in pass_regimes if prepared[cfg.name] is not None and cfg.arms]
         # a regime without arms in this pass keeps the seeds it finished in the last one
         done = {cfg.name: [] if cfg in active else done.get(cfg.name, list(seeds)) for cfg in pass_regimes}
+
         for cfg in active:  # seeds an earlier run finished count in the report from its first rewrite
             for seed in seeds:
                 if arms_finished(cfg, prepared[cfg.name], seed):
-                    prepared[cfg.name].setdefault("runs", {}).setdefault(seed, {}).update(
-                        run_arms(cfg, prepared[cfg.name], seed))
-                    done[cfg.name].append(seed)
+                    record(cfg, seed)
         order = sorted(active, key=lambda cfg: only.index(cfg.name)) if regime_major and only else active
         # seed-major by default, so a stopped run has whole seeds of every regime
         schedule = ([(cfg, seed) for cfg in order for seed in seeds] if regime_major
@@ -922,9 +927,7 @@ def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int
         for cfg, seed in schedule:
             if seed in done[cfg.name]:
                 continue
-            prep = prepared[cfg.name]
-            prep.setdefault("runs", {}).setdefault(seed, {}).update(run_arms(cfg, prep, seed))
-            done[cfg.name] = sorted([*done[cfg.name], seed])
+            record(cfg, seed)
             if report_file and pass_regimes is sft:  # results per finished seed
                 write_round3(sft, prepared, done, REPO / report_file, report_header)
         if report_file and pass_regimes is on_policy:  # every arm, once every seed has them all

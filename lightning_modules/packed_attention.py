@@ -83,7 +83,8 @@ def shared_prefix_attention(module, query, key, value, layout: SharedPrefixLayou
             v = torch.cat([value[:, :, p_start:p_start + p_len], v], dim=2)
             mask = _after_prefix_mask(length, p_len, query.device)
         else:
-            mask = None  # the causal kernel
+            mask = None  # sdpa_attention_forward then runs the causal kernel (module.is_causal)
+        # outputs come back as (batch, seq, heads, dim), so the pieces join along the sequence axis
         pieces.append(sdpa_attention_forward(module, q, k, v, mask, **kwargs)[0])
         start += length
     return torch.cat(pieces, dim=1)
@@ -113,11 +114,10 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, position_id
         lengths = sequence_lengths(position_ids[0])
     if len(lengths) == 1:
         return sdpa_attention_forward(module, query, key, value, None, **kwargs)
-    # with no mask, sdpa_attention_forward runs the causal kernel (module.is_causal); outputs come back as
-    # (batch, seq, heads, dim), so the pieces join along the sequence axis
-    pieces = [sdpa_attention_forward(module, q, k, v, None, **kwargs)[0]
-              for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2), strict=True)]
-    return torch.cat(pieces, dim=1), None
+    # separate sequences: segments without a shared prefix, one loop for both layouts
+    no_prefix = [0] * len(lengths)
+    return shared_prefix_attention(module, query, key, value, SharedPrefixLayout(lengths, no_prefix, no_prefix),
+                                   **kwargs), None
 
 
 def uses_sliding_window(config) -> bool:
