@@ -132,8 +132,9 @@ class InTrainingEvaluation:
                               f"({trainer.num_devices}): an engine's ranks must share one node")
         if trainer.world_size <= 1:
             return
-        # a private member of DDPStrategy / ModelParallelStrategy (checked with Lightning 2.6.6;
-        # tests/test_lightning_private_members.py fails when it goes)
+        # a private member of DDPStrategy / ModelParallelStrategy: neither Lightning (2.6.6) nor torch.distributed
+        # (2.13) has a public accessor for the timeout a strategy's process group was given
+        # (tests/test_lightning_private_members.py fails when it goes)
         timeout = getattr(trainer.strategy, "_timeout", None)
         if timeout is not None and timeout.total_seconds() < self.timeout_s:
             raise ConfigError(

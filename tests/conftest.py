@@ -14,6 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 # a 1 GiB vLLM KV cache (the engine core runs in-process on CPU by the backend's own default)
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# pytest-xdist workers share the cores: with torch's default (a thread per core in every worker and every child it
+# launches) the two workers of `make test` ran 4+ busy threads on 2 cores. Measured on 5 compute-bound modules under
+# `-n 2` (test_on_policy, test_loss_normalisation, test_packed_attention, test_lm_loss, test_distill_loss; quiet
+# machine): 165 CPU s in 92 s with the default, 104 CPU s in 61 s with one thread per worker. Children inherit it.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture(scope="session")
@@ -138,16 +144,37 @@ def serve_shared_engine(monkeypatch, smollm2_vllm, smollm2_vllm_config):
     return serve
 
 
+# markers of the tests that cost minutes rather than seconds (engines, several ranks, train.py children)
+COSTLY_MARKERS = ("slow", "vllm", "distributed")
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """Run the shared engine's users as one block where the first of them stands (the relative order of all tests
-    is otherwise kept), so the engine lives only while they run."""
-    users = [item for item in items if SHARED_ENGINE_FIXTURE in getattr(item, "fixturenames", ())]
-    if len(users) < 2:
-        return
-    first = items.index(users[0])
-    user_ids = {id(item) for item in users}
-    rest = [item for item in items if id(item) not in user_ids]
-    items[:] = rest[:first] + users + rest[first:]
+    """Order the tests in units (a module; the shared engine's users, which span four modules, as one block so the
+    engine lives only while they run), the costliest units first, each unit's tests in their own order.
+
+    The cost of a unit is its number of costly marks (``COSTLY_MARKERS``), then its number of tests. Under
+    ``make test`` two workers take units in this order, so the long ones start first and the many short ones fill in
+    at the end instead of a long module running alone while the other worker idles (pytest-xdist's own order is by
+    number of tests, which put single-test modules of 1-3 minutes last)."""
+    strays = [item.nodeid for item in items if SHARED_ENGINE_FIXTURE in getattr(item, "fixturenames", ())
+              and _unit(item.nodeid) != SHARED_ENGINE_FIXTURE]
+    if strays:
+        raise pytest.UsageError(f"{strays[0]} uses {SHARED_ENGINE_FIXTURE}: add its module to SHARED_ENGINE_MODULES")
+    units: dict[str, list] = {}
+    for item in items:
+        units.setdefault(_unit(item.nodeid), []).append(item)
+
+    def cost(unit: str) -> tuple[int, int]:
+        tests = units[unit]
+        return sum(1 for t in tests for m in COSTLY_MARKERS if t.get_closest_marker(m)), len(tests)
+
+    items[:] = [item for unit in sorted(units, key=cost, reverse=True) for item in units[unit]]
+
+
+def _unit(nodeid: str) -> str:
+    """A test's unit of scheduling: its module, or one block for the shared engine's modules."""
+    module = nodeid.split("::")[0]
+    return SHARED_ENGINE_FIXTURE if module in SHARED_ENGINE_MODULES else module
 
 
 # ---- pytest-xdist (`make test` runs `-n 2 --dist loadscope`): what stays on one worker ------------------------------
@@ -168,12 +195,13 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class ModuleScheduling(LoadScopeScheduling):
-        """loadscope with the shared engine's modules as one unit."""
+        """loadscope with the shared engine's modules as one unit, handed out in collection order (costliest
+        first, ``pytest_collection_modifyitems``) rather than by number of tests."""
 
         def _split_scope(self, nodeid: str) -> str:
-            scope = super()._split_scope(nodeid)
-            return SHARED_ENGINE_FIXTURE if scope.split("::")[0] in SHARED_ENGINE_MODULES else scope
+            return _unit(nodeid)
 
+    config.option.loadscopereorder = False
     return ModuleScheduling(config, log)
 
 

@@ -59,7 +59,7 @@ def fit(tmp_path: Path, run_dir: Path, teacher: Path, corpus: Path, tokenizer: P
     signals)."""
     args = [sys.executable, str(REPO / "train.py"), *fit_command(tmp_path, run_dir, teacher, corpus, tokenizer, *extra,
                                                                  log=log, sigterm_at_step=sigterm_at_step)]
-    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests' / 'scripts'}", OMP_NUM_THREADS="2")
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests' / 'scripts'}")
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     (tmp_path / log).write_text(proc.stdout + proc.stderr)
     return proc.returncode, proc.stderr

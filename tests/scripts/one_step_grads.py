@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.objective == "kd" and not args.teacher:
         ap.error("--objective kd needs --teacher")
-    torch.set_num_threads(1 if args.devices > 1 else 2)
+    if args.devices > 1:  # ranks share the cores; one process keeps torch's (OMP_NUM_THREADS)
+        torch.set_num_threads(1)
     L.seed_everything(0)
     model = build_model(args)
     data = SkillDataModule(corpus=args.corpus, tokenizer=args.tokenizer, max_length=256,

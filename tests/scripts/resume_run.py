@@ -52,7 +52,8 @@ def main() -> None:
     ap.add_argument("--kill_in_save_at_step", type=int)
     ap.add_argument("--logits_out")
     args = ap.parse_args()
-    torch.set_num_threads(1 if args.devices * args.num_nodes > 1 or args.num_nodes > 1 else 2)
+    if args.devices * args.num_nodes > 1:  # ranks share the cores; one process keeps torch's (OMP_NUM_THREADS)
+        torch.set_num_threads(1)
 
     import faults
 
