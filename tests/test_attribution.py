@@ -237,6 +237,7 @@ def test_stage_with_an_endpoint_down_is_one_line_exit_2(tmp_path, pool_file, tre
 
 
 # ---- files: resume, shards, merge ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_identical_output(tmp_path, pool_file, tree_file, qwen_tokenizer_dir):
     with ScriptedEndpoint(make_script()) as endpoint:
         ref = run_attribution(str(pool_file), str(tree_file), str(tmp_path / "ref"),
@@ -276,6 +277,7 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, pool_file, tree_f
                         sampling=SamplingConfig(temperature=0.7, max_new_tokens=2048, seed=42))
 
 
+@pytest.mark.slow
 def test_shards_merge_to_one_run(tmp_path, pool_file, tree_file, qwen_tokenizer_dir):
     with ScriptedEndpoint(make_script()) as endpoint:
         cfg = backend_config(endpoint, qwen_tokenizer_dir)

@@ -220,6 +220,7 @@ def test_epoch_zero_is_todays_selection_exactly(evidence_tree):
     assert chosen_1 != chosen and len(chosen_1) == 160  # epoch 1 draws with (seed, 1)
 
 
+@pytest.mark.slow
 def test_leaf_frequencies_follow_the_updated_weights(evidence_tree):
     """Chi-square over many epochs' draws: the drawn leaves follow the target of the *updated* profile (and not
     the old one). Pools are large so that drawing without replacement barely moves a leaf's probability."""

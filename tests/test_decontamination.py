@@ -170,6 +170,7 @@ def test_pool_stage_drops_benchmark_problems_before_the_draw(tmp_path, benchmark
     assert read_json(tmp_path / "out" / "decontamination.json")["removed"] == 1
 
 
+@pytest.mark.slow
 def test_decontaminate_cli_bad_input_exits_2(tmp_path, benchmark_mirror):
     env_cmd = [sys.executable, "-m", "skill_distill", "decontaminate", "--pool", str(tmp_path / "missing.jsonl"),
                "--output", str(tmp_path / "out.jsonl")]

@@ -22,6 +22,7 @@ import skill_selection_cpu as driver  # noqa: E402
 ON_POLICY_ARM = REPO / "configs" / "experiments" / "skill_selection_on_policy.yaml"
 
 
+@pytest.mark.slow
 def test_the_drivers_on_policy_command_builds_the_on_policy_classes(tiny_qwen3_dir, qwen_tokenizer_dir, tmp_path,
                                                                       monkeypatch):
     import train

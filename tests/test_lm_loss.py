@@ -43,6 +43,7 @@ def loss_and_grads(m: CausalLMModule, batch: dict) -> tuple[float, int, dict]:
     return ce.item(), int(n), {k: p.grad.clone() for k, p in m.model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 def test_chunked_loss_equals_dense_loss(examples, qwen_tokenizer, tied):
     packed = SFTCollator(qwen_tokenizer.pad_token_id, packing=True)([(e, None) for e in examples])

@@ -50,6 +50,7 @@ def test_override_composes_after_its_base(path, tiny_qwen3_dir, qwen_tokenizer_d
     assert cli.trainer.default_root_dir == f"runs/distill/{path.stem}"
 
 
+@pytest.mark.slow
 def test_the_cpu_config_builds_the_on_policy_classes_and_overrides_reach_them(tiny_qwen3_dir, qwen_tokenizer_dir,
                                                                               tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

