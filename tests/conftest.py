@@ -155,7 +155,7 @@ def pytest_collection_modifyitems(session, config, items):
     The cost of a unit is its number of costly marks (``COSTLY_MARKERS``), then its number of tests. Under
     ``make test`` two workers take units in this order, so the long ones start first and the many short ones fill in
     at the end instead of a long module running alone while the other worker idles (pytest-xdist's own order is by
-    number of tests, which put single-test modules of 1-3 minutes last)."""
+    number of tests, which put single-test modules of 1-4 minutes last)."""
     strays = [item.nodeid for item in items if SHARED_ENGINE_FIXTURE in getattr(item, "fixturenames", ())
               and _unit(item.nodeid) != SHARED_ENGINE_FIXTURE]
     if strays:
