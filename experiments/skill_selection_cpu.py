@@ -392,45 +392,91 @@ def precheck_line(check: dict, n_leaves: int) -> str:
             f"{len(check['leaves_at_zero'])}")
 
 
-def prepare_regime(cfg: ExperimentConfig) -> dict | None:
+def prepare_regime(cfg: ExperimentConfig, make: bool = True) -> dict | None:
     """Tries in order until one's profile passes the pre-check (or the first, when not enforced); the shared
-    steps of the chosen try. Every try's profile and verdict go to ``<results_dir>/tries.json``."""
+    steps of the chosen try. Every try's profile and verdict go to ``<results_dir>/tries.json``.
+
+    The committed log is the record, so that a fresh checkout resumes where the last machine stopped: a try it logs
+    as failed is not made again, and for the try it logs as passed only the data is made here (seconds); its
+    warm-up student is re-made by ``ensure_student`` when an arm has to train, and must reproduce the logged
+    profile. Without ``make`` (a regime only reported), nothing but data is made: None unless the log has a pass."""
     cfg.validate()
     work, results_dir = REPO / cfg.work_dir, REPO / cfg.results_dir
     log_path = results_dir / "tries.json"
     tries_log = read_json(log_path) if log_path.exists() else []
+    logged = {t["try"]: t for t in tries_log}
     for k, attempt in enumerate(cfg.tries):
         try_dir = work / f"try{k}"
-        timings = try_dir / "timings.json"
-        logs = try_dir / "logs"
+        entry = logged.get(k) if cfg.precheck.enforce else None
+        if entry is not None and not entry["precheck"]["passed"]:
+            print(f"regime {cfg.name} try {k}: failed in the logged run "
+                  f"({precheck_line(entry['precheck'], len(entry['profile_leaf_accuracy']))}); not redone",
+                  flush=True)
+            continue
+        timings = results_dir / f"timings_try{k}.json"  # committed: a resumed report keeps earlier machines' costs
         data = prepare_data(cfg, attempt, try_dir, timings)
-        warm_dir = try_dir / "warmup"
-        if not exported(warm_dir).exists():
-            run(train_cmd(cfg, warm_dir, cfg.student, data / "warmup.jsonl", data, epochs=attempt.warmup_epochs,
-                          strategy="all", seed=0, skill_format="off", profile=None), logs / "warmup.log",
-                timings, "shared:warm-up")
-        student = str(exported(warm_dir))
-        prof_dir = try_dir / "profile"
-        if not (prof_dir / "profile.json").exists():
-            run([sys.executable, "-m", "skill_distill", "profile", "--pool", str(data / "train_pool.jsonl"),
-                 "--tree", str(data / "tree.json"), "--attribution", str(data / "attribution.jsonl"),
-                 "--output_dir", str(prof_dir), "--shrinkage", str(cfg.shrinkage),
-                 "--backend", json.dumps({"class_path": "VLLMConfig",
-                                          "init_args": {"model": student, "max_model_len": 1024}}),
-                 "--sampling", greedy(cfg), "--grading.workers", "2"], logs / "profile.log", timings, "shared:profile")
-        profile = leaf_profile(prof_dir / "profile.json")
-        check = precheck(cfg, profile, target_shares(data, prof_dir / "profile.json", cfg.budget))
+        prep = {"try": k, "dir": try_dir, "data": data, "student": None, "profile_dir": try_dir / "profile",
+                "timings": timings, "attempt": attempt, "log": log_path}
+        if entry is not None:  # a logged pass: the student waits until an arm trains
+            logged_profile = try_dir / "logged_profile.json"
+            if not logged_profile.exists():
+                write_json(logged_profile, entry["profile"])
+            return {**prep, "profile": entry["profile_leaf_accuracy"], "precheck": entry["precheck"],
+                    "profile_file": logged_profile}
+        if not make:
+            return None
+        prof_file = make_student(cfg, prep)
+        profile = leaf_profile(prof_file)
+        check = precheck(cfg, profile, target_shares(data, prof_file, cfg.budget))
         entry = {"try": k, **asdict(attempt), "precheck": check, "profile_leaf_accuracy": profile,
-                 "profile": repo_relative(read_json(prof_dir / "profile.json"))}
+                 "profile": repo_relative(read_json(prof_file))}
         tries_log = [t for t in tries_log if t["try"] != k] + [entry]
         write_json(log_path, sorted(tries_log, key=lambda t: t["try"]))
         print(f"regime {cfg.name} try {k}: {precheck_line(check, len(profile))} -> "
               f"{'passed' if check['passed'] else 'failed'}", flush=True)
         if check["passed"] or not cfg.precheck.enforce:
-            return {"try": k, "dir": try_dir, "data": data, "student": student, "profile_dir": prof_dir,
-                    "profile": profile, "precheck": check, "timings": timings}
+            return {**prep, "profile": profile, "precheck": check, "profile_file": prof_file}
     print(f"regime {cfg.name}: no try passed the pre-check; the regime stops here (reported, not loosened)")
     return None
+
+
+def make_student(cfg: ExperimentConfig, prep: dict) -> Path:
+    """The try's warm-up student (``prep["student"]``) and its profile on the selection pool; returns the profile."""
+    try_dir, data, timings, attempt = prep["dir"], prep["data"], prep["timings"], prep["attempt"]
+    logs = try_dir / "logs"
+    warm_dir = try_dir / "warmup"
+    if not exported(warm_dir).exists():
+        run(train_cmd(cfg, warm_dir, cfg.student, data / "warmup.jsonl", data, epochs=attempt.warmup_epochs,
+                      strategy="all", seed=0, skill_format="off", profile=None), logs / "warmup.log",
+            timings, "shared:warm-up")
+    prep["student"] = str(exported(warm_dir))
+    prof_dir = prep["profile_dir"]
+    if not (prof_dir / "profile.json").exists():
+        run([sys.executable, "-m", "skill_distill", "profile", "--pool", str(data / "train_pool.jsonl"),
+             "--tree", str(data / "tree.json"), "--attribution", str(data / "attribution.jsonl"),
+             "--output_dir", str(prof_dir), "--shrinkage", str(cfg.shrinkage),
+             "--backend", json.dumps({"class_path": "VLLMConfig",
+                                      "init_args": {"model": prep["student"], "max_model_len": 1024}}),
+             "--sampling", greedy(cfg), "--grading.workers", "2"], logs / "profile.log", timings, "shared:profile")
+    return prof_dir / "profile.json"
+
+
+def ensure_student(cfg: ExperimentConfig, prep: dict) -> str:
+    """The warm-up student the arms start from. Re-made for a try the log records as passed, it must reproduce the
+    logged profile node for node: the committed seeds came from the logged student, and a different one would mix
+    two experiments in one report."""
+    if prep["student"] is None:
+        made = make_student(cfg, prep)
+        if read_json(made)["nodes"] != read_json(prep["profile_file"])["nodes"]:
+            profile = leaf_profile(made)
+            changed = sorted(c for c in profile if prep["profile"].get(c) != profile[c]) or ["(counts only)"]
+            raise ConfigError(f"regime {cfg.name} try {prep['try']}: the re-made warm-up student's profile ({made}) "
+                              f"differs from the one logged in {prep['log']} ({len(changed)} leaves differ, first "
+                              f"{changed[0]}); the committed seeds came from the logged student. Rerun with the "
+                              f"logged run's settings (OMP_NUM_THREADS=1) or start the regime in a new results_dir")
+        print(f"regime {cfg.name} try {prep['try']}: the re-made warm-up student reproduces the logged profile",
+              flush=True)
+    return prep["student"]
 
 
 def repo_relative(value):
@@ -483,21 +529,66 @@ def arms_of(cfg: ExperimentConfig, on_policy: bool) -> ExperimentConfig:
     return replace(cfg, arms=[arm for arm in cfg.arms if ARMS[arm].on_policy == on_policy])
 
 
+def committed_arm(cfg: ExperimentConfig, seed: int, arm: str) -> tuple[Path, Path]:
+    """An arm's committed results: its per-problem records and the examples it trained on (``trained_ids``, one
+    entry per use; ``distinct_examples``). With both, a fresh checkout reports the arm without training it."""
+    records = REPO / cfg.results_dir / "records"
+    return records / f"seed{seed}_{arm}.jsonl.gz", records / f"seed{seed}_{arm}.trained.json"
+
+
+def arm_recorded(cfg: ExperimentConfig, seed: int, arm: str) -> bool:
+    """The arm's committed results are complete, or its records are and its examples can be recomputed (a fixed
+    selection: what arms committed before their trained ids were kept need)."""
+    records, trained = committed_arm(cfg, seed, arm)
+    spec = ARMS[arm]
+    return records.exists() and (trained.exists() or not (spec.closed_loop or spec.on_policy))
+
+
+def selected_ids(cfg: ExperimentConfig, prep: dict, seed: int, arm: str, out: Path) -> list[str]:
+    """The ids a fixed-selection arm's datamodule selected, recomputed by the select-report stage from the same
+    pool, tree, attribution, profile and selection settings (``train_cmd``'s)."""
+    from skill_distill.selection import SelectionConfig
+    from skill_distill.selection_report import run_selection_report
+
+    spec, data = ARMS[arm], prep["data"]
+    selection = SelectionConfig(strategy=spec.strategy, budget=cfg.budget, seed=seed, temperature=spec.temperature,
+                                profile_value=spec.profile_value)
+    run_selection_report(str(data / "train_pool.jsonl"), str(data / "tree.json"), str(data / "attribution.jsonl"),
+                         str(prep["profile_file"]), str(out), selection=selection)
+    return list(read_json(out / "manifest.json")["ids"])
+
+
 def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict:
-    try_dir, data, student, timings = prep["dir"], prep["data"], prep["student"], prep["timings"]
+    try_dir, data, timings = prep["dir"], prep["data"], prep["timings"]
     logs = try_dir / "logs"
-    profile = prep["profile_dir"] / "profile.json"
     out = {}
     for arm in cfg.arms:
         run_dir = try_dir / f"seed{seed}" / arm
         spec = ARMS[arm]
+        records_gz, trained_file = committed_arm(cfg, seed, arm)
+        if records_gz.exists() and not trained_file.exists() and arm_recorded(cfg, seed, arm):
+            ids = selected_ids(cfg, prep, seed, arm, try_dir / "recomputed" / f"seed{seed}_{arm}")
+            write_json(trained_file, {"trained_ids": ids * cfg.epochs, "distinct_examples": len(set(ids)),
+                                      "source": "recomputed by select-report (trained before ids were kept)"})
+        if records_gz.exists() and trained_file.exists():
+            unpacked = try_dir / "committed" / f"seed{seed}_{arm}.jsonl"
+            if not unpacked.exists():
+                unpacked.parent.mkdir(parents=True, exist_ok=True)
+                with gzip.open(records_gz, "rb") as src, atomic_write(unpacked, "wb") as f:
+                    shutil.copyfileobj(src, f)
+            kept = read_json(trained_file)
+            out[arm] = {"records": str(unpacked), "trained_ids": kept["trained_ids"],
+                        "distinct_examples": kept["distinct_examples"]}
+            continue
+        student = ensure_student(cfg, prep)
         # the teacher before the first on-policy arm (made once, reused after)
         teacher = ensure_teacher(cfg, prep) if spec.on_policy else None
         if not exported(run_dir).exists():
             run(train_cmd(cfg, run_dir, student, data / "train_pool.jsonl", data, epochs=cfg.epochs,
-                          strategy=spec.strategy, seed=seed, skill_format=spec.skill_format, profile=profile,
-                          profile_value=spec.profile_value, closed_loop=spec.closed_loop,
-                          temperature=spec.temperature, teacher=teacher, prompt_weighting=spec.prompt_weighting),
+                          strategy=spec.strategy, seed=seed, skill_format=spec.skill_format,
+                          profile=prep["profile_dir"] / "profile.json", profile_value=spec.profile_value,
+                          closed_loop=spec.closed_loop, temperature=spec.temperature, teacher=teacher,
+                          prompt_weighting=spec.prompt_weighting),
                 logs / f"train_seed{seed}_{arm}.log", timings, f"seed{seed}:{arm}:train")
         layout = RunLayout(run_dir)
         manifest = layout.manifest
@@ -506,6 +597,13 @@ def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict:
         # the examples the arm trained on, over all epochs (re-selected epochs for the closed loop; for an on-policy
         # arm, the prompts it drew)
         ids = list(read_json(manifest)["ids"])
+        if not (spec.on_policy or spec.closed_loop):
+            # the recomputation that fills in arms committed without their ids must give what training selected
+            again = selected_ids(cfg, prep, seed, arm, try_dir / "recomputed" / f"seed{seed}_{arm}")
+            if again != ids:
+                raise ConfigError(f"regime {cfg.name} seed {seed} {arm}: select-report recomputes a selection other "
+                                  f"than the datamodule's ({manifest}); the recomputed ids of earlier arms cannot "
+                                  "be trusted. Fix selected_ids before reporting")
         if spec.on_policy:
             ids = drawn_prompts(run_dir)
         elif spec.closed_loop:
@@ -515,17 +613,29 @@ def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict:
             ids *= cfg.epochs
         out[arm] = {"records": str(layout.eval_dir / "records.jsonl"), "trained_ids": ids,
                     "distinct_examples": len(set(ids))}
-        keep_records(cfg, layout.eval_dir / "records.jsonl", f"seed{seed}_{arm}")
+        keep_records(cfg, layout.eval_dir / "records.jsonl", f"seed{seed}_{arm}", replace_differing=True)
+        write_json(trained_file, {"trained_ids": ids, "distinct_examples": len(set(ids)), "source": "training"})
         # the arm's results are recorded (evaluation records, exported model): its training checkpoints go
         shutil.rmtree(layout.checkpoints, ignore_errors=True)
     return out
 
 
-def keep_records(cfg: ExperimentConfig, records: Path, name: str) -> None:
-    """The per-problem records of one evaluation, gzip-compressed into the committed results."""
+def keep_records(cfg: ExperimentConfig, records: Path, name: str, replace_differing: bool = False) -> None:
+    """The per-problem records of one evaluation, gzip-compressed into the committed results. Records already kept
+    stay, unless ``replace_differing`` and the new ones grade differently (an arm trained again because its
+    trained ids were not kept: the committed records and ids must come from one run; git keeps the old ones)."""
     dest = REPO / cfg.results_dir / "records" / f"{name}.jsonl.gz"
     if dest.exists():
-        return
+        if not replace_differing:
+            return
+        with gzip.open(dest, "rt") as f:
+            before = {str(r["id"]): bool(r["correct"]) for r in map(json.loads, f)}
+        after = {k: bool(v) for k, v in per_problem(records).items()}
+        if before == after:
+            return
+        changed = sum(before.get(k) != v for k, v in after.items())
+        print(f"{name}: trained again, {changed} of {len(after)} problems grade differently from the committed "
+              f"records; the new run's records replace them", flush=True)
     with records.open("rb") as src, atomic_write(dest, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as gz:
         shutil.copyfileobj(src, gz)
 
@@ -857,9 +967,11 @@ def write_round3(regimes: list[ExperimentConfig], prepared: dict, seeds: dict[st
 
 
 def arms_finished(cfg: ExperimentConfig, prep: dict, seed: int) -> bool:
-    """Every arm of ``cfg`` has its exported model and its evaluation for ``seed`` (an earlier run finished them)."""
-    runs = [prep["dir"] / f"seed{seed}" / arm for arm in cfg.arms]
-    return all(exported(d).exists() and (RunLayout(d).eval_dir / "report.json").exists() for d in runs)
+    """Every arm of ``cfg`` has its committed results for ``seed``, or its exported model and evaluation in the
+    work directory (an earlier run, here or on another machine, finished them)."""
+    return all(arm_recorded(cfg, seed, arm) or (exported(d := prep["dir"] / f"seed{seed}" / arm).exists()
+                                                and (RunLayout(d).eval_dir / "report.json").exists())
+               for arm in cfg.arms)
 
 
 def update_readme(section: str, marker: str) -> None:
@@ -898,8 +1010,10 @@ def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int
     if unknown:
         raise ConfigError(f"--only names unknown regimes {unknown}; the config has "
                          f"{[cfg.name for cfg in regimes]}")
-    regimes = [cfg for cfg in regimes if not only or cfg.name in only]
-    prepared = {cfg.name: prepare_regime(cfg) for cfg in regimes}
+    trained = {cfg.name for cfg in regimes if not only or cfg.name in only}
+    # a regime left out of --only is still reported, with the seeds its committed results finish; it trains nothing
+    regimes = [cfg for cfg in regimes if cfg.name in trained or (REPO / cfg.results_dir / "tries.json").exists()]
+    prepared = {cfg.name: prepare_regime(cfg, make=cfg.name in trained) for cfg in regimes}
     # the SFT arms of every seed first, then the on-policy arms (their teacher and rollouts cost several SFT arms
     # each): a stopped run has whole seeds of every regime's SFT arms, which the verdicts need most
     sft = [arms_of(cfg, on_policy=False) for cfg in regimes]
@@ -920,16 +1034,22 @@ def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int
             for seed in seeds:
                 if arms_finished(cfg, prepared[cfg.name], seed):
                     record(cfg, seed)
-        order = sorted(active, key=lambda cfg: only.index(cfg.name)) if regime_major and only else active
+        order = [cfg for cfg in active if cfg.name in trained]
+        order = sorted(order, key=lambda cfg: only.index(cfg.name)) if regime_major and only else order
         # seed-major by default, so a stopped run has whole seeds of every regime
         schedule = ([(cfg, seed) for cfg in order for seed in seeds] if regime_major
                     else [(cfg, seed) for seed in seeds for cfg in order])
+        written = False
         for cfg, seed in schedule:
             if seed in done[cfg.name]:
                 continue
             record(cfg, seed)
             if report_file and pass_regimes is sft:  # results per finished seed
                 write_round3(sft, prepared, done, REPO / report_file, report_header)
+                written = True
+        if report_file and pass_regimes is sft and not written and any(done.values()):
+            # every seed was finished before (a fresh checkout reads committed ones): the report is rewritten once
+            write_round3(sft, prepared, done, REPO / report_file, report_header)
         if report_file and pass_regimes is on_policy:  # every arm, once every seed has them all
             write_round3(regimes, prepared, done, REPO / report_file, report_header)
     if report_file:
@@ -947,8 +1067,8 @@ def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int
                             f"`{cfg.results_dir}/tries.json`); no arm was trained.")
             continue
         start = prep["dir"] / "eval" / "warm"
-        evaluate(cfg, prep["student"], prep["data"], start, prep["dir"] / "logs" / "eval_warm.log", prep["timings"],
-                 "shared:evaluate warm-up")
+        evaluate(cfg, ensure_student(cfg, prep), prep["data"], start, prep["dir"] / "logs" / "eval_warm.log",
+                 prep["timings"], "shared:evaluate warm-up")
         keep_records(cfg, start / "records.jsonl", "warmup")
         runs = {"start": str(start / "records.jsonl"), **prep["runs"]}
         r = analyse(cfg, prep, runs, seeds)

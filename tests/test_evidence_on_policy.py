@@ -122,7 +122,7 @@ def test_report_states_the_teacher_the_on_policy_arms_and_their_contrasts():
 
 
 def _timings(cfg: driver.ExperimentConfig) -> dict:
-    return json.loads((Path(cfg.work_dir) / "try0" / "timings.json").read_text())
+    return json.loads((Path(cfg.results_dir) / "timings_try0.json").read_text())
 
 
 @pytest.mark.slow
@@ -191,7 +191,7 @@ def test_every_seeds_sft_arms_run_before_any_on_policy_arm(tmp_path, monkeypatch
         calls.append(("train", seed, tuple(cfg.arms)))
         return {arm: {"seed": seed} for arm in cfg.arms}
 
-    monkeypatch.setattr(driver, "prepare_regime", lambda cfg: {"dir": tmp_path})
+    monkeypatch.setattr(driver, "prepare_regime", lambda cfg, make=True: {"dir": tmp_path})
     monkeypatch.setattr(driver, "run_arms", run_arms)
     monkeypatch.setattr(driver, "write_round3", lambda regimes, prepared, seeds, report, header: calls.append(
         ("report", tuple(seeds["P"]), tuple(a for cfg in regimes for a in cfg.arms))))
@@ -213,7 +213,7 @@ def test_regime_major_finishes_the_named_regimes_seeds_in_order_and_reports_each
         calls.append(("train", cfg.name, seed))
         return {arm: {"seed": seed} for arm in cfg.arms}
 
-    monkeypatch.setattr(driver, "prepare_regime", lambda cfg: {"dir": tmp_path / cfg.name})
+    monkeypatch.setattr(driver, "prepare_regime", lambda cfg, make=True: {"dir": tmp_path / cfg.name})
     monkeypatch.setattr(driver, "run_arms", run_arms)
     monkeypatch.setattr(driver, "write_round3", lambda regimes, prepared, seeds, report, header: calls.append(
         ("report", [cfg.name for cfg in regimes], {k: tuple(v) for k, v in seeds.items()})))

@@ -225,3 +225,91 @@ def test_a_step_killed_by_a_signal_is_started_again_and_a_failing_step_stops(tmp
     always = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
     with pytest.raises(driver.DataError, match=r"exit -9"):
         driver.run(always, tmp_path / "killed.log")
+
+
+def _committed_regime(tmp_path: Path, composed_data, leaves: list[str]) -> driver.ExperimentConfig:
+    """A regime as a fresh checkout finds it: nothing in the work directory; in the committed results, a tries log
+    (try 0 failed, try 1 passed with its profile) and seed 0's records of two fixed-selection arms, one with its
+    trained ids, one committed before ids were kept."""
+    import gzip
+    import json
+
+    data, _ = composed_data
+    cfg = driver.ExperimentConfig(
+        name="P", title="fresh checkout", work_dir=str(tmp_path / "work"), results_dir=str(tmp_path / "results"),
+        data_kind="composed", pool_size=400, heldout_per_leaf=2, budget=16, examples_per_step=8,
+        tries=[driver.WarmupTry(warmup_per_leaf=1, warmup_epochs=1), driver.WarmupTry(warmup_per_leaf=2)],
+        precheck=driver.PreCheck(kind="concentration", enforce=True), arms=["random", "skill"],
+        bootstrap_resamples=50)
+    results = Path(cfg.results_dir)
+    profile = json.loads(_profile(tmp_path / "p.json", leaves, {leaf: 0.3 + 0.02 * i for i, leaf in
+                                                                 enumerate(leaves)}).read_text())
+    failed = {"kind": "concentration", "passed": False, "enforced": True, "concentration": {
+        "effective_leaves": 9.0, "leaves": 25, "required_effective": 15.0, "leaves_at_zero": [],
+        "leaves_without_share": []}}
+    passed = {**failed, "passed": True}
+    write_json(results / "tries.json", [
+        {"try": 0, "precheck": failed, "profile_leaf_accuracy": {leaf: 0.0 for leaf in leaves}, "profile": {}},
+        {"try": 1, "precheck": passed, "profile_leaf_accuracy": driver.leaf_profile(tmp_path / "p.json"),
+         "profile": profile}])
+    heldout = [json.loads(line)["id"] for line in (data / "heldout.jsonl").read_text().splitlines()]
+    for arm in cfg.arms:
+        records, trained = driver.committed_arm(cfg, 0, arm)
+        records.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(records, "wt") as f:
+            f.writelines(json.dumps({"id": i, "correct": k % 2 == 0}) + "\n" for k, i in enumerate(heldout))
+    pool_ids = [json.loads(line)["id"] for line in (data / "pool.jsonl").read_text().splitlines()]
+    write_json(driver.committed_arm(cfg, 0, "random")[1], {"trained_ids": pool_ids[:16] * 3,
+                                                            "distinct_examples": 16})
+    return cfg
+
+
+def test_a_fresh_checkout_reports_committed_seeds_without_training_and_does_not_redo_a_failed_try(
+        composed_data, tmp_path, monkeypatch):
+    """Sessions may start on a new machine with only the committed results: a try the log records as failed is not
+    made again, the passed try's student is not made while no arm must train, an arm with committed records and
+    ids is read, not trained, and one committed before ids were kept gets its fixed selection recomputed."""
+    import json
+
+    _, leaves = composed_data
+    cfg = _committed_regime(tmp_path, composed_data, leaves)
+    real_run = driver.run
+    commands = []
+
+    def run(cmd, log, timings=None, step=""):
+        commands.append(step)
+        if step != "shared:make-data":
+            raise AssertionError(f"a fresh checkout with every arm committed ran {step}")
+        real_run(cmd, log, timings, step)
+
+    monkeypatch.setattr(driver, "run", run)
+    report = tmp_path / "README.md"
+    driver.main([cfg], seeds=[0], update_readme_section=False, report_file=str(report), report_header="# fresh")
+    assert commands == ["shared:make-data"]  # try 1's data only: try 0 (failed in the log) is not made again
+    assert not (Path(cfg.work_dir) / "try0").exists() and not (Path(cfg.work_dir) / "try1" / "warmup").exists()
+    recomputed = json.loads(driver.committed_arm(cfg, 0, "skill")[1].read_text())
+    assert recomputed["source"].startswith("recomputed") and recomputed["distinct_examples"] == 16
+    assert len(recomputed["trained_ids"]) == 16 * cfg.epochs
+    saved = json.loads((Path(cfg.results_dir) / "results.json").read_text())
+    assert saved["seeds"] == [0] and saved["try"] == 1 and saved["arms"]["random"]["distinct_examples"] == [16]
+    assert "### Regime P: fresh checkout" in report.read_text()
+
+
+def test_a_remade_student_that_does_not_reproduce_the_logged_profile_stops_the_regime(composed_data, tmp_path,
+                                                                                      monkeypatch):
+    """An arm still to train needs the warm-up student again; if the re-made one profiles differently from the
+    log, the committed seeds came from another student, and the driver stops in one line instead of mixing them."""
+    _, leaves = composed_data
+    cfg = _committed_regime(tmp_path, composed_data, leaves)
+    driver.committed_arm(cfg, 0, "skill")[0].unlink()  # the skill arm of seed 0 must train
+
+    def make_student(cfg, prep):
+        prep["student"] = "remade"
+        return _profile(tmp_path / "remade.json", leaves, dict.fromkeys(leaves, 0.5))
+
+    monkeypatch.setattr(driver, "make_student", make_student)
+    monkeypatch.setattr(driver, "run", lambda *a, **k: None)
+    monkeypatch.setattr(driver, "prepare_data", lambda cfg, attempt, work, timings: composed_data[0])
+    with pytest.raises(ConfigError, match=r"re-made warm-up student's profile .* differs from the one logged in "
+                                          r".*tries.json \(24 leaves differ"):
+        driver.main([cfg], seeds=[0], update_readme_section=False, report_file=str(tmp_path / "R.md"))
