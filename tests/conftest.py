@@ -212,3 +212,61 @@ def pytest_runtest_teardown(item, nextitem):
     later = items[items.index(item) + 1:] if item in items else []
     if not any(SHARED_ENGINE_FIXTURE in getattr(other, "fixturenames", ()) for other in later):
         _shared_engines[-1].shutdown()  # no later test needs it: free its memory and threads now
+
+
+# ---- where the suite's time goes: every test's wall and CPU seconds (setup, call and teardown) ----------------------
+# CPU is the worker's own plus that of the children it waited for (getrusage): an engine process that exits through
+# os._exit or is killed is not counted, so a test's CPU figure may be low. A low CPU / wall ratio marks a test that
+# waits (on a child that is not counted, a sleep, a poll) rather than computes.
+_COST = "cost (wall s, worker CPU s, children CPU s)"
+_costs: list[tuple[str, float, float, float]] = []
+
+
+def _cpu() -> tuple[float, float, float]:
+    import resource
+    import time
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.monotonic(), me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    item.stash[_cost_start] = _cpu()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    start = item.stash.get(_cost_start, None)
+    if call.when == "teardown" and start is not None:
+        end = _cpu()
+        cost = tuple(round(b - a, 2) for a, b in zip(start, end, strict=True))
+        outcome.get_result().user_properties.append((_COST, cost))
+
+
+def pytest_runtest_logreport(report):  # in the controller too: pytest-xdist forwards the workers' reports
+    for name, value in report.user_properties:
+        if name == _COST:
+            _costs.append((report.nodeid, *value))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _costs:
+        return
+    write = terminalreporter.write_line
+    wall, cpu = sum(c[1] for c in _costs), sum(c[2] + c[3] for c in _costs)
+    terminalreporter.section("cost per test: wall s, CPU s (worker + waited-for children)")
+    write(f"{len(_costs)} tests: {wall:.0f} s of test wall time, {cpu:.0f} CPU s counted")
+    modules: dict[str, list[float]] = {}
+    for nodeid, w, me, kids in _costs:
+        m = modules.setdefault(nodeid.split("::")[0], [0.0, 0.0, 0])
+        m[0], m[1], m[2] = m[0] + w, m[1] + me + kids, m[2] + 1
+    for module, (w, c, n) in sorted(modules.items(), key=lambda kv: -kv[1][0])[:20]:
+        write(f"{w:8.1f} {c:8.1f}  {module} ({n} tests)")
+    write("slowest tests:")
+    for nodeid, w, me, kids in sorted(_costs, key=lambda c: -c[1])[:25]:
+        write(f"{w:8.1f} {me + kids:8.1f}  {nodeid}")
+
+
+_cost_start = pytest.StashKey[tuple]()

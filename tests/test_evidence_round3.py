@@ -264,6 +264,7 @@ def _committed_regime(tmp_path: Path, composed_data, leaves: list[str]) -> drive
     return cfg
 
 
+@pytest.mark.slow  # make-composed-data's process and select-report's chart
 def test_a_fresh_checkout_reports_committed_seeds_without_training_and_does_not_redo_a_failed_try(
         composed_data, tmp_path, monkeypatch):
     """Sessions may start on a new machine with only the committed results: a try the log records as failed is not
