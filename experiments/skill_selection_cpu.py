@@ -485,8 +485,9 @@ def ensure_student(cfg: ExperimentConfig, prep: dict) -> str:
             changed = sorted(c for c in profile if prep["profile"].get(c) != profile[c]) or ["(counts only)"]
             raise ConfigError(f"regime {cfg.name} try {prep['try']}: the re-made warm-up student's profile ({made}) "
                               f"differs from the one logged in {prep['log']} ({len(changed)} leaves differ, first "
-                              f"{changed[0]}); the committed seeds came from the logged student. Rerun with the "
-                              f"logged run's settings (OMP_NUM_THREADS=1) or start the regime in a new results_dir")
+                              f"{changed[0]}); the committed seeds came from the logged student, and this "
+                              f"machine does not re-make it. Start the regime in a new results_dir, or declare in "
+                              f"the config how seeds made from another student are combined")
         print(f"regime {cfg.name} try {prep['try']}: the re-made warm-up student reproduces the logged profile",
               flush=True)
     return prep["student"]
@@ -579,7 +580,7 @@ def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict:
         run_dir = try_dir / f"seed{seed}" / arm
         spec = ARMS[arm]
         records_gz, trained_file = committed_arm(cfg, seed, arm)
-        if records_gz.exists() and not trained_file.exists() and arm_recorded(cfg, seed, arm):
+        if not trained_file.exists() and arm_recorded(cfg, seed, arm):  # committed before ids were kept
             ids = selected_ids(cfg, prep, seed, arm, try_dir / "recomputed" / f"seed{seed}_{arm}")
             write_json(trained_file, {"trained_ids": ids * cfg.epochs, "distinct_examples": len(set(ids)),
                                       "source": "recomputed by select-report (trained before ids were kept)"})

@@ -220,6 +220,7 @@ def pytest_runtest_teardown(item, nextitem):
 # waits (on a child that is not counted, a sleep, a poll) rather than computes.
 _COST = "cost (wall s, worker CPU s, children CPU s)"
 _costs: list[tuple[str, float, float, float]] = []
+_cost_start = pytest.StashKey[tuple]()  # a test's (wall, worker CPU, children CPU) at setup
 
 
 def _cpu() -> tuple[float, float, float]:
@@ -268,5 +269,3 @@ def pytest_terminal_summary(terminalreporter):
     for nodeid, w, me, kids in sorted(_costs, key=lambda c: -c[1])[:25]:
         write(f"{w:8.1f} {me + kids:8.1f}  {nodeid}")
 
-
-_cost_start = pytest.StashKey[tuple]()
