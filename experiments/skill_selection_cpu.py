@@ -42,6 +42,7 @@ its own data, warm-up, profile and starting-point evaluations, shared by its see
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import random
@@ -59,7 +60,16 @@ for _path in (REPO, REPO / "experiments"):  # the project, and this script's sib
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from skill_distill.io import ConfigError, DataError, atomic_write, read_json, read_jsonl, write_json, write_jsonl  # noqa: E402 - after the sys.path.insert above
+from skill_distill.io import (  # noqa: E402 - after the sys.path.insert above
+    ConfigError,
+    DataError,
+    atomic_write,
+    read_json,
+    read_jsonl,
+    sha256_file,
+    write_json,
+    write_jsonl,
+)
 from skill_distill.process_lifetime import set_parent_death_signal  # noqa: E402 - the prctl part of die_with_parent: it survives exec
 from skill_distill.run_layout import RunLayout  # noqa: E402
 
@@ -191,6 +201,11 @@ class ExperimentConfig:
     on_policy: OnPolicySettings = field(default_factory=OnPolicySettings)
     tokenizer: str = ""
     """Tokenizer of every training step; empty: the arm config's (SmolLM2's). Tests set the tiny model's."""
+    student_per_seed: bool = False
+    """Each seed's arms start from one warm-up student, logged per seed in ``<results_dir>/students.json``: a seed
+    with no committed arm takes the student made on the machine that trains it (the passed try's recipe), whose
+    profile must pass the pre-check; a seed's arms never mix two students. Off: every seed needs the logged try's
+    student re-made exactly (``ensure_student``)."""
 
     def validate(self) -> None:
         bad = [a for a in self.arms if a not in ALL_ARMS]
@@ -487,10 +502,121 @@ def ensure_student(cfg: ExperimentConfig, prep: dict) -> str:
                               f"differs from the one logged in {prep['log']} ({len(changed)} leaves differ, first "
                               f"{changed[0]}); the committed seeds came from the logged student, and this "
                               f"machine does not re-make it. Start the regime in a new results_dir, or declare in "
-                              f"the config how seeds made from another student are combined")
+                              f"the config that each seed has its own student (student_per_seed)")
         print(f"regime {cfg.name} try {prep['try']}: the re-made warm-up student reproduces the logged profile",
               flush=True)
     return prep["student"]
+
+
+STUDENTS_LOG = "students.json"
+"""Per regime with ``student_per_seed``: every warm-up student and the seeds whose arms it started."""
+
+
+def profile_digest(profile: dict) -> str:
+    """What identifies a student here: its profile's nodes (counts per skill on the whole pool, greedy)."""
+    return hashlib.sha256(json.dumps(profile["nodes"], sort_keys=True).encode()).hexdigest()
+
+
+def students_log(cfg: ExperimentConfig, prep: dict) -> dict:
+    """``<results_dir>/students.json``; begun with the passed try's logged student and every seed whose arms it
+    trained (the seeds with committed records)."""
+    path = REPO / cfg.results_dir / STUDENTS_LOG
+    if path.exists():
+        return read_json(path)
+    committed = sorted({int(p.name.split("_", 1)[0].removeprefix("seed"))
+                        for p in (REPO / cfg.results_dir / "records").glob("seed*_*.jsonl.gz")})
+    check = prep["precheck"].get("concentration", {})
+    return {"students": [{"name": f"try{prep['try']}-logged", "seeds": committed,
+                          "profile_nodes_sha256": profile_digest(read_json(prep["profile_file"])),
+                          "profile_file": None, "made": "the passed try of tries.json",
+                          "effective_leaves": check.get("effective_leaves"), "precheck": prep["precheck"]}]}
+
+
+def seed_profile_file(cfg: ExperimentConfig, prep: dict, seed: int) -> Path:
+    """The profile the seed's selections read: its student's (the passed try's logged one unless
+    ``student_per_seed`` gave the seed another student)."""
+    if cfg.student_per_seed:
+        for s in students_log(cfg, prep)["students"]:
+            if seed in s["seeds"] and s["profile_file"]:
+                return REPO / s["profile_file"]
+    return prep["profile_file"]
+
+
+def supersede_seed(cfg: ExperimentConfig, prep: dict, seed: int, student: str) -> None:
+    """A seed whose student cannot be re-made here starts again: its committed arms and its work directory are moved
+    aside (``records/superseded/<student>/``), never deleted."""
+    records = REPO / cfg.results_dir / "records"
+    aside = records / "superseded" / student
+    for path in sorted(records.glob(f"seed{seed}_*")):
+        aside.mkdir(parents=True, exist_ok=True)
+        path.rename(aside / path.name)
+    if (prep["dir"] / f"seed{seed}").exists():
+        (prep["dir"] / f"seed{seed}").rename(prep["dir"] / f"seed{seed}.superseded-{student}-{int(time.time())}")
+
+
+def student_for_seed(cfg: ExperimentConfig, prep: dict, seed: int) -> str:
+    """The warm-up student the seed's arms start from (config item 9 of the third round). Without
+    ``student_per_seed``, the logged try's student, re-made exactly. With it, the student made here: it must be
+    the seed's logged student, or the seed takes it (its profile passing the pre-check, logged with its seeds).
+    A seed whose logged student this machine does not re-make starts again with this machine's."""
+    if not cfg.student_per_seed:
+        return ensure_student(cfg, prep)
+    if prep["student"] is None:
+        prep["made_profile"] = make_student(cfg, prep)
+    made = read_json(prep["made_profile"])
+    digest = profile_digest(made)
+    log_path = REPO / cfg.results_dir / STUDENTS_LOG
+    log = students_log(cfg, prep)
+    current = next((s for s in log["students"] if seed in s["seeds"]), None)
+    if current is not None and current["profile_nodes_sha256"] == digest:
+        return prep["student"]
+    if current is not None:
+        print(f"regime {cfg.name} seed {seed}: its student {current['name']} is not re-made on this machine; the "
+              f"seed's finished arms move to records/superseded/{current['name']}/ and it starts again with this "
+              f"machine's student", flush=True)
+        supersede_seed(cfg, prep, seed, current["name"])
+        current["seeds"].remove(seed)
+    mine = next((s for s in log["students"] if s["profile_nodes_sha256"] == digest), None)
+    if mine is None:
+        check = precheck(cfg, leaf_profile(prep["made_profile"]),
+                         target_shares(prep["data"], prep["made_profile"], cfg.budget))
+        name = f"try{prep['try']}-{digest[:8]}"
+        profile_file = REPO / cfg.results_dir / "students" / f"{name}.profile.json"
+        write_json(profile_file, repo_relative(made))
+        weights = sorted(Path(prep["student"]).glob("*.safetensors"))
+        mine = {"name": name, "seeds": [], "profile_nodes_sha256": digest,
+                "profile_file": repo_relative(str(profile_file)), "made": time.strftime("%Y-%m-%d"),
+                "cpu": cpu_model(), "export_sha256": {p.name: sha256_file(p) for p in weights},
+                "effective_leaves": check.get("concentration", {}).get("effective_leaves"), "precheck": check}
+        log["students"].append(mine)
+        if not check["passed"]:
+            write_json(log_path, log)
+            raise ConfigError(f"regime {cfg.name} seed {seed}: this machine's warm-up student ({name}) fails the "
+                              f"pre-check ({precheck_line(check, len(made['nodes']))}); logged in {log_path}. The "
+                              "seed does not run here; the check is never loosened")
+    if not mine["precheck"]["passed"]:
+        raise ConfigError(f"regime {cfg.name} seed {seed}: this machine's warm-up student ({mine['name']}) failed "
+                          f"the pre-check ({log_path}); the seed does not run here")
+    mine["seeds"] = sorted({*mine["seeds"], seed})
+    write_json(log_path, log)
+    print(f"regime {cfg.name} seed {seed}: starts from student {mine['name']} "
+          f"({precheck_line(mine['precheck'], len(leaf_profile(prep['made_profile'])))})", flush=True)
+    return prep["student"]
+
+
+def student_name(cfg: ExperimentConfig, prep: dict, seed: int) -> str:
+    return next(s["name"] for s in students_log(cfg, prep)["students"] if seed in s["seeds"])
+
+
+def cpu_model() -> str:
+    """The processor's name (``/proc/cpuinfo``): students made on different processors differ (config item 8)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def repo_relative(value):
@@ -568,7 +694,7 @@ def selected_ids(cfg: ExperimentConfig, prep: dict, seed: int, arm: str, out: Pa
     selection = SelectionConfig(strategy=spec.strategy, budget=cfg.budget, seed=seed, temperature=spec.temperature,
                                 profile_value=spec.profile_value)
     run_selection_report(str(data / "train_pool.jsonl"), str(data / "tree.json"), str(data / "attribution.jsonl"),
-                         str(prep["profile_file"]), str(out), selection=selection)
+                         str(seed_profile_file(cfg, prep, seed)), str(out), selection=selection)
     return list(read_json(out / "manifest.json")["ids"])
 
 
@@ -577,13 +703,18 @@ def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict:
     logs = try_dir / "logs"
     out = {}
     for arm in cfg.arms:
-        run_dir = try_dir / f"seed{seed}" / arm
-        spec = ARMS[arm]
         records_gz, trained_file = committed_arm(cfg, seed, arm)
         if not trained_file.exists() and arm_recorded(cfg, seed, arm):  # committed before ids were kept
             ids = selected_ids(cfg, prep, seed, arm, try_dir / "recomputed" / f"seed{seed}_{arm}")
             write_json(trained_file, {"trained_ids": ids * cfg.epochs, "distinct_examples": len(set(ids)),
                                       "source": "recomputed by select-report (trained before ids were kept)"})
+    if not all(p.exists() for arm in cfg.arms for p in committed_arm(cfg, seed, arm)):
+        # before any committed arm is read: a seed that starts again with another student moves them aside
+        student = student_for_seed(cfg, prep, seed)
+    for arm in cfg.arms:
+        run_dir = try_dir / f"seed{seed}" / arm
+        spec = ARMS[arm]
+        records_gz, trained_file = committed_arm(cfg, seed, arm)
         if records_gz.exists() and trained_file.exists():
             unpacked = try_dir / "committed" / f"seed{seed}_{arm}.jsonl"
             if not unpacked.exists():
@@ -592,9 +723,8 @@ def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict:
                     shutil.copyfileobj(src, f)
             kept = read_json(trained_file)
             out[arm] = {"records": str(unpacked), "trained_ids": kept["trained_ids"],
-                        "distinct_examples": kept["distinct_examples"]}
+                        "distinct_examples": kept["distinct_examples"], "leaf_shares": kept.get("leaf_shares")}
             continue
-        student = ensure_student(cfg, prep)
         # the teacher before the first on-policy arm (made once, reused after)
         teacher = ensure_teacher(cfg, prep) if spec.on_policy else None
         if not exported(run_dir).exists():
@@ -628,7 +758,8 @@ def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict:
         out[arm] = {"records": str(layout.eval_dir / "records.jsonl"), "trained_ids": ids,
                     "distinct_examples": len(set(ids))}
         keep_records(cfg, layout.eval_dir / "records.jsonl", f"seed{seed}_{arm}", replace_differing=True)
-        write_json(trained_file, {"trained_ids": ids, "distinct_examples": len(set(ids)), "source": "training"})
+        write_json(trained_file, {"trained_ids": ids, "distinct_examples": len(set(ids)), "source": "training",
+                                  **({"student": student_name(cfg, prep, seed)} if cfg.student_per_seed else {})})
         # the arm's results are recorded (evaluation records, exported model): its training checkpoints go
         shutil.rmtree(layout.checkpoints, ignore_errors=True)
     return out
@@ -923,6 +1054,10 @@ def round3_inputs(cfg: ExperimentConfig, prep: dict, seeds: list[int]) -> dict:
         written[seed] = {arm: {str(r["id"]): r.get("skills_written") for r in rs} for arm, rs in rows.items()}
         shares[seed], distinct[seed] = {}, {}
         for arm in cfg.arms:
+            if runs[arm].get("leaf_shares"):  # an arm whose ids were not kept: its committed shares (see its file)
+                shares[seed][arm] = [runs[arm]["leaf_shares"][leaf] for leaf in leaves]
+                distinct[seed][arm] = runs[arm]["distinct_examples"]
+                continue
             counts = dict.fromkeys(leaves, 0)
             for i in runs[arm]["trained_ids"]:
                 for c in chains_of[i]:
@@ -965,13 +1100,20 @@ def write_round3(regimes: list[ExperimentConfig], prepared: dict, seeds: dict[st
             r["teacher"] = {"base": cfg.student, "examples": t["examples"], "epochs": t["epochs"],
                             "accuracy": sum(records.get(i, 0.0) for i in inputs["heldout_ids"])
                             / len(inputs["heldout_ids"])}
+        students = ""
+        if cfg.student_per_seed:
+            r["students"] = students_log(cfg, prep)["students"]
+            students = "; the seeds' warm-up students (`students.json`): " + "; ".join(
+                f"{s['name']} ({s['made']}{', ' + s['cpu'] if s.get('cpu') else ''}; effective leaves "
+                f"{s['effective_leaves']:.1f}) seeds {', '.join(map(str, s['seeds'])) or 'none'}"
+                for s in r["students"])
         write_json(results_dir / "results.json", repo_relative(r))
         results[cfg.name] = r
         sections.append(er.regime_section(cfg.name, cfg.title, r,
                                           f"try {prep['try']}, {precheck_line(prep['precheck'], len(prep['profile']))}"
                                           f" -> {'passed' if prep['precheck']['passed'] else 'failed'}"
                                           f"{'' if prep['precheck']['enforced'] else ' (not enforced)'}; tries: "
-                                          f"`{cfg.results_dir}/tries.json`",
+                                          f"`{cfg.results_dir}/tries.json`{students}",
                                           cost_line(prep["timings"], seeds[cfg.name]), cfg.results_dir))
     text = "\n\n".join([header.strip(), *sections, "### What to do (from these measurements only)",
                          "\n".join(er.advice(results)), produced_by(sorted(set().union(*seeds.values())))])
@@ -1064,8 +1206,13 @@ def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int
         if report_file and pass_regimes is sft and not written and any(done.values()):
             # every seed was finished before (a fresh checkout reads committed ones): the report is rewritten once
             write_round3(sft, prepared, done, REPO / report_file, report_header)
-        if report_file and pass_regimes is on_policy:  # every arm, once every seed has them all
-            write_round3(regimes, prepared, done, REPO / report_file, report_header)
+        if report_file and pass_regimes is sft:
+            sft_done = dict(done)
+        if report_file and pass_regimes is on_policy:
+            # every arm over the seeds that have them all; a regime with no such seed keeps its SFT report
+            full = [c if done.get(c.name) else s for c, s in zip(regimes, sft, strict=True)]
+            write_round3(full, prepared, {c.name: done.get(c.name) or sft_done[c.name] for c in regimes},
+                         REPO / report_file, report_header)
     if report_file:
         if not seeds:
             write_round3(regimes, prepared, {cfg.name: [] for cfg in regimes}, REPO / report_file, report_header)

@@ -4,6 +4,7 @@ is not), and the report written from crafted per-problem records."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -157,6 +158,7 @@ def test_shipped_round3_config_declares_the_design(tmp_path):
     assert set(p.arms) == {"random", "random_format", "skill", "skill_format", "skill_t05", "closed_loop", "on_policy",
                            "on_policy_skill"}
     assert conc.arms == ["random", "skill_t05"] and conc.order_free_keys
+    assert p.student_per_seed and not conc.student_per_seed and "9. Declared 2026-12-07, before any arm" in text
     assert cfg.report_file == "results/evidence/README.md" and not cfg.update_readme_section
 
 
@@ -296,6 +298,32 @@ def test_a_fresh_checkout_reports_committed_seeds_without_training_and_does_not_
     assert "### Regime P: fresh checkout" in report.read_text()
 
 
+@pytest.mark.slow  # make-composed-data's process and select-report's chart
+def test_a_regime_whose_on_policy_arms_have_not_run_keeps_its_sft_report(composed_data, tmp_path, monkeypatch):
+    """A regime with on-policy arms still to run, reported while another regime trains: the report after the
+    on-policy pass keeps its SFT arms over their finished seeds (it raised an AxisError over zero seeds before)."""
+    import json
+
+    _, leaves = composed_data
+    with_on_policy = dataclasses.replace(_committed_regime(tmp_path / "p", composed_data, leaves),
+                                         arms=["random", "skill", "on_policy"])
+    other = dataclasses.replace(_committed_regime(tmp_path / "x", composed_data, leaves), name="X")
+    real_run = driver.run
+
+    def run(cmd, log, timings=None, step=""):
+        if step != "shared:make-data":
+            raise AssertionError(f"a report from committed arms ran {step}")
+        real_run(cmd, log, timings, step)
+
+    monkeypatch.setattr(driver, "run", run)
+    report = tmp_path / "README.md"
+    driver.main([with_on_policy, other], seeds=[0], only=["X"], update_readme_section=False,
+                report_file=str(report), report_header="# two regimes")
+    saved = json.loads((Path(with_on_policy.results_dir) / "results.json").read_text())
+    assert saved["seeds"] == [0] and list(saved["arms"]) == ["random", "skill"]
+    assert "### Regime P: fresh checkout" in report.read_text() and "### Regime X" in report.read_text()
+
+
 def test_a_remade_student_that_does_not_reproduce_the_logged_profile_stops_the_regime(composed_data, tmp_path,
                                                                                       monkeypatch):
     """An arm still to train needs the warm-up student again; if the re-made one profiles differently from the
@@ -314,3 +342,83 @@ def test_a_remade_student_that_does_not_reproduce_the_logged_profile_stops_the_r
     with pytest.raises(ConfigError, match=r"re-made warm-up student's profile .* differs from the one logged in "
                                           r".*tries.json \(24 leaves differ"):
         driver.main([cfg], seeds=[0], update_readme_section=False, report_file=str(tmp_path / "R.md"))
+
+
+def test_each_seed_keeps_one_student_and_a_seed_whose_student_is_not_remade_starts_again(composed_data, tmp_path,
+                                                                                        monkeypatch):
+    """``student_per_seed`` (round 3, config item 9): a seed without committed arms takes the student made here if
+    its profile passes the pre-check, and its selections read that student's committed profile; a seed whose logged
+    student is not re-made here has its committed arms moved aside and starts again; a student failing the pre-check
+    runs no seed."""
+    import json
+
+    _, leaves = composed_data
+    cfg = dataclasses.replace(_committed_regime(tmp_path, composed_data, leaves), student_per_seed=True)
+    results = Path(cfg.results_dir)
+    made = {"profile": None}
+
+    def make_student(cfg, prep):
+        prep["student"] = str(tmp_path / "student")
+        return made["profile"]
+
+    monkeypatch.setattr(driver, "make_student", make_student)
+    monkeypatch.setattr(driver, "prepare_data", lambda cfg, attempt, work, timings: composed_data[0])
+    prep = driver.prepare_regime(cfg)
+    (tmp_path / "student").mkdir()
+    (tmp_path / "student" / "model.safetensors").write_bytes(b"weights")
+    spread = {leaf: 0.25 + 0.4 * k / (len(leaves) - 1) for k, leaf in enumerate(leaves)}
+    made["profile"] = _profile(tmp_path / "made.json", leaves, spread)
+
+    assert driver.student_for_seed(cfg, prep, 1) == str(tmp_path / "student")
+    log = json.loads((results / "students.json").read_text())
+    logged, mine = log["students"]
+    assert logged["name"] == "try1-logged" and logged["seeds"] == [0]  # seed 0's committed arms came from it
+    assert mine["seeds"] == [1] and mine["precheck"]["passed"] and mine["export_sha256"]["model.safetensors"]
+    assert json.loads((REPO / mine["profile_file"]).read_text())["nodes"] == json.loads(made["profile"].read_text())[
+        "nodes"]
+    assert driver.seed_profile_file(cfg, prep, 1) == REPO / mine["profile_file"]
+    assert driver.seed_profile_file(cfg, prep, 0) == prep["profile_file"]
+    driver.student_for_seed(cfg, prep, 1)  # the same student again: nothing changes
+    assert json.loads((results / "students.json").read_text()) == log
+
+    # seed 0's logged student is not what this machine makes: its committed arms are kept aside, it starts again
+    driver.student_for_seed(cfg, prep, 0)
+    aside = sorted(p.name for p in (results / "records" / "superseded" / "try1-logged").iterdir())
+    assert aside == ["seed0_random.jsonl.gz", "seed0_random.trained.json", "seed0_skill.jsonl.gz"]
+    assert not list((results / "records").glob("seed0_*"))
+    log = json.loads((results / "students.json").read_text())
+    assert [s["seeds"] for s in log["students"]] == [[], [0, 1]]
+
+    # a student whose profile is concentrated runs no seed, and is logged with its failed check
+    skewed = {leaf: (0.02 if k < 3 else 0.9) for k, leaf in enumerate(leaves)}
+    made["profile"] = _profile(tmp_path / "skewed.json", leaves, skewed)
+    prep["student"] = None
+    with pytest.raises(ConfigError, match=r"seed 2: this machine's warm-up student \(try1-\w+\) fails the "
+                                          r"pre-check \(effective leaves at T=1 [\d.]+ of 25"):
+        driver.student_for_seed(cfg, prep, 2)
+    log = json.loads((results / "students.json").read_text())
+    assert log["students"][-1]["seeds"] == [] and not log["students"][-1]["precheck"]["passed"]
+
+
+def test_an_arm_committed_with_leaf_shares_counts_them_in_the_report_inputs(composed_data, tmp_path):
+    """An arm whose trained ids were not kept (regime P's closed loop, seeds 0-1) is reported from its committed
+    per-leaf shares; the report averages shares over seeds only, so shares averaged over those seeds stay exact."""
+    import json
+
+    data, _ = composed_data
+    cfg = driver.ExperimentConfig(name="P", arms=["random", "closed_loop"])
+    heldout = [json.loads(line)["id"] for line in (data / "heldout.jsonl").read_text().splitlines()]
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(json.dumps({"id": i, "correct": True}) + "\n" for i in heldout))
+    prep = {"data": data}
+    leaves = sorted({"->".join(c) for line in (data / "attribution.jsonl").read_text().splitlines()
+                     for c in json.loads(line)["chains"] if json.loads(line)["id"] in set(heldout)})
+    shares = {leaf: (2.0 if k == 0 else 1.0) / (len(leaves) + 1) for k, leaf in enumerate(leaves)}
+    pool_ids = [json.loads(line)["id"] for line in (data / "pool.jsonl").read_text().splitlines()]
+    prep["runs"] = {0: {"random": {"records": str(records), "trained_ids": pool_ids[:16], "distinct_examples": 16},
+                        "closed_loop": {"records": str(records), "trained_ids": [], "distinct_examples": 19,
+                                        "leaf_shares": shares}}}
+    inputs = driver.round3_inputs(cfg, prep, [0])
+    assert inputs["shares"][0]["closed_loop"] == [shares[leaf] for leaf in inputs["leaves"]]
+    assert inputs["distinct"][0]["closed_loop"] == 19
+    assert abs(sum(inputs["shares"][0]["random"]) - 1) < 1e-9
