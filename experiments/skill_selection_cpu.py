@@ -561,9 +561,8 @@ def student_for_seed(cfg: ExperimentConfig, prep: dict, seed: int) -> str:
     A seed whose logged student this machine does not re-make starts again with this machine's."""
     if not cfg.student_per_seed:
         return ensure_student(cfg, prep)
-    if prep["student"] is None:
-        prep["made_profile"] = make_student(cfg, prep)
-    made = read_json(prep["made_profile"])
+    made_file = make_student(cfg, prep) if prep["student"] is None else prep["profile_dir"] / "profile.json"
+    made = read_json(made_file)
     digest = profile_digest(made)
     log_path = REPO / cfg.results_dir / STUDENTS_LOG
     log = students_log(cfg, prep)
@@ -578,8 +577,7 @@ def student_for_seed(cfg: ExperimentConfig, prep: dict, seed: int) -> str:
         current["seeds"].remove(seed)
     mine = next((s for s in log["students"] if s["profile_nodes_sha256"] == digest), None)
     if mine is None:
-        check = precheck(cfg, leaf_profile(prep["made_profile"]),
-                         target_shares(prep["data"], prep["made_profile"], cfg.budget))
+        check = precheck(cfg, leaf_profile(made_file), target_shares(prep["data"], made_file, cfg.budget))
         name = f"try{prep['try']}-{digest[:8]}"
         profile_file = REPO / cfg.results_dir / "students" / f"{name}.profile.json"
         write_json(profile_file, repo_relative(made))
@@ -600,7 +598,7 @@ def student_for_seed(cfg: ExperimentConfig, prep: dict, seed: int) -> str:
     mine["seeds"] = sorted({*mine["seeds"], seed})
     write_json(log_path, log)
     print(f"regime {cfg.name} seed {seed}: starts from student {mine['name']} "
-          f"({precheck_line(mine['precheck'], len(leaf_profile(prep['made_profile'])))})", flush=True)
+          f"({precheck_line(mine['precheck'], len(leaf_profile(made_file)))})", flush=True)
     return prep["student"]
 
 

@@ -5,6 +5,7 @@ is not), and the report written from crafted per-problem records."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 from pathlib import Path
 
@@ -359,7 +360,9 @@ def test_each_seed_keeps_one_student_and_a_seed_whose_student_is_not_remade_star
 
     def make_student(cfg, prep):
         prep["student"] = str(tmp_path / "student")
-        return made["profile"]
+        (prep["profile_dir"]).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(made["profile"], prep["profile_dir"] / "profile.json")
+        return prep["profile_dir"] / "profile.json"
 
     monkeypatch.setattr(driver, "make_student", make_student)
     monkeypatch.setattr(driver, "prepare_data", lambda cfg, attempt, work, timings: composed_data[0])
