@@ -23,6 +23,9 @@ its own data, warm-up, profile and starting-point evaluations, shared by its see
              A regime lists at most 4 *tries* (warm-up size and epochs, per-leaf difficulty); the first try whose
              profile passes is used, every try's profile is recorded, and if none passes the regime stops there
              (reported, never loosened). Tuning looks at profiles only, never at held-out results.
+             With ``student_per_seed`` each seed's arms start from the student made on the machine that trains
+             them (its own profile, pre-check and selections; ``students.json``), since a warm-up made on another
+             processor differs.
 4. arms      per seed, same budget and steps (``ARMS``): ``random``; ``random_format`` (+ skill-aware format);
              ``skill`` (paper-exact, T=1); ``skill_format`` (+ skill-aware format); ``skill_t05`` (T=0.5);
              ``skill_shrunk`` (``selection.profile_value: accuracy_shrunk``); ``closed_loop`` (skill
