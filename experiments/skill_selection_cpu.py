@@ -557,11 +557,12 @@ def supersede_seed(cfg: ExperimentConfig, prep: dict, seed: int, student: str) -
         (prep["dir"] / f"seed{seed}").rename(prep["dir"] / f"seed{seed}.superseded-{student}-{int(time.time())}")
 
 
-def student_for_seed(cfg: ExperimentConfig, prep: dict, seed: int) -> str:
+def student_for_seed(cfg: ExperimentConfig, prep: dict, seed: int, restart: bool = True) -> str | None:
     """The warm-up student the seed's arms start from (config item 9 of the third round). Without
     ``student_per_seed``, the logged try's student, re-made exactly. With it, the student made here: it must be
     the seed's logged student, or the seed takes it (its profile passing the pre-check, logged with its seeds).
-    A seed whose logged student this machine does not re-make starts again with this machine's."""
+    A seed whose logged student this machine does not re-make starts again with this machine's (``restart``, the
+    SFT arms), or gets None (the on-policy arms: they run only where the seed's student is made)."""
     if not cfg.student_per_seed:
         return ensure_student(cfg, prep)
     made_file = make_student(cfg, prep) if prep["student"] is None else prep["profile_dir"] / "profile.json"
@@ -572,6 +573,10 @@ def student_for_seed(cfg: ExperimentConfig, prep: dict, seed: int) -> str:
     current = next((s for s in log["students"] if seed in s["seeds"]), None)
     if current is not None and current["profile_nodes_sha256"] == digest:
         return prep["student"]
+    if current is not None and not restart:
+        print(f"regime {cfg.name} seed {seed}: its student {current['name']} is not re-made on this machine; its "
+              f"on-policy arms do not run here (its committed arms stay)", flush=True)
+        return None
     if current is not None:
         print(f"regime {cfg.name} seed {seed}: its student {current['name']} is not re-made on this machine; the "
               f"seed's finished arms move to records/superseded/{current['name']}/ and it starts again with this "
@@ -699,7 +704,9 @@ def selected_ids(cfg: ExperimentConfig, prep: dict, seed: int, arm: str, out: Pa
     return list(read_json(out / "manifest.json")["ids"])
 
 
-def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict:
+def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict | None:
+    """Train and evaluate the seed's arms of ``cfg`` that are not committed (reading the committed ones). None when
+    an on-policy arm must train and the seed's student is not made on this machine (``student_for_seed``)."""
     try_dir, data, timings = prep["dir"], prep["data"], prep["timings"]
     logs = try_dir / "logs"
     out = {}
@@ -710,8 +717,11 @@ def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict:
             write_json(trained_file, {"trained_ids": ids * cfg.epochs, "distinct_examples": len(set(ids)),
                                       "source": "recomputed by select-report (trained before ids were kept)"})
     if not all(p.exists() for arm in cfg.arms for p in committed_arm(cfg, seed, arm)):
-        # before any committed arm is read: a seed that starts again with another student moves them aside
-        student = student_for_seed(cfg, prep, seed)
+        # before any committed arm is read: a seed whose SFT arms start again with another student moves them
+        # aside; its on-policy arms compare with its SFT arms, so they only run with the seed's own student
+        student = student_for_seed(cfg, prep, seed, restart=not any(ARMS[a].on_policy for a in cfg.arms))
+        if student is None:
+            return None
     for arm in cfg.arms:
         run_dir = try_dir / f"seed{seed}" / arm
         spec = ARMS[arm]
@@ -1179,7 +1189,10 @@ def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int
 
     def record(cfg: ExperimentConfig, seed: int) -> None:  # run (or, when finished, only read) a seed's arms
         prep = prepared[cfg.name]
-        prep.setdefault("runs", {}).setdefault(seed, {}).update(run_arms(cfg, prep, seed))
+        arms = run_arms(cfg, prep, seed)
+        if arms is None:  # its student is not made here: the seed's arms of this pass wait for a machine that can
+            return
+        prep.setdefault("runs", {}).setdefault(seed, {}).update(arms)
         done[cfg.name] = sorted([*done[cfg.name], seed])
 
     for pass_regimes in [sft] + ([on_policy] if any(cfg.arms for cfg in on_policy) else []):

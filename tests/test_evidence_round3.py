@@ -425,3 +425,35 @@ def test_an_arm_committed_with_leaf_shares_counts_them_in_the_report_inputs(comp
     assert inputs["shares"][0]["closed_loop"] == [shares[leaf] for leaf in inputs["leaves"]]
     assert inputs["distinct"][0]["closed_loop"] == 19
     assert abs(sum(inputs["shares"][0]["random"]) - 1) < 1e-9
+
+
+@pytest.mark.slow  # make-composed-data's process and select-report's chart
+def test_on_policy_arms_of_a_seed_whose_student_is_not_made_here_wait_and_its_sft_arms_stay(composed_data, tmp_path,
+                                                                                            monkeypatch):
+    """The on-policy pass reaches a seed whose SFT arms came from a student this machine does not make: its
+    on-policy arms do not run here, and its committed SFT arms are neither moved aside nor trained again."""
+    _, leaves = composed_data
+    cfg = dataclasses.replace(_committed_regime(tmp_path, composed_data, leaves), student_per_seed=True,
+                              arms=["random", "skill", "on_policy"])
+    records = Path(cfg.results_dir) / "records"
+
+    def make_student(cfg, prep):
+        prep["student"] = str(tmp_path / "student")
+        prep["profile_dir"].mkdir(parents=True, exist_ok=True)
+        return _profile(prep["profile_dir"] / "profile.json", leaves, dict.fromkeys(leaves, 0.5))
+
+    real_run = driver.run
+
+    def run(cmd, log, timings=None, step=""):
+        if step != "shared:make-data":
+            raise AssertionError(f"ran {step}")
+        real_run(cmd, log, timings, step)
+
+    monkeypatch.setattr(driver, "make_student", make_student)
+    monkeypatch.setattr(driver, "run", run)
+    committed = sorted(p.name for p in records.iterdir())
+    report = tmp_path / "R.md"
+    driver.main([cfg], seeds=[0], update_readme_section=False, report_file=str(report), report_header="# r")
+    assert sorted(p.name for p in records.iterdir()) == sorted({*committed, "seed0_skill.trained.json"})
+    assert not (records / "superseded").exists()
+    assert "| random | " in report.read_text() and "| on_policy |" not in report.read_text()
