@@ -267,6 +267,21 @@ def _committed_regime(tmp_path: Path, composed_data, leaves: list[str]) -> drive
     return cfg
 
 
+def _only_make_data(monkeypatch) -> list[str]:
+    """The driver's steps run from here on: make-data runs, any other step fails the test (committed arms are read,
+    not trained). Returns the steps asked for."""
+    real_run, commands = driver.run, []
+
+    def run(cmd, log, timings=None, step=""):
+        commands.append(step)
+        if step != "shared:make-data":
+            raise AssertionError(f"a run from committed arms ran {step}")
+        real_run(cmd, log, timings, step)
+
+    monkeypatch.setattr(driver, "run", run)
+    return commands
+
+
 @pytest.mark.slow  # make-composed-data's process and select-report's chart
 def test_a_fresh_checkout_reports_committed_seeds_without_training_and_does_not_redo_a_failed_try(
         composed_data, tmp_path, monkeypatch):
@@ -277,16 +292,7 @@ def test_a_fresh_checkout_reports_committed_seeds_without_training_and_does_not_
 
     _, leaves = composed_data
     cfg = _committed_regime(tmp_path, composed_data, leaves)
-    real_run = driver.run
-    commands = []
-
-    def run(cmd, log, timings=None, step=""):
-        commands.append(step)
-        if step != "shared:make-data":
-            raise AssertionError(f"a fresh checkout with every arm committed ran {step}")
-        real_run(cmd, log, timings, step)
-
-    monkeypatch.setattr(driver, "run", run)
+    commands = _only_make_data(monkeypatch)
     report = tmp_path / "README.md"
     driver.main([cfg], seeds=[0], update_readme_section=False, report_file=str(report), report_header="# fresh")
     assert commands == ["shared:make-data"]  # try 1's data only: try 0 (failed in the log) is not made again
@@ -309,14 +315,7 @@ def test_a_regime_whose_on_policy_arms_have_not_run_keeps_its_sft_report(compose
     with_on_policy = dataclasses.replace(_committed_regime(tmp_path / "p", composed_data, leaves),
                                          arms=["random", "skill", "on_policy"])
     other = dataclasses.replace(_committed_regime(tmp_path / "x", composed_data, leaves), name="X")
-    real_run = driver.run
-
-    def run(cmd, log, timings=None, step=""):
-        if step != "shared:make-data":
-            raise AssertionError(f"a report from committed arms ran {step}")
-        real_run(cmd, log, timings, step)
-
-    monkeypatch.setattr(driver, "run", run)
+    _only_make_data(monkeypatch)
     report = tmp_path / "README.md"
     driver.main([with_on_policy, other], seeds=[0], only=["X"], update_readme_section=False,
                 report_file=str(report), report_header="# two regimes")
@@ -442,15 +441,8 @@ def test_on_policy_arms_of_a_seed_whose_student_is_not_made_here_wait_and_its_sf
         prep["profile_dir"].mkdir(parents=True, exist_ok=True)
         return _profile(prep["profile_dir"] / "profile.json", leaves, dict.fromkeys(leaves, 0.5))
 
-    real_run = driver.run
-
-    def run(cmd, log, timings=None, step=""):
-        if step != "shared:make-data":
-            raise AssertionError(f"ran {step}")
-        real_run(cmd, log, timings, step)
-
     monkeypatch.setattr(driver, "make_student", make_student)
-    monkeypatch.setattr(driver, "run", run)
+    _only_make_data(monkeypatch)
     committed = sorted(p.name for p in records.iterdir())
     report = tmp_path / "R.md"
     driver.main([cfg], seeds=[0], update_readme_section=False, report_file=str(report), report_header="# r")
