@@ -589,10 +589,9 @@ def student_for_seed(cfg: ExperimentConfig, prep: dict, seed: int, restart: bool
         name = f"try{prep['try']}-{digest[:8]}"
         profile_file = REPO / cfg.results_dir / "students" / f"{name}.profile.json"
         write_json(profile_file, repo_relative(made))
-        weights = sorted(Path(prep["student"]).glob("*.safetensors"))
         mine = {"name": name, "seeds": [], "profile_nodes_sha256": digest,
                 "profile_file": repo_relative(str(profile_file)), "made": time.strftime("%Y-%m-%d"),
-                "cpu": cpu_model(), "export_sha256": {p.name: sha256_file(p) for p in weights},
+                "cpu": cpu_model(), "export_sha256": weights_digest(Path(prep["student"])),
                 "effective_leaves": check.get("concentration", {}).get("effective_leaves"), "precheck": check}
         log["students"].append(mine)
         if not check["passed"]:
@@ -608,6 +607,12 @@ def student_for_seed(cfg: ExperimentConfig, prep: dict, seed: int, restart: bool
     print(f"regime {cfg.name} seed {seed}: starts from student {mine['name']} "
           f"({precheck_line(mine['precheck'], len(leaf_profile(made_file)))})", flush=True)
     return prep["student"]
+
+
+def weights_digest(export: Path) -> dict[str, str]:
+    """sha256 of each weights file of an exported model: which student or teacher a committed result came from (a
+    model made on another processor differs, config item 8)."""
+    return {p.name: sha256_file(p) for p in sorted(export.glob("*.safetensors"))}
 
 
 def student_name(cfg: ExperimentConfig, prep: dict, seed: int) -> str:
@@ -656,7 +661,8 @@ def ensure_teacher(cfg: ExperimentConfig, prep: dict) -> str:
     keep_records(cfg, layout.eval_dir / "records.jsonl", TEACHER_RECORDS)
     shutil.rmtree(layout.checkpoints, ignore_errors=True)
     prep["teacher"] = {"model": str(exported(run_dir)), "records": str(layout.eval_dir / "records.jsonl"),
-                       "examples": len(read_jsonl(data / "train_pool.jsonl")), "epochs": cfg.teacher_epochs}
+                       "examples": len(read_jsonl(data / "train_pool.jsonl")), "epochs": cfg.teacher_epochs,
+                       "export_sha256": weights_digest(exported(run_dir))}
     return prep["teacher"]["model"]
 
 
@@ -770,7 +776,8 @@ def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict | None:
                     "distinct_examples": len(set(ids))}
         keep_records(cfg, layout.eval_dir / "records.jsonl", f"seed{seed}_{arm}", replace_differing=True)
         write_json(trained_file, {"trained_ids": ids, "distinct_examples": len(set(ids)), "source": "training",
-                                  **({"student": student_name(cfg, prep, seed)} if cfg.student_per_seed else {})})
+                                  **({"student": student_name(cfg, prep, seed)} if cfg.student_per_seed else {}),
+                                  **({"teacher_sha256": prep["teacher"]["export_sha256"]} if spec.on_policy else {})})
         # the arm's results are recorded (evaluation records, exported model): its training checkpoints go
         shutil.rmtree(layout.checkpoints, ignore_errors=True)
     return out
@@ -1109,6 +1116,7 @@ def write_round3(regimes: list[ExperimentConfig], prepared: dict, seeds: dict[st
             t = prep["teacher"]
             records = per_problem(Path(t["records"]))
             r["teacher"] = {"base": cfg.student, "examples": t["examples"], "epochs": t["epochs"],
+                            "export_sha256": t["export_sha256"],
                             "accuracy": sum(records.get(i, 0.0) for i in inputs["heldout_ids"])
                             / len(inputs["heldout_ids"])}
         students = ""

@@ -182,6 +182,10 @@ def test_a_finished_work_dir_gains_the_teacher_and_an_on_policy_arm_without_redo
     drawn = saved["arms"]["on_policy"]["distinct_examples"][0]
     assert 1 <= drawn <= 8 and saved["teacher"]["examples"] == len(
         (Path(cfg.work_dir) / "try0" / "data" / "train_pool.jsonl").read_text().splitlines())
+    # which teacher the arm distilled from, by its weights: committed with the arm and in the results
+    teacher_weights = driver.weights_digest(driver.exported(Path(cfg.work_dir) / "try0" / "teacher"))
+    assert list(teacher_weights) == ["model.safetensors"] and saved["teacher"]["export_sha256"] == teacher_weights
+    assert json.loads(driver.committed_arm(grown, 0, "on_policy")[1].read_text())["teacher_sha256"] == teacher_weights
 
 
 def test_every_seeds_sft_arms_run_before_any_on_policy_arm(tmp_path, monkeypatch):
