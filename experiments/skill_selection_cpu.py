@@ -566,7 +566,7 @@ def student_for_seed(cfg: ExperimentConfig, prep: dict, seed: int, restart: bool
     if not cfg.student_per_seed:
         return ensure_student(cfg, prep)
     made_file = make_student(cfg, prep) if prep["student"] is None else prep["profile_dir"] / "profile.json"
-    made = read_json(made_file)
+    made, leaves = read_json(made_file), leaf_profile(made_file)
     digest = profile_digest(made)
     log_path = REPO / cfg.results_dir / STUDENTS_LOG
     log = students_log(cfg, prep)
@@ -585,7 +585,7 @@ def student_for_seed(cfg: ExperimentConfig, prep: dict, seed: int, restart: bool
         current["seeds"].remove(seed)
     mine = next((s for s in log["students"] if s["profile_nodes_sha256"] == digest), None)
     if mine is None:
-        check = precheck(cfg, leaf_profile(made_file), target_shares(prep["data"], made_file, cfg.budget))
+        check = precheck(cfg, leaves, target_shares(prep["data"], made_file, cfg.budget))
         name = f"try{prep['try']}-{digest[:8]}"
         profile_file = REPO / cfg.results_dir / "students" / f"{name}.profile.json"
         write_json(profile_file, repo_relative(made))
@@ -597,7 +597,7 @@ def student_for_seed(cfg: ExperimentConfig, prep: dict, seed: int, restart: bool
         if not check["passed"]:
             write_json(log_path, log)
             raise ConfigError(f"regime {cfg.name} seed {seed}: this machine's warm-up student ({name}) fails the "
-                              f"pre-check ({precheck_line(check, len(made['nodes']))}); logged in {log_path}. The "
+                              f"pre-check ({precheck_line(check, len(leaves))}); logged in {log_path}. The "
                               "seed does not run here; the check is never loosened")
     if not mine["precheck"]["passed"]:
         raise ConfigError(f"regime {cfg.name} seed {seed}: this machine's warm-up student ({mine['name']}) failed "
@@ -605,7 +605,7 @@ def student_for_seed(cfg: ExperimentConfig, prep: dict, seed: int, restart: bool
     mine["seeds"] = sorted({*mine["seeds"], seed})
     write_json(log_path, log)
     print(f"regime {cfg.name} seed {seed}: starts from student {mine['name']} "
-          f"({precheck_line(mine['precheck'], len(leaf_profile(made_file)))})", flush=True)
+          f"({precheck_line(mine['precheck'], len(leaves))})", flush=True)
     return prep["student"]
 
 
