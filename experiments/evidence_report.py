@@ -203,6 +203,29 @@ def regime_section(name: str, title: str, r: dict, precheck_text: str, cost_text
     return "\n".join(lines)
 
 
+# the selections the issue asks a user to choose between: the paper's T=1, its ablation T=0.5, the closed loop
+SELECTION_CHOICES = (("skill", "T=1"), ("skill_t05", "T=0.5"), ("closed_loop", "the closed loop"))
+
+
+def _which_selection(minus_random: Mapping[str, dict]) -> str:
+    """When to use T=1, T=0.5 or the closed loop, from each one's verdict against random (they are not compared
+    with one another directly, so no order among them is claimed unless random separates them)."""
+    present = [(arm, label) for arm, label in SELECTION_CHOICES if arm in minus_random]
+    if len(present) < 2:
+        return ""
+    stated = []
+    for arm, label in present:
+        d = minus_random[arm]
+        stated.append(f"{label} (`{arm}`) {signed(d['mean'], d['ci_low'], d['ci_high'])} ({d['verdict']})")
+    wins = [(arm, label) for arm, label in present if minus_random[arm]["verdict"] == "beats random"]
+    if wins:
+        label = max(wins, key=lambda w: minus_random[w[0]]["mean"])[1]
+        choice = f"use {label}, the largest gain of those that beat random. "
+    else:
+        choice = "none is shown better than random, so these measurements give no reason to prefer one. "
+    return f"Choosing the selection, each against random: {', '.join(stated)}; {choice}"
+
+
 def advice(results: Mapping[str, dict | None]) -> list[str]:
     """What a user should do, drawn only from the verdicts measured here."""
     lines = []
@@ -223,6 +246,7 @@ def advice(results: Mapping[str, dict | None]) -> list[str]:
                      "random selection at this scale. ")
         if worse:
             said += f"Worse than random: {', '.join(worse)}; do not use them in a setting like this one. "
+        said += _which_selection(v)
         for cname, c in r["contrasts"].items():
             if cname in ON_POLICY_CONTRASTS:
                 continue  # said below
