@@ -207,7 +207,7 @@ def regime_section(name: str, title: str, r: dict, precheck_text: str, cost_text
 SELECTION_CHOICES = (("skill", "T=1"), ("skill_t05", "T=0.5"), ("closed_loop", "the closed loop"))
 
 
-def _which_selection(minus_random: Mapping[str, dict]) -> str:
+def which_selection(minus_random: Mapping[str, dict]) -> str:
     """When to use T=1, T=0.5 or the closed loop, from each one's verdict against random (they are not compared
     with one another directly, so no order among them is claimed unless random separates them)."""
     present = [(arm, label) for arm, label in SELECTION_CHOICES if arm in minus_random]
@@ -246,7 +246,7 @@ def advice(results: Mapping[str, dict | None]) -> list[str]:
                      "random selection at this scale. ")
         if worse:
             said += f"Worse than random: {', '.join(worse)}; do not use them in a setting like this one. "
-        said += _which_selection(v)
+        said += which_selection(v)
         for cname, c in r["contrasts"].items():
             if cname in ON_POLICY_CONTRASTS:
                 continue  # said below

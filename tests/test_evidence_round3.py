@@ -457,11 +457,11 @@ def test_the_advice_says_which_of_t1_t05_and_the_closed_loop_to_use_from_their_v
 
     none = {"skill": d(0.0, -0.016, 0.02, "not separable"), "skill_t05": d(0.002, -0.009, 0.013, "not separable"),
             "closed_loop": d(-0.003, -0.022, 0.013, "not separable"), "random_format": d(0, -0.01, 0.01, "worse")}
-    said = er._which_selection(none)
+    said = er.which_selection(none)
     assert said.startswith("Choosing the selection, each against random: T=1 (`skill`) +0.0 [-1.6, +2.0] (not "
                            "separable), T=0.5 (`skill_t05`) +0.2 [-0.9, +1.3] (not separable), the closed loop")
     assert said.endswith("none is shown better than random, so these measurements give no reason to prefer one. ")
     wins = {**none, "skill_t05": d(0.03, 0.01, 0.05, "beats random"), "closed_loop": d(0.02, 0.001, 0.04,
                                                                                          "beats random")}
-    assert er._which_selection(wins).endswith("use T=0.5, the largest gain of those that beat random. ")
-    assert er._which_selection({"skill": none["skill"], "skill_format": none["skill"]}) == ""  # nothing to choose
+    assert er.which_selection(wins).endswith("use T=0.5, the largest gain of those that beat random. ")
+    assert er.which_selection({"skill": none["skill"], "skill_format": none["skill"]}) == ""  # nothing to choose
