@@ -247,7 +247,8 @@ class OnPolicyModule(CausalLMModule):
         sampled = engine.sample([p.prompt_ids for p in prompts],
                                 [request_seed(rc.seed, step, k, p.example_id) for k, p in enumerate(prompts)],
                                 rc.n, rc.max_new_tokens, rc.temperature)
-        # on CPU the engine then drops its weight kernels too when the next sampling step loads weights first
+        # when the next sampling step loads weights first, the engine drops its weights too (GPU: sleep level 2;
+        # CPU: the weight kernels) instead of keeping them aside
         engine.sleep(discard_weights=self.hparams.sync_every_n_steps == 1)
         sample_time = time.perf_counter() - start
         rows = []
