@@ -153,7 +153,8 @@ def signed(mean: float, lo: float, hi: float) -> str:
     return f"{100 * mean:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
-def regime_section(name: str, title: str, r: dict, precheck_text: str, cost_text: str, results_dir: str) -> str:
+def regime_section(name: str, title: str, r: dict, precheck_text: str, cost_text: str, results_dir: str,
+                   results_file: str = "results.json") -> str:
     """One regime's part of the report: the table, the verdicts, the secondary statistics, the cost."""
     arms = list(r["arms"])
     seeds = ", ".join(map(str, r["seeds"]))
@@ -199,7 +200,7 @@ def regime_section(name: str, title: str, r: dict, precheck_text: str, cost_text
     for k, leaf in enumerate(r["leaves"]):
         lines.append(f"| {leaf.split('->')[-1]} | " + " | ".join(f"{100 * r['arms'][a]['share'][k]:.1f}" for a in arms)
                      + " | " + " | ".join(f"{100 * r['arms'][a]['per_leaf'][k]:.1f}" for a in arms) + " |")
-    lines += ["", cost_text, f"Per-problem records: `{results_dir}/records/`; numbers: `{results_dir}/results.json`."]
+    lines += ["", cost_text, f"Per-problem records: `{results_dir}/records/`; numbers: `{results_dir}/{results_file}`."]
     return "\n".join(lines)
 
 
@@ -254,7 +255,10 @@ def advice(results: Mapping[str, dict | None]) -> list[str]:
             said += (f"The skill-aware format {cname.removeprefix('format ')}: "
                      f"{signed(c['mean'], c['ci_low'], c['ci_high'])} points ({against}). ")
         lines.append(said.rstrip())
-    measured = {name: r for name, r in results.items() if r and ON_POLICY_AGAINST_SFT in r["contrasts"]}
+    # a regime's on-policy arms are analysed over the seeds that have them (``r["on_policy"]``, every arm), or with
+    # the other arms when every seed has them
+    on_policy = {name: r.get("on_policy", r) for name, r in results.items() if r}
+    measured = {name: r for name, r in on_policy.items() if ON_POLICY_AGAINST_SFT in r["contrasts"]}
     if not measured:
         lines.append("- On-policy distillation with skill-weighted prompts against SFT on the same prompts: not "
                      "measured yet (its arms have not run).")
@@ -266,7 +270,8 @@ def advice(results: Mapping[str, dict | None]) -> list[str]:
                "worse": "keep SFT on those prompts in a setting like this one"}.get(
             c["verdict"], "neither is shown better here")
         said = (f"- On-policy distillation with skill-weighted prompts against SFT on the same prompts (regime "
-                f"{name}, {a} - {b}): {signed(c['mean'], c['ci_low'], c['ci_high'])} points ({verdict}): {use}.")
+                f"{name}, seeds {', '.join(map(str, r['seeds']))}, {a} - {b}): "
+                f"{signed(c['mean'], c['ci_low'], c['ci_high'])} points ({verdict}): {use}.")
         prompts = r["contrasts"].get("on-policy, skill prompts against uniform")
         if prompts:
             said += (f" Skill-weighted against uniform prompts, both on-policy: "

@@ -1087,11 +1087,23 @@ def round3_inputs(cfg: ExperimentConfig, prep: dict, seeds: list[int]) -> dict:
             "seeds": seeds, "correct": correct, "written": written, "shares": shares, "distinct": distinct}
 
 
+def analyse_regime(cfg: ExperimentConfig, prep: dict, seeds: list[int], er) -> dict:
+    """One regime's analysis (``evidence_report.analyse_round3``) of ``cfg``'s arms over ``seeds``."""
+    r = er.analyse_round3(**round3_inputs(cfg, prep, seeds), contrasts={**FORMAT_CONTRASTS, **er.ON_POLICY_CONTRASTS},
+                          resamples=cfg.bootstrap_resamples,
+                          labelled_arms=[a for a in cfg.arms if ARMS[a].skill_format != "off"])
+    r.update({"regime": cfg.name, "title": cfg.title, "precheck": prep["precheck"], "try": prep["try"],
+              "profile_leaf_accuracy": prep["profile"], "config": asdict(cfg)})
+    return r
+
+
 def write_round3(regimes: list[ExperimentConfig], prepared: dict, seeds: dict[str, list[int]], report: Path,
-                 header: str) -> None:
+                 header: str, on_policy: dict[str, tuple[ExperimentConfig, list[int]]] | None = None) -> None:
     """The third round's report over each regime's finished ``seeds`` (regime name -> seeds): per regime its
     results.json and section, then the advice; written whatever the outcome (a regime whose pre-check failed says
-    so)."""
+    so). ``on_policy``: regime name -> (its config with every arm, the seeds that have them all); such a regime
+    gets a second section and ``results_on_policy.json``, every arm over those seeds with the on-policy contrasts,
+    while its first section keeps ``regimes``' arms over all of ``seeds``."""
     import evidence_report as er
 
     sections, results = [], {}
@@ -1106,19 +1118,16 @@ def write_round3(regimes: list[ExperimentConfig], prepared: dict, seeds: dict[st
             sections.append(f"### Regime {cfg.name}: {cfg.title}\n\nNo try passed the pre-check ({lines}; "
                             f"`{cfg.results_dir}/tries.json`); the regime stopped there, no arm was trained.")
             continue
-        inputs = round3_inputs(cfg, prep, seeds[cfg.name])
-        r = er.analyse_round3(**inputs, contrasts={**FORMAT_CONTRASTS, **er.ON_POLICY_CONTRASTS},
-                              resamples=cfg.bootstrap_resamples,
-                              labelled_arms=[a for a in cfg.arms if ARMS[a].skill_format != "off"])
-        r.update({"regime": cfg.name, "title": cfg.title, "precheck": prep["precheck"], "try": prep["try"],
-                  "profile_leaf_accuracy": prep["profile"], "config": asdict(cfg)})
+        r = analyse_regime(cfg, prep, seeds[cfg.name], er)
+        full = (on_policy or {}).get(cfg.name)
+        r_full = analyse_regime(full[0], prep, full[1], er) if full else None
         if prep.get("teacher"):  # the on-policy arms' teacher, evaluated like an arm
             t = prep["teacher"]
             records = per_problem(Path(t["records"]))
-            r["teacher"] = {"base": cfg.student, "examples": t["examples"], "epochs": t["epochs"],
-                            "export_sha256": t["export_sha256"],
-                            "accuracy": sum(records.get(i, 0.0) for i in inputs["heldout_ids"])
-                            / len(inputs["heldout_ids"])}
+            heldout_ids = [row["id"] for row in read_jsonl(prep["data"] / "heldout.jsonl")]
+            (r_full or r)["teacher"] = {"base": cfg.student, "examples": t["examples"], "epochs": t["epochs"],
+                                        "export_sha256": t["export_sha256"],
+                                        "accuracy": sum(records.get(i, 0.0) for i in heldout_ids) / len(heldout_ids)}
         students = ""
         if cfg.student_per_seed:
             r["students"] = students_log(cfg, prep)["students"]
@@ -1127,18 +1136,25 @@ def write_round3(regimes: list[ExperimentConfig], prepared: dict, seeds: dict[st
                 f"{s['effective_leaves']:.1f}) seeds {', '.join(map(str, s['seeds'])) or 'none'}"
                 for s in r["students"])
         write_json(results_dir / "results.json", repo_relative(r))
-        results[cfg.name] = r
-        sections.append(er.regime_section(cfg.name, cfg.title, r,
-                                          f"try {prep['try']}, {precheck_line(prep['precheck'], len(prep['profile']))}"
-                                          f" -> {'passed' if prep['precheck']['passed'] else 'failed'}"
-                                          f"{'' if prep['precheck']['enforced'] else ' (not enforced)'}; tries: "
-                                          f"`{cfg.results_dir}/tries.json`{students}",
+        precheck = (f"try {prep['try']}, {precheck_line(prep['precheck'], len(prep['profile']))}"
+                    f" -> {'passed' if prep['precheck']['passed'] else 'failed'}"
+                    f"{'' if prep['precheck']['enforced'] else ' (not enforced)'}; tries: "
+                    f"`{cfg.results_dir}/tries.json`")
+        sections.append(er.regime_section(cfg.name, cfg.title, r, precheck + students,
                                           cost_line(prep["timings"], seeds[cfg.name]), cfg.results_dir))
+        if r_full is not None:
+            write_json(results_dir / "results_on_policy.json", repo_relative(r_full))
+            sections.append(er.regime_section(
+                f"{cfg.name}, every arm over the seeds with on-policy arms", cfg.title, r_full, precheck,
+                cost_line(prep["timings"], full[1]), cfg.results_dir, results_file="results_on_policy.json"))
+            r["on_policy"] = r_full  # for the advice
+        results[cfg.name] = r
     text = "\n\n".join([header.strip(), *sections, "### What to do (from these measurements only)",
                          "\n".join(er.advice(results)), produced_by(sorted(set().union(*seeds.values())))])
     with atomic_write(report) as f:
         f.write(text + "\n")
-    print(f"report over seeds {seeds} -> {report}", flush=True)
+    print(f"report over seeds {seeds}" + (f", on-policy arms over {({k: v[1] for k, v in on_policy.items()})}"
+                                          if on_policy else "") + f" -> {report}", flush=True)
 
 
 def arms_finished(cfg: ExperimentConfig, prep: dict, seed: int) -> bool:
@@ -1231,10 +1247,9 @@ def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int
         if report_file and pass_regimes is sft:
             sft_done = dict(done)
         if report_file and pass_regimes is on_policy:
-            # every arm over the seeds that have them all; a regime with no such seed keeps its SFT report
-            full = [c if done.get(c.name) else s for c, s in zip(regimes, sft, strict=True)]
-            write_round3(full, prepared, {c.name: done.get(c.name) or sft_done[c.name] for c in regimes},
-                         REPO / report_file, report_header)
+            # the SFT arms over their seeds as before, and every arm over the seeds that have them all
+            write_round3(sft, prepared, sft_done, REPO / report_file, report_header,
+                         on_policy={c.name: (c, done[c.name]) for c in regimes if done.get(c.name)})
     if report_file:
         if not seeds:
             write_round3(regimes, prepared, {cfg.name: [] for cfg in regimes}, REPO / report_file, report_header)

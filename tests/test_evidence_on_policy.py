@@ -112,7 +112,7 @@ def test_report_states_the_teacher_the_on_policy_arms_and_their_contrasts():
     assert not any("skill-aware format" in line for line in advice)  # on-policy contrasts are not format advice
     said = advice[-1]
     assert said.startswith("- On-policy distillation with skill-weighted prompts against SFT on the same prompts "
-                           "(regime P, on_policy_skill - skill): ")
+                           "(regime P, seeds 0, 1, on_policy_skill - skill): ")
     assert "(beats skill)" in said and "use it in a setting like this one" in said
     # without the on-policy arms the advice says they were not measured
     r.pop("teacher")
@@ -178,7 +178,8 @@ def test_a_finished_work_dir_gains_the_teacher_and_an_on_policy_arm_without_redo
             assert len(f.read().splitlines()) > 0
     text = report.read_text()
     assert "| on_policy | " in text and "Teacher of the on-policy arms: asset:tiny-qwen3 trained by SFT on all" in text
-    saved = json.loads((results / "results.json").read_text())
+    assert list(json.loads((results / "results.json").read_text())["arms"]) == ["random"]
+    saved = json.loads((results / "results_on_policy.json").read_text())
     drawn = saved["arms"]["on_policy"]["distinct_examples"][0]
     assert 1 <= drawn <= 8 and saved["teacher"]["examples"] == len(
         (Path(cfg.work_dir) / "try0" / "data" / "train_pool.jsonl").read_text().splitlines())
@@ -199,14 +200,18 @@ def test_every_seeds_sft_arms_run_before_any_on_policy_arm(tmp_path, monkeypatch
 
     monkeypatch.setattr(driver, "prepare_regime", lambda cfg, make=True: {"dir": tmp_path})
     monkeypatch.setattr(driver, "run_arms", run_arms)
-    monkeypatch.setattr(driver, "write_round3", lambda regimes, prepared, seeds, report, header: calls.append(
-        ("report", tuple(seeds["P"]), tuple(a for cfg in regimes for a in cfg.arms))))
+    def write_round3(regimes, prepared, seeds, report, header, on_policy=None):
+        calls.append(("report", tuple(seeds["P"]), tuple(a for cfg in regimes for a in cfg.arms))
+                     + ((tuple(on_policy["P"][1]), tuple(on_policy["P"][0].arms)) if on_policy else ()))
+
+    monkeypatch.setattr(driver, "write_round3", write_round3)
     cfg = driver.ExperimentConfig(name="P", arms=["random", "on_policy", "skill", "on_policy_skill"])
     driver.main([cfg], seeds=[0, 1], report_file=str(tmp_path / "README.md"))
     sft, on_policy = ("random", "skill"), ("on_policy", "on_policy_skill")
+    # the last report: the SFT arms over their seeds, and every arm (in the configured order) over the seeds with all
     assert calls == [("train", 0, sft), ("report", (0,), sft), ("train", 1, sft), ("report", (0, 1), sft),
                      ("train", 0, on_policy), ("train", 1, on_policy),
-                     ("report", (0, 1), ("random", "on_policy", "skill", "on_policy_skill"))]  # the configured order
+                     ("report", (0, 1), sft, (0, 1), ("random", "on_policy", "skill", "on_policy_skill"))]
 
 
 def test_regime_major_finishes_the_named_regimes_seeds_in_order_and_reports_each_over_its_own(tmp_path, monkeypatch):
@@ -221,8 +226,9 @@ def test_regime_major_finishes_the_named_regimes_seeds_in_order_and_reports_each
 
     monkeypatch.setattr(driver, "prepare_regime", lambda cfg, make=True: {"dir": tmp_path / cfg.name})
     monkeypatch.setattr(driver, "run_arms", run_arms)
-    monkeypatch.setattr(driver, "write_round3", lambda regimes, prepared, seeds, report, header: calls.append(
-        ("report", [cfg.name for cfg in regimes], {k: tuple(v) for k, v in seeds.items()})))
+    monkeypatch.setattr(driver, "write_round3", lambda regimes, prepared, seeds, report, header, on_policy=None:
+                        calls.append(("report", [cfg.name for cfg in regimes],
+                                      {k: tuple(v) for k, v in seeds.items()})))
     # seed 0 of P was finished by an earlier run
     for arm in ("random", "skill"):
         run_dir = tmp_path / "P" / "seed0" / arm

@@ -163,26 +163,34 @@ def test_shipped_round3_config_declares_the_design(tmp_path):
     assert cfg.report_file == "results/evidence/README.md" and not cfg.update_readme_section
 
 
-def test_the_report_file_is_written_from_finished_arms_and_names_a_regime_that_stopped(composed_data, tmp_path):
+def _crafted_runs(data, tmp_path, arms, seeds, rng, accuracy=None):
+    """Per seed and arm: held-out records (``accuracy[arm]`` correct at random, else 0.5) and a trained selection."""
     import json
 
-    data, leaves = composed_data
     heldout = [json.loads(line) for line in (data / "heldout.jsonl").read_text().splitlines()]
     chains = {r["id"]: r["chains"] for r in map(json.loads, (data / "attribution.jsonl").read_text().splitlines())}
     pool_ids = [json.loads(line)["id"] for line in (data / "pool.jsonl").read_text().splitlines()]
-    arms = ["random", "random_format", "skill"]
-    rng = np.random.default_rng(2)
     runs = {}
-    for seed in (0, 1):
+    for seed in seeds:
         runs[seed] = {}
         for arm in arms:
             path = tmp_path / f"records_{seed}_{arm}.jsonl"
-            path.write_text("".join(json.dumps({"id": r["id"], "correct": bool(rng.random() < 0.5),
+            path.write_text("".join(json.dumps({"id": r["id"],
+                                                "correct": bool(rng.random() < (accuracy or {}).get(arm, 0.5)),
                                                 "skills_written": (["->".join(chains[r["id"]][0])]
                                                                    if arm == "random_format" else None)}) + "\n"
                                     for r in heldout))
             trained = pool_ids[:160] if arm != "skill" else pool_ids[100:260]
             runs[seed][arm] = {"records": str(path), "trained_ids": trained * 3, "distinct_examples": 160}
+    return runs
+
+
+def test_the_report_file_is_written_from_finished_arms_and_names_a_regime_that_stopped(composed_data, tmp_path):
+    import json
+
+    data, leaves = composed_data
+    arms = ["random", "random_format", "skill"]
+    runs = _crafted_runs(data, tmp_path, arms, [0, 1], np.random.default_rng(2))
     timings = tmp_path / "timings.json"
     write_json(timings, {"shared:warm-up": 600, "seed0:random:train": 900, "seed1:random:train": 960})
     profile = dict.fromkeys(leaves, 0.5)
@@ -212,6 +220,47 @@ def test_the_report_file_is_written_from_finished_arms_and_names_a_regime_that_s
     assert "- Regime concentrated: the pre-check failed, no arm was trained" in text
     saved = json.loads((tmp_path / "p" / "results.json").read_text())
     assert saved["regime"] == "P" and set(saved["arms"]) == set(arms) and saved["seeds"] == [0, 1]
+
+
+def test_on_policy_arms_of_fewer_seeds_get_their_own_section_and_the_sft_arms_keep_all_seeds(composed_data, tmp_path):
+    """Regime P's on-policy arms ran for seeds 2-3 only (seeds 0-1 came from a student this machine cannot re-make):
+    the SFT section stays over all four seeds, and a second section puts every arm over seeds 2-3, where the
+    on-policy contrasts are paired; the advice on on-policy distillation names those seeds."""
+    import json
+
+    data, leaves = composed_data
+    sft_arms, every_arm = ["random", "skill"], ["random", "skill", "on_policy", "on_policy_skill"]
+    runs = _crafted_runs(data, tmp_path, sft_arms, [0, 1, 2, 3], np.random.default_rng(5))
+    on_policy = _crafted_runs(data, tmp_path, ["on_policy", "on_policy_skill"], [2, 3],
+                              np.random.default_rng(6), accuracy={"on_policy": 0.5, "on_policy_skill": 0.95})
+    for seed in (2, 3):
+        runs[seed].update(on_policy[seed])
+    timings = tmp_path / "timings.json"
+    write_json(timings, {"shared:warm-up": 600})
+    profile = dict.fromkeys(leaves, 0.5)
+    check = driver.precheck(driver.ExperimentConfig(precheck=driver.PreCheck(kind="concentration")), profile,
+                            dict.fromkeys(leaves, 1 / len(leaves)))
+    full = driver.ExperimentConfig(name="P", title="crafted", arms=every_arm, results_dir=str(tmp_path / "p"),
+                                   precheck=driver.PreCheck(kind="concentration"), bootstrap_resamples=200)
+    sft = dataclasses.replace(full, arms=sft_arms)
+    prepared = {"P": {"data": data, "runs": runs, "timings": timings, "profile": profile, "precheck": check,
+                      "try": 0}}
+    report = tmp_path / "README.md"
+    driver.write_round3([sft], prepared, {"P": [0, 1, 2, 3]}, report, "# crafted",
+                        on_policy={"P": (full, [2, 3])})
+    text = report.read_text()
+    sft_part, on_policy_part = text.split("### Regime P, every arm over the seeds with on-policy arms: crafted")
+    assert "seeds 0, 1, 2, 3." in sft_part and "| on_policy |" not in sft_part
+    assert "seeds 2, 3." in on_policy_part and "| on_policy_skill | " in on_policy_part
+    assert "| on-policy against SFT, skill prompts (on_policy_skill - skill) |" in on_policy_part
+    assert "numbers: `" + str(tmp_path / "p") + "/results_on_policy.json`" in on_policy_part
+    saved = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert saved["seeds"] == [0, 1, 2, 3] and list(saved["arms"]) == sft_arms and "on_policy" not in saved
+    saved = json.loads((tmp_path / "p" / "results_on_policy.json").read_text())
+    assert saved["seeds"] == [2, 3] and list(saved["arms"]) == every_arm
+    assert saved["contrasts"]["on-policy against SFT, skill prompts"]["verdict"] == "beats random"
+    assert ("- On-policy distillation with skill-weighted prompts against SFT on the same prompts (regime P, seeds "
+            "2, 3, on_policy_skill - skill): ") in text
 
 
 def test_a_step_killed_by_a_signal_is_started_again_and_a_failing_step_stops(tmp_path, monkeypatch):
