@@ -238,33 +238,49 @@ KILLED_STEP_RETRIES = 10
 ``KILLED_STEP_WAIT_S``; every step resumes from its own checkpoint or output. A step that exits with an error stops
 the experiment at once."""
 KILLED_STEP_WAIT_S = 600
+TIMING_FLUSH_S = 60.0
+"""A running step adds its time to the timings file this often, so a step stopped with the driver (a session's end,
+kill -9) and resumed later counts every segment of its cost, not only the last."""
 
 
 def run(cmd: list[str], log: Path, timings: Path | None = None, step: str = "") -> None:
     """Run one project command; its output goes to ``log``; a failure stops the experiment with that log named."""
     print(f"$ {shlex.join(cmd)}", flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
-    t = time.time()
+    t = counted = time.time()
+
+    def count_time() -> None:  # what each step cost, for the report (steps skipped on resume keep their time)
+        nonlocal counted
+        now = time.time()
+        if timings is not None:
+            record = read_json(timings) if timings.exists() else {}
+            record[step] = record.get(step, 0.0) + now - counted
+            write_json(timings, record)
+        counted = now
+
     for attempt in range(KILLED_STEP_RETRIES + 1):
         with log.open("a") as f:
             # the step gets SIGTERM when this driver dies (kill -9 included), so a stopped experiment leaves nothing
             # running; its own children (vLLM engines, graders) die with it through process_lifetime
-            proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                                  env=dict(os.environ, PYTHONPATH=str(REPO)),
-                                  preexec_fn=lambda: set_parent_death_signal(signal.SIGTERM))
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                                    env=dict(os.environ, PYTHONPATH=str(REPO)),
+                                    preexec_fn=lambda: set_parent_death_signal(signal.SIGTERM))
+            while True:
+                try:
+                    proc.wait(timeout=TIMING_FLUSH_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    count_time()
+        count_time()
         if proc.returncode >= 0 or attempt == KILLED_STEP_RETRIES:
             break
         print(f"  killed by signal {-proc.returncode} (see {log}); starting it again in {KILLED_STEP_WAIT_S} s "
               f"({attempt + 1} of {KILLED_STEP_RETRIES})", flush=True)
         time.sleep(KILLED_STEP_WAIT_S)
+        counted = time.time()  # the wait is not the step's cost
     if proc.returncode:
         raise DataError(f"step failed (exit {proc.returncode}); see {log}")
-    seconds = time.time() - t
-    print(f"  done in {seconds:.0f} s", flush=True)
-    if timings is not None:  # what each step cost, for the report (steps skipped on resume keep their first time)
-        record = read_json(timings) if timings.exists() else {}
-        record[step] = record.get(step, 0.0) + seconds
-        write_json(timings, record)
+    print(f"  done in {time.time() - t:.0f} s", flush=True)
 
 
 def prepare_data(cfg: ExperimentConfig, attempt: WarmupTry, work: Path, timings: Path) -> Path:

@@ -279,6 +279,40 @@ def test_a_step_killed_by_a_signal_is_started_again_and_a_failing_step_stops(tmp
         driver.run(always, tmp_path / "killed.log")
 
 
+def test_a_step_stopped_with_the_driver_keeps_the_time_it_ran_and_its_resume_adds_to_it(tmp_path):
+    """A step's time is counted while it runs (every ``TIMING_FLUSH_S``): the driver killed with -9 during a step
+    (as at a session's end) leaves the seconds the step ran in the timings file, and the resumed step adds its own."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    timings, started = tmp_path / "timings.json", tmp_path / "started"
+    step = f"import pathlib, time; pathlib.Path({str(started)!r}).touch(); time.sleep(60)"
+    driver_code = (f"import sys; sys.path.insert(0, {str(REPO / 'experiments')!r}); import skill_selection_cpu as d\n"
+                   f"d.TIMING_FLUSH_S = 0.2\n"
+                   f"d.run([sys.executable, '-c', {step!r}], d.Path({str(tmp_path / 'step.log')!r}), "
+                   f"d.Path({str(timings)!r}), 'seed0:on_policy:train')")
+    proc = subprocess.Popen([sys.executable, "-c", driver_code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(2.0)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first = json.loads(timings.read_text())["seed0:on_policy:train"]
+    assert 1.5 <= first <= 30
+    driver.run([sys.executable, "-c", "import time; time.sleep(0.5)"], tmp_path / "step.log", timings,
+               "seed0:on_policy:train")
+    assert json.loads(timings.read_text())["seed0:on_policy:train"] >= first + 0.5
+
+
 def _committed_regime(tmp_path: Path, composed_data, leaves: list[str]) -> driver.ExperimentConfig:
     """A regime as a fresh checkout finds it: nothing in the work directory; in the committed results, a tries log
     (try 0 failed, try 1 passed with its profile) and seed 0's records of two fixed-selection arms, one with its
