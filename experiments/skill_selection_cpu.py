@@ -55,6 +55,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -975,10 +976,15 @@ def write_results(cfg: ExperimentConfig, results: dict, results_dir: Path) -> st
     return table
 
 
-def cost_line(timings_path: Path, seeds: list[int]) -> str:
+def cost_line(timings_path: Path, seeds: list[int], arms: Sequence[str] | None = None) -> str:
+    """The cost of the shared steps and of each seed's arms (``arms``: only these arms' steps, and the teacher's
+    only when one of them is on-policy; None: every step), from the timings file."""
     t = read_json(timings_path) if timings_path.exists() else {}
-    shared = sum(v for k, v in t.items() if k.startswith("shared:"))
-    per_seed = {s: sum(v for k, v in t.items() if k.startswith(f"seed{s}:")) for s in seeds}
+    teacher = arms is None or any(ARMS[a].on_policy for a in arms)
+    shared = sum(v for k, v in t.items()
+                 if k.startswith("shared:") and (teacher or not k.startswith("shared:teacher:")))
+    per_seed = {s: sum(v for k, v in t.items() if k.startswith(f"seed{s}:")
+                       and (arms is None or k.split(":")[1] in arms)) for s in seeds}
     per_seed = {s: v for s, v in per_seed.items() if v}
     if not per_seed:
         return f"Cost: shared steps {shared / 60:.0f} min."
@@ -1157,12 +1163,13 @@ def write_round3(regimes: list[ExperimentConfig], prepared: dict, seeds: dict[st
                     f"{'' if prep['precheck']['enforced'] else ' (not enforced)'}; tries: "
                     f"`{cfg.results_dir}/tries.json`")
         sections.append(er.regime_section(cfg.name, cfg.title, r, precheck + students,
-                                          cost_line(prep["timings"], seeds[cfg.name]), cfg.results_dir))
+                                          cost_line(prep["timings"], seeds[cfg.name], cfg.arms), cfg.results_dir))
         if r_full is not None:
             write_json(results_dir / "results_on_policy.json", repo_relative(r_full))
             sections.append(er.regime_section(
                 f"{cfg.name}, every arm over the seeds with on-policy arms", cfg.title, r_full, precheck,
-                cost_line(prep["timings"], full[1]), cfg.results_dir, results_file="results_on_policy.json"))
+                cost_line(prep["timings"], full[1], full[0].arms), cfg.results_dir,
+                results_file="results_on_policy.json"))
             r["on_policy"] = r_full  # for the advice
         results[cfg.name] = r
     text = "\n\n".join([header.strip(), *sections, "### What to do (from these measurements only)",

@@ -73,3 +73,10 @@ def test_cost_line_names_each_finished_seed(tmp_path):
         "Cost on this 2-core CPU (shared with other work, so an upper bound): shared steps 39 min; one seed (all "
         "arms, train + evaluate): seed 0 54 min, seed 1 44 min.")
     assert driver.cost_line(tmp_path / "missing.json", [0]) == "Cost: shared steps 0 min."
+    # round 3's keys: a section counts its own arms, and the on-policy teacher only where an on-policy arm is
+    timings.write_text('{"shared:warm-up": 600, "shared:teacher:train": 3000, "seed2:random:train": 600, '
+                       '"seed2:random:evaluate": 300, "seed2:on_policy:train": 1800, "seed2:on_policy:evaluate": 300}')
+    assert driver.cost_line(timings, [2], ["random", "skill"]).endswith(
+        "shared steps 10 min; one seed (all arms, train + evaluate): seed 2 15 min.")
+    assert driver.cost_line(timings, [2], ["random", "on_policy"]).endswith(
+        "shared steps 60 min; one seed (all arms, train + evaluate): seed 2 50 min.")
