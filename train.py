@@ -28,6 +28,9 @@ def __getattr__(name: str):
 
 
 if __name__ == "__main__":
-    import train_cli
+    from skill_distill.gc_freeze import imports_frozen
+
+    with imports_frozen():  # the stack's objects live until exit: keep the collector off them (see that module)
+        import train_cli
 
     train_cli.run_from_command_line()

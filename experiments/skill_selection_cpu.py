@@ -983,8 +983,13 @@ def cost_line(timings_path: Path, seeds: list[int], arms: Sequence[str] | None =
     teacher = arms is None or any(ARMS[a].on_policy for a in arms)
     shared = sum(v for k, v in t.items()
                  if k.startswith("shared:") and (teacher or not k.startswith("shared:teacher:")))
-    per_seed = {s: sum(v for k, v in t.items() if k.startswith(f"seed{s}:")
-                       and (arms is None or k.split(":")[1] in arms)) for s in seeds}
+    sft = arms is None or any(not ARMS[a].on_policy for a in arms)
+
+    def counts(step: str) -> bool:  # "seed<k>:<arm>:<train|evaluate>", or one total of a seed's SFT arms
+        arm = step.split(":")[1]  # (steps of earlier machines: "seed<k>:all arms, the report of commit ...")
+        return arms is None or arm in arms or (sft and arm.startswith("all arms"))
+
+    per_seed = {s: sum(v for k, v in t.items() if k.startswith(f"seed{s}:") and counts(k)) for s in seeds}
     per_seed = {s: v for s, v in per_seed.items() if v}
     if not per_seed:
         return f"Cost: shared steps {shared / 60:.0f} min."

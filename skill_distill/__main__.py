@@ -5,6 +5,7 @@ Only the chosen stage's module is imported, so ``--help`` of one stage does not 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 
@@ -38,7 +39,9 @@ STAGES = {
 }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, freeze_imports: bool = False) -> None:
+    """Run the stage ``argv`` names. ``freeze_imports``: a process of its own, whose imports live until it exits
+    (``skill_distill.gc_freeze``); not in a process that goes on after the stage (a test)."""
     from skill_distill.console import take_verbose_flag
 
     # --verbose (anywhere): also the library lines skill_distill.console.QUIET_LOG_LINES lists as noise
@@ -49,17 +52,20 @@ def main(argv: list[str] | None = None) -> None:
         print("usage: python -m skill_distill <stage> [--config FILE] [--help]\n\nstages:\n" + "\n".join(lines))
         raise SystemExit(0 if argv and argv[0] in {"-h", "--help"} else 2)
     module, func, _ = STAGES[argv[0]]
-    from jsonargparse import CLI, set_parsing_settings
+    from skill_distill.gc_freeze import imports_frozen
 
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    with imports_frozen() if freeze_imports else contextlib.nullcontext():
+        from jsonargparse import CLI, set_parsing_settings
 
-    from skill_distill.cli_errors import StageArgumentParser
-    from skill_distill.console import quiet_library_noise
-    from skill_distill.generation.base import GenerationError, GenerationInterrupted
-    from skill_distill.io import ConfigError, DataError, OutputError
+        set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
-    quiet_library_noise()
-    stage_module = importlib.import_module(module)
+        from skill_distill.cli_errors import StageArgumentParser
+        from skill_distill.console import quiet_library_noise
+        from skill_distill.generation.base import GenerationError, GenerationInterrupted
+        from skill_distill.io import ConfigError, DataError, OutputError
+
+        quiet_library_noise()
+        stage_module = importlib.import_module(module)
     fn = getattr(stage_module, func)
     if hasattr(stage_module, "prepare_argv"):  # e.g. run: --profile.sampling.max_new_tokens=512 keeps the other keys
         argv = [argv[0], *stage_module.prepare_argv(argv[1:])]
@@ -77,4 +83,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(freeze_imports=True)

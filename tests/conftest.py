@@ -148,6 +148,17 @@ def serve_shared_engine(monkeypatch, smollm2_vllm, smollm2_vllm_config):
 COSTLY_MARKERS = ("slow", "vllm", "distributed")
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session):
+    """Collect (which imports the stack in every test module) as train.py imports it: with the cyclic collector
+    off, then frozen out of its reach (``skill_distill.gc_freeze``). Measured on `make test-fast` (2026-12-07, the
+    evidence run beside it): 118.9 -> 106.8 CPU s."""
+    from skill_distill.gc_freeze import imports_frozen
+
+    with imports_frozen():
+        return (yield)
+
+
 def pytest_collection_modifyitems(session, config, items):
     """Order the tests in units (a module; the shared engine's users, which span four modules, as one block so the
     engine lives only while they run), the costliest units first, each unit's tests in their own order.

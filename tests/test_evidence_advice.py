@@ -80,3 +80,11 @@ def test_cost_line_names_each_finished_seed(tmp_path):
         "shared steps 10 min; one seed (all arms, train + evaluate): seed 2 15 min.")
     assert driver.cost_line(timings, [2], ["random", "on_policy"]).endswith(
         "shared steps 60 min; one seed (all arms, train + evaluate): seed 2 50 min.")
+    # a seed whose SFT arms ran on earlier machines has one total for them (the committed timings of round 3's
+    # seeds 0-1): it counts beside SFT arms, not in a section of on-policy arms alone
+    timings.write_text('{"shared:warm-up": 600, "seed0:all arms, the report of commit 25fbac2": 13740, '
+                       '"seed2:random:train": 600, "seed2:on_policy:train": 1800}')
+    assert driver.cost_line(timings, [0, 2], ["random", "skill"]).endswith(
+        "one seed (all arms, train + evaluate): seed 0 229 min, seed 2 10 min.")
+    assert driver.cost_line(timings, [0, 2], ["on_policy"]).endswith(
+        "one seed (all arms, train + evaluate): seed 2 30 min.")

@@ -13,18 +13,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import lightning as L
-import torch
+from skill_distill.gc_freeze import imports_frozen
 
-from callbacks import StepTraceCallback
-from callbacks.checkpointing import ResumableCheckpoint
-from callbacks.preemption import PreemptionCallback
-from callbacks.reselection import ReselectionCallback
-from datamodules import SkillDataModule
-from lightning_modules import CausalLMModule
-from skill_distill.reselection import ReselectionConfig
-from skill_distill.run_layout import RunLayout
-from skill_distill.selection import SelectionConfig
+with imports_frozen():  # as train.py starts (skill_distill/gc_freeze.py)
+    import lightning as L
+    import torch
+
+    from callbacks import StepTraceCallback
+    from callbacks.checkpointing import ResumableCheckpoint
+    from callbacks.preemption import PreemptionCallback
+    from callbacks.reselection import ReselectionCallback
+    from datamodules import SkillDataModule
+    from lightning_modules import CausalLMModule
+    from skill_distill.reselection import ReselectionConfig
+    from skill_distill.run_layout import RunLayout
+    from skill_distill.selection import SelectionConfig
 
 
 def main() -> None:

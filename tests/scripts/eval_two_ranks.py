@@ -62,16 +62,19 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(args.port))
-    import torch
+    from skill_distill.gc_freeze import imports_frozen
+
+    with imports_frozen():  # as train.py starts (skill_distill/gc_freeze.py)
+        import torch
+
+        import train_cli
 
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / f"config.rank{os.environ.get('LOCAL_RANK', '0')}.yaml"
     cfg_path.write_text(yaml.safe_dump(config(out, args.devices, args.strategy, args.tp)))
-    import train
-
-    train.main(["fit", "--config", str(cfg_path), f"--model.model={args.model}", f"--data.tokenizer={args.model}"])
+    train_cli.main(["fit", "--config", str(cfg_path), f"--model.model={args.model}", f"--data.tokenizer={args.model}"])
 
 
 if __name__ == "__main__":

@@ -16,17 +16,20 @@ import argparse
 import json
 from pathlib import Path
 
-import lightning as L
-import torch
+from skill_distill.gc_freeze import imports_frozen
 
-from callbacks.skill_eval import SkillEvalCallback
-from datamodules import SkillDataModule
-from lightning_modules import CausalLMModule, OnPolicyModule
-from lightning_modules.distill_loss import DistillationConfig
-from skill_distill.generation.base import SamplingConfig
-from skill_distill.generation.factory import HFConfig
-from skill_distill.grading import GradingConfig
-from skill_distill.selection import SelectionConfig
+with imports_frozen():  # as train.py starts (skill_distill/gc_freeze.py)
+    import lightning as L
+    import torch
+
+    from callbacks.skill_eval import SkillEvalCallback
+    from datamodules import SkillDataModule
+    from lightning_modules import CausalLMModule, OnPolicyModule
+    from lightning_modules.distill_loss import DistillationConfig
+    from skill_distill.generation.base import SamplingConfig
+    from skill_distill.generation.factory import HFConfig
+    from skill_distill.grading import GradingConfig
+    from skill_distill.selection import SelectionConfig
 
 QS = Path(__file__).resolve().parents[2] / "data" / "quickstart"
 

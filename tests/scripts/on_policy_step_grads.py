@@ -8,15 +8,18 @@ from __future__ import annotations
 import argparse
 import json
 
-import lightning as L
-import torch
+from skill_distill.gc_freeze import imports_frozen
 
-from datamodules import OnPolicyDataModule
-from lightning_modules import OnPolicyModule
-from lightning_modules.distill_loss import DistillationConfig
-from one_step_grads import FullGradCapture
-from skill_distill.generation.rollout import RolloutConfig
-from skill_distill.selection import SelectionConfig
+with imports_frozen():  # as train.py starts (skill_distill/gc_freeze.py)
+    import lightning as L
+    import torch
+
+    from datamodules import OnPolicyDataModule
+    from lightning_modules import OnPolicyModule
+    from lightning_modules.distill_loss import DistillationConfig
+    from one_step_grads import FullGradCapture
+    from skill_distill.generation.rollout import RolloutConfig
+    from skill_distill.selection import SelectionConfig
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 
-import lightning as L
-import torch
+from skill_distill.gc_freeze import imports_frozen
 
-from datamodules import SkillDataModule
-from lightning_modules import CausalLMModule
-from lightning_modules.distill_loss import DistillationConfig
-from skill_distill.assets import tiny_qwen3_config
+with imports_frozen():  # as train.py starts (skill_distill/gc_freeze.py)
+    import lightning as L
+    import torch
+
+    from datamodules import SkillDataModule
+    from lightning_modules import CausalLMModule
+    from lightning_modules.distill_loss import DistillationConfig
+    from skill_distill.assets import tiny_qwen3_config
 
 MODEL_KEYS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
               "num_attention_heads", "num_key_value_heads", "head_dim", "tie_word_embeddings")

@@ -17,15 +17,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import lightning as L
-import torch
+from skill_distill.gc_freeze import imports_frozen
 
-from callbacks import StepTraceCallback
-from callbacks.checkpointing import ResumableCheckpoint
-from callbacks.preemption import PreemptionCallback
-from datamodules import SkillDataModule
-from lightning_modules import CausalLMModule
-from skill_distill.run_layout import RunLayout
+with imports_frozen():  # as train.py starts (skill_distill/gc_freeze.py)
+    import lightning as L
+    import torch
+
+    from callbacks import StepTraceCallback
+    from callbacks.checkpointing import ResumableCheckpoint
+    from callbacks.preemption import PreemptionCallback
+    from datamodules import SkillDataModule
+    from lightning_modules import CausalLMModule
+    from skill_distill.run_layout import RunLayout
 
 PROMPT_IDS = [151644, 872, 198, 3838, 374, 220, 17, 10, 17, 30, 151645, 198, 151644, 77091, 198]
 
