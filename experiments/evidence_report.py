@@ -19,6 +19,8 @@ ON_POLICY_CONTRASTS = {"on-policy, skill prompts against uniform": ("on_policy_s
 """Paired contrasts of the on-policy arms (declared 2026-12-06, before any on-policy arm ran): skill-weighted against
 uniform prompts, and on-policy distillation against SFT on the same selected prompts (the skill arm's selection)."""
 ON_POLICY_AGAINST_SFT = "on-policy against SFT, skill prompts"
+ON_POLICY_ARMS = ("on_policy", "on_policy_skill")
+"""The on-policy arms: uniform prompts from the random selection, and prompts drawn by the skill weights."""
 BELOW_RANDOM_POINTS = 10.0
 """A leaf whose accuracy in an arm is more than this many points below random is listed."""
 
@@ -277,6 +279,10 @@ def advice(results: Mapping[str, dict | None]) -> list[str]:
             said += (f" Skill-weighted against uniform prompts, both on-policy: "
                      f"{signed(prompts['mean'], prompts['ci_low'], prompts['ci_high'])} points "
                      f"({prompts['verdict'].replace('random', prompts['arms'][1])}).")
+        against_random = [f"`{arm}` {signed(d['mean'], d['ci_low'], d['ci_high'])} ({d['verdict']})"
+                          for arm in ON_POLICY_ARMS if (d := r["arms"].get(arm, {}).get("minus_random"))]
+        if against_random:
+            said += f" Each on-policy arm against random SFT: {', '.join(against_random)}."
         if r.get("teacher"):
             said += f" Its teacher scored {100 * r['teacher']['accuracy']:.1f}% held out."
         lines.append(said)

@@ -683,6 +683,25 @@ def ensure_teacher(cfg: ExperimentConfig, prep: dict) -> str:
     return prep["teacher"]["model"]
 
 
+def committed_teacher(cfg: ExperimentConfig, prep: dict) -> dict | None:
+    """The teacher as its committed files describe it, for a report rewritten by a run that did not make it (every
+    on-policy arm finished): its held-out records and the weights its arms name. None without its records."""
+    records_dir = REPO / cfg.results_dir / "records"
+    records_gz = records_dir / f"{TEACHER_RECORDS}.jsonl.gz"
+    if not records_gz.exists():
+        return None
+    unpacked = prep["dir"] / "eval_teacher_committed.jsonl"
+    with gzip.open(records_gz, "rb") as src, atomic_write(unpacked, "wb") as f:
+        shutil.copyfileobj(src, f)
+    named = {json.dumps(read_json(p)["teacher_sha256"], sort_keys=True)
+             for p in records_dir.glob("*.trained.json") if "teacher_sha256" in read_json(p)}
+    if len(named) > 1:
+        raise ConfigError(f"{records_dir}: the on-policy arms name {len(named)} different teachers' weights; "
+                          "each regime has one teacher (remove the records of the arms of another)")
+    return {"records": str(unpacked), "examples": len(read_jsonl(prep["data"] / "train_pool.jsonl")),
+            "epochs": cfg.teacher_epochs, "export_sha256": json.loads(named.pop()) if named else None}
+
+
 def drawn_prompts(run_dir: Path) -> list[str]:
     """The prompts an on-policy run trained on, one per draw (a prompt drawn twice counts twice), from its rollout
     files (``<run dir>/rollouts/rank<r>.jsonl``: per step, ``n`` rows per drawn prompt)."""
@@ -1148,8 +1167,8 @@ def write_round3(regimes: list[ExperimentConfig], prepared: dict, seeds: dict[st
         r = analyse_regime(cfg, prep, seeds[cfg.name], er)
         full = (on_policy or {}).get(cfg.name)
         r_full = analyse_regime(full[0], prep, full[1], er) if full else None
-        if prep.get("teacher"):  # the on-policy arms' teacher, evaluated like an arm
-            t = prep["teacher"]
+        t = prep.get("teacher") or (committed_teacher(cfg, prep) if full else None)
+        if t:  # the on-policy arms' teacher, evaluated like an arm
             records = per_problem(Path(t["records"]))
             heldout_ids = [row["id"] for row in read_jsonl(prep["data"] / "heldout.jsonl")]
             (r_full or r)["teacher"] = {"base": cfg.student, "examples": t["examples"], "epochs": t["epochs"],
@@ -1277,7 +1296,8 @@ def main(regimes: list[ExperimentConfig] = [ExperimentConfig()], seeds: list[int
         if report_file and pass_regimes is on_policy:
             # the SFT arms over their seeds as before, and every arm over the seeds that have them all
             write_round3(sft, prepared, sft_done, REPO / report_file, report_header,
-                         on_policy={c.name: (c, done[c.name]) for c in regimes if done.get(c.name)})
+                         on_policy={c.name: (c, done[c.name]) for c in regimes
+                                    if done.get(c.name) and any(ARMS[a].on_policy for a in c.arms)})
     if report_file:
         if not seeds:
             write_round3(regimes, prepared, {cfg.name: [] for cfg in regimes}, REPO / report_file, report_header)

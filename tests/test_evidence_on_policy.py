@@ -114,6 +114,8 @@ def test_report_states_the_teacher_the_on_policy_arms_and_their_contrasts():
     assert said.startswith("- On-policy distillation with skill-weighted prompts against SFT on the same prompts "
                            "(regime P, seeds 0, 1, on_policy_skill - skill): ")
     assert "(beats skill)" in said and "use it in a setting like this one" in said
+    assert "Each on-policy arm against random SFT: `on_policy` " in said and "(not separable), `on_policy_skill` " \
+        in said and said.count("(beats random)") == 1
     # without the on-policy arms the advice says they were not measured
     r.pop("teacher")
     r["contrasts"] = {}
@@ -187,6 +189,13 @@ def test_a_finished_work_dir_gains_the_teacher_and_an_on_policy_arm_without_redo
     teacher_weights = driver.weights_digest(driver.exported(Path(cfg.work_dir) / "try0" / "teacher"))
     assert list(teacher_weights) == ["model.safetensors"] and saved["teacher"]["export_sha256"] == teacher_weights
     assert json.loads(driver.committed_arm(grown, 0, "on_policy")[1].read_text())["teacher_sha256"] == teacher_weights
+    # run again with every arm finished: nothing is made, and the rewritten report still names the teacher (it came
+    # only from making it before)
+    driver.main(regimes=[grown], **run)
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
+    assert "Teacher of the on-policy arms: asset:tiny-qwen3 trained by SFT on all" in report.read_text()
+    again = json.loads((results / "results_on_policy.json").read_text())
+    assert again["teacher"] == saved["teacher"]
 
 
 def test_every_seeds_sft_arms_run_before_any_on_policy_arm(tmp_path, monkeypatch):
@@ -195,21 +204,26 @@ def test_every_seeds_sft_arms_run_before_any_on_policy_arm(tmp_path, monkeypatch
     calls: list[tuple] = []
 
     def run_arms(cfg, prep, seed):
-        calls.append(("train", seed, tuple(cfg.arms)))
+        if cfg.name == "P":
+            calls.append(("train", seed, tuple(cfg.arms)))
         return {arm: {"seed": seed} for arm in cfg.arms}
 
-    monkeypatch.setattr(driver, "prepare_regime", lambda cfg, make=True: {"dir": tmp_path})
+    monkeypatch.setattr(driver, "prepare_regime", lambda cfg, make=True: {"dir": tmp_path / cfg.name})
     monkeypatch.setattr(driver, "run_arms", run_arms)
     def write_round3(regimes, prepared, seeds, report, header, on_policy=None):
-        calls.append(("report", tuple(seeds["P"]), tuple(a for cfg in regimes for a in cfg.arms))
+        assert set(on_policy or {}) <= {"P"}  # a regime without on-policy arms gets no on-policy section
+        calls.append(("report", tuple(seeds["P"]), tuple(a for cfg in regimes if cfg.name == "P" for a in cfg.arms))
                      + ((tuple(on_policy["P"][1]), tuple(on_policy["P"][0].arms)) if on_policy else ()))
 
     monkeypatch.setattr(driver, "write_round3", write_round3)
     cfg = driver.ExperimentConfig(name="P", arms=["random", "on_policy", "skill", "on_policy_skill"])
-    driver.main([cfg], seeds=[0, 1], report_file=str(tmp_path / "README.md"))
+    sft_only = driver.ExperimentConfig(name="concentrated", arms=["random", "skill_t05"])
+    driver.main([cfg, sft_only], seeds=[0, 1], report_file=str(tmp_path / "README.md"))
     sft, on_policy = ("random", "skill"), ("on_policy", "on_policy_skill")
     # the last report: the SFT arms over their seeds, and every arm (in the configured order) over the seeds with all
-    assert calls == [("train", 0, sft), ("report", (0,), sft), ("train", 1, sft), ("report", (0, 1), sft),
+    # (seed-major: each seed's P arms, then its concentrated arms, each followed by a report)
+    assert calls == [("train", 0, sft), ("report", (0,), sft), ("report", (0,), sft),
+                     ("train", 1, sft), ("report", (0, 1), sft), ("report", (0, 1), sft),
                      ("train", 0, on_policy), ("train", 1, on_policy),
                      ("report", (0, 1), sft, (0, 1), ("random", "on_policy", "skill", "on_policy_skill"))]
 
