@@ -46,7 +46,13 @@ def _child_generate(backend_cfg, prompts, sampling, seeds, env, conn) -> None:
         payload = {"error": _one_line(e)}
     conn.send(payload)
     conn.close()
-    # skip interpreter teardown: engine threads and atexit hooks cannot hang the parent's join
+    # skip interpreter teardown: engine threads and atexit hooks cannot hang the parent's join. Its semaphores first
+    # (vLLM's executor and tqdm each make one): they are registered with the parent's resource tracker, which
+    # otherwise reports them as leaked when the parent exits. The public API has no way to release them without
+    # that teardown; multiprocessing's own exit runs these same finalizers (priority 0 and up) first.
+    from multiprocessing import util
+
+    util._run_finalizers(0)
     os._exit(0 if "ok" in payload else 1)
 
 
