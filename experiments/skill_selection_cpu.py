@@ -683,6 +683,16 @@ def ensure_teacher(cfg: ExperimentConfig, prep: dict) -> str:
     return prep["teacher"]["model"]
 
 
+def unpack_committed(records_gz: Path, try_dir: Path) -> Path:
+    """Committed records (``records/<name>.jsonl.gz``) unpacked once into ``<try dir>/committed/<name>.jsonl``."""
+    unpacked = try_dir / "committed" / records_gz.name.removesuffix(".gz")
+    if not unpacked.exists():
+        unpacked.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(records_gz, "rb") as src, atomic_write(unpacked, "wb") as f:
+            shutil.copyfileobj(src, f)
+    return unpacked
+
+
 def committed_teacher(cfg: ExperimentConfig, prep: dict) -> dict | None:
     """The teacher as its committed files describe it, for a report rewritten by a run that did not make it (every
     on-policy arm finished): its held-out records and the weights its arms name. None without its records."""
@@ -690,11 +700,9 @@ def committed_teacher(cfg: ExperimentConfig, prep: dict) -> dict | None:
     records_gz = records_dir / f"{TEACHER_RECORDS}.jsonl.gz"
     if not records_gz.exists():
         return None
-    unpacked = prep["dir"] / "eval_teacher_committed.jsonl"
-    with gzip.open(records_gz, "rb") as src, atomic_write(unpacked, "wb") as f:
-        shutil.copyfileobj(src, f)
-    named = {json.dumps(read_json(p)["teacher_sha256"], sort_keys=True)
-             for p in records_dir.glob("*.trained.json") if "teacher_sha256" in read_json(p)}
+    unpacked = unpack_committed(records_gz, prep["dir"])
+    kept = [read_json(p) for p in records_dir.glob("*.trained.json")]
+    named = {json.dumps(k["teacher_sha256"], sort_keys=True) for k in kept if "teacher_sha256" in k}
     if len(named) > 1:
         raise ConfigError(f"{records_dir}: the on-policy arms name {len(named)} different teachers' weights; "
                           "each regime has one teacher (remove the records of the arms of another)")
@@ -769,11 +777,7 @@ def run_arms(cfg: ExperimentConfig, prep: dict, seed: int) -> dict | None:
         spec = ARMS[arm]
         records_gz, trained_file = committed_arm(cfg, seed, arm)
         if records_gz.exists() and trained_file.exists():
-            unpacked = try_dir / "committed" / f"seed{seed}_{arm}.jsonl"
-            if not unpacked.exists():
-                unpacked.parent.mkdir(parents=True, exist_ok=True)
-                with gzip.open(records_gz, "rb") as src, atomic_write(unpacked, "wb") as f:
-                    shutil.copyfileobj(src, f)
+            unpacked = unpack_committed(records_gz, try_dir)
             kept = read_json(trained_file)
             out[arm] = {"records": str(unpacked), "trained_ids": kept["trained_ids"],
                         "distinct_examples": kept["distinct_examples"], "leaf_shares": kept.get("leaf_shares")}
