@@ -9,7 +9,8 @@ Started by ``benchmarks/bench_training.py``; the options are the same there and 
 - ``hf_flat``: transformers.Trainer with its padding-free ``DataCollatorWithFlattening`` (one packed row).
 
 All three see the same synthetic examples in the same order (``synthetic_examples``), the same model config and
-initialisation seed, the same optimizer (torch AdamW), LR schedule (cosine, 10% linear warmup), clipping and precision.
+initialisation seed, the same optimizer (torch's fused AdamW, both frameworks' default), LR schedule (cosine, 10%
+linear warmup), clipping and precision.
 The result JSON holds, per optimizer step, wall time, process CPU time, supervised/real/padded token counts and the
 loss, plus totals over the timed steps and the process's peak RSS.
 """
@@ -273,7 +274,7 @@ def run_hf(args, examples, clock: StepClock, scratch: str, flat: bool) -> int:
         output_dir=scratch, per_device_train_batch_size=args.examples_per_step,
         gradient_accumulation_steps=1, max_steps=args.warmup_steps + args.steps, learning_rate=args.lr,
         lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999,
-        adam_epsilon=1e-8, max_grad_norm=1.0, optim="adamw_torch", bf16=args.precision == "bf16-mixed",
+        adam_epsilon=1e-8, max_grad_norm=1.0, optim="adamw_torch_fused", bf16=args.precision == "bf16-mixed",
         use_cpu=True, dataloader_num_workers=0, report_to=[], save_strategy="no", logging_steps=1,
         train_sampling_strategy="sequential", remove_unused_columns=False, disable_tqdm=True, seed=args.seed)
     trainer = Trainer(model=model, args=targs, train_dataset=features, data_collator=collator, callbacks=[Timing()])

@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/bench_training.py [--steps 16] [--warmup-steps 2] [--max-length 2048] [--keep DIR]
 
 Three runs of the same Qwen3-architecture model (20k vocabulary, hidden 256, 4 layers; the exact parameter count is
-printed) with the same initialisation, optimizer (torch AdamW), LR schedule (cosine, 10% warmup), gradient clipping,
-8 examples per optimizer step, and precision: bf16-mixed autocast with fp32 master weights (on this AVX-512-bf16 CPU
-about 1.6x faster than fp32; ``--precision 32-true`` for fp32).
+printed) with the same initialisation, optimizer (torch's fused AdamW), LR schedule (cosine, 10% warmup), gradient
+clipping, 8 examples per optimizer step, and precision: bf16-mixed autocast with fp32 master weights (on this
+AVX-512-bf16 CPU about 1.6x faster than fp32; ``--precision 32-true`` for fp32).
 - ours: CausalLMModule(attn_implementation="auto", which is ``sdpa_packed`` without CUDA) + StepBatchSampler /
   SFTCollator(packing=True) / StatefulDataLoader through a Lightning Trainer: one packed micro-batch of the step's
   8 examples;

@@ -112,6 +112,9 @@ class CausalLMModule(L.LightningModule):
         weight_decay: AdamW weight decay (reference: 0).
         betas: AdamW betas (reference: 0.9, 0.999).
         eps: AdamW epsilon.
+        optimizer_implementation: AdamW's kernels (torch's ``fused`` / ``foreach`` / for-loop): fused updates
+            every parameter in one kernel per step (torchtitan's default too); for-loop is torch's reference, the
+            default on CPU, where a step of the tiny Qwen3's 19M parameters took 120 ms against fused's 13 ms.
         warmup_ratio: share of optimizer steps with linear warmup (paper: 0.1).
         min_lr_ratio: floor of the cosine schedule as a share of the peak (paper: 0).
         max_grad_norm: clip the global gradient norm to this (paper: 1.0); None disables clipping.
@@ -136,6 +139,7 @@ class CausalLMModule(L.LightningModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        optimizer_implementation: Literal["fused", "foreach", "for-loop"] = "fused",
         warmup_ratio: float = 0.1,
         min_lr_ratio: float = 0.0,
         max_grad_norm: float | None = 1.0,
@@ -348,8 +352,10 @@ class CausalLMModule(L.LightningModule):
     # ---- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
+        kernels = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=hp.learning_rate, betas=tuple(hp.betas),
-                                      eps=hp.eps, weight_decay=hp.weight_decay)
+                                      eps=hp.eps, weight_decay=hp.weight_decay,
+                                      **kernels[hp.optimizer_implementation])
         # The schedule's length is read lazily, at the first real step: asking the trainer for it here
         # (estimated_stepping_batches) would build the train dataloader before a checkpoint's data position is
         # restored, and Lightning then never restores it (a resumed run would restart the epoch at sample 0).

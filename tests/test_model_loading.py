@@ -42,6 +42,28 @@ def test_tokenizer_loader_names_the_setting_and_the_fixes(offline, tmp_path):
     assert load_tokenizer("asset:qwen3-tokenizer")("Find m+n.")["input_ids"]  # the offline fix works
 
 
+
+def test_a_tokenizer_folder_is_loaded_once_per_process_until_its_files_change(tmp_path, qwen_tokenizer_dir,
+                                                                              monkeypatch):
+    import json
+    import shutil
+
+    from skill_distill import assets
+
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(qwen_tokenizer_dir, folder)
+    loads = []
+    real_load = assets.load_pretrained
+    monkeypatch.setattr(assets, "load_pretrained", lambda *a, **k: loads.append(a[1]) or real_load(*a, **k))
+    first = assets.load_tokenizer(str(folder))
+    assert assets.load_tokenizer(folder) is first and loads == [str(folder)]  # a path or its string: one load
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["model_max_length"] = 1234
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))  # edited in place: loaded again
+    edited = assets.load_tokenizer(str(folder))
+    assert len(loads) == 2 and edited is not first and edited.model_max_length == 1234
+    assert edited("Find m+n.")["input_ids"] == first("Find m+n.")["input_ids"]
+
 def test_generation_backends_name_backend_model_before_any_engine(offline):
     from skill_distill.generation.hf_backend import HFBackend
 

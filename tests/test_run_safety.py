@@ -62,6 +62,8 @@ def user_mistakes(root: Path, plain: Path) -> list[tuple[list[str], str]]:
                                         "resume the run in runs/quickstart, or a path to an existing .ckpt")),
         (["--data.val_corpus=missing.jsonl"], ("error: data.val_corpus (the validation corpus): corpus file not "
                                                "found: missing.jsonl")),
+        (["--model.optimizer_implementation=fast"], ("error: model.optimizer_implementation: Expected a typing."
+                                                     "Literal['fused', 'foreach', 'for-loop']. Got value: fast")),
     ]
     bad_yaml = root / "bad.yaml"
     bad_yaml.write_text("model:\n  learning_rate: [1\n")
