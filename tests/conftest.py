@@ -11,8 +11,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# a 1 GiB vLLM KV cache (the engine core runs in-process on CPU by the backend's own default)
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # pytest-xdist workers share the cores: with torch's default (a thread per core in every worker and every child it
 # launches) the two workers of `make test` ran 4+ busy threads on 2 cores. Measured on 5 compute-bound modules under
@@ -112,10 +110,12 @@ _shared_engines: list[SharedEngine] = []
 @pytest.fixture(scope="session")
 def smollm2_vllm_config(smollm2_dir):
     """The shared engine's settings. float32: vLLM's batched bf16 kernels round differently with the batch's
-    composition, which can flip a near-tie token of a sampled prompt (the seed tests compare batches)."""
+    composition, which can flip a near-tie token of a sampled prompt (the seed tests compare batches). A 1 GiB KV
+    cache: the backend's CPU default for 256 sequences of 2,048 tokens would be its 2 GiB cap."""
     from skill_distill.generation.factory import VLLMConfig
 
-    return VLLMConfig(model=str(smollm2_dir), max_model_len=2048, dtype="float32")
+    return VLLMConfig(model=str(smollm2_dir), max_model_len=2048, dtype="float32",
+                      extra_engine_args={"kv_cache_memory_bytes": 2**30})
 
 
 @pytest.fixture(scope="session")

@@ -95,7 +95,7 @@ def _config(tmp_path: Path, model: Path, name: str, first: list[dict], last: lis
 def _start(tmp_path: Path, config: Path, log: Path, resume: bool) -> subprocess.Popen:
     (tmp_path / "tmp").mkdir(exist_ok=True)
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{tmp_path / 'faults'}", TMPDIR=str(tmp_path / "tmp"),
-               VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
+               TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, str(REPO / "train.py"), "fit", "--config", str(config)]
     with log.open("w") as out:
         return subprocess.Popen(cmd + (["--ckpt_path", "last"] if resume else []), cwd=tmp_path, env=env,

@@ -323,7 +323,7 @@ def test_kill_9_of_the_profile_stage_leaves_no_child_alive(tmp_path, tiny_qwen3_
     # when the test kills the stage
     pool.write_bytes(_jsonl_bytes([_row(i) for i in range(1200)]))
     (tmp_path / "attr.jsonl").write_text("")
-    env = dict(os.environ, PYTHONPATH=str(REPO), VLLM_CPU_KVCACHE_SPACE="1")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     log = (tmp_path / "stage.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "skill_distill", "profile", f"--pool={pool}", f"--tree={tree_file}",
                              f"--attribution={tmp_path / 'attr.jsonl'}", f"--output_dir={tmp_path / 'prof'}",
@@ -374,7 +374,7 @@ if __name__ == "__main__":
 def test_kill_9_during_generate_in_subprocess_leaves_no_child_alive(tmp_path, tiny_qwen3_dir):
     """The evaluation inside training: its generation child, vLLM's engine core and worker die with the parent."""
     # INFO on purpose: the engine core's "init engine ... took" line says generation starts now
-    env = dict(os.environ, PYTHONPATH=str(REPO), VLLM_CPU_KVCACHE_SPACE="1", VLLM_LOGGING_LEVEL="INFO")
+    env = dict(os.environ, PYTHONPATH=str(REPO), VLLM_LOGGING_LEVEL="INFO")
     log_path = tmp_path / "parent.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen([sys.executable, "-c", _GENERATING_PARENT, str(tiny_qwen3_dir)], cwd=tmp_path, env=env,

@@ -55,7 +55,7 @@ def test_kill_9_of_an_engine_process_parent_leaves_no_child_and_no_tmp_file(tmp_
     tmp.mkdir()
     script = tmp_path / "parent.py"
     script.write_text(_ENGINE_PARENT)
-    env = dict(os.environ, PYTHONPATH=str(REPO), VLLM_CPU_KVCACHE_SPACE="1", TMPDIR=str(tmp))
+    env = dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(tmp))
     log_path = tmp_path / "parent.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen([sys.executable, str(script), str(tiny_qwen3_dir)], cwd=tmp_path, env=env,

@@ -13,8 +13,8 @@ from skill_distill.generation.rollout import (
     RolloutConfig,
     VLLMRolloutEngine,
     _kv_cache_storages,
-    cpu_kv_cache_bytes,
 )
+from skill_distill.generation.vllm_backend import kv_cache_bytes_needed
 
 
 def one_training_step(model, token_ids, lr: float) -> None:
@@ -79,11 +79,11 @@ def test_cpu_kv_cache_is_sized_for_the_steps_rollouts_and_holds_one_whole_sequen
     length, max_model_len each (the earlier sizing); never below one whole max_model_len sequence."""
     per_token = 30 * 3 * 64 * 2 * 4
     model = str(smollm2_dir)
-    assert cpu_kv_cache_bytes(model, 1024, 16, "float32", tokens_per_sequence=164) == 16 * 3 * 128 * per_token
-    assert cpu_kv_cache_bytes(model, 1024, 16, "float32") == 16 * (1024 + 128) * per_token
-    assert cpu_kv_cache_bytes(model, 1024, 16, "float32", tokens_per_sequence=4096) == 16 * (1024 + 128) * per_token
-    assert cpu_kv_cache_bytes(model, 1024, 1, "float32", tokens_per_sequence=10) == (1024 + 128) * per_token
-    assert cpu_kv_cache_bytes(model, 1024, 4096, "float32") == 2 * 2**30  # the CPU default caps it
+    assert kv_cache_bytes_needed(model, 1024, 16, "float32", tokens_per_sequence=164) == 16 * 3 * 128 * per_token
+    assert kv_cache_bytes_needed(model, 1024, 16, "float32") == 16 * (1024 + 128) * per_token
+    assert kv_cache_bytes_needed(model, 1024, 16, "float32", tokens_per_sequence=4096) == 16 * (1024 + 128) * per_token
+    assert kv_cache_bytes_needed(model, 1024, 1, "float32", tokens_per_sequence=10) == (1024 + 128) * per_token
+    assert kv_cache_bytes_needed(model, 1024, 4096, "float32") == 2 * 2**30  # the CPU default caps it
 
 
 @pytest.mark.vllm
@@ -93,7 +93,7 @@ def test_vllm_rollouts_weight_sync_and_canary(smollm2_dir, monkeypatch):
     tokens (1e-3), n rollouts per prompt are seeded, and the canary passes on fresh weights, fails (by far more than
     1e-3) after a training step that was not synced, and passes after the in-place sync (tied embeddings included:
     vLLM's reload alone left the CPU output head stale). The engine's KV cache is sized for the 6 sequences it is
-    told it samples at once, of the configured 256 tokens (``cpu_kv_cache_bytes``), not the CPU default's 2 GiB.
+    told it samples at once, of the configured 256 tokens (``kv_cache_bytes_needed``), not the CPU default's 2 GiB.
     Sleeping on CPU (KV pages returned; with discard_weights the weight kernels dropped and rebuilt by the next
     load) leaves the samples of the same seeds unchanged."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -101,11 +101,11 @@ def test_vllm_rollouts_weight_sync_and_canary(smollm2_dir, monkeypatch):
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
     ids = canary_ids(tokenizer)
-    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)  # the suite's setting would override the sizing
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)  # a user's setting would override the sizing
     with VLLMRolloutEngine(str(smollm2_dir), config=RolloutConfig(dtype="float32", max_model_len=256),
                            sequences=6) as engine:
         cache = engine.llm.llm_engine.vllm_config.cache_config
-        assert cache.kv_cache_memory_bytes == cpu_kv_cache_bytes(str(smollm2_dir), 256, 6, "float32") < 2**30 / 4
+        assert cache.kv_cache_memory_bytes == kv_cache_bytes_needed(str(smollm2_dir), 256, 6, "float32") < 2**30 / 4
         assert cache.num_gpu_blocks * cache.block_size >= 6 * 256
         prompts = [ids[:6], ids[:10]]
         rollouts = engine.sample(prompts, seeds=[1, 2], n=3, max_new_tokens=8)

