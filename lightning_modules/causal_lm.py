@@ -113,8 +113,8 @@ class CausalLMModule(L.LightningModule):
         betas: AdamW betas (reference: 0.9, 0.999).
         eps: AdamW epsilon.
         optimizer_implementation: AdamW's kernels (torch's ``fused`` / ``foreach`` / for-loop): fused updates
-            every parameter in one kernel per step (torchtitan's default too); for-loop is torch's reference, the
-            default on CPU, where a step of the tiny Qwen3's 19M parameters took 120 ms against fused's 13 ms.
+            every parameter in one kernel per step (torchtitan's and HF Trainer's default too); for-loop is torch's
+            reference and its default on CPU, 8.2x slower there (benchmarks/bench_optimizer.py).
         warmup_ratio: share of optimizer steps with linear warmup (paper: 0.1).
         min_lr_ratio: floor of the cosine schedule as a share of the peak (paper: 0).
         max_grad_norm: clip the global gradient norm to this (paper: 1.0); None disables clipping.
