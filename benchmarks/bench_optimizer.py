@@ -24,11 +24,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_modules.causal_lm import CausalLMModule  # noqa: E402
+from skill_distill.assets import tiny_qwen3_config  # noqa: E402
 
 MODELS = {
-    "tiny Qwen3 (tests)": dict(model_type="qwen3", vocab_size=151936, hidden_size=128, intermediate_size=256,
-                               num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
-                               tie_word_embeddings=True),
+    "tiny Qwen3 (tests)": tiny_qwen3_config().to_dict(),
     "4 layers of Qwen3-0.6B's shape": dict(model_type="qwen3", vocab_size=32768, hidden_size=1024,
                                            intermediate_size=3072, num_hidden_layers=4, num_attention_heads=16,
                                            num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),

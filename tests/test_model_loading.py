@@ -42,7 +42,6 @@ def test_tokenizer_loader_names_the_setting_and_the_fixes(offline, tmp_path):
     assert load_tokenizer("asset:qwen3-tokenizer")("Find m+n.")["input_ids"]  # the offline fix works
 
 
-
 def test_a_tokenizer_folder_is_loaded_once_per_process_until_its_files_change(tmp_path, qwen_tokenizer_dir,
                                                                               monkeypatch):
     import json
@@ -63,6 +62,7 @@ def test_a_tokenizer_folder_is_loaded_once_per_process_until_its_files_change(tm
     edited = assets.load_tokenizer(str(folder))
     assert len(loads) == 2 and edited is not first and edited.model_max_length == 1234
     assert edited("Find m+n.")["input_ids"] == first("Find m+n.")["input_ids"]
+
 
 def test_generation_backends_name_backend_model_before_any_engine(offline):
     from skill_distill.generation.hf_backend import HFBackend
