@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None, freeze_imports: bool = False) -> None:
     with imports_frozen() if freeze_imports else contextlib.nullcontext():
         from jsonargparse import CLI, set_parsing_settings
 
-        set_parsing_settings(docstring_parse_attribute_docstrings=True)
+        from skill_distill.cli_errors import StageArgumentParser, shows_help
 
-        from skill_distill.cli_errors import StageArgumentParser
+        set_parsing_settings(docstring_parse_attribute_docstrings=shows_help(argv[1:]))
         from skill_distill.console import quiet_library_noise
         from skill_distill.generation.base import GenerationError, GenerationInterrupted
         from skill_distill.io import ConfigError, DataError, OutputError

@@ -224,7 +224,7 @@ def test_the_backend_kind_is_chosen_by_class_path_and_shows_only_its_fields(caps
     field of the chosen kind can still be set alone (--backend.model)."""
     from jsonargparse import ArgumentParser, set_parsing_settings
 
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # as the stage and training CLIs do
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # as the CLIs do for --help
 
     def stage(backend: BackendConfig = VLLMConfig()) -> None:
         """A stage taking a backend."""

@@ -204,6 +204,16 @@ def test_a_stage_argument_mistake_is_one_line_with_did_you_mean(tmp_path):
         assert proc.returncode == 2 and proc.stderr.splitlines() == [expected], (args, proc.stderr)
 
 
+def test_a_stage_help_shows_the_settings_descriptions(capsys):
+    """The settings' attribute docstrings are read for help (``cli_errors.shows_help``), not for other parses."""
+    from skill_distill.__main__ import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["pool", "--help"])
+    assert stop.value.code == 0
+    assert "Drop rows whose prompt (the chat-templated user turn" in " ".join(capsys.readouterr().out.split())
+
+
 # ---- resumable JSONL outputs --------------------------------------------------------------------------
 def test_appender_drops_only_a_torn_last_line(tmp_path):
     p = tmp_path / "out.jsonl"

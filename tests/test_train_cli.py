@@ -132,6 +132,32 @@ def test_a_train_argument_mistake_is_one_line_with_did_you_mean(tmp_path, capsys
         assert capsys.readouterr().err.strip().splitlines()[-1:] == [expected]
 
 
+@pytest.mark.slow
+def test_help_shows_the_settings_descriptions_and_only_the_runnable_subcommands(capsys):
+    """Help reads the fields' attribute docstrings (other parses skip them); ``test`` and ``predict``, for which the
+    module has no step, are not offered."""
+    with pytest.raises(SystemExit) as stop:
+        train.main(["fit", "--data.help", "SkillDataModule"])
+    assert stop.value.code == 0
+    assert "Cap of a leaf's inverse accuracy" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit) as stop:
+        train.main(["test", "--config", str(REPO / "configs" / "quickstart.yaml")])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1:] == [
+        "error: argument subcommand: invalid choice: 'test' (choose from 'fit', 'validate') (every option: python "
+        "train.py --help)"]
+
+
+def test_only_a_command_line_that_shows_help_reads_the_attribute_docstrings():
+    from skill_distill.cli_errors import shows_help
+
+    for argv in (["fit", "--help"], ["-h"], ["fit", "--print_config"], ["--print_config=comments"],
+                 ["fit", "--data.help", "SkillDataModule"], ["--model.help=CausalLMModule"]):
+        assert shows_help(argv), argv
+    for argv in (["fit", "--config", "help.yaml"], ["fit", "--trainer.max_steps=2"], []):
+        assert not shows_help(argv), argv
+
+
 def test_a_null_override_of_a_nested_setting_unsets_it(tmp_path, monkeypatch):
     """``--data.selection.max_depth=null`` (a dataclass inside a class-chosen section) unsets the setting: jsonargparse
     alone refuses it there ("Expected a <class 'int'>") or keeps the string "None"."""
