@@ -313,7 +313,7 @@ class SkillEvalCallback(L.Callback, RunDataCallback, EpochEndEvaluation):
 
     - the current weights are exported with ``pl_module.export_hf`` (a collective on every rank) to
       ``<dirpath>/_export`` (removed afterwards unless ``keep_exports``); cached allocator memory is freed;
-    - every rank runs its own engine on its disjoint share of the (set, problem, sample) requests in a child
+    - every rank runs its own engine on its disjoint share of the (set, problem, sample) requests in a spawned child
       process (``generate_in_subprocess``) whose environment has no RANK/WORLD_SIZE/MASTER_*/LOCAL_RANK and
       either ``CUDA_VISIBLE_DEVICES`` = the rank's GPU or, on CPU, ``VLLM_CPU_OMP_THREADS_BIND`` = the rank's own
       slice of this machine's cores; all of the engine's memory is returned when the child exits. With

@@ -124,8 +124,8 @@ def load_benchmarks(benchmarks: Sequence[str | BenchmarkSpec | LoadedBenchmark],
 
 @dataclass
 class InSubprocess:
-    """Generate in a child process (``generation.child_process``): one engine run for a rank's whole share, its
-    memory returned at exit (the in-training evaluation)."""
+    """Generate in a spawned child process: one engine run for a rank's whole share, its memory returned at exit
+    (the in-training evaluation)."""
 
     env: Mapping[str, str] | None = None
     """The child's whole environment (None: this one without the launcher's rank variables)."""

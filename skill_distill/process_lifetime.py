@@ -11,10 +11,6 @@ independent guards:
 - a watchdog thread that polls ``os.getppid()`` and exits the child when the parent pid changes (any POSIX system,
   and a backstop if the signal is not delivered).
 
-A child of multiprocessing's fork server (``generation.child_process``) has the server as its parent; the server
-exits as soon as the process that asked for the child does, and the watchdog also watches that process directly
-(its sentinel).
-
 With ``kill_group=True`` the child first becomes the leader of a new process group, and on its parent's death it
 kills the whole group, so grandchildren it started (vLLM's engine core and workers) go with it.
 """
@@ -55,16 +51,8 @@ def _kill_own_group() -> None:
 
 def die_with_parent(kill_group: bool = False, poll_s: float = 0.5) -> None:
     """Exit this process (and, with ``kill_group``, its whole new process group) when its parent dies."""
-    forked_by = os.getppid()
     parent = multiprocessing.parent_process()
-    # a multiprocessing child started by a fork server ("forkserver" start method) has the server as its OS parent,
-    # which outlives the process that asked for the child only until it notices: that process is watched through
-    # its sentinel (closed when it exits). A child whose parent already died has been reparented: the same check
-    watched = parent if parent is not None and parent.pid and parent.pid != forked_by else None
-
-    def parent_gone() -> bool:
-        return os.getppid() != forked_by or (watched is not None and not watched.is_alive())
-
+    parent_pid = parent.pid if parent is not None and parent.pid else os.getppid()
     if kill_group:
         try:
             os.setpgid(0, 0)
@@ -78,13 +66,13 @@ def die_with_parent(kill_group: bool = False, poll_s: float = 0.5) -> None:
     else:
         set_parent_death_signal(signal.SIGKILL)
     die = _kill_own_group if kill_group else (lambda: os._exit(1))
-    if parent_gone():  # the parent died before the guards were armed
+    if os.getppid() != parent_pid:  # the parent died before the guards were armed
         die()
 
     def watch() -> None:
         while True:
             time.sleep(poll_s)
-            if parent_gone():
+            if os.getppid() != parent_pid:
                 die()
 
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()

@@ -174,47 +174,6 @@ def test_generate_in_subprocess_tiny_qwen3(tiny_qwen3_dir, qwen_tokenizer):
     assert out[0][0].text != out[0][1].text  # random weights, sampled: the two samples differ
 
 
-_START_METHODS = """
-import sys
-from skill_distill.generation.child_process import start_context
-from skill_distill.generation.factory import HFConfig, VLLMConfig
-
-
-def imported(conn):
-    conn.send("vllm.entrypoints.llm" in sys.modules)
-
-
-if __name__ == "__main__":
-    for cfg in (VLLMConfig(model="m"), HFConfig(model="m"), VLLMConfig(model="m")):
-        ctx = start_context(cfg)
-        receiver, sender = ctx.Pipe(duplex=False)
-        child = ctx.Process(target=imported, args=(sender,))
-        child.start()
-        sender.close()
-        print(ctx.get_start_method(), "vLLM imported" if receiver.recv() else "vLLM not imported", flush=True)
-        child.join()
-"""
-
-
-@pytest.mark.vllm
-@pytest.mark.slow
-def test_a_vllm_child_starts_with_vllm_imported_and_other_children_are_spawned(tmp_path):
-    """A vLLM generation child is forked by the fork server, which imported vLLM once (child_process.start_context);
-    other backends' children are spawned and import nothing of vLLM."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = tmp_path / "start_methods.py"
-    script.write_text(_START_METHODS)
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.splitlines() == ["forkserver vLLM imported", "spawn vLLM not imported",
-                                        "forkserver vLLM imported"], done.stderr[-3000:]
-
-
 @pytest.mark.slow
 def test_generate_in_subprocess_reports_child_failure(tmp_path):
     cfg = HFConfig(model=str(tmp_path / "missing"))

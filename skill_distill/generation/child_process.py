@@ -1,9 +1,5 @@
-"""Generation in a child process: every byte the engine took is returned when the child exits.
+"""Generation in a spawned child process: every byte the engine took is returned when the child exits.
 
-A vLLM child is forked by multiprocessing's fork server, which imports vLLM once per process that starts children
-(``vllm_preload``): a run's first evaluation pays the import, the later ones about 7 CPU s less each (three
-children in one process, each starting the tiny Qwen3 and generating once, 2-core machine: 37.1 -> 20.4 CPU s, the
-machine's). Other backends' children are spawned.
 Kept apart from ``vllm_backend`` and ``factory`` because the child builds any backend (``factory.make_backend``)
 while the factory imports the backends: here both are imported without a circle. The child and its engine
 processes die with the process that started them, ``kill -9`` included (``skill_distill.process_lifetime``).
@@ -12,12 +8,9 @@ processes die with the process that started them, ``kill -9`` included (``skill_
 from __future__ import annotations
 
 import multiprocessing
-import multiprocessing.context
 import os
 import signal
-import sys
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from skill_distill.generation.base import Completion, GenerationError, GenerationInterrupted, SamplingConfig
@@ -31,6 +24,7 @@ def _child_generate(backend_cfg, prompts, sampling, seeds, env, conn) -> None:
     The child leads its own process group and takes it down (vLLM's engine core included) when the parent dies.
     """
     from skill_distill.process_lifetime import die_with_parent, set_parent_death_signal
+
     die_with_parent(kill_group=True)
     # then the kernel's SIGKILL instead of the group-killing SIGTERM handler: a Python handler runs only when the
     # main thread next holds the GIL, and under load (average 14) this child took 3.0 s to go. Its descendants carry
@@ -38,8 +32,6 @@ def _child_generate(backend_cfg, prompts, sampling, seeds, env, conn) -> None:
     set_parent_death_signal(signal.SIGKILL)
     os.environ.clear()
     os.environ.update(env)
-    if "OMP_NUM_THREADS" in env and "torch" in sys.modules:  # the fork server loaded torch under its own setting
-        sys.modules["torch"].set_num_threads(int(env["OMP_NUM_THREADS"]))
     try:
         from skill_distill.gc_freeze import imports_frozen
         from skill_distill.generation.factory import make_backend
@@ -72,40 +64,11 @@ def _child_generate(backend_cfg, prompts, sampling, seeds, env, conn) -> None:
     os._exit(0 if "ok" in payload else 1)
 
 
-def start_context(backend_cfg) -> multiprocessing.context.BaseContext:
-    """How a child for ``backend_cfg`` starts: forked from the fork server with vLLM imported for a vLLM
-    backend, spawned otherwise (an HTTP or transformers child would not use vLLM, and its import costs seconds).
-
-    The server is one per process, started by the first vLLM child, under this process's environment of that
-    moment: the child then sets its own (``env``), which is what vLLM reads when an engine starts."""
-    if getattr(backend_cfg, "kind", "") != "vllm":
-        return multiprocessing.get_context("spawn")
-    from multiprocessing import forkserver
-
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["skill_distill.generation.vllm_preload"])  # no effect once the server runs
-    # Python before 3.12.8 starts the server without this process's sys.path (CPython gh-117378): from another
-    # working directory its preload found another copy of this package, or none. The fix's own advice: PYTHONPATH
-    # for the server's start, here the folder this package was imported from
-    package_root = str(Path(__file__).resolve().parents[2])
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, saved) if p)
-    try:
-        forkserver.ensure_running()  # a no-op once it runs
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH")
-        else:
-            os.environ["PYTHONPATH"] = saved
-    return ctx
-
-
 def generate_in_subprocess(backend_cfg, prompts: Sequence[str], sampling: SamplingConfig,
                            seeds: Sequence[int] | None = None, env: Mapping[str, str] | None = None,
                            timeout_s: float | None = None,
                            should_stop: Callable[[], bool] | None = None) -> list[list[Completion]]:
-    """Run ``make_backend(backend_cfg).generate(prompts, sampling, seeds)`` in a child process
-    (``start_context``).
+    """Run ``make_backend(backend_cfg).generate(prompts, sampling, seeds)`` in a spawned child process.
 
     ``env`` is the child's whole environment (default: ``clean_child_env(os.environ)``). Every byte the engine
     took is returned when the child exits. The result comes back over a pipe (no temporary file), and the child
@@ -113,12 +76,13 @@ def generate_in_subprocess(backend_cfg, prompts: Sequence[str], sampling: Sampli
     Raises GenerationError when the child fails, crashes or exceeds ``timeout_s``; GenerationInterrupted when
     ``should_stop()`` (polled every second) turns true first, after killing the child.
     """
+    import multiprocessing as mp
     import time
 
     from skill_distill.process_lifetime import kill_process_group
 
     env = dict(env) if env is not None else clean_child_env(os.environ)
-    ctx = start_context(backend_cfg)
+    ctx = mp.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child_generate, name="skill-distill-generate",
                        args=(backend_cfg, list(prompts), sampling, None if seeds is None else list(seeds), env, sender))
@@ -128,10 +92,7 @@ def generate_in_subprocess(backend_cfg, prompts: Sequence[str], sampling: Sampli
         proc.kill()
         proc.join()
 
-    try:
-        proc.start()
-    except (OSError, EOFError) as e:  # e.g. the fork server failed to start
-        raise GenerationError(f"generation subprocess failed to start: {_one_line(e)}") from e
+    proc.start()
     sender.close()  # the child holds the only write end: its death reads as EOF here
     try:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
