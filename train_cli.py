@@ -113,8 +113,8 @@ def _first_process() -> bool:
 class SkillCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        # the module has training and validation steps only: `test` and `predict` would fail once their run started,
-        # and building their parsers cost a third of every parse
+        # the module has training and validation steps only: `test` and `predict` would fail once their run started
+        # (and building their parsers took 0.33 -> 0.26 CPU s of a quickstart parse without the attribute docstrings)
         return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "validate")}
 
     def init_parser(self, **kwargs):

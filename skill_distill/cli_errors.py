@@ -70,8 +70,8 @@ class StageArgumentParser(OneLineErrors, ArgumentParser):
 def shows_help(argv: list[str]) -> bool:
     """Whether the command line asks jsonargparse for text that shows settings' descriptions (``--help``,
     ``--print_config``, a class's ``--<key>.help``). Only then are the dataclass fields' attribute docstrings worth
-    reading: jsonargparse reads them by parsing the source of every class in a config's MRO at every parse (56 CPU s
-    in a py-spy sample of the whole test suite, 2026-12-07) for descriptions no other parse shows."""
+    reading: jsonargparse reads them by parsing the source of every class in a config's MRO at every parse, for
+    descriptions no other parse shows (train.py's quickstart parse: 1.4 -> 0.26 CPU s without them)."""
     return any(a in ("-h", "--help") or a.startswith(("--print_config", "--print_shtab")) or a.endswith(".help")
                or ".help=" in a for a in argv)
 
