@@ -58,12 +58,11 @@ def main(argv: list[str] | None = None, freeze_imports: bool = False) -> None:
         from jsonargparse import CLI, set_parsing_settings
 
         from skill_distill.cli_errors import StageArgumentParser, shows_help
-
-        set_parsing_settings(docstring_parse_attribute_docstrings=shows_help(argv[1:]))
         from skill_distill.console import quiet_library_noise
         from skill_distill.generation.base import GenerationError, GenerationInterrupted
         from skill_distill.io import ConfigError, DataError, OutputError
 
+        set_parsing_settings(docstring_parse_attribute_docstrings=shows_help(argv[1:]))
         quiet_library_noise()
         stage_module = importlib.import_module(module)
     fn = getattr(stage_module, func)
